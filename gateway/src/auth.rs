@@ -1,0 +1,397 @@
+//! Authentication and authorization: who a connecting client is, and which topics and namespaces it may use.
+//!
+//! A client is either a *device* (its MQTT client id is its thing name) or an *operator* (a configured
+//! username, or the local operator whose credential `sprig run` writes to `{data_dir}/local-operator.json`).
+//! Passwords are kept only as argon2 hashes. The topic rules of CONTRACT section 3 live here, as pure
+//! functions of the principal and the topic, so the broker's listener enforces them and tests can read them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AuthConfig, OperatorConfig};
+
+/// File name of the local operator credential inside the data dir.
+pub const LOCAL_OPERATOR_FILE: &str = "local-operator.json";
+/// The username of the local operator.
+pub const LOCAL_OPERATOR_USERNAME: &str = "sprig-local";
+
+/// Why a client was refused at CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("bad username or password")]
+    BadCredentials,
+    #[error("a password is required on this listener")]
+    PasswordRequired,
+    #[error("the client id `{0}` is not a valid thing name ([a-zA-Z0-9:_-]{{1,128}})")]
+    InvalidClientId(String),
+    #[error("device `{username}` must connect with client id `{username}`, not `{client_id}`")]
+    ClientIdMismatch { username: String, client_id: String },
+}
+
+/// What an operator may see: namespaces, and whether jobs without a namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Grants {
+    pub all_namespaces: bool,
+    pub namespaces: BTreeSet<String>,
+    pub standard_jobs: bool,
+}
+
+impl Grants {
+    /// Everything: the local operator's grants.
+    pub fn all() -> Grants {
+        Grants {
+            all_namespaces: true,
+            namespaces: BTreeSet::new(),
+            standard_jobs: true,
+        }
+    }
+
+    fn from_config(op: &OperatorConfig) -> Grants {
+        Grants {
+            all_namespaces: op.namespaces.iter().any(|n| n == "*"),
+            namespaces: op
+                .namespaces
+                .iter()
+                .filter(|n| *n != "*")
+                .cloned()
+                .collect(),
+            standard_jobs: op.standard_jobs,
+        }
+    }
+
+    /// May this operator see a job in `namespace` (`None`: a job without a namespace)?
+    pub fn may_see(&self, namespace: Option<&str>) -> bool {
+        match namespace {
+            None => self.standard_jobs,
+            Some(ns) => self.all_namespaces || self.namespaces.contains(ns),
+        }
+    }
+}
+
+/// An authenticated operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    pub username: String,
+    pub grants: Grants,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Device { thing_name: String },
+    Operator(Arc<Operator>),
+}
+
+/// Prefix of the control API's topics.
+pub const CONTROL_PREFIX: &str = "$sprig/control/";
+/// Prefix of AWS IoT lifecycle (presence) events.
+pub const PRESENCE_PREFIX: &str = "$aws/events/presence/";
+
+impl Principal {
+    /// May this client (connected as `client_id`) publish to `topic`?
+    ///
+    /// Devices: only under `$aws/things/{their thing}/`. Operators: only their own control requests,
+    /// `$sprig/control/{their client id}/{Operation}`.
+    pub fn may_publish(&self, client_id: &str, topic: &str) -> bool {
+        match self {
+            Principal::Device { thing_name } => under_thing(thing_name, topic),
+            Principal::Operator(_) => topic
+                .strip_prefix(CONTROL_PREFIX)
+                .and_then(|rest| rest.strip_prefix(client_id))
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|op| !op.is_empty() && !op.contains(['/', '+', '#'])),
+        }
+    }
+
+    /// May this client subscribe to `filter`?
+    ///
+    /// Devices: only under `$aws/things/{their thing}/`. Operators: their own control replies
+    /// (`$sprig/control/{their client id}/...`) and the presence events.
+    pub fn may_subscribe(&self, client_id: &str, filter: &str) -> bool {
+        match self {
+            Principal::Device { thing_name } => under_thing(thing_name, filter),
+            Principal::Operator(_) => {
+                let own_control = filter
+                    .strip_prefix(CONTROL_PREFIX)
+                    .and_then(|rest| rest.strip_prefix(client_id))
+                    .is_some_and(|rest| rest.starts_with('/'));
+                own_control
+                    || filter.starts_with(PRESENCE_PREFIX)
+                    || filter == "$aws/events/presence/#"
+            }
+        }
+    }
+}
+
+fn under_thing(thing_name: &str, topic: &str) -> bool {
+    topic
+        .strip_prefix("$aws/things/")
+        .and_then(|rest| rest.strip_prefix(thing_name))
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// True when `s` is a valid thing name: 1–128 characters of `[a-zA-Z0-9:_-]` (AWS IoT's pattern).
+pub fn is_thing_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-:".contains(&b))
+}
+
+struct Account {
+    password_hash: String,
+    principal: Principal,
+}
+
+/// Checks credentials at CONNECT against the configured operators and devices.
+pub struct Authenticator {
+    accounts: HashMap<String, Account>,
+    anonymous_devices_on_loopback: bool,
+}
+
+impl Authenticator {
+    /// Builds the authenticator from `[auth]` plus the local operator (username [`LOCAL_OPERATOR_USERNAME`]).
+    pub fn new(
+        config: &AuthConfig,
+        local_operator: &LocalOperator,
+    ) -> Result<Authenticator, argon2::password_hash::Error> {
+        let mut accounts = HashMap::new();
+        for op in &config.operators {
+            let operator = Operator {
+                username: op.username.clone(),
+                grants: Grants::from_config(op),
+            };
+            accounts.insert(
+                op.username.clone(),
+                Account {
+                    password_hash: op.password_hash.clone(),
+                    principal: Principal::Operator(Arc::new(operator)),
+                },
+            );
+        }
+        for dev in &config.devices {
+            accounts.insert(
+                dev.thing_name.clone(),
+                Account {
+                    password_hash: dev.password_hash.clone(),
+                    principal: Principal::Device {
+                        thing_name: dev.thing_name.clone(),
+                    },
+                },
+            );
+        }
+        let local = Operator {
+            username: LOCAL_OPERATOR_USERNAME.to_owned(),
+            grants: Grants::all(),
+        };
+        accounts.insert(
+            LOCAL_OPERATOR_USERNAME.to_owned(),
+            Account {
+                password_hash: hash_password(&local_operator.password)?,
+                principal: Principal::Operator(Arc::new(local)),
+            },
+        );
+        Ok(Authenticator {
+            accounts,
+            anonymous_devices_on_loopback: config.anonymous_devices_on_loopback,
+        })
+    }
+
+    /// Decides who a CONNECT is. This verifies an argon2 hash, which takes milliseconds of CPU:
+    /// call it from a blocking thread, not from the async runtime.
+    pub fn authenticate(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+        on_loopback_listener: bool,
+    ) -> Result<Principal, AuthError> {
+        let Some(username) = username.filter(|u| !u.is_empty()) else {
+            if !(on_loopback_listener && self.anonymous_devices_on_loopback) {
+                return Err(AuthError::PasswordRequired);
+            }
+            if !is_thing_name(client_id) {
+                return Err(AuthError::InvalidClientId(client_id.to_owned()));
+            }
+            return Ok(Principal::Device {
+                thing_name: client_id.to_owned(),
+            });
+        };
+        let account = self
+            .accounts
+            .get(username)
+            .ok_or(AuthError::BadCredentials)?;
+        if !verify_password(password.unwrap_or_default(), &account.password_hash) {
+            return Err(AuthError::BadCredentials);
+        }
+        if let Principal::Device { thing_name } = &account.principal {
+            if thing_name != client_id {
+                return Err(AuthError::ClientIdMismatch {
+                    username: username.to_owned(),
+                    client_id: client_id.to_owned(),
+                });
+            }
+        }
+        Ok(account.principal.clone())
+    }
+}
+
+/// Hashes a password with argon2id and a random salt, in PHC string form (`$argon2id$v=19$...`).
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut OsRng);
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+/// Checks `password` against a PHC hash string; a malformed hash never matches.
+pub fn verify_password(password: &[u8], hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .is_ok_and(|parsed| Argon2::default().verify_password(password, &parsed).is_ok())
+}
+
+/// Checks that `hash` is a PHC string argon2 can verify against (used when validating the config).
+pub fn check_hash_format(hash: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(hash)
+        .map_err(|e| format!("not a password hash ({e}); make one with `sprig hash-password`"))?;
+    if !parsed.algorithm.as_str().starts_with("argon2") {
+        return Err(format!("algorithm `{}` is not argon2", parsed.algorithm));
+    }
+    Ok(())
+}
+
+/// The credential of the local operator, as stored in `{data_dir}/local-operator.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalOperator {
+    pub username: String,
+    pub password: String,
+}
+
+impl LocalOperator {
+    /// Reads the credential in `data_dir`, creating it (mode 0600, once) if it does not exist yet.
+    pub fn load_or_create(data_dir: &Path) -> std::io::Result<LocalOperator> {
+        let path = data_dir.join(LOCAL_OPERATOR_FILE);
+        if path.exists() {
+            return LocalOperator::load(&path);
+        }
+        std::fs::create_dir_all(data_dir)?;
+        let credential = LocalOperator {
+            username: LOCAL_OPERATOR_USERNAME.to_owned(),
+            password: random_password(),
+        };
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&path)?;
+        file.write_all(serde_json::to_string_pretty(&credential)?.as_bytes())?;
+        file.sync_all()?;
+        Ok(credential)
+    }
+
+    /// Reads a credential file.
+    pub fn load(path: &Path) -> std::io::Result<LocalOperator> {
+        let text = std::fs::read_to_string(path)?;
+        serde_json::from_str(&text).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })
+    }
+}
+
+fn random_password() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(name: &str) -> Principal {
+        Principal::Device {
+            thing_name: name.to_owned(),
+        }
+    }
+
+    fn operator() -> Principal {
+        Principal::Operator(Arc::new(Operator {
+            username: "ops".into(),
+            grants: Grants::all(),
+        }))
+    }
+
+    #[test]
+    fn devices_stay_under_their_own_thing() {
+        let d = device("pump-1");
+        assert!(d.may_publish("pump-1", "$aws/things/pump-1/jobs/get"));
+        assert!(d.may_subscribe("pump-1", "$aws/things/pump-1/jobs/#"));
+        assert!(!d.may_subscribe("pump-1", "$aws/things/pump-10/jobs/#"));
+        assert!(!d.may_subscribe("pump-1", "$aws/things/+/jobs/notify"));
+        assert!(!d.may_publish("pump-1", "$sprig/control/pump-1/DeleteJob"));
+        assert!(!d.may_subscribe("pump-1", "#"));
+    }
+
+    #[test]
+    fn operators_use_only_their_own_control_topics() {
+        let o = operator();
+        assert!(o.may_publish("cli-1", "$sprig/control/cli-1/DeleteJob"));
+        assert!(!o.may_publish("cli-1", "$sprig/control/cli-2/DeleteJob"));
+        assert!(!o.may_publish("cli-1", "$sprig/control/cli-1/DeleteJob/accepted"));
+        assert!(o.may_subscribe("cli-1", "$sprig/control/cli-1/#"));
+        assert!(!o.may_subscribe("cli-1", "$sprig/control/+/#"));
+        assert!(o.may_subscribe("cli-1", "$aws/events/presence/#"));
+    }
+
+    #[test]
+    fn grants_decide_namespace_visibility() {
+        let g = Grants {
+            all_namespaces: false,
+            namespaces: ["acme".to_owned()].into(),
+            standard_jobs: false,
+        };
+        assert!(g.may_see(Some("acme")));
+        assert!(!g.may_see(Some("other")));
+        assert!(!g.may_see(None));
+        assert!(Grants::all().may_see(Some("anything")) && Grants::all().may_see(None));
+    }
+
+    #[test]
+    fn anonymous_devices_only_on_loopback() {
+        let local = LocalOperator {
+            username: LOCAL_OPERATOR_USERNAME.into(),
+            password: "pw".into(),
+        };
+        let config = crate::config::Config::default().auth;
+        let auth = Authenticator::new(&config, &local).unwrap();
+        assert_eq!(
+            auth.authenticate("pump-1", None, None, true),
+            Ok(device("pump-1"))
+        );
+        assert_eq!(
+            auth.authenticate("pump-1", None, None, false),
+            Err(AuthError::PasswordRequired)
+        );
+        assert!(matches!(
+            auth.authenticate("a/b", None, None, true),
+            Err(AuthError::InvalidClientId(_))
+        ));
+        assert!(matches!(
+            auth.authenticate("cli", Some(LOCAL_OPERATOR_USERNAME), Some(b"pw"), false),
+            Ok(Principal::Operator(_))
+        ));
+        assert_eq!(
+            auth.authenticate("cli", Some(LOCAL_OPERATOR_USERNAME), Some(b"nope"), true),
+            Err(AuthError::BadCredentials)
+        );
+    }
+}

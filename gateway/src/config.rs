@@ -1,0 +1,287 @@
+//! Configuration: the TOML file an operator writes, parsed into typed settings.
+//!
+//! `config/gateway.toml` in the repository is compiled into the binary and is, byte for byte, the built-in
+//! default: `sprig run` without `--config` parses it exactly as it would parse a file. Every section rejects
+//! unknown keys (a typo must not silently fall back to a default), and [`Config::validate`] checks the rules
+//! that serde cannot express, so a bad file is refused at start-up with the file, the key and the reason.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default configuration, identical to `config/gateway.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../../config/gateway.toml");
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid config {origin}: key `{key}`: {reason}")]
+    Invalid {
+        origin: String,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub broker: BrokerConfig,
+    pub jobs: JobsConfig,
+    pub auth: AuthConfig,
+}
+
+/// `[gateway]`: identity and where data lives.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub id: String,
+    pub data_dir: PathBuf,
+}
+
+/// `[broker]`: the MQTT listeners and the embedded rumqttd router's sizing.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub max_connections: usize,
+    pub max_payload_size: usize,
+    pub max_inflight_count: usize,
+    pub connection_timeout_ms: u16,
+    pub max_segment_size: usize,
+    pub max_segment_count: usize,
+    pub max_outgoing_packet_count: u64,
+}
+
+/// `[jobs]`: limits of the jobs engine.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    pub max_concurrent_deletions: usize,
+    pub deletion_batch_size: usize,
+    pub requests_per_second: u32,
+    pub request_burst: u32,
+    pub store_cache_mb: u64,
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, NamespaceLimits>,
+}
+
+/// `[jobs.namespaces.NAME]`: limits that apply to one namespace only.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceLimits {
+    pub max_concurrent_deletions: Option<usize>,
+}
+
+/// `[auth]`: who may connect and what operators may touch.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub anonymous_devices_on_loopback: bool,
+    #[serde(default)]
+    pub operators: Vec<OperatorConfig>,
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// `[[auth.operators]]`: a client allowed to send control requests.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    pub username: String,
+    pub password_hash: String,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub standard_jobs: bool,
+}
+
+/// `[[auth.devices]]`: a device that authenticates with a password.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub thing_name: String,
+    pub password_hash: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse(DEFAULT_TOML, "built-in defaults").expect("config/gateway.toml is valid")
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors (a path, or "built-in defaults").
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key,
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks the rules serde cannot: non-empty lists, sane bounds, well-formed names and hashes.
+    fn validate(&self) -> Result<(), (String, String)> {
+        fn fail<T>(key: &str, reason: impl Into<String>) -> Result<T, (String, String)> {
+            Err((key.to_owned(), reason.into()))
+        }
+        if self.gateway.id.is_empty() {
+            return fail("gateway.id", "must not be empty");
+        }
+        if self.broker.listen.is_empty() {
+            return fail("broker.listen", "needs at least one address");
+        }
+        if self.broker.max_connections == 0 {
+            return fail("broker.max_connections", "must be at least 1");
+        }
+        if self.broker.max_payload_size < 1024 {
+            return fail("broker.max_payload_size", "must be at least 1024 bytes");
+        }
+        if self.broker.max_segment_size < self.broker.max_payload_size.min(1 << 16) {
+            return fail(
+                "broker.max_segment_size",
+                "must hold at least one 64 KiB message",
+            );
+        }
+        if self.broker.max_segment_count == 0 {
+            return fail("broker.max_segment_count", "must be at least 1");
+        }
+        if self.jobs.max_concurrent_deletions == 0 {
+            return fail("jobs.max_concurrent_deletions", "must be at least 1");
+        }
+        if !(1..=10_000).contains(&self.jobs.deletion_batch_size) {
+            return fail("jobs.deletion_batch_size", "must be between 1 and 10000");
+        }
+        if self.jobs.requests_per_second == 0 {
+            return fail("jobs.requests_per_second", "must be at least 1");
+        }
+        if self.jobs.request_burst == 0 {
+            return fail("jobs.request_burst", "must be at least 1");
+        }
+        if self.jobs.store_cache_mb == 0 {
+            return fail("jobs.store_cache_mb", "must be at least 1");
+        }
+        for (name, limits) in &self.jobs.namespaces {
+            if !is_namespace_id(name) {
+                return fail(
+                    &format!("jobs.namespaces.{name}"),
+                    "a namespace id matches [a-zA-Z0-9_-]+",
+                );
+            }
+            if limits.max_concurrent_deletions == Some(0) {
+                return fail(
+                    &format!("jobs.namespaces.{name}.max_concurrent_deletions"),
+                    "must be at least 1",
+                );
+            }
+        }
+        for (i, op) in self.auth.operators.iter().enumerate() {
+            let key = |field: &str| format!("auth.operators[{i}].{field}");
+            if op.username.is_empty() {
+                return fail(&key("username"), "must not be empty");
+            }
+            if let Err(e) = crate::auth::check_hash_format(&op.password_hash) {
+                return fail(&key("password_hash"), e);
+            }
+            for ns in &op.namespaces {
+                if ns != "*" && !is_namespace_id(ns) {
+                    return fail(
+                        &key("namespaces"),
+                        format!("`{ns}` is neither \"*\" nor a namespace id"),
+                    );
+                }
+            }
+        }
+        for (i, dev) in self.auth.devices.iter().enumerate() {
+            if dev.thing_name.is_empty() {
+                return fail(
+                    &format!("auth.devices[{i}].thing_name"),
+                    "must not be empty",
+                );
+            }
+            if let Err(e) = crate::auth::check_hash_format(&dev.password_hash) {
+                return fail(&format!("auth.devices[{i}].password_hash"), e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The path of the local operator credential that `sprig run` writes and the CLI reads.
+    pub fn local_operator_path(&self) -> PathBuf {
+        self.gateway.data_dir.join(crate::auth::LOCAL_OPERATOR_FILE)
+    }
+}
+
+/// True when `s` is a valid namespace id: `[a-zA-Z0-9_-]+` (AWS IoT's pattern).
+pub fn is_namespace_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_file_parses_and_matches_the_documented_defaults() {
+        let config = Config::default();
+        assert_eq!(
+            config.broker.listen,
+            vec!["127.0.0.1:1883".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(config.gateway.data_dir, PathBuf::from("./sprig-data"));
+        assert_eq!(config.jobs.max_concurrent_deletions, 10);
+        assert!(config.auth.anonymous_devices_on_loopback);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let text = DEFAULT_TOML.replace("[jobs]\n", "[jobs]\nmax_deletions = 3\n");
+        let err = Config::parse(&text, "test.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("test.toml") && err.contains("max_deletions"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_rule() {
+        let text = DEFAULT_TOML.replace(
+            "max_concurrent_deletions = 10",
+            "max_concurrent_deletions = 0",
+        );
+        let err = Config::parse(&text, "test.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("jobs.max_concurrent_deletions") && err.contains("at least 1"),
+            "{err}"
+        );
+    }
+}
