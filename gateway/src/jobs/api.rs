@@ -1,0 +1,324 @@
+//! Request and response shapes of the control plane, with boto3's names (`jobId`, `namespaceId`, …).
+//!
+//! Requests reject unknown fields: a misspelt parameter must fail loudly, not be ignored. Responses carry
+//! times as epoch seconds (with milliseconds), as the AWS IoT REST API sends them, and ARNs in the form
+//! `arn:sprig:iot:local:{gateway id}:job/{jobId}` (`…:thing/{thingName}` for things).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{Execution, Job};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateJobRequest {
+    pub job_id: String,
+    pub targets: Vec<String>,
+    pub document: Option<String>,
+    pub document_source: Option<String>,
+    pub description: Option<String>,
+    pub target_selection: Option<String>,
+    pub namespace_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteJobRequest {
+    pub job_id: String,
+    #[serde(default)]
+    pub force: bool,
+    pub namespace_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DescribeJobRequest {
+    pub job_id: String,
+    pub before_substitution: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListJobsRequest {
+    pub status: Option<String>,
+    pub target_selection: Option<String>,
+    pub max_results: Option<u32>,
+    pub next_token: Option<String>,
+    pub thing_group_name: Option<String>,
+    pub thing_group_id: Option<String>,
+    pub namespace_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CancelJobRequest {
+    pub job_id: String,
+    pub reason_code: Option<String>,
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DescribeJobExecutionRequest {
+    pub job_id: String,
+    pub thing_name: String,
+    pub execution_number: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListJobExecutionsForJobRequest {
+    pub job_id: String,
+    pub status: Option<String>,
+    pub max_results: Option<u32>,
+    pub next_token: Option<String>,
+}
+
+/// CreateJob's and CancelJob's response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRef {
+    pub job_arn: String,
+    pub job_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DescribeJobResponse {
+    pub job: JobView,
+}
+
+/// AWS's `Job` shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub job_arn: String,
+    pub job_id: String,
+    pub target_selection: &'static str,
+    pub status: &'static str,
+    pub force_canceled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub targets: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub created_at: f64,
+    pub last_updated_at: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<f64>,
+    pub job_process_details: JobProcessDetails,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobProcessDetails {
+    pub number_of_canceled_things: u64,
+    pub number_of_succeeded_things: u64,
+    pub number_of_failed_things: u64,
+    pub number_of_rejected_things: u64,
+    pub number_of_queued_things: u64,
+    pub number_of_in_progress_things: u64,
+    pub number_of_removed_things: u64,
+    pub number_of_timed_out_things: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListJobsResponse {
+    pub jobs: Vec<JobSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// AWS's `JobSummary` shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSummary {
+    pub job_arn: String,
+    pub job_id: String,
+    pub target_selection: &'static str,
+    pub status: &'static str,
+    pub created_at: f64,
+    pub last_updated_at: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DescribeJobExecutionResponse {
+    pub execution: ExecutionView,
+}
+
+/// AWS's `JobExecution` shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionView {
+    pub job_id: String,
+    pub status: &'static str,
+    pub force_canceled: bool,
+    pub status_details: StatusDetails,
+    pub thing_arn: String,
+    pub queued_at: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
+    pub last_updated_at: f64,
+    pub execution_number: i64,
+    pub version_number: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusDetails {
+    pub details_map: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListJobExecutionsForJobResponse {
+    pub execution_summaries: Vec<ExecutionSummaryForJob>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionSummaryForJob {
+    pub thing_arn: String,
+    pub job_execution_summary: ExecutionSummary,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionSummary {
+    pub status: &'static str,
+    pub queued_at: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
+    pub last_updated_at: f64,
+    pub execution_number: i64,
+}
+
+/// Epoch milliseconds as AWS's epoch seconds.
+fn seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// Makes this gateway's ARNs.
+#[derive(Debug, Clone)]
+pub struct Arns {
+    prefix: String,
+}
+
+impl Arns {
+    pub fn new(gateway_id: &str) -> Arns {
+        Arns {
+            prefix: format!("arn:sprig:iot:local:{gateway_id}"),
+        }
+    }
+
+    pub fn job(&self, job_id: &str) -> String {
+        format!("{}:job/{job_id}", self.prefix)
+    }
+
+    pub fn thing(&self, thing_name: &str) -> String {
+        format!("{}:thing/{thing_name}", self.prefix)
+    }
+
+    pub fn job_ref(&self, job: &Job) -> JobRef {
+        JobRef {
+            job_arn: self.job(&job.job_id),
+            job_id: job.job_id.clone(),
+            description: job.description.clone(),
+        }
+    }
+
+    pub fn job_view(&self, job: &Job) -> JobView {
+        use super::model::ExecutionStatus as S;
+        let n = |status| job.counts.get(status);
+        JobView {
+            job_arn: self.job(&job.job_id),
+            job_id: job.job_id.clone(),
+            target_selection: "SNAPSHOT",
+            status: job.status.as_str(),
+            force_canceled: job.force_canceled,
+            reason_code: job.reason_code.clone(),
+            comment: job.comment.clone(),
+            targets: job.targets.iter().map(|t| self.thing(t)).collect(),
+            description: job.description.clone(),
+            created_at: seconds(job.created_at),
+            last_updated_at: seconds(job.last_updated_at),
+            completed_at: job.completed_at.map(seconds),
+            job_process_details: JobProcessDetails {
+                number_of_canceled_things: n(S::Canceled),
+                number_of_succeeded_things: n(S::Succeeded),
+                number_of_failed_things: n(S::Failed),
+                number_of_rejected_things: n(S::Rejected),
+                number_of_queued_things: n(S::Queued),
+                number_of_in_progress_things: n(S::InProgress),
+                number_of_removed_things: n(S::Removed),
+                number_of_timed_out_things: n(S::TimedOut),
+            },
+            namespace_id: job.namespace_id.clone(),
+        }
+    }
+
+    pub fn job_summary(&self, job: &Job) -> JobSummary {
+        JobSummary {
+            job_arn: self.job(&job.job_id),
+            job_id: job.job_id.clone(),
+            target_selection: "SNAPSHOT",
+            status: job.status.as_str(),
+            created_at: seconds(job.created_at),
+            last_updated_at: seconds(job.last_updated_at),
+            completed_at: job.completed_at.map(seconds),
+        }
+    }
+
+    pub fn execution_view(&self, execution: &Execution) -> ExecutionView {
+        ExecutionView {
+            job_id: execution.job_id.clone(),
+            status: execution.status.as_str(),
+            force_canceled: execution.force_canceled,
+            status_details: StatusDetails {
+                details_map: execution.status_details.clone(),
+            },
+            thing_arn: self.thing(&execution.thing_name),
+            queued_at: seconds(execution.queued_at),
+            started_at: execution.started_at.map(seconds),
+            last_updated_at: seconds(execution.last_updated_at),
+            execution_number: execution.execution_number,
+            version_number: execution.version_number,
+        }
+    }
+
+    pub fn execution_summary(&self, execution: &Execution) -> ExecutionSummaryForJob {
+        ExecutionSummaryForJob {
+            thing_arn: self.thing(&execution.thing_name),
+            job_execution_summary: ExecutionSummary {
+                status: execution.status.as_str(),
+                queued_at: seconds(execution.queued_at),
+                started_at: execution.started_at.map(seconds),
+                last_updated_at: seconds(execution.last_updated_at),
+                execution_number: execution.execution_number,
+            },
+        }
+    }
+
+    /// A target as a caller may give it: a thing name, or a thing ARN (`arn:…:thing/NAME`) of any account.
+    pub fn thing_name_of(target: &str) -> &str {
+        match target.strip_prefix("arn:") {
+            Some(rest) => rest.rsplit_once(":thing/").map_or(target, |(_, name)| name),
+            None => target,
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The records of the jobs store: a job, its executions (one per thing), and their statuses.
+//!
+//! These are sprig's own types, stored (see `store::codec`) and turned into AWS response shapes in
+//! [`super::api`]. Times are milliseconds since the Unix epoch.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A job's status, as AWS IoT names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobStatus {
+    InProgress,
+    Canceled,
+    Completed,
+    DeletionInProgress,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 4] = [
+        JobStatus::InProgress,
+        JobStatus::Canceled,
+        JobStatus::Completed,
+        JobStatus::DeletionInProgress,
+    ];
+
+    /// The AWS name, e.g. `DELETION_IN_PROGRESS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::InProgress => "IN_PROGRESS",
+            JobStatus::Canceled => "CANCELED",
+            JobStatus::Completed => "COMPLETED",
+            JobStatus::DeletionInProgress => "DELETION_IN_PROGRESS",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
+
+    /// A terminal job may be deleted without `force`.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Canceled | JobStatus::Completed)
+    }
+
+    /// The byte that stands for this status in the store's status index; never reuse a value.
+    pub fn index_code(self) -> u8 {
+        match self {
+            JobStatus::InProgress => 1,
+            JobStatus::Canceled => 2,
+            JobStatus::Completed => 3,
+            JobStatus::DeletionInProgress => 4,
+        }
+    }
+}
+
+/// A job execution's status, as AWS IoT names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ExecutionStatus {
+    Queued,
+    InProgress,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Rejected,
+    Removed,
+    Canceled,
+}
+
+impl ExecutionStatus {
+    pub const ALL: [ExecutionStatus; 8] = [
+        ExecutionStatus::Queued,
+        ExecutionStatus::InProgress,
+        ExecutionStatus::Succeeded,
+        ExecutionStatus::Failed,
+        ExecutionStatus::TimedOut,
+        ExecutionStatus::Rejected,
+        ExecutionStatus::Removed,
+        ExecutionStatus::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Queued => "QUEUED",
+            ExecutionStatus::InProgress => "IN_PROGRESS",
+            ExecutionStatus::Succeeded => "SUCCEEDED",
+            ExecutionStatus::Failed => "FAILED",
+            ExecutionStatus::TimedOut => "TIMED_OUT",
+            ExecutionStatus::Rejected => "REJECTED",
+            ExecutionStatus::Removed => "REMOVED",
+            ExecutionStatus::Canceled => "CANCELED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ExecutionStatus> {
+        ExecutionStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
+
+    /// QUEUED and IN_PROGRESS executions are pending; every other status is final.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ExecutionStatus::Queued | ExecutionStatus::InProgress)
+    }
+
+    /// The byte stored in the per-thing index; never reuse a value.
+    pub fn index_code(self) -> u8 {
+        ExecutionStatus::ALL
+            .iter()
+            .position(|s| *s == self)
+            .map_or(0, |i| i as u8 + 1)
+    }
+}
+
+/// How many of a job's executions are in each status (AWS's `jobProcessDetails`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionCounts([u64; 8]);
+
+impl ExecutionCounts {
+    pub fn get(&self, status: ExecutionStatus) -> u64 {
+        self.0[status.index_code() as usize - 1]
+    }
+
+    pub fn add(&mut self, status: ExecutionStatus) {
+        self.0[status.index_code() as usize - 1] += 1;
+    }
+
+    pub fn remove(&mut self, status: ExecutionStatus) {
+        let slot = &mut self.0[status.index_code() as usize - 1];
+        *slot = slot.saturating_sub(1);
+    }
+
+    /// Moves one execution from `from` to `to`.
+    pub fn shift(&mut self, from: ExecutionStatus, to: ExecutionStatus) {
+        self.remove(from);
+        self.add(to);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.get(ExecutionStatus::Queued) + self.get(ExecutionStatus::InProgress)
+    }
+}
+
+/// A job: a document sent to a set of things.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub job_id: String,
+    /// `None` for a standard job; `Some("aws-gg-deployment")` for a Greengrass deployment, etc.
+    pub namespace_id: Option<String>,
+    pub status: JobStatus,
+    /// The job document, JSON text as the caller gave it.
+    pub document: String,
+    pub description: Option<String>,
+    /// Thing names, in the order given.
+    pub targets: Vec<String>,
+    pub created_at: i64,
+    pub last_updated_at: i64,
+    pub completed_at: Option<i64>,
+    pub force_canceled: bool,
+    pub reason_code: Option<String>,
+    pub comment: Option<String>,
+    pub counts: ExecutionCounts,
+    /// Set when the job enters DELETION_IN_PROGRESS: how it got there, for the devices told about it.
+    pub deletion: Option<DeletionInfo>,
+}
+
+/// What a deletion was asked to do, recorded when it starts so a restart finishes it the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionInfo {
+    pub forced: bool,
+    pub status_before: JobStatus,
+    pub requested_at: i64,
+}
+
+/// One thing's execution of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execution {
+    pub job_id: String,
+    pub thing_name: String,
+    pub status: ExecutionStatus,
+    pub status_details: BTreeMap<String, String>,
+    pub queued_at: i64,
+    pub started_at: Option<i64>,
+    pub last_updated_at: i64,
+    pub execution_number: i64,
+    pub version_number: i64,
+    pub force_canceled: bool,
+}
+
+impl Execution {
+    /// A fresh QUEUED execution, as CreateJob makes one per target.
+    pub fn queued(job_id: &str, thing_name: &str, now: i64) -> Execution {
+        Execution {
+            job_id: job_id.to_owned(),
+            thing_name: thing_name.to_owned(),
+            status: ExecutionStatus::Queued,
+            status_details: BTreeMap::new(),
+            queued_at: now,
+            started_at: None,
+            last_updated_at: now,
+            execution_number: 1,
+            version_number: 1,
+            force_canceled: false,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! How records and index keys are laid out in sled.
+//!
+//! A record is one format byte followed by its postcard encoding. postcard is compact and fast but not
+//! self-describing, so any change to a stored type gets a new format byte and a decoder for the old one
+//! stays here: a later release must read what this one wrote.
+//!
+//! Keys are designed for sled's ordered range scans, because a transaction cannot scan: everything a
+//! state change needs to find is found with a prefix scan *before* the transaction, under the store's
+//! write lock. Ids never contain a NUL byte (their patterns forbid it), so NUL separates key parts.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::jobs::model::{Execution, Job, JobStatus};
+
+/// The format byte of records written by this release.
+pub const FORMAT_V1: u8 = 1;
+
+/// Why a stored value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("record has unknown format {0} (written by a newer sprig?)")]
+    UnknownFormat(u8),
+    #[error("record is empty")]
+    Empty,
+    #[error("record is corrupt: {0}")]
+    Corrupt(#[from] postcard::Error),
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = vec![FORMAT_V1];
+    // Serializing our own plain structs into a Vec cannot fail.
+    bytes.extend(postcard::to_stdvec(value).expect("records serialize"));
+    bytes
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    match bytes.split_first() {
+        Some((&FORMAT_V1, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&other, _)) => Err(CodecError::UnknownFormat(other)),
+        None => Err(CodecError::Empty),
+    }
+}
+
+fn join(parts: &[&[u8]]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            key.push(0);
+        }
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+/// `jobs` tree: job id.
+pub fn job_key(job_id: &str) -> Vec<u8> {
+    job_id.as_bytes().to_vec()
+}
+
+/// `executions` tree: job id, NUL, thing name — a job's executions are one prefix.
+pub fn execution_key(job_id: &str, thing_name: &str) -> Vec<u8> {
+    join(&[job_id.as_bytes(), thing_name.as_bytes()])
+}
+
+/// The prefix of every execution of `job_id`.
+pub fn executions_prefix(job_id: &str) -> Vec<u8> {
+    join(&[job_id.as_bytes(), b""])
+}
+
+/// `by_thing` tree: thing name, NUL, job id — a thing's executions are one prefix.
+pub fn thing_key(thing_name: &str, job_id: &str) -> Vec<u8> {
+    join(&[thing_name.as_bytes(), job_id.as_bytes()])
+}
+
+/// `by_status` tree: status code byte, job id.
+pub fn status_key(status: JobStatus, job_id: &str) -> Vec<u8> {
+    let mut key = vec![status.index_code()];
+    key.extend_from_slice(job_id.as_bytes());
+    key
+}
+
+/// `by_namespace` tree: namespace (empty for standard jobs), NUL, job id.
+pub fn namespace_key(namespace_id: Option<&str>, job_id: &str) -> Vec<u8> {
+    join(&[namespace_id.unwrap_or("").as_bytes(), job_id.as_bytes()])
+}
+
+/// The last part of a NUL-joined key.
+pub fn last_part(key: &[u8]) -> &[u8] {
+    key.rsplit(|b| *b == 0).next().unwrap_or(key)
+}
+
+impl Job {
+    pub fn key(&self) -> Vec<u8> {
+        job_key(&self.job_id)
+    }
+}
+
+impl Execution {
+    pub fn key(&self) -> Vec<u8> {
+        execution_key(&self.job_id, &self.thing_name)
+    }
+
+    pub fn thing_key(&self) -> Vec<u8> {
+        thing_key(&self.thing_name, &self.job_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::model::{ExecutionStatus, JobStatus};
+
+    #[test]
+    fn records_round_trip_and_carry_their_format() {
+        let execution = Execution::queued("job-1", "thing-1", 42);
+        let bytes = encode(&execution);
+        assert_eq!(bytes[0], FORMAT_V1);
+        assert_eq!(decode::<Execution>(&bytes).unwrap(), execution);
+        assert!(matches!(
+            decode::<Execution>(&[9, 1, 2]),
+            Err(CodecError::UnknownFormat(9))
+        ));
+        assert!(matches!(decode::<Execution>(&[]), Err(CodecError::Empty)));
+    }
+
+    #[test]
+    fn a_jobs_executions_share_a_prefix_that_no_other_job_shares() {
+        let prefix = executions_prefix("job");
+        assert!(execution_key("job", "t1").starts_with(&prefix));
+        assert!(!execution_key("job-2", "t1").starts_with(&prefix));
+        assert_eq!(last_part(&execution_key("job", "t1")), b"t1");
+        assert_eq!(
+            status_key(JobStatus::Canceled, "j")[0],
+            JobStatus::Canceled.index_code()
+        );
+        assert_ne!(ExecutionStatus::Queued.index_code(), 0);
+    }
+}

@@ -1,0 +1,592 @@
+//! The jobs store: jobs and their executions in a sled database on disk, with the indexes the engine needs.
+//!
+//! Five trees: `jobs` (job id → job), `executions` (job id ∖0 thing → execution), and three indexes,
+//! `by_thing` (thing ∖0 job id → execution status), `by_status` (status byte, job id) and `by_namespace`
+//! (namespace ∖0 job id). Every state change is one [`Change`], applied as one sled transaction over all
+//! five trees, so a crash at any moment leaves records and indexes agreeing; [`Store::check`] proves it
+//! after the fact. sled transactions cannot scan, so callers find what to change first, under
+//! [`Store::lock_writes`], and commit after: the lock makes read-check-write sequences atomic without
+//! putting scans inside transactions. All calls block (sled does I/O): run them off the async runtime.
+
+pub mod codec;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
+
+use crate::jobs::model::{Execution, ExecutionCounts, Job, JobStatus};
+use codec::CodecError;
+
+/// The store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("cannot read {what}: {source}")]
+    Codec { what: String, source: CodecError },
+    #[error("the store at {path} was written by a newer sprig (store format {found}, this release reads {supported})")]
+    TooNew {
+        path: String,
+        found: u8,
+        supported: u8,
+    },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// One atomic state change. `job_after: None` with `job_before: Some` removes the job.
+#[derive(Debug, Default)]
+pub struct Change<'a> {
+    pub job_before: Option<&'a Job>,
+    pub job_after: Option<&'a Job>,
+    pub put_executions: &'a [Execution],
+    pub delete_executions: &'a [Execution],
+}
+
+/// The store format this release writes, kept in the default tree under [`FORMAT_KEY`].
+const STORE_FORMAT: u8 = 1;
+const FORMAT_KEY: &[u8] = b"sprig-store-format";
+
+/// The jobs store. Cheap to share behind an `Arc`.
+pub struct Store {
+    db: sled::Db,
+    jobs: Tree,
+    executions: Tree,
+    by_thing: Tree,
+    by_status: Tree,
+    by_namespace: Tree,
+    writes: Mutex<()>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, with a page cache of at most `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(500))
+            .open()?;
+        match db.get(FORMAT_KEY)? {
+            Some(found) if found.first().copied().unwrap_or(0) > STORE_FORMAT => {
+                return Err(StoreError::TooNew {
+                    path: dir.display().to_string(),
+                    found: found[0],
+                    supported: STORE_FORMAT,
+                })
+            }
+            Some(_) => {}
+            None => {
+                db.insert(FORMAT_KEY, &[STORE_FORMAT])?;
+            }
+        }
+        Ok(Store {
+            jobs: db.open_tree("jobs")?,
+            executions: db.open_tree("executions")?,
+            by_thing: db.open_tree("by_thing")?,
+            by_status: db.open_tree("by_status")?,
+            by_namespace: db.open_tree("by_namespace")?,
+            db,
+            writes: Mutex::new(()),
+        })
+    }
+
+    /// Serializes writers: hold this guard from the first read of a read-check-write until its commit.
+    pub fn lock_writes(&self) -> MutexGuard<'_, ()> {
+        // A writer that panicked left no partial change behind (commits are transactions): carry on.
+        self.writes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes every committed change durable (fsync).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn job(&self, job_id: &str) -> Result<Option<Job>> {
+        self.jobs
+            .get(codec::job_key(job_id))?
+            .map(|v| decode(&v, || format!("job {job_id}")))
+            .transpose()
+    }
+
+    pub fn execution(&self, job_id: &str, thing_name: &str) -> Result<Option<Execution>> {
+        let key = codec::execution_key(job_id, thing_name);
+        self.executions
+            .get(key)?
+            .map(|v| decode(&v, || format!("execution {job_id}/{thing_name}")))
+            .transpose()
+    }
+
+    /// Up to `limit` executions of `job_id`, in thing-name order, starting after `after_thing`.
+    pub fn executions_of_job(
+        &self,
+        job_id: &str,
+        after_thing: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Execution>> {
+        let prefix = codec::executions_prefix(job_id);
+        let iter = match after_thing {
+            Some(thing) => {
+                let mut start = codec::execution_key(job_id, thing);
+                start.push(0); // the smallest key greater than `start`
+                self.executions.range(start..)
+            }
+            None => self.executions.range(prefix.clone()..),
+        };
+        let mut found = Vec::new();
+        for entry in iter.take(limit) {
+            let (key, value) = entry?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            found.push(decode(&value, || {
+                format!("execution {}", String::from_utf8_lossy(&key))
+            })?);
+        }
+        Ok(found)
+    }
+
+    /// The ids of every job in `status`.
+    pub fn job_ids_with_status(&self, status: JobStatus) -> Result<Vec<String>> {
+        self.by_status
+            .scan_prefix([status.index_code()])
+            .map(|entry| Ok(String::from_utf8_lossy(&entry?.0[1..]).into_owned()))
+            .collect()
+    }
+
+    /// Jobs in id order, starting after `after`. `namespace`: `None` = every job; `Some(None)` = standard
+    /// jobs only; `Some(Some(ns))` = jobs of namespace `ns` only.
+    pub fn jobs_after<'a>(
+        &'a self,
+        after: Option<&str>,
+        namespace: Option<Option<&str>>,
+    ) -> Box<dyn Iterator<Item = Result<Job>> + 'a> {
+        let start = |mut key: Vec<u8>| {
+            key.push(0);
+            key
+        };
+        match namespace {
+            None => {
+                let iter = match after {
+                    Some(id) => self.jobs.range(start(codec::job_key(id))..),
+                    None => self.jobs.iter(),
+                };
+                Box::new(iter.map(|entry| {
+                    let (key, value) = entry?;
+                    decode(&value, || format!("job {}", String::from_utf8_lossy(&key)))
+                }))
+            }
+            Some(ns) => {
+                let prefix = codec::namespace_key(ns, "");
+                let iter = match after {
+                    Some(id) => self
+                        .by_namespace
+                        .range(start(codec::namespace_key(ns, id))..),
+                    None => self.by_namespace.range(prefix.clone()..),
+                };
+                Box::new(
+                    iter.take_while(move |entry| {
+                        entry
+                            .as_ref()
+                            .map_or(true, |(key, _)| key.starts_with(&prefix))
+                    })
+                    .filter_map(|entry| match entry {
+                        Err(e) => Some(Err(e.into())),
+                        Ok((key, _)) => {
+                            let job_id =
+                                String::from_utf8_lossy(codec::last_part(&key)).into_owned();
+                            self.job(&job_id).transpose()
+                        }
+                    }),
+                )
+            }
+        }
+    }
+
+    /// Applies one change atomically: job record, its indexes, and any executions with theirs.
+    pub fn commit(&self, change: &Change<'_>) -> Result<()> {
+        let trees = (
+            &self.jobs,
+            &self.executions,
+            &self.by_thing,
+            &self.by_status,
+            &self.by_namespace,
+        );
+        let outcome = trees.transaction(|(jobs, executions, by_thing, by_status, by_namespace)| {
+            if let Some(after) = change.job_after {
+                jobs.insert(after.key(), codec::encode(after))?;
+            }
+            write_job_indexes(by_status, by_namespace, change.job_before, change.job_after)?;
+            for execution in change.put_executions {
+                executions.insert(execution.key(), codec::encode(execution))?;
+                by_thing.insert(execution.thing_key(), &[execution.status.index_code()])?;
+            }
+            for execution in change.delete_executions {
+                executions.remove(execution.key())?;
+                by_thing.remove(execution.thing_key())?;
+            }
+            if let (Some(before), None) = (change.job_before, change.job_after) {
+                jobs.remove(before.key())?;
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("store transactions never abort"),
+        }
+    }
+
+    /// Verifies that every index entry matches a record and every record has its index entries, and that
+    /// each job's execution counts match its executions. Reads everything: for `sprig store check`.
+    pub fn check(&self) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        for entry in self.jobs.iter() {
+            let (key, value) = entry?;
+            report.jobs += 1;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let job: Job = match codec::decode(&value) {
+                Ok(job) => job,
+                Err(e) => {
+                    report.problem(format!("job {name}: {e}"));
+                    continue;
+                }
+            };
+            if !self
+                .by_status
+                .contains_key(codec::status_key(job.status, &job.job_id))?
+            {
+                report.problem(format!(
+                    "job {name}: missing from the status index ({})",
+                    job.status.as_str()
+                ));
+            }
+            if !self.by_namespace.contains_key(codec::namespace_key(
+                job.namespace_id.as_deref(),
+                &job.job_id,
+            ))? {
+                report.problem(format!("job {name}: missing from the namespace index"));
+            }
+            let mut counts = ExecutionCounts::default();
+            for execution in self.executions_of_job(&job.job_id, None, usize::MAX)? {
+                counts.add(execution.status);
+            }
+            if counts != job.counts {
+                report.problem(format!(
+                    "job {name}: counts {:?} but executions {:?}",
+                    job.counts, counts
+                ));
+            }
+        }
+        for entry in self.by_status.iter() {
+            let (key, _) = entry?;
+            let job_id = String::from_utf8_lossy(&key[1..]).into_owned();
+            match self.job(&job_id)? {
+                Some(job) if job.status.index_code() == key[0] => {}
+                _ => report.problem(format!(
+                    "status index: {job_id} has no job in status code {}",
+                    key[0]
+                )),
+            }
+        }
+        for entry in self.by_namespace.iter() {
+            let (key, _) = entry?;
+            let job_id = String::from_utf8_lossy(codec::last_part(&key)).into_owned();
+            let ns = String::from_utf8_lossy(&key[..key.len() - job_id.len() - 1]).into_owned();
+            match self.job(&job_id)? {
+                Some(job) if job.namespace_id.as_deref().unwrap_or("") == ns => {}
+                _ => report.problem(format!("namespace index: {ns}/{job_id} has no such job")),
+            }
+        }
+        for entry in self.executions.iter() {
+            let (key, value) = entry?;
+            report.executions += 1;
+            let name = String::from_utf8_lossy(&key).replace('\0', "/");
+            let execution: Execution = match codec::decode(&value) {
+                Ok(e) => e,
+                Err(e) => {
+                    report.problem(format!("execution {name}: {e}"));
+                    continue;
+                }
+            };
+            if execution.key() != key.as_ref() {
+                report.problem(format!("execution {name}: stored under the wrong key"));
+            }
+            if !self.jobs.contains_key(codec::job_key(&execution.job_id))? {
+                report.problem(format!("execution {name}: its job does not exist"));
+            }
+            if self.by_thing.get(execution.thing_key())?.as_deref()
+                != Some(&[execution.status.index_code()][..])
+            {
+                report.problem(format!("execution {name}: thing index missing or stale"));
+            }
+        }
+        for entry in self.by_thing.iter() {
+            let (key, _) = entry?;
+            let job_id = String::from_utf8_lossy(codec::last_part(&key)).into_owned();
+            let thing = String::from_utf8_lossy(&key[..key.len() - job_id.len() - 1]).into_owned();
+            if !self
+                .executions
+                .contains_key(codec::execution_key(&job_id, &thing))?
+            {
+                report.problem(format!("thing index: {thing}/{job_id} has no execution"));
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn write_job_indexes(
+    by_status: &TransactionalTree,
+    by_namespace: &TransactionalTree,
+    before: Option<&Job>,
+    after: Option<&Job>,
+) -> std::result::Result<(), ConflictableTransactionError<()>> {
+    let status_of = |job: Option<&Job>| job.map(|j| codec::status_key(j.status, &j.job_id));
+    let namespace_of =
+        |job: Option<&Job>| job.map(|j| codec::namespace_key(j.namespace_id.as_deref(), &j.job_id));
+    for (tree, old, new) in [
+        (by_status, status_of(before), status_of(after)),
+        (by_namespace, namespace_of(before), namespace_of(after)),
+    ] {
+        if old == new {
+            continue;
+        }
+        if let Some(old) = old {
+            tree.remove(old)?;
+        }
+        if let Some(new) = new {
+            tree.insert(new, &[])?;
+        }
+    }
+    Ok(())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T> {
+    codec::decode(bytes).map_err(|source| StoreError::Codec {
+        what: what(),
+        source,
+    })
+}
+
+/// What [`Store::check`] found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub jobs: u64,
+    pub executions: u64,
+    pub problems: Vec<String>,
+}
+
+impl CheckReport {
+    fn problem(&mut self, text: String) {
+        self.problems.push(text);
+    }
+
+    pub fn is_consistent(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} jobs, {} executions", self.jobs, self.executions)?;
+        if self.problems.is_empty() {
+            return write!(f, "store is consistent");
+        }
+        for problem in &self.problems {
+            writeln!(f, "problem: {problem}")?;
+        }
+        write!(f, "store is INCONSISTENT: {} problems", self.problems.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::model::{ExecutionStatus, JobStatus};
+
+    fn job(id: &str, namespace: Option<&str>, things: &[&str]) -> (Job, Vec<Execution>) {
+        let executions: Vec<Execution> =
+            things.iter().map(|t| Execution::queued(id, t, 1)).collect();
+        let mut counts = ExecutionCounts::default();
+        executions.iter().for_each(|e| counts.add(e.status));
+        let job = Job {
+            job_id: id.into(),
+            namespace_id: namespace.map(str::to_owned),
+            status: JobStatus::InProgress,
+            document: "{}".into(),
+            description: None,
+            targets: things.iter().map(|t| t.to_string()).collect(),
+            created_at: 1,
+            last_updated_at: 1,
+            completed_at: None,
+            force_canceled: false,
+            reason_code: None,
+            comment: None,
+            counts,
+            deletion: None,
+        };
+        (job, executions)
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8 << 20).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn a_committed_job_is_found_by_id_status_namespace_and_thing() {
+        let (_dir, store) = open();
+        let (j, execs) = job("j1", Some("acme"), &["t1", "t2"]);
+        store
+            .commit(&Change {
+                job_after: Some(&j),
+                put_executions: &execs,
+                ..Default::default()
+            })
+            .unwrap();
+        let (other, other_execs) = job("j2", None, &["t1"]);
+        store
+            .commit(&Change {
+                job_after: Some(&other),
+                put_executions: &other_execs,
+                ..Default::default()
+            })
+            .unwrap();
+
+        assert_eq!(store.job("j1").unwrap(), Some(j.clone()));
+        assert_eq!(
+            store.job_ids_with_status(JobStatus::InProgress).unwrap(),
+            vec!["j1", "j2"]
+        );
+        let acme: Vec<_> = store
+            .jobs_after(None, Some(Some("acme")))
+            .map(|j| j.unwrap().job_id)
+            .collect();
+        assert_eq!(acme, vec!["j1"]);
+        let standard: Vec<_> = store
+            .jobs_after(None, Some(None))
+            .map(|j| j.unwrap().job_id)
+            .collect();
+        assert_eq!(standard, vec!["j2"]);
+        let page = store.executions_of_job("j1", Some("t1"), 10).unwrap();
+        assert_eq!(
+            page.iter()
+                .map(|e| e.thing_name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["t2"]
+        );
+        assert!(store.check().unwrap().is_consistent());
+    }
+
+    #[test]
+    fn status_changes_move_the_index_and_removal_clears_everything() {
+        let (_dir, store) = open();
+        let (j, execs) = job("j1", None, &["t1", "t2", "t3"]);
+        store
+            .commit(&Change {
+                job_after: Some(&j),
+                put_executions: &execs,
+                ..Default::default()
+            })
+            .unwrap();
+        let mut deleting = j.clone();
+        deleting.status = JobStatus::DeletionInProgress;
+        store
+            .commit(&Change {
+                job_before: Some(&j),
+                job_after: Some(&deleting),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(store
+            .job_ids_with_status(JobStatus::InProgress)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store
+                .job_ids_with_status(JobStatus::DeletionInProgress)
+                .unwrap(),
+            vec!["j1"]
+        );
+
+        let mut fewer = deleting.clone();
+        execs[..2]
+            .iter()
+            .for_each(|e| fewer.counts.remove(e.status));
+        store
+            .commit(&Change {
+                job_before: Some(&deleting),
+                job_after: Some(&fewer),
+                delete_executions: &execs[..2],
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(store.check().unwrap().is_consistent());
+        assert_eq!(store.executions_of_job("j1", None, 10).unwrap().len(), 1);
+
+        store
+            .commit(&Change {
+                job_before: Some(&fewer),
+                delete_executions: &execs[2..],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(store.job("j1").unwrap(), None);
+        let report = store.check().unwrap();
+        assert!(report.is_consistent(), "{report}");
+        assert_eq!((report.jobs, report.executions), (0, 0));
+    }
+
+    #[test]
+    fn check_reports_an_index_that_disagrees_with_its_record() {
+        let (_dir, store) = open();
+        let (j, mut execs) = job("j1", None, &["t1"]);
+        store
+            .commit(&Change {
+                job_after: Some(&j),
+                put_executions: &execs,
+                ..Default::default()
+            })
+            .unwrap();
+        execs[0].status = ExecutionStatus::Succeeded;
+        // Write the record alone, bypassing commit: the thing index and the job counts are now stale.
+        store
+            .executions
+            .insert(execs[0].key(), codec::encode(&execs[0]))
+            .unwrap();
+        let report = store.check().unwrap();
+        assert!(!report.is_consistent());
+        assert!(
+            report.to_string().contains("thing index missing or stale"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, execs) = job("j1", Some("ns"), &["t1"]);
+        {
+            let store = Store::open(dir.path(), 8 << 20).unwrap();
+            store
+                .commit(&Change {
+                    job_after: Some(&j),
+                    put_executions: &execs,
+                    ..Default::default()
+                })
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 8 << 20).unwrap();
+        assert_eq!(store.job("j1").unwrap(), Some(j));
+    }
+}
