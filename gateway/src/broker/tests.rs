@@ -407,3 +407,143 @@ async fn shutdown_disconnects_every_client() {
         .expect("client disconnected");
     assert!(broker.internal_client("late").await.is_err());
 }
+
+/// A raw MQTT 3.1.1 CONNECT for `client_id` with the given keep-alive.
+fn raw_connect(client_id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+/// Reads until the server closes the socket; returns everything it sent.
+async fn read_to_close(socket: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    tokio::time::timeout(limit, socket.read_to_end(&mut received))
+        .await
+        .expect("closed in time")
+        .ok();
+    received
+}
+
+#[tokio::test]
+async fn garbage_and_unknown_protocol_levels_are_closed_without_harm() {
+    use tokio::io::AsyncWriteExt;
+    let broker = start().await;
+    let addr = broker.local_addrs()[0];
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert!(read_to_close(&mut socket, WAIT).await.is_empty());
+
+    // MQTT 3.1 (level 3): CONNACK "unacceptable protocol version", then close.
+    let mut connect = raw_connect("d1", 5);
+    connect[8] = 3;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(&connect).await.unwrap();
+    assert_eq!(read_to_close(&mut socket, WAIT).await, vec![0x20, 2, 0, 1]);
+
+    // The broker still serves well-behaved clients.
+    let (_device, _rx) = connect_ok(&broker, "d1").await;
+}
+
+async fn connect_ok(
+    broker: &Broker,
+    client_id: &str,
+) -> (AsyncClient, mpsc::UnboundedReceiver<Packet>) {
+    connect(options(broker, client_id)).await
+}
+
+#[tokio::test]
+async fn a_client_silent_for_one_and_a_half_keep_alives_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let broker = start().await;
+    let mut socket = tokio::net::TcpStream::connect(broker.local_addrs()[0])
+        .await
+        .unwrap();
+    socket.write_all(&raw_connect("d1", 1)).await.unwrap();
+    let started = std::time::Instant::now();
+    let received = read_to_close(&mut socket, Duration::from_secs(3)).await;
+    assert_eq!(received, vec![0x20, 2, 0, 0], "only the CONNACK");
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    assert!(broker.sessions().is_empty());
+}
+
+#[tokio::test]
+async fn a_denied_qos2_publish_disconnects_the_client() {
+    let broker = start().await;
+    let (device, mut rx) = connect_ok(&broker, "d1").await;
+    device
+        .publish("$aws/things/d2/jobs/get", QoS::ExactlyOnce, false, "x")
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async { while rx.recv().await.is_some() {} })
+        .await
+        .expect("disconnected");
+}
+
+#[tokio::test]
+async fn the_last_will_is_published_when_the_connection_is_lost() {
+    let broker = start().await;
+    let mut service = broker.internal_client("wills").await.unwrap();
+    service.subscribe("$aws/things/+/will").await.unwrap();
+    let mut options = options(&broker, "d1");
+    options.set_last_will(rumqttc::LastWill::new(
+        "$aws/things/d1/will",
+        "gone",
+        QoS::AtMostOnce,
+        false,
+    ));
+    let (_client, mut eventloop) = AsyncClient::new(options, 10);
+    tokio::time::timeout(WAIT, eventloop.poll())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(eventloop); // closes the socket without DISCONNECT
+    assert_eq!(
+        next_internal(&mut service).await,
+        ("$aws/things/d1/will".into(), Bytes::from_static(b"gone"))
+    );
+}
+
+#[tokio::test]
+async fn properties_of_mqtt5_publishes_do_not_reach_mqtt311_clients() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+
+    let broker = start().await;
+    let topic = "$aws/things/d1/state";
+    let port = broker.local_addrs()[0].port();
+    let (client, mut eventloop) = Client5::new(Options5::new("d1", "127.0.0.1", port), 10);
+    let properties = PublishProperties {
+        content_type: Some("application/json".into()),
+        user_properties: vec![("k".into(), "v".into())],
+        ..Default::default()
+    };
+    client
+        .publish_with_properties(topic, QoS5::AtLeastOnce, true, "{}", properties)
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event5::Incoming(Packet5::PubAck(_)) = eventloop.poll().await.unwrap() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("PUBACK in time");
+    drop(eventloop);
+
+    // The retained message carries MQTT 5 properties; the 3.1.1 session must get it without them.
+    let (device, mut rx) = connect_ok(&broker, "d1").await;
+    device.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(
+        publish(&mut rx).await,
+        (topic.to_owned(), Bytes::from_static(b"{}"))
+    );
+}
