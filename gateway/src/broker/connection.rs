@@ -194,7 +194,10 @@ async fn accept(
         // Clients must not use topic aliases: topics are authorized one by one, by name.
         p.topic_alias_max = None;
         p.max_packet_size = u32::try_from(shared.config.max_payload_size).ok();
-        p.receive_max = u16::try_from(shared.config.max_inflight_count).ok();
+        // How many unacknowledged QoS 1/2 publishes the client may send (0 would be a protocol error).
+        p.receive_max = u16::try_from(shared.config.max_inflight_count)
+            .ok()
+            .filter(|n| *n > 0);
         p
     });
     if writer.send(Packet::ConnAck(ack, props)).await.is_err() {
