@@ -1,0 +1,225 @@
+//! MQTT framing on one socket: 3.1.1 and 5 on the same port, chosen from the CONNECT's protocol level.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::{self, Packet, Protocol};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The MQTT version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Version {
+    V311,
+    V5,
+}
+
+/// Why no packet could be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error("connection closed by the client")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("nothing received within the keep-alive")]
+    KeepAlive,
+    #[error("malformed packet: {0}")]
+    Protocol(protocol::Error),
+    #[error("unsupported protocol level {0}")]
+    UnsupportedLevel(u8),
+}
+
+/// Reads packets off a byte stream, buffering partial frames.
+pub(crate) struct PacketReader<R> {
+    io: R,
+    buf: BytesMut,
+    max_size: usize,
+}
+
+impl<R: AsyncRead + Unpin> PacketReader<R> {
+    pub(crate) fn new(io: R, max_size: usize) -> Self {
+        PacketReader {
+            io,
+            buf: BytesMut::with_capacity(4096),
+            max_size,
+        }
+    }
+
+    /// Reads until the CONNECT's protocol level is known and returns the matching version.
+    pub(crate) async fn sniff_version(&mut self) -> Result<Version, ReadError> {
+        loop {
+            match peek_protocol_level(&self.buf) {
+                Peek::Level(4) => return Ok(Version::V311),
+                Peek::Level(5) => return Ok(Version::V5),
+                Peek::Level(level) => return Err(ReadError::UnsupportedLevel(level)),
+                Peek::NotConnect => {
+                    return Err(ReadError::Protocol(protocol::Error::InvalidProtocol))
+                }
+                Peek::NeedMore => self.fill(None).await?,
+            }
+        }
+    }
+
+    /// Reads one packet. `idle` bounds the wait for each chunk of bytes (the keep-alive); `None`: no bound.
+    pub(crate) async fn read(
+        &mut self,
+        version: Version,
+        idle: Option<Duration>,
+    ) -> Result<Packet, ReadError> {
+        loop {
+            let parsed = match version {
+                Version::V311 => V4.read_mut(&mut self.buf, self.max_size),
+                Version::V5 => V5.read_mut(&mut self.buf, self.max_size),
+            };
+            match parsed {
+                Ok(packet) => return Ok(packet),
+                Err(protocol::Error::InsufficientBytes(_)) => self.fill(idle).await?,
+                Err(e) => return Err(ReadError::Protocol(e)),
+            }
+        }
+    }
+
+    async fn fill(&mut self, idle: Option<Duration>) -> Result<(), ReadError> {
+        let read = match idle {
+            Some(limit) => tokio::time::timeout(limit, self.io.read_buf(&mut self.buf))
+                .await
+                .map_err(|_| ReadError::KeepAlive)??,
+            None => self.io.read_buf(&mut self.buf).await?,
+        };
+        if read == 0 {
+            return Err(ReadError::Closed);
+        }
+        Ok(())
+    }
+}
+
+enum Peek {
+    NeedMore,
+    NotConnect,
+    Level(u8),
+}
+
+/// Finds the protocol level byte of a CONNECT at the start of `buf` without consuming anything.
+fn peek_protocol_level(buf: &[u8]) -> Peek {
+    let Some(&first) = buf.first() else {
+        return Peek::NeedMore;
+    };
+    if first != 0x10 {
+        return Peek::NotConnect;
+    }
+    // Remaining length: a variable byte integer of at most 4 bytes.
+    let mut pos = 1;
+    loop {
+        let Some(&b) = buf.get(pos) else {
+            return Peek::NeedMore;
+        };
+        pos += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if pos > 4 {
+            return Peek::NotConnect;
+        }
+    }
+    let (Some(&hi), Some(&lo)) = (buf.get(pos), buf.get(pos + 1)) else {
+        return Peek::NeedMore;
+    };
+    let name_len = usize::from(u16::from_be_bytes([hi, lo]));
+    if name_len > 6 {
+        return Peek::NotConnect;
+    }
+    match buf.get(pos + 2 + name_len) {
+        Some(&level) => Peek::Level(level),
+        None => Peek::NeedMore,
+    }
+}
+
+/// Writes packets in the connection's version.
+pub(crate) struct PacketWriter<W> {
+    io: W,
+    buf: BytesMut,
+    version: Version,
+}
+
+impl<W: AsyncWrite + Unpin> PacketWriter<W> {
+    pub(crate) fn new(io: W, version: Version) -> Self {
+        PacketWriter {
+            io,
+            buf: BytesMut::with_capacity(4096),
+            version,
+        }
+    }
+
+    pub(crate) fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Encodes one packet into the write buffer (call [`PacketWriter::flush`] to send).
+    pub(crate) fn encode(&mut self, packet: Packet) -> io::Result<()> {
+        let result = match self.version {
+            Version::V311 => V4.write(strip_properties(packet), &mut self.buf),
+            Version::V5 => V5.write(packet, &mut self.buf),
+        };
+        result
+            .map(|_| ())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    }
+
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.io.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        self.io.flush().await
+    }
+
+    pub(crate) async fn send(&mut self, packet: Packet) -> io::Result<()> {
+        self.encode(packet)?;
+        self.flush().await
+    }
+
+    pub(crate) async fn shutdown(&mut self) {
+        let _ = self.io.shutdown().await;
+    }
+}
+
+/// MQTT 3.1.1 has no properties, and rumqttd's V4 writer panics on a packet that carries some (the router
+/// attaches them, e.g. to publishes from MQTT 5 clients): drop them.
+fn strip_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::ConnAck(p, _) => Packet::ConnAck(p, None),
+        Packet::Publish(p, _) => Packet::Publish(p, None),
+        Packet::PubAck(p, _) => Packet::PubAck(p, None),
+        Packet::SubAck(p, _) => Packet::SubAck(p, None),
+        Packet::PubRec(p, _) => Packet::PubRec(p, None),
+        Packet::PubRel(p, _) => Packet::PubRel(p, None),
+        Packet::PubComp(p, _) => Packet::PubComp(p, None),
+        Packet::UnsubAck(p, _) => Packet::UnsubAck(p, None),
+        Packet::Disconnect(p, _) => Packet::Disconnect(p, None),
+        Packet::Subscribe(p, _) => Packet::Subscribe(p, None),
+        Packet::Unsubscribe(p, _) => Packet::Unsubscribe(p, None),
+        Packet::Connect(c, _, will, _, login) => Packet::Connect(c, None, will, None, login),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_level_is_found_in_partial_and_whole_connects() {
+        // CONNECT, remaining length 12, "MQTT", level 5.
+        let connect = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60];
+        assert!(matches!(peek_protocol_level(&connect), Peek::Level(5)));
+        assert!(matches!(peek_protocol_level(&connect[..8]), Peek::NeedMore));
+        assert!(matches!(peek_protocol_level(&[]), Peek::NeedMore));
+        assert!(matches!(peek_protocol_level(&[0x30, 0]), Peek::NotConnect));
+        assert!(matches!(
+            peek_protocol_level(&[0x10, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            Peek::NotConnect
+        ));
+    }
+}

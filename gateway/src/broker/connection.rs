@@ -1,0 +1,848 @@
+//! One client connection: CONNECT and authentication, then two loops that splice the socket and the
+//! client's router link together, authorizing and rewriting topics on the way.
+//!
+//! The reader loop (this task) takes packets off the socket, checks each PUBLISH and SUBSCRIBE against the
+//! client's [`Principal`], rewrites `$` topics to the router's form and pushes the packet into the link. The
+//! writer loop (its own task) writes what the router hands back, restoring `$` topics, and writes replies
+//! the reader produces itself (denied SUBACKs, PUBACKs of denied publishes, UNSUBACKs).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{
+    ConnAck, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Login, Packet,
+    PubAck, PubAckReason, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason, Unsubscribe,
+};
+use rumqttd::Notification;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::codec::{PacketReader, PacketWriter, ReadError, Version};
+use super::internal::disconnect_now;
+use super::presence::{DisconnectReason, PresenceInfo};
+use super::topics::{is_reserved, to_external, to_internal};
+use super::Shared;
+use crate::auth::{AuthError, Principal};
+
+/// Serves one accepted socket until it closes. `_alive` is held until the end so shutdown can wait for it.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    loopback: bool,
+    _alive: mpsc::Sender<()>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = PacketReader::new(read_half, shared.config.max_payload_size);
+    let limit = Duration::from_millis(shared.config.connection_timeout_ms.into());
+    let first = tokio::time::timeout(limit, async {
+        let version = reader.sniff_version().await?;
+        Ok::<_, ReadError>((version, reader.read(version, None).await?))
+    })
+    .await;
+    let (version, packet) = match first {
+        Ok(Ok(first)) => first,
+        Ok(Err(ReadError::UnsupportedLevel(level))) => {
+            tracing::info!(%peer, level, "refused a connection: unsupported MQTT protocol level");
+            let mut writer = PacketWriter::new(write_half, Version::V311);
+            let _ = writer
+                .send(connack(ConnectReturnCode::RefusedProtocolVersion))
+                .await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "connection closed before CONNECT: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "no CONNECT within {} ms, closing", limit.as_millis());
+            return;
+        }
+    };
+    let Packet::Connect(connect, _props, will, _will_props, login) = packet else {
+        tracing::info!(%peer, "first packet is not CONNECT, closing");
+        return;
+    };
+    let writer = PacketWriter::new(write_half, version);
+    let request = ConnectRequest {
+        connect,
+        will,
+        login,
+        peer,
+        loopback,
+    };
+    if let Some((client, writer, link_rx)) = accept(&shared, request, writer).await {
+        client.run(reader, writer, link_rx).await;
+    }
+}
+
+struct ConnectRequest {
+    connect: Connect,
+    will: Option<LastWill>,
+    login: Option<Login>,
+    peer: SocketAddr,
+    loopback: bool,
+}
+
+/// Why a CONNECT was refused, mapped to each version's CONNACK code.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    BadCredentials,
+    NotAuthorized,
+    BadClientId,
+    Unavailable,
+}
+
+impl Refusal {
+    fn code(self, version: Version) -> ConnectReturnCode {
+        match (self, version) {
+            (Refusal::BadCredentials, _) => ConnectReturnCode::BadUserNamePassword,
+            (Refusal::NotAuthorized, _) => ConnectReturnCode::NotAuthorized,
+            (Refusal::BadClientId, _) => ConnectReturnCode::ClientIdentifierNotValid,
+            (Refusal::Unavailable, Version::V311) => ConnectReturnCode::ServiceUnavailable,
+            (Refusal::Unavailable, Version::V5) => ConnectReturnCode::ServerUnavailable,
+        }
+    }
+}
+
+fn connack(code: ConnectReturnCode) -> Packet {
+    Packet::ConnAck(
+        ConnAck {
+            session_present: false,
+            code,
+        },
+        None,
+    )
+}
+
+/// An accepted, authenticated client with its router link.
+struct Client {
+    shared: Arc<Shared>,
+    client_id: String,
+    principal: Principal,
+    version: Version,
+    keep_alive: u16,
+    will: Option<LastWill>,
+    link: LinkGuard,
+    presence: PresenceInfo,
+    // Dropped last: they free the client's slot and its `Sessions` entry even if this task panics.
+    session: SessionGuard,
+    _slot: SlotGuard,
+}
+
+/// Authenticates a CONNECT, answers it, and on success returns the connected client.
+async fn accept(
+    shared: &Arc<Shared>,
+    request: ConnectRequest,
+    mut writer: PacketWriter<OwnedWriteHalf>,
+) -> Option<(Client, PacketWriter<OwnedWriteHalf>, LinkRx)> {
+    let version = writer.version();
+    let client_id = request.connect.client_id.clone();
+    let peer = request.peer;
+    let refuse = |refusal: Refusal, reason: String| {
+        tracing::warn!(client_id, %peer, "refused a connection: {reason}");
+        connack(refusal.code(version))
+    };
+    let principal = match check_connect(shared, &request).await {
+        Ok(principal) => principal,
+        Err((refusal, reason)) => {
+            let _ = writer.send(refuse(refusal, reason)).await;
+            return None;
+        }
+    };
+    let Some(slot) = SlotGuard::take(shared) else {
+        let reason = format!(
+            "{} clients connected already",
+            shared.config.max_connections
+        );
+        let _ = writer.send(refuse(Refusal::Unavailable, reason)).await;
+        return None;
+    };
+    let number = shared.sessions.register(&client_id, principal.clone());
+    let session = SessionGuard {
+        shared: shared.clone(),
+        client_id: client_id.clone(),
+        number,
+    };
+    let (link_tx, link_rx, ack) = match shared.link(&client_id, request.connect.clean_session).await
+    {
+        Ok(link) => link,
+        Err(e) => {
+            let _ = writer
+                .send(refuse(Refusal::Unavailable, e.to_string()))
+                .await;
+            return None;
+        }
+    };
+    let link = LinkGuard {
+        tx: link_tx,
+        router_has_it: true,
+    };
+    let ack: Option<Packet> = ack.into();
+    let Some(Packet::ConnAck(ack, props)) = ack else {
+        return None;
+    };
+    let props = props.map(|mut p| {
+        // Clients must not use topic aliases: topics are authorized one by one, by name.
+        p.topic_alias_max = None;
+        p.max_packet_size = u32::try_from(shared.config.max_payload_size).ok();
+        // How many unacknowledged QoS 1/2 publishes the client may send (0 would be a protocol error).
+        p.receive_max = u16::try_from(shared.config.max_inflight_count)
+            .ok()
+            .filter(|n| *n > 0);
+        p
+    });
+    if writer.send(Packet::ConnAck(ack, props)).await.is_err() {
+        return None;
+    }
+    let presence = PresenceInfo::new(&client_id, &principal, peer.ip());
+    tracing::info!(client_id, %peer, principal = %presence.principal, "client connected");
+    let (topic, body) = presence.event(None);
+    shared.publish_presence(&topic, body).await;
+    let client = Client {
+        shared: shared.clone(),
+        client_id,
+        principal,
+        version,
+        keep_alive: request.connect.keep_alive,
+        will: request.will,
+        link,
+        presence,
+        session,
+        _slot: slot,
+    };
+    Some((client, writer, link_rx))
+}
+
+/// Validates the client id and the credentials (argon2, on a blocking thread).
+async fn check_connect(
+    shared: &Arc<Shared>,
+    request: &ConnectRequest,
+) -> Result<Principal, (Refusal, String)> {
+    let client_id = &request.connect.client_id;
+    // The router refuses these characters; `~` starts the gateway's own internal client ids.
+    if client_id.is_empty() || client_id.contains(['+', '$', '#', '/']) || is_reserved(client_id) {
+        return Err((Refusal::BadClientId, "invalid client id".into()));
+    }
+    let auth = shared.auth.clone();
+    let client_id = client_id.clone();
+    let login = request.login.clone();
+    let loopback = request.loopback;
+    let verdict = tokio::task::spawn_blocking(move || {
+        let (user, pass) = match &login {
+            Some(l) => (Some(l.username.as_str()), Some(l.password.as_bytes())),
+            None => (None, None),
+        };
+        auth.authenticate(&client_id, user, pass, loopback)
+    })
+    .await
+    .map_err(|e| (Refusal::Unavailable, format!("authentication failed: {e}")))?;
+    verdict.map_err(|e| {
+        let refusal = match e {
+            AuthError::BadCredentials => Refusal::BadCredentials,
+            AuthError::InvalidClientId(_) => Refusal::BadClientId,
+            AuthError::PasswordRequired | AuthError::ClientIdMismatch { .. } => {
+                Refusal::NotAuthorized
+            }
+        };
+        (refusal, e.to_string())
+    })
+}
+
+/// Counts a client against `max_connections` while alive.
+struct SlotGuard {
+    shared: Arc<Shared>,
+}
+
+impl SlotGuard {
+    fn take(shared: &Arc<Shared>) -> Option<SlotGuard> {
+        let max = shared.config.max_connections;
+        let taken = shared
+            .clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        taken.is_ok().then(|| SlotGuard {
+            shared: shared.clone(),
+        })
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.shared.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Removes the client's `Sessions` entry, unless a newer connection of the same client id replaced it.
+struct SessionGuard {
+    shared: Arc<Shared>,
+    client_id: String,
+    number: u64,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.shared.sessions.remove(&self.client_id, self.number);
+    }
+}
+
+/// The client's side of its router connection: tells the router the connection ended when dropped.
+struct LinkGuard {
+    tx: LinkTx,
+    /// False once the router dropped this connection itself (session takeover): the link's connection id
+    /// may already belong to someone else.
+    router_has_it: bool,
+}
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        if self.router_has_it {
+            disconnect_now(&mut self.tx);
+        }
+    }
+}
+
+/// What the reader asks the writer to do.
+enum ToWriter {
+    Packet(Packet),
+    /// Write this last packet (if any) and close the socket.
+    Close(Option<Packet>),
+}
+
+/// Why the writer loop ended.
+#[derive(Debug)]
+enum WriterEnd {
+    Closed,
+    RouterGone,
+    RouterDisconnect,
+    Io(std::io::Error),
+}
+
+/// Why the reader loop ended.
+#[derive(Debug)]
+enum ReaderEnd {
+    ClientDisconnect,
+    Lost(DisconnectReason, String),
+    /// A QoS 2 publish was denied: there is no way to refuse it politely, so the client is disconnected.
+    Denied(String),
+    RouterGone,
+}
+
+/// SUBSCRIBEs forwarded with some filters removed: pkid -> which positions were allowed.
+type PendingSubacks = Arc<Mutex<HashMap<u16, Vec<bool>>>>;
+
+impl Client {
+    async fn run(
+        mut self,
+        mut reader: PacketReader<OwnedReadHalf>,
+        writer: PacketWriter<OwnedWriteHalf>,
+        link_rx: LinkRx,
+    ) {
+        let (to_writer, commands) = mpsc::channel(64);
+        let pending = PendingSubacks::default();
+        let mut writer_task = tokio::spawn(write_loop(writer, link_rx, commands, pending.clone()));
+        let mut shutdown = self.shared.shutdown.clone();
+        let version = self.version;
+        let (reason, last) = tokio::select! {
+            end = self.read_loop(&mut reader, &to_writer, &pending, version) => self.reader_ended(end, version),
+            end = &mut writer_task => {
+                let end = end.unwrap_or(WriterEnd::Io(std::io::Error::other("writer task failed")));
+                self.writer_ended(end)
+            }
+            () = super::stopped(&mut shutdown) => (DisconnectReason::ServerInitiated, v5_disconnect(version, DisconnectReasonCode::ServerShuttingDown)),
+        };
+        if !writer_task.is_finished() {
+            let _ = to_writer.send(ToWriter::Close(last)).await;
+            if tokio::time::timeout(Duration::from_secs(1), &mut writer_task)
+                .await
+                .is_err()
+            {
+                writer_task.abort();
+            }
+        }
+        self.finish(reason).await;
+    }
+
+    fn reader_ended(
+        &mut self,
+        end: ReaderEnd,
+        version: Version,
+    ) -> (DisconnectReason, Option<Packet>) {
+        match end {
+            ReaderEnd::ClientDisconnect => (DisconnectReason::ClientInitiated, None),
+            ReaderEnd::Lost(reason, detail) => {
+                tracing::info!(client_id = self.client_id, "connection lost: {detail}");
+                self.publish_will();
+                let code = match reason {
+                    DisconnectReason::KeepAliveTimeout => DisconnectReasonCode::KeepAliveTimeout,
+                    DisconnectReason::ClientError => DisconnectReasonCode::ProtocolError,
+                    _ => DisconnectReasonCode::UnspecifiedError,
+                };
+                (reason, v5_disconnect(version, code))
+            }
+            ReaderEnd::Denied(topic) => {
+                tracing::warn!(
+                    client_id = self.client_id,
+                    topic,
+                    "denied QoS 2 publish, disconnecting"
+                );
+                (
+                    DisconnectReason::AuthorizationError,
+                    v5_disconnect(version, DisconnectReasonCode::NotAuthorized),
+                )
+            }
+            ReaderEnd::RouterGone => {
+                self.link.router_has_it = false;
+                (self.router_gone_reason(), None)
+            }
+        }
+    }
+
+    fn writer_ended(&mut self, end: WriterEnd) -> (DisconnectReason, Option<Packet>) {
+        match end {
+            WriterEnd::Closed => (DisconnectReason::ServerInitiated, None),
+            WriterEnd::RouterGone | WriterEnd::RouterDisconnect => {
+                self.link.router_has_it = false;
+                (self.router_gone_reason(), None)
+            }
+            WriterEnd::Io(e) => {
+                tracing::info!(client_id = self.client_id, "connection lost: {e}");
+                self.publish_will();
+                (DisconnectReason::ConnectionLost, None)
+            }
+        }
+    }
+
+    fn router_gone_reason(&self) -> DisconnectReason {
+        if self
+            .shared
+            .sessions
+            .superseded(&self.client_id, self.session.number)
+        {
+            DisconnectReason::DuplicateClientId
+        } else {
+            DisconnectReason::ServerInitiated
+        }
+    }
+
+    /// Publishes the client's last will (QoS 0) if it may publish there; only on an abnormal end.
+    fn publish_will(&mut self) {
+        let Some(will) = self.will.take() else {
+            return;
+        };
+        let Ok(topic) = std::str::from_utf8(&will.topic) else {
+            return;
+        };
+        if is_reserved(topic) || !self.principal.may_publish(&self.client_id, topic) {
+            tracing::warn!(client_id = self.client_id, topic, "last will denied");
+            return;
+        }
+        let publish = Publish::new(Bytes::from(to_internal(topic)), will.message, will.retain);
+        send_now(&mut self.link.tx, Packet::Publish(publish, None));
+    }
+
+    async fn finish(self, reason: DisconnectReason) {
+        tracing::info!(client_id = self.client_id, reason = ?reason, "client disconnected");
+        let (topic, body) = self.presence.event(Some(reason));
+        let shared = self.shared.clone();
+        // Ends the router connection and frees the session before announcing it.
+        drop(self);
+        shared.publish_presence(&topic, body).await;
+    }
+
+    /// Socket -> router, with authorization and topic rewriting.
+    async fn read_loop(
+        &mut self,
+        reader: &mut PacketReader<OwnedReadHalf>,
+        to_writer: &mpsc::Sender<ToWriter>,
+        pending: &PendingSubacks,
+        version: Version,
+    ) -> ReaderEnd {
+        // MQTT: a client silent for 1.5 x keep-alive is gone; keep-alive 0 means no limit.
+        let idle =
+            (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
+        loop {
+            let packet = match reader.read(version, idle).await {
+                Ok(packet) => packet,
+                Err(e) => return lost(e),
+            };
+            let forward = match packet {
+                Packet::Publish(publish, props) => self.inbound_publish(publish, props, version),
+                Packet::Subscribe(subscribe, props) => {
+                    self.inbound_subscribe(subscribe, props, version, pending)
+                }
+                Packet::Unsubscribe(unsubscribe, props) => {
+                    self.inbound_unsubscribe(unsubscribe, props)
+                }
+                Packet::Disconnect(..) => return ReaderEnd::ClientDisconnect,
+                p @ (Packet::PingReq(_)
+                | Packet::PubAck(..)
+                | Packet::PubRec(..)
+                | Packet::PubRel(..)
+                | Packet::PubComp(..)) => Inbound::forward(p),
+                other => {
+                    let detail = format!("unexpected packet {other:?}");
+                    return ReaderEnd::Lost(DisconnectReason::ClientError, detail);
+                }
+            };
+            let Inbound {
+                to_router,
+                reply,
+                denied,
+            } = forward;
+            if let Some(topic) = denied {
+                return ReaderEnd::Denied(topic);
+            }
+            if let Some(reply) = reply {
+                if to_writer.send(ToWriter::Packet(reply)).await.is_err() {
+                    return ReaderEnd::Lost(DisconnectReason::ConnectionLost, "writer gone".into());
+                }
+            }
+            if let Some(packet) = to_router {
+                if self.link.tx.send(packet).await.is_err() {
+                    return ReaderEnd::RouterGone;
+                }
+            }
+        }
+    }
+
+    fn inbound_publish(
+        &self,
+        mut publish: Publish,
+        props: Option<rumqttd::protocol::PublishProperties>,
+        version: Version,
+    ) -> Inbound {
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        if !is_reserved(&topic) && self.principal.may_publish(&self.client_id, &topic) {
+            publish.topic = Bytes::from(to_internal(&topic));
+            // Topic aliases are not offered (CONNACK), so a client-sent alias is ignored, not recorded.
+            let props = props.map(|mut p| {
+                p.topic_alias = None;
+                p
+            });
+            return Inbound::forward(Packet::Publish(publish, props));
+        }
+        tracing::warn!(client_id = self.client_id, topic, "publish denied");
+        match qos_and_pkid(&publish) {
+            (1, pkid) => {
+                let reason = match version {
+                    Version::V311 => PubAckReason::Success,
+                    Version::V5 => PubAckReason::NotAuthorized,
+                };
+                Inbound::reply(Packet::PubAck(PubAck { pkid, reason }, None))
+            }
+            (2, _) => Inbound::deny(topic),
+            _ => Inbound::default(),
+        }
+    }
+
+    fn inbound_subscribe(
+        &self,
+        subscribe: Subscribe,
+        props: Option<rumqttd::protocol::SubscribeProperties>,
+        version: Version,
+        pending: &PendingSubacks,
+    ) -> Inbound {
+        let pkid = subscribe.pkid;
+        let mut allowed_mask = Vec::with_capacity(subscribe.filters.len());
+        let mut allowed = Vec::new();
+        for mut filter in subscribe.filters {
+            let ok = !is_reserved(&filter.path)
+                && self.principal.may_subscribe(&self.client_id, &filter.path);
+            if ok {
+                filter.path = to_internal(&filter.path);
+                allowed.push(filter);
+            } else {
+                tracing::warn!(
+                    client_id = self.client_id,
+                    filter = filter.path,
+                    "subscribe denied"
+                );
+            }
+            allowed_mask.push(ok);
+        }
+        if allowed.is_empty() {
+            let codes = allowed_mask.iter().map(|_| denied_code(version)).collect();
+            return Inbound::reply(Packet::SubAck(
+                SubAck {
+                    pkid,
+                    return_codes: codes,
+                },
+                None,
+            ));
+        }
+        if allowed.len() < allowed_mask.len() {
+            lock(pending).insert(pkid, allowed_mask);
+        }
+        Inbound::forward(Packet::Subscribe(
+            Subscribe {
+                pkid,
+                filters: allowed,
+            },
+            props,
+        ))
+    }
+
+    /// The router answers UNSUBSCRIBE only for filters that were subscribed, so sprig answers every one
+    /// itself and drops the router's UNSUBACKs.
+    fn inbound_unsubscribe(
+        &self,
+        unsubscribe: Unsubscribe,
+        props: Option<rumqttd::protocol::UnsubscribeProperties>,
+    ) -> Inbound {
+        let pkid = unsubscribe.pkid;
+        let reasons = vec![UnsubAckReason::Success; unsubscribe.filters.len()];
+        let reply = Packet::UnsubAck(UnsubAck { pkid, reasons }, None);
+        let filters: Vec<String> = unsubscribe
+            .filters
+            .iter()
+            .filter(|f| !is_reserved(f))
+            .map(|f| to_internal(f))
+            .collect();
+        if filters.is_empty() {
+            return Inbound::reply(reply);
+        }
+        Inbound::both(
+            Packet::Unsubscribe(Unsubscribe { pkid, filters }, props),
+            reply,
+        )
+    }
+}
+
+/// What the reader does with one inbound packet: push it to the router, answer the client, or both.
+#[derive(Default)]
+struct Inbound {
+    to_router: Option<Packet>,
+    reply: Option<Packet>,
+    /// A QoS 2 publish to this topic was denied.
+    denied: Option<String>,
+}
+
+impl Inbound {
+    fn forward(packet: Packet) -> Inbound {
+        Inbound {
+            to_router: Some(packet),
+            ..Inbound::default()
+        }
+    }
+
+    fn reply(packet: Packet) -> Inbound {
+        Inbound {
+            reply: Some(packet),
+            ..Inbound::default()
+        }
+    }
+
+    fn both(packet: Packet, reply: Packet) -> Inbound {
+        Inbound {
+            to_router: Some(packet),
+            reply: Some(reply),
+            denied: None,
+        }
+    }
+
+    fn deny(topic: String) -> Inbound {
+        Inbound {
+            denied: Some(topic),
+            ..Inbound::default()
+        }
+    }
+}
+
+fn lost(e: ReadError) -> ReaderEnd {
+    let reason = match e {
+        ReadError::KeepAlive => DisconnectReason::KeepAliveTimeout,
+        ReadError::Protocol(_) | ReadError::UnsupportedLevel(_) => DisconnectReason::ClientError,
+        ReadError::Closed | ReadError::Io(_) => DisconnectReason::ConnectionLost,
+    };
+    ReaderEnd::Lost(reason, e.to_string())
+}
+
+fn denied_code(version: Version) -> SubscribeReasonCode {
+    match version {
+        Version::V311 => SubscribeReasonCode::Failure,
+        Version::V5 => SubscribeReasonCode::NotAuthorized,
+    }
+}
+
+fn v5_disconnect(version: Version, reason_code: DisconnectReasonCode) -> Option<Packet> {
+    (version == Version::V5).then(|| Packet::Disconnect(Disconnect { reason_code }, None))
+}
+
+/// QoS and packet id of a publish. rumqttd keeps both fields private; its own serialization exposes them
+/// (header byte, then the packet id). Only used for denied publishes, so the copy does not matter.
+fn qos_and_pkid(publish: &Publish) -> (u8, u16) {
+    let bytes = publish.serialize();
+    match bytes.get(..3) {
+        Some(&[header, hi, lo]) => ((header >> 1) & 0b11, u16::from_be_bytes([hi, lo])),
+        _ => (0, 0),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends a packet on a link from synchronous code (see [`disconnect_now`]).
+fn send_now(link_tx: &mut LinkTx, packet: Packet) {
+    super::internal::push_now(link_tx, packet);
+}
+
+/// Router -> socket, restoring `$` topics and splicing denied filters into SUBACKs.
+async fn write_loop(
+    mut writer: PacketWriter<OwnedWriteHalf>,
+    mut link_rx: LinkRx,
+    mut commands: mpsc::Receiver<ToWriter>,
+    pending: PendingSubacks,
+) -> WriterEnd {
+    let version = writer.version();
+    loop {
+        tokio::select! {
+            // Replies the reader made are written before later router output.
+            biased;
+            command = commands.recv() => match command {
+                Some(ToWriter::Packet(packet)) => {
+                    if let Err(e) = writer.send(packet).await {
+                        return WriterEnd::Io(e);
+                    }
+                }
+                Some(ToWriter::Close(last)) => {
+                    if let Some(last) = last {
+                        let _ = writer.send(last).await;
+                    }
+                    writer.shutdown().await;
+                    return WriterEnd::Closed;
+                }
+                None => {
+                    writer.shutdown().await;
+                    return WriterEnd::Closed;
+                }
+            },
+            notification = link_rx.next() => {
+                let notification = match notification {
+                    Ok(Some(n)) => n,
+                    Ok(None) => continue,
+                    Err(_) => return WriterEnd::RouterGone,
+                };
+                if let Notification::Unschedule = notification {
+                    // The router paused this link because its buffer filled up: say we are ready again,
+                    // or nothing more is ever delivered.
+                    if link_rx.wake().await.is_err() {
+                        return WriterEnd::RouterGone;
+                    }
+                    continue;
+                }
+                let packet: Option<Packet> = notification.into();
+                let Some(packet) = packet else { continue };
+                match outbound(packet, &pending, version) {
+                    Outbound::Write(packet) => {
+                        if let Err(e) = writer.send(packet).await {
+                            return WriterEnd::Io(e);
+                        }
+                    }
+                    Outbound::Skip => {}
+                    Outbound::Close(last) => {
+                        if let Some(last) = last {
+                            let _ = writer.send(last).await;
+                        }
+                        writer.shutdown().await;
+                        return WriterEnd::RouterDisconnect;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the writer does with one packet from the router.
+enum Outbound {
+    Write(Packet),
+    Skip,
+    /// The router ends the connection: write this (MQTT 5 only) and close.
+    Close(Option<Packet>),
+}
+
+fn outbound(packet: Packet, pending: &PendingSubacks, version: Version) -> Outbound {
+    match packet {
+        Packet::Publish(mut publish, props) => {
+            // Subscriptions are authorized when made and clients cannot name internal topics, so whatever
+            // the router forwards is visible to this client: no second check here (dropping a QoS 1 publish
+            // here would also stall the router's in-flight window for this client).
+            let external = match std::str::from_utf8(&publish.topic) {
+                Ok(topic) => to_external(topic).to_owned(),
+                Err(_) => return Outbound::Skip,
+            };
+            publish.topic = Bytes::from(external);
+            Outbound::Write(Packet::Publish(publish, props))
+        }
+        Packet::SubAck(mut suback, props) => {
+            if let Some(mask) = lock(pending).remove(&suback.pkid) {
+                suback.return_codes = splice_denied(&mask, suback.return_codes, version);
+            }
+            Outbound::Write(Packet::SubAck(suback, props))
+        }
+        // Answered by the reader already (see `inbound_unsubscribe`).
+        Packet::UnsubAck(..) | Packet::ConnAck(..) => Outbound::Skip,
+        Packet::Disconnect(disconnect, props) => Outbound::Close(
+            (version == Version::V5).then_some(Packet::Disconnect(disconnect, props)),
+        ),
+        other => Outbound::Write(other),
+    }
+}
+
+/// The router's codes for the allowed filters, with a failure put back in each denied filter's position.
+fn splice_denied(
+    allowed_mask: &[bool],
+    router_codes: Vec<SubscribeReasonCode>,
+    version: Version,
+) -> Vec<SubscribeReasonCode> {
+    let mut router_codes = router_codes.into_iter();
+    allowed_mask
+        .iter()
+        .map(|&allowed| match allowed {
+            true => router_codes
+                .next()
+                .unwrap_or(SubscribeReasonCode::Unspecified),
+            false => denied_code(version),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denied_filters_get_failures_in_their_positions() {
+        let codes = splice_denied(
+            &[false, true, false, true],
+            vec![SubscribeReasonCode::QoS1, SubscribeReasonCode::QoS0],
+            Version::V311,
+        );
+        assert_eq!(
+            codes,
+            vec![
+                SubscribeReasonCode::Failure,
+                SubscribeReasonCode::QoS1,
+                SubscribeReasonCode::Failure,
+                SubscribeReasonCode::QoS0
+            ]
+        );
+    }
+
+    #[test]
+    fn qos_and_pkid_are_read_from_a_publish() {
+        let publish =
+            Publish::deserialize(Bytes::from_static(&[0x32, 0x12, 0x34, 0, 1, b't', b'x']));
+        assert_eq!(qos_and_pkid(&publish), (1, 0x1234));
+    }
+}

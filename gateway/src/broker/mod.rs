@@ -1,0 +1,273 @@
+//! The embedded MQTT broker: sprig's listeners, per-connection authentication and topic authorization,
+//! in front of a rumqttd `Router` that does the routing, sessions and QoS bookkeeping.
+//!
+//! sprig owns the TCP listeners instead of using rumqttd's servers because rumqttd's router disconnects any
+//! client that subscribes to a filter starting with `$` (other than `$share/`), while every topic sprig
+//! serves does (`$aws/things/...`, `$sprig/control/...`). So each accepted connection speaks MQTT 3.1.1 or
+//! 5 with sprig's own reader and writer, is authenticated with [`crate::auth::Authenticator`], has every
+//! PUBLISH and SUBSCRIBE checked against its [`Principal`](crate::auth::Principal), and reaches the router through a local link
+//! with `$` topics rewritten to an internal form (see `topics`) and back. Gateway services talk to the
+//! same router through [`InternalClient`]s, with topics in the external (`$`) form.
+
+mod codec;
+mod connection;
+mod internal;
+mod presence;
+mod sessions;
+mod topics;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
+use rumqttd::{Notification, Router, RouterConfig};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::auth::Authenticator;
+use crate::config::BrokerConfig;
+
+pub use internal::{InternalClient, InternalReceiver, InternalSender};
+pub use sessions::Sessions;
+
+/// Router connections reserved beyond `max_connections` for internal clients and session takeovers.
+const ROUTER_HEADROOM: usize = 32;
+/// How long [`Broker::shutdown`] waits for connections to close.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
+/// Errors of the broker's API.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The router refused or failed to open a connection.
+    #[error("cannot connect to the MQTT router: {0}")]
+    Link(String),
+    /// The router connection of an internal client is closed.
+    #[error("the broker connection is closed")]
+    Closed,
+    /// A topic or filter that cannot be used (empty, wildcards in a topic, malformed filter).
+    #[error("invalid topic or filter `{0}`")]
+    InvalidTopic(String),
+    /// The broker is shutting down.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+type LinkParts = (LinkTx, LinkRx, Notification);
+/// Opens a router connection: (client id, clean session). Blocks until the router answers.
+/// (`LinkError` is large: errors are turned into text right there.)
+type MakeLink = dyn Fn(&str, bool) -> Result<LinkParts, String> + Send + Sync;
+
+/// State shared by the broker handle, the acceptors and the connections.
+pub(crate) struct Shared {
+    make_link: Arc<MakeLink>,
+    auth: Arc<Authenticator>,
+    sessions: Arc<Sessions>,
+    config: BrokerConfig,
+    /// Connected clients, counted against `config.max_connections`.
+    clients: AtomicUsize,
+    presence: InternalSender,
+    /// Becomes true at shutdown (and errs when the [`Broker`] is dropped).
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// Opens a router connection without blocking the runtime (`LinkBuilder::build` waits on a channel).
+    async fn link(&self, client_id: &str, clean: bool) -> Result<LinkParts, BrokerError> {
+        open_link(&self.make_link, client_id, clean).await
+    }
+
+    async fn publish_presence(&self, topic: &str, body: Bytes) {
+        if let Err(e) = self.presence.publish(topic, body).await {
+            tracing::debug!(topic, "presence event not published: {e}");
+        }
+    }
+}
+
+async fn open_link(
+    make_link: &Arc<MakeLink>,
+    client_id: &str,
+    clean: bool,
+) -> Result<LinkParts, BrokerError> {
+    let make_link = make_link.clone();
+    let client_id = client_id.to_owned();
+    tokio::task::spawn_blocking(move || make_link(&client_id, clean))
+        .await
+        .map_err(|e| BrokerError::Link(e.to_string()))?
+        .map_err(BrokerError::Link)
+}
+
+/// The running broker. Cheap to share: [`Broker::start`] returns it in an `Arc`. Dropping the last handle
+/// stops accepting and closes every connection (without waiting); [`Broker::shutdown`] waits.
+pub struct Broker {
+    shared: Arc<Shared>,
+    local_addrs: Vec<SocketAddr>,
+    shutdown_tx: watch::Sender<bool>,
+    /// Cloned into every acceptor and connection; shutdown drops this one and waits for the rest.
+    alive: Mutex<Option<mpsc::Sender<()>>>,
+    all_closed: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    next_internal: AtomicU64,
+}
+
+impl Broker {
+    /// Starts the broker. Must be called inside a tokio runtime. Binds every listener in `config.listen`
+    /// before returning (a bad address is an error here), spawns the router thread, then accepts in
+    /// background tasks. Logs each address it listens on.
+    pub async fn start(
+        config: &BrokerConfig,
+        auth: Arc<Authenticator>,
+    ) -> Result<Arc<Broker>, BrokerError> {
+        // Bind first: the router thread cannot be stopped once spawned.
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for &addr in &config.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| BrokerError::Bind { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| BrokerError::Bind { addr, source })?;
+            listeners.push((listener, local));
+        }
+
+        let router_tx = Router::new(0, router_config(config)).spawn();
+        let make_link: Arc<MakeLink> = Arc::new(move |client_id: &str, clean: bool| {
+            LinkBuilder::new(client_id, router_tx.clone())
+                .clean_session(clean)
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        let (presence, _) = internal_client(&make_link, "~sprig-presence")
+            .await?
+            .split();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            make_link,
+            auth,
+            sessions: Arc::new(Sessions::default()),
+            config: config.clone(),
+            clients: AtomicUsize::new(0),
+            presence,
+            shutdown: shutdown_rx,
+        });
+        let (alive, all_closed) = mpsc::channel(1);
+        let local_addrs = listeners.iter().map(|(_, local)| *local).collect();
+        for (listener, local) in listeners {
+            tracing::info!("MQTT broker listening on {local}");
+            tokio::spawn(accept_loop(shared.clone(), listener, local, alive.clone()));
+        }
+        Ok(Arc::new(Broker {
+            shared,
+            local_addrs,
+            shutdown_tx,
+            alive: Mutex::new(Some(alive)),
+            all_closed: tokio::sync::Mutex::new(all_closed),
+            next_internal: AtomicU64::new(0),
+        }))
+    }
+
+    /// The addresses actually bound, in `config.listen` order (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.local_addrs.clone()
+    }
+
+    /// An in-process client of the router for the gateway's own services (control API, notifications).
+    /// `name` only labels it (its router client id is `~sprig-{name}-{n}`, which no MQTT client can use).
+    pub async fn internal_client(&self, name: &str) -> Result<InternalClient, BrokerError> {
+        if *self.shutdown_tx.borrow() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let n = self.next_internal.fetch_add(1, Ordering::Relaxed);
+        let label: String = name
+            .chars()
+            .map(|c| if "+$#/".contains(c) { '_' } else { c })
+            .collect();
+        internal_client(&self.shared.make_link, &format!("~sprig-{label}-{n}")).await
+    }
+
+    /// The live client connections: client id -> [`Principal`].
+    pub fn sessions(&self) -> Arc<Sessions> {
+        self.shared.sessions.clone()
+    }
+
+    /// Stops accepting, disconnects every client (MQTT 5 clients get DISCONNECT "server shutting down"),
+    /// and returns when they are all closed, or after 2 s at most.
+    pub async fn shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+        drop(self.alive.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let mut all_closed = self.all_closed.lock().await;
+        // `recv` yields `None` once every acceptor and connection has dropped its sender.
+        if tokio::time::timeout(SHUTDOWN_WAIT, all_closed.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some MQTT connections did not close within {SHUTDOWN_WAIT:?}");
+        }
+    }
+}
+
+async fn internal_client(
+    make_link: &Arc<MakeLink>,
+    client_id: &str,
+) -> Result<InternalClient, BrokerError> {
+    let (link_tx, link_rx, _ack) = open_link(make_link, client_id, true).await?;
+    Ok(InternalClient::new(link_tx, link_rx))
+}
+
+/// rumqttd's `RouterConfig::default()` allows 0 connections: every field comes from the config.
+fn router_config(config: &BrokerConfig) -> RouterConfig {
+    RouterConfig {
+        max_connections: config.max_connections + ROUTER_HEADROOM,
+        max_outgoing_packet_count: config.max_outgoing_packet_count,
+        max_segment_size: config.max_segment_size,
+        max_segment_count: config.max_segment_count,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    }
+}
+
+/// Accepts connections on one listener until shutdown.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local: SocketAddr,
+    alive: mpsc::Sender<()>,
+) {
+    // Anonymous devices are allowed only on loopback listeners (decided by the listener, not the peer).
+    let loopback = local.ip().is_loopback();
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            () = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let connection = connection::serve(shared.clone(), stream, peer, loopback, alive.clone());
+                    tokio::spawn(connection);
+                }
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::warn!("accept on {local} failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    tracing::info!("MQTT listener {local} closed");
+}
+
+/// Resolves once shutdown starts (or the [`Broker`] is dropped).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not live across an await: drop it here.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}

@@ -1,0 +1,83 @@
+//! The registry of live client connections.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::auth::Principal;
+
+/// The live client connections: client id -> who authenticated on it.
+///
+/// A client id connects at most once at a time: a new connection with the same id replaces the entry (the
+/// router drops the old connection). Every entry carries a connection number, so the old connection's
+/// cleanup, which runs later, cannot remove its successor's entry.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    entries: Mutex<HashMap<String, (u64, Principal)>>,
+    next_number: AtomicU64,
+}
+
+impl Sessions {
+    /// Who is connected as `client_id` right now, if anyone.
+    pub fn principal(&self, client_id: &str) -> Option<Principal> {
+        self.lock().get(client_id).map(|(_, p)| p.clone())
+    }
+
+    /// Number of connected clients.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no client is connected.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Records a new connection and returns its connection number.
+    pub(crate) fn register(&self, client_id: &str, principal: Principal) -> u64 {
+        let number = self.next_number.fetch_add(1, Ordering::Relaxed) + 1;
+        self.lock()
+            .insert(client_id.to_owned(), (number, principal));
+        number
+    }
+
+    /// Forgets connection `number` of `client_id`; true if it was still the current one.
+    pub(crate) fn remove(&self, client_id: &str, number: u64) -> bool {
+        let mut entries = self.lock();
+        if entries.get(client_id).is_some_and(|(n, _)| *n == number) {
+            entries.remove(client_id);
+            return true;
+        }
+        false
+    }
+
+    /// True when `client_id` is connected on a newer connection than `number` (it took the session over).
+    pub(crate) fn superseded(&self, client_id: &str, number: u64) -> bool {
+        self.lock().get(client_id).is_some_and(|(n, _)| *n > number)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Principal)>> {
+        // A panic while holding this lock cannot leave the map half-updated: recover it.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_connection_cannot_remove_its_successor() {
+        let sessions = Sessions::default();
+        let device = Principal::Device {
+            thing_name: "d1".into(),
+        };
+        let old = sessions.register("d1", device.clone());
+        let new = sessions.register("d1", device.clone());
+        assert!(sessions.superseded("d1", old));
+        assert!(!sessions.remove("d1", old));
+        assert_eq!(sessions.principal("d1"), Some(device));
+        assert!(sessions.remove("d1", new));
+        assert!(sessions.is_empty());
+    }
+}

@@ -1,0 +1,549 @@
+//! End-to-end tests of the broker with real MQTT clients (rumqttc) on a loopback port.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
+use rumqttc::{SubscribeFilter, SubscribeReasonCode};
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::auth::{LocalOperator, Principal, LOCAL_OPERATOR_USERNAME};
+use crate::config::Config;
+
+const WAIT: Duration = Duration::from_secs(2);
+
+async fn start() -> Arc<Broker> {
+    let mut config = Config::default();
+    config.broker.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let local = LocalOperator {
+        username: LOCAL_OPERATOR_USERNAME.into(),
+        password: "pw".into(),
+    };
+    let auth = Authenticator::new(&config.auth, &local).unwrap();
+    Broker::start(&config.broker, Arc::new(auth)).await.unwrap()
+}
+
+fn options(broker: &Broker, client_id: &str) -> MqttOptions {
+    let port = broker.local_addrs()[0].port();
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    options
+}
+
+fn operator_options(broker: &Broker, client_id: &str, password: &str) -> MqttOptions {
+    let mut options = options(broker, client_id);
+    options.set_credentials(LOCAL_OPERATOR_USERNAME, password);
+    options
+}
+
+/// Connects and returns the client plus a stream of every packet it receives (after the CONNACK).
+async fn connect(options: MqttOptions) -> (AsyncClient, mpsc::UnboundedReceiver<Packet>) {
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let connack = tokio::time::timeout(WAIT, eventloop.poll())
+        .await
+        .expect("CONNACK in time")
+        .expect("connected");
+    assert!(matches!(connack, Event::Incoming(Packet::ConnAck(_))));
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(packet) = event {
+                if tx.send(packet).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// The next received packet that `pick` accepts, skipping others; panics after [`WAIT`].
+async fn next_matching<T>(
+    rx: &mut mpsc::UnboundedReceiver<Packet>,
+    mut pick: impl FnMut(Packet) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let packet = rx.recv().await.expect("client still connected");
+            if let Some(found) = pick(packet) {
+                return found;
+            }
+        }
+    })
+    .await
+    .expect("expected packet in time")
+}
+
+async fn suback(rx: &mut mpsc::UnboundedReceiver<Packet>) -> Vec<SubscribeReasonCode> {
+    next_matching(rx, |p| match p {
+        Packet::SubAck(s) => Some(s.return_codes),
+        _ => None,
+    })
+    .await
+}
+
+async fn publish(rx: &mut mpsc::UnboundedReceiver<Packet>) -> (String, Bytes) {
+    next_matching(rx, |p| match p {
+        Packet::Publish(p) => Some((p.topic, p.payload)),
+        _ => None,
+    })
+    .await
+}
+
+async fn next_internal(client: &mut InternalClient) -> (String, Bytes) {
+    tokio::time::timeout(WAIT, client.next())
+        .await
+        .expect("message in time")
+        .expect("link open")
+}
+
+#[tokio::test]
+async fn a_device_receives_what_an_internal_client_publishes_on_its_dollar_topic() {
+    let broker = start().await;
+    let (device, mut rx) = connect(options(&broker, "d1")).await;
+    let topic = "$aws/things/d1/jobs/notify";
+    device.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(
+        suback(&mut rx).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    let mut service = broker.internal_client("jobs").await.unwrap();
+    service
+        .publish(topic, Bytes::from_static(b"{\"jobs\":{}}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        publish(&mut rx).await,
+        (topic.to_owned(), Bytes::from_static(b"{\"jobs\":{}}"))
+    );
+}
+
+#[tokio::test]
+async fn a_denied_filter_fails_in_its_position_and_the_allowed_one_works() {
+    let broker = start().await;
+    let (device, mut rx) = connect(options(&broker, "d1")).await;
+    let filters = [
+        SubscribeFilter::new("$aws/things/d1/jobs/#".into(), QoS::AtLeastOnce),
+        SubscribeFilter::new("$aws/things/d2/jobs/#".into(), QoS::AtLeastOnce),
+    ];
+    device.subscribe_many(filters).await.unwrap();
+    assert_eq!(
+        suback(&mut rx).await,
+        vec![
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::Failure
+        ]
+    );
+    // Only denied filters: answered without the router.
+    device
+        .subscribe("$aws/things/d2/jobs/notify", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    assert_eq!(suback(&mut rx).await, vec![SubscribeReasonCode::Failure]);
+    // Naming the router's internal form directly is denied too.
+    device
+        .subscribe("~$aws/things/d1/jobs/notify", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    assert_eq!(suback(&mut rx).await, vec![SubscribeReasonCode::Failure]);
+
+    let mut service = broker.internal_client("jobs").await.unwrap();
+    service
+        .publish("$aws/things/d1/jobs/notify", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(publish(&mut rx).await.0, "$aws/things/d1/jobs/notify");
+}
+
+#[tokio::test]
+async fn a_device_cannot_publish_to_another_things_topics() {
+    let broker = start().await;
+    let mut service = broker.internal_client("jobs").await.unwrap();
+    service.subscribe("$aws/things/+/jobs/#").await.unwrap();
+    let (d1, mut d1_rx) = connect(options(&broker, "d1")).await;
+    d1.publish("$aws/things/d2/jobs/get", QoS::AtLeastOnce, false, "stolen")
+        .await
+        .unwrap();
+    // The denied QoS 1 publish is still acknowledged, so the client does not resend it forever.
+    next_matching(&mut d1_rx, |p| matches!(p, Packet::PubAck(_)).then_some(())).await;
+    d1.publish("$aws/things/d1/jobs/get", QoS::AtMostOnce, false, "own")
+        .await
+        .unwrap();
+    // Messages of one client keep their order: had the first got through, it would arrive first.
+    assert_eq!(
+        next_internal(&mut service).await,
+        ("$aws/things/d1/jobs/get".into(), Bytes::from_static(b"own"))
+    );
+}
+
+#[tokio::test]
+async fn an_operator_sends_control_requests_and_is_known_by_its_client_id() {
+    let broker = start().await;
+    let (requests, _) = broker.internal_client("control").await.unwrap().split();
+    let mut control = broker.internal_client("control").await.unwrap();
+    control.subscribe("$sprig/control/+/+").await.unwrap();
+    drop(requests);
+    let (operator, _rx) = connect(operator_options(&broker, "cli-1", "pw")).await;
+    let topic = "$sprig/control/cli-1/DeleteJob";
+    operator
+        .publish(topic, QoS::AtLeastOnce, false, r#"{"jobId":"j1"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_internal(&mut control).await,
+        (topic.into(), Bytes::from_static(br#"{"jobId":"j1"}"#))
+    );
+    match broker.sessions().principal("cli-1") {
+        Some(Principal::Operator(op)) => assert_eq!(op.username, LOCAL_OPERATOR_USERNAME),
+        other => panic!("expected the operator, got {other:?}"),
+    }
+    assert_eq!(broker.sessions().len(), 1);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused() {
+    let broker = start().await;
+    let (_client, mut eventloop) = AsyncClient::new(operator_options(&broker, "cli-1", "nope"), 10);
+    let result = tokio::time::timeout(WAIT, eventloop.poll()).await.unwrap();
+    assert!(
+        matches!(
+            result,
+            Err(ConnectionError::ConnectionRefused(
+                ConnectReturnCode::BadUserNamePassword
+            ))
+        ),
+        "{result:?}"
+    );
+    assert!(broker.sessions().is_empty());
+}
+
+#[tokio::test]
+async fn keep_alive_zero_is_accepted() {
+    let broker = start().await;
+    let mut options = options(&broker, "d1");
+    options.set_keep_alive(Duration::ZERO);
+    let (device, mut rx) = connect(options).await;
+    device
+        .subscribe("$aws/things/d1/jobs/notify", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        suback(&mut rx).await,
+        vec![SubscribeReasonCode::Success(QoS::AtMostOnce)]
+    );
+}
+
+#[tokio::test]
+async fn mqtt5_clients_are_served_on_the_same_port() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, SubscribeReasonCode as Code5};
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+    use rumqttc::v5::{ConnectionError as Error5, StateError};
+
+    let broker = start().await;
+    let port = broker.local_addrs()[0].port();
+    let mut options = Options5::new("d5", "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = Client5::new(options, 10);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let event = eventloop.poll().await;
+            let stop = event.is_err();
+            if tx.send(event).is_err() || stop {
+                break;
+            }
+        }
+    });
+    let mut service = broker.internal_client("jobs").await.unwrap();
+    let topic = "$aws/things/d5/jobs/notify";
+    client.subscribe(topic, QoS5::AtLeastOnce).await.unwrap();
+    let (codes, received) = tokio::time::timeout(WAIT, async {
+        let mut codes = None;
+        loop {
+            match rx.recv().await.expect("event") {
+                Ok(Event5::Incoming(Packet5::SubAck(ack))) => {
+                    codes = Some(ack.return_codes);
+                    service
+                        .publish(topic, Bytes::from_static(b"v5"))
+                        .await
+                        .unwrap();
+                }
+                Ok(Event5::Incoming(Packet5::Publish(p))) => return (codes, p.topic),
+                Ok(_) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("SUBACK and publish in time");
+    assert_eq!(codes, Some(vec![Code5::Success(QoS5::AtLeastOnce)]));
+    assert_eq!(received, Bytes::from_static(topic.as_bytes()));
+
+    // rumqttc reports a refused filter as an error of its event loop: the reason is MQTT 5's NotAuthorized.
+    client
+        .subscribe("$aws/things/d6/jobs/notify", QoS5::AtLeastOnce)
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Err(e) = rx.recv().await.expect("event") {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK in time");
+    assert!(
+        matches!(
+            refused,
+            Error5::MqttState(StateError::SubFail {
+                reason: Code5::NotAuthorized
+            })
+        ),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn more_than_200_messages_flow_to_internal_clients_and_devices() {
+    const COUNT: usize = 600;
+    let broker = start().await;
+    let topic = "$aws/things/d1/jobs/notify";
+    let mut receiver = broker.internal_client("receiver").await.unwrap();
+    receiver.subscribe(topic).await.unwrap();
+    let (device, mut rx) = connect(options(&broker, "d1")).await;
+    device.subscribe(topic, QoS::AtMostOnce).await.unwrap();
+    suback(&mut rx).await;
+    let (sender, _) = broker.internal_client("sender").await.unwrap().split();
+    for i in 0..COUNT {
+        sender
+            .publish(topic, Bytes::from(i.to_string()))
+            .await
+            .unwrap();
+    }
+    for i in 0..COUNT {
+        assert_eq!(next_internal(&mut receiver).await.1, i.to_string());
+    }
+    for i in 0..COUNT {
+        assert_eq!(publish(&mut rx).await.1, i.to_string());
+    }
+}
+
+#[tokio::test]
+async fn operators_see_presence_events() {
+    let broker = start().await;
+    let (operator, mut rx) = connect(operator_options(&broker, "cli-1", "pw")).await;
+    operator
+        .subscribe("$aws/events/presence/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    suback(&mut rx).await;
+    let (device, _device_rx) = connect(options(&broker, "d1")).await;
+    let (topic, body) = publish(&mut rx).await;
+    assert_eq!(topic, "$aws/events/presence/connected/d1");
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["clientId"], "d1");
+    assert_eq!(event["ipAddress"], "127.0.0.1");
+    device.disconnect().await.unwrap();
+    let (topic, body) = publish(&mut rx).await;
+    assert_eq!(topic, "$aws/events/presence/disconnected/d1");
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["disconnectReason"], "CLIENT_INITIATED_DISCONNECT");
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_id_replaces_the_old_connection_and_keeps_its_session_entry() {
+    let broker = start().await;
+    let (_old, mut old_rx) = connect(options(&broker, "d1")).await;
+    let (new, mut new_rx) = connect(options(&broker, "d1")).await;
+    // The router drops the old connection; its cleanup must not remove the new entry.
+    tokio::time::timeout(WAIT, async { while old_rx.recv().await.is_some() {} })
+        .await
+        .expect("old connection closed");
+    assert!(broker.sessions().principal("d1").is_some());
+    assert_eq!(broker.sessions().len(), 1);
+    new.subscribe("$aws/things/d1/jobs/notify", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        suback(&mut new_rx).await,
+        vec![SubscribeReasonCode::Success(QoS::AtMostOnce)]
+    );
+}
+
+#[tokio::test]
+async fn a_busy_address_is_an_error_naming_it() {
+    let broker = start().await;
+    let mut config = Config::default().broker;
+    config.listen = broker.local_addrs();
+    let local = LocalOperator {
+        username: LOCAL_OPERATOR_USERNAME.into(),
+        password: "pw".into(),
+    };
+    let auth = Authenticator::new(&Config::default().auth, &local).unwrap();
+    let err = Broker::start(&config, Arc::new(auth)).await.err().unwrap();
+    let addr = broker.local_addrs()[0].to_string();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot listen on {addr}: ")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_disconnects_every_client() {
+    let broker = start().await;
+    let (_device, mut rx) = connect(options(&broker, "d1")).await;
+    assert_eq!(broker.sessions().len(), 1);
+    tokio::time::timeout(WAIT, broker.shutdown())
+        .await
+        .expect("shutdown in time");
+    assert!(broker.sessions().is_empty());
+    tokio::time::timeout(WAIT, async { while rx.recv().await.is_some() {} })
+        .await
+        .expect("client disconnected");
+    assert!(broker.internal_client("late").await.is_err());
+}
+
+/// A raw MQTT 3.1.1 CONNECT for `client_id` with the given keep-alive.
+fn raw_connect(client_id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+/// Reads until the server closes the socket; returns everything it sent.
+async fn read_to_close(socket: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    tokio::time::timeout(limit, socket.read_to_end(&mut received))
+        .await
+        .expect("closed in time")
+        .ok();
+    received
+}
+
+#[tokio::test]
+async fn garbage_and_unknown_protocol_levels_are_closed_without_harm() {
+    use tokio::io::AsyncWriteExt;
+    let broker = start().await;
+    let addr = broker.local_addrs()[0];
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert!(read_to_close(&mut socket, WAIT).await.is_empty());
+
+    // MQTT 3.1 (level 3): CONNACK "unacceptable protocol version", then close.
+    let mut connect = raw_connect("d1", 5);
+    connect[8] = 3;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(&connect).await.unwrap();
+    assert_eq!(read_to_close(&mut socket, WAIT).await, vec![0x20, 2, 0, 1]);
+
+    // The broker still serves well-behaved clients.
+    let (_device, _rx) = connect_ok(&broker, "d1").await;
+}
+
+async fn connect_ok(
+    broker: &Broker,
+    client_id: &str,
+) -> (AsyncClient, mpsc::UnboundedReceiver<Packet>) {
+    connect(options(broker, client_id)).await
+}
+
+#[tokio::test]
+async fn a_client_silent_for_one_and_a_half_keep_alives_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let broker = start().await;
+    let mut socket = tokio::net::TcpStream::connect(broker.local_addrs()[0])
+        .await
+        .unwrap();
+    socket.write_all(&raw_connect("d1", 1)).await.unwrap();
+    let started = std::time::Instant::now();
+    let received = read_to_close(&mut socket, Duration::from_secs(3)).await;
+    assert_eq!(received, vec![0x20, 2, 0, 0], "only the CONNACK");
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    assert!(broker.sessions().is_empty());
+}
+
+#[tokio::test]
+async fn a_denied_qos2_publish_disconnects_the_client() {
+    let broker = start().await;
+    let (device, mut rx) = connect_ok(&broker, "d1").await;
+    device
+        .publish("$aws/things/d2/jobs/get", QoS::ExactlyOnce, false, "x")
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async { while rx.recv().await.is_some() {} })
+        .await
+        .expect("disconnected");
+}
+
+#[tokio::test]
+async fn the_last_will_is_published_when_the_connection_is_lost() {
+    let broker = start().await;
+    let mut service = broker.internal_client("wills").await.unwrap();
+    service.subscribe("$aws/things/+/will").await.unwrap();
+    let mut options = options(&broker, "d1");
+    options.set_last_will(rumqttc::LastWill::new(
+        "$aws/things/d1/will",
+        "gone",
+        QoS::AtMostOnce,
+        false,
+    ));
+    let (_client, mut eventloop) = AsyncClient::new(options, 10);
+    tokio::time::timeout(WAIT, eventloop.poll())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(eventloop); // closes the socket without DISCONNECT
+    assert_eq!(
+        next_internal(&mut service).await,
+        ("$aws/things/d1/will".into(), Bytes::from_static(b"gone"))
+    );
+}
+
+#[tokio::test]
+async fn properties_of_mqtt5_publishes_do_not_reach_mqtt311_clients() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+
+    let broker = start().await;
+    let topic = "$aws/things/d1/state";
+    let port = broker.local_addrs()[0].port();
+    let (client, mut eventloop) = Client5::new(Options5::new("d1", "127.0.0.1", port), 10);
+    let properties = PublishProperties {
+        content_type: Some("application/json".into()),
+        user_properties: vec![("k".into(), "v".into())],
+        ..Default::default()
+    };
+    client
+        .publish_with_properties(topic, QoS5::AtLeastOnce, true, "{}", properties)
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event5::Incoming(Packet5::PubAck(_)) = eventloop.poll().await.unwrap() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("PUBACK in time");
+    drop(eventloop);
+
+    // The retained message carries MQTT 5 properties; the 3.1.1 session must get it without them.
+    let (device, mut rx) = connect_ok(&broker, "d1").await;
+    device.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(
+        publish(&mut rx).await,
+        (topic.to_owned(), Bytes::from_static(b"{}"))
+    );
+}
