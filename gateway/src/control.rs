@@ -1,1 +1,279 @@
-//! (being written)
+//! The control API: operators' requests over MQTT, answered by the jobs engine.
+//!
+//! An operator client publishes a boto3-shaped JSON body to `$sprig/control/{clientId}/{Operation}` and
+//! gets the boto3 response on `{request topic}/accepted` or `{"code","message"}` on `{request topic}/rejected`,
+//! with its `clientToken` echoed. The broker's listener only lets a client publish under its *own* client
+//! id, so the id in the topic tells us who is asking: its session's principal must be an operator, whose
+//! grants bound what the engine shows it. This module owns the transport side only: topic parsing, body
+//! parsing into typed requests (unknown fields and wrong types are an `InvalidRequestException` naming the
+//! field), the per-operator request rate (`ThrottlingException`) and the replies.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::auth::{Principal, CONTROL_PREFIX};
+use crate::broker::{Broker, BrokerError, InternalSender};
+use crate::config::JobsConfig;
+use crate::jobs::{Engine, JobsError};
+
+/// The largest request body accepted. A CreateJob naming 20,000 things fits; a 1 MB body does not.
+pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
+
+/// The operations served, as they appear in request topics.
+pub const OPERATIONS: [&str; 7] = [
+    "CreateJob",
+    "DeleteJob",
+    "DescribeJob",
+    "ListJobs",
+    "CancelJob",
+    "DescribeJobExecution",
+    "ListJobExecutionsForJob",
+];
+
+/// Serves control requests until `shutdown` turns true.
+pub async fn serve(
+    broker: Arc<Broker>,
+    engine: Arc<Engine>,
+    jobs: &JobsConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BrokerError> {
+    let mut client = broker.internal_client("sprig-control").await?;
+    client.subscribe(&format!("{CONTROL_PREFIX}+/+")).await?;
+    let (sender, mut receiver) = client.split();
+    let service = Arc::new(Service {
+        broker,
+        engine,
+        throttle: throttle(jobs),
+        sender,
+    });
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            message = receiver.next() => {
+                let (topic, payload) = message?;
+                let service = service.clone();
+                tokio::spawn(async move { service.handle(topic, payload).await });
+            }
+        }
+    }
+}
+
+fn throttle(jobs: &JobsConfig) -> DefaultKeyedRateLimiter<String> {
+    let rate = NonZeroU32::new(jobs.requests_per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(jobs.request_burst).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+}
+
+struct Service {
+    broker: Arc<Broker>,
+    engine: Arc<Engine>,
+    throttle: DefaultKeyedRateLimiter<String>,
+    sender: InternalSender,
+}
+
+impl Service {
+    async fn handle(&self, topic: String, payload: Bytes) {
+        let Some((client_id, operation)) = parse_topic(&topic) else {
+            return;
+        };
+        let (token, outcome) = match self.authorize(client_id) {
+            Err(e) => (None, Err(e)),
+            Ok(principal) => match parse_body(&payload) {
+                Err(e) => (None, Err(e)),
+                Ok((token, body)) => (token, self.dispatch(principal, operation, body).await),
+            },
+        };
+        let (suffix, mut reply) = match outcome {
+            Ok(response) => ("accepted", response),
+            Err(e) => {
+                tracing::debug!(client_id, operation, code = e.code(), message = %e, "control request rejected");
+                ("rejected", rejection(&e))
+            }
+        };
+        if let (Some(token), Value::Object(map)) = (token, &mut reply) {
+            map.insert("clientToken".into(), Value::String(token));
+        }
+        let body = Bytes::from(serde_json::to_vec(&reply).unwrap_or_default());
+        if let Err(e) = self
+            .sender
+            .publish(&format!("{topic}/{suffix}"), body)
+            .await
+        {
+            tracing::warn!(client_id, operation, error = %e, "could not publish a control reply");
+        }
+    }
+
+    /// The operator behind `client_id`, within its request rate.
+    fn authorize(&self, client_id: &str) -> Result<Arc<crate::auth::Operator>, JobsError> {
+        let Some(Principal::Operator(operator)) = self.broker.sessions().principal(client_id)
+        else {
+            return Err(JobsError::Unauthorized(format!(
+                "client {client_id} is not an authenticated operator"
+            )));
+        };
+        if self.throttle.check_key(&operator.username).is_err() {
+            return Err(JobsError::Throttling("Rate exceeded".into()));
+        }
+        Ok(operator)
+    }
+
+    async fn dispatch(
+        &self,
+        operator: Arc<crate::auth::Operator>,
+        operation: &str,
+        body: Value,
+    ) -> Result<Value, JobsError> {
+        let engine = &self.engine;
+        let grants = operator.grants.clone();
+        match operation {
+            "CreateJob" => respond(engine.create_job(grants, typed(body)?).await),
+            "DeleteJob" => engine
+                .delete_job(grants, typed(body)?)
+                .await
+                .map(|()| Value::Object(Map::new())),
+            "DescribeJob" => respond(engine.describe_job(grants, typed(body)?).await),
+            "ListJobs" => respond(engine.list_jobs(grants, typed(body)?).await),
+            "CancelJob" => respond(engine.cancel_job(grants, typed(body)?).await),
+            "DescribeJobExecution" => {
+                respond(engine.describe_job_execution(grants, typed(body)?).await)
+            }
+            "ListJobExecutionsForJob" => respond(
+                engine
+                    .list_job_executions_for_job(grants, typed(body)?)
+                    .await,
+            ),
+            other => Err(JobsError::InvalidRequest(format!(
+                "unknown operation `{other}`; sprig serves {}",
+                OPERATIONS.join(", ")
+            ))),
+        }
+    }
+}
+
+/// Splits `$sprig/control/{clientId}/{Operation}`; replies (`…/accepted`) and other shapes are not requests.
+fn parse_topic(topic: &str) -> Option<(&str, &str)> {
+    let rest = topic.strip_prefix(CONTROL_PREFIX)?;
+    let (client_id, operation) = rest.split_once('/')?;
+    (!client_id.is_empty() && !operation.is_empty() && !operation.contains('/'))
+        .then_some((client_id, operation))
+}
+
+/// Checks the body's size and JSON shape and takes out the optional `clientToken`.
+fn parse_body(payload: &[u8]) -> Result<(Option<String>, Value), JobsError> {
+    if payload.len() > MAX_REQUEST_BYTES {
+        return Err(JobsError::InvalidRequest(format!(
+            "request body: {} bytes is over the limit of {MAX_REQUEST_BYTES} bytes",
+            payload.len()
+        )));
+    }
+    let value: Value = if payload.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_slice(payload)
+            .map_err(|e| JobsError::InvalidRequest(format!("request body: not valid JSON ({e})")))?
+    };
+    let Value::Object(mut map) = value else {
+        return Err(JobsError::InvalidRequest(
+            "request body: must be a JSON object".into(),
+        ));
+    };
+    let token = match map.remove("clientToken") {
+        None => None,
+        Some(Value::String(t))
+            if (1..=64).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Some(t)
+        }
+        Some(_) => {
+            return Err(JobsError::InvalidRequest(
+                "clientToken: must be a string of 1-64 printable ASCII characters".into(),
+            ))
+        }
+    };
+    Ok((token, Value::Object(map)))
+}
+
+/// Deserializes a request, naming the offending field on failure (`force: invalid type: …`).
+fn typed<T: DeserializeOwned>(body: Value) -> Result<T, JobsError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        JobsError::InvalidRequest(if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        })
+    })
+}
+
+fn respond<T: serde::Serialize>(outcome: Result<T, JobsError>) -> Result<Value, JobsError> {
+    outcome.map(|response| serde_json::to_value(response).unwrap_or(Value::Null))
+}
+
+fn rejection(e: &JobsError) -> Value {
+    serde_json::json!({ "code": e.code(), "message": e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::api::{CreateJobRequest, DeleteJobRequest};
+
+    #[test]
+    fn request_topics_are_split_and_replies_ignored() {
+        assert_eq!(
+            parse_topic("$sprig/control/cli-1/DeleteJob"),
+            Some(("cli-1", "DeleteJob"))
+        );
+        assert_eq!(parse_topic("$sprig/control/cli-1/DeleteJob/accepted"), None);
+        assert_eq!(parse_topic("$sprig/control//DeleteJob"), None);
+        assert_eq!(parse_topic("$aws/things/x/jobs/get"), None);
+    }
+
+    #[test]
+    fn bodies_are_checked_and_the_client_token_taken_out() {
+        let (token, body) = parse_body(br#"{"jobId":"j1","clientToken":"abc"}"#).unwrap();
+        assert_eq!(token.as_deref(), Some("abc"));
+        assert_eq!(body, serde_json::json!({"jobId": "j1"}));
+        assert_eq!(parse_body(b"").unwrap().1, serde_json::json!({}));
+        for bad in [&b"{"[..], b"[1]", br#"{"clientToken": 5}"#] {
+            assert_eq!(
+                parse_body(bad).unwrap_err().code(),
+                "InvalidRequestException"
+            );
+        }
+        let big = vec![b' '; MAX_REQUEST_BYTES + 1];
+        assert!(parse_body(&big)
+            .unwrap_err()
+            .to_string()
+            .contains("over the limit"));
+    }
+
+    #[test]
+    fn typed_requests_name_the_field_at_fault() {
+        let wrong_type =
+            typed::<DeleteJobRequest>(serde_json::json!({"jobId": "j", "force": "yes"}))
+                .unwrap_err();
+        assert!(
+            wrong_type.to_string().starts_with("force: invalid type"),
+            "{wrong_type}"
+        );
+        let unknown = typed::<DeleteJobRequest>(serde_json::json!({"jobId": "j", "forse": true}))
+            .unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown field `forse`"),
+            "{unknown}"
+        );
+        let missing = typed::<CreateJobRequest>(serde_json::json!({"targets": []})).unwrap_err();
+        assert!(
+            missing.to_string().contains("missing field `jobId`"),
+            "{missing}"
+        );
+    }
+}

@@ -1,13 +1,133 @@
-//! `sprig run` (being written).
+//! `sprig run`: wires the store, the jobs engine, the deletion worker, the broker and the control API
+//! together, and takes them down in order on SIGINT or SIGTERM.
+//!
+//! Start-up order matters: the store opens first (a second gateway on the same data dir fails here, on
+//! sled's lock), unfinished deletions are queued before any listener accepts a client, and the broker binds
+//! every listener before the gateway reports itself ready. Shutdown runs the other way: the engine stops
+//! taking requests (they get ServiceUnavailableException), the deletion worker lets its batch commit,
+//! clients are disconnected, and the store is flushed last.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+
+use crate::auth::{Authenticator, LocalOperator};
+use crate::broker::Broker;
 use crate::config::Config;
+use crate::jobs::{Engine, Limits};
+use crate::store::Store;
+use crate::{control, deletion};
+
+/// The store lives in this directory under the data dir.
+const STORE_DIR: &str = "store";
 
 /// Runs the gateway until SIGINT or SIGTERM.
-pub async fn run(_config: Config) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.gateway.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let local_operator = LocalOperator::load_or_create(&data_dir).with_context(|| {
+        format!(
+            "cannot read or create {}",
+            config.local_operator_path().display()
+        )
+    })?;
+    let auth = Arc::new(
+        Authenticator::new(&config.auth, &local_operator)
+            .context("cannot set up authentication")?,
+    );
+
+    let store_path = data_dir.join(STORE_DIR);
+    let cache_bytes = config.jobs.store_cache_mb << 20;
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, cache_bytes))
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot open the jobs store in {}",
+                data_dir.join(STORE_DIR).display()
+            )
+        })?;
+    let store = Arc::new(store);
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (deletions_tx, deletions_rx) = mpsc::unbounded_channel();
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        Limits::from_config(&config.jobs),
+        &config.gateway.id,
+        deletions_tx,
+    ));
+    let deleter = tokio::spawn(deletion::run(
+        store.clone(),
+        config.jobs.deletion_batch_size,
+        deletions_rx,
+        shutdown.clone(),
+    ));
+    let resumed = engine.resume_deletions().await?;
+
+    let broker = Broker::start(&config.broker, auth).await?;
+    let control = {
+        let (broker, engine, jobs) = (broker.clone(), engine.clone(), config.jobs.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { control::serve(broker, engine, &jobs, shutdown).await })
+    };
+    let addrs: Vec<String> = broker
+        .local_addrs()
+        .iter()
+        .map(|a| format!("mqtt://{a}"))
+        .collect();
+    tracing::info!(
+        listen = %addrs.join(", "),
+        data_dir = %config.gateway.data_dir.display(),
+        resumed_deletions = resumed,
+        "sprig {} ready",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let reason = tokio::select! {
+        signal = wait_for_signal() => signal?,
+        outcome = control => match outcome {
+            Ok(Ok(())) => "control API stopped",
+            Ok(Err(e)) => return Err(e).context("the control API failed"),
+            Err(e) => return Err(e).context("the control API panicked"),
+        },
+    };
+    tracing::info!(reason, "shutting down");
+    engine.close();
+    let _ = shutdown_tx.send(true);
+    broker.shutdown().await;
+    if tokio::time::timeout(Duration::from_secs(5), deleter)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the deletion worker did not stop within 5 s; its unfinished work resumes at the next start");
+    }
+    tokio::task::spawn_blocking(move || store.flush())
+        .await?
+        .context("cannot flush the jobs store")?;
+    tracing::info!("store flushed; bye");
+    Ok(())
 }
 
-/// `sprig store check`: prints a report, returns whether the store is consistent.
-pub fn store_check(_config: &Config) -> anyhow::Result<bool> {
-    anyhow::bail!("not yet")
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => { result.context("cannot listen for SIGINT")?; Ok("SIGINT") }
+        _ = terminate.recv() => Ok("SIGTERM"),
+    }
+}
+
+/// `sprig store check`: prints a report, returns whether the store is consistent. Run it while the gateway
+/// is stopped (sled allows one process per store).
+pub fn store_check(config: &Config) -> anyhow::Result<bool> {
+    let path = config.gateway.data_dir.join(STORE_DIR);
+    anyhow::ensure!(path.exists(), "no store at {}", path.display());
+    let store = Store::open(&path, config.jobs.store_cache_mb << 20)
+        .with_context(|| format!("cannot open the jobs store in {}", path.display()))?;
+    let report = store.check()?;
+    println!("{report}");
+    Ok(report.is_consistent())
 }
