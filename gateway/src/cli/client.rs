@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
-    Packet, Publish, QoS, SubscribeFilter, SubscribeReasonCode,
+    Packet, Publish, QoS, StateError, SubscribeFilter, SubscribeReasonCode,
 };
 use serde_json::Value;
 
@@ -191,26 +191,40 @@ impl<'a> Exchange<'a> {
 }
 
 fn connection_failure(error: ConnectionError, target: &Target, connected: bool) -> Failure {
+    use std::io::ErrorKind;
     let endpoint = &target.endpoint;
-    let text = match error {
-        ConnectionError::ConnectionRefused(
-            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+    let io_error = match &error {
+        ConnectionError::Io(e) | ConnectionError::MqttState(StateError::Io(e)) => Some(e),
+        _ => None,
+    };
+    let text = match (&error, io_error) {
+        (
+            ConnectionError::ConnectionRefused(
+                ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+            ),
+            _,
         ) => "the gateway refused the credentials".to_owned(),
-        ConnectionError::ConnectionRefused(code) => {
+        (ConnectionError::ConnectionRefused(code), _) => {
             format!("the gateway refused the connection ({code:?})")
         }
-        ConnectionError::Io(e) if !connected => {
-            let reason = match e.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-                _ => e.to_string(),
-            };
-            format!("Could not connect to the endpoint {endpoint}: {reason}")
-        }
-        ConnectionError::NetworkTimeout if !connected => {
+        (_, Some(e)) if connected => format!("the gateway closed the connection: {e}"),
+        (_, Some(e)) => match e.kind() {
+            ErrorKind::ConnectionRefused => {
+                format!("Could not connect to the endpoint {endpoint}: connection refused")
+            }
+            // A broker that checks credentials may hang up instead of answering CONNACK 4/5.
+            ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::UnexpectedEof => {
+                format!("the gateway at {endpoint} closed the connection before accepting it (are the credentials right?)")
+            }
+            _ => format!("Could not connect to the endpoint {endpoint}: {e}"),
+        },
+        (ConnectionError::NetworkTimeout, None) if !connected => {
             format!("Could not connect to the endpoint {endpoint}: timed out")
         }
-        e if connected => format!("the gateway closed the connection: {e}"),
-        e => format!("Could not connect to the endpoint {endpoint}: {e}"),
+        (e, None) if connected => format!("the gateway closed the connection: {e}"),
+        (e, None) => format!("Could not connect to the endpoint {endpoint}: {e}"),
     };
     Failure::Other(text)
 }
