@@ -1,0 +1,159 @@
+//! The commands that run on the gateway's own machine: `run`, `store check` and `hash-password`.
+//!
+//! They are thin: load the config, set up logging and a runtime, hand over to [`crate::daemon`] or
+//! [`crate::auth`], and turn the outcome into an exit code (1 for a refused config or a failed daemon,
+//! as a service manager expects; 252 for a usage error).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use super::Failure;
+use crate::config::Config;
+
+/// `--config FILE`.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// The config file [default: the built-in defaults, identical to config/gateway.toml]
+    #[arg(long, env = "SPRIG_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `sprig store …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum StoreCommand {
+    /// Check that the jobs store is consistent (prints a report; exit code 1 if it is not)
+    Check(ConfigArgs),
+}
+
+/// `sprig hash-password`.
+#[derive(Debug, Clone, Args)]
+pub struct HashPasswordArgs {
+    /// The password to hash [default: one line read from standard input]
+    #[arg(long)]
+    pub password: Option<String>,
+}
+
+/// `sprig run`: the gateway, until SIGINT or SIGTERM.
+pub fn run(args: &ConfigArgs) -> Result<Option<String>, Failure> {
+    let config = load_config(args.config.as_deref())?;
+    init_tracing("info");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Fatal(format!("sprig: cannot start the async runtime: {e}")))?;
+    runtime
+        .block_on(crate::daemon::run(config))
+        .map_err(|e| Failure::Fatal(format!("sprig: {e:#}")))?;
+    Ok(None)
+}
+
+/// `sprig store check`: the daemon prints the report; an inconsistent store exits 1.
+pub fn store_check(args: &ConfigArgs) -> Result<Option<String>, Failure> {
+    let config = load_config(args.config.as_deref())?;
+    init_tracing("warn");
+    match crate::daemon::store_check(&config) {
+        Ok(true) => Ok(None),
+        Ok(false) => Err(Failure::Silent(1)),
+        Err(e) => Err(Failure::Fatal(format!("sprig: {e:#}"))),
+    }
+}
+
+/// `sprig hash-password`: an argon2id PHC string for `password_hash` in the config.
+pub fn hash_password(args: &HashPasswordArgs) -> Result<Option<String>, Failure> {
+    let password = match &args.password {
+        Some(password) => password.clone(),
+        None => read_password_line()?,
+    };
+    if password.is_empty() {
+        return Err(Failure::Usage(
+            "sprig: error: the password must not be empty".to_owned(),
+        ));
+    }
+    let hash = crate::auth::hash_password(&password)
+        .map_err(|e| Failure::Fatal(format!("sprig: cannot hash the password: {e}")))?;
+    Ok(Some(hash))
+}
+
+fn read_password_line() -> Result<String, Failure> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Failure::Fatal(format!("sprig: cannot read the password: {e}")))?;
+    Ok(strip_line_ending(&line).to_owned())
+}
+
+fn strip_line_ending(line: &str) -> &str {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    line.strip_suffix('\r').unwrap_or(line)
+}
+
+/// The config at `path`, or the built-in defaults; a bad file is refused with its own message.
+fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| Failure::Fatal(e.to_string())),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: `default_level`).
+fn init_tracing(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_password_prints_a_hash_the_config_accepts() {
+        let args = HashPasswordArgs {
+            password: Some("s3cret".into()),
+        };
+        let hash = hash_password(&args).unwrap().unwrap();
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        crate::auth::check_hash_format(&hash).unwrap();
+        assert!(crate::auth::verify_password(b"s3cret", &hash));
+    }
+
+    #[test]
+    fn an_empty_password_is_refused() {
+        let args = HashPasswordArgs {
+            password: Some(String::new()),
+        };
+        assert_eq!(hash_password(&args).unwrap_err().exit_code(), 252);
+    }
+
+    #[test]
+    fn line_endings_are_not_part_of_the_password() {
+        assert_eq!(strip_line_ending("pw\r\n"), "pw");
+        assert_eq!(strip_line_ending("pw\n"), "pw");
+        assert_eq!(strip_line_ending("pw"), "pw");
+    }
+
+    #[test]
+    fn a_bad_config_exits_1_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[gateway]\nid = 3\n").unwrap();
+        let failure = run(&ConfigArgs {
+            config: Some(path.clone()),
+        })
+        .unwrap_err();
+        assert_eq!(failure.exit_code(), 1);
+        assert!(failure.to_string().contains("bad.toml"), "{failure}");
+    }
+}

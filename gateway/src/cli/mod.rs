@@ -1,0 +1,208 @@
+//! The `sprig` command line.
+//!
+//! Two families of commands share one binary:
+//! - the gateway's own: `sprig run`, `sprig store check`, `sprig hash-password` ([`admin`]);
+//! - the operator's, shaped like the AWS CLI's `aws iot …` commands: `delete-job`, `create-job`, … Each
+//!   sends one control request to a running gateway over MQTT ([`client`]) and prints the response as
+//!   the AWS CLI would.
+//!
+//! How an operator command flows through the modules:
+//!
+//! ```text
+//! argv ──clap──▶ args::Invocation ──input──▶ request JSON ──connect──▶ endpoint + credentials
+//!                 (flags from the            (--cli-input-json,        (flags, env, config,
+//!                  operations table)          merge, validation)        local operator file)
+//!      ──client──▶ MQTT request/reply ──json──▶ 4-space JSON on stdout
+//! ```
+//!
+//! [`operations`] is the single table every step reads, so a new command is one entry there.
+//!
+//! Exit codes follow the AWS CLI: 0 success; 252 usage or parameter error (clap's too, except `--help`
+//! and `--version`); 254 the gateway answered with an error; 255 anything else (unreachable gateway,
+//! refused credentials, timeout). `run` and `store check` exit 1 on failure, as daemons do.
+
+mod admin;
+mod args;
+mod client;
+mod connect;
+mod input;
+mod json;
+mod operations;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Parser, Subcommand};
+
+use args::{Invocation, SkeletonKind};
+
+/// sprig: an edge gateway with an embedded MQTT broker and an AWS IoT Jobs compatible jobs store.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sprig",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true,
+    after_help = "Job commands talk to a running gateway; beside `sprig run` they need no flags."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (MQTT broker, jobs store, background deletions) until SIGINT or SIGTERM
+    Run(admin::ConfigArgs),
+    /// Maintain the jobs store
+    #[command(subcommand)]
+    Store(admin::StoreCommand),
+    /// Print an argon2 hash of a password, for `password_hash` in [[auth.operators]] or [[auth.devices]]
+    HashPassword(admin::HashPasswordArgs),
+    #[command(flatten)]
+    Operation(Box<Invocation>),
+}
+
+/// Why a command failed, and so which exit code it ends with.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad flags or parameters (252).
+    Usage(String),
+    /// The gateway answered on `/rejected` (254).
+    Service {
+        operation: &'static str,
+        code: String,
+        message: String,
+    },
+    /// Anything else about reaching the gateway (255).
+    Other(String),
+    /// `run` or `store check` failed (1).
+    Fatal(String),
+    /// The command already said why; exit with this code.
+    Silent(u8),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 252,
+            Failure::Service { .. } => 254,
+            Failure::Other(_) => 255,
+            Failure::Fatal(_) => 1,
+            Failure::Silent(code) => *code,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Usage(text) | Failure::Other(text) | Failure::Fatal(text) => f.write_str(text),
+            Failure::Service {
+                operation,
+                code,
+                message,
+            } => write!(
+                f,
+                "\nAn error occurred ({code}) when calling the {operation} operation: {message}"
+            ),
+            Failure::Silent(_) => Ok(()),
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    ExitCode::from(run(std::env::args_os()))
+}
+
+/// Runs one command line (`args[0]` is the program name) and returns its exit code.
+pub fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => return clap_exit(&error),
+    };
+    match execute(&cli.command) {
+        Ok(output) => {
+            if let Some(text) = output {
+                // A closed pipe (`sprig list-jobs | head`) is not worth a panic.
+                let _ = writeln!(std::io::stdout().lock(), "{text}");
+            }
+            0
+        }
+        Err(failure) => {
+            if !matches!(failure, Failure::Silent(_)) {
+                eprintln!("{failure}");
+            }
+            failure.exit_code()
+        }
+    }
+}
+
+/// Prints clap's message (help and version on stdout) and maps it to an exit code.
+fn clap_exit(error: &clap::Error) -> u8 {
+    let _ = error.print();
+    clap_exit_code(error.kind())
+}
+
+/// `--help` and `--version` succeed; every other clap error is a usage error.
+fn clap_exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+        _ => 252,
+    }
+}
+
+/// Runs a parsed command; `Ok(Some(text))` is what to print on stdout.
+fn execute(command: &Command) -> Result<Option<String>, Failure> {
+    match command {
+        Command::Run(args) => admin::run(args),
+        Command::Store(admin::StoreCommand::Check(args)) => admin::store_check(args),
+        Command::HashPassword(args) => admin::hash_password(args),
+        Command::Operation(invocation) => operate(invocation),
+    }
+}
+
+/// An operator command: a skeleton, or one request to the gateway.
+fn operate(invocation: &Invocation) -> Result<Option<String>, Failure> {
+    let op = invocation.operation;
+    if invocation.skeleton == Some(SkeletonKind::Input) {
+        return Ok(Some(json::input_skeleton(op)));
+    }
+    // As the AWS CLI does, `--generate-cli-skeleton output` validates the inputs first.
+    let request = request(invocation)?;
+    if invocation.skeleton == Some(SkeletonKind::Output) {
+        return Ok(Some(json::output_skeleton(op)));
+    }
+    let target = connect::resolve(&invocation.connection)?;
+    let timeout = Duration::from_secs(invocation.connection.timeout_secs);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(format!("cannot start the async runtime: {e}")))?;
+    let response = runtime.block_on(client::call(&target, op, request, timeout))?;
+    Ok(op.output.map(|_| json::response(op, &response)))
+}
+
+/// The request body: `--cli-input-json`, overridden by the flags, with every required parameter.
+fn request(invocation: &Invocation) -> Result<input::Request, Failure> {
+    let op = invocation.operation;
+    let from_json = match &invocation.cli_input_json {
+        Some(raw) => input::parse_cli_input_json(op, raw)?,
+        None => input::Request::new(),
+    };
+    let request = input::merge(from_json, invocation.flag_values()?);
+    input::check_required(op, &request)?;
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,386 @@
+//! The table of control operations: everything the CLI knows about each AWS IoT–shaped command.
+//!
+//! One [`Operation`] entry gives a command its kebab-case name (`delete-job`), its PascalCase wire name
+//! (`DeleteJob`, the last segment of the request topic), its request parameters and the shape of its
+//! response. Everything else is derived from the entry: the clap subcommand and its flags ([`super::args`]),
+//! the `--cli-input-json` validation ([`super::input`]), both `--generate-cli-skeleton` outputs and the
+//! field order of printed responses ([`super::json`]). Adding a sibling command is one more entry in
+//! [`OPERATIONS`].
+//!
+//! Parameter names are the boto3 (camelCase) names; the CLI flag is their kebab-case form
+//! ([`Param::flag`]), as in the AWS CLI: `jobId` ↔ `--job-id`.
+
+/// The type of a value, in the vocabulary of botocore shapes; [`Shape::Struct`] and friends nest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    String,
+    Boolean,
+    Integer,
+    /// An epoch-seconds number on the wire; the skeleton shows it as the AWS CLI does.
+    Timestamp,
+    List(&'static Shape),
+    /// A string-keyed map with values of one shape (the skeleton shows one `"KeyName"` entry).
+    Map(&'static Shape),
+    /// An object with known fields, in the order the AWS CLI prints them.
+    Struct(&'static [(&'static str, Shape)]),
+}
+
+impl Shape {
+    /// How error messages name the type (`string`, `boolean`, …).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Shape::String => "string",
+            Shape::Boolean => "boolean",
+            Shape::Integer => "integer",
+            Shape::Timestamp => "timestamp",
+            Shape::List(_) => "list",
+            Shape::Map(_) | Shape::Struct(_) => "structure",
+        }
+    }
+}
+
+/// One request parameter of an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    /// The boto3 name, also the JSON key on the wire and in `--cli-input-json`.
+    pub name: &'static str,
+    pub shape: Shape,
+    /// Required parameters are checked after `--cli-input-json` and the flags are merged.
+    pub required: bool,
+    /// One line for `--help`.
+    pub help: &'static str,
+}
+
+impl Param {
+    /// The long flag without dashes: `jobId` → `job-id`.
+    pub fn flag(&self) -> String {
+        kebab_case(self.name)
+    }
+}
+
+/// One control operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operation {
+    /// The subcommand: `delete-job`.
+    pub command: &'static str,
+    /// The wire name, last segment of `$sprig/control/{clientId}/{Operation}`: `DeleteJob`.
+    pub name: &'static str,
+    /// One line for `sprig --help`.
+    pub about: &'static str,
+    pub params: &'static [Param],
+    /// The response shape; `None` when the operation returns nothing (the CLI then prints nothing).
+    pub output: Option<Shape>,
+}
+
+impl Operation {
+    /// The operation whose subcommand is `command`.
+    pub fn find(command: &str) -> Option<&'static Operation> {
+        OPERATIONS.iter().find(|op| op.command == command)
+    }
+
+    pub fn param(&self, name: &str) -> Option<&'static Param> {
+        self.params.iter().find(|p| p.name == name)
+    }
+}
+
+/// `jobId` → `job-id`.
+pub fn kebab_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for c in name.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('-');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+const fn param(name: &'static str, shape: Shape, help: &'static str) -> Param {
+    Param {
+        name,
+        shape,
+        required: false,
+        help,
+    }
+}
+
+const fn required(name: &'static str, shape: Shape, help: &'static str) -> Param {
+    Param {
+        name,
+        shape,
+        required: true,
+        help,
+    }
+}
+
+const STRINGS: Shape = Shape::List(&Shape::String);
+
+const JOB_ID: Param = required("jobId", Shape::String, "The unique identifier of the job.");
+const NAMESPACE_ID: Param = param(
+    "namespaceId",
+    Shape::String,
+    "The namespace of the job ([a-zA-Z0-9_-]+), for example aws-gg-deployment.",
+);
+const MAX_RESULTS: Param = param(
+    "maxResults",
+    Shape::Integer,
+    "The maximum number of results to return at one time.",
+);
+const NEXT_TOKEN: Param = param(
+    "nextToken",
+    Shape::String,
+    "The token to retrieve the next set of results.",
+);
+
+/// The response of CreateJob and CancelJob.
+const JOB_REF: Shape = Shape::Struct(&[
+    ("jobArn", Shape::String),
+    ("jobId", Shape::String),
+    ("description", Shape::String),
+]);
+
+const JOB_PROCESS_DETAILS: Shape = Shape::Struct(&[
+    ("processingTargets", STRINGS),
+    ("numberOfCanceledThings", Shape::Integer),
+    ("numberOfSucceededThings", Shape::Integer),
+    ("numberOfFailedThings", Shape::Integer),
+    ("numberOfRejectedThings", Shape::Integer),
+    ("numberOfQueuedThings", Shape::Integer),
+    ("numberOfInProgressThings", Shape::Integer),
+    ("numberOfRemovedThings", Shape::Integer),
+    ("numberOfTimedOutThings", Shape::Integer),
+]);
+
+const JOB: Shape = Shape::Struct(&[
+    ("jobArn", Shape::String),
+    ("jobId", Shape::String),
+    ("targetSelection", Shape::String),
+    ("status", Shape::String),
+    ("forceCanceled", Shape::Boolean),
+    ("reasonCode", Shape::String),
+    ("comment", Shape::String),
+    ("targets", STRINGS),
+    ("description", Shape::String),
+    ("createdAt", Shape::Timestamp),
+    ("lastUpdatedAt", Shape::Timestamp),
+    ("completedAt", Shape::Timestamp),
+    ("jobProcessDetails", JOB_PROCESS_DETAILS),
+    ("namespaceId", Shape::String),
+]);
+
+const JOB_SUMMARY: Shape = Shape::Struct(&[
+    ("jobArn", Shape::String),
+    ("jobId", Shape::String),
+    ("thingGroupId", Shape::String),
+    ("targetSelection", Shape::String),
+    ("status", Shape::String),
+    ("createdAt", Shape::Timestamp),
+    ("lastUpdatedAt", Shape::Timestamp),
+    ("completedAt", Shape::Timestamp),
+]);
+
+const STATUS_DETAILS: Shape = Shape::Struct(&[("detailsMap", Shape::Map(&Shape::String))]);
+
+const JOB_EXECUTION: Shape = Shape::Struct(&[
+    ("jobId", Shape::String),
+    ("status", Shape::String),
+    ("forceCanceled", Shape::Boolean),
+    ("statusDetails", STATUS_DETAILS),
+    ("thingArn", Shape::String),
+    ("queuedAt", Shape::Timestamp),
+    ("startedAt", Shape::Timestamp),
+    ("lastUpdatedAt", Shape::Timestamp),
+    ("executionNumber", Shape::Integer),
+    ("versionNumber", Shape::Integer),
+    ("approximateSecondsBeforeTimedOut", Shape::Integer),
+]);
+
+const JOB_EXECUTION_SUMMARY: Shape = Shape::Struct(&[
+    ("status", Shape::String),
+    ("queuedAt", Shape::Timestamp),
+    ("startedAt", Shape::Timestamp),
+    ("lastUpdatedAt", Shape::Timestamp),
+    ("executionNumber", Shape::Integer),
+    ("retryAttempt", Shape::Integer),
+]);
+
+/// Every control operation the CLI offers, in `sprig --help` order.
+pub static OPERATIONS: &[Operation] = &[
+    Operation {
+        command: "create-job",
+        name: "CreateJob",
+        about: "Creates a job that runs on the target things",
+        params: &[
+            JOB_ID,
+            required(
+                "targets",
+                STRINGS,
+                "The things to run the job on: thing names or thing ARNs.",
+            ),
+            param(
+                "document",
+                Shape::String,
+                "The job document, JSON (or file://PATH to read it from a file).",
+            ),
+            param(
+                "description",
+                Shape::String,
+                "A short description of the job.",
+            ),
+            param(
+                "targetSelection",
+                Shape::String,
+                "SNAPSHOT (the default) or CONTINUOUS.",
+            ),
+            NAMESPACE_ID,
+        ],
+        output: Some(JOB_REF),
+    },
+    Operation {
+        command: "delete-job",
+        name: "DeleteJob",
+        about: "Deletes a job and its related job executions",
+        params: &[
+            JOB_ID,
+            param(
+                "force",
+                Shape::Boolean,
+                "Delete a job that is IN_PROGRESS (default: only COMPLETED or CANCELED jobs).",
+            ),
+            NAMESPACE_ID,
+        ],
+        output: None,
+    },
+    Operation {
+        command: "describe-job",
+        name: "DescribeJob",
+        about: "Describes a job",
+        params: &[JOB_ID],
+        output: Some(Shape::Struct(&[
+            ("documentSource", Shape::String),
+            ("job", JOB),
+        ])),
+    },
+    Operation {
+        command: "list-jobs",
+        name: "ListJobs",
+        about: "Lists jobs",
+        params: &[
+            param(
+                "status",
+                Shape::String,
+                "IN_PROGRESS, CANCELED, COMPLETED, DELETION_IN_PROGRESS or SCHEDULED.",
+            ),
+            param("targetSelection", Shape::String, "SNAPSHOT or CONTINUOUS."),
+            MAX_RESULTS,
+            NEXT_TOKEN,
+            NAMESPACE_ID,
+        ],
+        output: Some(Shape::Struct(&[
+            ("jobs", Shape::List(&JOB_SUMMARY)),
+            ("nextToken", Shape::String),
+        ])),
+    },
+    Operation {
+        command: "cancel-job",
+        name: "CancelJob",
+        about: "Cancels a job",
+        params: &[
+            JOB_ID,
+            param(
+                "reasonCode",
+                Shape::String,
+                "A code that says why the job was canceled.",
+            ),
+            param(
+                "comment",
+                Shape::String,
+                "A comment that says why the job was canceled.",
+            ),
+            param(
+                "force",
+                Shape::Boolean,
+                "Also cancel IN_PROGRESS executions (default: only QUEUED ones).",
+            ),
+        ],
+        output: Some(JOB_REF),
+    },
+    Operation {
+        command: "describe-job-execution",
+        name: "DescribeJobExecution",
+        about: "Describes a job execution",
+        params: &[
+            JOB_ID,
+            required(
+                "thingName",
+                Shape::String,
+                "The name of the thing the job runs on.",
+            ),
+            param(
+                "executionNumber",
+                Shape::Integer,
+                "Which execution of the job on this thing (default: the latest).",
+            ),
+        ],
+        output: Some(Shape::Struct(&[("execution", JOB_EXECUTION)])),
+    },
+    Operation {
+        command: "list-job-executions-for-job",
+        name: "ListJobExecutionsForJob",
+        about: "Lists the job executions of a job",
+        params: &[
+            JOB_ID,
+            param(
+                "status",
+                Shape::String,
+                "QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, TIMED_OUT, REJECTED, REMOVED or CANCELED.",
+            ),
+            MAX_RESULTS,
+            NEXT_TOKEN,
+        ],
+        output: Some(Shape::Struct(&[
+            (
+                "executionSummaries",
+                Shape::List(&Shape::Struct(&[
+                    ("thingArn", Shape::String),
+                    ("jobExecutionSummary", JOB_EXECUTION_SUMMARY),
+                ])),
+            ),
+            ("nextToken", Shape::String),
+        ])),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_the_kebab_case_of_the_boto3_names() {
+        assert_eq!(kebab_case("jobId"), "job-id");
+        assert_eq!(
+            kebab_case("listJobExecutionsForJob"),
+            "list-job-executions-for-job"
+        );
+        assert_eq!(kebab_case("force"), "force");
+    }
+
+    #[test]
+    fn commands_and_wire_names_agree() {
+        for op in OPERATIONS {
+            let pascal_as_kebab = kebab_case(op.name);
+            assert_eq!(format!("-{}", op.command), pascal_as_kebab, "{}", op.name);
+            let mut names: Vec<_> = op.params.iter().map(|p| p.name).collect();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(
+                names.len(),
+                op.params.len(),
+                "{}: duplicate parameter",
+                op.name
+            );
+        }
+    }
+}
