@@ -82,11 +82,12 @@ impl Service {
         let Some((client_id, operation)) = parse_topic(&topic) else {
             return;
         };
-        let (token, outcome) = match self.authorize(client_id) {
+        // The body is read first so that every reply, throttled or unauthorized too, echoes the clientToken.
+        let (token, outcome) = match parse_body(&payload) {
             Err(e) => (None, Err(e)),
-            Ok(principal) => match parse_body(&payload) {
-                Err(e) => (None, Err(e)),
-                Ok((token, body)) => (token, self.dispatch(principal, operation, body).await),
+            Ok((token, body)) => match self.authorize(client_id) {
+                Err(e) => (token, Err(e)),
+                Ok(operator) => (token, self.dispatch(operator, operation, body).await),
             },
         };
         let (suffix, mut reply) = match outcome {

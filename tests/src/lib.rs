@@ -1,1 +1,390 @@
-//! Harness for the end-to-end tests.
+//! Harness for sprig's end-to-end tests: the real `sprig` binary on a free port with a temporary data dir,
+//! driven through its real CLI and through raw MQTT with rumqttc.
+//!
+//! [`Gateway::start`] builds the binary (once per test process, through cargo, so it is never stale), writes
+//! a config derived from `config/gateway.toml`, starts `sprig run` and waits until it accepts connections.
+//! [`Operator`] speaks the control protocol of CONTRACT section 4 directly.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+
+/// The default configuration file of the repository.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/gateway.toml");
+
+/// Path of the `sprig` binary, built on first use.
+pub fn sprig_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_owned();
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "sprig-gateway", "--bin", "sprig"])
+            .current_dir(&workspace)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of sprig failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target"));
+        target.join("debug").join("sprig")
+    })
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An argon2 hash of `password`, made by `sprig hash-password`.
+pub fn hash_password(password: &str) -> String {
+    let out = Command::new(sprig_bin())
+        .args(["hash-password", "--password", password])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hash-password failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A running `sprig run`, killed when dropped.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl Gateway {
+    /// Starts a gateway on the default config with `extra` appended (more sections, or overrides through
+    /// [`Gateway::start_with`]).
+    pub fn start() -> Gateway {
+        Gateway::start_with(|config| config)
+    }
+
+    /// Starts a gateway whose config is the default one passed through `edit` (after the listen address and
+    /// data dir are set).
+    pub fn start_with(edit: impl FnOnce(String) -> String) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let data_dir = dir.path().join("data");
+        let config = DEFAULT_CONFIG
+            .replace(
+                "listen = [\"127.0.0.1:1883\"]",
+                &format!("listen = [\"127.0.0.1:{port}\"]"),
+            )
+            .replace(
+                "data_dir = \"./sprig-data\"",
+                &format!("data_dir = {:?}", data_dir.display().to_string()),
+            );
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, edit(config)).unwrap();
+        let mut gateway = Gateway {
+            log_path: dir.path().join("sprig.log"),
+            dir,
+            config_path,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: None,
+        };
+        gateway.spawn();
+        gateway
+    }
+
+    /// Starts `sprig run` again on the same config and data dir.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(sprig_bin())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,rumqttd=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sprig run");
+        self.child = Some(child);
+        self.wait_until_ready();
+    }
+
+    fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "sprig run exited with {status} before it was ready; log:\n{}",
+                    self.log()
+                );
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok()
+                && self.log().contains("ready")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sprig run was not ready within 30 s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Lines of the log containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        BufReader::new(std::fs::File::open(&self.log_path).unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit and returns its status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sprig did not stop within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The local operator's credential, as `sprig run` wrote it.
+    pub fn local_credential(&self) -> (String, String) {
+        let text = std::fs::read_to_string(self.data_dir().join("local-operator.json")).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        (
+            v["username"].as_str().unwrap().to_owned(),
+            v["password"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Runs the CLI against this gateway: `sprig <args> --config <this config>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(sprig_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .unwrap()
+    }
+
+    /// An operator client logged in as the local operator.
+    pub async fn operator(&self) -> Operator {
+        let (username, password) = self.local_credential();
+        Operator::connect(self.addr, &username, &password)
+            .await
+            .expect("local operator connects")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// What a control request got back: the accepted body, or the rejection's code and message.
+pub type Reply = Result<Value, (String, String)>;
+
+/// A raw MQTT control client, as a fleet backend would write one.
+pub struct Operator {
+    pub client_id: String,
+    client: AsyncClient,
+    events: EventLoop,
+}
+
+impl Operator {
+    /// Connects and subscribes to its reply topics; `Err` if the gateway refuses the connection.
+    pub async fn connect(
+        addr: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<Operator, String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let client_id = format!(
+            "op-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let mut options = MqttOptions::new(&client_id, addr.ip().to_string(), addr.port());
+        options
+            .set_credentials(username, password)
+            .set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(4 << 20, 4 << 20);
+        let (client, mut events) = AsyncClient::new(options, 64);
+        let connected = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await
+        .map_err(|_| "no CONNACK within 10 s".to_owned())??;
+        if connected.code != rumqttc::ConnectReturnCode::Success {
+            return Err(format!("{:?}", connected.code));
+        }
+        // Replies only: `…/#` would also match (and echo back) our own requests.
+        let replies = ["accepted", "rejected"].map(|kind| {
+            rumqttc::SubscribeFilter::new(
+                format!("$sprig/control/{client_id}/+/{kind}"),
+                QoS::AtLeastOnce,
+            )
+        });
+        client.subscribe_many(replies).await.unwrap();
+        let mut operator = Operator {
+            client_id,
+            client,
+            events,
+        };
+        operator.wait_for(|p| matches!(p, Packet::SubAck(_))).await;
+        Ok(operator)
+    }
+
+    async fn wait_for(&mut self, mut wanted: impl FnMut(&Packet) -> bool) -> Packet {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Event::Incoming(packet) =
+                    self.events.poll().await.expect("connection to the gateway")
+                {
+                    if wanted(&packet) {
+                        return packet;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the gateway answered within 30 s")
+    }
+
+    /// Sends one request (a fresh clientToken is added) and waits for its reply.
+    pub async fn request(&mut self, operation: &str, mut body: Value) -> Reply {
+        static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let token = format!(
+            "t{}",
+            TOKENS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        body["clientToken"] = json!(token);
+        self.request_raw(operation, serde_json::to_vec(&body).unwrap(), Some(&token))
+            .await
+    }
+
+    /// Sends `payload` as is, and waits for the reply carrying `token` (or for any reply if `None`).
+    pub async fn request_raw(
+        &mut self,
+        operation: &str,
+        payload: Vec<u8>,
+        token: Option<&str>,
+    ) -> Reply {
+        let topic = format!("$sprig/control/{}/{operation}", self.client_id);
+        self.client
+            .publish(&topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+        loop {
+            let Packet::Publish(reply) = self.wait_for(|p| matches!(p, Packet::Publish(_))).await
+            else {
+                unreachable!()
+            };
+            let mut body: Value = serde_json::from_slice(&reply.payload).expect("replies are JSON");
+            if token.is_some_and(|t| body["clientToken"] != json!(t)) {
+                continue;
+            }
+            if let Some(map) = body.as_object_mut() {
+                map.remove("clientToken");
+            }
+            return if reply.topic == format!("{topic}/accepted") {
+                Ok(body)
+            } else {
+                assert_eq!(reply.topic, format!("{topic}/rejected"));
+                Err((
+                    body["code"].as_str().unwrap_or_default().to_owned(),
+                    body["message"].as_str().unwrap_or_default().to_owned(),
+                ))
+            };
+        }
+    }
+
+    /// DescribeJob's `job.status`, or the error code.
+    pub async fn job_status(&mut self, job_id: &str) -> String {
+        match self
+            .request("DescribeJob", json!({ "jobId": job_id }))
+            .await
+        {
+            Ok(v) => v["job"]["status"].as_str().unwrap().to_owned(),
+            Err((code, _)) => code,
+        }
+    }
+
+    /// Polls until the job is gone (ResourceNotFoundException), for at most `within`.
+    pub async fn wait_until_deleted(&mut self, job_id: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.job_status(job_id).await != "ResourceNotFoundException" {
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id} was not deleted within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A CreateJob body for `things`, optionally in a namespace.
+pub fn create_job(job_id: &str, namespace: Option<&str>, things: &[&str]) -> Value {
+    let mut body =
+        json!({ "jobId": job_id, "targets": things, "document": "{\"action\":\"update\"}" });
+    if let Some(ns) = namespace {
+        body["namespaceId"] = json!(ns);
+    }
+    body
+}

@@ -39,7 +39,8 @@ pub struct HashPasswordArgs {
 /// `sprig run`: the gateway, until SIGINT or SIGTERM.
 pub fn run(args: &ConfigArgs) -> Result<Option<String>, Failure> {
     let config = load_config(args.config.as_deref())?;
-    init_tracing("info");
+    // rumqttd logs every connect and subscribe at info: keep its warnings, not its chatter.
+    init_tracing("info,rumqttd=warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

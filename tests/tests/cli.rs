@@ -1,0 +1,226 @@
+//! The `aws iot delete-job`-shaped CLI against the real gateway: output, errors, exit codes.
+
+use std::process::Output;
+
+use serde_json::{json, Value};
+use sprig_tests::{free_port, sprig_bin, Gateway};
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json_out(out: &Output) -> Value {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
+}
+
+#[test]
+fn the_readme_walkthrough_works() {
+    let gateway = Gateway::start();
+    let created = gateway.cli(&[
+        "create-job",
+        "--job-id",
+        "fw-42",
+        "--targets",
+        "pump-1",
+        "pump-2",
+        "--document",
+        r#"{"operation":"firmware-update"}"#,
+        "--namespace-id",
+        "acme",
+    ]);
+    let created = json_out(&created);
+    assert_eq!(created["jobId"], "fw-42");
+    assert!(created["jobArn"].as_str().unwrap().ends_with(":job/fw-42"));
+
+    // Without --force an IN_PROGRESS job is not deleted: the AWS CLI's error line, exit 254.
+    let refused = gateway.cli(&["delete-job", "--job-id", "fw-42", "--namespace-id", "acme"]);
+    assert_eq!(refused.status.code(), Some(254), "{}", stderr(&refused));
+    let line = stderr(&refused);
+    assert!(
+        line.contains("An error occurred (InvalidStateTransitionException) when calling the DeleteJob operation: "),
+        "{line}"
+    );
+    assert!(stdout(&refused).is_empty());
+
+    // With --force: no output, exit 0; the job then goes away.
+    let deleted = gateway.cli(&[
+        "delete-job",
+        "--job-id",
+        "fw-42",
+        "--force",
+        "--namespace-id",
+        "acme",
+    ]);
+    assert_eq!(deleted.status.code(), Some(0), "{}", stderr(&deleted));
+    assert!(
+        stdout(&deleted).is_empty(),
+        "DeleteJob prints nothing: {}",
+        stdout(&deleted)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let described = gateway.cli(&["describe-job", "--job-id", "fw-42"]);
+        if described.status.code() == Some(254) {
+            assert!(
+                stderr(&described).contains("(ResourceNotFoundException)"),
+                "{}",
+                stderr(&described)
+            );
+            break;
+        }
+        assert_eq!(
+            json_out(&described)["job"]["status"],
+            "DELETION_IN_PROGRESS"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fw-42 was never deleted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cli_input_json_is_merged_and_the_command_line_wins() {
+    let gateway = Gateway::start();
+    json_out(&gateway.cli(&[
+        "create-job",
+        "--job-id",
+        "j1",
+        "--targets",
+        "t1",
+        "--document",
+        "{}",
+    ]));
+    json_out(&gateway.cli(&[
+        "create-job",
+        "--job-id",
+        "j2",
+        "--targets",
+        "t1",
+        "--document",
+        "{}",
+    ]));
+
+    // The JSON says force=false; --force on the command line overrides it.
+    let input = r#"{"jobId": "j1", "force": false}"#;
+    let out = gateway.cli(&["delete-job", "--cli-input-json", input, "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // From a file, with the job id overridden on the command line: j2 is refused (no force), not j1.
+    let file = gateway.dir.path().join("input.json");
+    std::fs::write(&file, r#"{"jobId": "j1"}"#).unwrap();
+    let out = gateway.cli(&[
+        "delete-job",
+        "--cli-input-json",
+        &format!("file://{}", file.display()),
+        "--job-id",
+        "j2",
+    ]);
+    assert_eq!(out.status.code(), Some(254));
+    assert!(
+        stderr(&out).contains("InvalidStateTransitionException") && stderr(&out).contains("j2"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A key that is not a parameter is a usage error.
+    let out = gateway.cli(&[
+        "delete-job",
+        "--cli-input-json",
+        r#"{"jobId": "j2", "bogus": 1}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(252), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bogus"));
+}
+
+#[test]
+fn skeletons_print_without_a_gateway() {
+    let out = std::process::Command::new(sprig_bin())
+        .args(["delete-job", "--generate-cli-skeleton"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        json_out(&out),
+        json!({"jobId": "", "force": true, "namespaceId": ""})
+    );
+    assert!(
+        stdout(&out).contains("\n    \"jobId\": \"\""),
+        "4-space indent like the AWS CLI: {}",
+        stdout(&out)
+    );
+    let out = std::process::Command::new(sprig_bin())
+        .args(["delete-job", "--generate-cli-skeleton", "input"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        json_out(&out),
+        json!({"jobId": "", "force": true, "namespaceId": ""})
+    );
+    let out = std::process::Command::new(sprig_bin())
+        .args([
+            "delete-job",
+            "--job-id",
+            "j1",
+            "--generate-cli-skeleton",
+            "output",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(json_out(&out), json!({}));
+}
+
+#[test]
+fn usage_errors_exit_252_and_help_and_version_exit_0() {
+    let sprig = || std::process::Command::new(sprig_bin());
+    let missing = sprig()
+        .args(["delete-job", "--endpoint", "mqtt://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(252));
+    assert!(
+        stderr(&missing).contains("--job-id"),
+        "{}",
+        stderr(&missing)
+    );
+    let unknown = sprig()
+        .args(["delete-job", "--job-id", "j", "--frobnicate"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(252));
+    for args in [&["--version"][..], &["--help"], &["delete-job", "--help"]] {
+        let out = sprig().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(!stdout(&out).is_empty());
+    }
+}
+
+#[test]
+fn an_unreachable_gateway_is_one_line_and_exit_255() {
+    let port = free_port();
+    let out = std::process::Command::new(sprig_bin())
+        .args([
+            "delete-job",
+            "--job-id",
+            "j1",
+            "--endpoint",
+            &format!("mqtt://127.0.0.1:{port}"),
+        ])
+        .args(["--username", "u", "--password", "p"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+}

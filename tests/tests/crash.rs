@@ -1,0 +1,95 @@
+//! A deletion interrupted by SIGKILL finishes after a restart, and leaves everything else untouched.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sprig_tests::{create_job, Gateway};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deletion_killed_midway_finishes_after_restart() {
+    // Small batches make the deletion of 20,000 executions take long enough to be interrupted.
+    let mut gateway =
+        Gateway::start_with(|c| c.replace("deletion_batch_size = 500", "deletion_batch_size = 20"));
+    let mut op = gateway.operator().await;
+    let things: Vec<String> = (0..20_000).map(|i| format!("dev{i:05}")).collect();
+    let things: Vec<&str> = things.iter().map(String::as_str).collect();
+    op.request("CreateJob", create_job("huge", Some("acme"), &things))
+        .await
+        .unwrap();
+    op.request(
+        "CreateJob",
+        create_job("bystander", Some("acme"), &things[..50]),
+    )
+    .await
+    .unwrap();
+    op.request("CreateJob", create_job("standard", None, &["solo"]))
+        .await
+        .unwrap();
+
+    op.request(
+        "DeleteJob",
+        json!({"jobId": "huge", "force": true, "namespaceId": "acme"}),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = op
+        .request("DescribeJob", json!({"jobId": "huge"}))
+        .await
+        .unwrap();
+    assert_eq!(job["job"]["status"], "DELETION_IN_PROGRESS");
+    let left = job["job"]["jobProcessDetails"]["numberOfQueuedThings"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        0 < left && left < 20_000,
+        "the kill must land mid-deletion; {left} executions left"
+    );
+    gateway.kill9();
+    drop(op);
+
+    gateway.spawn();
+    assert!(
+        gateway.log().contains("resuming an unfinished deletion"),
+        "{}",
+        gateway.log()
+    );
+    let mut op = gateway.operator().await;
+    op.wait_until_deleted("huge", Duration::from_secs(120))
+        .await;
+    let executions = op
+        .request("ListJobExecutionsForJob", json!({"jobId": "huge"}))
+        .await;
+    assert_eq!(executions.unwrap_err().0, "ResourceNotFoundException");
+
+    // The other jobs are untouched.
+    let bystander = op
+        .request("DescribeJob", json!({"jobId": "bystander"}))
+        .await
+        .unwrap();
+    assert_eq!(bystander["job"]["status"], "IN_PROGRESS");
+    assert_eq!(
+        bystander["job"]["jobProcessDetails"]["numberOfQueuedThings"],
+        50
+    );
+    let page = op
+        .request(
+            "ListJobExecutionsForJob",
+            json!({"jobId": "bystander", "maxResults": 250}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page["executionSummaries"].as_array().unwrap().len(), 50);
+    assert_eq!(op.job_status("standard").await, "IN_PROGRESS");
+
+    // And the store agrees with itself: exactly the 51 remaining executions, every index in place.
+    drop(op);
+    assert_eq!(gateway.terminate(), Some(0));
+    let check = gateway.cli(&["store", "check"]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{report}");
+    assert!(
+        report.contains("2 jobs, 51 executions") && report.contains("consistent"),
+        "{report}"
+    );
+}
