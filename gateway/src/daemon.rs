@@ -95,9 +95,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     };
     tracing::info!(reason, "shutting down");
+    // Requests that arrive until the clients are disconnected are still answered, with
+    // ServiceUnavailableException, rather than met with silence.
     engine.close();
-    let _ = shutdown_tx.send(true);
     broker.shutdown().await;
+    let _ = shutdown_tx.send(true);
     if tokio::time::timeout(Duration::from_secs(5), deleter)
         .await
         .is_err()

@@ -224,3 +224,90 @@ fn an_unreachable_gateway_is_one_line_and_exit_255() {
     assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
     assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
 }
+
+#[test]
+fn every_sibling_command_talks_to_the_gateway() {
+    let gateway = Gateway::start();
+    json_out(&gateway.cli(&[
+        "create-job",
+        "--job-id",
+        "j1",
+        "--targets",
+        "t1",
+        "t2",
+        "t3",
+        "--document",
+        "{}",
+    ]));
+    json_out(&gateway.cli(&[
+        "create-job",
+        "--job-id",
+        "j2",
+        "--targets",
+        "t1",
+        "--document",
+        "{}",
+        "--namespace-id",
+        "ns",
+    ]));
+
+    let listed = json_out(&gateway.cli(&["list-jobs", "--max-results", "1"]));
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["nextToken"], "j1");
+    let listed = json_out(&gateway.cli(&["list-jobs", "--namespace-id", "ns"]));
+    assert_eq!(listed["jobs"][0]["jobId"], "j2");
+
+    let execution = json_out(&gateway.cli(&[
+        "describe-job-execution",
+        "--job-id",
+        "j1",
+        "--thing-name",
+        "t2",
+    ]));
+    assert_eq!(execution["execution"]["status"], "QUEUED");
+    assert!(execution["execution"]["thingArn"]
+        .as_str()
+        .unwrap()
+        .ends_with(":thing/t2"));
+    let executions = json_out(&gateway.cli(&[
+        "list-job-executions-for-job",
+        "--job-id",
+        "j1",
+        "--status",
+        "QUEUED",
+    ]));
+    assert_eq!(
+        executions["executionSummaries"].as_array().unwrap().len(),
+        3
+    );
+
+    let canceled = json_out(&gateway.cli(&[
+        "cancel-job",
+        "--job-id",
+        "j1",
+        "--reason-code",
+        "OBSOLETE",
+        "--comment",
+        "replaced",
+    ]));
+    assert_eq!(canceled["jobId"], "j1");
+    let job = json_out(&gateway.cli(&["describe-job", "--job-id", "j1"]));
+    assert_eq!(job["job"]["status"], "CANCELED");
+    assert_eq!(job["job"]["reasonCode"], "OBSOLETE");
+    assert_eq!(job["job"]["jobProcessDetails"]["numberOfCanceledThings"], 3);
+    let executions = json_out(&gateway.cli(&[
+        "list-job-executions-for-job",
+        "--job-id",
+        "j1",
+        "--status",
+        "QUEUED",
+    ]));
+    assert_eq!(
+        executions["executionSummaries"].as_array().unwrap().len(),
+        0
+    );
+
+    // Canceled is terminal: deletion without --force is accepted.
+    let out = gateway.cli(&["delete-job", "--job-id", "j1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -219,8 +219,7 @@ async fn requests_over_the_rate_are_throttled() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn requests_during_shutdown_get_service_unavailable_or_nothing_and_the_store_stays_consistent(
-) {
+async fn sigterm_flushes_the_store_and_leaves_it_consistent() {
     let mut gateway = Gateway::start();
     let mut op = gateway.operator().await;
     op.request("CreateJob", create_job("j1", None, &["t1"]))
