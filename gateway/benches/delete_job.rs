@@ -45,12 +45,22 @@ async fn main() {
         max_concurrent_deletions: 10,
         per_namespace: Default::default(),
     };
-    let engine = Arc::new(Engine::new(store.clone(), limits, "bench", tx));
+    // Notifications are not measured here: their events are drained.
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        limits,
+        "bench",
+        tx,
+        events_tx.clone(),
+    ));
     let (_stop, shutdown) = watch::channel(false);
     tokio::spawn(sprig_gateway::deletion::run(
         store.clone(),
         batch,
         rx,
+        events_tx,
         shutdown,
     ));
     let targets: Vec<String> = (0..executions).map(|i| format!("device-{i:06}")).collect();

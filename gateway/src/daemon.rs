@@ -16,9 +16,10 @@ use tokio::sync::{mpsc, watch};
 use crate::auth::{Authenticator, LocalOperator};
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::jobs::device;
 use crate::jobs::{Engine, Limits};
 use crate::store::Store;
-use crate::{control, deletion};
+use crate::{control, deletion, device_api, notify};
 
 /// The store lives in this directory under the data dir.
 const STORE_DIR: &str = "store";
@@ -53,21 +54,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (deletions_tx, deletions_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let engine = Arc::new(Engine::new(
         store.clone(),
         Limits::from_config(&config.jobs),
         &config.gateway.id,
         deletions_tx,
+        events_tx.clone(),
     ));
     let deleter = tokio::spawn(deletion::run(
         store.clone(),
         config.jobs.deletion_batch_size,
         deletions_rx,
+        events_tx,
         shutdown.clone(),
     ));
     let resumed = engine.resume_deletions().await?;
+    tokio::spawn(device::run_step_timeouts(engine.clone(), shutdown.clone()));
 
     let broker = Broker::start(&config.broker, auth).await?;
+    let notifier = tokio::spawn(notify::run(
+        broker.clone(),
+        engine.clone(),
+        events_rx,
+        shutdown.clone(),
+    ));
+    let devices = tokio::spawn(device_api::serve(
+        broker.clone(),
+        engine.clone(),
+        shutdown.clone(),
+    ));
     let control = {
         let (broker, engine, jobs) = (broker.clone(), engine.clone(), config.jobs.clone());
         let shutdown = shutdown.clone();
@@ -88,11 +104,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let reason = tokio::select! {
         signal = wait_for_signal() => signal?,
-        outcome = control => match outcome {
-            Ok(Ok(())) => "control API stopped",
-            Ok(Err(e)) => return Err(e).context("the control API failed"),
-            Err(e) => return Err(e).context("the control API panicked"),
-        },
+        outcome = control => service_ended("control API", outcome)?,
+        outcome = devices => service_ended("device API", outcome)?,
+        outcome = notifier => service_ended("notifier", outcome)?,
     };
     tracing::info!(reason, "shutting down");
     // Requests that arrive until the clients are disconnected are still answered, with
@@ -111,6 +125,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("cannot flush the jobs store")?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// A service task ended before shutdown: an error if it failed, else the reason to shut down.
+fn service_ended(
+    name: &'static str,
+    outcome: Result<Result<(), crate::broker::BrokerError>, tokio::task::JoinError>,
+) -> anyhow::Result<&'static str> {
+    match outcome {
+        Ok(Ok(())) => Ok(name),
+        Ok(Err(e)) => Err(e).with_context(|| format!("the {name} failed")),
+        Err(e) => Err(e).with_context(|| format!("the {name} panicked")),
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<&'static str> {

@@ -15,14 +15,20 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::jobs::model::{now_ms, JobStatus};
+use crate::jobs::model::{now_ms, Job, JobStatus};
+use crate::jobs::{JobEvent, JobEventKind};
 use crate::store::{Change, Store, StoreError};
 
 /// What one step of a deletion did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Step {
-    /// Removed this many executions; more may remain.
-    Removed(usize),
+    /// Removed this many executions; more may remain. `pending_things` had a QUEUED or IN_PROGRESS
+    /// execution among them: their devices are to be told.
+    Removed {
+        count: usize,
+        pending_things: Vec<String>,
+        job: Box<Job>,
+    },
     /// The job is gone (or was not being deleted).
     Finished,
 }
@@ -49,15 +55,22 @@ pub fn delete_step(store: &Store, job_id: &str, batch: usize) -> Result<Step, St
         .iter()
         .for_each(|e| remaining.counts.remove(e.status));
     remaining.last_updated_at = now_ms();
-    // Devices whose executions were pending are to be told and recovered here, in this transaction's
-    // aftermath (notifications and recovery plugins build on this step).
     store.commit(&Change {
         job_before: Some(&job),
         job_after: Some(&remaining),
         delete_executions: &executions,
         ..Default::default()
     })?;
-    Ok(Step::Removed(executions.len()))
+    let pending_things = executions
+        .iter()
+        .filter(|e| !e.status.is_terminal())
+        .map(|e| e.thing_name.clone())
+        .collect();
+    Ok(Step::Removed {
+        count: executions.len(),
+        pending_things,
+        job: Box::new(remaining),
+    })
 }
 
 /// Runs deletions until `shutdown` turns true. Each job id received is deleted in its own task; an id that
@@ -66,6 +79,7 @@ pub async fn run(
     store: Arc<Store>,
     batch: usize,
     mut jobs: mpsc::UnboundedReceiver<String>,
+    events: mpsc::UnboundedSender<JobEvent>,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut stop = shutdown.clone();
@@ -80,8 +94,9 @@ pub async fn run(
                     continue;
                 }
                 let (store, active, shutdown) = (store.clone(), active.clone(), shutdown.clone());
+                let events = events.clone();
                 tasks.spawn(async move {
-                    delete_job(store, &job_id, batch, shutdown).await;
+                    delete_job(store, &job_id, batch, events, shutdown).await;
                     active.lock().unwrap_or_else(|p| p.into_inner()).remove(&job_id);
                 });
             }
@@ -96,6 +111,7 @@ async fn delete_job(
     store: Arc<Store>,
     job_id: &str,
     batch: usize,
+    events: mpsc::UnboundedSender<JobEvent>,
     shutdown: watch::Receiver<bool>,
 ) {
     let started = std::time::Instant::now();
@@ -104,8 +120,21 @@ async fn delete_job(
         let (store, id) = (store.clone(), job_id.to_owned());
         let step = tokio::task::spawn_blocking(move || delete_step(&store, &id, batch)).await;
         match step {
-            Ok(Ok(Step::Removed(n))) => {
-                removed += n;
+            Ok(Ok(Step::Removed {
+                count,
+                pending_things,
+                job,
+            })) => {
+                removed += count;
+                if !pending_things.is_empty() {
+                    let kind = JobEventKind::Deleted;
+                    let _ = events.send(JobEvent {
+                        kind,
+                        job_id: job.job_id,
+                        namespace_id: job.namespace_id,
+                        things: pending_things,
+                    });
+                }
                 // Let other work use the store and the blocking pool between batches.
                 tokio::task::yield_now().await;
             }

@@ -16,7 +16,7 @@ use super::api::*;
 use super::model::{
     now_ms, DeletionInfo, Execution, ExecutionCounts, ExecutionStatus, Job, JobStatus,
 };
-use super::{validate, JobsError};
+use super::{validate, JobEvent, JobEventKind, JobsError};
 use crate::auth::Grants;
 use crate::store::{Change, Store};
 
@@ -47,10 +47,11 @@ impl Limits {
 
 /// The jobs engine. Share it behind an `Arc`.
 pub struct Engine {
-    store: Arc<Store>,
+    pub(super) store: Arc<Store>,
     limits: Limits,
     arns: Arns,
     deletions: UnboundedSender<String>,
+    pub(super) events: UnboundedSender<JobEvent>,
     closing: AtomicBool,
 }
 
@@ -61,14 +62,20 @@ impl Engine {
         limits: Limits,
         gateway_id: &str,
         deletions: UnboundedSender<String>,
+        events: UnboundedSender<JobEvent>,
     ) -> Engine {
         Engine {
             store,
             limits,
             arns: Arns::new(gateway_id),
             deletions,
+            events,
             closing: AtomicBool::new(false),
         }
+    }
+
+    pub(super) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     /// From now on every request is answered ServiceUnavailableException.
@@ -348,6 +355,7 @@ impl Engine {
             ..Default::default()
         })?;
         self.store.flush()?;
+        self.emit(JobEventKind::Created, &plan.job, plan.job.targets.clone());
         Ok(self.arns.job_ref(&plan.job))
     }
 
@@ -480,6 +488,7 @@ impl Engine {
                         .shift(execution.status, ExecutionStatus::Canceled);
                     execution.force_canceled = execution.status == ExecutionStatus::InProgress;
                     execution.status = ExecutionStatus::Canceled;
+                    execution.step_deadline = None;
                     execution.last_updated_at = now;
                     execution.version_number += 1;
                     changed.push(execution);
@@ -494,6 +503,11 @@ impl Engine {
         })?;
         self.store.flush()?;
         tracing::info!(job_id = %job.job_id, force = request.force, executions = changed.len(), "job canceled");
+        self.emit(
+            JobEventKind::Canceled,
+            &canceled,
+            changed.iter().map(|e| e.thing_name.clone()).collect(),
+        );
         Ok(self.arns.job_ref(&canceled))
     }
 }
@@ -604,6 +618,7 @@ mod tests {
         engine: Arc<Engine>,
         store: Arc<Store>,
         deletions: mpsc::UnboundedReceiver<String>,
+        events: mpsc::UnboundedReceiver<JobEvent>,
     }
 
     fn fixture(limit: usize, per_namespace: &[(&str, usize)]) -> Fixture {
@@ -617,12 +632,14 @@ mod tests {
                 .map(|(n, l)| (n.to_string(), *l))
                 .collect(),
         };
-        let engine = Arc::new(Engine::new(store.clone(), limits, "gw", tx));
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let engine = Arc::new(Engine::new(store.clone(), limits, "gw", tx, events_tx));
         Fixture {
             _dir: dir,
             engine,
             store,
             deletions,
+            events,
         }
     }
 
@@ -904,5 +921,241 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), "ServiceUnavailableException");
+    }
+
+    fn update(status: &str) -> crate::jobs::device::UpdateExecution {
+        crate::jobs::device::UpdateExecution {
+            status: status.into(),
+            include_job_execution_state: true,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_device_runs_its_job_to_completion_and_the_job_completes() {
+        use crate::jobs::device::JobTarget;
+        let mut f = fixture(10, &[]);
+        f.engine
+            .create_job(Grants::all(), create("j1", None, &["t1", "t2"]))
+            .await
+            .unwrap();
+        let created = f.events.recv().await.unwrap();
+        assert_eq!(
+            (created.kind, created.things.len()),
+            (JobEventKind::Created, 2)
+        );
+
+        let pending = f.engine.device_pending("t1".into(), None).await.unwrap();
+        assert_eq!(pending.queued_jobs.len(), 1);
+        let started = f
+            .engine
+            .device_start_next("t1".into(), None, None, Some(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((started.status, started.version_number), ("IN_PROGRESS", 2));
+        assert_eq!(
+            started.job_document,
+            Some(serde_json::json!({"op": "update"}))
+        );
+        assert!(started
+            .approximate_seconds_before_timed_out
+            .is_some_and(|s| s > 290 && s <= 300));
+        assert_eq!(
+            f.events.recv().await.unwrap().kind,
+            JobEventKind::ExecutionChanged
+        );
+
+        let mut stale = update("SUCCEEDED");
+        stale.expected_version = Some(1);
+        let err = f
+            .engine
+            .device_update("t1".into(), None, "j1".into(), stale)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code.as_str(), "VersionMismatch");
+        assert_eq!(err.execution_state.unwrap().version_number, 2);
+
+        let done = f
+            .engine
+            .device_update("t1".into(), None, "j1".into(), update("SUCCEEDED"))
+            .await
+            .unwrap();
+        assert_eq!(done.execution_state.unwrap().status, "SUCCEEDED");
+        let again = f
+            .engine
+            .device_update("t1".into(), None, "j1".into(), update("IN_PROGRESS"))
+            .await
+            .unwrap_err();
+        assert_eq!(again.code.as_str(), "InvalidStateTransition");
+        assert_eq!(again.execution_state.unwrap().status, "SUCCEEDED");
+        let described = f
+            .engine
+            .device_describe("t1".into(), None, JobTarget::Id("j1".into()), None, true)
+            .await;
+        assert_eq!(described.unwrap_err().code.as_str(), "TerminalStateReached");
+        assert_eq!(
+            f.engine
+                .device_describe("t1".into(), None, JobTarget::Next, None, true)
+                .await
+                .unwrap(),
+            None
+        );
+
+        // QUEUED straight to a terminal status is allowed; the last one completes the job.
+        f.engine
+            .device_update("t2".into(), None, "j1".into(), update("REJECTED"))
+            .await
+            .unwrap();
+        let job = f.store.job("j1").unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Completed);
+        assert!(job.completed_at.is_some());
+        assert!(f.store.check().unwrap().is_consistent());
+        // A completed job deletes without force.
+        f.engine
+            .delete_job(Grants::all(), delete("j1", false, None))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn devices_see_only_their_scope_and_never_a_job_being_deleted() {
+        let f = fixture(10, &[]);
+        f.engine
+            .create_job(Grants::all(), create("plain", None, &["t1"]))
+            .await
+            .unwrap();
+        f.engine
+            .create_job(
+                Grants::all(),
+                create("gg", Some("aws-gg-deployment"), &["t1"]),
+            )
+            .await
+            .unwrap();
+        let plain = f.engine.device_pending("t1".into(), None).await.unwrap();
+        assert_eq!(
+            plain
+                .queued_jobs
+                .iter()
+                .map(|j| j.job_id.as_str())
+                .collect::<Vec<_>>(),
+            ["plain"]
+        );
+        let gg = f
+            .engine
+            .device_pending("t1".into(), Some("aws-gg-deployment".into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            gg.queued_jobs
+                .iter()
+                .map(|j| j.job_id.as_str())
+                .collect::<Vec<_>>(),
+            ["gg"]
+        );
+        let wrong_scope = f
+            .engine
+            .device_update("t1".into(), None, "gg".into(), update("IN_PROGRESS"))
+            .await;
+        assert_eq!(wrong_scope.unwrap_err().code.as_str(), "ResourceNotFound");
+        let other_thing = f
+            .engine
+            .device_update("t2".into(), None, "plain".into(), update("IN_PROGRESS"))
+            .await;
+        assert_eq!(other_thing.unwrap_err().code.as_str(), "ResourceNotFound");
+
+        f.engine
+            .device_start_next("t1".into(), None, None, None)
+            .await
+            .unwrap()
+            .unwrap();
+        f.engine
+            .delete_job(Grants::all(), delete("plain", true, None))
+            .await
+            .unwrap();
+        assert!(f
+            .engine
+            .device_pending("t1".into(), None)
+            .await
+            .unwrap()
+            .in_progress_jobs
+            .is_empty());
+        let gone = f
+            .engine
+            .device_update("t1".into(), None, "plain".into(), update("SUCCEEDED"))
+            .await;
+        assert_eq!(gone.unwrap_err().code.as_str(), "ResourceNotFound");
+        assert_eq!(
+            f.engine.pending_scopes("t1").unwrap(),
+            vec![Some("aws-gg-deployment".to_owned())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_step_timeout_times_the_execution_out() {
+        let mut f = fixture(10, &[]);
+        f.engine
+            .create_job(Grants::all(), create("j1", None, &["t1"]))
+            .await
+            .unwrap();
+        f.engine
+            .device_start_next("t1".into(), None, None, Some(1))
+            .await
+            .unwrap();
+        let now = crate::jobs::model::now_ms();
+        assert_eq!(f.engine.expire_step_timeouts(now).unwrap(), 0);
+        assert_eq!(f.engine.expire_step_timeouts(now + 61_000).unwrap(), 1);
+        let execution = f.store.execution("j1", "t1").unwrap().unwrap();
+        assert_eq!(
+            (execution.status, execution.step_deadline),
+            (ExecutionStatus::TimedOut, None)
+        );
+        assert_eq!(
+            f.store.job("j1").unwrap().unwrap().status,
+            JobStatus::Completed
+        );
+        assert!(f.store.check().unwrap().is_consistent());
+        let kinds: Vec<_> = std::iter::from_fn(|| f.events.try_recv().ok())
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                JobEventKind::Created,
+                JobEventKind::ExecutionChanged,
+                JobEventKind::ExecutionChanged
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_device_input_is_an_invalid_request() {
+        let f = fixture(10, &[]);
+        f.engine
+            .create_job(Grants::all(), create("j1", None, &["t1"]))
+            .await
+            .unwrap();
+        for status in ["QUEUED", "CANCELED", "DONE"] {
+            let err = f
+                .engine
+                .device_update("t1".into(), None, "j1".into(), update(status))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code.as_str(), "InvalidRequest", "{status}");
+        }
+        let mut bad_details = update("IN_PROGRESS");
+        bad_details.status_details = Some([("bad key".to_owned(), "v".to_owned())].into());
+        let err = f
+            .engine
+            .device_update("t1".into(), None, "j1".into(), bad_details)
+            .await
+            .unwrap_err();
+        assert!(err.message.starts_with("statusDetails:"), "{err}");
+        let err = f
+            .engine
+            .device_start_next("t1".into(), None, None, Some(0))
+            .await
+            .unwrap_err();
+        assert!(err.message.starts_with("stepTimeoutInMinutes:"), "{err}");
     }
 }

@@ -200,6 +200,8 @@ pub struct Execution {
     pub execution_number: i64,
     pub version_number: i64,
     pub force_canceled: bool,
+    /// When an IN_PROGRESS execution with a step timeout times out (epoch ms), unless updated before.
+    pub step_deadline: Option<i64>,
 }
 
 impl Execution {
@@ -216,6 +218,7 @@ impl Execution {
             execution_number: 1,
             version_number: 1,
             force_canceled: false,
+            step_deadline: None,
         }
     }
 }

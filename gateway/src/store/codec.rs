@@ -85,6 +85,22 @@ pub fn namespace_key(namespace_id: Option<&str>, job_id: &str) -> Vec<u8> {
     join(&[namespace_id.unwrap_or("").as_bytes(), job_id.as_bytes()])
 }
 
+/// `by_deadline` tree: step deadline (epoch ms, big-endian so keys sort by time), job id, NUL, thing name.
+pub fn deadline_key(deadline_ms: i64, job_id: &str, thing_name: &str) -> Vec<u8> {
+    let mut key = (deadline_ms.max(0) as u64).to_be_bytes().to_vec();
+    key.extend_from_slice(&execution_key(job_id, thing_name));
+    key
+}
+
+/// The execution a `by_deadline` key points at: (deadline, job id, thing name).
+pub fn parse_deadline_key(key: &[u8]) -> Option<(i64, String, String)> {
+    let (time, rest) = key.split_at_checked(8)?;
+    let deadline = u64::from_be_bytes(time.try_into().ok()?) as i64;
+    let text = std::str::from_utf8(rest).ok()?;
+    let (job_id, thing) = text.split_once('\0')?;
+    Some((deadline, job_id.to_owned(), thing.to_owned()))
+}
+
 /// The last part of a NUL-joined key.
 pub fn last_part(key: &[u8]) -> &[u8] {
     key.rsplit(|b| *b == 0).next().unwrap_or(key)
@@ -103,6 +119,12 @@ impl Execution {
 
     pub fn thing_key(&self) -> Vec<u8> {
         thing_key(&self.thing_name, &self.job_id)
+    }
+
+    /// Its key in the step-deadline index, if it has a deadline.
+    pub fn deadline_key(&self) -> Option<Vec<u8>> {
+        self.step_deadline
+            .map(|d| deadline_key(d, &self.job_id, &self.thing_name))
     }
 }
 
@@ -135,5 +157,11 @@ mod tests {
             JobStatus::Canceled.index_code()
         );
         assert_ne!(ExecutionStatus::Queued.index_code(), 0);
+        let key = deadline_key(1_700_000_000_000, "job", "t1");
+        assert_eq!(
+            parse_deadline_key(&key),
+            Some((1_700_000_000_000, "job".into(), "t1".into()))
+        );
+        assert!(deadline_key(5, "z", "z") < deadline_key(6, "a", "a"));
     }
 }

@@ -1,9 +1,9 @@
 //! The jobs store: jobs and their executions in a sled database on disk, with the indexes the engine needs.
 //!
-//! Five trees: `jobs` (job id → job), `executions` (job id ∖0 thing → execution), and three indexes,
-//! `by_thing` (thing ∖0 job id → execution status), `by_status` (status byte, job id) and `by_namespace`
-//! (namespace ∖0 job id). Every state change is one [`Change`], applied as one sled transaction over all
-//! five trees, so a crash at any moment leaves records and indexes agreeing; [`Store::check`] proves it
+//! Six trees: `jobs` (job id → job), `executions` (job id ∖0 thing → execution), and four indexes,
+//! `by_thing` (thing ∖0 job id → execution status), `by_status` (status byte, job id), `by_namespace`
+//! (namespace ∖0 job id) and `by_deadline` (step deadline, job id ∖0 thing). Every state change is one
+//! [`Change`], applied as one sled transaction over all six trees, so a crash at any moment leaves records and indexes agreeing; [`Store::check`] proves it
 //! after the fact. sled transactions cannot scan, so callers find what to change first, under
 //! [`Store::lock_writes`], and commit after: the lock makes read-check-write sequences atomic without
 //! putting scans inside transactions. All calls block (sled does I/O): run them off the async runtime.
@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
 
-use crate::jobs::model::{Execution, ExecutionCounts, Job, JobStatus};
+use crate::jobs::model::{Execution, ExecutionCounts, ExecutionStatus, Job, JobStatus};
 use codec::CodecError;
 
 /// The store could not do what was asked.
@@ -57,6 +57,7 @@ pub struct Store {
     by_thing: Tree,
     by_status: Tree,
     by_namespace: Tree,
+    by_deadline: Tree,
     writes: Mutex<()>,
 }
 
@@ -87,6 +88,7 @@ impl Store {
             by_thing: db.open_tree("by_thing")?,
             by_status: db.open_tree("by_status")?,
             by_namespace: db.open_tree("by_namespace")?,
+            by_deadline: db.open_tree("by_deadline")?,
             db,
             writes: Mutex::new(()),
         })
@@ -215,30 +217,77 @@ impl Store {
             &self.by_thing,
             &self.by_status,
             &self.by_namespace,
+            &self.by_deadline,
         );
-        let outcome = trees.transaction(|(jobs, executions, by_thing, by_status, by_namespace)| {
-            if let Some(after) = change.job_after {
-                jobs.insert(after.key(), codec::encode(after))?;
-            }
-            write_job_indexes(by_status, by_namespace, change.job_before, change.job_after)?;
-            for execution in change.put_executions {
-                executions.insert(execution.key(), codec::encode(execution))?;
-                by_thing.insert(execution.thing_key(), &[execution.status.index_code()])?;
-            }
-            for execution in change.delete_executions {
-                executions.remove(execution.key())?;
-                by_thing.remove(execution.thing_key())?;
-            }
-            if let (Some(before), None) = (change.job_before, change.job_after) {
-                jobs.remove(before.key())?;
-            }
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
+        let outcome = trees.transaction(
+            |(jobs, executions, by_thing, by_status, by_namespace, by_deadline)| {
+                if let Some(after) = change.job_after {
+                    jobs.insert(after.key(), codec::encode(after))?;
+                }
+                write_job_indexes(by_status, by_namespace, change.job_before, change.job_after)?;
+                for execution in change.put_executions {
+                    // A transaction may read (not scan): the old record says which deadline entry to drop.
+                    let old = executions.insert(execution.key(), codec::encode(execution))?;
+                    let old_deadline = old
+                        .and_then(|bytes| codec::decode::<Execution>(&bytes).ok()?.deadline_key());
+                    if old_deadline != execution.deadline_key() {
+                        if let Some(key) = old_deadline {
+                            by_deadline.remove(key)?;
+                        }
+                        if let Some(key) = execution.deadline_key() {
+                            by_deadline.insert(key, &[])?;
+                        }
+                    }
+                    by_thing.insert(execution.thing_key(), &[execution.status.index_code()])?;
+                }
+                for execution in change.delete_executions {
+                    executions.remove(execution.key())?;
+                    by_thing.remove(execution.thing_key())?;
+                    if let Some(key) = execution.deadline_key() {
+                        by_deadline.remove(key)?;
+                    }
+                }
+                if let (Some(before), None) = (change.job_before, change.job_after) {
+                    jobs.remove(before.key())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            },
+        );
         match outcome {
             Ok(()) => Ok(()),
             Err(TransactionError::Storage(e)) => Err(e.into()),
             Err(TransactionError::Abort(())) => unreachable!("store transactions never abort"),
         }
+    }
+
+    /// (job id, thing name) of executions whose step deadline is at or before `now` (epoch ms), oldest first.
+    pub fn due_deadlines(&self, now: i64, limit: usize) -> Result<Vec<(String, String)>> {
+        let end = (now.max(0) as u64 + 1).to_be_bytes();
+        let mut due = Vec::new();
+        for entry in self.by_deadline.range(..end.to_vec()).take(limit) {
+            let (key, _) = entry?;
+            if let Some((_, job_id, thing)) = codec::parse_deadline_key(&key) {
+                due.push((job_id, thing));
+            }
+        }
+        Ok(due)
+    }
+
+    /// The job ids of `thing_name`'s pending executions (QUEUED or IN_PROGRESS), from the thing index alone.
+    pub fn pending_job_ids_of_thing(&self, thing_name: &str) -> Result<Vec<String>> {
+        let prefix = codec::thing_key(thing_name, "");
+        let pending = [
+            ExecutionStatus::Queued.index_code(),
+            ExecutionStatus::InProgress.index_code(),
+        ];
+        let mut ids = Vec::new();
+        for entry in self.by_thing.scan_prefix(&prefix) {
+            let (key, status) = entry?;
+            if status.first().is_some_and(|code| pending.contains(code)) {
+                ids.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+            }
+        }
+        Ok(ids)
     }
 
     /// Verifies that every index entry matches a record and every record has its index entries, and that
@@ -324,6 +373,11 @@ impl Store {
             {
                 report.problem(format!("execution {name}: thing index missing or stale"));
             }
+            if let Some(key) = execution.deadline_key() {
+                if !self.by_deadline.contains_key(key)? {
+                    report.problem(format!("execution {name}: missing from the deadline index"));
+                }
+            }
         }
         for entry in self.by_thing.iter() {
             let (key, _) = entry?;
@@ -334,6 +388,22 @@ impl Store {
                 .contains_key(codec::execution_key(&job_id, &thing))?
             {
                 report.problem(format!("thing index: {thing}/{job_id} has no execution"));
+            }
+        }
+        for entry in self.by_deadline.iter() {
+            let (key, _) = entry?;
+            let Some((deadline, job_id, thing)) = codec::parse_deadline_key(&key) else {
+                report.problem("deadline index: a malformed key".into());
+                continue;
+            };
+            if self
+                .execution(&job_id, &thing)?
+                .and_then(|e| e.step_deadline)
+                != Some(deadline)
+            {
+                report.problem(format!(
+                    "deadline index: {job_id}/{thing} has no execution with that deadline"
+                ));
             }
         }
         Ok(report)
