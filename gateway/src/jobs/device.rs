@@ -463,8 +463,7 @@ impl Engine {
         namespace: Option<&str>,
     ) -> std::result::Result<ThingSnapshot, StoreError> {
         let now = now_ms();
-        let mut pending = self.pending_in_scope(thing, namespace)?;
-        pending.sort_by(|(a, _), (b, _)| (a.queued_at, &a.job_id).cmp(&(b.queued_at, &b.job_id)));
+        let pending = self.pending_in_scope(thing, namespace)?;
         let next = pick_next(&pending).map(|(e, j)| device_execution(e, j, true, now));
         let (in_progress, queued): (Vec<_>, Vec<_>) = pending
             .iter()
@@ -581,11 +580,11 @@ impl Engine {
         thing: &str,
         namespace: Option<&str>,
     ) -> std::result::Result<Option<(Execution, Job)>, StoreError> {
-        let mut pending = self.pending_in_scope(thing, namespace)?;
-        pending.sort_by(|(a, _), (b, _)| (a.queued_at, &a.job_id).cmp(&(b.queued_at, &b.job_id)));
+        let pending = self.pending_in_scope(thing, namespace)?;
         Ok(pick_next(&pending).cloned())
     }
 
+    /// The thing's pending executions in the scope, oldest first, with their jobs.
     fn pending_in_scope(
         &self,
         thing: &str,
@@ -609,6 +608,8 @@ impl Engine {
                 found.push((execution, job));
             }
         }
+        // Oldest first, as AWS lists them; the job id breaks ties so the order is stable.
+        found.sort_by(|(a, _), (b, _)| (a.queued_at, &a.job_id).cmp(&(b.queued_at, &b.job_id)));
         Ok(found)
     }
 
