@@ -89,17 +89,18 @@ pub(super) fn parse_body(payload: &[u8]) -> Result<(Option<String>, Value), Devi
             "request body: must be a JSON object",
         ));
     };
-    let token =
-        match map.remove("clientToken") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(t)) if t.chars().count() <= MAX_CLIENT_TOKEN_CHARS => Some(t),
-            Some(_) => return Err(DeviceError::new(
+    let token = match map.remove("clientToken") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) if t.chars().count() <= MAX_CLIENT_TOKEN_CHARS => Some(t),
+        Some(_) => {
+            return Err(DeviceError::new(
                 DeviceErrorCode::InvalidRequest,
                 format!(
                     "clientToken: must be a string of at most {MAX_CLIENT_TOKEN_CHARS} characters"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     Ok((token, Value::Object(map)))
 }
 
