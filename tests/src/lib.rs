@@ -5,6 +5,8 @@
 //! a config derived from `config/gateway.toml`, starts `sprig run` and waits until it accepts connections.
 //! [`Operator`] speaks the control protocol of CONTRACT section 4 directly.
 
+pub mod device;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
