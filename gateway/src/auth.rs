@@ -220,6 +220,10 @@ impl Authenticator {
             if !is_thing_name(client_id) {
                 return Err(AuthError::InvalidClientId(client_id.to_owned()));
             }
+            // A thing that has a password must use it, on loopback too.
+            if self.accounts.contains_key(client_id) {
+                return Err(AuthError::PasswordRequired);
+            }
             return Ok(Principal::Device {
                 thing_name: client_id.to_owned(),
             });
@@ -392,6 +396,33 @@ mod tests {
         assert_eq!(
             auth.authenticate("cli", Some(LOCAL_OPERATOR_USERNAME), Some(b"nope"), true),
             Err(AuthError::BadCredentials)
+        );
+    }
+
+    #[test]
+    fn a_thing_with_a_password_cannot_connect_anonymously() {
+        let local = LocalOperator {
+            username: LOCAL_OPERATOR_USERNAME.into(),
+            password: "pw".into(),
+        };
+        let mut config = crate::config::Config::default().auth;
+        config.devices.push(crate::config::DeviceConfig {
+            thing_name: "secure-1".into(),
+            password_hash: hash_password("secret").unwrap(),
+        });
+        let auth = Authenticator::new(&config, &local).unwrap();
+        assert_eq!(
+            auth.authenticate("secure-1", None, None, true),
+            Err(AuthError::PasswordRequired)
+        );
+        assert_eq!(
+            auth.authenticate("secure-1", Some("secure-1"), Some(b"secret"), true),
+            Ok(device("secure-1"))
+        );
+        // Nor may anyone take the local operator's name as a device.
+        assert_eq!(
+            auth.authenticate(LOCAL_OPERATOR_USERNAME, None, None, true),
+            Err(AuthError::PasswordRequired)
         );
     }
 }
