@@ -39,5 +39,31 @@ mod library;
 pub use instance::{DirectInstance, FailureKind, PluginError, PluginInstance};
 pub use library::{LoadError, PluginDescriptor, PluginLibrary, PluginStats};
 
+/// A plugin's config as the plugin receives it: its `[[recovery]]` TOML table as JSON. Tables become
+/// objects, arrays arrays, strings, integers, floats and booleans themselves, and TOML dates and times
+/// their RFC 3339 text (JSON has no date type). A float that JSON cannot hold (NaN, infinity) becomes
+/// `null`.
+pub fn toml_config(table: &toml::Table) -> serde_json::Value {
+    serde_json::Value::Object(
+        table
+            .iter()
+            .map(|(key, value)| (key.clone(), toml_to_json(value)))
+            .collect(),
+    )
+}
+
+fn toml_to_json(value: &toml::Value) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match value {
+        toml::Value::String(text) => Json::String(text.clone()),
+        toml::Value::Integer(n) => Json::from(*n),
+        toml::Value::Float(x) => serde_json::Number::from_f64(*x).map_or(Json::Null, Json::Number),
+        toml::Value::Boolean(b) => Json::Bool(*b),
+        toml::Value::Datetime(datetime) => Json::String(datetime.to_string()),
+        toml::Value::Array(items) => Json::Array(items.iter().map(toml_to_json).collect()),
+        toml::Value::Table(table) => toml_config(table),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -403,3 +403,45 @@ fn a_direct_instance_calls_on_this_thread() {
     let error = DirectInstance::new(&library, &json!({"status_details": 3})).unwrap_err();
     assert!(error.to_string().contains("invalid config"), "{error}");
 }
+
+#[test]
+fn toml_config_is_the_json_the_plugin_reads() {
+    let table: toml::Table = toml::from_str(
+        r#"
+        topic = "$aws/things/{thing}/rollback"
+        max_attempts = 3
+        ratio = 0.5
+        enabled = true
+        since = 2024-05-01T10:00:00Z
+        list = [1, "two"]
+        status_details = { state = "reset" }
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        toml_config(&table),
+        json!({
+            "topic": "$aws/things/{thing}/rollback",
+            "max_attempts": 3,
+            "ratio": 0.5,
+            "enabled": true,
+            "since": "2024-05-01T10:00:00Z",
+            "list": [1, "two"],
+            "status_details": {"state": "reset"}
+        })
+    );
+}
+
+#[test]
+fn instances_can_be_shared_between_tasks() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    fn assert_send<T: Send>(_: T) {}
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let instance = runtime.block_on(misbehave(json!({"mode": "ok"})));
+    assert_send_sync(&instance);
+    let ctx = context();
+    assert_send(instance.recover(&ctx));
+}
