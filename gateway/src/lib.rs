@@ -15,4 +15,5 @@ pub mod deletion;
 pub mod device_api;
 pub mod jobs;
 pub mod notify;
+pub mod plugins;
 pub mod store;

@@ -1,4 +1,5 @@
-//! The commands that run on the gateway's own machine: `run`, `store check` and `hash-password`.
+//! The commands that run on the gateway's own machine: `run`, `store check`, `hash-password` and
+//! `plugin check`.
 //!
 //! They are thin: load the config, set up logging and a runtime, hand over to [`crate::daemon`] or
 //! [`crate::auth`], and turn the outcome into an exit code (1 for a refused config or a failed daemon,
@@ -26,6 +27,21 @@ pub struct ConfigArgs {
 pub enum StoreCommand {
     /// Check that the jobs store is consistent (prints a report; exit code 1 if it is not)
     Check(ConfigArgs),
+}
+
+/// `sprig plugin …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PluginCommand {
+    /// Load a recovery-handler plugin and print its descriptor, or why it is refused (exit code 1)
+    Check(PluginCheckArgs),
+}
+
+/// `sprig plugin check PATH`.
+#[derive(Debug, Clone, Args)]
+pub struct PluginCheckArgs {
+    /// The plugin's shared library (lib<name>.so)
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
 }
 
 /// `sprig hash-password`.
@@ -76,6 +92,15 @@ pub fn hash_password(args: &HashPasswordArgs) -> Result<Option<String>, Failure>
     let hash = crate::auth::hash_password(&password)
         .map_err(|e| Failure::Fatal(format!("sprig: cannot hash the password: {e}")))?;
     Ok(Some(hash))
+}
+
+/// `sprig plugin check PATH`: loads the plugin as the gateway would (no plugin function is called) and
+/// prints its descriptor; a refused file exits 1 with the reason.
+pub fn plugin_check(args: &PluginCheckArgs) -> Result<Option<String>, Failure> {
+    match crate::plugins::PluginLibrary::load(&args.path) {
+        Ok(library) => Ok(Some(library.descriptor().to_string())),
+        Err(e) => Err(Failure::Fatal(format!("sprig: plugin refused: {e}"))),
+    }
 }
 
 fn read_password_line() -> Result<String, Failure> {
@@ -143,6 +168,16 @@ mod tests {
         assert_eq!(strip_line_ending("pw\r\n"), "pw");
         assert_eq!(strip_line_ending("pw\n"), "pw");
         assert_eq!(strip_line_ending("pw"), "pw");
+    }
+
+    #[test]
+    fn plugin_check_refuses_a_missing_file_with_exit_1() {
+        let failure = plugin_check(&PluginCheckArgs {
+            path: PathBuf::from("/nonexistent/libnothing.so"),
+        })
+        .unwrap_err();
+        assert_eq!(failure.exit_code(), 1);
+        assert!(failure.to_string().contains("libnothing.so"), "{failure}");
     }
 
     #[test]

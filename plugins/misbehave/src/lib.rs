@@ -1,0 +1,137 @@
+//! `sprig-plugin-misbehave`: a test plugin that does exactly the wrong thing it is told to.
+//!
+//! Config: `mode = "ok" | "error" | "panic" | "hang" | "garbage"`, and optionally
+//! - `garbage = "non-utf8" | "not-json" | "wrong-shape" | "bad-topic"` (default `"non-utf8"`): which
+//!   malformed answer `mode = "garbage"` returns;
+//! - `hang_ms` (default one hour): how long `mode = "hang"` sleeps in `recover`;
+//! - `panic_in_new = true`: panic while being created instead.
+//!
+//! Garbage goes out through [`RecoveryHandler::recover_json`], the sdk's low-level hook: whatever bytes
+//! it returns are what the gateway receives.
+//!
+//! With the cargo feature `wrong-abi`, the library exports a descriptor claiming ABI version
+//! `sprig_sdk::ABI_VERSION + 1` (written out by hand rather than with `export_plugin!`), which a gateway
+//! must refuse before calling anything.
+
+use std::time::Duration;
+
+use sprig_sdk::serde::Deserialize;
+use sprig_sdk::{Outcome, Recovery, RecoveryContext, RecoveryHandler};
+
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(crate = "sprig_sdk::serde", rename_all = "kebab-case")]
+pub enum Mode {
+    /// Answer `Recovered`, no actions.
+    Ok,
+    /// Return an error.
+    Error,
+    /// Panic.
+    Panic,
+    /// Sleep for `hang_ms`.
+    Hang,
+    /// Answer malformed bytes.
+    Garbage,
+}
+
+/// Which malformed answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(crate = "sprig_sdk::serde", rename_all = "kebab-case")]
+pub enum Garbage {
+    /// Bytes that are not UTF-8 (nor JSON).
+    #[default]
+    NonUtf8,
+    /// UTF-8 that is not JSON.
+    NotJson,
+    /// JSON that is not a `Recovery`.
+    WrongShape,
+    /// A `Recovery` publishing to a wildcard topic.
+    BadTopic,
+}
+
+/// The plugin's config table.
+#[derive(Debug, Deserialize)]
+#[serde(crate = "sprig_sdk::serde", deny_unknown_fields)]
+pub struct Config {
+    /// What to do in `recover`.
+    pub mode: Mode,
+    /// Which garbage, for `mode = "garbage"`.
+    #[serde(default)]
+    pub garbage: Garbage,
+    /// How long to hang, for `mode = "hang"`.
+    #[serde(default = "one_hour_ms")]
+    pub hang_ms: u64,
+    /// Panic in `new`.
+    #[serde(default)]
+    pub panic_in_new: bool,
+}
+
+fn one_hour_ms() -> u64 {
+    3_600_000
+}
+
+/// The handler.
+pub struct Misbehave {
+    config: Config,
+}
+
+impl RecoveryHandler for Misbehave {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, sprig_sdk::Error> {
+        if config.panic_in_new {
+            panic!("misbehave: panicking in new, as configured");
+        }
+        Ok(Misbehave { config })
+    }
+
+    fn recover(&mut self, ctx: &RecoveryContext) -> Result<Recovery, sprig_sdk::Error> {
+        match self.config.mode {
+            Mode::Ok | Mode::Garbage => Ok(Recovery {
+                actions: Vec::new(),
+                outcome: Outcome::Recovered,
+            }),
+            Mode::Error => {
+                Err(format!("misbehave: failing for {} as configured", ctx.thing_name).into())
+            }
+            Mode::Panic => panic!("misbehave: panicking for {} as configured", ctx.thing_name),
+            Mode::Hang => {
+                std::thread::sleep(Duration::from_millis(self.config.hang_ms));
+                Ok(Recovery {
+                    actions: Vec::new(),
+                    outcome: Outcome::Recovered,
+                })
+            }
+        }
+    }
+
+    fn recover_json(&mut self, context: &[u8]) -> Result<Vec<u8>, sprig_sdk::Error> {
+        if self.config.mode != Mode::Garbage {
+            let ctx: RecoveryContext = sprig_sdk::serde_json::from_slice(context)?;
+            return Ok(sprig_sdk::serde_json::to_vec(&self.recover(&ctx)?)?);
+        }
+        let answer: &[u8] = match self.config.garbage {
+            Garbage::NonUtf8 => b"\xff\xfe{\"actions\": \xc3\x28}",
+            Garbage::NotJson => b"{\"actions\": [], \"outcome\": ",
+            Garbage::WrongShape => b"{\"actions\": 3, \"outcome\": \"maybe\"}",
+            Garbage::BadTopic => {
+                b"{\"actions\": [{\"type\": \"publish\", \"topic\": \"things/#\", \"payload\": \"\"}], \"outcome\": {\"type\": \"recovered\"}}"
+            }
+        };
+        Ok(answer.to_vec())
+    }
+}
+
+#[cfg(not(feature = "wrong-abi"))]
+sprig_sdk::export_plugin!(Misbehave);
+
+/// A descriptor from the future: the next ABI version, which no current host may trust.
+#[cfg(feature = "wrong-abi")]
+#[no_mangle]
+pub static SPRIG_PLUGIN_DESCRIPTOR: sprig_sdk::abi::Descriptor = sprig_sdk::abi::Descriptor {
+    abi_version: sprig_sdk::ABI_VERSION + 1,
+    ..sprig_sdk::abi::Descriptor::new::<Misbehave>(
+        env!("CARGO_PKG_NAME"),
+        env!("CARGO_PKG_VERSION"),
+    )
+};

@@ -1,0 +1,233 @@
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+
+use serde_json::json;
+
+use super::abi::{self, Bytes, Descriptor};
+use super::*;
+
+fn context() -> RecoveryContext {
+    RecoveryContext {
+        thing_name: "sensor-7".into(),
+        job_id: "fw-42".into(),
+        namespace_id: None,
+        job_document: json!({"operation": "update"}),
+        execution_status: "IN_PROGRESS".into(),
+        status_details: BTreeMap::from([("step".into(), "flashing".into())]),
+        reason: Reason::ForceDeleted,
+        attempt: 1,
+        acknowledged: false,
+    }
+}
+
+#[test]
+fn render_replaces_known_placeholders_and_keeps_other_braces() {
+    let mut ctx = context();
+    assert_eq!(
+        ctx.render(
+            "{\"jobId\":\"{jobId}\",\"t\":\"{thing}\",\"s\":\"{status}\",\"n\":\"{namespace}\"}"
+        ),
+        r#"{"jobId":"fw-42","t":"sensor-7","s":"IN_PROGRESS","n":""}"#
+    );
+    ctx.namespace_id = Some("aws-gg-deployment".into());
+    assert_eq!(
+        ctx.render("{namespace}/{unknown}{"),
+        "aws-gg-deployment/{unknown}{"
+    );
+    assert_eq!(ctx.render(""), "");
+    assert_eq!(ctx.render("{thing}{thing}"), "sensor-7sensor-7");
+}
+
+#[test]
+fn context_json_is_camel_case_and_tolerant() {
+    let value = serde_json::to_value(context()).unwrap();
+    assert_eq!(value["thingName"], "sensor-7");
+    assert_eq!(value["reason"], "forceDeleted");
+    assert_eq!(value["statusDetails"]["step"], "flashing");
+    // Minimal input, unknown fields and unknown reasons are accepted.
+    let ctx: RecoveryContext = serde_json::from_value(json!({
+        "thingName": "t", "jobId": "j", "executionStatus": "QUEUED", "reason": "somethingNew",
+        "futureField": 3
+    }))
+    .unwrap();
+    assert_eq!(ctx.reason, Reason::Other);
+    assert_eq!(ctx.attempt, 1);
+    assert!(!ctx.acknowledged);
+}
+
+#[test]
+fn recovery_json_shape() {
+    let recovery = Recovery {
+        actions: vec![
+            Action::Publish {
+                topic: "a/b".into(),
+                payload: "{}".into(),
+                qos: 0,
+            },
+            Action::SetStatusDetails {
+                status_details: BTreeMap::from([("state".into(), "reset".into())]),
+            },
+        ],
+        outcome: Outcome::RetryLater { after_ms: 5000 },
+    };
+    let value = serde_json::to_value(&recovery).unwrap();
+    assert_eq!(
+        value,
+        json!({
+            "actions": [
+                {"type": "publish", "topic": "a/b", "payload": "{}", "qos": 0},
+                {"type": "setStatusDetails", "statusDetails": {"state": "reset"}}
+            ],
+            "outcome": {"type": "retryLater", "afterMs": 5000}
+        })
+    );
+    let back: Recovery = serde_json::from_value(value).unwrap();
+    assert_eq!(back, recovery);
+    let failed: Outcome = serde_json::from_value(json!({"type": "failed", "reason": "x"})).unwrap();
+    assert_eq!(failed, Outcome::Failed { reason: "x".into() });
+}
+
+#[test]
+fn validate_refuses_wildcards_and_qos_2() {
+    let publish = |topic: &str, qos| Recovery {
+        actions: vec![Action::Publish {
+            topic: topic.into(),
+            payload: String::new(),
+            qos,
+        }],
+        outcome: Outcome::Recovered,
+    };
+    assert!(publish("a/b", 1).validate().is_ok());
+    assert!(publish("a/+", 1).validate().is_err());
+    assert!(publish("a/#", 0).validate().is_err());
+    assert!(publish("", 0).validate().is_err());
+    assert!(publish("a", 2).validate().is_err());
+}
+
+/// A handler driven through the real shims, in-process.
+struct Echo {
+    prefix: String,
+}
+
+impl RecoveryHandler for Echo {
+    type Config = serde_json::Value;
+
+    fn new(config: serde_json::Value) -> Result<Self, Error> {
+        match config["prefix"].as_str() {
+            Some("boom") => panic!("boom in new"),
+            Some(prefix) => Ok(Echo {
+                prefix: prefix.to_owned(),
+            }),
+            None => Err("no prefix".into()),
+        }
+    }
+
+    fn recover(&mut self, ctx: &RecoveryContext) -> Result<Recovery, Error> {
+        match ctx.thing_name.as_str() {
+            "panic" => panic!("handler panicked for {}", ctx.thing_name),
+            "error" => Err("handler error".into()),
+            _ => Ok(Recovery {
+                actions: vec![Action::Publish {
+                    topic: format!("{}/{}", self.prefix, ctx.thing_name),
+                    payload: String::new(),
+                    qos: 1,
+                }],
+                outcome: Outcome::Recovered,
+            }),
+        }
+    }
+}
+
+static ECHO: Descriptor = Descriptor::new::<Echo>("echo", "9.9.9");
+
+/// Takes a plugin-owned buffer: its text, then frees it.
+fn take(bytes: Bytes) -> String {
+    let text = String::from_utf8(unsafe { bytes.as_slice() }.to_vec()).unwrap();
+    unsafe { (ECHO.free.unwrap())(bytes) };
+    text
+}
+
+fn create(config: &str) -> (i32, *mut c_void, String) {
+    let mut instance = std::ptr::null_mut();
+    let mut message = Bytes::EMPTY;
+    let status = unsafe {
+        (ECHO.create.unwrap())(
+            Bytes::from_slice(config.as_bytes()),
+            &mut instance,
+            &mut message,
+        )
+    };
+    let text = if status == abi::STATUS_OK {
+        assert!(message.ptr.is_null());
+        String::new()
+    } else {
+        take(message)
+    };
+    (status, instance, text)
+}
+
+fn recover(instance: *mut c_void, thing: &str) -> (i32, String) {
+    let mut ctx = context();
+    ctx.thing_name = thing.into();
+    let json = serde_json::to_vec(&ctx).unwrap();
+    let mut out = Bytes::EMPTY;
+    let status = unsafe { (ECHO.recover.unwrap())(instance, Bytes::from_slice(&json), &mut out) };
+    (status, take(out))
+}
+
+#[test]
+fn descriptor_carries_versions_and_names() {
+    assert_eq!(ECHO.abi_version, ABI_VERSION);
+    assert_eq!(ECHO.size as usize, std::mem::size_of::<Descriptor>());
+    assert_eq!(unsafe { ECHO.name.as_slice() }, b"echo");
+    assert_eq!(unsafe { ECHO.version.as_slice() }, b"9.9.9");
+    assert_eq!(
+        unsafe { ECHO.sdk_version.as_slice() },
+        env!("CARGO_PKG_VERSION").as_bytes()
+    );
+}
+
+#[test]
+fn shims_answer_errors_and_catch_panics() {
+    let (status, _, message) = create(r#"{"nope": 1}"#);
+    assert_eq!((status, message.as_str()), (abi::STATUS_ERROR, "no prefix"));
+    let (status, _, message) = create("not json");
+    assert_eq!(status, abi::STATUS_ERROR);
+    assert!(message.starts_with("invalid config"), "{message}");
+    let (status, _, message) = create(r#"{"prefix": "boom"}"#);
+    assert_eq!(
+        (status, message.as_str()),
+        (abi::STATUS_PANIC, "boom in new")
+    );
+
+    let (status, instance, _) = create(r#"{"prefix": "p"}"#);
+    assert_eq!(status, abi::STATUS_OK);
+    assert!(!instance.is_null());
+    let (status, answer) = recover(instance, "dev");
+    assert_eq!(status, abi::STATUS_OK);
+    let answer: Recovery = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        answer.actions,
+        vec![Action::Publish {
+            topic: "p/dev".into(),
+            payload: String::new(),
+            qos: 1
+        }]
+    );
+    assert_eq!(
+        recover(instance, "error"),
+        (abi::STATUS_ERROR, "handler error".into())
+    );
+    assert_eq!(
+        recover(instance, "panic"),
+        (abi::STATUS_PANIC, "handler panicked for panic".into())
+    );
+    // Still usable after a caught panic.
+    assert_eq!(recover(instance, "dev").0, abi::STATUS_OK);
+    // An unreadable context is the handler's error, not a panic.
+    let mut out = Bytes::EMPTY;
+    let status = unsafe { (ECHO.recover.unwrap())(instance, Bytes::from_slice(b"\xff"), &mut out) };
+    assert_eq!(status, abi::STATUS_ERROR);
+    assert!(take(out).contains("unreadable context"));
+    unsafe { (ECHO.destroy.unwrap())(instance) };
+}

@@ -1,0 +1,192 @@
+//! What crosses the boundary as JSON: the [`RecoveryContext`] the gateway hands a handler, and the
+//! [`Recovery`] the handler answers.
+//!
+//! Both sides serialize these with serde and `serde_json`. Field names on the wire are camelCase, as in the
+//! AWS IoT Jobs API. Unknown fields are ignored when reading, so the gateway may add optional context
+//! fields in a later sdk version without breaking plugins built against this one (that is not an ABI
+//! change; [`crate::abi::ABI_VERSION`] covers the C layout only).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Why the gateway asks a handler to recover a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Reason {
+    /// The job was deleted with `force`, while this device's execution was still in progress.
+    ForceDeleted,
+    /// The job (or this execution) was canceled with `force`, while the execution was in progress.
+    ForceCanceled,
+    /// The execution's step timeout expired.
+    TimedOut,
+    /// A reason this sdk version does not know (a newer gateway); handle it generically.
+    #[serde(other)]
+    Other,
+}
+
+/// One recovery to run: which device, which job, what state it was left in, and why.
+///
+/// The gateway builds it; a handler reads it in [`crate::RecoveryHandler::recover`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryContext {
+    /// The device (AWS IoT thing name).
+    pub thing_name: String,
+    /// The job whose execution was interrupted.
+    pub job_id: String,
+    /// The job's namespace (`None` for a standard job).
+    #[serde(default)]
+    pub namespace_id: Option<String>,
+    /// The job document, parsed. A document that is not JSON arrives as a JSON string holding its text.
+    #[serde(default)]
+    pub job_document: Value,
+    /// The execution's status when the job was interrupted, as AWS names it: `"QUEUED"`,
+    /// `"IN_PROGRESS"`, `"SUCCEEDED"`, `"FAILED"`, `"TIMED_OUT"`, `"REJECTED"`, `"REMOVED"`, `"CANCELED"`.
+    pub execution_status: String,
+    /// The execution's `statusDetails` as the device last reported them.
+    #[serde(default)]
+    pub status_details: BTreeMap<String, String>,
+    /// Why this recovery runs.
+    pub reason: Reason,
+    /// Which attempt this is, starting at 1. A handler that answered [`Outcome::RetryLater`] is called
+    /// again with the next attempt number.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// Whether the device acknowledged what the previous attempt published, within that attempt's
+    /// [`Outcome::RetryLater::after_ms`]. Always `false` on attempt 1.
+    ///
+    /// This is how a handler implements "recovered when the device acknowledges within a timeout, else
+    /// retry": publish and answer `RetryLater { after_ms: timeout }`; the next attempt comes when the
+    /// device acknowledged (with `acknowledged: true`: answer [`Outcome::Recovered`]) or when the timeout
+    /// elapsed (with `acknowledged: false`: publish again, or give up with [`Outcome::Failed`]).
+    #[serde(default)]
+    pub acknowledged: bool,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+impl RecoveryContext {
+    /// Renders a template: `{thing}`, `{jobId}`, `{namespace}` (empty for a standard job) and `{status}`
+    /// (the execution status) are replaced by this context's values; every other character, including
+    /// other braces (a JSON payload's), is kept as is. Values are inserted verbatim, not escaped: AWS
+    /// thing names, job ids and namespaces contain only `[a-zA-Z0-9_:-]`, which is safe inside a JSON
+    /// string and an MQTT topic level.
+    pub fn render(&self, template: &str) -> String {
+        let mut out = String::with_capacity(template.len() + 32);
+        let mut rest = template;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let after = &rest[start..];
+            let placeholder = PLACEHOLDERS
+                .iter()
+                .find(|(name, _)| after.starts_with(name));
+            match placeholder {
+                Some((name, value)) => {
+                    out.push_str(value(self));
+                    rest = &after[name.len()..];
+                }
+                None => {
+                    out.push('{');
+                    rest = &after[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+type Getter = fn(&RecoveryContext) -> &str;
+
+const PLACEHOLDERS: [(&str, Getter); 4] = [
+    ("{thing}", |ctx| &ctx.thing_name),
+    ("{jobId}", |ctx| &ctx.job_id),
+    ("{namespace}", |ctx| {
+        ctx.namespace_id.as_deref().unwrap_or("")
+    }),
+    ("{status}", |ctx| &ctx.execution_status),
+];
+
+/// A handler's answer: what to do now, and how the recovery stands afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovery {
+    /// What the gateway should do, in order, before recording the outcome.
+    #[serde(default)]
+    pub actions: Vec<Action>,
+    /// How the recovery stands once the actions are done.
+    pub outcome: Outcome,
+}
+
+impl Recovery {
+    /// Checks what serde cannot: publish topics are concrete MQTT topic names (not empty, no wildcard,
+    /// no NUL) and QoS is 0 or 1. The gateway refuses an answer that fails this as garbage.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, action) in self.actions.iter().enumerate() {
+            if let Action::Publish { topic, qos, .. } = action {
+                if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+                    return Err(format!(
+                        "action {i}: {topic:?} is not an MQTT topic name to publish to"
+                    ));
+                }
+                if *qos > 1 {
+                    return Err(format!(
+                        "action {i}: QoS {qos} (only 0 and 1 are supported)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One thing for the gateway to do on the handler's behalf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Action {
+    /// Publish an MQTT message (to the device, typically on one of its topics).
+    #[serde(rename_all = "camelCase")]
+    Publish {
+        /// The topic name (no wildcards).
+        topic: String,
+        /// The payload, UTF-8 (typically JSON).
+        payload: String,
+        /// 0 or 1; 1 unless given.
+        #[serde(default = "default_qos")]
+        qos: u8,
+    },
+    /// Replace the execution's recorded `statusDetails` with these.
+    #[serde(rename_all = "camelCase")]
+    SetStatusDetails {
+        /// The new statusDetails (the whole map; keys not in it are removed).
+        status_details: BTreeMap<String, String>,
+    },
+}
+
+fn default_qos() -> u8 {
+    1
+}
+
+/// How a recovery stands after a handler call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Outcome {
+    /// Done: the device is back in a known state. The recovery is recorded as recovered and not run again.
+    Recovered,
+    /// Not done yet: call the handler again (with [`RecoveryContext::attempt`] + 1) after `after_ms`
+    /// milliseconds, or earlier if the device acknowledges (see [`RecoveryContext::acknowledged`]).
+    #[serde(rename_all = "camelCase")]
+    RetryLater {
+        /// How long to wait before the next attempt, in milliseconds.
+        after_ms: u64,
+    },
+    /// Given up: recorded as failed with this reason, and not run again.
+    Failed {
+        /// Why, for the operator.
+        reason: String,
+    },
+}

@@ -1,0 +1,125 @@
+//! `sprig plugin check PATH`: the real binary on the real plugins of `plugins/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use sprig_tests::sprig_bin;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+fn cargo_build(args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .arg("build")
+        .arg("--quiet")
+        .args(args)
+        .current_dir(workspace())
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
+}
+
+fn rollback_plugin() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        cargo_build(&["-p", "sprig-plugin-rollback"]);
+        target_dir()
+            .join("debug")
+            .join("libsprig_plugin_rollback.so")
+    })
+}
+
+/// misbehave built with `--features wrong-abi`, in its own target dir.
+fn wrong_abi_plugin() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = target_dir().join("wrong-abi");
+        cargo_build(&[
+            "-p",
+            "sprig-plugin-misbehave",
+            "--features",
+            "wrong-abi",
+            "--target-dir",
+            dir.to_str().unwrap(),
+        ]);
+        dir.join("debug").join("libsprig_plugin_misbehave.so")
+    })
+}
+
+fn check(path: &Path) -> (Output, String, String) {
+    let out = Command::new(sprig_bin())
+        .args(["plugin", "check"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+#[test]
+fn a_good_plugin_prints_its_descriptor() {
+    let (out, stdout, stderr) = check(rollback_plugin());
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains("name:        sprig-plugin-rollback"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("version:     {}", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sdk version: "), "{stdout}");
+    assert!(stdout.contains("ABI version: 1"), "{stdout}");
+    assert!(stdout.contains("libsprig_plugin_rollback.so"), "{stdout}");
+}
+
+#[test]
+fn the_wrong_abi_is_refused_naming_both_versions() {
+    let path = wrong_abi_plugin();
+    let (out, stdout, stderr) = check(path);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("plugin refused"), "{stderr}");
+    assert!(
+        stderr.contains("ABI version 2") && stderr.contains("ABI version 1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("wrong-abi"), "{stderr}");
+}
+
+#[test]
+fn a_file_that_is_not_a_library_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("libfake.so");
+    std::fs::write(&path, "not an ELF file\n").unwrap();
+    let (out, _, stderr) = check(&path);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("libfake.so") && stderr.contains("not a loadable shared library"),
+        "{stderr}"
+    );
+
+    let (out, _, stderr) = check(&dir.path().join("missing.so"));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("missing.so") && stderr.contains("cannot open plugin"),
+        "{stderr}"
+    );
+}
