@@ -18,13 +18,18 @@
 //! the blocking pool, snapshots and publishes alike, because both block (sled reads; the router's bounded
 //! queue), so notifying thousands of devices never stalls the runtime nor the requests that caused it.
 //! Messages are published at QoS 0 (a device receives them at QoS 0 whatever its subscription asks).
+//! Each device subscribes to its own filters, so a fan-out puts one or two messages in each filter's
+//! in-memory log, far below its size: no reader's cursor jumps. What does not scale is upstream of that:
+//! rumqttd's router matches every topic it has not seen before against every filter it knows, so one job
+//! for N connected devices costs O(N²) in the router (10,000 devices: about 12 s of the router's time).
+//! Delivering notifications straight to the device connections, past the router, would remove it.
 
 mod memory;
 mod payload;
 mod topics;
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
@@ -74,6 +79,26 @@ pub async fn run(
         };
         notifier.clone().process(work).await?;
     }
+}
+
+/// What one chunk did, and where its time went.
+#[derive(Debug, Default)]
+struct Batch {
+    published: usize,
+    computing: Duration,
+    publishing: Duration,
+}
+
+impl Batch {
+    fn add(&mut self, other: Batch) {
+        self.published += other.published;
+        self.computing += other.computing;
+        self.publishing += other.publishing;
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
 /// What the notifier does next.
@@ -142,40 +167,40 @@ impl Notifier {
     async fn notify_event(self: Arc<Self>, event: JobEvent) -> Result<(), BrokerError> {
         let started = Instant::now();
         let event = Arc::new(event);
-        let mut published = 0;
+        let mut total = Batch::default();
         for start in (0..event.things.len()).step_by(CHUNK) {
             let end = (start + CHUNK).min(event.things.len());
             let event = event.clone();
-            published += self
+            let batch = self
                 .clone()
                 .blocking(move |me| {
+                    let begun = Instant::now();
                     let messages = me.event_messages(&event, &event.things[start..end]);
-                    me.publish(messages)
+                    let computing = begun.elapsed();
+                    let published = me.publish(messages)?;
+                    let publishing = begun.elapsed() - computing;
+                    Ok(Batch {
+                        published,
+                        computing,
+                        publishing,
+                    })
                 })
                 .await?;
+            total.add(batch);
         }
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (job_id, kind) = (&event.job_id, event.kind.as_str());
         let things = event.things.len();
-        let remembered = self.memory.lock().unwrap_or_else(|e| e.into_inner()).len();
+        // Large fan-outs are worth a line at info: how long they took, and where the time went.
         if things > CHUNK {
+            let remembered = self.memory.lock().unwrap_or_else(|e| e.into_inner()).len();
             tracing::info!(
-                job_id,
-                kind,
+                job_id = event.job_id,
+                kind = event.kind.as_str(),
                 things,
-                published,
+                published = total.published,
                 remembered,
-                elapsed_ms,
-                "devices notified"
-            );
-        } else {
-            tracing::debug!(
-                job_id,
-                kind,
-                things,
-                published,
-                remembered,
-                elapsed_ms,
+                elapsed_ms = ms(started.elapsed()),
+                snapshots_ms = ms(total.computing),
+                publishing_ms = ms(total.publishing),
                 "devices notified"
             );
         }
@@ -183,15 +208,16 @@ impl Notifier {
     }
 
     /// Runs `work` on the blocking pool. A panic there is logged, not fatal: one batch is lost, not all.
-    async fn blocking<F>(self: Arc<Self>, work: F) -> Result<usize, BrokerError>
+    async fn blocking<T, F>(self: Arc<Self>, work: F) -> Result<T, BrokerError>
     where
-        F: FnOnce(&Notifier) -> Result<usize, BrokerError> + Send + 'static,
+        T: Default + Send + 'static,
+        F: FnOnce(&Notifier) -> Result<T, BrokerError> + Send + 'static,
     {
         match tokio::task::spawn_blocking(move || work(&self)).await {
             Ok(result) => result,
             Err(e) => {
                 tracing::error!(error = %e, "notification batch failed");
-                Ok(0)
+                Ok(T::default())
             }
         }
     }
