@@ -22,13 +22,13 @@ use rumqttd::protocol::{
 use rumqttd::Notification;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::codec::{PacketReader, PacketWriter, ReadError, Version};
 use super::internal::disconnect_now;
 use super::presence::{DisconnectReason, PresenceInfo};
 use super::topics::{is_reserved, to_external, to_internal};
-use super::Shared;
+use super::{Shared, SubscribeEvent};
 use crate::auth::{AuthError, Principal};
 
 /// Serves one accepted socket until it closes. `_alive` is held until the end so shutdown can wait for it.
@@ -337,8 +337,17 @@ enum ReaderEnd {
     RouterGone,
 }
 
-/// SUBSCRIBEs forwarded with some filters removed: pkid -> which positions were allowed.
-type PendingSubacks = Arc<Mutex<HashMap<u16, Vec<bool>>>>;
+/// SUBSCRIBEs forwarded to the router and not yet acknowledged, by pkid.
+type PendingSubacks = Arc<Mutex<HashMap<u16, PendingSuback>>>;
+
+/// What the writer needs to finish a SUBSCRIBE's SUBACK and report it.
+#[derive(Debug)]
+struct PendingSuback {
+    /// Which of the client's filters were allowed (and forwarded), by position.
+    allowed_mask: Vec<bool>,
+    /// The forwarded filters, in external form and in order.
+    filters: Vec<String>,
+}
 
 impl Client {
     async fn run(
@@ -349,7 +358,12 @@ impl Client {
     ) {
         let (to_writer, commands) = mpsc::channel(64);
         let pending = PendingSubacks::default();
-        let mut writer_task = tokio::spawn(write_loop(writer, link_rx, commands, pending.clone()));
+        let subscribed = Subscribed {
+            client_id: self.client_id.clone(),
+            events: self.shared.subscriptions.clone(),
+        };
+        let writer_task = write_loop(writer, link_rx, commands, pending.clone(), subscribed);
+        let mut writer_task = tokio::spawn(writer_task);
         let mut shutdown = self.shared.shutdown.clone();
         let version = self.version;
         let (reason, last) = tokio::select! {
@@ -555,11 +569,13 @@ impl Client {
         let pkid = subscribe.pkid;
         let mut allowed_mask = Vec::with_capacity(subscribe.filters.len());
         let mut allowed = Vec::new();
+        let mut external = Vec::new();
         for mut filter in subscribe.filters {
             let ok = !is_reserved(&filter.path)
                 && self.principal.may_subscribe(&self.client_id, &filter.path);
             if ok {
-                filter.path = to_internal(&filter.path);
+                let internal = to_internal(&filter.path);
+                external.push(std::mem::replace(&mut filter.path, internal));
                 allowed.push(filter);
             } else {
                 tracing::warn!(
@@ -580,9 +596,11 @@ impl Client {
                 None,
             ));
         }
-        if allowed.len() < allowed_mask.len() {
-            lock(pending).insert(pkid, allowed_mask);
-        }
+        let suback = PendingSuback {
+            allowed_mask,
+            filters: external,
+        };
+        lock(pending).insert(pkid, suback);
         Inbound::forward(Packet::Subscribe(
             Subscribe {
                 pkid,
@@ -697,12 +715,33 @@ fn send_now(link_tx: &mut LinkTx, packet: Packet) {
     super::internal::push_now(link_tx, packet);
 }
 
-/// Router -> socket, restoring `$` topics and splicing denied filters into SUBACKs.
+/// Where the writer reports granted subscriptions (see [`super::SubscribeEvent`]).
+struct Subscribed {
+    client_id: String,
+    events: broadcast::Sender<SubscribeEvent>,
+}
+
+impl Subscribed {
+    fn report(&self, filters: Vec<String>) {
+        if filters.is_empty() {
+            return;
+        }
+        // Fails only when nobody listens, which is fine.
+        let _ = self.events.send(SubscribeEvent {
+            client_id: self.client_id.clone(),
+            filters,
+        });
+    }
+}
+
+/// Router -> socket, restoring `$` topics, splicing denied filters into SUBACKs and reporting granted
+/// subscriptions once their SUBACK is written.
 async fn write_loop(
     mut writer: PacketWriter<OwnedWriteHalf>,
     mut link_rx: LinkRx,
     mut commands: mpsc::Receiver<ToWriter>,
     pending: PendingSubacks,
+    subscribed: Subscribed,
 ) -> WriterEnd {
     let version = writer.version();
     loop {
@@ -749,6 +788,12 @@ async fn write_loop(
                             return WriterEnd::Io(e);
                         }
                     }
+                    Outbound::SubAck(packet, granted) => {
+                        if let Err(e) = writer.send(packet).await {
+                            return WriterEnd::Io(e);
+                        }
+                        subscribed.report(granted);
+                    }
                     Outbound::Skip => {}
                     Outbound::Close(last) => {
                         if let Some(last) = last {
@@ -766,6 +811,8 @@ async fn write_loop(
 /// What the writer does with one packet from the router.
 enum Outbound {
     Write(Packet),
+    /// A SUBACK, with the filters (external form) the router granted.
+    SubAck(Packet, Vec<String>),
     Skip,
     /// The router ends the connection: write this (MQTT 5 only) and close.
     Close(Option<Packet>),
@@ -785,10 +832,13 @@ fn outbound(packet: Packet, pending: &PendingSubacks, version: Version) -> Outbo
             Outbound::Write(Packet::Publish(publish, props))
         }
         Packet::SubAck(mut suback, props) => {
-            if let Some(mask) = lock(pending).remove(&suback.pkid) {
-                suback.return_codes = splice_denied(&mask, suback.return_codes, version);
-            }
-            Outbound::Write(Packet::SubAck(suback, props))
+            let Some(forwarded) = lock(pending).remove(&suback.pkid) else {
+                return Outbound::Write(Packet::SubAck(suback, props));
+            };
+            let granted = granted_filters(forwarded.filters, &suback.return_codes);
+            suback.return_codes =
+                splice_denied(&forwarded.allowed_mask, suback.return_codes, version);
+            Outbound::SubAck(Packet::SubAck(suback, props), granted)
         }
         // Answered by the reader already (see `inbound_unsubscribe`).
         Packet::UnsubAck(..) | Packet::ConnAck(..) => Outbound::Skip,
@@ -797,6 +847,24 @@ fn outbound(packet: Packet, pending: &PendingSubacks, version: Version) -> Outbo
         ),
         other => Outbound::Write(other),
     }
+}
+
+/// The forwarded filters whose code from the router is a success.
+fn granted_filters(forwarded: Vec<String>, router_codes: &[SubscribeReasonCode]) -> Vec<String> {
+    forwarded
+        .into_iter()
+        .zip(router_codes)
+        .filter(|(_, code)| {
+            matches!(
+                code,
+                SubscribeReasonCode::QoS0
+                    | SubscribeReasonCode::QoS1
+                    | SubscribeReasonCode::QoS2
+                    | SubscribeReasonCode::Success(_)
+            )
+        })
+        .map(|(filter, _)| filter)
+        .collect()
 }
 
 /// The router's codes for the allowed filters, with a failure put back in each denied filter's position.

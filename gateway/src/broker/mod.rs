@@ -28,7 +28,7 @@ use bytes::Bytes;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::{Notification, Router, RouterConfig};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::auth::Authenticator;
 use crate::config::BrokerConfig;
@@ -40,6 +40,17 @@ pub use sessions::Sessions;
 const ROUTER_HEADROOM: usize = 32;
 /// How long [`Broker::shutdown`] waits for connections to close.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+/// Subscription events a slow [`Broker::subscriptions`] receiver may fall behind by before it lags.
+const SUBSCRIPTION_EVENTS: usize = 4096;
+
+/// A client's SUBSCRIBE, reported once the router has acknowledged it (when its SUBACK is written), so a
+/// publish made after receiving this event reaches the new subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeEvent {
+    pub client_id: String,
+    /// The filters the router granted, in external form (`$aws/...`); denied ones are left out.
+    pub filters: Vec<String>,
+}
 
 /// Errors of the broker's API.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +89,8 @@ pub(crate) struct Shared {
     /// Connected clients, counted against `config.max_connections`.
     clients: AtomicUsize,
     presence: InternalSender,
+    /// Granted subscriptions, for [`Broker::subscriptions`]; sending without receivers costs nothing.
+    subscriptions: broadcast::Sender<SubscribeEvent>,
     /// Becomes true at shutdown (and errs when the [`Broker`] is dropped).
     shutdown: watch::Receiver<bool>,
 }
@@ -158,6 +171,7 @@ impl Broker {
             config: config.clone(),
             clients: AtomicUsize::new(0),
             presence,
+            subscriptions: broadcast::channel(SUBSCRIPTION_EVENTS).0,
             shutdown: shutdown_rx,
         });
         let (alive, all_closed) = mpsc::channel(1);
@@ -198,6 +212,12 @@ impl Broker {
     /// The live client connections: client id -> [`Principal`].
     pub fn sessions(&self) -> Arc<Sessions> {
         self.shared.sessions.clone()
+    }
+
+    /// Every granted SUBSCRIBE from now on, reported after the router acknowledged it (see
+    /// [`SubscribeEvent`]). A receiver that falls more than 4096 events behind gets `Lagged`.
+    pub fn subscriptions(&self) -> broadcast::Receiver<SubscribeEvent> {
+        self.shared.subscriptions.subscribe()
     }
 
     /// Stops accepting, disconnects every client (MQTT 5 clients get DISCONNECT "server shutting down"),

@@ -547,3 +547,53 @@ async fn properties_of_mqtt5_publishes_do_not_reach_mqtt311_clients() {
         (topic.to_owned(), Bytes::from_static(b"{}"))
     );
 }
+
+#[tokio::test]
+async fn granted_subscriptions_are_reported_after_the_router_acknowledged_them() {
+    let broker = start().await;
+    let mut subscriptions = broker.subscriptions();
+    let mut service = broker.internal_client("notify").await.unwrap();
+    let (device, mut rx) = connect(options(&broker, "d1")).await;
+    let own = "$aws/things/d1/jobs/notify-next";
+    let filters = [
+        SubscribeFilter::new("$aws/things/d2/jobs/#".into(), QoS::AtLeastOnce),
+        SubscribeFilter::new(own.into(), QoS::AtLeastOnce),
+    ];
+    device.subscribe_many(filters).await.unwrap();
+    let event = tokio::time::timeout(WAIT, subscriptions.recv())
+        .await
+        .expect("subscribe event in time")
+        .unwrap();
+    // Only the granted filter, in external form.
+    assert_eq!(
+        event,
+        SubscribeEvent {
+            client_id: "d1".into(),
+            filters: vec![own.into()]
+        }
+    );
+    // The subscription is live by the time the event is seen: an immediate publish is delivered.
+    service
+        .publish(own, Bytes::from_static(b"now"))
+        .await
+        .unwrap();
+    assert_eq!(
+        suback(&mut rx).await,
+        vec![
+            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Success(QoS::AtLeastOnce)
+        ]
+    );
+    assert_eq!(
+        publish(&mut rx).await,
+        (own.into(), Bytes::from_static(b"now"))
+    );
+
+    // A SUBSCRIBE whose filters are all denied is answered without the router and reports nothing.
+    device
+        .subscribe("$aws/things/d2/jobs/notify", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    assert_eq!(suback(&mut rx).await, vec![SubscribeReasonCode::Failure]);
+    assert!(subscriptions.try_recv().is_err());
+}

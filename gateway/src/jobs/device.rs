@@ -477,6 +477,26 @@ impl Engine {
         })
     }
 
+    /// The thing's execution of `job_id` if it is pending and the job is in the scope and not being deleted
+    /// (blocking: for the notifier, which names it in a job's own notification).
+    pub fn pending_execution(
+        &self,
+        thing: &str,
+        namespace: Option<&str>,
+        job_id: &str,
+    ) -> std::result::Result<Option<DeviceExecution>, StoreError> {
+        let Some(job) = self.store.job(job_id)?.filter(|j| {
+            j.namespace_id.as_deref() == namespace && j.status != JobStatus::DeletionInProgress
+        }) else {
+            return Ok(None);
+        };
+        let execution = self
+            .store
+            .execution(job_id, thing)?
+            .filter(|e| !e.status.is_terminal());
+        Ok(execution.map(|e| device_execution(&e, &job, true, now_ms())))
+    }
+
     /// The scopes (namespaces; `None` for standard jobs) in which `thing` has pending executions.
     pub fn pending_scopes(
         &self,

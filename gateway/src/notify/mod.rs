@@ -1,0 +1,377 @@
+//! Job notifications to devices: turns the engine's [`JobEvent`]s into AWS IoT's reserved notify topics.
+//!
+//! For each thing an event names, the notifier reads the thing's state in the event's scope
+//! ([`Engine::snapshot`]) and publishes: for standard jobs, `$aws/things/{thing}/jobs/notify`
+//! (JobExecutionsChanged, `{timestamp, jobs: {QUEUED?, IN_PROGRESS?}}`) when the pending list changed and
+//! `.../jobs/notify-next` (NextJobExecutionChanged, `{timestamp, execution?}`) when the next pending job
+//! changed; for a namespace's jobs never those, but `.../jobs/notify-next-namespace-{ns}` (same body as
+//! notify-next) when the next changed and, for every event, `.../jobs/{jobId}/notify-namespace-{ns}/`. AWS
+//! documents no body for the latter; sprig sends `{timestamp, jobId, event: CREATED|CANCELED|DELETED|
+//! EXECUTION_CHANGED, execution?: the thing's execution of that job while it is pending, jobs: {QUEUED?,
+//! IN_PROGRESS?} of the namespace}`. "Changed" is judged against a small memory of what each (thing, scope)
+//! was last told (next job id, pending job ids and statuses), dropped once nothing is pending; identical
+//! state is not sent twice. Publishes to a client that has not subscribed yet are lost, so when a client
+//! subscribes to a filter covering its own state topics (`notify`, `notify-next`,
+//! `notify-next-namespace-{ns}`), the broker reports it ([`Broker::subscriptions`]) and the current state
+//! of each scope it has pending work in, or that the filter names, is sent again, whatever the memory says
+//! (the per-job topic is event-driven only: it is not re-sent). Work runs in chunks of [`CHUNK`] things on
+//! the blocking pool, snapshots and publishes alike, because both block (sled reads; the router's bounded
+//! queue), so notifying thousands of devices never stalls the runtime nor the requests that caused it.
+//! Messages are published at QoS 0 (a device receives them at QoS 0 whatever its subscription asks).
+//! Each device subscribes to its own filters, so a fan-out puts one or two messages in each filter's
+//! in-memory log, far below its size: no reader's cursor jumps. What does not scale is upstream of that:
+//! rumqttd's router matches every topic it has not seen before against every filter it knows, so one job
+//! for N connected devices costs O(N²) in the router (10,000 devices: about 12 s of the router's time).
+//! Delivering notifications straight to the device connections, past the router, would remove it.
+
+mod memory;
+mod payload;
+mod topics;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::broker::{Broker, BrokerError, InternalSender, SubscribeEvent};
+use crate::jobs::device::{DeviceExecution, ThingSnapshot};
+use crate::jobs::model::now_ms;
+use crate::jobs::{Engine, JobEvent};
+use crate::store::StoreError;
+use memory::{Memory, Told};
+use topics::StateTopic;
+
+/// Things (or subscribe events) handled per trip to the blocking pool. Large enough that a batch's
+/// thread hand-offs do not matter, small enough that other events and the runtime never wait long.
+pub const CHUNK: usize = 256;
+
+/// One publish: (topic in external form, body).
+type Message = (String, Bytes);
+
+/// Turns job events into MQTT notifications until `shutdown` turns true.
+pub async fn run(
+    broker: Arc<Broker>,
+    engine: Arc<Engine>,
+    mut events: mpsc::UnboundedReceiver<JobEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BrokerError> {
+    let mut subscriptions = Some(broker.subscriptions());
+    let (sender, _) = broker.internal_client("notify").await?.split();
+    let notifier = Arc::new(Notifier {
+        engine,
+        sender,
+        memory: Mutex::new(Memory::default()),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    loop {
+        let work = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            event = events.recv() => match event {
+                Some(event) => Work::Event(event),
+                None => return Ok(()),
+            },
+            received = next_subscribe(&mut subscriptions) => match received {
+                Some(batch) => Work::Resend(batch),
+                None => continue,
+            },
+        };
+        notifier.clone().process(work).await?;
+    }
+}
+
+/// What one chunk did, and where its time went.
+#[derive(Debug, Default)]
+struct Batch {
+    published: usize,
+    computing: Duration,
+    publishing: Duration,
+}
+
+impl Batch {
+    fn add(&mut self, other: Batch) {
+        self.published += other.published;
+        self.computing += other.computing;
+        self.publishing += other.publishing;
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+/// What the notifier does next.
+enum Work {
+    Event(JobEvent),
+    /// Granted subscriptions, up to [`CHUNK`] of them.
+    Resend(Vec<SubscribeEvent>),
+}
+
+/// The next subscribe events, as many as are waiting (up to [`CHUNK`]); `None` if some were lost.
+async fn next_subscribe(
+    receiver: &mut Option<broadcast::Receiver<SubscribeEvent>>,
+) -> Option<Vec<SubscribeEvent>> {
+    let Some(rx) = receiver else {
+        return std::future::pending().await;
+    };
+    match rx.recv().await {
+        Ok(first) => {
+            let mut batch = vec![first];
+            while batch.len() < CHUNK {
+                match rx.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            Some(batch)
+        }
+        Err(RecvError::Lagged(lost)) => {
+            // Those clients miss their catch-up until their state changes again.
+            tracing::error!(
+                lost,
+                "notifier fell behind: subscriptions not answered with the current state"
+            );
+            None
+        }
+        Err(RecvError::Closed) => {
+            *receiver = None;
+            None
+        }
+    }
+}
+
+struct Notifier {
+    engine: Arc<Engine>,
+    sender: InternalSender,
+    memory: Mutex<Memory>,
+    /// For publishing from blocking threads.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Notifier {
+    async fn process(self: Arc<Self>, work: Work) -> Result<(), BrokerError> {
+        match work {
+            Work::Event(event) => self.notify_event(event).await,
+            Work::Resend(batch) => self
+                .blocking(move |me| {
+                    let messages = me.resend_messages(&batch);
+                    me.publish(messages)
+                })
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// Notifies every thing of an event, chunk by chunk.
+    async fn notify_event(self: Arc<Self>, event: JobEvent) -> Result<(), BrokerError> {
+        let started = Instant::now();
+        let event = Arc::new(event);
+        let mut total = Batch::default();
+        for start in (0..event.things.len()).step_by(CHUNK) {
+            let end = (start + CHUNK).min(event.things.len());
+            let event = event.clone();
+            let batch = self
+                .clone()
+                .blocking(move |me| {
+                    let begun = Instant::now();
+                    let messages = me.event_messages(&event, &event.things[start..end]);
+                    let computing = begun.elapsed();
+                    let published = me.publish(messages)?;
+                    let publishing = begun.elapsed() - computing;
+                    Ok(Batch {
+                        published,
+                        computing,
+                        publishing,
+                    })
+                })
+                .await?;
+            total.add(batch);
+        }
+        let things = event.things.len();
+        // Large fan-outs are worth a line at info: how long they took, and where the time went.
+        if things > CHUNK {
+            let remembered = self.memory.lock().unwrap_or_else(|e| e.into_inner()).len();
+            tracing::info!(
+                job_id = event.job_id,
+                kind = event.kind.as_str(),
+                things,
+                published = total.published,
+                remembered,
+                elapsed_ms = ms(started.elapsed()),
+                snapshots_ms = ms(total.computing),
+                publishing_ms = ms(total.publishing),
+                "devices notified"
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs `work` on the blocking pool. A panic there is logged, not fatal: one batch is lost, not all.
+    async fn blocking<T, F>(self: Arc<Self>, work: F) -> Result<T, BrokerError>
+    where
+        T: Default + Send + 'static,
+        F: FnOnce(&Notifier) -> Result<T, BrokerError> + Send + 'static,
+    {
+        match tokio::task::spawn_blocking(move || work(&self)).await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "notification batch failed");
+                Ok(T::default())
+            }
+        }
+    }
+
+    /// Publishes in order, from a blocking thread: the router's queue is bounded, and a full queue blocks
+    /// the sender until the router catches up, which must not happen on a runtime thread.
+    fn publish(&self, messages: Vec<Message>) -> Result<usize, BrokerError> {
+        let count = messages.len();
+        self.runtime.block_on(async {
+            for (topic, body) in messages {
+                self.sender.publish(&topic, body).await?;
+            }
+            Ok::<_, BrokerError>(())
+        })?;
+        Ok(count)
+    }
+
+    fn event_messages(&self, event: &JobEvent, things: &[String]) -> Vec<Message> {
+        let timestamp = now_ms() / 1000;
+        let mut messages = Vec::with_capacity(things.len() * 2);
+        for thing in things {
+            if let Err(e) = self.thing_event(event, thing, timestamp, &mut messages) {
+                tracing::error!(thing, job_id = event.job_id, error = %e, "cannot notify the device");
+            }
+        }
+        messages
+    }
+
+    /// The messages one event makes for one thing.
+    fn thing_event(
+        &self,
+        event: &JobEvent,
+        thing: &str,
+        timestamp: i64,
+        out: &mut Vec<Message>,
+    ) -> Result<(), StoreError> {
+        let scope = event.namespace_id.as_deref();
+        let snapshot = self.engine.snapshot(thing, scope)?;
+        let changes = self.remember(thing, scope, &snapshot);
+        let Some(ns) = scope else {
+            if changes.pending {
+                let body = payload::jobs_changed(timestamp, &snapshot.pending);
+                out.push((topics::notify(thing), body));
+            }
+            if changes.next {
+                out.push(next_message(thing, None, timestamp, &snapshot));
+            }
+            return Ok(());
+        };
+        let job_id = &event.job_id;
+        let looked_up;
+        let execution = match &snapshot.next {
+            Some(next) if &next.job_id == job_id => Some(next),
+            _ if is_pending(&snapshot, job_id) => {
+                looked_up = self.engine.pending_execution(thing, scope, job_id)?;
+                looked_up.as_ref()
+            }
+            _ => None,
+        };
+        let body =
+            payload::job_changed(timestamp, job_id, event.kind, execution, &snapshot.pending);
+        out.push((topics::job_in_namespace(thing, job_id, ns), body));
+        if changes.next {
+            out.push(next_message(thing, scope, timestamp, &snapshot));
+        }
+        Ok(())
+    }
+
+    fn resend_messages(&self, batch: &[SubscribeEvent]) -> Vec<Message> {
+        let timestamp = now_ms() / 1000;
+        let mut messages = Vec::new();
+        for subscribed in batch {
+            if let Err(e) = self.thing_resend(subscribed, timestamp, &mut messages) {
+                let thing = &subscribed.client_id;
+                tracing::error!(thing, error = %e, "cannot send the device its current state");
+            }
+        }
+        messages
+    }
+
+    /// The current state of every scope whose state topics the new filters cover. The client id is the
+    /// thing name (devices subscribe only under their own thing; other clients' filters cover nothing).
+    fn thing_resend(
+        &self,
+        subscribed: &SubscribeEvent,
+        timestamp: i64,
+        out: &mut Vec<Message>,
+    ) -> Result<(), StoreError> {
+        let thing = subscribed.client_id.as_str();
+        let filters: Vec<&str> = subscribed
+            .filters
+            .iter()
+            .map(String::as_str)
+            .filter(|f| topics::covers_jobs_of(f, thing))
+            .collect();
+        if filters.is_empty() {
+            return Ok(());
+        }
+        let mut scopes = self.engine.pending_scopes(thing)?;
+        for named in filters.iter().filter_map(|f| topics::scope_named(f, thing)) {
+            if !scopes.contains(&named) {
+                scopes.push(named);
+            }
+        }
+        for scope in scopes.iter().map(Option::as_deref) {
+            let covered: Vec<(StateTopic, String)> = topics::state_topics(thing, scope)
+                .into_iter()
+                .filter(|(_, topic)| filters.iter().any(|f| topics::matches(topic, f)))
+                .collect();
+            if covered.is_empty() {
+                continue;
+            }
+            let snapshot = self.engine.snapshot(thing, scope)?;
+            self.remember(thing, scope, &snapshot);
+            for (kind, topic) in covered {
+                let body = match kind {
+                    StateTopic::Jobs => payload::jobs_changed(timestamp, &snapshot.pending),
+                    StateTopic::Next => payload::next_changed(timestamp, snapshot.next.as_ref()),
+                };
+                out.push((topic, body));
+            }
+        }
+        Ok(())
+    }
+
+    fn remember(
+        &self,
+        thing: &str,
+        scope: Option<&str>,
+        snapshot: &ThingSnapshot,
+    ) -> memory::Changes {
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        memory.tell(thing, scope, Told::of(snapshot))
+    }
+}
+
+fn next_message(
+    thing: &str,
+    scope: Option<&str>,
+    timestamp: i64,
+    snapshot: &ThingSnapshot,
+) -> Message {
+    let next: Option<&DeviceExecution> = snapshot.next.as_ref();
+    (
+        topics::notify_next(thing, scope),
+        payload::next_changed(timestamp, next),
+    )
+}
+
+fn is_pending(snapshot: &ThingSnapshot, job_id: &str) -> bool {
+    let pending = &snapshot.pending;
+    pending
+        .in_progress_jobs
+        .iter()
+        .chain(&pending.queued_jobs)
+        .any(|s| s.job_id == job_id)
+}
