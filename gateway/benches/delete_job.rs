@@ -58,6 +58,7 @@ async fn main() {
     let (_stop, shutdown) = watch::channel(false);
     tokio::spawn(sprig_gateway::deletion::run(
         store.clone(),
+        Default::default(),
         batch,
         rx,
         events_tx,

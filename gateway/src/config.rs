@@ -40,6 +40,9 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub jobs: JobsConfig,
     pub auth: AuthConfig,
+    /// `[[recovery]]`: which plugin recovers which devices.
+    #[serde(default)]
+    pub recovery: Vec<RecoveryRoute>,
 }
 
 /// `[gateway]`: identity and where data lives.
@@ -107,6 +110,54 @@ pub struct OperatorConfig {
     pub standard_jobs: bool,
 }
 
+/// `[[recovery]]`: devices whose IN_PROGRESS execution is force-deleted or force-canceled are recovered by
+/// this plugin. The first route whose `things` glob and `namespace` match a device is used.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryRoute {
+    /// A glob on the thing name (`*` any run of characters, `?` one character, `[a-z]` a class).
+    #[serde(default = "any_thing")]
+    pub things: String,
+    /// Only jobs of this namespace; absent: jobs of any namespace and standard jobs.
+    pub namespace: Option<String>,
+    /// The plugin's shared library (`.so`). A relative path is relative to the config file's directory.
+    pub plugin: PathBuf,
+    /// Time budget of one handler call, in milliseconds; an overrun quarantines the plugin instance.
+    #[serde(default = "default_budget_ms")]
+    pub budget_ms: u64,
+    /// Handler failures (panic, error, garbage answer, overrun) before the recovery is recorded FAILED.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// Wait before retrying after a failure, in milliseconds; doubled at each further failure.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Attempts of any kind (retries the handler asked for included) before the recovery is FAILED.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// A topic the device publishes to acknowledge (`{thing}` is replaced), under `$aws/things/{thing}/`.
+    /// A message there makes the next attempt run at once, with `acknowledged: true`.
+    pub ack_topic: Option<String>,
+    /// Handed to the plugin as its config (as JSON).
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn any_thing() -> String {
+    "*".into()
+}
+fn default_budget_ms() -> u64 {
+    2000
+}
+fn default_max_failures() -> u32 {
+    3
+}
+fn default_retry_backoff_ms() -> u64 {
+    1000
+}
+fn default_max_attempts() -> u32 {
+    20
+}
+
 /// `[[auth.devices]]`: a device that authenticates with a password.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,7 +179,14 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for route in &mut config.recovery {
+            if route.plugin.is_relative() {
+                route.plugin = base.join(&route.plugin);
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates configuration text; `origin` names it in errors (a path, or "built-in defaults").
@@ -228,6 +286,34 @@ impl Config {
             }
             if let Err(e) = crate::auth::check_hash_format(&dev.password_hash) {
                 return fail(&format!("auth.devices[{i}].password_hash"), e);
+            }
+        }
+        for (i, route) in self.recovery.iter().enumerate() {
+            let key = |field: &str| format!("recovery[{i}].{field}");
+            if let Err(e) = glob::Pattern::new(&route.things) {
+                return fail(&key("things"), format!("not a glob: {e}"));
+            }
+            if let Some(ns) = &route.namespace {
+                if !is_namespace_id(ns) {
+                    return fail(&key("namespace"), "a namespace id matches [a-zA-Z0-9_-]+");
+                }
+            }
+            if route.plugin.as_os_str().is_empty() {
+                return fail(&key("plugin"), "must name the plugin's shared library");
+            }
+            if route.budget_ms == 0 || route.max_failures == 0 || route.max_attempts == 0 {
+                return fail(
+                    &key("budget_ms"),
+                    "budget_ms, max_failures and max_attempts must be at least 1",
+                );
+            }
+            if let Some(topic) = &route.ack_topic {
+                if !topic.starts_with("$aws/things/{thing}/") || topic.contains(['+', '#']) {
+                    return fail(
+                        &key("ack_topic"),
+                        "must be a topic under $aws/things/{thing}/ without wildcards",
+                    );
+                }
             }
         }
         Ok(())

@@ -18,8 +18,9 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::jobs::device;
 use crate::jobs::{Engine, Limits};
+use crate::recovery::Routes;
 use crate::store::Store;
-use crate::{control, deletion, device_api, notify};
+use crate::{control, deletion, device_api, notify, recovery};
 
 /// The store lives in this directory under the data dir.
 const STORE_DIR: &str = "store";
@@ -55,15 +56,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (deletions_tx, deletions_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        Limits::from_config(&config.jobs),
-        &config.gateway.id,
-        deletions_tx,
-        events_tx.clone(),
-    ));
+    // Plugins load before anything accepts work: a configured handler that cannot load refuses the start.
+    let loaded_routes = recovery::runner::load(&config.recovery).await?;
+    let routes = Arc::new(Routes::new(&config.recovery));
+    let engine = Arc::new(
+        Engine::new(
+            store.clone(),
+            Limits::from_config(&config.jobs),
+            &config.gateway.id,
+            deletions_tx,
+            events_tx.clone(),
+        )
+        .with_recovery_routes(routes.clone()),
+    );
     let deleter = tokio::spawn(deletion::run(
         store.clone(),
+        routes.clone(),
         config.jobs.deletion_batch_size,
         deletions_rx,
         events_tx,
@@ -82,6 +90,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let devices = tokio::spawn(device_api::serve(
         broker.clone(),
         engine.clone(),
+        shutdown.clone(),
+    ));
+    let recoveries = tokio::spawn(recovery::runner::run(
+        broker.clone(),
+        store.clone(),
+        routes,
+        loaded_routes,
         shutdown.clone(),
     ));
     let control = {
@@ -107,6 +122,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         outcome = control => service_ended("control API", outcome)?,
         outcome = devices => service_ended("device API", outcome)?,
         outcome = notifier => service_ended("notifier", outcome)?,
+        outcome = recoveries => service_ended("recovery runner", outcome)?,
     };
     tracing::info!(reason, "shutting down");
     // Requests that arrive until the clients are disconnected are still answered, with

@@ -15,8 +15,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::jobs::model::{now_ms, Job, JobStatus};
+use crate::jobs::model::{now_ms, ExecutionStatus, Job, JobStatus, RecoveryReason, RecoveryRecord};
 use crate::jobs::{JobEvent, JobEventKind};
+use crate::recovery::Routes;
 use crate::store::{Change, Store, StoreError};
 
 /// What one step of a deletion did.
@@ -34,7 +35,12 @@ pub enum Step {
 }
 
 /// Removes up to `batch` executions of `job_id`, or the job itself once it has none left.
-pub fn delete_step(store: &Store, job_id: &str, batch: usize) -> Result<Step, StoreError> {
+pub fn delete_step(
+    store: &Store,
+    routes: &Routes,
+    job_id: &str,
+    batch: usize,
+) -> Result<Step, StoreError> {
     let _writer = store.lock_writes();
     let Some(job) = store.job(job_id)? else {
         return Ok(Step::Finished);
@@ -55,10 +61,29 @@ pub fn delete_step(store: &Store, job_id: &str, batch: usize) -> Result<Step, St
         .iter()
         .for_each(|e| remaining.counts.remove(e.status));
     remaining.last_updated_at = now_ms();
+    // A device interrupted in the middle of its execution is to be recovered: the recovery is created in
+    // the same transaction that removes the execution, so neither can exist without the other.
+    let now = now_ms();
+    let mut recoveries = Vec::new();
+    for execution in executions
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::InProgress)
+    {
+        if routes
+            .route_for(&execution.thing_name, job.namespace_id.as_deref())
+            .is_some()
+        {
+            let mut recovery =
+                RecoveryRecord::for_execution(&job, execution, RecoveryReason::JobDeleted, now);
+            recovery.id = store.next_recovery_id()?;
+            recoveries.push(recovery);
+        }
+    }
     store.commit(&Change {
         job_before: Some(&job),
         job_after: Some(&remaining),
         delete_executions: &executions,
+        put_recoveries: &recoveries,
         ..Default::default()
     })?;
     let pending_things = executions
@@ -77,6 +102,7 @@ pub fn delete_step(store: &Store, job_id: &str, batch: usize) -> Result<Step, St
 /// is already being worked on is ignored.
 pub async fn run(
     store: Arc<Store>,
+    routes: Arc<Routes>,
     batch: usize,
     mut jobs: mpsc::UnboundedReceiver<String>,
     events: mpsc::UnboundedSender<JobEvent>,
@@ -94,9 +120,10 @@ pub async fn run(
                     continue;
                 }
                 let (store, active, shutdown) = (store.clone(), active.clone(), shutdown.clone());
+                let routes = routes.clone();
                 let events = events.clone();
                 tasks.spawn(async move {
-                    delete_job(store, &job_id, batch, events, shutdown).await;
+                    delete_job(store, routes, &job_id, batch, events, shutdown).await;
                     active.lock().unwrap_or_else(|p| p.into_inner()).remove(&job_id);
                 });
             }
@@ -109,6 +136,7 @@ pub async fn run(
 
 async fn delete_job(
     store: Arc<Store>,
+    routes: Arc<Routes>,
     job_id: &str,
     batch: usize,
     events: mpsc::UnboundedSender<JobEvent>,
@@ -117,8 +145,9 @@ async fn delete_job(
     let started = std::time::Instant::now();
     let mut removed = 0;
     while !*shutdown.borrow() {
-        let (store, id) = (store.clone(), job_id.to_owned());
-        let step = tokio::task::spawn_blocking(move || delete_step(&store, &id, batch)).await;
+        let (store, routes, id) = (store.clone(), routes.clone(), job_id.to_owned());
+        let step =
+            tokio::task::spawn_blocking(move || delete_step(&store, &routes, &id, batch)).await;
         match step {
             Ok(Ok(Step::Removed {
                 count,

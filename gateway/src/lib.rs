@@ -16,4 +16,5 @@ pub mod device_api;
 pub mod jobs;
 pub mod notify;
 pub mod plugins;
+pub mod recovery;
 pub mod store;

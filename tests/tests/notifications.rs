@@ -243,7 +243,6 @@ async fn standard_jobs_are_notified_on_notify_and_notify_next() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the device API (gateway/src/device_api.rs), written in parallel: enable once merged"]
 async fn a_device_update_is_notified_as_in_progress() {
     let gateway = Gateway::start();
     let mut op = gateway.operator().await;

@@ -15,9 +15,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::api::*;
 use super::model::{
     now_ms, DeletionInfo, Execution, ExecutionCounts, ExecutionStatus, Job, JobStatus,
+    RecoveryReason, RecoveryRecord,
 };
 use super::{validate, JobEvent, JobEventKind, JobsError};
 use crate::auth::Grants;
+use crate::recovery::Routes;
 use crate::store::{Change, Store};
 
 type Result<T> = std::result::Result<T, JobsError>;
@@ -52,6 +54,7 @@ pub struct Engine {
     arns: Arns,
     deletions: UnboundedSender<String>,
     pub(super) events: UnboundedSender<JobEvent>,
+    routes: Arc<Routes>,
     closing: AtomicBool,
 }
 
@@ -70,8 +73,16 @@ impl Engine {
             arns: Arns::new(gateway_id),
             deletions,
             events,
+            routes: Arc::new(Routes::default()),
             closing: AtomicBool::new(false),
         }
+    }
+
+    /// Devices matched by `routes` get a durable recovery when a forced CancelJob interrupts their
+    /// IN_PROGRESS execution.
+    pub fn with_recovery_routes(mut self, routes: Arc<Routes>) -> Engine {
+        self.routes = routes;
+        self
     }
 
     pub(super) fn is_closing(&self) -> bool {
@@ -469,6 +480,7 @@ impl Engine {
         canceled.reason_code = request.reason_code.or(job.reason_code.clone());
         canceled.comment = request.comment.or(job.comment.clone());
         let mut changed = Vec::new();
+        let mut recoveries = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let page = self
@@ -483,6 +495,16 @@ impl Engine {
                     _ => false,
                 };
                 if cancel {
+                    let routed = self
+                        .routes
+                        .route_for(&execution.thing_name, job.namespace_id.as_deref());
+                    if execution.status == ExecutionStatus::InProgress && routed.is_some() {
+                        let reason = RecoveryReason::JobForceCanceled;
+                        let mut recovery =
+                            RecoveryRecord::for_execution(&job, &execution, reason, now);
+                        recovery.id = self.store.next_recovery_id()?;
+                        recoveries.push(recovery);
+                    }
                     canceled
                         .counts
                         .shift(execution.status, ExecutionStatus::Canceled);
@@ -499,6 +521,7 @@ impl Engine {
             job_before: Some(&job),
             job_after: Some(&canceled),
             put_executions: &changed,
+            put_recoveries: &recoveries,
             ..Default::default()
         })?;
         self.store.flush()?;
@@ -664,7 +687,7 @@ mod tests {
     }
 
     fn finish_deletion(store: &Store, job_id: &str) {
-        while delete_step(store, job_id, 2).unwrap() != Step::Finished {}
+        while delete_step(store, &Routes::default(), job_id, 2).unwrap() != Step::Finished {}
     }
 
     #[tokio::test]

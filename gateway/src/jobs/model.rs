@@ -222,3 +222,110 @@ impl Execution {
         }
     }
 }
+
+/// Why a device needs recovering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecoveryReason {
+    /// Its IN_PROGRESS execution was removed by a deletion of the job.
+    JobDeleted,
+    /// Its IN_PROGRESS execution was canceled by a forced CancelJob.
+    JobForceCanceled,
+}
+
+impl RecoveryReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryReason::JobDeleted => "JOB_DELETED",
+            RecoveryReason::JobForceCanceled => "JOB_FORCE_CANCELED",
+        }
+    }
+}
+
+/// Where a recovery stands. PENDING until it ends in exactly one of the other two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecoveryState {
+    Pending,
+    Recovered,
+    Failed,
+}
+
+impl RecoveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryState::Pending => "PENDING",
+            RecoveryState::Recovered => "RECOVERED",
+            RecoveryState::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RecoveryState> {
+        [
+            RecoveryState::Pending,
+            RecoveryState::Recovered,
+            RecoveryState::Failed,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+    }
+}
+
+/// A durable recovery: a device whose job execution was interrupted, to be brought back to a valid state
+/// by its plugin. Created in the same transaction that interrupts the execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryRecord {
+    pub id: u64,
+    pub thing_name: String,
+    pub job_id: String,
+    pub namespace_id: Option<String>,
+    /// The job document (JSON text) the device was executing.
+    pub job_document: String,
+    /// The execution as it was when interrupted.
+    pub execution_status: ExecutionStatus,
+    pub status_details: BTreeMap<String, String>,
+    pub reason: RecoveryReason,
+    pub state: RecoveryState,
+    /// Handler calls started so far (recorded before each call, so a crash mid-call is counted).
+    pub attempts: u32,
+    /// Handler calls that failed (panic, error, garbage, overrun).
+    pub failures: u32,
+    /// The device acknowledged what the last attempt sent.
+    pub acknowledged: bool,
+    /// Not before this time (epoch ms) is the next attempt made.
+    pub next_attempt_at: i64,
+    /// The last failure or the reason of the final outcome.
+    pub last_error: Option<String>,
+    /// Status details the handler asked to record for the device.
+    pub recorded_status_details: Option<BTreeMap<String, String>>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl RecoveryRecord {
+    /// A new PENDING recovery for an interrupted execution (`id` is set by the store).
+    pub fn for_execution(
+        job: &Job,
+        execution: &Execution,
+        reason: RecoveryReason,
+        now: i64,
+    ) -> RecoveryRecord {
+        RecoveryRecord {
+            id: 0,
+            thing_name: execution.thing_name.clone(),
+            job_id: job.job_id.clone(),
+            namespace_id: job.namespace_id.clone(),
+            job_document: job.document.clone(),
+            execution_status: execution.status,
+            status_details: execution.status_details.clone(),
+            reason,
+            state: RecoveryState::Pending,
+            attempts: 0,
+            failures: 0,
+            acknowledged: false,
+            next_attempt_at: now,
+            last_error: None,
+            recorded_status_details: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}

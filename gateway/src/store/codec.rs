@@ -101,6 +101,19 @@ pub fn parse_deadline_key(key: &[u8]) -> Option<(i64, String, String)> {
     Some((deadline, job_id.to_owned(), thing.to_owned()))
 }
 
+/// `open_recoveries` tree: thing name, NUL, recovery id (8 bytes, big-endian).
+pub fn open_recovery_key(recovery: &crate::jobs::model::RecoveryRecord) -> Vec<u8> {
+    let mut key = thing_key(&recovery.thing_name, "");
+    key.extend_from_slice(&recovery.id.to_be_bytes());
+    key
+}
+
+/// The recovery id at the end of an `open_recoveries` key.
+pub fn recovery_id_of_open_key(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8).map(|at| &key[at..])?;
+    Some(u64::from_be_bytes(tail.try_into().ok()?))
+}
+
 /// The last part of a NUL-joined key.
 pub fn last_part(key: &[u8]) -> &[u8] {
     key.rsplit(|b| *b == 0).next().unwrap_or(key)

@@ -2,8 +2,9 @@
 //!
 //! Six trees: `jobs` (job id → job), `executions` (job id ∖0 thing → execution), and four indexes,
 //! `by_thing` (thing ∖0 job id → execution status), `by_status` (status byte, job id), `by_namespace`
-//! (namespace ∖0 job id) and `by_deadline` (step deadline, job id ∖0 thing). Every state change is one
-//! [`Change`], applied as one sled transaction over all six trees, so a crash at any moment leaves records and indexes agreeing; [`Store::check`] proves it
+//! (namespace ∖0 job id) and `by_deadline` (step deadline, job id ∖0 thing); plus `recoveries` (id → durable
+//! recovery) and `open_recoveries` (thing ∖0 id of those still PENDING). Every state change is one
+//! [`Change`], applied as one sled transaction over all the trees, so a crash at any moment leaves records and indexes agreeing; [`Store::check`] proves it
 //! after the fact. sled transactions cannot scan, so callers find what to change first, under
 //! [`Store::lock_writes`], and commit after: the lock makes read-check-write sequences atomic without
 //! putting scans inside transactions. All calls block (sled does I/O): run them off the async runtime.
@@ -16,7 +17,9 @@ use std::sync::{Mutex, MutexGuard};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
 
-use crate::jobs::model::{Execution, ExecutionCounts, ExecutionStatus, Job, JobStatus};
+use crate::jobs::model::{
+    Execution, ExecutionCounts, ExecutionStatus, Job, JobStatus, RecoveryRecord, RecoveryState,
+};
 use codec::CodecError;
 
 /// The store could not do what was asked.
@@ -43,6 +46,8 @@ pub struct Change<'a> {
     pub job_after: Option<&'a Job>,
     pub put_executions: &'a [Execution],
     pub delete_executions: &'a [Execution],
+    /// Recoveries created by this change (ids from [`Store::next_recovery_id`]).
+    pub put_recoveries: &'a [RecoveryRecord],
 }
 
 /// The store format this release writes, kept in the default tree under [`FORMAT_KEY`].
@@ -58,6 +63,8 @@ pub struct Store {
     by_status: Tree,
     by_namespace: Tree,
     by_deadline: Tree,
+    recoveries: Tree,
+    open_recoveries: Tree,
     writes: Mutex<()>,
 }
 
@@ -89,6 +96,8 @@ impl Store {
             by_status: db.open_tree("by_status")?,
             by_namespace: db.open_tree("by_namespace")?,
             by_deadline: db.open_tree("by_deadline")?,
+            recoveries: db.open_tree("recoveries")?,
+            open_recoveries: db.open_tree("open_recoveries")?,
             db,
             writes: Mutex::new(()),
         })
@@ -218,9 +227,20 @@ impl Store {
             &self.by_status,
             &self.by_namespace,
             &self.by_deadline,
+            &self.recoveries,
+            &self.open_recoveries,
         );
         let outcome = trees.transaction(
-            |(jobs, executions, by_thing, by_status, by_namespace, by_deadline)| {
+            |(
+                jobs,
+                executions,
+                by_thing,
+                by_status,
+                by_namespace,
+                by_deadline,
+                recoveries,
+                open,
+            )| {
                 if let Some(after) = change.job_after {
                     jobs.insert(after.key(), codec::encode(after))?;
                 }
@@ -249,6 +269,9 @@ impl Store {
                 }
                 if let (Some(before), None) = (change.job_before, change.job_after) {
                     jobs.remove(before.key())?;
+                }
+                for recovery in change.put_recoveries {
+                    write_recovery(recoveries, open, recovery)?;
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             },
@@ -288,6 +311,65 @@ impl Store {
             }
         }
         Ok(ids)
+    }
+
+    /// A fresh, never reused recovery id.
+    pub fn next_recovery_id(&self) -> Result<u64> {
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    pub fn recovery(&self, id: u64) -> Result<Option<RecoveryRecord>> {
+        self.recoveries
+            .get(id.to_be_bytes())?
+            .map(|v| decode(&v, || format!("recovery {id}")))
+            .transpose()
+    }
+
+    /// Writes a recovery's new state (and moves it out of the open index once it has ended).
+    pub fn update_recovery(&self, recovery: &RecoveryRecord) -> Result<()> {
+        let outcome =
+            (&self.recoveries, &self.open_recoveries).transaction(|(recoveries, open)| {
+                write_recovery(recoveries, open, recovery)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("store transactions never abort"),
+        }
+    }
+
+    /// The PENDING recoveries, of one thing or of all, in id order.
+    pub fn open_recoveries(&self, thing_name: Option<&str>) -> Result<Vec<RecoveryRecord>> {
+        let prefix = thing_name
+            .map(|t| codec::thing_key(t, ""))
+            .unwrap_or_default();
+        let mut found = Vec::new();
+        for entry in self.open_recoveries.scan_prefix(prefix) {
+            let (key, _) = entry?;
+            let Some(id) = codec::recovery_id_of_open_key(&key) else {
+                continue;
+            };
+            if let Some(recovery) = self.recovery(id)? {
+                found.push(recovery);
+            }
+        }
+        found.sort_by_key(|r| r.id);
+        Ok(found)
+    }
+
+    /// Recoveries in id order, starting after `after`.
+    pub fn recoveries_after(
+        &self,
+        after: Option<u64>,
+    ) -> impl Iterator<Item = Result<RecoveryRecord>> + '_ {
+        let start = after.map_or(0, |id| id.saturating_add(1)).to_be_bytes();
+        self.recoveries.range(start..).map(|entry| {
+            let (key, value) = entry?;
+            decode(&value, || {
+                format!("recovery {}", String::from_utf8_lossy(&key))
+            })
+        })
     }
 
     /// Verifies that every index entry matches a record and every record has its index entries, and that
@@ -390,6 +472,37 @@ impl Store {
                 report.problem(format!("thing index: {thing}/{job_id} has no execution"));
             }
         }
+        for entry in self.recoveries.iter() {
+            let (_, value) = entry?;
+            let recovery: RecoveryRecord = match codec::decode(&value) {
+                Ok(r) => r,
+                Err(e) => {
+                    report.problem(format!("recovery: {e}"));
+                    continue;
+                }
+            };
+            let indexed = self
+                .open_recoveries
+                .contains_key(codec::open_recovery_key(&recovery))?;
+            if indexed != (recovery.state == RecoveryState::Pending) {
+                report.problem(format!(
+                    "recovery {}: open index disagrees with state {}",
+                    recovery.id,
+                    recovery.state.as_str()
+                ));
+            }
+        }
+        for entry in self.open_recoveries.iter() {
+            let (key, _) = entry?;
+            match codec::recovery_id_of_open_key(&key)
+                .map(|id| self.recovery(id))
+                .transpose()?
+            {
+                Some(Some(r)) if r.state == RecoveryState::Pending => {}
+                _ => report
+                    .problem("open recoveries index: an entry without a PENDING recovery".into()),
+            }
+        }
         for entry in self.by_deadline.iter() {
             let (key, _) = entry?;
             let Some((deadline, job_id, thing)) = codec::parse_deadline_key(&key) else {
@@ -408,6 +521,20 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+fn write_recovery(
+    recoveries: &TransactionalTree,
+    open: &TransactionalTree,
+    recovery: &RecoveryRecord,
+) -> std::result::Result<(), ConflictableTransactionError<()>> {
+    recoveries.insert(&recovery.id.to_be_bytes(), codec::encode(recovery))?;
+    if recovery.state == RecoveryState::Pending {
+        open.insert(codec::open_recovery_key(recovery), &[])?;
+    } else {
+        open.remove(codec::open_recovery_key(recovery))?;
+    }
+    Ok(())
 }
 
 fn write_job_indexes(

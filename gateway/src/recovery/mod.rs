@@ -1,0 +1,16 @@
+//! Durable recoveries: bringing a device back to a valid state after its IN_PROGRESS execution was
+//! removed by a job deletion or canceled by a forced CancelJob.
+//!
+//! A recovery is created in the same store transaction that interrupts the execution (in `deletion` and in
+//! the engine's CancelJob), for devices that a `[[recovery]]` route ([`Routes`]) gives a handler. The
+//! runner ([`runner`]) then calls that route's plugin (through the containment of [`crate::plugins`]) once
+//! the device is attached — at once, or when it next connects and subscribes — applies the actions it
+//! answers (MQTT messages to the device, status details to record) and records its outcome: RECOVERED,
+//! FAILED, or another attempt later. The attempt counter is written before each call, so a crash in the
+//! middle re-runs the attempt after the restart and the handler, told the attempt number, can be
+//! idempotent. Every recovery ends in exactly one recorded outcome.
+
+mod routes;
+pub mod runner;
+
+pub use routes::Routes;

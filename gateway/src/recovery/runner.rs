@@ -1,0 +1,409 @@
+//! Runs PENDING recoveries through their plugins and records each outcome.
+//!
+//! The runner wakes every half second, when a device subscribes (it is attached and listening, so a
+//! command published to it now is received), and when a device publishes to its route's `ack_topic`. It
+//! runs the due recoveries of attached devices, one call at a time per route instance (plugin instances
+//! serialize their calls anyway). A handler failure (panic, error, garbage answer, overrun) is recorded
+//! and retried after a backoff that doubles, up to the route's `max_failures`; an overrun quarantines the
+//! plugin instance, which is replaced by a fresh one at most [`MAX_REPLACEMENTS`] times per route (each
+//! stuck instance keeps its thread), after which the route's recoveries fail.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sprig_sdk::{Action, Outcome, Reason, RecoveryContext};
+use tokio::sync::{broadcast, watch, Mutex};
+
+use super::Routes;
+use crate::auth::Principal;
+use crate::broker::{Broker, BrokerError, InternalSender};
+use crate::config::RecoveryRoute;
+use crate::jobs::model::{now_ms, RecoveryReason, RecoveryRecord, RecoveryState};
+use crate::plugins::{PluginError, PluginInstance, PluginLibrary};
+use crate::store::Store;
+
+/// How often a route's quarantined plugin instance is replaced before the route gives up.
+pub const MAX_REPLACEMENTS: u32 = 3;
+const TICK: Duration = Duration::from_millis(500);
+
+/// One `[[recovery]]` route, its plugin loaded.
+pub struct LoadedRoute {
+    route: RecoveryRoute,
+    library: Arc<PluginLibrary>,
+    config: serde_json::Value,
+    instance: Mutex<Option<PluginInstance>>,
+    replacements: std::sync::atomic::AtomicU32,
+}
+
+/// Loads every route's plugin and makes its instance, refusing the whole set if one fails (a gateway
+/// that silently lacks a configured handler would be worse than one that does not start).
+pub async fn load(routes: &[RecoveryRoute]) -> anyhow::Result<Vec<LoadedRoute>> {
+    let mut loaded = Vec::with_capacity(routes.len());
+    for (i, route) in routes.iter().enumerate() {
+        let path = route.plugin.clone();
+        let library = tokio::task::spawn_blocking(move || PluginLibrary::load(path))
+            .await?
+            .with_context(|| format!("recovery[{i}]: cannot load the plugin"))?;
+        let config = crate::plugins::toml_config(&route.config);
+        let budget = Duration::from_millis(route.budget_ms);
+        let instance = PluginInstance::new(library.clone(), config.clone(), budget)
+            .await
+            .with_context(|| format!("recovery[{i}]: the plugin refused its config"))?;
+        tracing::info!(
+            route = i,
+            plugin = library.name(),
+            things = %route.things,
+            namespace = ?route.namespace,
+            "recovery handler loaded"
+        );
+        loaded.push(LoadedRoute {
+            route: route.clone(),
+            library,
+            config,
+            instance: Mutex::new(Some(instance)),
+            replacements: Default::default(),
+        });
+    }
+    Ok(loaded)
+}
+
+/// Runs recoveries until `shutdown` turns true.
+pub async fn run(
+    broker: Arc<Broker>,
+    store: Arc<Store>,
+    routes: Arc<Routes>,
+    loaded: Vec<LoadedRoute>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BrokerError> {
+    let mut client = broker.internal_client("sprig-recovery").await?;
+    for route in &loaded {
+        if let Some(topic) = &route.route.ack_topic {
+            client.subscribe(&topic.replace("{thing}", "+")).await?;
+        }
+    }
+    let (sender, mut receiver) = client.split();
+    let mut subscriptions = broker.subscriptions();
+    let runner = Runner {
+        broker,
+        store,
+        routes,
+        loaded,
+        sender,
+    };
+    let mut listening: HashSet<String> = HashSet::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut acknowledged_topic = None;
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            _ = tick.tick() => {}
+            event = subscriptions.recv() => match event {
+                Ok(event) => { listening.insert(event.client_id); }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            message = receiver.next() => acknowledged_topic = Some(message?.0),
+        }
+        if let Some(topic) = acknowledged_topic {
+            runner.acknowledge(&topic).await;
+        }
+        listening.retain(|thing| runner.is_attached(thing));
+        runner.run_due(&listening).await;
+    }
+}
+
+struct Runner {
+    broker: Arc<Broker>,
+    store: Arc<Store>,
+    routes: Arc<Routes>,
+    loaded: Vec<LoadedRoute>,
+    sender: InternalSender,
+}
+
+impl Runner {
+    fn is_attached(&self, thing: &str) -> bool {
+        matches!(self.broker.sessions().principal(thing), Some(Principal::Device { thing_name }) if thing_name == thing)
+    }
+
+    /// A message on an `ack_topic`: the device's PENDING recoveries on that route are acknowledged and due.
+    async fn acknowledge(&self, topic: &str) {
+        let Some(thing) = self
+            .loaded
+            .iter()
+            .find_map(|r| thing_in_topic(r.route.ack_topic.as_deref()?, topic))
+        else {
+            return;
+        };
+        let now = now_ms();
+        for mut recovery in self
+            .blocking(move |s| s.open_recoveries(Some(&thing)))
+            .await
+            .unwrap_or_default()
+        {
+            recovery.acknowledged = true;
+            recovery.next_attempt_at = now;
+            recovery.updated_at = now;
+            self.save(recovery).await;
+        }
+    }
+
+    /// Runs every due recovery of a device that is attached and listening.
+    async fn run_due(&self, listening: &HashSet<String>) {
+        let now = now_ms();
+        let Some(open) = self.blocking(|s| s.open_recoveries(None)).await else {
+            return;
+        };
+        for recovery in open {
+            if recovery.next_attempt_at <= now && listening.contains(&recovery.thing_name) {
+                self.attempt(recovery).await;
+            }
+        }
+    }
+
+    /// One handler call for `recovery`, and its consequences recorded.
+    async fn attempt(&self, mut recovery: RecoveryRecord) {
+        let Some(index) = self
+            .routes
+            .route_for(&recovery.thing_name, recovery.namespace_id.as_deref())
+        else {
+            recovery.last_error = Some("no [[recovery]] route matches this device any more".into());
+            return self.finish(recovery, RecoveryState::Failed).await;
+        };
+        let route = &self.loaded[index];
+        // Recorded before the call: a crash during it re-runs this attempt, with a higher number.
+        recovery.attempts += 1;
+        recovery.updated_at = now_ms();
+        if !self.save(recovery.clone()).await {
+            return;
+        }
+        let context = context_of(&recovery);
+        let answer = match self.instance_of(route).await {
+            Ok(instance) => instance.recover(&context).await,
+            Err(e) => Err(e),
+        };
+        let now = now_ms();
+        recovery.acknowledged = false;
+        match answer
+            .map_err(|e| e.to_string())
+            .and_then(|answer| check_actions(&recovery.thing_name, answer))
+        {
+            Ok(answer) => self.apply(&mut recovery, answer, route, now).await,
+            Err(error) => {
+                tracing::warn!(
+                    plugin = route.library.name(),
+                    thing = %recovery.thing_name,
+                    job_id = %recovery.job_id,
+                    attempt = recovery.attempts,
+                    %error,
+                    "recovery handler failed"
+                );
+                recovery.failures += 1;
+                recovery.last_error = Some(error);
+                if recovery.failures >= route.route.max_failures {
+                    return self.finish(recovery, RecoveryState::Failed).await;
+                }
+                let backoff = route
+                    .route
+                    .retry_backoff_ms
+                    .saturating_mul(1 << (recovery.failures - 1).min(16));
+                recovery.next_attempt_at = now + backoff as i64;
+            }
+        }
+        if recovery.state == RecoveryState::Pending && recovery.attempts >= route.route.max_attempts
+        {
+            recovery.last_error = Some(format!("gave up after {} attempts", recovery.attempts));
+            return self.finish(recovery, RecoveryState::Failed).await;
+        }
+        let state = recovery.state;
+        self.finish(recovery, state).await;
+    }
+
+    /// Carries out the handler's actions and takes its outcome.
+    async fn apply(
+        &self,
+        recovery: &mut RecoveryRecord,
+        answer: sprig_sdk::Recovery,
+        route: &LoadedRoute,
+        now: i64,
+    ) {
+        for action in answer.actions {
+            match action {
+                Action::Publish { topic, payload, .. } => {
+                    if let Err(e) = self
+                        .sender
+                        .publish(&topic, payload.into_bytes().into())
+                        .await
+                    {
+                        tracing::warn!(thing = %recovery.thing_name, topic, error = %e, "could not publish a recovery command");
+                    }
+                }
+                Action::SetStatusDetails { status_details } => {
+                    recovery.recorded_status_details = Some(status_details)
+                }
+            }
+        }
+        match answer.outcome {
+            Outcome::Recovered => recovery.state = RecoveryState::Recovered,
+            Outcome::Failed { reason } => {
+                recovery.last_error = Some(reason);
+                recovery.state = RecoveryState::Failed;
+            }
+            Outcome::RetryLater { after_ms } => {
+                recovery.next_attempt_at = now + after_ms.min(86_400_000) as i64
+            }
+        }
+        if recovery.state != RecoveryState::Pending {
+            tracing::info!(
+                plugin = route.library.name(),
+                thing = %recovery.thing_name,
+                job_id = %recovery.job_id,
+                outcome = recovery.state.as_str(),
+                attempts = recovery.attempts,
+                "recovery ended"
+            );
+        }
+    }
+
+    /// The route's live instance, replacing a quarantined one a bounded number of times.
+    async fn instance_of<'a>(
+        &self,
+        route: &'a LoadedRoute,
+    ) -> Result<tokio::sync::MappedMutexGuard<'a, PluginInstance>, PluginError> {
+        let mut slot = route.instance.lock().await;
+        if slot.as_ref().is_none_or(PluginInstance::is_quarantined) {
+            let replaced = route
+                .replacements
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if replaced >= MAX_REPLACEMENTS {
+                return Err(PluginError::Quarantined {
+                    plugin: route.library.name().to_owned(),
+                });
+            }
+            tracing::warn!(
+                plugin = route.library.name(),
+                "replacing a quarantined plugin instance"
+            );
+            let budget = Duration::from_millis(route.route.budget_ms);
+            *slot = Some(
+                PluginInstance::new(route.library.clone(), route.config.clone(), budget).await?,
+            );
+        }
+        Ok(tokio::sync::MutexGuard::map(slot, |s| {
+            s.as_mut().expect("just filled")
+        }))
+    }
+
+    async fn finish(&self, mut recovery: RecoveryRecord, state: RecoveryState) {
+        recovery.state = state;
+        recovery.updated_at = now_ms();
+        self.save(recovery).await;
+    }
+
+    /// Writes a recovery; false if the store failed (logged; the recovery stays as it was).
+    async fn save(&self, recovery: RecoveryRecord) -> bool {
+        let saved = self
+            .blocking(move |s| {
+                s.update_recovery(&recovery)?;
+                s.flush()
+            })
+            .await;
+        saved.is_some()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Option<T> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || work(&store)).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "recovery store access failed");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recovery store task failed");
+                None
+            }
+        }
+    }
+}
+
+/// The context a handler gets for `recovery`.
+fn context_of(recovery: &RecoveryRecord) -> RecoveryContext {
+    RecoveryContext {
+        thing_name: recovery.thing_name.clone(),
+        job_id: recovery.job_id.clone(),
+        namespace_id: recovery.namespace_id.clone(),
+        job_document: serde_json::from_str(&recovery.job_document)
+            .unwrap_or_else(|_| serde_json::Value::String(recovery.job_document.clone())),
+        execution_status: recovery.execution_status.as_str().to_owned(),
+        status_details: recovery.status_details.clone(),
+        reason: match recovery.reason {
+            RecoveryReason::JobDeleted => Reason::ForceDeleted,
+            RecoveryReason::JobForceCanceled => Reason::ForceCanceled,
+        },
+        attempt: recovery.attempts,
+        acknowledged: recovery.acknowledged,
+    }
+}
+
+/// A handler may publish only to its device's own topics: anything else is a garbage answer.
+fn check_actions(thing: &str, answer: sprig_sdk::Recovery) -> Result<sprig_sdk::Recovery, String> {
+    let own = format!("$aws/things/{thing}/");
+    for action in &answer.actions {
+        if let Action::Publish { topic, .. } = action {
+            if !topic.starts_with(&own) {
+                return Err(format!("garbage answer: publish to `{topic}`, outside the device's own topics ({own}…)"));
+            }
+        }
+    }
+    Ok(answer)
+}
+
+/// The thing a `{thing}` template names in `topic`, if the topic is an instance of the template.
+fn thing_in_topic(template: &str, topic: &str) -> Option<String> {
+    let (prefix, suffix) = template.split_once("{thing}")?;
+    let thing = topic.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    (!thing.is_empty() && !thing.contains('/')).then(|| thing.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_topics_name_their_thing() {
+        let template = "$aws/things/{thing}/rollback/ack";
+        assert_eq!(
+            thing_in_topic(template, "$aws/things/pump-1/rollback/ack"),
+            Some("pump-1".into())
+        );
+        assert_eq!(
+            thing_in_topic(template, "$aws/things/a/b/rollback/ack"),
+            None
+        );
+        assert_eq!(
+            thing_in_topic(template, "$aws/things/pump-1/rollback"),
+            None
+        );
+    }
+
+    #[test]
+    fn handlers_publish_only_to_their_device() {
+        let publish = |topic: &str| sprig_sdk::Recovery {
+            actions: vec![Action::Publish {
+                topic: topic.into(),
+                payload: "{}".into(),
+                qos: 1,
+            }],
+            outcome: Outcome::Recovered,
+        };
+        assert!(check_actions("d1", publish("$aws/things/d1/rollback")).is_ok());
+        assert!(check_actions("d1", publish("$aws/things/d2/rollback")).is_err());
+        assert!(check_actions("d1", publish("$sprig/control/x/DeleteJob")).is_err());
+    }
+}
