@@ -26,7 +26,7 @@ use crate::jobs::{Engine, JobsError};
 pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
 
 /// The operations served, as they appear in request topics.
-pub const OPERATIONS: [&str; 7] = [
+pub const OPERATIONS: [&str; 9] = [
     "CreateJob",
     "DeleteJob",
     "DescribeJob",
@@ -34,6 +34,8 @@ pub const OPERATIONS: [&str; 7] = [
     "CancelJob",
     "DescribeJobExecution",
     "ListJobExecutionsForJob",
+    "ListRecoveries",
+    "DescribeRecovery",
 ];
 
 /// Serves control requests until `shutdown` turns true.
@@ -144,6 +146,8 @@ impl Service {
             "DescribeJobExecution" => {
                 respond(engine.describe_job_execution(grants, typed(body)?).await)
             }
+            "ListRecoveries" => respond(engine.list_recoveries(grants, typed(body)?).await),
+            "DescribeRecovery" => respond(engine.describe_recovery(grants, typed(body)?).await),
             "ListJobExecutionsForJob" => respond(
                 engine
                     .list_job_executions_for_job(grants, typed(body)?)

@@ -351,7 +351,53 @@ pub static OPERATIONS: &[Operation] = &[
             ("nextToken", Shape::String),
         ])),
     },
+    Operation {
+        command: "list-recoveries",
+        name: "ListRecoveries",
+        about:
+            "Lists the durable recoveries of devices whose job execution was interrupted (sprig)",
+        params: &[
+            param("thingName", Shape::String, "Only this device's recoveries."),
+            param("jobId", Shape::String, "Only recoveries for this job."),
+            param("status", Shape::String, "PENDING, RECOVERED or FAILED."),
+            MAX_RESULTS,
+            NEXT_TOKEN,
+        ],
+        output: Some(Shape::Struct(&[
+            ("recoveries", Shape::List(&RECOVERY)),
+            ("nextToken", Shape::String),
+        ])),
+    },
+    Operation {
+        command: "describe-recovery",
+        name: "DescribeRecovery",
+        about: "Describes one durable recovery (sprig)",
+        params: &[required(
+            "recoveryId",
+            Shape::String,
+            "The recovery's id, as list-recoveries shows it.",
+        )],
+        output: Some(Shape::Struct(&[("recovery", RECOVERY)])),
+    },
 ];
+
+/// A recovery as `list-recoveries` and `describe-recovery` print it.
+const RECOVERY: Shape = Shape::Struct(&[
+    ("recoveryId", Shape::String),
+    ("thingName", Shape::String),
+    ("jobId", Shape::String),
+    ("namespaceId", Shape::String),
+    ("reason", Shape::String),
+    ("status", Shape::String),
+    ("executionStatus", Shape::String),
+    ("attempts", Shape::Integer),
+    ("failures", Shape::Integer),
+    ("lastError", Shape::String),
+    ("recordedStatusDetails", Shape::Map(&Shape::String)),
+    ("createdAt", Shape::Timestamp),
+    ("lastUpdatedAt", Shape::Timestamp),
+    ("nextAttemptAt", Shape::Timestamp),
+]);
 
 #[cfg(test)]
 mod tests {

@@ -322,3 +322,79 @@ impl Arns {
         }
     }
 }
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListRecoveriesRequest {
+    pub thing_name: Option<String>,
+    pub job_id: Option<String>,
+    pub status: Option<String>,
+    pub max_results: Option<u32>,
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DescribeRecoveryRequest {
+    pub recovery_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListRecoveriesResponse {
+    pub recoveries: Vec<RecoveryView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DescribeRecoveryResponse {
+    pub recovery: RecoveryView,
+}
+
+/// A durable recovery as operators see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryView {
+    pub recovery_id: String,
+    pub thing_name: String,
+    pub job_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace_id: Option<String>,
+    pub reason: &'static str,
+    pub status: &'static str,
+    pub execution_status: &'static str,
+    pub attempts: u32,
+    pub failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_status_details: Option<BTreeMap<String, String>>,
+    pub created_at: f64,
+    pub last_updated_at: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<f64>,
+}
+
+impl RecoveryView {
+    pub fn of(r: &super::model::RecoveryRecord) -> RecoveryView {
+        let pending = r.state == super::model::RecoveryState::Pending;
+        RecoveryView {
+            recovery_id: r.id.to_string(),
+            thing_name: r.thing_name.clone(),
+            job_id: r.job_id.clone(),
+            namespace_id: r.namespace_id.clone(),
+            reason: r.reason.as_str(),
+            status: r.state.as_str(),
+            execution_status: r.execution_status.as_str(),
+            attempts: r.attempts,
+            failures: r.failures,
+            last_error: r.last_error.clone(),
+            recorded_status_details: r.recorded_status_details.clone(),
+            created_at: seconds(r.created_at),
+            last_updated_at: seconds(r.updated_at),
+            next_attempt_at: pending.then(|| seconds(r.next_attempt_at)),
+        }
+    }
+}

@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::api::*;
 use super::model::{
     now_ms, DeletionInfo, Execution, ExecutionCounts, ExecutionStatus, Job, JobStatus,
-    RecoveryReason, RecoveryRecord,
+    RecoveryReason, RecoveryRecord, RecoveryState,
 };
 use super::{validate, JobEvent, JobEventKind, JobsError};
 use crate::auth::Grants;
@@ -318,6 +318,94 @@ impl Engine {
                     .map(|e| engine.arns.execution_summary(e))
                     .collect(),
                 next_token,
+            })
+        })
+        .await
+    }
+
+    pub async fn list_recoveries(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: ListRecoveriesRequest,
+    ) -> Result<ListRecoveriesResponse> {
+        let limit = validate::max_results(request.max_results)?;
+        let state = request
+            .status
+            .as_deref()
+            .map(|s| {
+                RecoveryState::parse(s).ok_or_else(|| {
+                    JobsError::InvalidRequest(format!(
+                        "status: must be one of PENDING, RECOVERED, FAILED; got \"{s}\""
+                    ))
+                })
+            })
+            .transpose()?;
+        if let Some(thing) = &request.thing_name {
+            validate::thing_name("thingName", thing)?;
+        }
+        if let Some(job_id) = &request.job_id {
+            validate::job_id("jobId", job_id)?;
+        }
+        let after = request
+            .next_token
+            .as_deref()
+            .map(|t| {
+                t.parse::<u64>().map_err(|_| {
+                    JobsError::InvalidRequest(format!(
+                        "nextToken: not a token this gateway issued; got \"{t}\""
+                    ))
+                })
+            })
+            .transpose()?;
+        self.blocking(move |engine| {
+            let mut found = Vec::new();
+            for recovery in engine.store.recoveries_after(after) {
+                let recovery = recovery?;
+                let wanted = grants.may_see(recovery.namespace_id.as_deref())
+                    && state.is_none_or(|s| s == recovery.state)
+                    && request
+                        .thing_name
+                        .as_ref()
+                        .is_none_or(|t| *t == recovery.thing_name)
+                    && request
+                        .job_id
+                        .as_ref()
+                        .is_none_or(|j| *j == recovery.job_id);
+                if wanted {
+                    found.push(recovery);
+                    if found.len() > limit {
+                        break;
+                    }
+                }
+            }
+            let next_token = (found.len() > limit).then(|| found[limit - 1].id.to_string());
+            found.truncate(limit);
+            Ok(ListRecoveriesResponse {
+                recoveries: found.iter().map(RecoveryView::of).collect(),
+                next_token,
+            })
+        })
+        .await
+    }
+
+    pub async fn describe_recovery(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: DescribeRecoveryRequest,
+    ) -> Result<DescribeRecoveryResponse> {
+        let missing = || {
+            JobsError::ResourceNotFound(format!("Recovery {} does not exist", request.recovery_id))
+        };
+        let id: u64 = request.recovery_id.parse().map_err(|_| missing())?;
+        let not_found = missing();
+        self.blocking(move |engine| {
+            let recovery = engine
+                .store
+                .recovery(id)?
+                .filter(|r| grants.may_see(r.namespace_id.as_deref()))
+                .ok_or(not_found)?;
+            Ok(DescribeRecoveryResponse {
+                recovery: RecoveryView::of(&recovery),
             })
         })
         .await

@@ -786,4 +786,39 @@ mod tests {
         let store = Store::open(dir.path(), 8 << 20).unwrap();
         assert_eq!(store.job("j1").unwrap(), Some(j));
     }
+
+    #[test]
+    fn recoveries_are_indexed_while_pending() {
+        use crate::jobs::model::{RecoveryReason, RecoveryRecord, RecoveryState};
+        let (_dir, store) = open();
+        let (j, mut execs) = job("j1", None, &["t1", "t2"]);
+        execs[0].status = ExecutionStatus::InProgress;
+        let mut recovery =
+            RecoveryRecord::for_execution(&j, &execs[0], RecoveryReason::JobDeleted, 5);
+        recovery.id = store.next_recovery_id().unwrap();
+        let mut counts = ExecutionCounts::default();
+        execs.iter().for_each(|e| counts.add(e.status));
+        let j = Job { counts, ..j };
+        store
+            .commit(&Change {
+                job_after: Some(&j),
+                put_executions: &execs,
+                put_recoveries: std::slice::from_ref(&recovery),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            store.open_recoveries(Some("t1")).unwrap(),
+            vec![recovery.clone()]
+        );
+        assert!(store.open_recoveries(Some("t2")).unwrap().is_empty());
+        assert!(store.check().unwrap().is_consistent());
+
+        recovery.state = RecoveryState::Recovered;
+        store.update_recovery(&recovery).unwrap();
+        assert!(store.open_recoveries(None).unwrap().is_empty());
+        assert_eq!(store.recovery(recovery.id).unwrap(), Some(recovery));
+        let report = store.check().unwrap();
+        assert!(report.is_consistent(), "{report}");
+    }
 }

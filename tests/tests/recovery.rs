@@ -1,0 +1,271 @@
+//! Recovery plugins end to end: the real gateway loads the real plugins of `plugins/`, a job is
+//! force-deleted (or force-canceled) under a device that was executing it, and the device is brought back
+//! by its handler — at once, after it reconnects, after a SIGKILL — while misbehaving handlers are
+//! contained and the gateway keeps serving devices.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sprig_tests::device::{Device, Protocol};
+use sprig_tests::{create_job, plugin_path, Gateway, Operator};
+
+/// `[[recovery]]` routes: rollback for `roll-*`, reset for `reset-*`, and the misbehaving plugin for
+/// `panic-*`, `hang-*`, `garbage-*`, `error-*`.
+fn config_with_routes(config: String) -> String {
+    let rollback = plugin_path("sprig-plugin-rollback");
+    let reset = plugin_path("sprig-plugin-reset");
+    let misbehave = plugin_path("sprig-plugin-misbehave");
+    let mut text = format!(
+        r#"{config}
+[[recovery]]
+things = "roll-*"
+plugin = {rollback:?}
+ack_topic = "$aws/things/{{thing}}/rollback/ack"
+[recovery.config]
+topic = "$aws/things/{{thing}}/rollback"
+payload = "{{\"jobId\":\"{{jobId}}\",\"action\":\"rollback\"}}"
+ack_timeout_ms = 1500
+max_attempts = 10
+
+[[recovery]]
+things = "reset-*"
+plugin = {reset:?}
+[recovery.config]
+status_details = {{ state = "reset", job = "{{jobId}}" }}
+"#
+    );
+    for mode in ["panic", "hang", "garbage", "error"] {
+        text.push_str(&format!(
+            "\n[[recovery]]\nthings = \"{mode}-*\"\nplugin = {misbehave:?}\nbudget_ms = 300\nmax_failures = 2\nretry_backoff_ms = 100\n[recovery.config]\nmode = \"{mode}\"\nhang_ms = 5000\n"
+        ));
+    }
+    text
+}
+
+/// A device that has started its execution of `job_id` (it is IN_PROGRESS).
+async fn start_job(gateway: &Gateway, op: &mut Operator, thing: &str, job_id: &str) -> Device {
+    op.request("CreateJob", create_job(job_id, None, &[thing]))
+        .await
+        .unwrap();
+    let mut device = Device::connect(gateway.addr, thing, Protocol::V311).await;
+    device
+        .subscribe(&[&format!("$aws/things/{thing}/rollback")])
+        .await;
+    let (accepted, body) = device.request("start-next", json!({})).await;
+    assert!(accepted, "{body}");
+    assert_eq!(body["execution"]["status"], "IN_PROGRESS");
+    device
+}
+
+/// Polls ListRecoveries for `thing` until its one recovery satisfies `done`.
+async fn wait_for_recovery(
+    op: &mut Operator,
+    thing: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let listed = op
+            .request("ListRecoveries", json!({ "thingName": thing }))
+            .await
+            .unwrap();
+        if let Some(recovery) = listed["recoveries"].as_array().and_then(|r| r.first()) {
+            if done(recovery) {
+                return recovery.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{thing}: recovery not as expected within {within:?}: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_force_deleted_device_receives_its_rollback_and_acknowledges_it() {
+    let gateway = Gateway::start_with(config_with_routes);
+    let mut op = gateway.operator().await;
+    let mut device = start_job(&gateway, &mut op, "roll-1", "fw-1").await;
+
+    op.request("DeleteJob", json!({"jobId": "fw-1", "force": true}))
+        .await
+        .unwrap();
+    let command = device
+        .expect_message("$aws/things/roll-1/rollback", Duration::from_secs(10))
+        .await;
+    assert_eq!(command, json!({"jobId": "fw-1", "action": "rollback"}));
+    let pending = wait_for_recovery(&mut op, "roll-1", Duration::from_secs(5), |r| {
+        r["attempts"] == 1
+    })
+    .await;
+    assert_eq!(
+        (pending["status"].as_str(), pending["reason"].as_str()),
+        (Some("PENDING"), Some("JOB_DELETED"))
+    );
+    assert_eq!(pending["executionStatus"], "IN_PROGRESS");
+
+    device
+        .publish("$aws/things/roll-1/rollback/ack", "{}")
+        .await;
+    let done = wait_for_recovery(&mut op, "roll-1", Duration::from_secs(10), |r| {
+        r["status"] != "PENDING"
+    })
+    .await;
+    assert_eq!(done["status"], "RECOVERED", "{done}");
+    assert_eq!(done["attempts"], 2);
+    let described = op
+        .request(
+            "DescribeRecovery",
+            json!({"recoveryId": done["recoveryId"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(described["recovery"], done);
+
+    // The CLI shows the same.
+    let out = gateway.cli(&[
+        "list-recoveries",
+        "--thing-name",
+        "roll-1",
+        "--status",
+        "RECOVERED",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["recoveries"][0]["recoveryId"], done["recoveryId"]);
+    let id = done["recoveryId"].as_str().unwrap();
+    let out = gateway.cli(&["describe-recovery", "--recovery-id", id]);
+    let described: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(described["recovery"]["status"], "RECOVERED");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_device_is_recovered_when_it_comes_back_even_after_a_sigkill() {
+    let mut gateway = Gateway::start_with(config_with_routes);
+    let mut op = gateway.operator().await;
+    let device = start_job(&gateway, &mut op, "roll-2", "fw-2").await;
+    device.disconnect().await;
+
+    op.request("DeleteJob", json!({"jobId": "fw-2", "force": true}))
+        .await
+        .unwrap();
+    let pending = wait_for_recovery(&mut op, "roll-2", Duration::from_secs(10), |r| {
+        r["status"] == "PENDING"
+    })
+    .await;
+    assert_eq!(
+        pending["attempts"], 0,
+        "nothing runs while the device is away: {pending}"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let still = wait_for_recovery(&mut op, "roll-2", Duration::from_secs(1), |_| true).await;
+    assert_eq!(still["attempts"], 0, "{still}");
+
+    // The gateway dies between the force-delete and the recovery; the recovery is durable.
+    drop(op);
+    gateway.kill9();
+    gateway.spawn();
+    let mut op = gateway.operator().await;
+    assert_eq!(op.job_status("fw-2").await, "ResourceNotFoundException");
+
+    let mut device = Device::connect(gateway.addr, "roll-2", Protocol::V5).await;
+    device.subscribe(&["$aws/things/roll-2/rollback"]).await;
+    let command = device
+        .expect_message("$aws/things/roll-2/rollback", Duration::from_secs(10))
+        .await;
+    assert_eq!(command["jobId"], "fw-2");
+    device
+        .publish("$aws/things/roll-2/rollback/ack", "{}")
+        .await;
+    let done = wait_for_recovery(&mut op, "roll-2", Duration::from_secs(10), |r| {
+        r["status"] != "PENDING"
+    })
+    .await;
+    assert_eq!(done["status"], "RECOVERED", "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_force_canceled_device_has_its_state_reset() {
+    let gateway = Gateway::start_with(config_with_routes);
+    let mut op = gateway.operator().await;
+    let _device = start_job(&gateway, &mut op, "reset-1", "cfg-1").await;
+    op.request("CancelJob", json!({"jobId": "cfg-1", "force": true}))
+        .await
+        .unwrap();
+    let done = wait_for_recovery(&mut op, "reset-1", Duration::from_secs(10), |r| {
+        r["status"] != "PENDING"
+    })
+    .await;
+    assert_eq!(done["status"], "RECOVERED", "{done}");
+    assert_eq!(done["reason"], "JOB_FORCE_CANCELED");
+    assert_eq!(
+        done["recordedStatusDetails"],
+        json!({"state": "reset", "job": "cfg-1"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misbehaving_handlers_are_contained_and_the_gateway_keeps_serving() {
+    let gateway = Gateway::start_with(config_with_routes);
+    let mut op = gateway.operator().await;
+    let mut devices = Vec::new();
+    for mode in ["panic", "hang", "garbage", "error"] {
+        devices.push(
+            start_job(
+                &gateway,
+                &mut op,
+                &format!("{mode}-1"),
+                &format!("job-{mode}"),
+            )
+            .await,
+        );
+        op.request(
+            "DeleteJob",
+            json!({"jobId": format!("job-{mode}"), "force": true}),
+        )
+        .await
+        .unwrap();
+    }
+    for (mode, expected) in [
+        ("panic", "panicked"),
+        ("hang", "300"),
+        ("garbage", "garbage"),
+        ("error", ""),
+    ] {
+        let thing = format!("{mode}-1");
+        let done = wait_for_recovery(&mut op, &thing, Duration::from_secs(20), |r| {
+            r["status"] != "PENDING"
+        })
+        .await;
+        assert_eq!(done["status"], "FAILED", "{done}");
+        assert_eq!(done["failures"], 2, "{done}");
+        let error = done["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
+        assert!(
+            error.contains("misbehave") && error.contains(expected),
+            "{mode}: {error}"
+        );
+    }
+
+    // Throughout, the gateway serves devices: a fresh device runs a whole job.
+    op.request("CreateJob", create_job("after", None, &["ok-1"]))
+        .await
+        .unwrap();
+    let mut device = Device::connect(gateway.addr, "ok-1", Protocol::V311).await;
+    let (accepted, body) = device.request("start-next", json!({})).await;
+    assert!(accepted && body["execution"]["jobId"] == "after", "{body}");
+    let (accepted, body) = device
+        .request("after/update", json!({"status": "SUCCEEDED"}))
+        .await;
+    assert!(accepted, "{body}");
+    assert_eq!(op.job_status("after").await, "COMPLETED");
+}
