@@ -31,14 +31,8 @@ fn cargo_build(args: &[&str]) {
     assert!(status.success(), "cargo build {args:?} failed");
 }
 
-fn rollback_plugin() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        cargo_build(&["-p", "sprig-plugin-rollback"]);
-        target_dir()
-            .join("debug")
-            .join("libsprig_plugin_rollback.so")
-    })
+fn rollback_plugin() -> PathBuf {
+    sprig_tests::plugin_path("sprig-plugin-rollback")
 }
 
 /// misbehave built with `--features wrong-abi`, in its own target dir.
@@ -71,7 +65,7 @@ fn check(path: &Path) -> (Output, String, String) {
 
 #[test]
 fn a_good_plugin_prints_its_descriptor() {
-    let (out, stdout, stderr) = check(rollback_plugin());
+    let (out, stdout, stderr) = check(&rollback_plugin());
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
     assert!(
         stdout.contains("name:        sprig-plugin-rollback"),
@@ -120,6 +114,39 @@ fn a_file_that_is_not_a_library_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("missing.so") && stderr.contains("cannot open plugin"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_refuses_a_recovery_route_whose_plugin_has_the_wrong_abi() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}\n[[recovery]]\nplugin = {:?}\n",
+        sprig_tests::DEFAULT_CONFIG
+            .replace(
+                "127.0.0.1:1883",
+                &format!("127.0.0.1:{}", sprig_tests::free_port())
+            )
+            .replace(
+                "./sprig-data",
+                &dir.path().join("data").display().to_string()
+            ),
+        wrong_abi_plugin()
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(sprig_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("recovery[0]"), "{stderr}");
+    assert!(
+        stderr.contains("ABI version 2") && stderr.contains("ABI version 1"),
         "{stderr}"
     );
 }
