@@ -86,6 +86,9 @@ pub fn delete_step(
         put_recoveries: &recoveries,
         ..Default::default()
     })?;
+    if !recoveries.is_empty() {
+        routes.announce();
+    }
     let pending_things = executions
         .iter()
         .filter(|e| !e.status.is_terminal())

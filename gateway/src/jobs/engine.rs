@@ -613,6 +613,9 @@ impl Engine {
             ..Default::default()
         })?;
         self.store.flush()?;
+        if !recoveries.is_empty() {
+            self.routes.announce();
+        }
         tracing::info!(job_id = %job.job_id, force = request.force, executions = changed.len(), "job canceled");
         self.emit(
             JobEventKind::Canceled,

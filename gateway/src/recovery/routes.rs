@@ -7,6 +7,8 @@ use crate::config::RecoveryRoute;
 #[derive(Debug, Default)]
 pub struct Routes {
     routes: Vec<(glob::Pattern, Option<String>)>,
+    /// Rung by whoever commits new recoveries, so the runner starts them without waiting for its timer.
+    created: tokio::sync::Notify,
 }
 
 impl Routes {
@@ -17,7 +19,18 @@ impl Routes {
                 .iter()
                 .filter_map(|r| Some((glob::Pattern::new(&r.things).ok()?, r.namespace.clone())))
                 .collect(),
+            created: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Tells the runner that new recoveries were committed.
+    pub fn announce(&self) {
+        self.created.notify_one();
+    }
+
+    /// Resolves when [`Routes::announce`] was called (a call before the wait counts too).
+    pub async fn created(&self) {
+        self.created.notified().await
     }
 
     /// The index of the first route for `thing` in `namespace` (`None`: a standard job).

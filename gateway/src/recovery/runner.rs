@@ -96,22 +96,30 @@ pub async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Which devices to look at this time: one that acknowledged or subscribed, or all of them.
         let mut acknowledged_topic = None;
+        let mut subscribed = None;
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
             _ = tick.tick() => {}
+            _ = runner.routes.created() => {}
             event = subscriptions.recv() => match event {
-                Ok(event) => { listening.insert(event.client_id); }
+                Ok(event) => subscribed = Some(event.client_id),
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
             message = receiver.next() => acknowledged_topic = Some(message?.0),
         }
-        if let Some(topic) = acknowledged_topic {
-            runner.acknowledge(&topic).await;
-        }
+        let focus = match (acknowledged_topic, subscribed) {
+            (Some(topic), _) => runner.acknowledge(&topic).await,
+            (None, Some(thing)) => {
+                listening.insert(thing.clone());
+                Some(thing)
+            }
+            (None, None) => None,
+        };
         listening.retain(|thing| runner.is_attached(thing));
-        runner.run_due(&listening).await;
+        runner.run_due(&listening, focus).await;
     }
 }
 
@@ -128,32 +136,37 @@ impl Runner {
         matches!(self.broker.sessions().principal(thing), Some(Principal::Device { thing_name }) if thing_name == thing)
     }
 
-    /// A message on an `ack_topic`: the device's PENDING recoveries on that route are acknowledged and due.
-    async fn acknowledge(&self, topic: &str) {
-        let Some(thing) = self
+    /// A message on an `ack_topic`: the device's PENDING recoveries are acknowledged and due. Returns the
+    /// device.
+    async fn acknowledge(&self, topic: &str) -> Option<String> {
+        let thing = self
             .loaded
             .iter()
-            .find_map(|r| thing_in_topic(r.route.ack_topic.as_deref()?, topic))
-        else {
-            return;
-        };
+            .find_map(|r| thing_in_topic(r.route.ack_topic.as_deref()?, topic))?;
         let now = now_ms();
+        let of_thing = thing.clone();
         for mut recovery in self
-            .blocking(move |s| s.open_recoveries(Some(&thing)))
+            .blocking(move |s| s.open_recoveries(Some(&of_thing)))
             .await
             .unwrap_or_default()
         {
             recovery.acknowledged = true;
             recovery.next_attempt_at = now;
             recovery.updated_at = now;
-            self.save(recovery).await;
+            self.save(recovery, false).await;
         }
+        Some(thing)
     }
 
-    /// Runs every due recovery of a device that is attached and listening.
-    async fn run_due(&self, listening: &HashSet<String>) {
+    /// Runs every due recovery of the devices that are attached and listening (of `focus` only, if given:
+    /// an acknowledgement or a subscription concerns one device, and a full scan per message would make a
+    /// burst of N acknowledgements cost N²).
+    async fn run_due(&self, listening: &HashSet<String>, focus: Option<String>) {
         let now = now_ms();
-        let Some(open) = self.blocking(|s| s.open_recoveries(None)).await else {
+        let Some(open) = self
+            .blocking(move |s| s.open_recoveries(focus.as_deref()))
+            .await
+        else {
             return;
         };
         for recovery in open {
@@ -176,7 +189,9 @@ impl Runner {
         // Recorded before the call: a crash during it re-runs this attempt, with a higher number.
         recovery.attempts += 1;
         recovery.updated_at = now_ms();
-        if !self.save(recovery.clone()).await {
+        // Not flushed: sled writes it out within half a second, and a crash that loses it re-runs the
+        // attempt under the same number, which handlers must tolerate anyway.
+        if !self.save(recovery.clone(), false).await {
             return;
         }
         let context = context_of(&recovery);
@@ -299,15 +314,20 @@ impl Runner {
     async fn finish(&self, mut recovery: RecoveryRecord, state: RecoveryState) {
         recovery.state = state;
         recovery.updated_at = now_ms();
-        self.save(recovery).await;
+        // An outcome must not be lost: flushed before the runner moves on.
+        self.save(recovery, true).await;
     }
 
-    /// Writes a recovery; false if the store failed (logged; the recovery stays as it was).
-    async fn save(&self, recovery: RecoveryRecord) -> bool {
+    /// Writes a recovery (and makes it durable at once if `flush`); false if the store failed (logged; the
+    /// recovery stays as it was).
+    async fn save(&self, recovery: RecoveryRecord, flush: bool) -> bool {
         let saved = self
             .blocking(move |s| {
                 s.update_recovery(&recovery)?;
-                s.flush()
+                if flush {
+                    s.flush()?;
+                }
+                Ok(())
             })
             .await;
         saved.is_some()
