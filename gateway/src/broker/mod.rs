@@ -14,7 +14,7 @@
 //! against the filters the client was granted and queues the PUBLISH for that connection's writer. The
 //! router matches every topic it has not seen before against every filter it knows and keeps every topic
 //! forever, so per-(job, device) topics fanned out to N devices cost it N² matches (10,000 devices:
-//! 2×10⁸, over ten seconds) and ever-growing memory; delivered directly they cost N lookups (see `direct`).
+//! 2×10⁸, about 10 s) and ever-growing memory; delivered directly they cost N lookups (see `direct`).
 
 mod codec;
 mod connection;

@@ -17,18 +17,21 @@
 //! (the per-job topic is event-driven only: it is not re-sent).
 //!
 //! Every notification is delivered straight to the device's connection ([`Broker::deliver_many`]), not
-//! published through the router. rumqttd's router matches every topic it has not seen before against
-//! every filter it knows, and keeps every topic forever; the per-job topic names the job, so one job for N
-//! connected devices made N new topics × N filters = N² matches (10,000 devices: 2×10⁸, about 17 s) and
-//! memory that grows with every (job, thing). Direct delivery costs one lookup per message and keeps
-//! nothing. It reaches everyone who could receive these topics: only the device `{thing}` may subscribe
-//! under `$aws/things/{thing}/` (operators may not), and its client id is its thing name; the device API's
-//! own `$aws/things/+/jobs/#` subscription only discarded them. Nothing goes through the router, as no
-//! other subscriber can exist for these topics. Messages are QoS 0, as they were through the router, and a
-//! device that is not connected or not subscribed to a topic does not get it (as before). Snapshots (sled
-//! reads) run in chunks of [`CHUNK`] things on the blocking pool, so notifying thousands of devices never
-//! stalls the runtime nor the requests that caused it; delivering a chunk never blocks (a full client queue
-//! drops, counted and logged by the broker) and takes well under a millisecond, so it runs on the runtime.
+//! published through the router. rumqttd's router matches every topic it has not seen before against every
+//! filter it knows, and keeps every topic forever; the per-job topic names the job, so one job for N
+//! connected devices made N new topics × N filters = N² matches (10,000 devices: 2×10⁸; 9.9 s of a 16.5 s
+//! fan-out, release build) and memory that grows with every (job, thing). Direct delivery costs one lookup
+//! per message and keeps nothing (20,000 messages: 24 ms). It reaches everyone who could receive these
+//! topics: only the device `{thing}` may subscribe under `$aws/things/{thing}/` (operators may not), and its
+//! client id is its thing name; the device API's own `$aws/things/+/jobs/#` subscription only discarded them.
+//! Nothing goes through the router, as no other subscriber can exist for these topics. Messages are QoS 0, as
+//! they were through the router, and a device that is not connected or not subscribed to a topic does not get
+//! it (as before). Snapshots (sled reads) run in chunks of [`CHUNK`] things on the blocking pool, so
+//! notifying thousands of devices never stalls the runtime nor the requests that caused it; delivering a
+//! chunk never blocks (a full client queue drops, counted and logged by the broker) and takes about a
+//! millisecond, so it runs on the runtime. What a large fan-out costs now is the snapshots: each reads the
+//! thing's pending jobs, decoding every job whole, its target list included, so one job for N things decodes
+//! N² target names (10,000: 3.6 s).
 
 mod memory;
 mod payload;
