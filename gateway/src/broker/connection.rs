@@ -4,7 +4,9 @@
 //! The reader loop (this task) takes packets off the socket, checks each PUBLISH and SUBSCRIBE against the
 //! client's [`Principal`], rewrites `$` topics to the router's form and pushes the packet into the link. The
 //! writer loop (its own task) writes what the router hands back, restoring `$` topics, and writes replies
-//! the reader produces itself (denied SUBACKs, PUBACKs of denied publishes, UNSUBACKs).
+//! the reader produces itself (denied SUBACKs, PUBACKs of denied publishes, UNSUBACKs), and the gateway's
+//! direct deliveries (see `direct`): the connection registers its queue for them when it is accepted, adds
+//! filters when their SUBACK is written, removes them on UNSUBSCRIBE and unregisters when it ends.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,9 +24,10 @@ use rumqttd::protocol::{
 use rumqttd::Notification;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use super::codec::{PacketReader, PacketWriter, ReadError, Version};
+use super::direct;
 use super::internal::disconnect_now;
 use super::presence::{DisconnectReason, PresenceInfo};
 use super::topics::{is_reserved, to_external, to_internal};
@@ -130,6 +133,8 @@ struct Client {
     principal: Principal,
     version: Version,
     keep_alive: u16,
+    /// The receiving end of this connection's direct-delivery queue, until the writer takes it.
+    direct: Option<mpsc::Receiver<Packet>>,
     will: Option<LastWill>,
     link: LinkGuard,
     presence: PresenceInfo,
@@ -167,6 +172,9 @@ async fn accept(
         return None;
     };
     let number = shared.sessions.register(&client_id, principal.clone());
+    let (direct_tx, direct_rx) = mpsc::channel(direct::QUEUE);
+    let clean = request.connect.clean_session;
+    shared.outlets.open(&client_id, number, clean, direct_tx);
     let session = SessionGuard {
         shared: shared.clone(),
         client_id: client_id.clone(),
@@ -213,6 +221,7 @@ async fn accept(
         principal,
         version,
         keep_alive: request.connect.keep_alive,
+        direct: Some(direct_rx),
         will: request.will,
         link,
         presence,
@@ -282,7 +291,8 @@ impl Drop for SlotGuard {
     }
 }
 
-/// Removes the client's `Sessions` entry, unless a newer connection of the same client id replaced it.
+/// Removes the client's `Sessions` entry and closes its direct-delivery outlet, unless a newer connection
+/// of the same client id replaced them.
 struct SessionGuard {
     shared: Arc<Shared>,
     client_id: String,
@@ -291,6 +301,7 @@ struct SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
+        self.shared.outlets.close(&self.client_id, self.number);
         self.shared.sessions.remove(&self.client_id, self.number);
     }
 }
@@ -347,6 +358,8 @@ struct PendingSuback {
     allowed_mask: Vec<bool>,
     /// The forwarded filters, in external form and in order.
     filters: Vec<String>,
+    /// Filters unsubscribed while this SUBACK was pending: not added to the direct outlet when it comes.
+    revoked: Vec<String>,
 }
 
 impl Client {
@@ -359,10 +372,19 @@ impl Client {
         let (to_writer, commands) = mpsc::channel(64);
         let pending = PendingSubacks::default();
         let subscribed = Subscribed {
+            shared: self.shared.clone(),
             client_id: self.client_id.clone(),
-            events: self.shared.subscriptions.clone(),
+            number: self.session.number,
         };
-        let writer_task = write_loop(writer, link_rx, commands, pending.clone(), subscribed);
+        let direct = self.direct.take().unwrap_or_else(|| mpsc::channel(1).1);
+        let writer_task = write_loop(
+            writer,
+            link_rx,
+            commands,
+            direct,
+            pending.clone(),
+            subscribed,
+        );
         let mut writer_task = tokio::spawn(writer_task);
         let mut shutdown = self.shared.shutdown.clone();
         let version = self.version;
@@ -495,7 +517,7 @@ impl Client {
                     self.inbound_subscribe(subscribe, props, version, pending)
                 }
                 Packet::Unsubscribe(unsubscribe, props) => {
-                    self.inbound_unsubscribe(unsubscribe, props)
+                    self.inbound_unsubscribe(unsubscribe, props, pending)
                 }
                 Packet::Disconnect(..) => return ReaderEnd::ClientDisconnect,
                 p @ (Packet::PingReq(_)
@@ -599,6 +621,7 @@ impl Client {
         let suback = PendingSuback {
             allowed_mask,
             filters: external,
+            revoked: Vec::new(),
         };
         lock(pending).insert(pkid, suback);
         Inbound::forward(Packet::Subscribe(
@@ -611,21 +634,32 @@ impl Client {
     }
 
     /// The router answers UNSUBSCRIBE only for filters that were subscribed, so sprig answers every one
-    /// itself and drops the router's UNSUBACKs.
+    /// itself and drops the router's UNSUBACKs. Direct delivery on those filters stops right here, before
+    /// the UNSUBACK is written, including for a SUBSCRIBE of them still waiting for its SUBACK.
     fn inbound_unsubscribe(
         &self,
         unsubscribe: Unsubscribe,
         props: Option<rumqttd::protocol::UnsubscribeProperties>,
+        pending: &PendingSubacks,
     ) -> Inbound {
         let pkid = unsubscribe.pkid;
         let reasons = vec![UnsubAckReason::Success; unsubscribe.filters.len()];
         let reply = Packet::UnsubAck(UnsubAck { pkid, reasons }, None);
-        let filters: Vec<String> = unsubscribe
+        let external: Vec<String> = unsubscribe
             .filters
-            .iter()
+            .into_iter()
             .filter(|f| !is_reserved(f))
-            .map(|f| to_internal(f))
             .collect();
+        {
+            // Under the lock the writer holds while it adds a SUBACK's filters: no interleaving.
+            let mut pending = lock(pending);
+            for waiting in pending.values_mut() {
+                waiting.revoked.extend(external.iter().cloned());
+            }
+            let outlets = &self.shared.outlets;
+            outlets.unsubscribe(&self.client_id, self.session.number, &external);
+        }
+        let filters: Vec<String> = external.iter().map(|f| to_internal(f)).collect();
         if filters.is_empty() {
             return Inbound::reply(reply);
         }
@@ -715,35 +749,55 @@ fn send_now(link_tx: &mut LinkTx, packet: Packet) {
     super::internal::push_now(link_tx, packet);
 }
 
-/// Where the writer reports granted subscriptions (see [`super::SubscribeEvent`]).
+/// Where the writer records granted subscriptions: the connection's direct outlet, and the reports of
+/// [`super::Broker::subscriptions`] (see [`super::SubscribeEvent`]).
 struct Subscribed {
+    shared: Arc<Shared>,
     client_id: String,
-    events: broadcast::Sender<SubscribeEvent>,
+    /// The connection number (see `Sessions`).
+    number: u64,
 }
 
 impl Subscribed {
+    /// Direct delivery on `granted` (minus `revoked`) starts now; called under the pending-SUBACK lock.
+    fn grant(&self, granted: &[String], revoked: &[String]) {
+        let granted: Vec<String> = granted
+            .iter()
+            .filter(|f| !revoked.contains(f))
+            .cloned()
+            .collect();
+        let outlets = &self.shared.outlets;
+        outlets.subscribe(&self.client_id, self.number, &granted);
+    }
+
     fn report(&self, filters: Vec<String>) {
         if filters.is_empty() {
             return;
         }
         // Fails only when nobody listens, which is fine.
-        let _ = self.events.send(SubscribeEvent {
+        let _ = self.shared.subscriptions.send(SubscribeEvent {
             client_id: self.client_id.clone(),
             filters,
         });
     }
 }
 
+/// Direct deliveries encoded into one write, at most.
+const DIRECT_BATCH: usize = 64;
+
 /// Router -> socket, restoring `$` topics, splicing denied filters into SUBACKs and reporting granted
-/// subscriptions once their SUBACK is written.
+/// subscriptions once their SUBACK is written; and direct deliveries -> socket.
 async fn write_loop(
     mut writer: PacketWriter<OwnedWriteHalf>,
     mut link_rx: LinkRx,
     mut commands: mpsc::Receiver<ToWriter>,
+    mut direct: mpsc::Receiver<Packet>,
     pending: PendingSubacks,
     subscribed: Subscribed,
 ) -> WriterEnd {
     let version = writer.version();
+    // False once a newer connection of this client id took the outlet over (the sender is gone).
+    let mut direct_open = true;
     loop {
         tokio::select! {
             // Replies the reader made are written before later router output.
@@ -766,6 +820,24 @@ async fn write_loop(
                     return WriterEnd::Closed;
                 }
             },
+            packet = direct.recv(), if direct_open => {
+                let Some(packet) = packet else {
+                    direct_open = false;
+                    continue;
+                };
+                // Whatever else is queued goes out in the same write.
+                let mut encoded = writer.encode(packet);
+                for _ in 1..DIRECT_BATCH {
+                    let Ok(more) = direct.try_recv() else { break };
+                    encoded = encoded.and_then(|()| writer.encode(more));
+                }
+                if let Err(e) = encoded {
+                    return WriterEnd::Io(e);
+                }
+                if let Err(e) = writer.flush().await {
+                    return WriterEnd::Io(e);
+                }
+            }
             notification = link_rx.next() => {
                 let notification = match notification {
                     Ok(Some(n)) => n,
@@ -782,7 +854,7 @@ async fn write_loop(
                 }
                 let packet: Option<Packet> = notification.into();
                 let Some(packet) = packet else { continue };
-                match outbound(packet, &pending, version) {
+                match outbound(packet, &pending, &subscribed, version) {
                     Outbound::Write(packet) => {
                         if let Err(e) = writer.send(packet).await {
                             return WriterEnd::Io(e);
@@ -818,7 +890,12 @@ enum Outbound {
     Close(Option<Packet>),
 }
 
-fn outbound(packet: Packet, pending: &PendingSubacks, version: Version) -> Outbound {
+fn outbound(
+    packet: Packet,
+    pending: &PendingSubacks,
+    subscribed: &Subscribed,
+    version: Version,
+) -> Outbound {
     match packet {
         Packet::Publish(mut publish, props) => {
             // Subscriptions are authorized when made and clients cannot name internal topics, so whatever
@@ -832,10 +909,14 @@ fn outbound(packet: Packet, pending: &PendingSubacks, version: Version) -> Outbo
             Outbound::Write(Packet::Publish(publish, props))
         }
         Packet::SubAck(mut suback, props) => {
-            let Some(forwarded) = lock(pending).remove(&suback.pkid) else {
+            let mut pending = lock(pending);
+            let Some(forwarded) = pending.remove(&suback.pkid) else {
                 return Outbound::Write(Packet::SubAck(suback, props));
             };
             let granted = granted_filters(forwarded.filters, &suback.return_codes);
+            // Before the SUBACK is written and reported: a delivery made after the report reaches it.
+            subscribed.grant(&granted, &forwarded.revoked);
+            drop(pending);
             suback.return_codes =
                 splice_denied(&forwarded.allowed_mask, suback.return_codes, version);
             Outbound::SubAck(Packet::SubAck(suback, props), granted)

@@ -1,5 +1,6 @@
 //! The embedded MQTT broker: sprig's listeners, per-connection authentication and topic authorization,
-//! in front of a rumqttd `Router` that does the routing, sessions and QoS bookkeeping.
+//! in front of a rumqttd `Router` that does the routing, sessions and QoS bookkeeping, plus direct delivery
+//! of the gateway's own messages to one client's connection.
 //!
 //! sprig owns the TCP listeners instead of using rumqttd's servers because rumqttd's router disconnects any
 //! client that subscribes to a filter starting with `$` (other than `$share/`), while every topic sprig
@@ -8,9 +9,16 @@
 //! PUBLISH and SUBSCRIBE checked against its [`Principal`](crate::auth::Principal), and reaches the router through a local link
 //! with `$` topics rewritten to an internal form (see `topics`) and back. Gateway services talk to the
 //! same router through [`InternalClient`]s, with topics in the external (`$`) form.
+//!
+//! Messages for one device (job notifications) bypass the router: [`Broker::deliver`] checks the topic
+//! against the filters the client was granted and queues the PUBLISH for that connection's writer. The
+//! router matches every topic it has not seen before against every filter it knows and keeps every topic
+//! forever, so per-(job, device) topics fanned out to N devices cost it N² matches (10,000 devices:
+//! 2×10⁸, about 10 s) and ever-growing memory; delivered directly they cost N lookups (see `direct`).
 
 mod codec;
 mod connection;
+mod direct;
 mod internal;
 mod presence;
 mod sessions;
@@ -33,8 +41,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::auth::Authenticator;
 use crate::config::BrokerConfig;
 
+pub use direct::{Deliveries, Delivery};
 pub use internal::{InternalClient, InternalReceiver, InternalSender};
 pub use sessions::Sessions;
+pub use topics::matches as topic_matches;
 
 /// Router connections reserved beyond `max_connections` for internal clients and session takeovers.
 const ROUTER_HEADROOM: usize = 32;
@@ -85,6 +95,8 @@ pub(crate) struct Shared {
     make_link: Arc<MakeLink>,
     auth: Arc<Authenticator>,
     sessions: Arc<Sessions>,
+    /// Each live connection's granted filters and direct queue, for [`Broker::deliver`].
+    outlets: direct::Outlets,
     config: BrokerConfig,
     /// Connected clients, counted against `config.max_connections`.
     clients: AtomicUsize,
@@ -168,6 +180,7 @@ impl Broker {
             make_link,
             auth,
             sessions: Arc::new(Sessions::default()),
+            outlets: direct::Outlets::default(),
             config: config.clone(),
             clients: AtomicUsize::new(0),
             presence,
@@ -218,6 +231,31 @@ impl Broker {
     /// [`SubscribeEvent`]). A receiver that falls more than 4096 events behind gets `Lagged`.
     pub fn subscriptions(&self) -> broadcast::Receiver<SubscribeEvent> {
         self.shared.subscriptions.subscribe()
+    }
+
+    /// Sends `payload` on `topic` (external form, no wildcards) to the connection of `client_id`, if one of
+    /// the filters that connection was granted matches, without the router: only that client gets it,
+    /// at QoS 0. Never blocks: a client whose queue is full loses the message (counted and logged). Meant
+    /// for topics only one client may subscribe to (a device's `$aws/things/{thing}/...`); see `direct`.
+    pub fn deliver(&self, client_id: &str, topic: &str, payload: Bytes) -> Delivery {
+        self.shared.outlets.deliver(client_id, topic, payload)
+    }
+
+    /// [`Broker::deliver`] for many (client id, topic, payload), in order, under one lock.
+    pub fn deliver_many<C, T>(
+        &self,
+        messages: impl IntoIterator<Item = (C, T, Bytes)>,
+    ) -> Deliveries
+    where
+        C: AsRef<str>,
+        T: AsRef<str>,
+    {
+        self.shared.outlets.deliver_many(messages)
+    }
+
+    /// Messages [`Broker::deliver`] dropped on full client queues since the start.
+    pub fn deliveries_dropped(&self) -> u64 {
+        self.shared.outlets.dropped()
     }
 
     /// Stops accepting, disconnects every client (MQTT 5 clients get DISCONNECT "server shutting down"),

@@ -597,3 +597,161 @@ async fn granted_subscriptions_are_reported_after_the_router_acknowledged_them()
     assert_eq!(suback(&mut rx).await, vec![SubscribeReasonCode::Failure]);
     assert!(subscriptions.try_recv().is_err());
 }
+
+/// Waits until `client_id` has no live session any more.
+async fn gone(broker: &Broker, client_id: &str) {
+    tokio::time::timeout(WAIT, async {
+        while broker.sessions().principal(client_id).is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("session ended in time");
+}
+
+async fn nothing_more(rx: &mut mpsc::UnboundedReceiver<Packet>) {
+    let quiet = Duration::from_millis(200);
+    while let Ok(Some(packet)) = tokio::time::timeout(quiet, rx.recv()).await {
+        assert!(
+            !matches!(packet, Packet::Publish(_)),
+            "unexpected {packet:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deliver_reaches_a_connection_only_on_a_matching_filter() {
+    let broker = start().await;
+    let mut subscriptions = broker.subscriptions();
+    let (device, mut rx) = connect(options(&broker, "d1")).await;
+    let notify = "$aws/things/d1/jobs/notify";
+    let job = "$aws/things/d1/jobs/j1/notify-namespace-acme/";
+    let body = Bytes::from_static(b"{}");
+    // Connected, not subscribed yet.
+    assert_eq!(
+        broker.deliver("d1", notify, body.clone()),
+        Delivery::NotSubscribed
+    );
+    device
+        .subscribe(
+            "$aws/things/d1/jobs/+/notify-namespace-acme/",
+            QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, subscriptions.recv())
+        .await
+        .expect("subscribe event in time")
+        .unwrap();
+    // Live by the time the subscription is reported, like a publish through the router.
+    assert_eq!(broker.deliver("d1", job, body.clone()), Delivery::Delivered);
+    assert_eq!(
+        broker.deliver("d1", notify, body.clone()),
+        Delivery::NotSubscribed
+    );
+    assert_eq!(broker.deliver("d2", job, body.clone()), Delivery::Offline);
+    suback(&mut rx).await;
+    // QoS 0, whatever the subscription asked.
+    let received = next_matching(&mut rx, |p| match p {
+        Packet::Publish(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (received.topic.as_str(), received.qos),
+        (job, QoS::AtMostOnce)
+    );
+    assert_eq!(received.payload, body);
+    nothing_more(&mut rx).await;
+}
+
+#[tokio::test]
+async fn unsubscribe_and_disconnect_stop_direct_delivery() {
+    let broker = start().await;
+    let (device, mut rx) = connect(options(&broker, "d1")).await;
+    let notify = "$aws/things/d1/jobs/notify";
+    device.subscribe(notify, QoS::AtMostOnce).await.unwrap();
+    suback(&mut rx).await;
+    let counts = broker.deliver_many([("d1", notify, Bytes::from_static(b"1"))]);
+    assert_eq!(counts.delivered, 1);
+    assert_eq!(publish(&mut rx).await.1, Bytes::from_static(b"1"));
+
+    device.unsubscribe(notify).await.unwrap();
+    next_matching(&mut rx, |p| matches!(p, Packet::UnsubAck(_)).then_some(())).await;
+    assert_eq!(
+        broker.deliver("d1", notify, Bytes::from_static(b"2")),
+        Delivery::NotSubscribed
+    );
+    nothing_more(&mut rx).await;
+
+    device.subscribe(notify, QoS::AtMostOnce).await.unwrap();
+    suback(&mut rx).await;
+    device.disconnect().await.unwrap();
+    gone(&broker, "d1").await;
+    assert_eq!(
+        broker.deliver("d1", notify, Bytes::from_static(b"3")),
+        Delivery::Offline
+    );
+}
+
+#[tokio::test]
+async fn a_session_takeover_moves_direct_delivery_to_the_new_connection() {
+    let broker = start().await;
+    let notify = "$aws/things/d1/jobs/notify";
+    let (old, mut old_rx) = connect(options(&broker, "d1")).await;
+    old.subscribe(notify, QoS::AtMostOnce).await.unwrap();
+    suback(&mut old_rx).await;
+    let (new, mut new_rx) = connect(options(&broker, "d1")).await;
+    tokio::time::timeout(WAIT, async { while old_rx.recv().await.is_some() {} })
+        .await
+        .expect("old connection closed");
+    // A clean session: the new connection has not subscribed yet.
+    assert_eq!(
+        broker.deliver("d1", notify, Bytes::new()),
+        Delivery::NotSubscribed
+    );
+    new.subscribe(notify, QoS::AtMostOnce).await.unwrap();
+    suback(&mut new_rx).await;
+    assert_eq!(
+        broker.deliver("d1", notify, Bytes::from_static(b"new")),
+        Delivery::Delivered
+    );
+    assert_eq!(publish(&mut new_rx).await.1, Bytes::from_static(b"new"));
+}
+
+#[tokio::test]
+async fn mqtt5_clients_get_direct_deliveries() {
+    use rumqttc::v5::mqttbytes::v5::Packet as Packet5;
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+
+    let broker = start().await;
+    let port = broker.local_addrs()[0].port();
+    let mut options = Options5::new("d5", "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = Client5::new(options, 10);
+    let topic = "$aws/things/d5/jobs/notify-next";
+    client.subscribe(topic, QoS5::AtLeastOnce).await.unwrap();
+    let received = tokio::time::timeout(WAIT, async {
+        loop {
+            match eventloop.poll().await.expect("connected") {
+                Event5::Incoming(Packet5::SubAck(_)) => {
+                    let delivery = broker.deliver("d5", topic, Bytes::from_static(b"v5"));
+                    assert_eq!(delivery, Delivery::Delivered);
+                }
+                Event5::Incoming(Packet5::Publish(p)) => return (p.topic, p.payload, p.qos),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("SUBACK and delivery in time");
+    assert_eq!(
+        received,
+        (
+            Bytes::from_static(topic.as_bytes()),
+            Bytes::from_static(b"v5"),
+            QoS5::AtMostOnce
+        )
+    );
+}

@@ -81,23 +81,9 @@ fn is_namespace_id(ns: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
 }
 
-/// MQTT topic matching; wildcards in the first level do not match `$` topics.
-pub(super) fn matches(topic: &str, filter: &str) -> bool {
-    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
-        return false;
-    }
-    let mut topic_levels = topic.split('/');
-    for f in filter.split('/') {
-        if f == "#" {
-            return true;
-        }
-        match topic_levels.next() {
-            Some(t) if f == "+" || f == t => {}
-            _ => return false,
-        }
-    }
-    topic_levels.next().is_none()
-}
+/// MQTT topic matching; wildcards in the first level do not match `$` topics (the broker's, which direct
+/// delivery uses too).
+pub(super) use crate::broker::topic_matches as matches;
 
 #[cfg(test)]
 mod tests {
