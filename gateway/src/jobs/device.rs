@@ -155,6 +155,29 @@ pub struct ThingSnapshot {
     pub next: Option<DeviceExecution>,
 }
 
+/// Jobs read for a batch of snapshots, each decoded once. A job record carries all its targets, so
+/// decoding it for every one of N things would cost N² (a notification for 10,000 devices spent seconds
+/// here); the notifier keeps one cache per batch, so the jobs it reads are as fresh as the batch.
+#[derive(Debug, Default)]
+pub struct JobCache {
+    jobs: std::collections::HashMap<String, Option<Arc<Job>>>,
+}
+
+impl JobCache {
+    fn get(
+        &mut self,
+        store: &crate::store::Store,
+        job_id: &str,
+    ) -> std::result::Result<Option<Arc<Job>>, StoreError> {
+        if let Some(job) = self.jobs.get(job_id) {
+            return Ok(job.clone());
+        }
+        let job = store.job(job_id)?.map(Arc::new);
+        self.jobs.insert(job_id.to_owned(), job.clone());
+        Ok(job)
+    }
+}
+
 /// Which execution a describe names: `$next` or a job id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobTarget {
@@ -277,7 +300,9 @@ impl Engine {
         namespace: Option<String>,
     ) -> Result<PendingJobs> {
         self.device_blocking(move |engine| {
-            Ok(engine.snapshot(&thing, namespace.as_deref())?.pending)
+            Ok(engine
+                .snapshot(&thing, namespace.as_deref(), &mut JobCache::default())?
+                .pending)
         })
         .await
     }
@@ -461,9 +486,10 @@ impl Engine {
         &self,
         thing: &str,
         namespace: Option<&str>,
+        jobs: &mut JobCache,
     ) -> std::result::Result<ThingSnapshot, StoreError> {
         let now = now_ms();
-        let pending = self.pending_in_scope(thing, namespace)?;
+        let pending = self.pending_in_scope(thing, namespace, jobs)?;
         let next = pick_next(&pending).map(|(e, j)| device_execution(e, j, true, now));
         let (in_progress, queued): (Vec<_>, Vec<_>) = pending
             .iter()
@@ -484,8 +510,9 @@ impl Engine {
         thing: &str,
         namespace: Option<&str>,
         job_id: &str,
+        jobs: &mut JobCache,
     ) -> std::result::Result<Option<DeviceExecution>, StoreError> {
-        let Some(job) = self.store.job(job_id)?.filter(|j| {
+        let Some(job) = jobs.get(&self.store, job_id)?.filter(|j| {
             j.namespace_id.as_deref() == namespace && j.status != JobStatus::DeletionInProgress
         }) else {
             return Ok(None);
@@ -580,10 +607,11 @@ impl Engine {
         thing: &str,
         namespace: Option<&str>,
         job_id: &str,
-    ) -> Result<(Execution, Job)> {
+    ) -> Result<(Execution, Arc<Job>)> {
         let job = self
             .store
             .job(job_id)?
+            .map(Arc::new)
             .filter(|j| {
                 j.namespace_id.as_deref() == namespace && j.status != JobStatus::DeletionInProgress
             })
@@ -599,8 +627,8 @@ impl Engine {
         &self,
         thing: &str,
         namespace: Option<&str>,
-    ) -> std::result::Result<Option<(Execution, Job)>, StoreError> {
-        let pending = self.pending_in_scope(thing, namespace)?;
+    ) -> std::result::Result<Option<(Execution, Arc<Job>)>, StoreError> {
+        let pending = self.pending_in_scope(thing, namespace, &mut JobCache::default())?;
         Ok(pick_next(&pending).cloned())
     }
 
@@ -609,10 +637,11 @@ impl Engine {
         &self,
         thing: &str,
         namespace: Option<&str>,
-    ) -> std::result::Result<Vec<(Execution, Job)>, StoreError> {
+        jobs: &mut JobCache,
+    ) -> std::result::Result<Vec<(Execution, Arc<Job>)>, StoreError> {
         let mut found = Vec::new();
         for job_id in self.store.pending_job_ids_of_thing(thing)? {
-            let Some(job) = self.store.job(&job_id)? else {
+            let Some(job) = jobs.get(&self.store, &job_id)? else {
                 continue;
             };
             if job.namespace_id.as_deref() != namespace
@@ -691,7 +720,7 @@ pub async fn run_step_timeouts(
 }
 
 /// IN_PROGRESS first (oldest), else the oldest QUEUED: the execution `$next` names.
-fn pick_next(sorted: &[(Execution, Job)]) -> Option<&(Execution, Job)> {
+fn pick_next(sorted: &[(Execution, Arc<Job>)]) -> Option<&(Execution, Arc<Job>)> {
     sorted
         .iter()
         .find(|(e, _)| e.status == ExecutionStatus::InProgress)

@@ -45,7 +45,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::broker::{Broker, BrokerError, Deliveries, SubscribeEvent};
-use crate::jobs::device::{DeviceExecution, ThingSnapshot};
+use crate::jobs::device::{DeviceExecution, JobCache, ThingSnapshot};
 use crate::jobs::model::now_ms;
 use crate::jobs::{Engine, JobEvent};
 use crate::store::StoreError;
@@ -232,8 +232,9 @@ impl Notifier {
     fn event_messages(&self, event: &JobEvent, things: &[String]) -> Vec<Message> {
         let timestamp = now_ms() / 1000;
         let mut messages = Vec::with_capacity(things.len() * 2);
+        let mut jobs = JobCache::default();
         for thing in things {
-            if let Err(e) = self.thing_event(event, thing, timestamp, &mut messages) {
+            if let Err(e) = self.thing_event(event, thing, timestamp, &mut jobs, &mut messages) {
                 tracing::error!(thing, job_id = event.job_id, error = %e, "cannot notify the device");
             }
         }
@@ -246,10 +247,11 @@ impl Notifier {
         event: &JobEvent,
         thing: &str,
         timestamp: i64,
+        jobs: &mut JobCache,
         out: &mut Vec<Message>,
     ) -> Result<(), StoreError> {
         let scope = event.namespace_id.as_deref();
-        let snapshot = self.engine.snapshot(thing, scope)?;
+        let snapshot = self.engine.snapshot(thing, scope, jobs)?;
         let changes = self.remember(thing, scope, &snapshot);
         let Some(ns) = scope else {
             if changes.pending {
@@ -266,7 +268,7 @@ impl Notifier {
         let execution = match &snapshot.next {
             Some(next) if &next.job_id == job_id => Some(next),
             _ if is_pending(&snapshot, job_id) => {
-                looked_up = self.engine.pending_execution(thing, scope, job_id)?;
+                looked_up = self.engine.pending_execution(thing, scope, job_id, jobs)?;
                 looked_up.as_ref()
             }
             _ => None,
@@ -284,8 +286,9 @@ impl Notifier {
     fn resend_messages(&self, batch: &[SubscribeEvent]) -> Vec<Message> {
         let timestamp = now_ms() / 1000;
         let mut messages = Vec::new();
+        let mut jobs = JobCache::default();
         for subscribed in batch {
-            if let Err(e) = self.thing_resend(subscribed, timestamp, &mut messages) {
+            if let Err(e) = self.thing_resend(subscribed, timestamp, &mut jobs, &mut messages) {
                 let thing = &subscribed.client_id;
                 tracing::error!(thing, error = %e, "cannot send the device its current state");
             }
@@ -299,6 +302,7 @@ impl Notifier {
         &self,
         subscribed: &SubscribeEvent,
         timestamp: i64,
+        jobs: &mut JobCache,
         out: &mut Vec<Message>,
     ) -> Result<(), StoreError> {
         let thing = subscribed.client_id.as_str();
@@ -325,7 +329,7 @@ impl Notifier {
             if covered.is_empty() {
                 continue;
             }
-            let snapshot = self.engine.snapshot(thing, scope)?;
+            let snapshot = self.engine.snapshot(thing, scope, jobs)?;
             self.remember(thing, scope, &snapshot);
             for (kind, topic) in covered {
                 let body = match kind {
