@@ -343,7 +343,9 @@ async fn one_job_for_200_devices_notifies_every_one() {
 /// Release `sprig`, 2 busy cores, every message delivered: through rumqttd's router, 2,000 devices in
 /// 0.73 s and 10,000 in 16.5 s (router publishing 9.9 s: it matches each new topic against every filter);
 /// with direct delivery, 0.29 s and 3.7 s, of which delivery is 3 ms and 24 ms: the rest is the per-thing
-/// snapshots (each decodes the whole job, all 10,000 targets included: quadratic too).
+/// snapshots (each decoded the whole job, all 10,000 targets included: quadratic too). With each job
+/// decoded once per batch: 2,000 devices in 0.08 s and 10,000 in 0.46 s (notifier 262 ms: snapshots 91 ms,
+/// delivery 23 ms), 20,000 of 20,000 messages.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "measurement; needs 10,000 sockets per process"]
 async fn fan_out_to_many_devices() {
