@@ -15,9 +15,10 @@
 //! Run it with `bash tests/bench/fanout.sh` (installs mosquitto if needed, raises `ulimit -n`, builds the
 //! release binary of sprig and runs `cargo bench -p sprig-tests --bench fanout`). Environment:
 //! `SPRIG_FANOUT_SIZES=1000,10000`, `SPRIG_FANOUT_RUNS=5`, `SPRIG_FANOUT_CYCLES=10`,
-//! `SPRIG_FANOUT_RUN_TIMEOUT_S=30`, `SPRIG_FANOUT_DEADLINE_S=1800`, `SPRIG_FANOUT_QOS` (mosquitto's publish
-//! QoS when sprig delivered nothing to copy it from; default 0, sprig's notifier QoS), `SPRIG_BIN` (a
-//! prebuilt sprig instead of `cargo build --release`), `MOSQUITTO` (path of the mosquitto binary).
+//! `SPRIG_FANOUT_RUN_TIMEOUT_S=60`, `SPRIG_FANOUT_DEADLINE_S=1800`, `SPRIG_FANOUT_LOGS=DIR` (keep the
+//! brokers' logs there), `SPRIG_FANOUT_QOS` (mosquitto's publish QoS when sprig delivered nothing to copy
+//! it from; default 0, sprig's notifier QoS), `SPRIG_BIN` (a prebuilt sprig instead of
+//! `cargo build --release`), `MOSQUITTO` (path of the mosquitto binary).
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
@@ -62,7 +63,7 @@ fn main() {
         runs: env_or("SPRIG_FANOUT_RUNS", "5".into()).parse().unwrap(),
         cycles: env_or("SPRIG_FANOUT_CYCLES", "10".into()).parse().unwrap(),
         run_timeout: Duration::from_secs(
-            env_or("SPRIG_FANOUT_RUN_TIMEOUT_S", "30".into())
+            env_or("SPRIG_FANOUT_RUN_TIMEOUT_S", "60".into())
                 .parse()
                 .unwrap(),
         ),
@@ -196,7 +197,8 @@ fn sprig_release_bin() -> PathBuf {
 
 fn find_mosquitto() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("MOSQUITTO") {
-        return Some(path.into());
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
     }
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
@@ -242,6 +244,8 @@ impl BrokerKind {
 
 /// A broker process on a free loopback port, killed when dropped.
 struct Broker {
+    /// `sprig-1000`, `mosquitto-10000`: names the log kept in `SPRIG_FANOUT_LOGS`.
+    label: String,
     child: Child,
     addr: SocketAddr,
     dir: tempfile::TempDir,
@@ -249,7 +253,8 @@ struct Broker {
 }
 
 impl Broker {
-    fn start(kind: &BrokerKind, max_connections: usize) -> Broker {
+    fn start(kind: &BrokerKind, n: usize) -> Broker {
+        let max_connections = n * 2 + 100;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -312,6 +317,7 @@ impl Broker {
             .unwrap_or_else(|e| panic!("start {}: {e}", kind.name()));
         CHILDREN.lock().unwrap().push(child.id());
         let mut broker = Broker {
+            label: format!("{}-{n}", kind.name()),
             child,
             addr,
             dir,
@@ -381,6 +387,11 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = std::env::var_os("SPRIG_FANOUT_LOGS") {
+            let dir = PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(&self.log_path, dir.join(format!("{}.log", self.label)));
+        }
         CHILDREN.lock().unwrap().retain(|&p| p != self.child.id());
     }
 }
@@ -421,7 +432,7 @@ async fn bench_broker(
     settings: &Settings,
     mosquitto_payload: Option<(usize, u8, bool)>,
 ) -> BrokerResult {
-    let broker = Broker::start(&kind, n * 2 + 100);
+    let broker = Broker::start(&kind, n);
     let mut result = BrokerResult {
         broker: kind.name(),
         n,
@@ -1015,24 +1026,52 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank - 1])
 }
 
+/// Percentiles over all runs made; a run that did not deliver everything within the run timeout counts as
+/// `INFINITY` (it took longer than the timeout), so a censored percentile shows as "> timeout".
 struct Summary {
     p50: Option<f64>,
     p99: Option<f64>,
+    /// Messages per second at p50; for a censored p50, the upper bound N / timeout.
     rate: Option<f64>,
+    rate_is_bound: bool,
 }
 
-fn summarize(result: &BrokerResult) -> Summary {
+fn summarize(result: &BrokerResult, timeout: Duration) -> Summary {
     let mut times: Vec<f64> = result
         .runs
         .iter()
-        .filter_map(|r| r.elapsed.map(ms))
+        .map(|r| r.elapsed.map_or(f64::INFINITY, ms))
         .collect();
     times.sort_by(|a, b| a.total_cmp(b));
+    if times.iter().all(|t| t.is_infinite()) && result.runs.iter().all(|r| r.delivered == 0) {
+        // Nothing delivered at all: no bound worth printing.
+        return Summary {
+            p50: None,
+            p99: None,
+            rate: None,
+            rate_is_bound: false,
+        };
+    }
     let p50 = percentile(&times, 0.50);
+    let rate_is_bound = p50.is_some_and(f64::is_infinite);
+    let p50_ms = if rate_is_bound {
+        ms(timeout)
+    } else {
+        p50.unwrap_or(0.0)
+    };
     Summary {
         p50,
         p99: percentile(&times, 0.99),
-        rate: p50.map(|t| result.n as f64 / (t.max(0.001) / 1000.0)),
+        rate: p50.map(|_| result.n as f64 / (p50_ms.max(0.001) / 1000.0)),
+        rate_is_bound,
+    }
+}
+
+fn fmt_ms(v: Option<f64>, timeout: Duration) -> String {
+    match v {
+        None => "—".into(),
+        Some(t) if t.is_infinite() => format!("> {:.0}", ms(timeout)),
+        Some(t) => format!("{t:.1}"),
     }
 }
 
@@ -1052,7 +1091,8 @@ fn print_table(results: &[BrokerResult], settings: &Settings) {
         .collect();
     out.push_str(&format!("\n| | {} |\n", header.join(" | ")));
     out.push_str(&format!("|---|{}\n", "---|".repeat(results.len())));
-    let summaries: Vec<Summary> = results.iter().map(summarize).collect();
+    let timeout = settings.run_timeout;
+    let summaries: Vec<Summary> = results.iter().map(|r| summarize(r, timeout)).collect();
     let mut row = |name: &str, cells: Vec<String>| {
         out.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
     };
@@ -1088,29 +1128,31 @@ fn print_table(results: &[BrokerResult], settings: &Settings) {
             .iter()
             .map(|r| {
                 let done = r.runs.iter().filter(|x| x.elapsed.is_some()).count();
-                format!("{done} of {}", settings.runs)
+                let skipped = settings.runs - r.runs.len();
+                if skipped > 0 {
+                    format!("{done} of {} ({skipped} skipped)", r.runs.len())
+                } else {
+                    format!("{done} of {}", r.runs.len())
+                }
             })
             .collect(),
     );
     row(
         "fan-out time p50 (ms)",
-        summaries
-            .iter()
-            .map(|s| fmt_opt(s.p50, |v| format!("{v:.1}")))
-            .collect(),
+        summaries.iter().map(|s| fmt_ms(s.p50, timeout)).collect(),
     );
     row(
         "fan-out time p99 (ms)",
-        summaries
-            .iter()
-            .map(|s| fmt_opt(s.p99, |v| format!("{v:.1}")))
-            .collect(),
+        summaries.iter().map(|s| fmt_ms(s.p99, timeout)).collect(),
     );
     row(
         "fan-out rate at p50 (msgs/s)",
         summaries
             .iter()
-            .map(|s| fmt_opt(s.rate, |v| format!("{v:.0}")))
+            .map(|s| {
+                let bound = if s.rate_is_bound { "< " } else { "" };
+                fmt_opt(s.rate, |v| format!("{bound}{v:.0}"))
+            })
             .collect(),
     );
     row(
@@ -1126,9 +1168,10 @@ fn print_table(results: &[BrokerResult], settings: &Settings) {
                     .iter()
                     .zip(&summaries)
                     .find(|(o, _)| o.broker == "mosquitto" && o.n == r.n)
-                    .and_then(|(_, os)| os.rate);
+                    .and_then(|(_, os)| (!os.rate_is_bound).then_some(os.rate).flatten());
+                let bound = if s.rate_is_bound { "< " } else { "" };
                 match (s.rate, other) {
-                    (Some(a), Some(b)) => format!("{:.2}×", a / b),
+                    (Some(a), Some(b)) => format!("{bound}{:.3}×", a / b),
                     _ => "—".into(),
                 }
             })
