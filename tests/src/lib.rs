@@ -20,25 +20,40 @@ use serde_json::{json, Value};
 /// The default configuration file of the repository.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/gateway.toml");
 
-/// Path of the `sprig` binary, built on first use.
+/// The workspace's root directory.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// Runs `cargo build --quiet ARGS` in the workspace (the cargo running the tests, if any), panicking on
+/// failure. Cargo releases its build lock before it runs tests, so this works from inside a test.
+pub fn cargo_build(args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet"])
+        .args(args)
+        .current_dir(workspace())
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
+}
+
+/// Path of the `sprig` binary, built on first use (so it is never stale).
 pub fn sprig_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_owned();
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "sprig-gateway", "--bin", "sprig"])
-            .current_dir(&workspace)
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build of sprig failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace.join("target"));
-        target.join("debug").join("sprig")
+        cargo_build(&["-p", "sprig-gateway", "--bin", "sprig"]);
+        target_dir().join("debug").join("sprig")
     })
 }
 
@@ -46,25 +61,12 @@ pub fn sprig_bin() -> &'static Path {
 /// use like the binary.
 pub fn plugin_path(package: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned();
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|p| p == package) {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", package])
-            .current_dir(&workspace)
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build of {package} failed");
+        cargo_build(&["-p", package]);
         built.push(package.to_owned());
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    target
+    target_dir()
         .join("debug")
         .join(format!("lib{}.so", package.replace('-', "_")))
 }
