@@ -134,7 +134,7 @@ struct Client {
     version: Version,
     keep_alive: u16,
     /// The receiving end of this connection's direct-delivery queue, until the writer takes it.
-    direct: Option<mpsc::Receiver<Packet>>,
+    direct: Option<mpsc::Receiver<Publish>>,
     will: Option<LastWill>,
     link: LinkGuard,
     presence: PresenceInfo,
@@ -288,6 +288,7 @@ impl SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.shared.clients.fetch_sub(1, Ordering::AcqRel);
+        self.shared.trimmer.closed();
     }
 }
 
@@ -322,11 +323,12 @@ impl Drop for LinkGuard {
     }
 }
 
-/// What the reader asks the writer to do.
+/// What the reader asks the writer to do. Packets are boxed: tokio allocates a queue's slots 32 at a time
+/// per connection, and a `Packet` is 392 bytes.
 enum ToWriter {
-    Packet(Packet),
+    Packet(Box<Packet>),
     /// Write this last packet (if any) and close the socket.
-    Close(Option<Packet>),
+    Close(Option<Box<Packet>>),
 }
 
 /// Why the writer loop ended.
@@ -397,7 +399,7 @@ impl Client {
             () = super::stopped(&mut shutdown) => (DisconnectReason::ServerInitiated, v5_disconnect(version, DisconnectReasonCode::ServerShuttingDown)),
         };
         if !writer_task.is_finished() {
-            let _ = to_writer.send(ToWriter::Close(last)).await;
+            let _ = to_writer.send(ToWriter::Close(last.map(Box::new))).await;
             if tokio::time::timeout(Duration::from_secs(1), &mut writer_task)
                 .await
                 .is_err()
@@ -539,7 +541,11 @@ impl Client {
                 return ReaderEnd::Denied(topic);
             }
             if let Some(reply) = reply {
-                if to_writer.send(ToWriter::Packet(reply)).await.is_err() {
+                if to_writer
+                    .send(ToWriter::Packet(Box::new(reply)))
+                    .await
+                    .is_err()
+                {
                     return ReaderEnd::Lost(DisconnectReason::ConnectionLost, "writer gone".into());
                 }
             }
@@ -791,7 +797,7 @@ async fn write_loop(
     mut writer: PacketWriter<OwnedWriteHalf>,
     mut link_rx: LinkRx,
     mut commands: mpsc::Receiver<ToWriter>,
-    mut direct: mpsc::Receiver<Packet>,
+    mut direct: mpsc::Receiver<Publish>,
     pending: PendingSubacks,
     subscribed: Subscribed,
 ) -> WriterEnd {
@@ -804,13 +810,13 @@ async fn write_loop(
             biased;
             command = commands.recv() => match command {
                 Some(ToWriter::Packet(packet)) => {
-                    if let Err(e) = writer.send(packet).await {
+                    if let Err(e) = writer.send(*packet).await {
                         return WriterEnd::Io(e);
                     }
                 }
                 Some(ToWriter::Close(last)) => {
                     if let Some(last) = last {
-                        let _ = writer.send(last).await;
+                        let _ = writer.send(*last).await;
                     }
                     writer.shutdown().await;
                     return WriterEnd::Closed;
@@ -820,16 +826,16 @@ async fn write_loop(
                     return WriterEnd::Closed;
                 }
             },
-            packet = direct.recv(), if direct_open => {
-                let Some(packet) = packet else {
+            publish = direct.recv(), if direct_open => {
+                let Some(publish) = publish else {
                     direct_open = false;
                     continue;
                 };
                 // Whatever else is queued goes out in the same write.
-                let mut encoded = writer.encode(packet);
+                let mut encoded = writer.encode(Packet::Publish(publish, None));
                 for _ in 1..DIRECT_BATCH {
                     let Ok(more) = direct.try_recv() else { break };
-                    encoded = encoded.and_then(|()| writer.encode(more));
+                    encoded = encoded.and_then(|()| writer.encode(Packet::Publish(more, None)));
                 }
                 if let Err(e) = encoded {
                     return WriterEnd::Io(e);

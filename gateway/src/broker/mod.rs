@@ -23,6 +23,7 @@ mod internal;
 mod presence;
 mod sessions;
 mod topics;
+mod trim;
 
 #[cfg(test)]
 mod tests;
@@ -100,6 +101,8 @@ pub(crate) struct Shared {
     config: BrokerConfig,
     /// Connected clients, counted against `config.max_connections`.
     clients: AtomicUsize,
+    /// Told about every closed connection, to give their memory back (see `trim`).
+    trimmer: Arc<trim::Trimmer>,
     presence: InternalSender,
     /// Granted subscriptions, for [`Broker::subscriptions`]; sending without receivers costs nothing.
     subscriptions: broadcast::Sender<SubscribeEvent>,
@@ -167,10 +170,14 @@ impl Broker {
 
         let router_tx = Router::new(0, router_config(config)).spawn();
         let make_link: Arc<MakeLink> = Arc::new(move |client_id: &str, clean: bool| {
-            LinkBuilder::new(client_id, router_tx.clone())
+            let (link_tx, link_rx, ack) = LinkBuilder::new(client_id, router_tx.clone())
                 .clean_session(clean)
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            // rumqttd gives every link an incoming buffer with room for 200 packets (78 KB) that a
+            // connection almost never uses; it grows again on demand.
+            link_tx.buffer().shrink_to_fit();
+            Ok((link_tx, link_rx, ack))
         });
         let (presence, _) = internal_client(&make_link, "~sprig-presence")
             .await?
@@ -183,10 +190,12 @@ impl Broker {
             outlets: direct::Outlets::default(),
             config: config.clone(),
             clients: AtomicUsize::new(0),
+            trimmer: Arc::default(),
             presence,
             subscriptions: broadcast::channel(SUBSCRIPTION_EVENTS).0,
             shutdown: shutdown_rx,
         });
+        tokio::spawn(shared.trimmer.clone().run(shared.shutdown.clone()));
         let (alive, all_closed) = mpsc::channel(1);
         let local_addrs = listeners.iter().map(|(_, local)| *local).collect();
         for (listener, local) in listeners {

@@ -755,3 +755,181 @@ async fn mqtt5_clients_get_direct_deliveries() {
         )
     );
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod churn {
+    //! Memory across cycles of connecting then disconnecting the same client ids (raw MQTT 3.1.1), as
+    //! `tests/benches/fanout.rs` does: RSS and glibc's heap figures after each cycle. CHURN_N (1000),
+    //! CHURN_CYCLES (6), CHURN_ABRUPT (close sockets without DISCONNECT).
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct MallInfo2 {
+        arena: usize,
+        ordblks: usize,
+        smblks: usize,
+        hblks: usize,
+        hblkhd: usize,
+        usmblks: usize,
+        fsmblks: usize,
+        uordblks: usize,
+        fordblks: usize,
+        keepcost: usize,
+    }
+    extern "C" {
+        fn mallinfo2() -> MallInfo2;
+    }
+
+    /// (heap in use, heap free, mmapped) in KiB, summed over glibc's arenas.
+    fn heap_kb() -> (usize, usize, usize) {
+        // SAFETY: glibc's mallinfo2 takes no arguments and returns a plain struct.
+        let m = unsafe { mallinfo2() };
+        (m.uordblks / 1024, m.fordblks / 1024, m.hblkhd / 1024)
+    }
+
+    fn rss_kb() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![header];
+        let mut len = body.len();
+        loop {
+            let mut b = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    async fn read_packet(stream: &mut TcpStream) -> u8 {
+        let header = stream.read_u8().await.unwrap();
+        let mut len = 0usize;
+        let mut shift = 0;
+        loop {
+            let b = stream.read_u8().await.unwrap();
+            len |= ((b & 0x7f) as usize) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        stream.read_exact(&mut body).await.unwrap();
+        header
+    }
+
+    /// Connects, subscribes and returns the open socket.
+    pub(super) async fn device(addr: SocketAddr, id: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut body = Vec::new();
+        string(&mut body, "MQTT");
+        body.extend_from_slice(&[4, 0x02, 0, 60]);
+        string(&mut body, id);
+        stream.write_all(&packet(0x10, &body)).await.unwrap();
+        assert_eq!(read_packet(&mut stream).await, 0x20);
+        let mut body = vec![0, 1];
+        string(
+            &mut body,
+            &format!("$aws/things/{id}/jobs/+/notify-namespace-bench/"),
+        );
+        body.push(1);
+        stream.write_all(&packet(0x82, &body)).await.unwrap();
+        assert_eq!(read_packet(&mut stream).await, 0x90);
+        stream
+    }
+
+    async fn cycle(addr: SocketAddr, n: usize, abrupt: bool) {
+        let mut streams = Vec::with_capacity(n);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+            let mut set = tokio::task::JoinSet::new();
+            for &i in chunk {
+                set.spawn(async move { device(addr, &format!("dev{i:05}")).await });
+            }
+            while let Some(s) = set.join_next().await {
+                streams.push(s.unwrap());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (used, free, mmapped) = heap_kb();
+        eprintln!(
+            "  connected: rss {} KiB, heap used {used} free {free} mmapped {mmapped} KiB",
+            rss_kb()
+        );
+        for mut s in streams {
+            if !abrupt {
+                let _ = s.write_all(&[0xE0, 0x00]).await;
+                let _ = s.shutdown().await;
+            }
+        }
+    }
+
+    async fn settle(broker: &super::Broker) {
+        for _ in 0..200 {
+            if broker.shared.sessions.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // As the fan-out benchmark does (2 s after the fleet is gone).
+        tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "measurement: cargo test -p sprig-gateway --release churn -- --ignored --nocapture"]
+    async fn memory_across_connect_disconnect_cycles() {
+        let n: usize = std::env::var("CHURN_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        let cycles: usize = std::env::var("CHURN_CYCLES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(6);
+        let abrupt = std::env::var("CHURN_ABRUPT").is_ok();
+        let broker = super::start().await;
+        let addr = broker.local_addrs()[0];
+        let mut figures = Vec::new();
+        for c in 0..cycles {
+            cycle(addr, n, abrupt).await;
+            settle(&broker).await;
+            let tasks = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
+            let rss = rss_kb();
+            let (used, free, mmapped) = heap_kb();
+            eprintln!(
+                "cycle {c}: rss {rss} KiB, heap used {used} free {free} mmapped {mmapped} KiB, sessions {}, tasks {tasks}",
+                broker.shared.sessions.len()
+            );
+            figures.push(rss);
+        }
+        let growth = figures.last().unwrap() - figures[1];
+        eprintln!(
+            "growth cycle 1 -> {}: {growth} KiB ({:.2} KiB per connect/disconnect)",
+            cycles - 1,
+            growth as f64 / ((cycles - 2) * n) as f64
+        );
+    }
+}
