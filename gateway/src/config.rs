@@ -261,8 +261,8 @@ impl Config {
         if self.broker.max_segment_count == 0 {
             return fail("broker.max_segment_count", "must be at least 1");
         }
-        // Reads the certificate and key files: a bad one is refused now, naming the key and the file.
-        crate::broker::tls::server_config(&self.broker)?;
+        // The files themselves are read by `check_files` (`sprig run` only: the CLI may not read the key).
+        crate::broker::tls::check_keys(&self.broker)?;
         if self.jobs.max_concurrent_deletions == 0 {
             return fail("jobs.max_concurrent_deletions", "must be at least 1");
         }
@@ -349,6 +349,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Reads the files the config names that `sprig run` needs before it starts: the TLS certificate, key
+    /// and client CA must be readable PEM that fit together. `origin` names the config in errors, like
+    /// [`Config::parse`]. (Not part of [`Config::load`]: the CLI loads the same file without the key.)
+    pub fn check_files(&self, origin: &str) -> Result<(), ConfigError> {
+        crate::broker::tls::server_config(&self.broker)
+            .map(drop)
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key,
+                reason,
+            })
     }
 
     /// The path of the local operator credential that `sprig run` writes and the CLI reads.

@@ -9,7 +9,7 @@
 //! Once the handshake is done the connection is served like a plain one (`connection::serve`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,23 +30,33 @@ pub(crate) use tokio_rustls::TlsAcceptor;
 /// A config key and why its value cannot be used.
 type KeyError = (String, String);
 
-/// Builds the TLS server configuration from `[broker]`, reading the certificate, key and client CA files.
-/// `None` when TLS is not configured at all. Errors name the config key, the file and the reason.
-pub(crate) fn server_config(config: &BrokerConfig) -> Result<Option<Arc<ServerConfig>>, KeyError> {
+/// The rules on the `broker.tls_*` keys that need no file access: with TLS listeners or any TLS file set,
+/// `tls_cert` and `tls_key` are required. Returns their paths, `None` when TLS is not configured at all.
+pub(crate) fn check_keys(config: &BrokerConfig) -> Result<Option<(PathBuf, PathBuf)>, KeyError> {
     let any_set =
         config.tls_cert.is_some() || config.tls_key.is_some() || config.tls_client_ca.is_some();
     if config.tls_listen.is_empty() && !any_set {
         return Ok(None);
     }
-    let required = |key: &str, path: &Option<std::path::PathBuf>| match path {
+    let required = |key: &str, path: &Option<PathBuf>| match path {
         Some(path) => Ok(path.clone()),
         None => Err((
             format!("broker.{key}"),
             "required when broker.tls_listen or another broker.tls_* key is set".to_owned(),
         )),
     };
-    let cert_path = required("tls_cert", &config.tls_cert)?;
-    let key_path = required("tls_key", &config.tls_key)?;
+    Ok(Some((
+        required("tls_cert", &config.tls_cert)?,
+        required("tls_key", &config.tls_key)?,
+    )))
+}
+
+/// Builds the TLS server configuration from `[broker]`, reading the certificate, key and client CA files.
+/// `None` when TLS is not configured at all. Errors name the config key, the file and the reason.
+pub(crate) fn server_config(config: &BrokerConfig) -> Result<Option<Arc<ServerConfig>>, KeyError> {
+    let Some((cert_path, key_path)) = check_keys(config)? else {
+        return Ok(None);
+    };
     let invalid = |key: &str, path: &Path, reason: String| {
         (
             format!("broker.{key}"),

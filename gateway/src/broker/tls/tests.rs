@@ -316,8 +316,12 @@ async fn the_plain_listener_still_works_beside_the_tls_one() {
     );
 }
 
+/// The error of parsing `text` or, if it parses, of checking its files (as `sprig run` does).
 fn config_error(text: &str) -> String {
-    Config::parse(text, "test.toml").unwrap_err().to_string()
+    Config::parse(text, "test.toml")
+        .and_then(|config| config.check_files("test.toml"))
+        .unwrap_err()
+        .to_string()
 }
 
 fn with_tls(keys: &str) -> String {
@@ -371,15 +375,21 @@ fn bad_tls_settings_name_the_key_the_file_and_the_reason() {
     );
 
     // A complete, readable set is accepted.
-    let config = Config::parse(
-        &with_tls(&format!(
-            "tls_listen = [\"0.0.0.0:8883\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"",
-            p("ca.pem"),
-            p("ca.key"),
-            p("ca.pem")
-        )),
-        "test.toml",
-    )
-    .unwrap();
+    let text = with_tls(&format!(
+        "tls_listen = [\"0.0.0.0:8883\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"",
+        p("ca.pem"),
+        p("ca.key"),
+        p("ca.pem")
+    ));
+    let config = Config::parse(&text, "test.toml").unwrap();
+    config.check_files("test.toml").unwrap();
     assert_eq!(config.broker.tls_listen.len(), 1);
+    // Parsing alone (what the CLI does) does not read the files; `sprig run` checks them.
+    let gone = text.replace(&p("ca.key"), &p("gone.key"));
+    assert!(Config::parse(&gone, "test.toml").is_ok());
+    let err = config_error(&gone);
+    assert!(
+        err.contains("broker.tls_key") && err.contains("gone.key"),
+        "{err}"
+    );
 }
