@@ -34,6 +34,15 @@ pub enum AuthError {
     InvalidClientId(String),
     #[error("device `{username}` must connect with client id `{username}`, not `{client_id}`")]
     ClientIdMismatch { username: String, client_id: String },
+    #[error("the client certificate's subject CN `{0}` is not a valid thing name ([a-zA-Z0-9:_-]{{1,128}})")]
+    InvalidCertificateName(String),
+}
+
+/// A client certificate the TLS listener verified against `broker.tls_client_ca` (chain, validity,
+/// client-auth usage): the subject common name it certifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCertificate {
+    pub common_name: String,
 }
 
 /// What an operator may see: namespaces, and whether jobs without a namespace.
@@ -247,6 +256,31 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// Decides who a CONNECT is that came with a verified client certificate: the device whose thing name
+    /// is the certificate's subject CN, with no password (a username and password, if sent, are ignored),
+    /// on any listener. Its client id must be that thing name. Cheap: no hashing.
+    pub fn authenticate_certificate(
+        &self,
+        client_id: &str,
+        certificate: &VerifiedCertificate,
+    ) -> Result<Principal, AuthError> {
+        let thing_name = &certificate.common_name;
+        if !is_thing_name(thing_name) {
+            return Err(AuthError::InvalidCertificateName(thing_name.clone()));
+        }
+        if client_id != thing_name {
+            return Err(AuthError::ClientIdMismatch {
+                username: thing_name.clone(),
+                client_id: client_id.to_owned(),
+            });
+        }
+        Ok(Principal::Device {
+            thing_name: thing_name.clone(),
+        })
+    }
+}
+
 /// Hashes a password with argon2id and a random salt, in PHC string form (`$argon2id$v=19$...`).
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
@@ -396,6 +430,36 @@ mod tests {
         assert_eq!(
             auth.authenticate("cli", Some(LOCAL_OPERATOR_USERNAME), Some(b"nope"), true),
             Err(AuthError::BadCredentials)
+        );
+    }
+
+    #[test]
+    fn a_verified_certificate_names_the_device() {
+        let local = LocalOperator {
+            username: LOCAL_OPERATOR_USERNAME.into(),
+            password: "pw".into(),
+        };
+        let mut config = crate::config::Config::default().auth;
+        config.devices.push(crate::config::DeviceConfig {
+            thing_name: "pump-1".into(),
+            password_hash: hash_password("secret").unwrap(),
+        });
+        let auth = Authenticator::new(&config, &local).unwrap();
+        let cert = |cn: &str| VerifiedCertificate {
+            common_name: cn.into(),
+        };
+        // No password needed, even for a thing that has one.
+        assert_eq!(
+            auth.authenticate_certificate("pump-1", &cert("pump-1")),
+            Ok(device("pump-1"))
+        );
+        assert!(matches!(
+            auth.authenticate_certificate("pump-2", &cert("pump-1")),
+            Err(AuthError::ClientIdMismatch { .. })
+        ));
+        assert_eq!(
+            auth.authenticate_certificate("bad name!", &cert("bad name!")),
+            Err(AuthError::InvalidCertificateName("bad name!".into()))
         );
     }
 

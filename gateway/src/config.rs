@@ -65,6 +65,16 @@ pub struct BrokerConfig {
     pub max_segment_size: usize,
     pub max_segment_count: usize,
     pub max_outgoing_packet_count: u64,
+    /// MQTT over TLS listeners (default: none). Need `tls_cert` and `tls_key`.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
+    /// The server's certificate chain (PEM, leaf first). Relative: to the config file's directory.
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that sign device certificates. When set, TLS clients are asked for a
+    /// certificate; one that verifies authenticates the device whose thing name is its subject CN.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// `[jobs]`: limits of the jobs engine.
@@ -179,22 +189,42 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Config::parse(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for route in &mut config.recovery {
-            if route.plugin.is_relative() {
-                route.plugin = base.join(&route.plugin);
-            }
-        }
-        Ok(config)
+        Config::parse_in(&text, &path.display().to_string(), Some(base))
     }
 
     /// Parses and validates configuration text; `origin` names it in errors (a path, or "built-in defaults").
+    /// Relative file paths in it stay relative to the working directory.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Config::parse_in(text, origin, None)
+    }
+
+    /// [`Config::parse`], with relative file paths (plugins, TLS files) taken relative to `base`: files are
+    /// resolved before validation, which reads the TLS files.
+    fn parse_in(text: &str, origin: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_owned(),
             message: e.to_string(),
         })?;
+        if let Some(base) = base {
+            let resolve = |path: &mut PathBuf| {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            };
+            for route in &mut config.recovery {
+                resolve(&mut route.plugin);
+            }
+            let broker = &mut config.broker;
+            let tls_files = [
+                &mut broker.tls_cert,
+                &mut broker.tls_key,
+                &mut broker.tls_client_ca,
+            ];
+            for path in tls_files.into_iter().flatten() {
+                resolve(path);
+            }
+        }
         config
             .validate()
             .map_err(|(key, reason)| ConfigError::Invalid {
@@ -231,6 +261,8 @@ impl Config {
         if self.broker.max_segment_count == 0 {
             return fail("broker.max_segment_count", "must be at least 1");
         }
+        // The files themselves are read by `check_files` (`sprig run` only: the CLI may not read the key).
+        crate::broker::tls::check_keys(&self.broker)?;
         if self.jobs.max_concurrent_deletions == 0 {
             return fail("jobs.max_concurrent_deletions", "must be at least 1");
         }
@@ -317,6 +349,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Reads the files the config names that `sprig run` needs before it starts: the TLS certificate, key
+    /// and client CA must be readable PEM that fit together. `origin` names the config in errors, like
+    /// [`Config::parse`]. (Not part of [`Config::load`]: the CLI loads the same file without the key.)
+    pub fn check_files(&self, origin: &str) -> Result<(), ConfigError> {
+        crate::broker::tls::server_config(&self.broker)
+            .map(drop)
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key,
+                reason,
+            })
     }
 
     /// The path of the local operator credential that `sprig run` writes and the CLI reads.

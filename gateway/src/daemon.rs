@@ -104,11 +104,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         tokio::spawn(async move { control::serve(broker, engine, &jobs, shutdown).await })
     };
-    let addrs: Vec<String> = broker
+    let plain = broker
         .local_addrs()
-        .iter()
-        .map(|a| format!("mqtt://{a}"))
-        .collect();
+        .into_iter()
+        .map(|a| format!("mqtt://{a}"));
+    let tls = broker
+        .tls_local_addrs()
+        .into_iter()
+        .map(|a| format!("mqtts://{a}"));
+    let addrs: Vec<String> = plain.chain(tls).collect();
     tracing::info!(
         listen = %addrs.join(", "),
         data_dir = %config.gateway.data_dir.display(),

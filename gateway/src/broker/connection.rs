@@ -22,8 +22,6 @@ use rumqttd::protocol::{
     UnsubAckReason, Unsubscribe,
 };
 use rumqttd::Notification;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::codec::{PacketReader, PacketWriter, ReadError, Version};
@@ -31,19 +29,20 @@ use super::direct;
 use super::internal::disconnect_now;
 use super::presence::{DisconnectReason, PresenceInfo};
 use super::topics::{is_reserved, to_external, to_internal};
-use super::{Shared, SubscribeEvent};
-use crate::auth::{AuthError, Principal};
+use super::{ReadHalf, Shared, SubscribeEvent, WriteHalf};
+use crate::auth::{AuthError, Principal, VerifiedCertificate};
 
-/// Serves one accepted socket until it closes. `_alive` is held until the end so shutdown can wait for it.
+/// Serves one accepted connection (TCP, or TLS with the client `certificate` it verified, if any) until it
+/// closes. `_alive` is held until the end so shutdown can wait for it.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    read_half: ReadHalf,
+    write_half: WriteHalf,
     peer: SocketAddr,
     loopback: bool,
+    certificate: Option<VerifiedCertificate>,
     _alive: mpsc::Sender<()>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
     let mut reader = PacketReader::new(read_half, shared.config.max_payload_size);
     let limit = Duration::from_millis(shared.config.connection_timeout_ms.into());
     let first = tokio::time::timeout(limit, async {
@@ -81,6 +80,7 @@ pub(crate) async fn serve(
         login,
         peer,
         loopback,
+        certificate,
     };
     if let Some((client, writer, link_rx)) = accept(&shared, request, writer).await {
         client.run(reader, writer, link_rx).await;
@@ -93,6 +93,7 @@ struct ConnectRequest {
     login: Option<Login>,
     peer: SocketAddr,
     loopback: bool,
+    certificate: Option<VerifiedCertificate>,
 }
 
 /// Why a CONNECT was refused, mapped to each version's CONNACK code.
@@ -147,8 +148,8 @@ struct Client {
 async fn accept(
     shared: &Arc<Shared>,
     request: ConnectRequest,
-    mut writer: PacketWriter<OwnedWriteHalf>,
-) -> Option<(Client, PacketWriter<OwnedWriteHalf>, LinkRx)> {
+    mut writer: PacketWriter<WriteHalf>,
+) -> Option<(Client, PacketWriter<WriteHalf>, LinkRx)> {
     let version = writer.version();
     let client_id = request.connect.client_id.clone();
     let peer = request.peer;
@@ -241,6 +242,11 @@ async fn check_connect(
     if client_id.is_empty() || client_id.contains(['+', '$', '#', '/']) || is_reserved(client_id) {
         return Err((Refusal::BadClientId, "invalid client id".into()));
     }
+    if let Some(certificate) = &request.certificate {
+        return (shared.auth)
+            .authenticate_certificate(client_id, certificate)
+            .map_err(refusal);
+    }
     let auth = shared.auth.clone();
     let client_id = client_id.clone();
     let login = request.login.clone();
@@ -254,16 +260,18 @@ async fn check_connect(
     })
     .await
     .map_err(|e| (Refusal::Unavailable, format!("authentication failed: {e}")))?;
-    verdict.map_err(|e| {
-        let refusal = match e {
-            AuthError::BadCredentials => Refusal::BadCredentials,
-            AuthError::InvalidClientId(_) => Refusal::BadClientId,
-            AuthError::PasswordRequired | AuthError::ClientIdMismatch { .. } => {
-                Refusal::NotAuthorized
-            }
-        };
-        (refusal, e.to_string())
-    })
+    verdict.map_err(refusal)
+}
+
+fn refusal(e: AuthError) -> (Refusal, String) {
+    let refusal = match e {
+        AuthError::BadCredentials => Refusal::BadCredentials,
+        AuthError::InvalidClientId(_) => Refusal::BadClientId,
+        AuthError::PasswordRequired
+        | AuthError::ClientIdMismatch { .. }
+        | AuthError::InvalidCertificateName(_) => Refusal::NotAuthorized,
+    };
+    (refusal, e.to_string())
 }
 
 /// Counts a client against `max_connections` while alive.
@@ -367,8 +375,8 @@ struct PendingSuback {
 impl Client {
     async fn run(
         mut self,
-        mut reader: PacketReader<OwnedReadHalf>,
-        writer: PacketWriter<OwnedWriteHalf>,
+        mut reader: PacketReader<ReadHalf>,
+        writer: PacketWriter<WriteHalf>,
         link_rx: LinkRx,
     ) {
         let (to_writer, commands) = mpsc::channel(64);
@@ -500,7 +508,7 @@ impl Client {
     /// Socket -> router, with authorization and topic rewriting.
     async fn read_loop(
         &mut self,
-        reader: &mut PacketReader<OwnedReadHalf>,
+        reader: &mut PacketReader<ReadHalf>,
         to_writer: &mpsc::Sender<ToWriter>,
         pending: &PendingSubacks,
         version: Version,
@@ -794,7 +802,7 @@ const DIRECT_BATCH: usize = 64;
 /// Router -> socket, restoring `$` topics, splicing denied filters into SUBACKs and reporting granted
 /// subscriptions once their SUBACK is written; and direct deliveries -> socket.
 async fn write_loop(
-    mut writer: PacketWriter<OwnedWriteHalf>,
+    mut writer: PacketWriter<WriteHalf>,
     mut link_rx: LinkRx,
     mut commands: mpsc::Receiver<ToWriter>,
     mut direct: mpsc::Receiver<Publish>,

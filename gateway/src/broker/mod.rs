@@ -22,6 +22,7 @@ mod direct;
 mod internal;
 mod presence;
 mod sessions;
+pub(crate) mod tls;
 mod topics;
 mod trim;
 
@@ -36,6 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::{Notification, Router, RouterConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -84,7 +86,14 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// The TLS certificate or key cannot be used (`key`: the config key naming the file).
+    #[error("key `{key}`: {reason}")]
+    Tls { key: String, reason: String },
 }
+
+/// The halves of an accepted connection's byte stream, plain TCP or TLS.
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 type LinkParts = (LinkTx, LinkRx, Notification);
 /// Opens a router connection: (client id, clean session). Blocks until the router answers.
@@ -141,6 +150,7 @@ async fn open_link(
 pub struct Broker {
     shared: Arc<Shared>,
     local_addrs: Vec<SocketAddr>,
+    tls_local_addrs: Vec<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     /// Cloned into every acceptor and connection; shutdown drops this one and waits for the rest.
     alive: Mutex<Option<mpsc::Sender<()>>>,
@@ -150,22 +160,25 @@ pub struct Broker {
 
 impl Broker {
     /// Starts the broker. Must be called inside a tokio runtime. Binds every listener in `config.listen`
-    /// before returning (a bad address is an error here), spawns the router thread, then accepts in
-    /// background tasks. Logs each address it listens on.
+    /// and `config.tls_listen` before returning (a bad address, certificate or key is an error here),
+    /// spawns the router thread, then accepts in background tasks. Logs each address it listens on.
     pub async fn start(
         config: &BrokerConfig,
         auth: Arc<Authenticator>,
     ) -> Result<Arc<Broker>, BrokerError> {
+        let tls = tls::acceptor(config)?;
         // Bind first: the router thread cannot be stopped once spawned.
-        let mut listeners = Vec::with_capacity(config.listen.len());
-        for &addr in &config.listen {
+        let mut listeners = Vec::with_capacity(config.listen.len() + config.tls_listen.len());
+        let plain = config.listen.iter().map(|addr| (addr, None));
+        let secure = config.tls_listen.iter().map(|addr| (addr, tls.clone()));
+        for (&addr, tls) in plain.chain(secure) {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| BrokerError::Bind { addr, source })?;
             let local = listener
                 .local_addr()
                 .map_err(|source| BrokerError::Bind { addr, source })?;
-            listeners.push((listener, local));
+            listeners.push((listener, local, tls));
         }
 
         let router_tx = Router::new(0, router_config(config)).spawn();
@@ -197,14 +210,26 @@ impl Broker {
         });
         tokio::spawn(shared.trimmer.clone().run(shared.shutdown.clone()));
         let (alive, all_closed) = mpsc::channel(1);
-        let local_addrs = listeners.iter().map(|(_, local)| *local).collect();
-        for (listener, local) in listeners {
-            tracing::info!("MQTT broker listening on {local}");
-            tokio::spawn(accept_loop(shared.clone(), listener, local, alive.clone()));
+        let (local_addrs, tls_local_addrs) = listeners
+            .iter()
+            .partition::<Vec<_>, _>(|(_, _, tls)| tls.is_none());
+        let local_addrs = local_addrs.iter().map(|(_, local, _)| *local).collect();
+        let tls_local_addrs = tls_local_addrs.iter().map(|(_, local, _)| *local).collect();
+        for (listener, local, tls) in listeners {
+            let tls_note = if tls.is_some() { " (TLS)" } else { "" };
+            tracing::info!("MQTT broker listening on {local}{tls_note}");
+            tokio::spawn(accept_loop(
+                shared.clone(),
+                listener,
+                local,
+                tls,
+                alive.clone(),
+            ));
         }
         Ok(Arc::new(Broker {
             shared,
             local_addrs,
+            tls_local_addrs,
             shutdown_tx,
             alive: Mutex::new(Some(alive)),
             all_closed: tokio::sync::Mutex::new(all_closed),
@@ -215,6 +240,11 @@ impl Broker {
     /// The addresses actually bound, in `config.listen` order (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.local_addrs.clone()
+    }
+
+    /// The TLS addresses actually bound, in `config.tls_listen` order (port 0 resolved).
+    pub fn tls_local_addrs(&self) -> Vec<SocketAddr> {
+        self.tls_local_addrs.clone()
     }
 
     /// An in-process client of the router for the gateway's own services (control API, notifications).
@@ -304,11 +334,12 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
     }
 }
 
-/// Accepts connections on one listener until shutdown.
+/// Accepts connections on one listener (TLS ones complete their handshake first) until shutdown.
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     local: SocketAddr,
+    tls: Option<tls::TlsAcceptor>,
     alive: mpsc::Sender<()>,
 ) {
     // Anonymous devices are allowed only on loopback listeners (decided by the listener, not the peer).
@@ -319,7 +350,22 @@ async fn accept_loop(
             () = stopped(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let connection = connection::serve(shared.clone(), stream, peer, loopback, alive.clone());
+                    let _ = stream.set_nodelay(true);
+                    if let Some(acceptor) = &tls {
+                        let connection = tls::serve(acceptor.clone(), shared.clone(), stream, peer, loopback, alive.clone());
+                        tokio::spawn(connection);
+                        continue;
+                    }
+                    let (read_half, write_half) = stream.into_split();
+                    let connection = connection::serve(
+                        shared.clone(),
+                        Box::new(read_half),
+                        Box::new(write_half),
+                        peer,
+                        loopback,
+                        None,
+                        alive.clone(),
+                    );
                     tokio::spawn(connection);
                 }
                 Err(e) => {

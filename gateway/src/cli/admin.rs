@@ -55,6 +55,10 @@ pub struct HashPasswordArgs {
 /// `sprig run`: the gateway, until SIGINT or SIGTERM.
 pub fn run(args: &ConfigArgs) -> Result<Option<String>, Failure> {
     let config = load_config(args.config.as_deref())?;
+    let origin = args.config.as_deref().map(|p| p.display().to_string());
+    config
+        .check_files(origin.as_deref().unwrap_or("built-in defaults"))
+        .map_err(|e| Failure::Fatal(e.to_string()))?;
     // rumqttd logs every connect and subscribe at info: keep its warnings, not its chatter.
     init_tracing("info,rumqttd=warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
