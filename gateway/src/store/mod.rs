@@ -276,11 +276,7 @@ impl Store {
                 Ok::<(), ConflictableTransactionError<()>>(())
             },
         );
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("store transactions never abort"),
-        }
+        committed(outcome)
     }
 
     /// (job id, thing name) of executions whose step deadline is at or before `now` (epoch ms), oldest first.
@@ -332,11 +328,7 @@ impl Store {
                 write_recovery(recoveries, open, recovery)?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("store transactions never abort"),
-        }
+        committed(outcome)
     }
 
     /// The PENDING recoveries, of one thing or of all, in id order.
@@ -520,6 +512,15 @@ impl Store {
             }
         }
         Ok(report)
+    }
+}
+
+/// A store transaction's result: its closures never abort, so only storage errors remain.
+fn committed(outcome: std::result::Result<(), TransactionError<()>>) -> Result<()> {
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(TransactionError::Storage(e)) => Err(e.into()),
+        Err(TransactionError::Abort(())) => unreachable!("store transactions never abort"),
     }
 }
 
