@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::broker::{Broker, BrokerError, InternalSender};
+use crate::broker::{Broker, BrokerError, Delivery, InternalSender};
 use crate::jobs::device::{DeviceError, DeviceErrorCode};
 use crate::jobs::Engine;
 use request::{DescribeRequest, StartNextRequest, UpdateRequest};
@@ -38,8 +38,16 @@ pub async fn serve(
 ) -> Result<(), BrokerError> {
     let mut client = broker.internal_client("device-api").await?;
     client.subscribe(topic::REQUEST_FILTER).await?;
+    // Replies go straight to the requesting device's connection (`Broker::deliver`), not through the
+    // router: only the device may subscribe to its own reply topics, and the router would match every new
+    // reply topic against every filter (N² for a fleet-wide round of requests). The router stays the
+    // fallback (see `Service::reply`).
     let (sender, mut receiver) = client.split();
-    let service = Arc::new(Service { engine, sender });
+    let service = Arc::new(Service {
+        engine,
+        broker,
+        sender,
+    });
     // Dropping the senders (when this returns) lets each worker finish its queue and stop.
     let shards: Vec<mpsc::Sender<Incoming>> = (0..SHARDS)
         .map(|_| {
@@ -66,6 +74,8 @@ struct Incoming {
 
 struct Service {
     engine: Arc<Engine>,
+    broker: Arc<Broker>,
+    /// Through the router, for a reply that direct delivery cannot place (see `reply`).
     sender: InternalSender,
 }
 
@@ -196,12 +206,20 @@ impl Service {
             }
         };
         let payload = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        if let Err(e) = self
-            .sender
-            .publish(&format!("{topic}/{suffix}"), payload)
-            .await
-        {
-            tracing::warn!(topic, error = %e, "could not publish a device API reply");
+        let reply_topic = format!("{topic}/{suffix}");
+        let thing = topic::thing_of(topic);
+        match self.broker.deliver(thing, &reply_topic, payload.clone()) {
+            Delivery::Delivered => {}
+            // A device that subscribed and published without waiting for its SUBACK may have its request
+            // answered before the direct table learns of the subscription; the router keeps that order.
+            Delivery::NotSubscribed => {
+                if let Err(e) = self.sender.publish(&reply_topic, payload).await {
+                    tracing::warn!(topic = reply_topic, error = %e, "could not publish a device API reply");
+                }
+            }
+            other => {
+                tracing::warn!(topic = reply_topic, delivery = ?other, "device API reply not delivered")
+            }
         }
     }
 }

@@ -35,6 +35,14 @@ pub(super) struct Request {
     pub api: Result<Api, DeviceError>,
 }
 
+/// The thing a request topic belongs to (`$aws/things/{thing}/…`); empty for any other topic.
+pub(super) fn thing_of(topic: &str) -> &str {
+    topic
+        .strip_prefix(THINGS_PREFIX)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default()
+}
+
 /// Reads a topic the service received. `None` means "not a request: never answer it" — a reply
 /// (`…/accepted`, `…/rejected`, ours included), a notification, or a topic outside `jobs/`. Answering those
 /// would make the service reply to itself, or to the notifier, forever.
@@ -291,5 +299,11 @@ mod tests {
                 target: JobTarget::Id("x".repeat(64))
             }
         );
+    }
+
+    #[test]
+    fn replies_go_to_the_thing_of_the_request_topic() {
+        assert_eq!(thing_of("$aws/things/pump-1/jobs/get"), "pump-1");
+        assert_eq!(thing_of("$sprig/control/x/DeleteJob"), "");
     }
 }
