@@ -71,6 +71,30 @@ pub fn plugin_path(package: &str) -> PathBuf {
         .join(format!("lib{}.so", package.replace('-', "_")))
 }
 
+/// The default config listening on `listen` only, with its data in `data_dir`.
+pub fn config_for(listen: &str, data_dir: &Path) -> String {
+    DEFAULT_CONFIG
+        .replace(
+            "listen = [\"127.0.0.1:1883\"]",
+            &format!("listen = [\"{listen}\"]"),
+        )
+        .replace(
+            "data_dir = \"./sprig-data\"",
+            &format!("data_dir = {:?}", data_dir.display().to_string()),
+        )
+}
+
+/// Writes `config` to `path` and runs `sprig run --config path` to its end (for configs it must refuse).
+pub fn run_refusing(path: &Path, config: &str) -> Output {
+    std::fs::write(path, config).unwrap();
+    Command::new(sprig_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -116,15 +140,7 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let data_dir = dir.path().join("data");
-        let config = DEFAULT_CONFIG
-            .replace(
-                "listen = [\"127.0.0.1:1883\"]",
-                &format!("listen = [\"127.0.0.1:{port}\"]"),
-            )
-            .replace(
-                "data_dir = \"./sprig-data\"",
-                &format!("data_dir = {:?}", data_dir.display().to_string()),
-            );
+        let config = config_for(&format!("127.0.0.1:{port}"), &data_dir);
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, edit(config)).unwrap();
         let mut gateway = Gateway {

@@ -96,27 +96,13 @@ fn a_file_that_is_not_a_library_is_refused() {
 #[test]
 fn run_refuses_a_recovery_route_whose_plugin_has_the_wrong_abi() {
     let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", sprig_tests::free_port());
     let config = format!(
         "{}\n[[recovery]]\nplugin = {:?}\n",
-        sprig_tests::DEFAULT_CONFIG
-            .replace(
-                "127.0.0.1:1883",
-                &format!("127.0.0.1:{}", sprig_tests::free_port())
-            )
-            .replace(
-                "./sprig-data",
-                &dir.path().join("data").display().to_string()
-            ),
+        sprig_tests::config_for(&listen, &dir.path().join("data")),
         wrong_abi_plugin()
     );
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, config).unwrap();
-    let out = Command::new(sprig_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = sprig_tests::run_refusing(&dir.path().join("gateway.toml"), &config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("recovery[0]"), "{stderr}");

@@ -1,9 +1,8 @@
 //! `sprig run`: start-up on a config, the local operator credential, refusal of bad configs, clean stop.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
-use sprig_tests::{sprig_bin, Gateway, DEFAULT_CONFIG};
+use sprig_tests::{config_for, run_refusing, Gateway, DEFAULT_CONFIG};
 
 #[test]
 fn run_logs_its_listener_and_writes_a_private_local_credential_once() {
@@ -49,13 +48,7 @@ fn a_bad_config_is_refused_with_file_key_and_reason() {
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(sprig_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = run_refusing(&path, text);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -69,26 +62,8 @@ fn a_bad_config_is_refused_with_file_key_and_reason() {
 fn a_taken_port_is_refused_with_the_address() {
     let gateway = Gateway::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = DEFAULT_CONFIG
-        .replace(
-            "listen = [\"127.0.0.1:1883\"]",
-            &format!("listen = [\"{}\"]", gateway.addr),
-        )
-        .replace(
-            "data_dir = \"./sprig-data\"",
-            &format!(
-                "data_dir = {:?}",
-                dir.path().join("data").display().to_string()
-            ),
-        );
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, config).unwrap();
-    let out = Command::new(sprig_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let config = config_for(&gateway.addr.to_string(), &dir.path().join("data"));
+    let out = run_refusing(&dir.path().join("gateway.toml"), &config);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&gateway.addr.to_string()), "{err}");
