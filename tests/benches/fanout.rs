@@ -54,7 +54,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// PIDs of the brokers started, killed by the deadline watchdog.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+#[path = "fanout/floor.rs"]
+mod floor;
+
 fn main() {
+    if let Ok(port) = std::env::var("SPRIG_FANOUT_FLOOR_PORT") {
+        floor::serve(port.parse().expect("SPRIG_FANOUT_FLOOR_PORT: a port"));
+        return;
+    }
     let sizes: Vec<usize> = env_or("SPRIG_FANOUT_SIZES", "1000,10000".into())
         .split(',')
         .map(|s| s.trim().parse().expect("SPRIG_FANOUT_SIZES: numbers"))
@@ -118,6 +125,12 @@ fn main() {
                 .await;
                 results.push(mosquitto_result);
             }
+            eprintln!("fanout: N = {n}, floor");
+            let payload = copied.unwrap_or((estimated_notification_len(n), 0));
+            let floor = BrokerKind::Floor(std::env::current_exe().unwrap());
+            let floor_result =
+                bench_broker(floor, n, &settings, Some((payload.0, 0, copied.is_some()))).await;
+            results.push(floor_result);
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
@@ -231,6 +244,8 @@ fn estimated_notification_len(n: usize) -> usize {
 enum BrokerKind {
     Sprig(PathBuf),
     Mosquitto(PathBuf),
+    /// This benchmark's own binary as the floor server (see the `floor` module).
+    Floor(PathBuf),
 }
 
 impl BrokerKind {
@@ -238,6 +253,7 @@ impl BrokerKind {
         match self {
             BrokerKind::Sprig(_) => "sprig",
             BrokerKind::Mosquitto(_) => "mosquitto",
+            BrokerKind::Floor(_) => "floor",
         }
     }
 }
@@ -307,6 +323,11 @@ impl Broker {
                 command.arg("-c").arg(&config_path);
                 command
             }
+            BrokerKind::Floor(bin) => {
+                let mut command = Command::new(bin);
+                command.env("SPRIG_FANOUT_FLOOR_PORT", port.to_string());
+                command
+            }
         };
         let child = command
             .current_dir(dir.path())
@@ -341,7 +362,7 @@ impl Broker {
                 StdTcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok();
             let ready = match kind {
                 BrokerKind::Sprig(_) => accepts && self.log().contains("ready"),
-                BrokerKind::Mosquitto(_) => accepts,
+                BrokerKind::Mosquitto(_) | BrokerKind::Floor(_) => accepts,
             };
             if ready {
                 return;
@@ -369,6 +390,36 @@ impl Broker {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// CPU time of the broker's live threads so far (nanosecond counters of `/proc/{pid}/task/*/schedstat`).
+    fn cpu_time(&self) -> Duration {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return Duration::ZERO;
+        };
+        let ns: u64 = tasks
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+            .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        Duration::from_nanos(ns)
+    }
+
+    /// CPU time so far per thread name (`SPRIG_FANOUT_THREADS=1` prints where each run's time went).
+    fn cpu_by_thread(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut by_name = std::collections::BTreeMap::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return by_name;
+        };
+        for task in tasks.flatten() {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let ns = std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            *by_name.entry(name.trim().to_owned()).or_insert(0) += ns;
+        }
+        by_name
     }
 
     fn local_credential(&self) -> (String, String) {
@@ -408,6 +459,8 @@ struct RunResult {
     /// Messages that were not a first delivery of the current run (duplicates, stale runs).
     stray: usize,
     error: Option<String>,
+    /// CPU time spent while the run was timed: (by the broker, by this process's devices).
+    cpu: Option<(Duration, Duration)>,
 }
 
 struct BrokerResult {
@@ -486,7 +539,7 @@ async fn bench_broker(
         let tag = NEXT_TAG.fetch_add(1, Ordering::SeqCst);
         let outcome = match &kind {
             BrokerKind::Sprig(_) => sprig_run(&broker, n, run, tag, &tally, settings).await,
-            BrokerKind::Mosquitto(_) => {
+            BrokerKind::Mosquitto(_) | BrokerKind::Floor(_) => {
                 let (len, qos) = result.payload.expect("mosquitto payload");
                 mosquitto_run(&broker, n, tag, len, qos, &tally, settings).await
             }
@@ -655,8 +708,26 @@ async fn sprig_run(
         Ok(Err(e)) => return failed_run(tally, e),
         Err(e) => return failed_run(tally, format!("CreateJob: {e}")),
     };
+    let cpu = cpu_now(broker);
+    let threads = broker.cpu_by_thread();
     let complete = tally.wait(n, settings.run_timeout).await;
-    let outcome = finish_run(tally, complete, accepted, Some(accepted - sent), n);
+    let mut outcome = finish_run(tally, complete, accepted, Some(accepted - sent), n);
+    outcome.cpu = Some(cpu_since(broker, cpu));
+    if std::env::var_os("SPRIG_FANOUT_THREADS").is_some() {
+        let after = broker.cpu_by_thread();
+        let spent: Vec<String> = after
+            .iter()
+            .map(|(name, ns)| {
+                (
+                    name,
+                    ns.saturating_sub(threads.get(name).copied().unwrap_or(0)),
+                )
+            })
+            .filter(|(_, ns)| *ns >= 1_000_000)
+            .map(|(name, ns)| format!("{name} {:.1} ms", ns as f64 / 1e6))
+            .collect();
+        eprintln!("fanout:   run {run} CPU by thread: {}", spent.join(", "));
+    }
 
     // Cancel the job so the next run's notification is the same size (the namespace's pending jobs are in
     // it), and let the cancel notifications pass before the next run starts.
@@ -711,11 +782,14 @@ async fn mosquitto_run(
         while read_packet(&mut reader).await.is_ok() {}
     });
     tally.start(tag);
+    let cpu = cpu_now(broker);
     let started = Instant::now();
     let result = match writer.write_all(&bytes).await {
         Ok(()) => {
             let complete = tally.wait(n, settings.run_timeout).await;
-            finish_run(tally, complete, started, None, n)
+            let mut outcome = finish_run(tally, complete, started, None, n);
+            outcome.cpu = Some(cpu_since(broker, cpu));
+            outcome
         }
         Err(e) => failed_run(tally, format!("publisher: {e}")),
     };
@@ -744,6 +818,7 @@ fn finish_run(
         request,
         stray: tally.stray.load(Ordering::SeqCst),
         error: None,
+        cpu: None,
     }
 }
 
@@ -754,7 +829,33 @@ fn failed_run(tally: &Tally, error: String) -> RunResult {
         request: None,
         stray: 0,
         error: Some(error),
+        cpu: None,
     }
+}
+
+/// CPU time used so far: (by the broker's threads, by this process).
+fn cpu_now(broker: &Broker) -> (Duration, Duration) {
+    (broker.cpu_time(), own_cpu_time())
+}
+
+/// CPU used since `before` (from [`cpu_now`]).
+fn cpu_since(broker: &Broker, before: (Duration, Duration)) -> (Duration, Duration) {
+    let now = cpu_now(broker);
+    (
+        now.0.saturating_sub(before.0),
+        now.1.saturating_sub(before.1),
+    )
+}
+
+fn own_cpu_time() -> Duration {
+    // SAFETY: getrusage writes one plain struct that we own.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1172,6 +1273,46 @@ fn print_table(results: &[BrokerResult], settings: &Settings) {
                 let bound = if s.rate_is_bound { "< " } else { "" };
                 match (s.rate, other) {
                     (Some(a), Some(b)) => format!("{bound}{:.3}×", a / b),
+                    _ => "—".into(),
+                }
+            })
+            .collect(),
+    );
+    row(
+        "rate / the floor's rate",
+        results
+            .iter()
+            .zip(&summaries)
+            .map(|(r, s)| {
+                let floor = results
+                    .iter()
+                    .zip(&summaries)
+                    .find(|(o, _)| o.broker == "floor" && o.n == r.n)
+                    .and_then(|(_, fs)| (!fs.rate_is_bound).then_some(fs.rate).flatten());
+                match (s.rate, floor, r.broker) {
+                    (_, _, "floor") => String::new(),
+                    (Some(a), Some(b), _) => format!("{:.0} %", 100.0 * a / b),
+                    _ => "—".into(),
+                }
+            })
+            .collect(),
+    );
+    row(
+        "CPU while timed, per run: broker / devices (ms, p50)",
+        results
+            .iter()
+            .map(|r| {
+                let median = |pick: fn(&(Duration, Duration)) -> Duration| {
+                    let mut v: Vec<f64> = r
+                        .runs
+                        .iter()
+                        .filter_map(|x| x.cpu.as_ref().map(|c| ms(pick(c))))
+                        .collect();
+                    v.sort_by(|a, b| a.total_cmp(b));
+                    percentile(&v, 0.5)
+                };
+                match (median(|c| c.0), median(|c| c.1)) {
+                    (Some(b), Some(d)) => format!("{b:.1} / {d:.1}"),
                     _ => "—".into(),
                 }
             })

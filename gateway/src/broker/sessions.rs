@@ -23,6 +23,13 @@ impl Sessions {
         self.lock().get(client_id).map(|(_, p)| p.clone())
     }
 
+    /// True when the device `thing` is connected (as its own client id) right now.
+    pub fn is_device(&self, thing: &str) -> bool {
+        self.lock().get(thing).is_some_and(
+            |(_, p)| matches!(p, Principal::Device { thing_name } if thing_name == thing),
+        )
+    }
+
     /// Number of connected clients.
     pub fn len(&self) -> usize {
         self.lock().len()

@@ -488,19 +488,52 @@ impl Engine {
         namespace: Option<&str>,
         jobs: &mut JobCache,
     ) -> std::result::Result<ThingSnapshot, StoreError> {
-        let now = now_ms();
         let pending = self.pending_in_scope(thing, namespace, jobs)?;
-        let next = pick_next(&pending).map(|(e, j)| device_execution(e, j, true, now));
-        let (in_progress, queued): (Vec<_>, Vec<_>) = pending
+        Ok(snapshot_of(&pending, now_ms()))
+    }
+
+    /// [`snapshot`](Self::snapshot) of many things in one scope, in their order. The thing index and the
+    /// executions are each read in one ordered walk for all of them
+    /// ([`Store::pending_job_ids_of_things`](crate::store::Store::pending_job_ids_of_things)).
+    pub fn snapshots(
+        &self,
+        things: &[String],
+        namespace: Option<&str>,
+        jobs: &mut JobCache,
+    ) -> std::result::Result<Vec<ThingSnapshot>, StoreError> {
+        let names: Vec<&str> = things.iter().map(String::as_str).collect();
+        let pending_ids = self.store.pending_job_ids_of_things(&names)?;
+        // The (job, thing) pairs whose executions to read: pending per the index, the job in the scope.
+        let mut wanted: Vec<(usize, Arc<Job>)> = Vec::with_capacity(names.len());
+        for (index, ids) in pending_ids.iter().enumerate() {
+            for job_id in ids {
+                if let Some(job) = jobs
+                    .get(&self.store, job_id)?
+                    .filter(|j| in_scope(j, namespace))
+                {
+                    wanted.push((index, job));
+                }
+            }
+        }
+        let pairs: Vec<(&str, &str)> = wanted
             .iter()
-            .partition(|(e, _)| e.status == ExecutionStatus::InProgress);
-        Ok(ThingSnapshot {
-            pending: PendingJobs {
-                in_progress_jobs: in_progress.into_iter().map(|(e, _)| summary(e)).collect(),
-                queued_jobs: queued.into_iter().map(|(e, _)| summary(e)).collect(),
-            },
-            next,
-        })
+            .map(|(index, job)| (job.job_id.as_str(), names[*index]))
+            .collect();
+        let executions = self.store.executions(&pairs)?;
+        let mut pending: Vec<Vec<(Execution, Arc<Job>)>> = vec![Vec::new(); names.len()];
+        for ((index, job), execution) in wanted.into_iter().zip(executions) {
+            if let Some(execution) = execution.filter(|e| !e.status.is_terminal()) {
+                pending[index].push((execution, job));
+            }
+        }
+        let now = now_ms();
+        Ok(pending
+            .into_iter()
+            .map(|mut pending| {
+                sort_oldest_first(&mut pending);
+                snapshot_of(&pending, now)
+            })
+            .collect())
     }
 
     /// The thing's execution of `job_id` if it is pending and the job is in the scope and not being deleted
@@ -641,14 +674,12 @@ impl Engine {
     ) -> std::result::Result<Vec<(Execution, Arc<Job>)>, StoreError> {
         let mut found = Vec::new();
         for job_id in self.store.pending_job_ids_of_thing(thing)? {
-            let Some(job) = jobs.get(&self.store, &job_id)? else {
+            let Some(job) = jobs
+                .get(&self.store, &job_id)?
+                .filter(|j| in_scope(j, namespace))
+            else {
                 continue;
             };
-            if job.namespace_id.as_deref() != namespace
-                || job.status == JobStatus::DeletionInProgress
-            {
-                continue;
-            }
             if let Some(execution) = self
                 .store
                 .execution(&job_id, thing)?
@@ -657,8 +688,7 @@ impl Engine {
                 found.push((execution, job));
             }
         }
-        // Oldest first, as AWS lists them; the job id breaks ties so the order is stable.
-        found.sort_by(|(a, _), (b, _)| (a.queued_at, &a.job_id).cmp(&(b.queued_at, &b.job_id)));
+        sort_oldest_first(&mut found);
         Ok(found)
     }
 
@@ -720,6 +750,31 @@ pub async fn run_step_timeouts(
 }
 
 /// IN_PROGRESS first (oldest), else the oldest QUEUED: the execution `$next` names.
+/// Is `job` one of the scope's jobs that devices still see (not being deleted)?
+fn in_scope(job: &Job, namespace: Option<&str>) -> bool {
+    job.namespace_id.as_deref() == namespace && job.status != JobStatus::DeletionInProgress
+}
+
+/// Oldest first, as AWS lists them; the job id breaks ties so the order is stable.
+fn sort_oldest_first(pending: &mut [(Execution, Arc<Job>)]) {
+    pending.sort_by(|(a, _), (b, _)| (a.queued_at, &a.job_id).cmp(&(b.queued_at, &b.job_id)));
+}
+
+/// A thing's snapshot from its pending executions in a scope, oldest first.
+fn snapshot_of(pending: &[(Execution, Arc<Job>)], now: i64) -> ThingSnapshot {
+    let next = pick_next(pending).map(|(e, j)| device_execution(e, j, true, now));
+    let (in_progress, queued): (Vec<_>, Vec<_>) = pending
+        .iter()
+        .partition(|(e, _)| e.status == ExecutionStatus::InProgress);
+    ThingSnapshot {
+        pending: PendingJobs {
+            in_progress_jobs: in_progress.into_iter().map(|(e, _)| summary(e)).collect(),
+            queued_jobs: queued.into_iter().map(|(e, _)| summary(e)).collect(),
+        },
+        next,
+    }
+}
+
 fn pick_next(sorted: &[(Execution, Arc<Job>)]) -> Option<&(Execution, Arc<Job>)> {
     sorted
         .iter()

@@ -166,17 +166,21 @@ impl Notifier {
         let started = Instant::now();
         let event = Arc::new(event);
         let mut total = Batch::default();
+        // One cache for the whole event: its job (whose record lists all its targets) is decoded once,
+        // not once per chunk.
+        let mut jobs = JobCache::default();
         for start in (0..event.things.len()).step_by(CHUNK) {
             let end = (start + CHUNK).min(event.things.len());
             let event = event.clone();
-            let (messages, computing) = self
+            let (messages, computing, cache) = self
                 .clone()
                 .blocking(move |me| {
                     let begun = Instant::now();
-                    let messages = me.event_messages(&event, &event.things[start..end]);
-                    Ok((messages, begun.elapsed()))
+                    let messages = me.event_messages(&event, &event.things[start..end], &mut jobs);
+                    Ok((messages, begun.elapsed(), jobs))
                 })
                 .await?;
+            jobs = cache;
             let begun = Instant::now();
             total.deliveries.add(self.deliver(messages));
             total.delivering += begun.elapsed();
@@ -229,29 +233,43 @@ impl Notifier {
         counts
     }
 
-    fn event_messages(&self, event: &JobEvent, things: &[String]) -> Vec<Message> {
+    fn event_messages(
+        &self,
+        event: &JobEvent,
+        things: &[String],
+        jobs: &mut JobCache,
+    ) -> Vec<Message> {
         let timestamp = now_ms() / 1000;
         let mut messages = Vec::with_capacity(things.len() * 2);
-        let mut jobs = JobCache::default();
-        for thing in things {
-            if let Err(e) = self.thing_event(event, thing, timestamp, &mut jobs, &mut messages) {
+        let scope = event.namespace_id.as_deref();
+        let snapshots = match self.engine.snapshots(things, scope, jobs) {
+            Ok(snapshots) => snapshots,
+            Err(e) => {
+                let count = things.len();
+                tracing::error!(count, job_id = event.job_id, error = %e, "cannot notify devices");
+                return messages;
+            }
+        };
+        for (thing, snapshot) in things.iter().zip(snapshots) {
+            if let Err(e) = self.thing_event(event, thing, snapshot, timestamp, jobs, &mut messages)
+            {
                 tracing::error!(thing, job_id = event.job_id, error = %e, "cannot notify the device");
             }
         }
         messages
     }
 
-    /// The messages one event makes for one thing.
+    /// The messages one event makes for one thing, given its state in the event's scope.
     fn thing_event(
         &self,
         event: &JobEvent,
         thing: &str,
+        snapshot: ThingSnapshot,
         timestamp: i64,
         jobs: &mut JobCache,
         out: &mut Vec<Message>,
     ) -> Result<(), StoreError> {
         let scope = event.namespace_id.as_deref();
-        let snapshot = self.engine.snapshot(thing, scope, jobs)?;
         let changes = self.remember(thing, scope, &snapshot);
         let Some(ns) = scope else {
             if changes.pending {

@@ -17,7 +17,6 @@ use sprig_sdk::{Action, Outcome, Reason, RecoveryContext};
 use tokio::sync::{broadcast, watch, Mutex};
 
 use super::Routes;
-use crate::auth::Principal;
 use crate::broker::{Broker, BrokerError, InternalSender};
 use crate::config::RecoveryRoute;
 use crate::jobs::model::{now_ms, RecoveryReason, RecoveryRecord, RecoveryState};
@@ -99,9 +98,10 @@ pub async fn run(
         // Which devices to look at this time: one that acknowledged or subscribed, or all of them.
         let mut acknowledged_topic = None;
         let mut subscribed = None;
+        let mut ticked = false;
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
-            _ = tick.tick() => {}
+            _ = tick.tick() => ticked = true,
             _ = runner.routes.created() => {}
             event = subscriptions.recv() => match event {
                 Ok(event) => subscribed = Some(event.client_id),
@@ -118,7 +118,11 @@ pub async fn run(
             }
             (None, None) => None,
         };
-        listening.retain(|thing| runner.is_attached(thing));
+        // Forgetting detached devices walks the whole set: on the tick only, never per event (a fleet
+        // subscribing at once would make that N²). Attachment is checked again before each run.
+        if ticked {
+            listening.retain(|thing| runner.is_attached(thing));
+        }
         runner.run_due(&listening, focus).await;
     }
 }
@@ -133,7 +137,7 @@ struct Runner {
 
 impl Runner {
     fn is_attached(&self, thing: &str) -> bool {
-        matches!(self.broker.sessions().principal(thing), Some(Principal::Device { thing_name }) if thing_name == thing)
+        self.broker.sessions().is_device(thing)
     }
 
     /// A message on an `ack_topic`: the device's PENDING recoveries are acknowledged and due. Returns the
@@ -170,7 +174,11 @@ impl Runner {
             return;
         };
         for recovery in open {
-            if recovery.next_attempt_at <= now && listening.contains(&recovery.thing_name) {
+            let thing = &recovery.thing_name;
+            if recovery.next_attempt_at <= now
+                && listening.contains(thing)
+                && self.is_attached(thing)
+            {
                 self.attempt(recovery).await;
             }
         }
