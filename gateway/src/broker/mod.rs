@@ -22,6 +22,7 @@ mod direct;
 mod internal;
 mod presence;
 mod sessions;
+pub mod skips;
 pub(crate) mod tls;
 mod topics;
 mod trim;
@@ -209,6 +210,7 @@ impl Broker {
             shutdown: shutdown_rx,
         });
         tokio::spawn(shared.trimmer.clone().run(shared.shutdown.clone()));
+        tokio::spawn(skips::report(shared.shutdown.clone()));
         let (alive, all_closed) = mpsc::channel(1);
         let (local_addrs, tls_local_addrs) = listeners
             .iter()

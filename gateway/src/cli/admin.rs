@@ -134,13 +134,24 @@ fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: `default_level`).
+/// Logs to stderr, filtered by `RUST_LOG` (default: `default_level`); and counts the router's skipped
+/// messages whatever the filter ([`crate::broker::skips`]).
 fn init_tracing(default_level: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Colours only on a terminal: in a file or the journal they are escape codes.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colours)
+        .with_filter(filter);
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(crate::broker::skips::layer())
         .try_init();
 }
 
