@@ -8,7 +8,7 @@
 //! metrics timer asks for them, and that timer's event is private to the crate; what it does do every time
 //! is log a warning (`Read cursor start jumped from .. to .. on {filter}`, target `rumqttd::router`).
 //! So sprig counts those warnings: [`layer`] is part of the daemon's logging (it sees rumqttd's warnings
-//! whatever `RUST_LOG` says), and [`report`] logs the running total at most once per [`REPORT_EVERY`] while
+//! whatever `RUST_LOG` says), and `report` logs the running total at most once per [`REPORT_EVERY`] while
 //! they happen. Job notifications and device API replies never go through the router (see `direct`), so
 //! nothing sprig itself sends can be skipped; this is about what clients publish to each other.
 

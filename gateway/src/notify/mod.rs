@@ -29,9 +29,11 @@
 //! it (as before). Snapshots (sled reads) run in chunks of [`CHUNK`] things on the blocking pool, so
 //! notifying thousands of devices never stalls the runtime nor the requests that caused it; delivering a
 //! chunk never blocks (a full client queue drops, counted and logged by the broker) and takes about a
-//! millisecond, so it runs on the runtime. What a large fan-out costs now is the snapshots: each reads the
-//! thing's pending jobs, decoding every job whole, its target list included, so one job for N things decodes
-//! N² target names (10,000: 3.6 s).
+//! millisecond, so it runs on the runtime. A chunk's snapshots are read in two ordered walks of the store
+//! (its things' pending job ids, then those executions: [`Engine::snapshots`]) and each job is decoded once
+//! per event (its record lists all its targets), so an event for N things costs O(N) store reads; 10,000
+//! things take about 25 ms of CPU here, about a sixth of what the broker spends on that fan-out (the rest
+//! is handing each message to its connection and the socket writes).
 
 mod memory;
 mod payload;

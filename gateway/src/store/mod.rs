@@ -343,7 +343,7 @@ impl Store {
     /// One ordered walk of the `by_thing` index instead of a prefix scan per thing: sled starts every scan
     /// by copying the whole leaf it lands on, so N scans that land on the same few leaves cost N copies
     /// (a notification for 10,000 things spent most of its time there). The walk visits the things in key
-    /// order and seeks again, as a fresh scan would, when more than [`SEEK_AFTER`] entries of things not asked
+    /// order and seeks again, as a fresh scan would, when more than `SEEK_AFTER` entries of things not asked
     /// for lie between two asked ones: never much worse than one scan per thing.
     pub fn pending_job_ids_of_things(&self, things: &[&str]) -> Result<Vec<Vec<String>>> {
         let pending = [
