@@ -215,7 +215,7 @@ async fn accept(
     let presence = PresenceInfo::new(&client_id, &principal, peer.ip());
     tracing::info!(client_id, %peer, principal = %presence.principal, "client connected");
     let (topic, body) = presence.event(None);
-    shared.publish_presence(&topic, body).await;
+    shared.publish_presence(&topic, body);
     let client = Client {
         shared: shared.clone(),
         client_id,
@@ -502,7 +502,7 @@ impl Client {
         let shared = self.shared.clone();
         // Ends the router connection and frees the session before announcing it.
         drop(self);
-        shared.publish_presence(&topic, body).await;
+        shared.publish_presence(&topic, body);
     }
 
     /// Socket -> router, with authorization and topic rewriting.

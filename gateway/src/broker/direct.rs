@@ -15,6 +15,12 @@
 //! operators may not), and a device's client id is its thing name. Internal clients that subscribe under
 //! `$aws/things/+/...` (the device API) take requests from devices, not the gateway's own messages.
 //!
+//! The gateway's own events (presence: `$aws/events/presence/...`) go the same way, to the clients holding
+//! a filter under `$aws/events/` (operators; devices may not subscribe there), which the registry keeps
+//! apart so an event is matched against those few and not against every connection. Through the router,
+//! each client id's two presence topics were new topics matched against every device's filters: N² work
+//! whenever a fleet (re)connects.
+//!
 //! Messages are sent at QoS 0: the notifications sent this way were QoS 0 already, and QoS 0 needs no packet
 //! id, so nothing can collide with the router's packet ids for the connection, and no PUBACK comes back that
 //! the router would have to ignore. The queue never blocks the caller: when a client's queue is full (a
@@ -24,7 +30,7 @@
 //! behind for the next connection of the same client id with `clean_session = false` (the router restores
 //! its subscriptions the same way); a clean connection starts with none.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -99,8 +105,37 @@ struct Outlet {
 /// Client id -> [`Outlet`].
 #[derive(Debug, Default)]
 pub(crate) struct Outlets {
-    entries: Mutex<HashMap<String, Outlet>>,
+    entries: Mutex<Registry>,
     dropped: AtomicU64,
+}
+
+/// Prefix of the gateway's own event topics (presence), which [`Outlets::publish_event`] sends.
+const EVENTS_PREFIX: &str = "$aws/events/";
+
+#[derive(Debug, Default)]
+struct Registry {
+    outlets: HashMap<String, Outlet>,
+    /// Client ids holding a filter under [`EVENTS_PREFIX`] (operators watching presence): the few that an
+    /// event is matched against, instead of every connection.
+    watchers: HashSet<String>,
+}
+
+impl Registry {
+    /// Keeps `watchers` in step with `client_id`'s filters after they changed.
+    fn update_watcher(&mut self, client_id: &str) {
+        // (`#` and `+` at the first level never match a `$` topic.)
+        let watches = self
+            .outlets
+            .get(client_id)
+            .is_some_and(|o| o.filters.iter().any(|f| f.starts_with(EVENTS_PREFIX)));
+        if watches {
+            if !self.watchers.contains(client_id) {
+                self.watchers.insert(client_id.to_owned());
+            }
+        } else {
+            self.watchers.remove(client_id);
+        }
+    }
 }
 
 impl Outlets {
@@ -113,8 +148,8 @@ impl Outlets {
         clean: bool,
         queue: mpsc::Sender<Publish>,
     ) {
-        let mut entries = self.lock();
-        let filters = match entries.remove(client_id) {
+        let mut registry = self.lock();
+        let filters = match registry.outlets.remove(client_id) {
             Some(old) if !clean => old.filters,
             _ => Vec::new(),
         };
@@ -125,17 +160,23 @@ impl Outlets {
             queue: Some(queue),
             dropped: 0,
         };
-        entries.insert(client_id.to_owned(), outlet);
+        registry.outlets.insert(client_id.to_owned(), outlet);
+        registry.update_watcher(client_id);
     }
 
     /// Connection `number` of `client_id` ended. Its filters stay for a persistent session.
     pub(crate) fn close(&self, client_id: &str, number: u64) {
-        let mut entries = self.lock();
-        let Some(outlet) = entries.get_mut(client_id).filter(|o| o.number == number) else {
+        let mut registry = self.lock();
+        let Some(outlet) = registry
+            .outlets
+            .get_mut(client_id)
+            .filter(|o| o.number == number)
+        else {
             return;
         };
         if outlet.clean {
-            entries.remove(client_id);
+            registry.outlets.remove(client_id);
+            registry.update_watcher(client_id);
         } else {
             outlet.queue = None;
         }
@@ -144,8 +185,12 @@ impl Outlets {
     /// Filters granted to connection `number` (its SUBACK is being written). `$share/` filters are left to
     /// the router (their group semantics are not reproduced here; devices cannot subscribe to them).
     pub(crate) fn subscribe(&self, client_id: &str, number: u64, granted: &[String]) {
-        let mut entries = self.lock();
-        let Some(outlet) = entries.get_mut(client_id).filter(|o| o.number == number) else {
+        let mut registry = self.lock();
+        let Some(outlet) = registry
+            .outlets
+            .get_mut(client_id)
+            .filter(|o| o.number == number)
+        else {
             return;
         };
         for filter in granted {
@@ -153,20 +198,39 @@ impl Outlets {
                 outlet.filters.push(filter.clone());
             }
         }
+        registry.update_watcher(client_id);
     }
 
     /// Filters connection `number` unsubscribed from.
     pub(crate) fn unsubscribe(&self, client_id: &str, number: u64, filters: &[String]) {
-        let mut entries = self.lock();
-        if let Some(outlet) = entries.get_mut(client_id).filter(|o| o.number == number) {
+        let mut registry = self.lock();
+        if let Some(outlet) = registry
+            .outlets
+            .get_mut(client_id)
+            .filter(|o| o.number == number)
+        {
             outlet.filters.retain(|f| !filters.contains(f));
+            registry.update_watcher(client_id);
         }
     }
 
     /// Queues `payload` on `topic` for `client_id` if one of its filters matches. Never blocks.
     pub(crate) fn deliver(&self, client_id: &str, topic: &str, payload: Bytes) -> Delivery {
-        let mut entries = self.lock();
-        self.deliver_locked(&mut entries, client_id, topic, payload)
+        let mut registry = self.lock();
+        self.deliver_locked(&mut registry.outlets, client_id, topic, payload)
+    }
+
+    /// Sends one of the gateway's own events (a topic under `$aws/events/`) to every client whose filters
+    /// match it. Only the clients holding such filters are looked at (operators: devices may not
+    /// subscribe there), so an event costs nothing per connected device. Never blocks.
+    pub(crate) fn publish_event(&self, topic: &str, payload: Bytes) -> Deliveries {
+        let mut counts = Deliveries::default();
+        let mut registry = self.lock();
+        let Registry { outlets, watchers } = &mut *registry;
+        for client_id in watchers.iter() {
+            counts.count(self.deliver_locked(outlets, client_id, topic, payload.clone()));
+        }
+        counts
     }
 
     /// [`Outlets::deliver`] for many messages, under one lock.
@@ -179,10 +243,14 @@ impl Outlets {
         T: AsRef<str>,
     {
         let mut counts = Deliveries::default();
-        let mut entries = self.lock();
+        let mut registry = self.lock();
         for (client_id, topic, payload) in messages {
-            let delivery =
-                self.deliver_locked(&mut entries, client_id.as_ref(), topic.as_ref(), payload);
+            let delivery = self.deliver_locked(
+                &mut registry.outlets,
+                client_id.as_ref(),
+                topic.as_ref(),
+                payload,
+            );
             counts.count(delivery);
         }
         counts
@@ -238,12 +306,13 @@ impl Outlets {
     #[cfg(test)]
     pub(crate) fn filters(&self, client_id: &str) -> Vec<String> {
         self.lock()
+            .outlets
             .get(client_id)
             .map(|o| o.filters.clone())
             .unwrap_or_default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Outlet>> {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
         // Every update leaves the map consistent: recover it after a panic elsewhere.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -265,6 +334,39 @@ mod tests {
     }
 
     const NOTIFY: &str = "$aws/things/d1/jobs/notify";
+
+    /// Events reach the clients watching `$aws/events/` and only them; a watcher that unsubscribes or
+    /// closes is no longer one.
+    #[test]
+    fn events_go_to_their_watchers_only() {
+        let outlets = Outlets::default();
+        let (op_tx, mut op_rx) = mpsc::channel(QUEUE);
+        let (dev_tx, mut dev_rx) = mpsc::channel(QUEUE);
+        outlets.open("op", 1, true, op_tx);
+        outlets.open("d1", 2, true, dev_tx);
+        outlets.subscribe("op", 1, &filters(&["$aws/events/presence/connected/+"]));
+        outlets.subscribe("d1", 2, &filters(&["$aws/things/d1/#"]));
+        assert_eq!(outlets.lock().watchers.len(), 1);
+
+        let topic = "$aws/events/presence/connected/d1";
+        let counts = outlets.publish_event(topic, Bytes::from_static(b"{}"));
+        assert_eq!((counts.delivered, counts.not_subscribed), (1, 0));
+        assert_eq!(topic_of(op_rx.try_recv().unwrap()).0, topic);
+        assert!(dev_rx.try_recv().is_err());
+        // A topic the watcher's filter does not cover.
+        let other = outlets.publish_event("$aws/events/presence/disconnected/d1", Bytes::new());
+        assert_eq!((other.delivered, other.not_subscribed), (0, 1));
+
+        outlets.unsubscribe("op", 1, &filters(&["$aws/events/presence/connected/+"]));
+        assert!(outlets.lock().watchers.is_empty());
+        outlets.subscribe("op", 1, &filters(&["$aws/events/presence/#"]));
+        outlets.close("op", 1);
+        assert!(outlets.lock().watchers.is_empty());
+        assert_eq!(
+            outlets.publish_event(topic, Bytes::new()),
+            Deliveries::default()
+        );
+    }
 
     #[test]
     fn a_matching_filter_gets_the_message_and_others_do_not() {

@@ -113,7 +113,6 @@ pub(crate) struct Shared {
     clients: AtomicUsize,
     /// Told about every closed connection, to give their memory back (see `trim`).
     trimmer: Arc<trim::Trimmer>,
-    presence: InternalSender,
     /// Granted subscriptions, for [`Broker::subscriptions`]; sending without receivers costs nothing.
     subscriptions: broadcast::Sender<SubscribeEvent>,
     /// Becomes true at shutdown (and errs when the [`Broker`] is dropped).
@@ -126,9 +125,18 @@ impl Shared {
         open_link(&self.make_link, client_id, clean).await
     }
 
-    async fn publish_presence(&self, topic: &str, body: Bytes) {
-        if let Err(e) = self.presence.publish(topic, body).await {
-            tracing::debug!(topic, "presence event not published: {e}");
+    /// Presence events go straight to the operators watching them, not through the router: every
+    /// client id makes two topics of its own, which the router would match against every filter it
+    /// knows (one per device), so a fleet connecting at once cost it N² matches (10,000 devices: the
+    /// router thread busy for seconds).
+    fn publish_presence(&self, topic: &str, body: Bytes) {
+        let counts = self.outlets.publish_event(topic, body);
+        if counts.dropped > 0 {
+            tracing::debug!(
+                topic,
+                dropped = counts.dropped,
+                "presence event not delivered to all watchers"
+            );
         }
     }
 }
@@ -193,9 +201,6 @@ impl Broker {
             link_tx.buffer().shrink_to_fit();
             Ok((link_tx, link_rx, ack))
         });
-        let (presence, _) = internal_client(&make_link, "~sprig-presence")
-            .await?
-            .split();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             make_link,
@@ -205,7 +210,6 @@ impl Broker {
             config: config.clone(),
             clients: AtomicUsize::new(0),
             trimmer: Arc::default(),
-            presence,
             subscriptions: broadcast::channel(SUBSCRIPTION_EVENTS).0,
             shutdown: shutdown_rx,
         });
