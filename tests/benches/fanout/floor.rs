@@ -4,7 +4,8 @@
 //! MQTT 3.1.1 for the benchmark's clients: CONNECT → CONNACK, SUBSCRIBE → SUBACK (the filter is kept as the
 //! device's topic), DISCONNECT. When a client publishes a payload it has not seen, it writes one QoS 0
 //! PUBLISH of that payload, on each device's own topic, to every device: no queue, no matching, no
-//! lookup, no state, from one thread per core, each on its share of the sockets. Later publishes of the
+//! lookup, no state, from one thread per core (kept for the process's life, so its CPU time can be read),
+//! each on its share of the sockets. Later publishes of the
 //! same payload are ignored (the benchmark's publisher sends N of them). What a run takes here is what the
 //! kernel's loopback TCP and the benchmark's own devices cost on this machine, so no broker can beat it;
 //! a broker's distance to it is what the broker itself spends.
@@ -26,12 +27,29 @@ struct Device {
     topic: String,
 }
 
-#[derive(Default)]
 struct Floor {
     devices: Mutex<HashMap<u64, Device>>,
     /// The payload last fanned out, so the publisher's further copies are ignored.
     last_payload: Mutex<Vec<u8>>,
     next_id: AtomicU64,
+    /// One writer thread per core, kept for the process's life (so its CPU time can be read).
+    writers: Vec<std::sync::mpsc::Sender<Share>>,
+}
+
+/// A writer thread's part of one fan-out, and where to say it is done.
+struct Share {
+    devices: Vec<(Arc<OwnedWriteHalf>, String)>,
+    payload: Arc<Vec<u8>>,
+    done: std::sync::mpsc::Sender<()>,
+}
+
+fn writer(shares: std::sync::mpsc::Receiver<Share>) {
+    for share in shares {
+        for (socket, topic) in &share.devices {
+            write_fully(socket, &publish_packet(topic, 0, 0, &share.payload));
+        }
+        let _ = share.done.send(());
+    }
 }
 
 /// Serves on 127.0.0.1:`port` until killed.
@@ -42,7 +60,23 @@ pub fn serve(port: u16) {
         .unwrap();
     runtime.block_on(async move {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let floor = Arc::new(Floor::default());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let writers = (0..threads)
+            .map(|i| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::Builder::new()
+                    .name(format!("floor-writer-{i}"))
+                    .spawn(move || writer(rx))
+                    .unwrap();
+                tx
+            })
+            .collect();
+        let floor = Arc::new(Floor {
+            devices: Mutex::default(),
+            last_payload: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            writers,
+        });
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -116,17 +150,23 @@ impl Floor {
             .values()
             .map(|d| (d.socket.clone(), d.topic.clone()))
             .collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let share = devices.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            for part in devices.chunks(share) {
-                scope.spawn(move || {
-                    for (socket, topic) in part {
-                        write_fully(socket, &publish_packet(topic, 0, 0, payload));
-                    }
-                });
+        let payload = Arc::new(payload.to_vec());
+        let per_writer = devices.len().div_ceil(self.writers.len()).max(1);
+        let (done, finished) = std::sync::mpsc::channel();
+        let mut parts = 0;
+        for (part, writer) in devices.chunks(per_writer).zip(&self.writers) {
+            let share = Share {
+                devices: part.to_vec(),
+                payload: payload.clone(),
+                done: done.clone(),
+            };
+            if writer.send(share).is_ok() {
+                parts += 1;
             }
-        });
+        }
+        for _ in 0..parts {
+            let _ = finished.recv();
+        }
     }
 }
 
