@@ -108,7 +108,7 @@ pub struct DeviceExecution {
     pub job_id: String,
     pub thing_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_document: Option<Value>,
+    pub job_document: Option<JobDocument>,
     pub status: &'static str,
     pub status_details: BTreeMap<String, String>,
     pub queued_at: i64,
@@ -119,6 +119,35 @@ pub struct DeviceExecution {
     pub execution_number: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approximate_seconds_before_timed_out: Option<i64>,
+}
+
+/// A job's document as it goes out in JSON: the stored text, checked once to be JSON and then copied
+/// verbatim into each message, never parsed into a tree and serialized again (a notification for 10,000
+/// devices did that 20,000 times). A document that is not JSON goes out as a JSON string.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct JobDocument(Box<serde_json::value::RawValue>);
+
+impl JobDocument {
+    fn of(text: &str) -> JobDocument {
+        let raw = match serde_json::value::RawValue::from_string(text.to_owned()) {
+            Ok(raw) => raw,
+            // Serializing a string cannot fail.
+            Err(_) => serde_json::value::to_raw_value(text).unwrap_or_default(),
+        };
+        JobDocument(raw)
+    }
+
+    /// The document as a JSON value.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for JobDocument {
+    fn eq(&self, other: &JobDocument) -> bool {
+        self.0.get() == other.0.get()
+    }
 }
 
 /// AWS's `JobExecutionState`.
@@ -228,7 +257,7 @@ fn device_execution(
     DeviceExecution {
         job_id: execution.job_id.clone(),
         thing_name: execution.thing_name.clone(),
-        job_document: include_document.then(|| document(job)),
+        job_document: include_document.then(|| JobDocument::of(&job.document)),
         status: execution.status.as_str(),
         status_details: execution.status_details.clone(),
         queued_at: seconds(execution.queued_at),
@@ -780,4 +809,25 @@ fn pick_next(sorted: &[(Execution, Arc<Job>)]) -> Option<&(Execution, Arc<Job>)>
         .iter()
         .find(|(e, _)| e.status == ExecutionStatus::InProgress)
         .or_else(|| sorted.first())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_goes_out_verbatim_and_one_that_is_not_json_as_a_string() {
+        let json = JobDocument::of(r#"{"op":"update","n":[1,2]}"#);
+        assert_eq!(
+            serde_json::to_string(&json).unwrap(),
+            r#"{"op":"update","n":[1,2]}"#
+        );
+        assert_eq!(
+            json.value(),
+            serde_json::json!({"op": "update", "n": [1, 2]})
+        );
+        let text = JobDocument::of("reboot now");
+        assert_eq!(serde_json::to_string(&text).unwrap(), r#""reboot now""#);
+        assert_eq!(text, JobDocument::of("reboot now"));
+    }
 }

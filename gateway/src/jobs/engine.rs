@@ -1069,7 +1069,7 @@ mod tests {
             .unwrap();
         assert_eq!((started.status, started.version_number), ("IN_PROGRESS", 2));
         assert_eq!(
-            started.job_document,
+            started.job_document.map(|d| d.value()),
             Some(serde_json::json!({"op": "update"}))
         );
         assert!(started
