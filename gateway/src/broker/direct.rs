@@ -121,6 +121,14 @@ struct Registry {
 }
 
 impl Registry {
+    /// `client_id`'s entry, if connection `number` still owns it (an older connection's calls never touch
+    /// a newer one's entry).
+    fn connection(&mut self, client_id: &str, number: u64) -> Option<&mut Outlet> {
+        self.outlets
+            .get_mut(client_id)
+            .filter(|o| o.number == number)
+    }
+
     /// Keeps `watchers` in step with `client_id`'s filters after they changed.
     fn update_watcher(&mut self, client_id: &str) {
         // (`#` and `+` at the first level never match a `$` topic.)
@@ -167,11 +175,7 @@ impl Outlets {
     /// Connection `number` of `client_id` ended. Its filters stay for a persistent session.
     pub(crate) fn close(&self, client_id: &str, number: u64) {
         let mut registry = self.lock();
-        let Some(outlet) = registry
-            .outlets
-            .get_mut(client_id)
-            .filter(|o| o.number == number)
-        else {
+        let Some(outlet) = registry.connection(client_id, number) else {
             return;
         };
         if outlet.clean {
@@ -186,11 +190,7 @@ impl Outlets {
     /// the router (their group semantics are not reproduced here; devices cannot subscribe to them).
     pub(crate) fn subscribe(&self, client_id: &str, number: u64, granted: &[String]) {
         let mut registry = self.lock();
-        let Some(outlet) = registry
-            .outlets
-            .get_mut(client_id)
-            .filter(|o| o.number == number)
-        else {
+        let Some(outlet) = registry.connection(client_id, number) else {
             return;
         };
         for filter in granted {

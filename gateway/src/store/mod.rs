@@ -146,24 +146,19 @@ impl Store {
             .iter()
             .map(|(job_id, thing)| codec::execution_key(job_id, thing))
             .collect();
-        let mut order: Vec<usize> = (0..keys.len()).collect();
-        order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
-        let mut found = vec![None; keys.len()];
         let mut walk = IndexWalk::new(&self.executions);
-        let mut previous: Option<usize> = None;
-        for i in order {
-            if let Some(p) = previous.filter(|&p| keys[p] == keys[i]) {
-                found[i] = found[p].clone();
-                continue;
-            }
-            previous = Some(i);
-            walk.seek_within(&keys[i], SEEK_AFTER)?;
-            found[i] = walk
-                .take_if(|key| key == keys[i].as_slice())?
-                .map(|(_, v)| decode(&v, || format!("execution {}/{}", pairs[i].0, pairs[i].1)))
-                .transpose()?;
-        }
-        Ok(found)
+        in_key_order(&keys, |key| {
+            walk.seek_within(key, SEEK_AFTER)?;
+            let name = || {
+                format!(
+                    "execution {}",
+                    String::from_utf8_lossy(key).replace('\0', "/")
+                )
+            };
+            walk.take_if(|k| k == key)?
+                .map(|(_, v)| decode(&v, name))
+                .transpose()
+        })
     }
 
     /// Up to `limit` executions of `job_id`, in thing-name order, starting after `after_thing`.
@@ -350,27 +345,18 @@ impl Store {
             ExecutionStatus::Queued.index_code(),
             ExecutionStatus::InProgress.index_code(),
         ];
-        // A thing's keys are its name, NUL, job id: names in byte order are their keys' order.
-        let mut order: Vec<usize> = (0..things.len()).collect();
-        order.sort_unstable_by_key(|&i| things[i].as_bytes());
-        let mut found = vec![Vec::new(); things.len()];
+        let prefixes: Vec<Vec<u8>> = things.iter().map(|t| codec::thing_key(t, "")).collect();
         let mut walk = IndexWalk::new(&self.by_thing);
-        let mut previous: Option<usize> = None;
-        for i in order {
-            if let Some(p) = previous.filter(|&p| things[p] == things[i]) {
-                found[i] = found[p].clone();
-                continue;
-            }
-            previous = Some(i);
-            let prefix = codec::thing_key(things[i], "");
-            walk.seek_within(&prefix, SEEK_AFTER)?;
-            while let Some((key, status)) = walk.take_if(|key| key.starts_with(&prefix))? {
+        in_key_order(&prefixes, |prefix| {
+            walk.seek_within(prefix, SEEK_AFTER)?;
+            let mut ids = Vec::new();
+            while let Some((key, status)) = walk.take_if(|key| key.starts_with(prefix))? {
                 if status.first().is_some_and(|code| pending.contains(code)) {
-                    found[i].push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+                    ids.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
                 }
             }
-        }
-        Ok(found)
+            Ok(ids)
+        })
     }
 
     /// A fresh, never reused recovery id.
@@ -683,6 +669,26 @@ fn drop_finished_from_thing_index(by_thing: &Tree) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `read(key)` for every key, in the keys' order (so that `read` can walk a tree forwards), each distinct
+/// key read once; the answers come back in the caller's order.
+fn in_key_order<T: Clone>(
+    keys: &[Vec<u8>],
+    mut read: impl FnMut(&[u8]) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
+    let mut found: Vec<Option<T>> = vec![None; keys.len()];
+    let mut previous: Option<usize> = None;
+    for i in order {
+        found[i] = match previous.filter(|&p| keys[p] == keys[i]) {
+            Some(p) => found[p].clone(),
+            None => Some(read(&keys[i])?),
+        };
+        previous = Some(i);
+    }
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Entries of other keys a [`IndexWalk`] steps over before it seeks instead.
