@@ -10,9 +10,9 @@
 //! just the same.
 //!
 //! So, shortly after many connections close (at least [`WORTH_TRIMMING`] since the last trim, once a
-//! burst of disconnections has settled, and at most once per [`SETTLE`]), the broker asks glibc to release the free pages of every arena (`malloc_trim(0)`, which
-//! since glibc 2.8 also releases whole free pages in the middle of a heap). On other platforms this does
-//! nothing.
+//! burst of disconnections has settled, and at most once per [`SETTLE`]), the broker asks glibc to
+//! release the free pages of every arena (`malloc_trim(0)`, which since glibc 2.8 also releases whole free
+//! pages in the middle of a heap). On other platforms this does nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

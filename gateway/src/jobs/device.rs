@@ -574,9 +574,10 @@ impl Engine {
         job_id: &str,
         jobs: &mut JobCache,
     ) -> std::result::Result<Option<DeviceExecution>, StoreError> {
-        let Some(job) = jobs.get(&self.store, job_id)?.filter(|j| {
-            j.namespace_id.as_deref() == namespace && j.status != JobStatus::DeletionInProgress
-        }) else {
+        let Some(job) = jobs
+            .get(&self.store, job_id)?
+            .filter(|j| in_scope(j, namespace))
+        else {
             return Ok(None);
         };
         let execution = self
@@ -674,9 +675,7 @@ impl Engine {
             .store
             .job(job_id)?
             .map(Arc::new)
-            .filter(|j| {
-                j.namespace_id.as_deref() == namespace && j.status != JobStatus::DeletionInProgress
-            })
+            .filter(|j| in_scope(j, namespace))
             .ok_or_else(|| not_found(job_id, thing))?;
         let execution = self
             .store
