@@ -791,6 +791,7 @@ impl Subscribed {
         // Fails only when nobody listens, which is fine.
         let _ = self.shared.subscriptions.send(SubscribeEvent {
             client_id: self.client_id.clone(),
+            connection: self.number,
             filters,
         });
     }

@@ -62,6 +62,9 @@ const SUBSCRIPTION_EVENTS: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeEvent {
     pub client_id: String,
+    /// Which connection of that client id subscribed (see [`Sessions::is_current`]): a later connection of
+    /// the same id has to subscribe again.
+    pub connection: u64,
     /// The filters the router granted, in external form (`$aws/...`); denied ones are left out.
     pub filters: Vec<String>,
 }

@@ -23,11 +23,11 @@ impl Sessions {
         self.lock().get(client_id).map(|(_, p)| p.clone())
     }
 
-    /// True when the device `thing` is connected (as its own client id) right now.
-    pub fn is_device(&self, thing: &str) -> bool {
-        self.lock().get(thing).is_some_and(
-            |(_, p)| matches!(p, Principal::Device { thing_name } if thing_name == thing),
-        )
+    /// True when connection `number` of the device `thing` (its own client id) is still the current one.
+    pub fn is_current(&self, thing: &str, number: u64) -> bool {
+        self.lock().get(thing).is_some_and(|(n, p)| {
+            *n == number && matches!(p, Principal::Device { thing_name } if thing_name == thing)
+        })
     }
 
     /// Number of connected clients.
@@ -82,6 +82,7 @@ mod tests {
         let old = sessions.register("d1", device.clone());
         let new = sessions.register("d1", device.clone());
         assert!(sessions.superseded("d1", old));
+        assert!(!sessions.is_current("d1", old) && sessions.is_current("d1", new));
         assert!(!sessions.remove("d1", old));
         assert_eq!(sessions.principal("d1"), Some(device));
         assert!(sessions.remove("d1", new));

@@ -569,6 +569,7 @@ async fn granted_subscriptions_are_reported_after_the_router_acknowledged_them()
         event,
         SubscribeEvent {
             client_id: "d1".into(),
+            connection: event.connection,
             filters: vec![own.into()]
         }
     );

@@ -8,7 +8,7 @@
 //! plugin instance, which is replaced by a fresh one at most [`MAX_REPLACEMENTS`] times per route (each
 //! stuck instance keeps its thread), after which the route's recoveries fail.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +91,8 @@ pub async fn run(
         loaded,
         sender,
     };
-    let mut listening: HashSet<String> = HashSet::new();
+    // Device -> the connection that subscribed: a device listens until that connection ends.
+    let mut listening = Listening::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -104,7 +105,7 @@ pub async fn run(
             _ = tick.tick() => ticked = true,
             _ = runner.routes.created() => {}
             event = subscriptions.recv() => match event {
-                Ok(event) => subscribed = Some(event.client_id),
+                Ok(event) => subscribed = Some((event.client_id, event.connection)),
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
@@ -112,20 +113,23 @@ pub async fn run(
         }
         let focus = match (acknowledged_topic, subscribed) {
             (Some(topic), _) => runner.acknowledge(&topic).await,
-            (None, Some(thing)) => {
-                listening.insert(thing.clone());
+            (None, Some((thing, connection))) => {
+                listening.insert(thing.clone(), connection);
                 Some(thing)
             }
             (None, None) => None,
         };
         // Forgetting detached devices walks the whole set: on the tick only, never per event (a fleet
-        // subscribing at once would make that N²). Attachment is checked again before each run.
+        // subscribing at once would make that N²); each run checks its device's connection anyway.
         if ticked {
-            listening.retain(|thing| runner.is_attached(thing));
+            listening.retain(|thing, connection| runner.is_listening(thing, *connection));
         }
         runner.run_due(&listening, focus).await;
     }
 }
+
+/// Devices that subscribed, by the connection that did.
+type Listening = HashMap<String, u64>;
 
 struct Runner {
     broker: Arc<Broker>,
@@ -136,8 +140,10 @@ struct Runner {
 }
 
 impl Runner {
-    fn is_attached(&self, thing: &str) -> bool {
-        self.broker.sessions().is_device(thing)
+    /// Is connection `connection` of the device `thing`, the one that subscribed, still attached? A newer
+    /// connection of the same device counts only once it has subscribed too.
+    fn is_listening(&self, thing: &str, connection: u64) -> bool {
+        self.broker.sessions().is_current(thing, connection)
     }
 
     /// A message on an `ack_topic`: the device's PENDING recoveries are acknowledged and due. Returns the
@@ -165,7 +171,7 @@ impl Runner {
     /// Runs every due recovery of the devices that are attached and listening (of `focus` only, if given:
     /// an acknowledgement or a subscription concerns one device, and a full scan per message would make a
     /// burst of N acknowledgements cost N²).
-    async fn run_due(&self, listening: &HashSet<String>, focus: Option<String>) {
+    async fn run_due(&self, listening: &Listening, focus: Option<String>) {
         let now = now_ms();
         let Some(open) = self
             .blocking(move |s| s.open_recoveries(focus.as_deref()))
@@ -175,10 +181,10 @@ impl Runner {
         };
         for recovery in open {
             let thing = &recovery.thing_name;
-            if recovery.next_attempt_at <= now
-                && listening.contains(thing)
-                && self.is_attached(thing)
-            {
+            let listens = listening
+                .get(thing)
+                .is_some_and(|&connection| self.is_listening(thing, connection));
+            if recovery.next_attempt_at <= now && listens {
                 self.attempt(recovery).await;
             }
         }
