@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sprig_tests::{free_port, Operator, DEFAULT_CONFIG};
+use sprig_tests::{config_for, free_port, with_setting, Operator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -279,27 +279,11 @@ impl Broker {
         let mut command = match kind {
             BrokerKind::Sprig(bin) => {
                 let data_dir = dir.path().join("data");
-                let mut config = DEFAULT_CONFIG.to_owned();
-                for (from, to) in [
-                    (
-                        "listen = [\"127.0.0.1:1883\"]".to_owned(),
-                        format!("listen = [\"127.0.0.1:{port}\"]"),
-                    ),
-                    (
-                        "data_dir = \"./sprig-data\"".to_owned(),
-                        format!("data_dir = {:?}", data_dir.display().to_string()),
-                    ),
-                    (
-                        "max_connections = 1024".to_owned(),
-                        format!("max_connections = {max_connections}"),
-                    ),
-                ] {
-                    assert!(
-                        config.contains(&from),
-                        "config/gateway.toml has no `{from}`"
-                    );
-                    config = config.replace(&from, &to);
-                }
+                let config = with_setting(
+                    &config_for(&addr.to_string(), &data_dir),
+                    "max_connections = 1024",
+                    &format!("max_connections = {max_connections}"),
+                );
                 let config_path = dir.path().join("gateway.toml");
                 std::fs::write(&config_path, config).unwrap();
                 let mut command = Command::new(bin);

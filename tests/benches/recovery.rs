@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter};
 use serde_json::{json, Value};
-use sprig_tests::{free_port, Operator, DEFAULT_CONFIG};
+use sprig_tests::{config_for, free_port, with_setting, Operator};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -164,16 +164,8 @@ impl BenchGateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let data_dir = dir.path().join("data");
-        let mut config = DEFAULT_CONFIG.to_owned();
+        let mut config = config_for(&format!("127.0.0.1:{port}"), &data_dir);
         for (from, to) in [
-            (
-                "listen = [\"127.0.0.1:1883\"]".to_owned(),
-                format!("listen = [\"127.0.0.1:{port}\"]"),
-            ),
-            (
-                "data_dir = \"./sprig-data\"".to_owned(),
-                format!("data_dir = {:?}", data_dir.display().to_string()),
-            ),
             (
                 "max_connections = 1024".to_owned(),
                 format!("max_connections = {}", (devices + 64).max(5000)),
@@ -187,8 +179,7 @@ impl BenchGateway {
                 "request_burst = 1000".to_owned(),
             ),
         ] {
-            assert!(config.contains(&from), "config/gateway.toml lacks `{from}`");
-            config = config.replace(&from, &to);
+            config = with_setting(&config, &from, &to);
         }
         config.push_str(&plugin.route(artifacts));
         let config_path = dir.path().join("gateway.toml");

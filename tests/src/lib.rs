@@ -84,6 +84,13 @@ pub fn config_for(listen: &str, data_dir: &Path) -> String {
         )
 }
 
+/// `config` with the setting `from` (a line as `config/gateway.toml` writes it) changed to `to`. Panics when
+/// the line is missing, so a renamed default fails loudly instead of leaving the setting unchanged.
+pub fn with_setting(config: &str, from: &str, to: &str) -> String {
+    assert!(config.contains(from), "config/gateway.toml has no `{from}`");
+    config.replace(from, to)
+}
+
 /// Writes `config` to `path` and runs `sprig run --config path` to its end (for configs it must refuse).
 pub fn run_refusing(path: &Path, config: &str) -> Output {
     std::fs::write(path, config).unwrap();

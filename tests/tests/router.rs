@@ -4,7 +4,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use sprig_tests::Gateway;
+use sprig_tests::{with_setting, Gateway};
 
 /// A device that subscribes to a topic of its own thing, floods it far past the router's in-memory log
 /// (128 KiB here) without reading, then reads again: the router has dropped the segments its position was
@@ -12,9 +12,12 @@ use sprig_tests::Gateway;
 #[test]
 fn skipped_messages_for_a_slow_subscriber_are_logged_and_counted() {
     let gateway = Gateway::start_with(|config| {
-        config
-            .replace("max_segment_size = 262144", "max_segment_size = 65536")
-            .replace("max_segment_count = 4", "max_segment_count = 2")
+        let config = with_setting(
+            &config,
+            "max_segment_size = 262144",
+            "max_segment_size = 65536",
+        );
+        with_setting(&config, "max_segment_count = 4", "max_segment_count = 2")
     });
     let topic = "$aws/things/slow-1/telemetry";
     let mut device = TcpStream::connect(gateway.addr).unwrap();
