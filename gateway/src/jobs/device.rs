@@ -531,37 +531,11 @@ impl Engine {
         jobs: &mut JobCache,
     ) -> std::result::Result<Vec<ThingSnapshot>, StoreError> {
         let names: Vec<&str> = things.iter().map(String::as_str).collect();
-        let pending_ids = self.store.pending_job_ids_of_things(&names)?;
-        // The (job, thing) pairs whose executions to read: pending per the index, the job in the scope.
-        let mut wanted: Vec<(usize, Arc<Job>)> = Vec::with_capacity(names.len());
-        for (index, ids) in pending_ids.iter().enumerate() {
-            for job_id in ids {
-                if let Some(job) = jobs
-                    .get(&self.store, job_id)?
-                    .filter(|j| in_scope(j, namespace))
-                {
-                    wanted.push((index, job));
-                }
-            }
-        }
-        let pairs: Vec<(&str, &str)> = wanted
-            .iter()
-            .map(|(index, job)| (job.job_id.as_str(), names[*index]))
-            .collect();
-        let executions = self.store.executions(&pairs)?;
-        let mut pending: Vec<Vec<(Execution, Arc<Job>)>> = vec![Vec::new(); names.len()];
-        for ((index, job), execution) in wanted.into_iter().zip(executions) {
-            if let Some(execution) = execution.filter(|e| !e.status.is_terminal()) {
-                pending[index].push((execution, job));
-            }
-        }
         let now = now_ms();
-        Ok(pending
-            .into_iter()
-            .map(|mut pending| {
-                sort_oldest_first(&mut pending);
-                snapshot_of(&pending, now)
-            })
+        Ok(self
+            .pending_of(&names, namespace, jobs)?
+            .iter()
+            .map(|pending| snapshot_of(pending, now))
             .collect())
     }
 
@@ -700,24 +674,46 @@ impl Engine {
         namespace: Option<&str>,
         jobs: &mut JobCache,
     ) -> std::result::Result<Vec<(Execution, Arc<Job>)>, StoreError> {
-        let mut found = Vec::new();
-        for job_id in self.store.pending_job_ids_of_thing(thing)? {
-            let Some(job) = jobs
-                .get(&self.store, &job_id)?
-                .filter(|j| in_scope(j, namespace))
-            else {
-                continue;
-            };
-            if let Some(execution) = self
-                .store
-                .execution(&job_id, thing)?
-                .filter(|e| !e.status.is_terminal())
-            {
-                found.push((execution, job));
+        Ok(self
+            .pending_of(&[thing], namespace, jobs)?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// Each thing's pending executions in the scope, oldest first, in the things' order. The thing index
+    /// and the executions are each read in one ordered walk for all of them.
+    fn pending_of(
+        &self,
+        things: &[&str],
+        namespace: Option<&str>,
+        jobs: &mut JobCache,
+    ) -> std::result::Result<Vec<Vec<Pending>>, StoreError> {
+        let pending_ids = self.store.pending_job_ids_of_things(things)?;
+        // The (job, thing) pairs whose executions to read: pending per the index, the job in the scope.
+        let mut wanted: Vec<(usize, Arc<Job>)> = Vec::with_capacity(things.len());
+        for (index, ids) in pending_ids.iter().enumerate() {
+            for job_id in ids {
+                if let Some(job) = jobs
+                    .get(&self.store, job_id)?
+                    .filter(|j| in_scope(j, namespace))
+                {
+                    wanted.push((index, job));
+                }
             }
         }
-        sort_oldest_first(&mut found);
-        Ok(found)
+        let pairs: Vec<(&str, &str)> = wanted
+            .iter()
+            .map(|(index, job)| (job.job_id.as_str(), things[*index]))
+            .collect();
+        let executions = self.store.executions(&pairs)?;
+        let mut pending: Vec<Vec<Pending>> = vec![Vec::new(); things.len()];
+        for ((index, job), execution) in wanted.into_iter().zip(executions) {
+            if let Some(execution) = execution.filter(|e| !e.status.is_terminal()) {
+                pending[index].push((execution, job));
+            }
+        }
+        pending.iter_mut().for_each(|p| sort_oldest_first(p));
+        Ok(pending)
     }
 
     /// Runs device work on the blocking pool.
@@ -782,6 +778,9 @@ pub async fn run_step_timeouts(
 fn in_scope(job: &Job, namespace: Option<&str>) -> bool {
     job.namespace_id.as_deref() == namespace && job.status != JobStatus::DeletionInProgress
 }
+
+/// A pending execution with its job.
+type Pending = (Execution, Arc<Job>);
 
 /// Oldest first, as AWS lists them; the job id breaks ties so the order is stable.
 fn sort_oldest_first(pending: &mut [(Execution, Arc<Job>)]) {

@@ -2,8 +2,8 @@
 //!
 //! Six trees: `jobs` (job id → job), `executions` (job id ∖0 thing → execution), and four indexes,
 //! `by_thing` (thing ∖0 job id → execution status, for pending executions only: what devices ask for is
-//! their pending work, and a thing's history of finished executions only grows), `by_status` (status byte, job id), `by_namespace`
-//! (namespace ∖0 job id) and `by_deadline` (step deadline, job id ∖0 thing); plus `recoveries` (id → durable
+//! their pending work, and a thing's history of finished executions only grows), `by_status` (status
+//! byte, job id), `by_namespace` (namespace ∖0 job id) and `by_deadline` (step deadline, job id ∖0 thing); plus `recoveries` (id → durable
 //! recovery) and `open_recoveries` (thing ∖0 id of those still PENDING). Every state change is one
 //! [`Change`], applied as one sled transaction over all the trees, so a crash at any moment leaves records and indexes agreeing; [`Store::check`] proves it
 //! after the fact. sled transactions cannot scan, so callers find what to change first, under
@@ -142,6 +142,10 @@ impl Store {
     /// The executions at many (job id, thing name) pairs, in their order: one ordered walk of the
     /// executions tree (see [`pending_job_ids_of_things`](Self::pending_job_ids_of_things) for why).
     pub fn executions(&self, pairs: &[(&str, &str)]) -> Result<Vec<Option<Execution>>> {
+        // A walk starts by copying a leaf; one record is cheaper to get (the device API asks for one).
+        if let [(job_id, thing)] = pairs {
+            return Ok(vec![self.execution(job_id, thing)?]);
+        }
         let keys: Vec<Vec<u8>> = pairs
             .iter()
             .map(|(job_id, thing)| codec::execution_key(job_id, thing))
@@ -341,17 +345,13 @@ impl Store {
     /// order and seeks again, as a fresh scan would, when more than `SEEK_AFTER` entries of things not asked
     /// for lie between two asked ones: never much worse than one scan per thing.
     pub fn pending_job_ids_of_things(&self, things: &[&str]) -> Result<Vec<Vec<String>>> {
-        let pending = [
-            ExecutionStatus::Queued.index_code(),
-            ExecutionStatus::InProgress.index_code(),
-        ];
         let prefixes: Vec<Vec<u8>> = things.iter().map(|t| codec::thing_key(t, "")).collect();
         let mut walk = IndexWalk::new(&self.by_thing);
         in_key_order(&prefixes, |prefix| {
             walk.seek_within(prefix, SEEK_AFTER)?;
             let mut ids = Vec::new();
             while let Some((key, status)) = walk.take_if(|key| key.starts_with(prefix))? {
-                if status.first().is_some_and(|code| pending.contains(code)) {
+                if is_pending_status(&status) {
                     ids.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
                 }
             }
@@ -658,17 +658,21 @@ impl std::fmt::Display for CheckReport {
 /// Format 1 → 2: the thing index keeps pending executions only. Idempotent, so a crash part-way through
 /// (the format key is written after) just runs it again on the next open.
 fn drop_finished_from_thing_index(by_thing: &Tree) -> Result<()> {
-    let pending = [
-        ExecutionStatus::Queued.index_code(),
-        ExecutionStatus::InProgress.index_code(),
-    ];
     for entry in by_thing.iter() {
         let (key, status) = entry?;
-        if !status.first().is_some_and(|code| pending.contains(code)) {
+        if !is_pending_status(&status) {
             by_thing.remove(key)?;
         }
     }
     Ok(())
+}
+
+/// Is a thing-index value (one status code byte) that of a pending (QUEUED or IN_PROGRESS) execution?
+fn is_pending_status(value: &[u8]) -> bool {
+    value
+        .first()
+        .and_then(|&code| ExecutionStatus::ALL.iter().find(|s| s.index_code() == code))
+        .is_some_and(|status| !status.is_terminal())
 }
 
 /// `read(key)` for every key, in the keys' order (so that `read` can walk a tree forwards), each distinct
