@@ -1,5 +1,89 @@
 //! The `sprig` binary: everything happens in [`sprig_gateway::cli`].
+//!
+//! On Linux the process allocates with jemalloc, which replaces glibc's `malloc` for Rust and C code
+//! alike (the `tikv-jemalloc-sys` crate, linked here). The gateway's memory is mostly connections that
+//! come and go: rumqttd sizes every connection's buffers far beyond what it writes, and glibc's heap,
+//! where those buffers and long-lived small objects interleave, fragmented so that RSS grew with every
+//! connect/disconnect cycle of a fleet. jemalloc keeps small objects apart from large buffers and leaves
+//! untouched capacity unbacked: at 10,000 devices, 41 KiB instead of 54 KiB per idle device, and RSS
+//! that stops growing (README, "Notification fan-out and memory").
+//!
+//! jemalloc replaces the symbol `malloc` rather than serving Rust's global allocator: the compiler turns
+//! an allocation followed by zeroing into `calloc` only for the C allocator, and sled zeroes 21 MB of
+//! histograms at start-up that, through `calloc`, stay unbacked pages.
+
+#[cfg(target_os = "linux")]
+use tikv_jemalloc_sys as _;
+
+/// jemalloc's options, read before `main`; the `MALLOC_CONF` environment variable overrides them.
+///
+/// - `narenas:2`: jemalloc would make 4 arenas per CPU; each keeps its own free pages, so a connection
+///   opened on one worker thread and closed on another leaves memory behind in two. The gateway's
+///   allocations come from a few threads (two runtime workers, the router, blocking calls): two arenas
+///   keep lock contention low and fragmentation lower.
+/// - `tcache:false`: per-thread caches hold freed blocks of every size class for reuse by the same
+///   thread; with connections allocated on one thread and freed on another they only hold memory.
+///   Measured: no slower fan-out, 4 KiB less per idle device, 6 MiB less after 10 connect/disconnect
+///   cycles of 1,000 devices.
+#[cfg(target_os = "linux")]
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static malloc_conf: MallocConf = MallocConf(c"narenas:2,tcache:false".as_ptr());
+
+/// jemalloc reads `malloc_conf` as a C `const char *`.
+#[repr(transparent)]
+pub struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a static, immutable, NUL-terminated string.
+unsafe impl Sync for MallocConf {}
 
 fn main() -> std::process::ExitCode {
     sprig_gateway::cli::main()
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::ffi::{c_void, CStr};
+
+    /// Reads a jemalloc option through `mallctl`.
+    fn option<T: Default>(name: &CStr) -> T {
+        let mut value = T::default();
+        let mut len = std::mem::size_of::<T>();
+        // SAFETY: `value` is a `T` of `len` bytes, the type jemalloc documents for the option asked.
+        let status = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                (&mut value as *mut T).cast::<c_void>(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!(status, 0, "mallctl {name:?}");
+        value
+    }
+
+    #[test]
+    fn jemalloc_is_the_allocator_with_the_gateways_options() {
+        if std::env::var_os("MALLOC_CONF").is_some() {
+            return; // an operator's override wins, by design
+        }
+        assert_eq!(option::<u32>(c"opt.narenas"), 2);
+        assert!(!option::<bool>(c"opt.tcache"));
+        // The C allocator is jemalloc's: a block from libc's `malloc` is one jemalloc knows.
+        // SAFETY: malloc/free of a small block; `malloc_usable_size` reads only the allocator's metadata.
+        unsafe {
+            let block = libc_malloc(100);
+            assert!(!block.is_null());
+            assert_eq!(tikv_jemalloc_sys::malloc_usable_size(block), 112);
+            libc_free(block);
+        }
+    }
+
+    extern "C" {
+        #[link_name = "malloc"]
+        fn libc_malloc(size: usize) -> *mut c_void;
+        #[link_name = "free"]
+        fn libc_free(block: *mut c_void);
+    }
 }

@@ -757,40 +757,15 @@ async fn mqtt5_clients_get_direct_deliveries() {
     );
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(target_os = "linux")]
 mod churn {
     //! Memory across cycles of connecting then disconnecting the same client ids (raw MQTT 3.1.1), as
-    //! `tests/benches/fanout.rs` does: RSS and glibc's heap figures after each cycle. CHURN_N (1000),
+    //! `tests/benches/fanout.rs` does: RSS after each cycle. CHURN_N (1000),
     //! CHURN_CYCLES (6), CHURN_ABRUPT (close sockets without DISCONNECT).
     use std::net::SocketAddr;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
-
-    #[repr(C)]
-    #[derive(Default)]
-    struct MallInfo2 {
-        arena: usize,
-        ordblks: usize,
-        smblks: usize,
-        hblks: usize,
-        hblkhd: usize,
-        usmblks: usize,
-        fsmblks: usize,
-        uordblks: usize,
-        fordblks: usize,
-        keepcost: usize,
-    }
-    extern "C" {
-        fn mallinfo2() -> MallInfo2;
-    }
-
-    /// (heap in use, heap free, mmapped) in KiB, summed over glibc's arenas.
-    fn heap_kb() -> (usize, usize, usize) {
-        // SAFETY: glibc's mallinfo2 takes no arguments and returns a plain struct.
-        let m = unsafe { mallinfo2() };
-        (m.uordblks / 1024, m.fordblks / 1024, m.hblkhd / 1024)
-    }
 
     fn rss_kb() -> u64 {
         std::fs::read_to_string("/proc/self/status")
@@ -873,11 +848,7 @@ mod churn {
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let (used, free, mmapped) = heap_kb();
-        eprintln!(
-            "  connected: rss {} KiB, heap used {used} free {free} mmapped {mmapped} KiB",
-            rss_kb()
-        );
+        eprintln!("  connected: rss {} KiB", rss_kb());
         for mut s in streams {
             if !abrupt {
                 let _ = s.write_all(&[0xE0, 0x00]).await;
@@ -919,9 +890,8 @@ mod churn {
                 .metrics()
                 .num_alive_tasks();
             let rss = rss_kb();
-            let (used, free, mmapped) = heap_kb();
             eprintln!(
-                "cycle {c}: rss {rss} KiB, heap used {used} free {free} mmapped {mmapped} KiB, sessions {}, tasks {tasks}",
+                "cycle {c}: rss {rss} KiB, sessions {}, tasks {tasks}",
                 broker.shared.sessions.len()
             );
             figures.push(rss);
