@@ -246,6 +246,17 @@ impl Gateway {
         }
     }
 
+    /// The most resident memory the running gateway has had (`VmHWM`), in KiB.
+    pub fn peak_rss_kb(&self) -> u64 {
+        let pid = self.child.as_ref().expect("sprig is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

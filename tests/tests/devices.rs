@@ -472,6 +472,48 @@ async fn a_device_with_a_password_must_use_it_and_its_thing_name() {
     }
 }
 
+/// Checking a password costs argon2's 19 MiB for a moment; a fleet reconnecting at once must not make
+/// that 19 MiB per device (a gateway with 1 GB would run out at ~50 devices).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_logging_in_at_once_checks_a_few_passwords_at_a_time() {
+    const FLEET: usize = 24;
+    const ARGON2_MIB: u64 = 19;
+    let hash = hash_password("fleet-secret");
+    let gateway = Gateway::start_with(|config| {
+        let accounts: String = (0..FLEET)
+            .map(|i| {
+                format!(
+                    "\n[[auth.devices]]\nthing_name = \"fleet-{i}\"\npassword_hash = \"{hash}\"\n"
+                )
+            })
+            .collect();
+        config.replace(
+            "anonymous_devices_on_loopback = true",
+            "anonymous_devices_on_loopback = false",
+        ) + &accounts
+    });
+    let before = gateway.peak_rss_kb();
+    let mut logins = tokio::task::JoinSet::new();
+    for i in 0..FLEET {
+        let login = Login {
+            client_id: format!("fleet-{i}"),
+            credentials: Some((format!("fleet-{i}"), "fleet-secret".to_owned())),
+            protocol: Protocol::V311,
+        };
+        logins.spawn(Device::connect_with(gateway.addr, login));
+    }
+    let devices = logins.join_all().await;
+    let connected = devices.iter().filter(|d| d.is_ok()).count();
+    assert_eq!(connected, FLEET, "every device with its password connects");
+    let grown_mib = gateway.peak_rss_kb().saturating_sub(before) / 1024;
+    // At most 4 checks at once (fewer with fewer cores): well under 8 hashes' worth at the peak.
+    assert!(
+        grown_mib < 8 * ARGON2_MIB,
+        "{FLEET} simultaneous logins raised the peak RSS by {grown_mib} MiB"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn operators_see_device_presence_events() {
     let gateway = Gateway::start();

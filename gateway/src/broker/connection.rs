@@ -232,7 +232,7 @@ async fn accept(
     Some((client, writer, link_rx))
 }
 
-/// Validates the client id and the credentials (argon2, on a blocking thread).
+/// Validates the client id and the credentials (argon2, on a blocking thread, a few at a time).
 async fn check_connect(
     shared: &Arc<Shared>,
     request: &ConnectRequest,
@@ -251,6 +251,12 @@ async fn check_connect(
     let client_id = client_id.clone();
     let login = request.login.clone();
     let loopback = request.loopback;
+    // A password is checked with argon2, 19 MiB each (see `PASSWORD_CHECKS`): wait for a turn. The
+    // semaphore is never closed, so acquiring cannot fail.
+    let _turn = match &login {
+        Some(_) => Some(shared.password_checks.acquire().await),
+        None => None,
+    };
     let verdict = tokio::task::spawn_blocking(move || {
         let (user, pass) = match &login {
             Some(l) => (Some(l.username.as_str()), Some(l.password.as_bytes())),
