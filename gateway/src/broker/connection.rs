@@ -232,7 +232,8 @@ async fn accept(
     Some((client, writer, link_rx))
 }
 
-/// Validates the client id and the credentials (argon2, on a blocking thread, a few at a time).
+/// Validates the client id and the credentials (a password with argon2, on a blocking thread, a few at a
+/// time).
 async fn check_connect(
     shared: &Arc<Shared>,
     request: &ConnectRequest,
@@ -247,22 +248,21 @@ async fn check_connect(
             .authenticate_certificate(client_id, certificate)
             .map_err(refusal);
     }
+    let loopback = request.loopback;
+    let Some(login) = request.login.clone().filter(|l| !l.username.is_empty()) else {
+        // No username: an anonymous device, decided from the config alone (no hashing), in place.
+        return (shared.auth)
+            .authenticate(client_id, None, None, loopback)
+            .map_err(refusal);
+    };
+    // A password is checked with argon2, 19 MiB and ~50 ms each (see `PASSWORD_CHECKS`): wait for a
+    // turn, then check it on a blocking thread. The semaphore is never closed: acquiring cannot fail.
+    let _turn = shared.password_checks.acquire().await;
     let auth = shared.auth.clone();
     let client_id = client_id.clone();
-    let login = request.login.clone();
-    let loopback = request.loopback;
-    // A password is checked with argon2, 19 MiB each (see `PASSWORD_CHECKS`): wait for a turn. The
-    // semaphore is never closed, so acquiring cannot fail.
-    let _turn = match &login {
-        Some(_) => Some(shared.password_checks.acquire().await),
-        None => None,
-    };
     let verdict = tokio::task::spawn_blocking(move || {
-        let (user, pass) = match &login {
-            Some(l) => (Some(l.username.as_str()), Some(l.password.as_bytes())),
-            None => (None, None),
-        };
-        auth.authenticate(&client_id, user, pass, loopback)
+        let password = Some(login.password.as_bytes());
+        auth.authenticate(&client_id, Some(&login.username), password, loopback)
     })
     .await
     .map_err(|e| (Refusal::Unavailable, format!("authentication failed: {e}")))?;
