@@ -20,10 +20,10 @@ use tokio::sync::{watch, Notify};
 
 /// How long disconnections must have stopped before trimming; also the least time between two trims.
 const SETTLE: Duration = Duration::from_millis(500);
-/// Closed connections that make a trim worth its cost. A trim walks the whole heap (tens of milliseconds
-/// with 10,000 devices attached) and the pages it releases fault back in at the next allocations, while
-/// a few closed connections free a few hundred KB: an operator's CLI call, one per request, would
-/// otherwise trim the heap under every fan-out it causes (15 % of a 10,000-device fan-out's CPU).
+/// Closed connections that make a trim worth its cost. The pages a trim releases fault back in at the
+/// next allocations, while a few closed connections free a few hundred KB: an operator's CLI call, one
+/// per request, would otherwise trim the heap under every fan-out it causes (with glibc, whose trim
+/// walked the whole heap, that was 15 % of a 10,000-device fan-out's CPU).
 const WORTH_TRIMMING: u64 = 64;
 /// A steady stream of disconnections is trimmed at least this often.
 const MAX_WAIT: Duration = Duration::from_secs(5);
