@@ -6,6 +6,7 @@
 //! [`Operator`] speaks the control protocol of CONTRACT section 4 directly.
 
 pub mod device;
+pub mod raw;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -4,6 +4,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use sprig_tests::raw::{packet, put_str};
 use sprig_tests::{with_setting, Gateway};
 
 /// A device that subscribes to a topic of its own thing, floods it far past the router's in-memory log
@@ -74,27 +75,6 @@ fn skipped_messages_for_a_slow_subscriber_are_logged_and_counted() {
     // rumqttd's own warning names the filter.
     let jumps = gateway.log_lines("Read cursor start jumped");
     assert!(jumps.iter().any(|l| l.contains(topic)), "{jumps:?}");
-}
-
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-/// A packet: fixed header byte, remaining length, body.
-fn packet(header: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![header];
-    let mut len = body.len();
-    loop {
-        let byte = (len % 128) as u8;
-        len /= 128;
-        out.push(if len > 0 { byte | 0x80 } else { byte });
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
 }
 
 /// One packet: (fixed header byte, body).

@@ -1,0 +1,41 @@
+//! MQTT packets written by hand, for the tests and benchmarks that need the wire itself (a device that
+//! stops reading, thousands of minimal clients) rather than an MQTT client library.
+
+/// Appends an MQTT string: two bytes of length, then the bytes.
+pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// A packet: fixed header byte, remaining length (variable-length encoded), body.
+pub fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(header);
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        out.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remaining_length_takes_as_many_bytes_as_it_needs() {
+        assert_eq!(packet(0xE0, &[]), [0xE0, 0x00]);
+        let mut name = Vec::new();
+        put_str(&mut name, b"MQTT");
+        assert_eq!(name, [0, 4, b'M', b'Q', b'T', b'T']);
+        let long = packet(0x30, &[7; 321]);
+        assert_eq!(&long[..3], [0x30, 0xC1, 0x02]); // 321 = 0x41 + 2 * 128
+        assert_eq!(long.len(), 3 + 321);
+    }
+}
