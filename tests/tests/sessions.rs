@@ -312,3 +312,50 @@ async fn an_operator_cannot_use_a_configured_devices_thing_name() {
         .await
         .expect("the operator connects under its own client id");
 }
+
+/// A raw CONNECT with an empty client id: (protocol level, clean session) -> the CONNACK's body.
+fn connect_without_client_id(gateway: &Gateway, level: u8, clean: bool) -> Vec<u8> {
+    use sprig_tests::raw::{packet, put_str, read_packet};
+    use std::io::Write;
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.push(level);
+    body.push(if clean { 0x02 } else { 0x00 });
+    body.extend_from_slice(&30u16.to_be_bytes());
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    put_str(&mut body, b"");
+    let mut stream = std::net::TcpStream::connect(gateway.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(&packet(0x10, &body)).unwrap();
+    let (header, ack) = read_packet(&mut stream);
+    assert_eq!(header, 0x20, "a CONNACK");
+    ack
+}
+
+/// MQTT lets a client leave its id to the server with a clean session; sprig assigns one (a device of that
+/// name, anonymously on loopback) and tells an MQTT 5 client which. A persistent session needs an id.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_client_id_gets_one_assigned_with_a_clean_session_only() {
+    let gateway = Gateway::start();
+    assert_eq!(connect_without_client_id(&gateway, 4, true), [0, 0]);
+    assert_eq!(
+        connect_without_client_id(&gateway, 4, false),
+        [0, 0x02],
+        "3.1.1: identifier rejected"
+    );
+    let ack = connect_without_client_id(&gateway, 5, true);
+    assert_eq!(&ack[..2], [0, 0], "{ack:?}");
+    // Properties: Assigned Client Identifier (0x12) with the id.
+    let assigned = ack
+        .windows(7)
+        .position(|w| w[0] == 0x12 && &w[3..7] == b"auto")
+        .map(|i| {
+            let len = usize::from(u16::from_be_bytes([ack[i + 1], ack[i + 2]]));
+            String::from_utf8(ack[i + 3..i + 3 + len].to_vec()).unwrap()
+        })
+        .expect("an Assigned Client Identifier");
+    assert!(assigned.starts_with("auto-"), "{assigned}");
+    assert_eq!(connect_without_client_id(&gateway, 5, false)[1], 0x85);
+}

@@ -153,10 +153,11 @@ struct Client {
 /// Authenticates a CONNECT, answers it, and on success returns the connected client.
 async fn accept(
     shared: &Arc<Shared>,
-    request: ConnectRequest,
+    mut request: ConnectRequest,
     mut writer: PacketWriter<WriteHalf>,
 ) -> Option<(Client, PacketWriter<WriteHalf>, LinkRx)> {
     let version = writer.version();
+    let assigned = assign_client_id(&mut request.connect);
     let client_id = request.connect.client_id.clone();
     let peer = request.peer;
     let refuse = |refusal: Refusal, reason: String| {
@@ -216,6 +217,7 @@ async fn accept(
         if request.session_expiry_s.is_some_and(|s| s != granted_s) {
             p.session_expiry_interval = Some(granted_s);
         }
+        p.assigned_client_identifier = assigned.then(|| client_id.clone());
         // Clients must not use topic aliases: topics are authorized one by one, by name.
         p.topic_alias_max = None;
         p.max_packet_size = u32::try_from(shared.config.max_payload_size).ok();
@@ -256,6 +258,17 @@ async fn accept(
         _slot: slot,
     };
     Some((client, writer, link_rx))
+}
+
+/// Gives a CONNECT with an empty client id and a clean session one of its own, as MQTT lets a server do
+/// (with a persistent session it is refused: there would be no way back to it). The id is a valid thing
+/// name, so an anonymous client becomes a device of that name. True when it assigned one.
+fn assign_client_id(connect: &mut Connect) -> bool {
+    if !connect.client_id.is_empty() || !connect.clean_session {
+        return false;
+    }
+    connect.client_id = format!("auto-{:016x}", rand::random::<u64>());
+    true
 }
 
 /// The session a CONNECT asks for. MQTT 3.1.1: a persistent session unless `clean_session`, kept for
