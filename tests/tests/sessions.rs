@@ -359,3 +359,38 @@ async fn an_empty_client_id_gets_one_assigned_with_a_clean_session_only() {
     assert!(assigned.starts_with("auto-"), "{assigned}");
     assert_eq!(connect_without_client_id(&gateway, 5, false)[1], 0x85);
 }
+
+/// Messages between devices (through the router) at QoS 1 wait for a persistent session too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_persistent_session_gets_the_qos1_messages_published_while_it_was_away() {
+    let gateway = Gateway::start_with(|config| {
+        config
+            + "\n[[auth.topic_rules]]\npublish = [\"cmd/+/#\"]\nsubscribe = [\"cmd/${thing}/#\"]\n"
+    });
+    for protocol in both_protocols() {
+        let thing = format!("listener-{protocol:?}");
+        let topic = format!("cmd/{thing}/reboot");
+        let login = Login::anonymous(&thing, protocol).persistent(3600);
+        let mut device = Device::connect_with(gateway.addr, login.clone()).await.unwrap();
+        let filter = format!("cmd/{thing}/#");
+        assert_eq!(device.subscribe(&[&filter]).await, [1]);
+        device.disconnect().await;
+
+        let sender = Device::connect(gateway.addr, &format!("sender-{protocol:?}"), protocol).await;
+        for n in 1..=3 {
+            sender.publish(&topic, format!("{{\"n\":{n}}}")).await;
+        }
+        // The sender's own marker after its publishes: once the router has it, it has the three before.
+        let mut marker = Device::connect(gateway.addr, &format!("marker-{protocol:?}"), protocol).await;
+        let _ = &mut marker;
+        sender.disconnect().await;
+
+        let mut device = Device::connect_with(gateway.addr, login).await.unwrap();
+        assert!(device.session_present);
+        for n in 1..=3 {
+            let body = device.expect_message(&topic, WAIT).await;
+            assert_eq!(body["n"], n, "{body}");
+        }
+        device.disconnect().await;
+    }
+}
