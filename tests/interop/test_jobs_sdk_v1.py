@@ -120,7 +120,8 @@ class SampleDevice:
 
     def on_next_job_execution_changed(self, event: iotjobs.NextJobExecutionChangedEvent) -> None:
         execution = event.execution
-        self.journal.record("notify-next", execution.job_id if execution else None)
+        self.journal.record("notify-next", execution.job_id if execution else None,
+                            **({"status": execution.status} if execution else {}))
         if not execution:
             return
         with self.lock:
