@@ -52,8 +52,10 @@ for test in tests/interop/test_*.py; do
         "$venv/bin/python" -u "$test" </dev/null >"$log" 2>&1 || status=$?
     ms=$((($(date +%s%N) - start) / 1000000))
     took="$((ms / 1000)).$((ms % 1000 / 100)) s"
-    summary=$(grep -E "^  $name: [0-9]+/[0-9]+ runs passed" "$log" | tail -1 | sed "s/^  $name: //")
-    [ "$status" = 124 ] && summary="killed after ${SPRIG_INTEROP_TEST_TIMEOUT_S:-600} s"
+    summary=$(sed -n "s/^  $name: \([0-9]*\/[0-9]* runs passed.*\)/\1/p" "$log" | tail -1)
+    if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+        summary="killed after ${SPRIG_INTEROP_TEST_TIMEOUT_S:-600} s"
+    fi
     if [ "$status" = 0 ]; then
         passed=$((passed + 1))
         echo "interop: $name ... ok ($summary; $took)"
