@@ -36,6 +36,8 @@ pub enum AuthError {
     ClientIdMismatch { username: String, client_id: String },
     #[error("the client certificate's subject CN `{0}` is not a valid thing name ([a-zA-Z0-9:_-]{{1,128}})")]
     InvalidCertificateName(String),
+    #[error("operator `{username}` may not use client id `{client_id}`: it is the thing name of a configured device")]
+    DeviceClientId { username: String, client_id: String },
 }
 
 /// A client certificate the TLS listener verified against `broker.tls_client_ca` (chain, validity,
@@ -99,12 +101,37 @@ pub enum Principal {
     Operator(Arc<Operator>),
 }
 
+/// Whom a session belongs to: the same principal across connections and restarts (a device by its thing
+/// name, an operator by its username). Only the same identity may take a client id's session over.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Identity {
+    Device(String),
+    Operator(String),
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Device(thing) => write!(f, "device {thing}"),
+            Identity::Operator(username) => write!(f, "operator {username}"),
+        }
+    }
+}
+
 /// Prefix of the control API's topics.
 pub const CONTROL_PREFIX: &str = "$sprig/control/";
 /// Prefix of AWS IoT lifecycle (presence) events.
 pub const PRESENCE_PREFIX: &str = "$aws/events/presence/";
 
 impl Principal {
+    /// Who this is, for session ownership.
+    pub fn identity(&self) -> Identity {
+        match self {
+            Principal::Device { thing_name } => Identity::Device(thing_name.clone()),
+            Principal::Operator(op) => Identity::Operator(op.username.clone()),
+        }
+    }
+
     /// May this client (connected as `client_id`) publish to `topic`?
     ///
     /// Devices: only under `$aws/things/{their thing}/`. Operators: only their own control requests,
@@ -145,6 +172,19 @@ fn under_thing(thing_name: &str, topic: &str) -> bool {
         .strip_prefix("$aws/things/")
         .and_then(|rest| rest.strip_prefix(thing_name))
         .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The username of a CONNECT as AWS IoT Core reads it: everything before the first `?`. AWS's CRT-based
+/// device SDKs append usage metrics as a query (`?SDK=IoTDeviceSDK/Python&Platform=...`, after the
+/// username if there is one), which is not part of the login; an empty result means no username.
+pub fn connect_username(raw: &str) -> &str {
+    match raw.split_once('?') {
+        Some((username, metrics)) => {
+            tracing::debug!(metrics, "CONNECT username carries SDK metrics (ignored)");
+            username
+        }
+        None => raw,
+    }
 }
 
 /// True when `s` is a valid thing name: 1–128 characters of `[a-zA-Z0-9:_-]` (AWS IoT's pattern).
@@ -244,19 +284,33 @@ impl Authenticator {
         if !verify_password(password.unwrap_or_default(), &account.password_hash) {
             return Err(AuthError::BadCredentials);
         }
-        if let Principal::Device { thing_name } = &account.principal {
-            if thing_name != client_id {
-                return Err(AuthError::ClientIdMismatch {
+        match &account.principal {
+            Principal::Device { thing_name } if thing_name != client_id => {
+                Err(AuthError::ClientIdMismatch {
                     username: username.to_owned(),
                     client_id: client_id.to_owned(),
-                });
+                })
             }
+            // A configured device's client id stays its own, even while it is away: an operator that took
+            // it would disconnect the device and, holding the id, keep it out.
+            Principal::Operator(_) if self.is_configured_device(client_id) => {
+                Err(AuthError::DeviceClientId {
+                    username: username.to_owned(),
+                    client_id: client_id.to_owned(),
+                })
+            }
+            principal => Ok(principal.clone()),
         }
-        Ok(account.principal.clone())
     }
 }
 
 impl Authenticator {
+    fn is_configured_device(&self, client_id: &str) -> bool {
+        self.accounts
+            .get(client_id)
+            .is_some_and(|a| matches!(a.principal, Principal::Device { .. }))
+    }
+
     /// Decides who a CONNECT is that came with a verified client certificate: the device whose thing name
     /// is the certificate's subject CN, with no password (a username and password, if sent, are ignored),
     /// on any listener. Its client id must be that thing name. Cheap: no hashing.
@@ -404,6 +458,15 @@ mod tests {
     }
 
     #[test]
+    fn sdk_metrics_are_not_part_of_the_username() {
+        let metrics = "?SDK=IoTDeviceSDK/Python&Platform=Unix&Metadata=(CRTVersion=0.36.0)";
+        assert_eq!(connect_username(metrics), "");
+        assert_eq!(connect_username(&format!("thing-9{metrics}")), "thing-9");
+        assert_eq!(connect_username("ops"), "ops");
+        assert_eq!(connect_username(""), "");
+    }
+
+    #[test]
     fn anonymous_devices_only_on_loopback() {
         let local = LocalOperator {
             username: LOCAL_OPERATOR_USERNAME.into(),
@@ -488,5 +551,10 @@ mod tests {
             auth.authenticate(LOCAL_OPERATOR_USERNAME, None, None, true),
             Err(AuthError::PasswordRequired)
         );
+        // Nor may an operator take the configured device's client id.
+        assert!(matches!(
+            auth.authenticate("secure-1", Some(LOCAL_OPERATOR_USERNAME), Some(b"pw"), true),
+            Err(AuthError::DeviceClientId { .. })
+        ));
     }
 }

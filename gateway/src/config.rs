@@ -65,6 +65,15 @@ pub struct BrokerConfig {
     pub max_segment_size: usize,
     pub max_segment_count: usize,
     pub max_outgoing_packet_count: u64,
+    /// Seconds a persistent session outlives its client's disconnection.
+    #[serde(default = "default_session_expiry_s")]
+    pub persistent_session_expiry_s: u32,
+    /// Messages a disconnected persistent session may hold.
+    #[serde(default = "default_session_queued_messages")]
+    pub persistent_session_max_queued_messages: usize,
+    /// Bytes (payloads and topics) a disconnected persistent session may hold.
+    #[serde(default = "default_session_queued_bytes")]
+    pub persistent_session_max_queued_bytes: usize,
     /// MQTT over TLS listeners (default: none). Need `tls_cert` and `tls_key`.
     #[serde(default)]
     pub tls_listen: Vec<SocketAddr>,
@@ -75,6 +84,18 @@ pub struct BrokerConfig {
     /// CA certificates (PEM) that sign device certificates. When set, TLS clients are asked for a
     /// certificate; one that verifies authenticates the device whose thing name is its subject CN.
     pub tls_client_ca: Option<PathBuf>,
+}
+
+fn default_session_expiry_s() -> u32 {
+    3600
+}
+
+fn default_session_queued_messages() -> usize {
+    100
+}
+
+fn default_session_queued_bytes() -> usize {
+    256 * 1024
 }
 
 /// `[jobs]`: limits of the jobs engine.

@@ -80,7 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let resumed = engine.resume_deletions().await?;
     tokio::spawn(device::run_step_timeouts(engine.clone(), shutdown.clone()));
 
-    let broker = Broker::start(&config.broker, auth).await?;
+    let broker = Broker::start_persistent(&config.broker, auth, store.sessions()).await?;
     let notifier = tokio::spawn(notify::run(
         broker.clone(),
         engine.clone(),

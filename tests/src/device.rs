@@ -33,6 +33,9 @@ pub struct Login {
     pub client_id: String,
     pub credentials: Option<(String, String)>,
     pub protocol: Protocol,
+    /// `None`: a clean session. `Some(expiry)`: a persistent one (MQTT 3.1.1 `clean_session = false`; MQTT 5
+    /// `clean_start = false` with this Session Expiry Interval in seconds).
+    pub persistent: Option<u32>,
 }
 
 impl Login {
@@ -42,7 +45,20 @@ impl Login {
             client_id: thing.to_owned(),
             credentials: None,
             protocol,
+            persistent: None,
         }
+    }
+
+    /// The same login with a persistent session whose MQTT 5 Session Expiry Interval is `expiry_s`.
+    pub fn persistent(mut self, expiry_s: u32) -> Login {
+        self.persistent = Some(expiry_s);
+        self
+    }
+
+    /// The same login with `username` and `password`.
+    pub fn with_credentials(mut self, username: &str, password: &str) -> Login {
+        self.credentials = Some((username.to_owned(), password.to_owned()));
+        self
     }
 }
 
@@ -66,6 +82,8 @@ pub struct Device {
     inbox: VecDeque<(String, Vec<u8>)>,
     subscribed: HashSet<String>,
     poller: JoinHandle<()>,
+    /// The CONNACK's session-present flag.
+    pub session_present: bool,
 }
 
 impl Drop for Device {
@@ -86,16 +104,18 @@ impl Device {
     pub async fn connect_with(addr: SocketAddr, login: Login) -> Result<Device, String> {
         let (tx, events) = mpsc::unbounded_channel();
         let host = addr.ip().to_string();
-        let (client, poller) = match login.protocol {
+        let (client, poller, session_present) = match login.protocol {
             Protocol::V311 => {
                 let mut options = rumqttc::MqttOptions::new(&login.client_id, host, addr.port());
                 options.set_keep_alive(Duration::from_secs(30));
                 if let Some((user, password)) = &login.credentials {
                     options.set_credentials(user, password);
                 }
+                options.set_clean_session(login.persistent.is_none());
                 let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
-                within_10s(connack_v311(&mut eventloop)).await?;
-                (Client::V311(client), tokio::spawn(poll_v311(eventloop, tx)))
+                let present = within_10s(connack_v311(&mut eventloop)).await?;
+                let poller = tokio::spawn(poll_v311(eventloop, tx));
+                (Client::V311(client), poller, present)
             }
             Protocol::V5 => {
                 let mut options = v5::MqttOptions::new(&login.client_id, host, addr.port());
@@ -103,9 +123,14 @@ impl Device {
                 if let Some((user, password)) = &login.credentials {
                     options.set_credentials(user, password);
                 }
+                options.set_clean_start(login.persistent.is_none());
+                let mut properties = v5::mqttbytes::v5::ConnectProperties::new();
+                properties.session_expiry_interval = login.persistent;
+                options.set_connect_properties(properties);
                 let (client, mut eventloop) = v5::AsyncClient::new(options, 64);
-                within_10s(connack_v5(&mut eventloop)).await?;
-                (Client::V5(client), tokio::spawn(poll_v5(eventloop, tx)))
+                let present = within_10s(connack_v5(&mut eventloop)).await?;
+                let poller = tokio::spawn(poll_v5(eventloop, tx));
+                (Client::V5(client), poller, present)
             }
         };
         Ok(Device {
@@ -115,6 +140,7 @@ impl Device {
             inbox: VecDeque::new(),
             subscribed: HashSet::new(),
             poller,
+            session_present,
         })
     }
 
@@ -315,12 +341,13 @@ async fn within_10s<T>(
         .map_err(|_| "no CONNACK within 10 s".to_owned())?
 }
 
-async fn connack_v311(eventloop: &mut rumqttc::EventLoop) -> Result<(), String> {
+/// Waits for the CONNACK: its session-present flag, or the refusal.
+async fn connack_v311(eventloop: &mut rumqttc::EventLoop) -> Result<bool, String> {
     loop {
         match eventloop.poll().await {
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
                 return match ack.code {
-                    rumqttc::ConnectReturnCode::Success => Ok(()),
+                    rumqttc::ConnectReturnCode::Success => Ok(ack.session_present),
                     code => Err(format!("{code:?}")),
                 }
             }
@@ -330,13 +357,13 @@ async fn connack_v311(eventloop: &mut rumqttc::EventLoop) -> Result<(), String> 
     }
 }
 
-async fn connack_v5(eventloop: &mut v5::EventLoop) -> Result<(), String> {
+async fn connack_v5(eventloop: &mut v5::EventLoop) -> Result<bool, String> {
     use v5::mqttbytes::v5::{ConnectReturnCode, Packet};
     loop {
         match eventloop.poll().await {
             Ok(v5::Event::Incoming(Packet::ConnAck(ack))) => {
                 return match ack.code {
-                    ConnectReturnCode::Success => Ok(()),
+                    ConnectReturnCode::Success => Ok(ack.session_present),
                     code => Err(format!("{code:?}")),
                 }
             }

@@ -444,9 +444,8 @@ async fn a_device_with_a_password_must_use_it_and_its_thing_name() {
         ) + &format!("\n[[auth.devices]]\nthing_name = \"secure-1\"\npassword_hash = \"{hash}\"\n")
     });
     let login = |client_id: &str, password: Option<&str>, protocol| Login {
-        client_id: client_id.to_owned(),
         credentials: password.map(|p| ("secure-1".to_owned(), p.to_owned())),
-        protocol,
+        ..Login::anonymous(client_id, protocol)
     };
 
     for protocol in [Protocol::V311, Protocol::V5] {
@@ -496,11 +495,9 @@ async fn a_fleet_logging_in_at_once_checks_a_few_passwords_at_a_time() {
     let before = gateway.peak_rss_kb();
     let mut logins = tokio::task::JoinSet::new();
     for i in 0..FLEET {
-        let login = Login {
-            client_id: format!("fleet-{i}"),
-            credentials: Some((format!("fleet-{i}"), "fleet-secret".to_owned())),
-            protocol: Protocol::V311,
-        };
+        let thing = format!("fleet-{i}");
+        let login =
+            Login::anonymous(&thing, Protocol::V311).with_credentials(&thing, "fleet-secret");
         logins.spawn(Device::connect_with(gateway.addr, login));
     }
     let devices = logins.join_all().await;

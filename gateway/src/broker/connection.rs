@@ -17,20 +17,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnAck, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Login, Packet,
-    PubAck, PubAckReason, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
-    UnsubAckReason, Unsubscribe,
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    Filter, LastWill, Login, Packet, PubAck, PubAckReason, Publish, QoS, RetainForwardRule, SubAck,
+    Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use rumqttd::Notification;
 use tokio::sync::mpsc;
 
 use super::codec::{PacketReader, PacketWriter, ReadError, Version};
-use super::direct;
+use super::direct::{self, Resumed, SessionRequest};
 use super::internal::disconnect_now;
 use super::presence::{DisconnectReason, PresenceInfo};
 use super::topics::{is_reserved, to_external, to_internal};
 use super::{ReadHalf, Shared, SubscribeEvent, WriteHalf};
 use crate::auth::{AuthError, Principal, VerifiedCertificate};
+use crate::config::BrokerConfig;
 
 /// Serves one accepted connection (TCP, or TLS with the client `certificate` it verified, if any) until it
 /// closes. `_alive` is held until the end so shutdown can wait for it.
@@ -69,13 +70,14 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let Packet::Connect(connect, _props, will, _will_props, login) = packet else {
+    let Packet::Connect(connect, props, will, _will_props, login) = packet else {
         tracing::info!(%peer, "first packet is not CONNECT, closing");
         return;
     };
     let writer = PacketWriter::new(write_half, version);
     let request = ConnectRequest {
         connect,
+        session_expiry_s: props.and_then(|p| p.session_expiry_interval),
         will,
         login,
         peer,
@@ -89,6 +91,8 @@ pub(crate) async fn serve(
 
 struct ConnectRequest {
     connect: Connect,
+    /// MQTT 5's Session Expiry Interval (absent: 0, the session ends with the connection).
+    session_expiry_s: Option<u32>,
     will: Option<LastWill>,
     login: Option<Login>,
     peer: SocketAddr,
@@ -136,6 +140,8 @@ struct Client {
     keep_alive: u16,
     /// The receiving end of this connection's direct-delivery queue, until the writer takes it.
     direct: Option<mpsc::Receiver<Publish>>,
+    /// The session it resumed (filters and what waited for it), until the writer takes it.
+    resumed: Option<Resumed>,
     will: Option<LastWill>,
     link: LinkGuard,
     presence: PresenceInfo,
@@ -172,34 +178,44 @@ async fn accept(
         let _ = writer.send(refuse(Refusal::Unavailable, reason)).await;
         return None;
     };
-    let number = shared.sessions.register(&client_id, principal.clone());
+    let number = shared.sessions.next_number();
     let (direct_tx, direct_rx) = mpsc::channel(direct::QUEUE);
-    let clean = request.connect.clean_session;
-    shared.outlets.open(&client_id, number, clean, direct_tx);
+    let asked = session_request(&request, version, &shared.config);
+    let owner = principal.identity();
+    let resumed = match (shared.outlets).open(&client_id, number, &owner, asked, direct_tx) {
+        Ok(resumed) => resumed,
+        Err(holder) => {
+            let reason = format!("the client id is held by {holder}, not {owner}");
+            let _ = writer.send(refuse(Refusal::NotAuthorized, reason)).await;
+            return None;
+        }
+    };
+    shared
+        .sessions
+        .register(&client_id, number, principal.clone());
     let session = SessionGuard {
         shared: shared.clone(),
         client_id: client_id.clone(),
         number,
     };
-    let (link_tx, link_rx, ack) = match shared.link(&client_id, request.connect.clean_session).await
-    {
-        Ok(link) => link,
-        Err(e) => {
-            let _ = writer
-                .send(refuse(Refusal::Unavailable, e.to_string()))
-                .await;
-            return None;
+    let (link, link_rx, mut ack, ack_props) =
+        match router_session(shared, &client_id, asked, &resumed).await {
+            Ok(parts) => parts,
+            Err(e) => {
+                let _ = writer
+                    .send(refuse(Refusal::Unavailable, e.to_string()))
+                    .await;
+                return None;
+            }
+        };
+    // The session is sprig's to judge (it survives restarts and expires; the router's does neither).
+    ack.session_present = resumed.filters.is_some();
+    let granted_s = asked.expiry.map_or(0, |e| e.as_secs() as u32);
+    let props = ack_props.map(|mut p| {
+        // MQTT 5: the server says so when it keeps a session for less than the client asked.
+        if request.session_expiry_s.is_some_and(|s| s != granted_s) {
+            p.session_expiry_interval = Some(granted_s);
         }
-    };
-    let link = LinkGuard {
-        tx: link_tx,
-        router_has_it: true,
-    };
-    let ack: Option<Packet> = ack.into();
-    let Some(Packet::ConnAck(ack, props)) = ack else {
-        return None;
-    };
-    let props = props.map(|mut p| {
         // Clients must not use topic aliases: topics are authorized one by one, by name.
         p.topic_alias_max = None;
         p.max_packet_size = u32::try_from(shared.config.max_payload_size).ok();
@@ -212,6 +228,15 @@ async fn accept(
     if writer.send(Packet::ConnAck(ack, props)).await.is_err() {
         return None;
     }
+    if let Some(filters) = &resumed.filters {
+        let waiting = resumed.backlog.len();
+        tracing::debug!(
+            client_id,
+            filters = filters.len(),
+            waiting,
+            "session resumed"
+        );
+    }
     let presence = PresenceInfo::new(&client_id, &principal, peer.ip());
     tracing::info!(client_id, %peer, principal = %presence.principal, "client connected");
     let (topic, body) = presence.event(None);
@@ -223,6 +248,7 @@ async fn accept(
         version,
         keep_alive: request.connect.keep_alive,
         direct: Some(direct_rx),
+        resumed: Some(resumed),
         will: request.will,
         link,
         presence,
@@ -230,6 +256,89 @@ async fn accept(
         _slot: slot,
     };
     Some((client, writer, link_rx))
+}
+
+/// The session a CONNECT asks for. MQTT 3.1.1: a persistent session unless `clean_session`, kept for
+/// `persistent_session_expiry_s`. MQTT 5: `clean_start` discards the old session, and the Session Expiry
+/// Interval (absent: 0) says how long the new one outlives the connection, at most that same setting.
+fn session_request(
+    request: &ConnectRequest,
+    version: Version,
+    config: &BrokerConfig,
+) -> SessionRequest {
+    let discard = request.connect.clean_session;
+    let most = config.persistent_session_expiry_s;
+    let asked_s = match version {
+        Version::V311 if discard => 0,
+        Version::V311 => most,
+        Version::V5 => request.session_expiry_s.unwrap_or(0).min(most),
+    };
+    SessionRequest {
+        discard,
+        expiry: (asked_s > 0).then(|| Duration::from_secs(asked_s.into())),
+    }
+}
+
+/// The pkid of the SUBSCRIBE that restores a resumed session's filters on a router link that lacks them
+/// (never a client's: MQTT packet ids start at 1). Its SUBACK is not passed on.
+const RESTORE_PKID: u16 = 0;
+
+/// Opens the client's router connection with the router's session in step with sprig's: the router keeps a
+/// session only for a persistent one, drops one sprig no longer has (discarded or expired), and gets back
+/// the filters of one it lost (a gateway restart, or an MQTT 5 session resumed for one connection only).
+async fn router_session(
+    shared: &Arc<Shared>,
+    client_id: &str,
+    asked: SessionRequest,
+    resumed: &Resumed,
+) -> Result<(LinkGuard, LinkRx, ConnAck, Option<ConnAckProperties>), super::BrokerError> {
+    let persistent = asked.expiry.is_some();
+    let (mut tx, mut rx, ack) = shared.link(client_id, !persistent).await?;
+    let (mut ack, mut props) = router_connack(ack)?;
+    if persistent && resumed.filters.is_none() && ack.session_present {
+        // A stale router session: end it with a clean connection, then start anew.
+        disconnect_now(&mut tx);
+        let (mut clean, _, _) = shared.link(client_id, true).await?;
+        disconnect_now(&mut clean);
+        let fresh;
+        (tx, rx, fresh) = shared.link(client_id, false).await?;
+        (ack, props) = router_connack(fresh)?;
+    }
+    let mut link = LinkGuard {
+        tx,
+        router_has_it: true,
+    };
+    let lost = resumed.filters.as_ref().filter(|_| !ack.session_present);
+    if let Some(filters) = lost.filter(|f| !f.is_empty()) {
+        let restore = filters
+            .iter()
+            .map(|f| Filter {
+                path: to_internal(f),
+                qos: QoS::AtLeastOnce,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: RetainForwardRule::Never,
+            })
+            .collect();
+        let subscribe = Subscribe {
+            pkid: RESTORE_PKID,
+            filters: restore,
+        };
+        send_now(&mut link.tx, Packet::Subscribe(subscribe, None));
+    }
+    Ok((link, rx, ack, props))
+}
+
+/// The CONNACK the router answered a new link with.
+fn router_connack(
+    ack: Notification,
+) -> Result<(ConnAck, Option<ConnAckProperties>), super::BrokerError> {
+    match Option::<Packet>::from(ack) {
+        Some(Packet::ConnAck(ack, props)) => Ok((ack, props)),
+        other => Err(super::BrokerError::Link(format!(
+            "the router answered {other:?}, not a CONNACK"
+        ))),
+    }
 }
 
 /// Validates the client id and the credentials (a password with argon2, on a blocking thread, a few at a
@@ -249,7 +358,11 @@ async fn check_connect(
             .map_err(refusal);
     }
     let loopback = request.loopback;
-    let Some(login) = request.login.clone().filter(|l| !l.username.is_empty()) else {
+    let login = request.login.clone().map(|mut login| {
+        login.username = crate::auth::connect_username(&login.username).to_owned();
+        login
+    });
+    let Some(login) = login.filter(|l| !l.username.is_empty()) else {
         // No username: an anonymous device, decided from the config alone (no hashing), in place.
         return (shared.auth)
             .authenticate(client_id, None, None, loopback)
@@ -275,7 +388,8 @@ fn refusal(e: AuthError) -> (Refusal, String) {
         AuthError::InvalidClientId(_) => Refusal::BadClientId,
         AuthError::PasswordRequired
         | AuthError::ClientIdMismatch { .. }
-        | AuthError::InvalidCertificateName(_) => Refusal::NotAuthorized,
+        | AuthError::InvalidCertificateName(_)
+        | AuthError::DeviceClientId { .. } => Refusal::NotAuthorized,
     };
     (refusal, e.to_string())
 }
@@ -393,6 +507,7 @@ impl Client {
             number: self.session.number,
         };
         let direct = self.direct.take().unwrap_or_else(|| mpsc::channel(1).1);
+        let resumed = self.resumed.take().unwrap_or_default();
         let writer_task = write_loop(
             writer,
             link_rx,
@@ -400,6 +515,7 @@ impl Client {
             direct,
             pending.clone(),
             subscribed,
+            resumed,
         );
         let mut writer_task = tokio::spawn(writer_task);
         let mut shutdown = self.shared.shutdown.clone();
@@ -806,8 +922,24 @@ impl Subscribed {
 /// Direct deliveries encoded into one write, at most.
 const DIRECT_BATCH: usize = 64;
 
+/// Writes what waited for a resumed session, before anything else, and reports its filters as granted.
+async fn write_backlog(
+    writer: &mut PacketWriter<WriteHalf>,
+    resumed: Resumed,
+    subscribed: &Subscribed,
+) -> std::io::Result<()> {
+    for (topic, payload) in resumed.backlog {
+        let publish = Publish::new(Bytes::from(topic), payload, false);
+        writer.encode(Packet::Publish(publish, None))?;
+    }
+    writer.flush().await?;
+    subscribed.report(resumed.filters.unwrap_or_default());
+    Ok(())
+}
+
 /// Router -> socket, restoring `$` topics, splicing denied filters into SUBACKs and reporting granted
-/// subscriptions once their SUBACK is written; and direct deliveries -> socket.
+/// subscriptions once their SUBACK is written; and direct deliveries -> socket. A resumed session's
+/// backlog goes first.
 async fn write_loop(
     mut writer: PacketWriter<WriteHalf>,
     mut link_rx: LinkRx,
@@ -815,7 +947,11 @@ async fn write_loop(
     mut direct: mpsc::Receiver<Publish>,
     pending: PendingSubacks,
     subscribed: Subscribed,
+    resumed: Resumed,
 ) -> WriterEnd {
+    if let Err(e) = write_backlog(&mut writer, resumed, &subscribed).await {
+        return WriterEnd::Io(e);
+    }
     let version = writer.version();
     // False once a newer connection of this client id took the outlet over (the sender is gone).
     let mut direct_open = true;
@@ -929,6 +1065,7 @@ fn outbound(
             publish.topic = Bytes::from(external);
             Outbound::Write(Packet::Publish(publish, props))
         }
+        Packet::SubAck(suback, _) if suback.pkid == RESTORE_PKID => Outbound::Skip,
         Packet::SubAck(mut suback, props) => {
             let mut pending = lock(pending);
             let Some(forwarded) = pending.remove(&suback.pkid) else {

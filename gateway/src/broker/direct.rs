@@ -26,19 +26,26 @@
 //! the router would have to ignore. The queue never blocks the caller: when a client's queue is full (a
 //! client that stopped reading), the message is dropped, counted and logged.
 //!
-//! Sessions follow the router's: a connection that ends with `clean_session = false` leaves its filters
-//! behind for the next connection of the same client id with `clean_session = false` (the router restores
-//! its subscriptions the same way); a clean connection starts with none.
+//! Each entry is also the client id's session, as sprig sees it. It belongs to one principal ([`Identity`]):
+//! a connection of another principal presenting that client id is refused while the entry lives, so it can
+//! neither disconnect the holder nor inherit its subscriptions. A persistent session outlives its
+//! connection for its expiry: its filters stay, and what is delivered to it meanwhile waits in its
+//! [`Backlog`] (bounded; job notifications coalesced per topic) until a connection resumes it. A clean
+//! connection discards the session it finds.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rumqttd::protocol::Publish;
 use tokio::sync::mpsc;
 
+use super::backlog::{Backlog, Keep, Limits, Waiting};
 use super::topics::matches;
+use crate::auth::Identity;
+use crate::store::sessions::StoredSession;
 
 /// Messages a connection's direct queue holds before further ones are dropped. Devices subscribe only under
 /// their own thing, so a burst for one connection is a few messages per job event: this is far above it.
@@ -51,8 +58,10 @@ pub enum Delivery {
     Delivered,
     /// The client is connected, but none of its filters matches the topic.
     NotSubscribed,
-    /// No connection of that client id is open: nothing is kept for later.
+    /// No connection of that client id is open, and no persistent session: nothing is kept for later.
     Offline,
+    /// The client's persistent session is disconnected: kept until it reconnects.
+    Queued,
     /// The client's queue was full: the message was dropped (counted and logged).
     Dropped,
     /// The topic is empty or holds a wildcard.
@@ -65,6 +74,7 @@ pub struct Deliveries {
     pub delivered: usize,
     pub not_subscribed: usize,
     pub offline: usize,
+    pub queued: usize,
     pub dropped: usize,
     pub invalid: usize,
 }
@@ -75,6 +85,7 @@ impl Deliveries {
             Delivery::Delivered => self.delivered += 1,
             Delivery::NotSubscribed => self.not_subscribed += 1,
             Delivery::Offline => self.offline += 1,
+            Delivery::Queued => self.queued += 1,
             Delivery::Dropped => self.dropped += 1,
             Delivery::InvalidTopic => self.invalid += 1,
         }
@@ -84,17 +95,23 @@ impl Deliveries {
         self.delivered += other.delivered;
         self.not_subscribed += other.not_subscribed;
         self.offline += other.offline;
+        self.queued += other.queued;
         self.dropped += other.dropped;
         self.invalid += other.invalid;
     }
 }
 
-/// One client id's entry: its current connection's queue (none while offline) and granted filters.
+/// One client id's session: its current connection's queue (none while offline), granted filters, owner.
 #[derive(Debug)]
 struct Outlet {
     /// The connection number (see `Sessions`): an older connection's calls never touch a newer one's entry.
     number: u64,
-    clean: bool,
+    owner: Identity,
+    /// How long the session outlives its connection; `None`: it ends with it.
+    expiry: Option<Duration>,
+    /// When its last connection closed (a persistent session that is offline).
+    left_at: Option<Instant>,
+    backlog: Backlog,
     filters: Vec<String>,
     /// Plain `Publish`es, not `Packet`s: tokio allocates a queue's slots 32 at a time, and a `Packet` is
     /// five times the size (32 x 392 bytes per connection, mostly never written).
@@ -102,11 +119,42 @@ struct Outlet {
     dropped: u64,
 }
 
+impl Outlet {
+    fn expired(&self, now: Instant) -> bool {
+        match (self.left_at, self.expiry) {
+            (Some(left), Some(expiry)) => now.duration_since(left) >= expiry,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
 /// Client id -> [`Outlet`].
 #[derive(Debug, Default)]
 pub(crate) struct Outlets {
     entries: Mutex<Registry>,
     dropped: AtomicU64,
+    limits: Limits,
+    /// Rung when a persistent session changed (see [`Outlets::take_changed`]).
+    changed: tokio::sync::Notify,
+}
+
+/// How a connection asks for its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionRequest {
+    /// Start afresh, discarding any session of the client id (MQTT 3.1.1 clean session, MQTT 5 clean start).
+    pub discard: bool,
+    /// How long the session outlives the connection; `None`: it ends with it.
+    pub expiry: Option<Duration>,
+}
+
+/// The session a connection got.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Resumed {
+    /// The filters of the session it resumed; `None`: a new session.
+    pub filters: Option<Vec<String>>,
+    /// What waited for it, oldest first: to be written before anything else.
+    pub backlog: Vec<Waiting>,
 }
 
 /// Prefix of the gateway's own event topics (presence), which [`Outlets::publish_event`] sends.
@@ -118,9 +166,18 @@ struct Registry {
     /// Client ids holding a filter under [`EVENTS_PREFIX`] (operators watching presence): the few that an
     /// event is matched against, instead of every connection.
     watchers: HashSet<String>,
+    /// Client ids whose persistent session changed (or ended) since it was last written to the store.
+    changed: HashSet<String>,
 }
 
 impl Registry {
+    /// Notes that `client_id`'s stored session is out of date, if it has or had one.
+    fn touch(&mut self, client_id: &str, persistent: bool) {
+        if persistent && !self.changed.contains(client_id) {
+            self.changed.insert(client_id.to_owned());
+        }
+    }
+
     /// `client_id`'s entry, if connection `number` still owns it (an older connection's calls never touch
     /// a newer one's entry).
     fn connection(&mut self, client_id: &str, number: u64) -> Option<&mut Outlet> {
@@ -147,43 +204,176 @@ impl Registry {
 }
 
 impl Outlets {
-    /// A connection opened: from now on, messages for `client_id` go to `queue`. A persistent session
-    /// (`clean == false`) keeps the filters its previous connection left (or the one it takes over).
+    /// The registry, with `limits` on each disconnected session's backlog.
+    pub(crate) fn new(limits: Limits) -> Outlets {
+        Outlets {
+            limits,
+            ..Outlets::default()
+        }
+    }
+
+    /// A connection of `owner` opened: from now on, messages for `client_id` go to `queue`. It takes over
+    /// the client id's session (live or kept), resuming it unless `request.discard`, or is refused with the
+    /// session's owner when that is someone else.
     pub(crate) fn open(
         &self,
         client_id: &str,
         number: u64,
-        clean: bool,
+        owner: &Identity,
+        request: SessionRequest,
         queue: mpsc::Sender<Publish>,
-    ) {
+    ) -> Result<Resumed, Identity> {
+        let now = Instant::now();
         let mut registry = self.lock();
-        let filters = match registry.outlets.remove(client_id) {
-            Some(old) if !clean => old.filters,
-            _ => Vec::new(),
+        let was_persistent = registry
+            .outlets
+            .get(client_id)
+            .is_some_and(|o| o.expiry.is_some());
+        let previous = match registry.outlets.get(client_id) {
+            Some(old) if old.expired(now) => None,
+            Some(old) if &old.owner != owner => return Err(old.owner.clone()),
+            Some(_) => registry.outlets.remove(client_id),
+            None => None,
+        };
+        // A clean session ends with its connection, even one that is being taken over right now.
+        let resumable = previous.filter(|old| old.expiry.is_some() && !request.discard);
+        let resumed = match resumable {
+            Some(mut old) => Resumed {
+                filters: Some(old.filters.clone()),
+                backlog: old.backlog.take(),
+            },
+            _ => Resumed::default(),
         };
         let outlet = Outlet {
             number,
-            clean,
-            filters,
+            owner: owner.clone(),
+            expiry: request.expiry,
+            left_at: None,
+            backlog: Backlog::default(),
+            filters: resumed.filters.clone().unwrap_or_default(),
             queue: Some(queue),
             dropped: 0,
         };
         registry.outlets.insert(client_id.to_owned(), outlet);
         registry.update_watcher(client_id);
+        registry.touch(client_id, was_persistent || request.expiry.is_some());
+        drop(registry);
+        self.changed.notify_one();
+        Ok(resumed)
     }
 
-    /// Connection `number` of `client_id` ended. Its filters stay for a persistent session.
+    /// Connection `number` of `client_id` ended. A persistent session stays, with its filters, and keeps
+    /// what is delivered to it from now on.
     pub(crate) fn close(&self, client_id: &str, number: u64) {
         let mut registry = self.lock();
         let Some(outlet) = registry.connection(client_id, number) else {
             return;
         };
-        if outlet.clean {
+        if outlet.expiry.is_some() {
+            outlet.queue = None;
+            outlet.left_at = Some(Instant::now());
+            registry.touch(client_id, true);
+            drop(registry);
+            self.changed.notify_one();
+        } else {
             registry.outlets.remove(client_id);
             registry.update_watcher(client_id);
-        } else {
-            outlet.queue = None;
         }
+    }
+
+    /// Ends the disconnected sessions whose expiry has passed; returns their client ids.
+    pub(crate) fn expire(&self, now: Instant) -> Vec<String> {
+        let mut registry = self.lock();
+        let expired: Vec<String> = registry
+            .outlets
+            .iter()
+            .filter(|(_, o)| o.expired(now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for client_id in &expired {
+            registry.outlets.remove(client_id);
+            registry.update_watcher(client_id);
+            registry.touch(client_id, true);
+        }
+        drop(registry);
+        if !expired.is_empty() {
+            self.changed.notify_one();
+        }
+        expired
+    }
+
+    /// Brings back the sessions the store kept (at start-up, before any client connects), disconnected
+    /// since they were written; expired ones are left out and removed from the store at the next write.
+    pub(crate) fn restore(&self, stored: Vec<(String, StoredSession)>) -> usize {
+        let (now, wall) = (Instant::now(), epoch_ms());
+        let mut registry = self.lock();
+        let mut restored = 0;
+        for (client_id, session) in stored {
+            // Time spent away, as the wall clock says (a session connected when written left just now).
+            let away_ms = session.left_at_ms.map_or(0, |left| wall - left);
+            let away = Duration::from_millis(away_ms.max(0) as u64);
+            let outlet = Outlet {
+                number: 0,
+                owner: session.owner,
+                expiry: Some(Duration::from_secs(session.expiry_s)),
+                left_at: Some(now.checked_sub(away).unwrap_or(now)),
+                backlog: (session.backlog.into_iter())
+                    .map(|(topic, payload)| (topic, Bytes::from(payload)))
+                    .collect(),
+                filters: session.filters,
+                queue: None,
+                dropped: 0,
+            };
+            if outlet.expired(now) {
+                registry.touch(&client_id, true);
+                continue;
+            }
+            registry.outlets.insert(client_id.clone(), outlet);
+            registry.update_watcher(&client_id);
+            restored += 1;
+        }
+        restored
+    }
+
+    /// Marks sessions as changed again (their write failed).
+    pub(crate) fn mark_changed(&self, client_ids: Vec<String>) {
+        self.lock().changed.extend(client_ids);
+    }
+
+    /// Waits until a persistent session changed since the last [`Outlets::take_changed`].
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// The persistent sessions that changed since the last call, as they are now (`None`: ended).
+    pub(crate) fn take_changed(&self) -> Vec<(String, Option<StoredSession>)> {
+        let mut registry = self.lock();
+        let wall = epoch_ms();
+        let now = Instant::now();
+        let changed = std::mem::take(&mut registry.changed);
+        changed
+            .into_iter()
+            .map(|client_id| {
+                let stored = registry.outlets.get(&client_id).and_then(|o| {
+                    let expiry = o.expiry?;
+                    let left_at_ms = o
+                        .left_at
+                        .map(|left| wall - now.duration_since(left).as_millis() as i64);
+                    Some(StoredSession {
+                        owner: o.owner.clone(),
+                        expiry_s: expiry.as_secs(),
+                        left_at_ms,
+                        filters: o.filters.clone(),
+                        backlog: o
+                            .backlog
+                            .iter()
+                            .map(|(t, p)| (t.clone(), p.to_vec()))
+                            .collect(),
+                    })
+                });
+                (client_id, stored)
+            })
+            .collect()
     }
 
     /// Filters granted to connection `number` (its SUBACK is being written). `$share/` filters are left to
@@ -198,6 +388,8 @@ impl Outlets {
                 outlet.filters.push(filter.clone());
             }
         }
+        let persistent = outlet.expiry.is_some();
+        registry.touch(client_id, persistent);
         registry.update_watcher(client_id);
     }
 
@@ -210,30 +402,33 @@ impl Outlets {
             .filter(|o| o.number == number)
         {
             outlet.filters.retain(|f| !filters.contains(f));
+            let persistent = outlet.expiry.is_some();
             registry.update_watcher(client_id);
+            registry.touch(client_id, persistent);
         }
     }
 
-    /// Queues `payload` on `topic` for `client_id` if one of its filters matches. Never blocks.
+    /// Queues `payload` on `topic` for `client_id` if one of its filters matches (in its backlog, each
+    /// kept, while a persistent session is offline). Never blocks.
     pub(crate) fn deliver(&self, client_id: &str, topic: &str, payload: Bytes) -> Delivery {
-        let mut registry = self.lock();
-        self.deliver_locked(&mut registry.outlets, client_id, topic, payload)
+        let mut counts = Deliveries::default();
+        let delivery = self.deliver_all([(client_id, topic, payload)], Keep::Each, &mut counts);
+        delivery.unwrap_or(Delivery::InvalidTopic)
     }
 
     /// Sends one of the gateway's own events (a topic under `$aws/events/`) to every client whose filters
     /// match it. Only the clients holding such filters are looked at (operators: devices may not
     /// subscribe there), so an event costs nothing per connected device. Never blocks.
     pub(crate) fn publish_event(&self, topic: &str, payload: Bytes) -> Deliveries {
+        let watchers: Vec<String> = self.lock().watchers.iter().cloned().collect();
+        let messages = watchers.iter().map(|w| (w, topic, payload.clone()));
         let mut counts = Deliveries::default();
-        let mut registry = self.lock();
-        let Registry { outlets, watchers } = &mut *registry;
-        for client_id in watchers.iter() {
-            counts.count(self.deliver_locked(outlets, client_id, topic, payload.clone()));
-        }
+        self.deliver_all(messages, Keep::Each, &mut counts);
         counts
     }
 
-    /// [`Outlets::deliver`] for many messages, under one lock.
+    /// [`Outlets::deliver`] for many state notifications, under one lock: while a persistent session is
+    /// offline, only the latest per topic is kept.
     pub(crate) fn deliver_many<C, T>(
         &self,
         messages: impl IntoIterator<Item = (C, T, Bytes)>,
@@ -243,25 +438,47 @@ impl Outlets {
         T: AsRef<str>,
     {
         let mut counts = Deliveries::default();
-        let mut registry = self.lock();
-        for (client_id, topic, payload) in messages {
-            let delivery = self.deliver_locked(
-                &mut registry.outlets,
-                client_id.as_ref(),
-                topic.as_ref(),
-                payload,
-            );
-            counts.count(delivery);
-        }
+        self.deliver_all(messages, Keep::Latest, &mut counts);
         counts
+    }
+
+    /// Delivers each message under one lock, counting the outcomes; returns the last one's.
+    fn deliver_all<C, T>(
+        &self,
+        messages: impl IntoIterator<Item = (C, T, Bytes)>,
+        keep: Keep,
+        counts: &mut Deliveries,
+    ) -> Option<Delivery>
+    where
+        C: AsRef<str>,
+        T: AsRef<str>,
+    {
+        let mut last = None;
+        let mut registry = self.lock();
+        let Registry {
+            outlets, changed, ..
+        } = &mut *registry;
+        for (client_id, topic, payload) in messages {
+            let (client_id, topic) = (client_id.as_ref(), topic.as_ref());
+            let delivery = self.deliver_locked(outlets, changed, client_id, topic, payload, keep);
+            counts.count(delivery);
+            last = Some(delivery);
+        }
+        drop(registry);
+        if counts.queued > 0 {
+            self.changed.notify_one();
+        }
+        last
     }
 
     fn deliver_locked(
         &self,
         entries: &mut HashMap<String, Outlet>,
+        changed: &mut HashSet<String>,
         client_id: &str,
         topic: &str,
         payload: Bytes,
+        keep: Keep,
     ) -> Delivery {
         if topic.is_empty() || topic.contains(['+', '#']) {
             return Delivery::InvalidTopic;
@@ -269,31 +486,40 @@ impl Outlets {
         let Some(outlet) = entries.get_mut(client_id) else {
             return Delivery::Offline;
         };
-        let Some(queue) = &outlet.queue else {
-            return Delivery::Offline;
-        };
         if !outlet.filters.iter().any(|f| matches(topic, f)) {
             return Delivery::NotSubscribed;
         }
+        let Some(queue) = &outlet.queue else {
+            if outlet.left_at.is_some() && outlet.backlog.push(topic, payload, keep, self.limits) {
+                changed.insert(client_id.to_owned());
+                return Delivery::Queued;
+            }
+            self.count_drop(outlet, client_id, topic, "session's backlog is full");
+            return Delivery::Dropped;
+        };
         let publish = Publish::new(Bytes::copy_from_slice(topic.as_bytes()), payload, false);
         match queue.try_send(publish) {
             Ok(()) => Delivery::Delivered,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Offline,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                outlet.dropped += 1;
-                let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                // The first drop of a connection, then every power of two: visible, never a flood.
-                if outlet.dropped.is_power_of_two() {
-                    tracing::warn!(
-                        client_id,
-                        topic,
-                        dropped = outlet.dropped,
-                        dropped_all_clients = total,
-                        "client's direct queue is full ({QUEUE} messages): message dropped"
-                    );
-                }
+                self.count_drop(outlet, client_id, topic, "client's direct queue is full");
                 Delivery::Dropped
             }
+        }
+    }
+
+    fn count_drop(&self, outlet: &mut Outlet, client_id: &str, topic: &str, why: &str) {
+        outlet.dropped += 1;
+        let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        // The first drop of a connection, then every power of two: visible, never a flood.
+        if outlet.dropped.is_power_of_two() {
+            tracing::warn!(
+                client_id,
+                topic,
+                dropped = outlet.dropped,
+                dropped_all_clients = total,
+                "{why}: message dropped"
+            );
         }
     }
 
@@ -318,6 +544,12 @@ impl Outlets {
     }
 }
 
+/// The wall clock in milliseconds since the epoch (what a stored session's times are in).
+fn epoch_ms() -> i64 {
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_millis() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +566,18 @@ mod tests {
     }
 
     const NOTIFY: &str = "$aws/things/d1/jobs/notify";
+    const CLEAN: SessionRequest = SessionRequest {
+        discard: true,
+        expiry: None,
+    };
+    const KEPT: SessionRequest = SessionRequest {
+        discard: false,
+        expiry: Some(Duration::from_secs(3600)),
+    };
+
+    fn owner(client_id: &str) -> Identity {
+        Identity::Device(client_id.to_owned())
+    }
 
     /// Events reach the clients watching `$aws/events/` and only them; a watcher that unsubscribes or
     /// closes is no longer one.
@@ -342,8 +586,8 @@ mod tests {
         let outlets = Outlets::default();
         let (op_tx, mut op_rx) = mpsc::channel(QUEUE);
         let (dev_tx, mut dev_rx) = mpsc::channel(QUEUE);
-        outlets.open("op", 1, true, op_tx);
-        outlets.open("d1", 2, true, dev_tx);
+        outlets.open("op", 1, &owner("op"), CLEAN, op_tx).unwrap();
+        outlets.open("d1", 2, &owner("d1"), CLEAN, dev_tx).unwrap();
         outlets.subscribe("op", 1, &filters(&["$aws/events/presence/connected/+"]));
         outlets.subscribe("d1", 2, &filters(&["$aws/things/d1/#"]));
         assert_eq!(outlets.lock().watchers.len(), 1);
@@ -372,7 +616,7 @@ mod tests {
     fn a_matching_filter_gets_the_message_and_others_do_not() {
         let outlets = Outlets::default();
         let (tx, mut rx) = mpsc::channel(QUEUE);
-        outlets.open("d1", 1, true, tx);
+        outlets.open("d1", 1, &owner("d1"), CLEAN, tx).unwrap();
         let body = Bytes::from_static(b"{}");
         assert_eq!(
             outlets.deliver("d1", NOTIFY, body.clone()),
@@ -407,7 +651,7 @@ mod tests {
     fn unsubscribe_and_disconnect_stop_delivery() {
         let outlets = Outlets::default();
         let (tx, mut rx) = mpsc::channel(QUEUE);
-        outlets.open("d1", 1, true, tx);
+        outlets.open("d1", 1, &owner("d1"), CLEAN, tx).unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY, "$aws/things/d1/jobs/#"]));
         outlets.unsubscribe("d1", 1, &filters(&["$aws/things/d1/jobs/#"]));
         assert_eq!(outlets.filters("d1"), [NOTIFY]);
@@ -431,7 +675,7 @@ mod tests {
     fn a_full_queue_drops_and_counts_without_blocking() {
         let outlets = Outlets::default();
         let (tx, mut rx) = mpsc::channel(2);
-        outlets.open("d1", 1, true, tx);
+        outlets.open("d1", 1, &owner("d1"), CLEAN, tx).unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
         let messages = (0..5).map(|_| ("d1", NOTIFY, Bytes::new()));
         let counts = outlets.deliver_many(messages);
@@ -449,9 +693,9 @@ mod tests {
         let outlets = Outlets::default();
         let (old_tx, mut old_rx) = mpsc::channel(QUEUE);
         let (new_tx, mut new_rx) = mpsc::channel(QUEUE);
-        outlets.open("d1", 1, true, old_tx);
+        outlets.open("d1", 1, &owner("d1"), CLEAN, old_tx).unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
-        outlets.open("d1", 2, true, new_tx);
+        outlets.open("d1", 2, &owner("d1"), CLEAN, new_tx).unwrap();
         // A clean takeover starts without the old filters; the old connection cannot add or close.
         assert!(outlets.filters("d1").is_empty());
         outlets.subscribe("d1", 1, &filters(&["$aws/things/d1/#"]));
@@ -466,27 +710,108 @@ mod tests {
     }
 
     #[test]
-    fn a_persistent_session_keeps_its_filters_across_connections() {
+    fn a_persistent_session_keeps_its_filters_and_backlog_across_connections() {
         let outlets = Outlets::default();
         let (tx, _rx) = mpsc::channel(QUEUE);
-        outlets.open("d1", 1, false, tx);
+        outlets.open("d1", 1, &owner("d1"), KEPT, tx).unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
         outlets.close("d1", 1);
+        // Offline: notifications wait, the latest per topic; replies each.
+        let notifications = [1, 2].map(|n| ("d1", NOTIFY, Bytes::from(vec![n])));
+        assert_eq!(outlets.deliver_many(notifications).queued, 2);
         assert_eq!(
             outlets.deliver("d1", NOTIFY, Bytes::new()),
-            Delivery::Offline
+            Delivery::Queued
+        );
+        assert_eq!(
+            outlets.deliver("d1", "$aws/things/d1/other", Bytes::new()),
+            Delivery::NotSubscribed
         );
         let (tx, mut rx) = mpsc::channel(QUEUE);
-        outlets.open("d1", 2, false, tx);
+        let resumed = outlets.open("d1", 2, &owner("d1"), KEPT, tx).unwrap();
+        assert_eq!(resumed.filters, Some(vec![NOTIFY.to_owned()]));
+        let payloads: Vec<&[u8]> = resumed.backlog.iter().map(|(_, p)| p.as_ref()).collect();
+        assert_eq!(payloads, [&[2][..], &[][..]]);
         assert_eq!(
             outlets.deliver("d1", NOTIFY, Bytes::new()),
             Delivery::Delivered
         );
         assert!(rx.try_recv().is_ok());
         outlets.close("d1", 2);
-        // Reconnecting clean discards them, as the router does.
+        // Reconnecting clean discards them.
         let (tx, _rx) = mpsc::channel(QUEUE);
-        outlets.open("d1", 3, true, tx);
+        let resumed = outlets.open("d1", 3, &owner("d1"), CLEAN, tx).unwrap();
+        assert_eq!(resumed, Resumed::default());
         assert!(outlets.filters("d1").is_empty());
+    }
+
+    #[test]
+    fn a_clean_session_ends_with_its_connection_even_when_taken_over() {
+        let outlets = Outlets::default();
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        outlets.open("d1", 1, &owner("d1"), CLEAN, tx).unwrap();
+        outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
+        // Its connection is still open when a persistent one takes the client id over.
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        let resumed = outlets.open("d1", 2, &owner("d1"), KEPT, tx).unwrap();
+        assert_eq!(resumed, Resumed::default());
+        assert!(outlets.filters("d1").is_empty());
+    }
+
+    #[test]
+    fn a_session_is_taken_over_only_by_its_owner() {
+        let outlets = Outlets::default();
+        let operator = Identity::Operator("ops".into());
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        outlets.open("d1", 1, &owner("d1"), KEPT, tx).unwrap();
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        assert_eq!(
+            outlets.open("d1", 2, &operator, CLEAN, tx),
+            Err(owner("d1"))
+        );
+        // Offline and kept: still the device's.
+        outlets.close("d1", 1);
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        assert_eq!(outlets.open("d1", 3, &operator, KEPT, tx), Err(owner("d1")));
+        // Once expired, the client id is free.
+        let later = Instant::now() + Duration::from_secs(3601);
+        assert_eq!(outlets.expire(later), ["d1"]);
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        assert!(outlets.open("d1", 4, &operator, CLEAN, tx).is_ok());
+    }
+
+    #[test]
+    fn a_session_expires_after_its_expiry_and_not_before() {
+        let outlets = Outlets::new(Limits {
+            messages: 1,
+            bytes: 1024,
+        });
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        let request = SessionRequest {
+            discard: false,
+            expiry: Some(Duration::from_secs(60)),
+        };
+        outlets.open("d1", 1, &owner("d1"), request, tx).unwrap();
+        outlets.subscribe("d1", 1, &filters(&["$aws/things/d1/#"]));
+        outlets.close("d1", 1);
+        assert_eq!(
+            outlets.deliver("d1", NOTIFY, Bytes::new()),
+            Delivery::Queued
+        );
+        // Beyond the backlog's limit: dropped and counted.
+        assert_eq!(
+            outlets.deliver("d1", NOTIFY, Bytes::new()),
+            Delivery::Dropped
+        );
+        assert_eq!(outlets.dropped(), 1);
+        assert!(outlets.expire(Instant::now()).is_empty());
+        assert_eq!(
+            outlets.expire(Instant::now() + Duration::from_secs(61)),
+            ["d1"]
+        );
+        assert_eq!(
+            outlets.deliver("d1", NOTIFY, Bytes::new()),
+            Delivery::Offline
+        );
     }
 }

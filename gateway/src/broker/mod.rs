@@ -16,6 +16,7 @@
 //! forever, so per-(job, device) topics fanned out to N devices cost it N² matches (10,000 devices:
 //! 2×10⁸, about 10 s) and ever-growing memory; delivered directly they cost N lookups (see `direct`).
 
+mod backlog;
 mod codec;
 mod connection;
 mod direct;
@@ -44,6 +45,7 @@ use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 
 use crate::auth::Authenticator;
 use crate::config::BrokerConfig;
+use crate::store::sessions::SessionTree;
 
 pub use direct::{Deliveries, Delivery};
 pub use internal::{InternalClient, InternalReceiver, InternalSender};
@@ -90,6 +92,9 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// The stored persistent sessions cannot be read.
+    #[error("cannot read the stored MQTT sessions: {0}")]
+    Sessions(String),
     /// The TLS certificate or key cannot be used (`key`: the config key naming the file).
     #[error("key `{key}`: {reason}")]
     Tls { key: String, reason: String },
@@ -122,6 +127,10 @@ pub(crate) struct Shared {
     password_checks: Semaphore,
     /// Becomes true at shutdown (and errs when the [`Broker`] is dropped).
     shutdown: watch::Receiver<bool>,
+    /// Where persistent sessions are kept across restarts (none: in memory only).
+    session_tree: Option<SessionTree>,
+    /// Held while changed sessions are written, so batches land in the order they were taken.
+    persisting: tokio::sync::Mutex<()>,
 }
 
 /// At most this many password checks at once (fewer with fewer cores). Each is argon2 with 19 MiB of
@@ -190,6 +199,24 @@ impl Broker {
         config: &BrokerConfig,
         auth: Arc<Authenticator>,
     ) -> Result<Arc<Broker>, BrokerError> {
+        Broker::start_with(config, auth, None).await
+    }
+
+    /// [`Broker::start`] with persistent sessions kept in `sessions`: those stored there are restored
+    /// before the first client is accepted, and every change is written behind.
+    pub async fn start_persistent(
+        config: &BrokerConfig,
+        auth: Arc<Authenticator>,
+        sessions: SessionTree,
+    ) -> Result<Arc<Broker>, BrokerError> {
+        Broker::start_with(config, auth, Some(sessions)).await
+    }
+
+    async fn start_with(
+        config: &BrokerConfig,
+        auth: Arc<Authenticator>,
+        session_tree: Option<SessionTree>,
+    ) -> Result<Arc<Broker>, BrokerError> {
         let tls = tls::acceptor(config)?;
         // Bind first: the router thread cannot be stopped once spawned.
         let mut listeners = Vec::with_capacity(config.listen.len() + config.tls_listen.len());
@@ -221,16 +248,31 @@ impl Broker {
             make_link,
             auth,
             sessions: Arc::new(Sessions::default()),
-            outlets: direct::Outlets::default(),
+            outlets: direct::Outlets::new(backlog::Limits {
+                messages: config.persistent_session_max_queued_messages,
+                bytes: config.persistent_session_max_queued_bytes,
+            }),
             config: config.clone(),
             clients: AtomicUsize::new(0),
             trimmer: Arc::default(),
             subscriptions: broadcast::channel(SUBSCRIPTION_EVENTS).0,
             password_checks: Semaphore::new(password_check_permits()),
             shutdown: shutdown_rx,
+            session_tree,
+            persisting: tokio::sync::Mutex::new(()),
         });
+        if let Some(tree) = shared.session_tree.clone() {
+            let stored = tokio::task::spawn_blocking(move || tree.load())
+                .await
+                .map_err(|e| BrokerError::Sessions(e.to_string()))?
+                .map_err(|e| BrokerError::Sessions(e.to_string()))?;
+            let restored = shared.outlets.restore(stored);
+            tracing::info!(restored, "persistent MQTT sessions restored");
+            tokio::spawn(persist_sessions(shared.clone()));
+        }
         tokio::spawn(shared.trimmer.clone().run(shared.shutdown.clone()));
         tokio::spawn(skips::report(shared.shutdown.clone()));
+        tokio::spawn(expire_sessions(shared.clone()));
         let (alive, all_closed) = mpsc::channel(1);
         let (local_addrs, tls_local_addrs) = listeners
             .iter()
@@ -332,6 +374,8 @@ impl Broker {
         {
             tracing::warn!("some MQTT connections did not close within {SHUTDOWN_WAIT:?}");
         }
+        // The sessions as the closed connections left them.
+        write_sessions(&self.shared).await;
     }
 }
 
@@ -399,6 +443,65 @@ async fn accept_loop(
         }
     }
     tracing::info!("MQTT listener {local} closed");
+}
+
+/// Writes persistent sessions to the store as they change, until shutdown (which writes the last ones).
+async fn persist_sessions(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            () = stopped(&mut shutdown) => return,
+            () = shared.outlets.changed() => write_sessions(&shared).await,
+        }
+    }
+}
+
+/// Writes the sessions that changed since the last write, off the runtime. A failed write is logged; the
+/// sessions stay in memory and are written with their next change.
+async fn write_sessions(shared: &Shared) {
+    let Some(tree) = shared.session_tree.clone() else {
+        return;
+    };
+    let _turn = shared.persisting.lock().await;
+    let changes = shared.outlets.take_changed();
+    if changes.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = changes.iter().map(|(id, _)| id.clone()).collect();
+    let written = tokio::task::spawn_blocking(move || tree.write(&changes)).await;
+    let error = match written {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(
+        count = ids.len(),
+        error,
+        "cannot write MQTT sessions to the store"
+    );
+    shared.outlets.mark_changed(ids);
+}
+
+/// How often disconnected sessions are checked for expiry (a resuming client checks its own at once).
+const EXPIRY_SWEEP: Duration = Duration::from_secs(10);
+
+/// Ends persistent sessions whose expiry has passed, until shutdown. Their router sessions are left to be
+/// dropped when the client id connects again (see `connection::router_session`): ending one here could
+/// race with that client's reconnection.
+async fn expire_sessions(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut ticks = tokio::time::interval(EXPIRY_SWEEP);
+    loop {
+        tokio::select! {
+            () = stopped(&mut shutdown) => return,
+            now = ticks.tick() => {
+                let expired = shared.outlets.expire(now.into_std());
+                if !expired.is_empty() {
+                    tracing::info!(count = expired.len(), "persistent sessions expired");
+                }
+            }
+        }
+    }
 }
 
 /// Resolves once shutdown starts (or the [`Broker`] is dropped).

@@ -40,12 +40,15 @@ impl Sessions {
         self.lock().is_empty()
     }
 
-    /// Records a new connection and returns its connection number.
-    pub(crate) fn register(&self, client_id: &str, principal: Principal) -> u64 {
-        let number = self.next_number.fetch_add(1, Ordering::Relaxed) + 1;
+    /// A new connection number, larger than every one before.
+    pub(crate) fn next_number(&self) -> u64 {
+        self.next_number.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Records connection `number` (from [`Sessions::next_number`]) as `client_id`'s current one.
+    pub(crate) fn register(&self, client_id: &str, number: u64, principal: Principal) {
         self.lock()
             .insert(client_id.to_owned(), (number, principal));
-        number
     }
 
     /// Forgets connection `number` of `client_id`; true if it was still the current one.
@@ -79,8 +82,9 @@ mod tests {
         let device = Principal::Device {
             thing_name: "d1".into(),
         };
-        let old = sessions.register("d1", device.clone());
-        let new = sessions.register("d1", device.clone());
+        let (old, new) = (sessions.next_number(), sessions.next_number());
+        sessions.register("d1", old, device.clone());
+        sessions.register("d1", new, device.clone());
         assert!(sessions.superseded("d1", old));
         assert!(!sessions.is_current("d1", old) && sessions.is_current("d1", new));
         assert!(!sessions.remove("d1", old));

@@ -561,26 +561,6 @@ impl Engine {
         Ok(execution.map(|e| device_execution(&e, &job, true, now_ms())))
     }
 
-    /// The scopes (namespaces; `None` for standard jobs) in which `thing` has pending executions.
-    pub fn pending_scopes(
-        &self,
-        thing: &str,
-    ) -> std::result::Result<Vec<Option<String>>, StoreError> {
-        let mut scopes = Vec::new();
-        for job_id in self.store.pending_job_ids_of_thing(thing)? {
-            if let Some(job) = self
-                .store
-                .job(&job_id)?
-                .filter(|j| j.status != JobStatus::DeletionInProgress)
-            {
-                if !scopes.contains(&job.namespace_id) {
-                    scopes.push(job.namespace_id);
-                }
-            }
-        }
-        Ok(scopes)
-    }
-
     /// Moves every IN_PROGRESS execution whose step timer ran out by `now` to TIMED_OUT; returns how many.
     pub fn expire_step_timeouts(&self, now: i64) -> std::result::Result<usize, StoreError> {
         let _writer = self.store.lock_writes();

@@ -1199,10 +1199,6 @@ mod tests {
             .device_update("t1".into(), None, "plain".into(), update("SUCCEEDED"))
             .await;
         assert_eq!(gone.unwrap_err().code.as_str(), "ResourceNotFound");
-        assert_eq!(
-            f.engine.pending_scopes("t1").unwrap(),
-            vec![Some("aws-gg-deployment".to_owned())]
-        );
     }
 
     #[tokio::test]

@@ -10,11 +10,11 @@
 //! EXECUTION_CHANGED, execution?: the thing's execution of that job while it is pending, jobs: {QUEUED?,
 //! IN_PROGRESS?} of the namespace}`. "Changed" is judged against a small memory of what each (thing, scope)
 //! was last told (next job id, pending job ids and statuses), dropped once nothing is pending; identical
-//! state is not sent twice. Publishes to a client that has not subscribed yet are lost, so when a client
-//! subscribes to a filter covering its own state topics (`notify`, `notify-next`,
-//! `notify-next-namespace-{ns}`), the broker reports it ([`Broker::subscriptions`]) and the current state
-//! of each scope it has pending work in, or that the filter names, is sent again, whatever the memory says
-//! (the per-job topic is event-driven only: it is not re-sent).
+//! state is not sent twice. As in AWS IoT, nothing is sent when a device subscribes: a SUBSCRIBE changes no
+//! job, and a device that reacted to an unsolicited notify-next (AWS's jobs sample publishes `start-next`)
+//! could do so before it subscribed to the reply topics. A device that was away learns what it missed
+//! from its persistent session, where the broker keeps these notifications while it is offline (see
+//! `broker::direct`), or by asking (`jobs/get`).
 //!
 //! Every notification is delivered straight to the device's connection ([`Broker::deliver_many`]), not
 //! published through the router. rumqttd's router matches every topic it has not seen before against every
@@ -25,8 +25,8 @@
 //! topics: only the device `{thing}` may subscribe under `$aws/things/{thing}/` (operators may not), and its
 //! client id is its thing name; the device API's own `$aws/things/+/jobs/#` subscription only discarded them.
 //! Nothing goes through the router, as no other subscriber can exist for these topics. Messages are QoS 0, as
-//! they were through the router, and a device that is not connected or not subscribed to a topic does not get
-//! it (as before). Snapshots (sled reads) run in chunks of [`CHUNK`] things on the blocking pool, so
+//! they were through the router; a device that is not subscribed to a topic does not get it, and one that is
+//! offline gets it when it comes back if its session is persistent. Snapshots (sled reads) run in chunks of [`CHUNK`] things on the blocking pool, so
 //! notifying thousands of devices never stalls the runtime nor the requests that caused it; delivering a
 //! chunk never blocks (a full client queue drops, counted and logged by the broker) and takes about a
 //! millisecond, so it runs on the runtime. A chunk's snapshots are read in two ordered walks of the store
@@ -43,16 +43,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
-use crate::broker::{Broker, BrokerError, Deliveries, SubscribeEvent};
+use crate::broker::{Broker, BrokerError, Deliveries};
 use crate::jobs::device::{DeviceExecution, JobCache, ThingSnapshot};
 use crate::jobs::model::now_ms;
 use crate::jobs::{Engine, JobEvent};
 use crate::store::StoreError;
 use memory::{Memory, Told};
-use topics::StateTopic;
 
 /// Things (or subscribe events) handled per trip to the blocking pool. Large enough that a batch's
 /// thread hand-offs do not matter, small enough that other events and the runtime never wait long.
@@ -68,25 +66,20 @@ pub async fn run(
     mut events: mpsc::UnboundedReceiver<JobEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), BrokerError> {
-    let mut subscriptions = Some(broker.subscriptions());
     let notifier = Arc::new(Notifier {
         engine,
         broker,
         memory: Mutex::new(Memory::default()),
     });
     loop {
-        let work = tokio::select! {
+        let event = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
             event = events.recv() => match event {
-                Some(event) => Work::Event(event),
+                Some(event) => event,
                 None => return Ok(()),
             },
-            received = next_subscribe(&mut subscriptions) => match received {
-                Some(batch) => Work::Resend(batch),
-                None => continue,
-            },
         };
-        notifier.clone().process(work).await?;
+        notifier.clone().notify_event(event).await?;
     }
 }
 
@@ -102,46 +95,6 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
-/// What the notifier does next.
-enum Work {
-    Event(JobEvent),
-    /// Granted subscriptions, up to [`CHUNK`] of them.
-    Resend(Vec<SubscribeEvent>),
-}
-
-/// The next subscribe events, as many as are waiting (up to [`CHUNK`]); `None` if some were lost.
-async fn next_subscribe(
-    receiver: &mut Option<broadcast::Receiver<SubscribeEvent>>,
-) -> Option<Vec<SubscribeEvent>> {
-    let Some(rx) = receiver else {
-        return std::future::pending().await;
-    };
-    match rx.recv().await {
-        Ok(first) => {
-            let mut batch = vec![first];
-            while batch.len() < CHUNK {
-                match rx.try_recv() {
-                    Ok(more) => batch.push(more),
-                    Err(_) => break,
-                }
-            }
-            Some(batch)
-        }
-        Err(RecvError::Lagged(lost)) => {
-            // Those clients miss their catch-up until their state changes again.
-            tracing::error!(
-                lost,
-                "notifier fell behind: subscriptions not answered with the current state"
-            );
-            None
-        }
-        Err(RecvError::Closed) => {
-            *receiver = None;
-            None
-        }
-    }
-}
-
 struct Notifier {
     engine: Arc<Engine>,
     broker: Arc<Broker>,
@@ -149,20 +102,6 @@ struct Notifier {
 }
 
 impl Notifier {
-    async fn process(self: Arc<Self>, work: Work) -> Result<(), BrokerError> {
-        match work {
-            Work::Event(event) => self.notify_event(event).await,
-            Work::Resend(batch) => {
-                let messages = self
-                    .clone()
-                    .blocking(move |me| Ok(me.resend_messages(&batch)))
-                    .await?;
-                self.deliver(messages);
-                Ok(())
-            }
-        }
-    }
-
     /// Notifies every thing of an event, chunk by chunk.
     async fn notify_event(self: Arc<Self>, event: JobEvent) -> Result<(), BrokerError> {
         let started = Instant::now();
@@ -299,65 +238,6 @@ impl Notifier {
         out.push((thing.to_owned(), topic, body));
         if changes.next {
             out.push(next_message(thing, scope, timestamp, &snapshot));
-        }
-        Ok(())
-    }
-
-    fn resend_messages(&self, batch: &[SubscribeEvent]) -> Vec<Message> {
-        let timestamp = now_ms() / 1000;
-        let mut messages = Vec::new();
-        let mut jobs = JobCache::default();
-        for subscribed in batch {
-            if let Err(e) = self.thing_resend(subscribed, timestamp, &mut jobs, &mut messages) {
-                let thing = &subscribed.client_id;
-                tracing::error!(thing, error = %e, "cannot send the device its current state");
-            }
-        }
-        messages
-    }
-
-    /// The current state of every scope whose state topics the new filters cover. The client id is the
-    /// thing name (devices subscribe only under their own thing; other clients' filters cover nothing).
-    fn thing_resend(
-        &self,
-        subscribed: &SubscribeEvent,
-        timestamp: i64,
-        jobs: &mut JobCache,
-        out: &mut Vec<Message>,
-    ) -> Result<(), StoreError> {
-        let thing = subscribed.client_id.as_str();
-        let filters: Vec<&str> = subscribed
-            .filters
-            .iter()
-            .map(String::as_str)
-            .filter(|f| topics::covers_jobs_of(f, thing))
-            .collect();
-        if filters.is_empty() {
-            return Ok(());
-        }
-        let mut scopes = self.engine.pending_scopes(thing)?;
-        for named in filters.iter().filter_map(|f| topics::scope_named(f, thing)) {
-            if !scopes.contains(&named) {
-                scopes.push(named);
-            }
-        }
-        for scope in scopes.iter().map(Option::as_deref) {
-            let covered: Vec<(StateTopic, String)> = topics::state_topics(thing, scope)
-                .into_iter()
-                .filter(|(_, topic)| filters.iter().any(|f| topics::matches(topic, f)))
-                .collect();
-            if covered.is_empty() {
-                continue;
-            }
-            let snapshot = self.engine.snapshot(thing, scope, jobs)?;
-            self.remember(thing, scope, &snapshot);
-            for (kind, topic) in covered {
-                let body = match kind {
-                    StateTopic::Jobs => payload::jobs_changed(timestamp, &snapshot.pending),
-                    StateTopic::Next => payload::next_changed(timestamp, snapshot.next.as_ref()),
-                };
-                out.push((thing.to_owned(), topic, body));
-            }
         }
         Ok(())
     }

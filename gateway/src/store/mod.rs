@@ -4,13 +4,15 @@
 //! `by_thing` (thing ∖0 job id → execution status, for pending executions only: what devices ask for is
 //! their pending work, and a thing's history of finished executions only grows), `by_status` (status
 //! byte, job id), `by_namespace` (namespace ∖0 job id) and `by_deadline` (step deadline, job id ∖0 thing); plus `recoveries` (id → durable
-//! recovery) and `open_recoveries` (thing ∖0 id of those still PENDING). Every state change is one
+//! recovery) and `open_recoveries` (thing ∖0 id of those still PENDING); and, apart, the broker's persistent
+//! MQTT sessions ([`sessions`]). Every state change is one
 //! [`Change`], applied as one sled transaction over all the trees, so a crash at any moment leaves records and indexes agreeing; [`Store::check`] proves it
 //! after the fact. sled transactions cannot scan, so callers find what to change first, under
 //! [`Store::lock_writes`], and commit after: the lock makes read-check-write sequences atomic without
 //! putting scans inside transactions. All calls block (sled does I/O): run them off the async runtime.
 
 pub mod codec;
+pub mod sessions;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -67,6 +69,7 @@ pub struct Store {
     by_deadline: Tree,
     recoveries: Tree,
     open_recoveries: Tree,
+    sessions: Tree,
     writes: Mutex<()>,
 }
 
@@ -105,6 +108,7 @@ impl Store {
             by_deadline: db.open_tree("by_deadline")?,
             recoveries: db.open_tree("recoveries")?,
             open_recoveries: db.open_tree("open_recoveries")?,
+            sessions: db.open_tree("mqtt_sessions")?,
             db,
             writes: Mutex::new(()),
         })
@@ -116,6 +120,11 @@ impl Store {
         self.writes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The broker's persistent MQTT sessions (see [`sessions`]).
+    pub fn sessions(&self) -> sessions::SessionTree {
+        sessions::SessionTree::new(self.sessions.clone())
     }
 
     /// Makes every committed change durable (fsync).

@@ -1,0 +1,97 @@
+//! The `mqtt_sessions` tree: the broker's persistent MQTT sessions (whose they are, how long they last,
+//! their filters and what waits for them), so a gateway that restarts does not make its devices deaf.
+//!
+//! The tree is apart from the jobs trees and has one writer, the broker's session registry, which writes
+//! behind its in-memory state in batches (a session is a client's, not a job's: no job change reads it).
+
+use serde::{Deserialize, Serialize};
+use sled::Tree;
+
+use super::codec;
+use super::Result;
+use crate::auth::Identity;
+
+/// One persistent session as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSession {
+    pub owner: Identity,
+    /// How long it outlives its connection, in seconds.
+    pub expiry_s: u64,
+    /// When its last connection closed (epoch ms); `None`: connected when it was written.
+    pub left_at_ms: Option<i64>,
+    /// Granted filters, in the external (`$`) form.
+    pub filters: Vec<String>,
+    /// What waits for the client: (topic, payload), oldest first.
+    pub backlog: Vec<(String, Vec<u8>)>,
+}
+
+/// The sessions tree. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionTree {
+    tree: Tree,
+}
+
+impl SessionTree {
+    pub(super) fn new(tree: Tree) -> SessionTree {
+        SessionTree { tree }
+    }
+
+    /// Every stored session. One that cannot be decoded is logged and left out (its client starts anew).
+    pub fn load(&self) -> Result<Vec<(String, StoredSession)>> {
+        let mut sessions = Vec::new();
+        for entry in self.tree.iter() {
+            let (key, value) = entry?;
+            let client_id = String::from_utf8_lossy(&key).into_owned();
+            match codec::decode(&value) {
+                Ok(session) => sessions.push((client_id, session)),
+                Err(e) => {
+                    tracing::warn!(client_id, error = %e, "stored MQTT session unreadable, dropped")
+                }
+            }
+        }
+        Ok(sessions)
+    }
+
+    /// Writes sessions (`None`: removes it) in one atomic batch.
+    pub fn write(&self, changes: &[(String, Option<StoredSession>)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (client_id, session) in changes {
+            match session {
+                Some(session) => batch.insert(client_id.as_bytes(), codec::encode(session)),
+                None => batch.remove(client_id.as_bytes()),
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Makes what was written durable (fsync).
+    pub fn flush(&self) -> Result<()> {
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_written_read_back_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::Store::open(dir.path(), 1 << 20).unwrap();
+        let tree = store.sessions();
+        let session = StoredSession {
+            owner: Identity::Device("d1".into()),
+            expiry_s: 3600,
+            left_at_ms: Some(1_700_000_000_000),
+            filters: vec!["$aws/things/d1/jobs/notify-next".into()],
+            backlog: vec![("$aws/things/d1/jobs/notify-next".into(), b"{}".to_vec())],
+        };
+        tree.write(&[("d1".into(), Some(session.clone())), ("d2".into(), None)])
+            .unwrap();
+        assert_eq!(tree.load().unwrap(), [("d1".to_owned(), session)]);
+        tree.write(&[("d1".into(), None)]).unwrap();
+        assert!(tree.load().unwrap().is_empty());
+    }
+}
