@@ -39,6 +39,7 @@ SPRIG_BIN=$(realpath "$SPRIG_BIN")
 
 # No __pycache__ in the source tree.
 export PYTHONDONTWRITEBYTECODE=1
+rm -rf "$logs"  # this run's logs only
 mkdir -p "$logs"
 passed=0
 failed=()
