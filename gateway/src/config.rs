@@ -127,6 +127,33 @@ pub struct AuthConfig {
     pub operators: Vec<OperatorConfig>,
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// `[[auth.topic_rules]]`: topics granted beyond the built-in ones (default: none).
+    #[serde(default)]
+    pub topic_rules: Vec<TopicRuleConfig>,
+}
+
+/// `[[auth.topic_rules]]`: publish and subscribe patterns granted to the devices whose thing name matches
+/// one of `things` and to the operators named in `operators`. Patterns are MQTT filters whose levels may be
+/// `${thing}` or `${client_id}` (see [`crate::auth::rules`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRuleConfig {
+    /// Thing-name globs of the devices the rule applies to; absent: every device; `[]`: none.
+    #[serde(default = "every_thing")]
+    pub things: Vec<String>,
+    /// Usernames of the operators the rule also applies to (the local operator is `sprig-local`).
+    #[serde(default)]
+    pub operators: Vec<String>,
+    /// Topics these clients may publish to: a pattern matching the topic allows it.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Filters these clients may subscribe to: a pattern containing the whole filter allows it.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+fn every_thing() -> Vec<String> {
+    vec![any_thing()]
 }
 
 /// `[[auth.operators]]`: a client allowed to send control requests.
@@ -341,6 +368,7 @@ impl Config {
                 return fail(&format!("auth.devices[{i}].password_hash"), e);
             }
         }
+        self.validate_topic_rules()?;
         for (i, route) in self.recovery.iter().enumerate() {
             let key = |field: &str| format!("recovery[{i}].{field}");
             if let Err(e) = glob::Pattern::new(&route.things) {
@@ -367,6 +395,29 @@ impl Config {
                         "must be a topic under $aws/things/{thing}/ without wildcards",
                     );
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `[[auth.topic_rules]]`: every glob and pattern compiles (the compiler names the key and the rule
+    /// broken), and every operator named is one that can log in.
+    fn validate_topic_rules(&self) -> Result<(), (String, String)> {
+        crate::auth::TopicRules::compile(&self.auth.topic_rules).map_err(|e| (e.key, e.reason))?;
+        let known = |username: &str| {
+            username == crate::auth::LOCAL_OPERATOR_USERNAME
+                || self.auth.operators.iter().any(|op| op.username == username)
+        };
+        for (i, rule) in self.auth.topic_rules.iter().enumerate() {
+            if let Some((j, unknown)) = rule.operators.iter().enumerate().find(|(_, u)| !known(u)) {
+                return Err((
+                    format!("auth.topic_rules[{i}].operators[{j}]"),
+                    format!(
+                        "no operator `{unknown}`: name the username of an [[auth.operators]] entry, or \
+                         `{}` (the local operator)",
+                        crate::auth::LOCAL_OPERATOR_USERNAME
+                    ),
+                ));
             }
         }
         Ok(())
@@ -435,5 +486,100 @@ mod tests {
             err.contains("jobs.max_concurrent_deletions") && err.contains("at least 1"),
             "{err}"
         );
+    }
+
+    /// The default config with `rules` (TOML) appended.
+    fn with_rules(rules: &str) -> Result<Config, String> {
+        Config::parse(&format!("{DEFAULT_TOML}\n{rules}"), "test.toml").map_err(|e| e.to_string())
+    }
+
+    /// The error for `rules`, which must name `key` and contain every one of `reason`.
+    fn refused(rules: &str, key: &str, reason: &[&str]) {
+        let err = with_rules(rules).unwrap_err();
+        assert!(err.contains("test.toml"), "{err}");
+        assert!(err.contains(&format!("key `{key}`")), "{err}");
+        for part in reason {
+            assert!(err.contains(part), "{err}");
+        }
+    }
+
+    #[test]
+    fn topic_rules_default_to_none_and_to_every_thing() {
+        assert!(Config::default().auth.topic_rules.is_empty());
+        let config = with_rules(
+            "[[auth.topic_rules]]\npublish = [\"dt/${thing}/#\"]\n\
+             [[auth.topic_rules]]\nthings = []\noperators = [\"sprig-local\"]\nsubscribe = [\"#\"]\n",
+        )
+        .unwrap();
+        let rules = &config.auth.topic_rules;
+        assert_eq!(rules[0].things, ["*"]);
+        assert!(rules[0].operators.is_empty() && rules[0].subscribe.is_empty());
+        assert!(rules[1].things.is_empty(), "an explicit [] means no device");
+        assert_eq!(rules[1].operators, ["sprig-local"]);
+    }
+
+    #[test]
+    fn bad_topic_rules_name_the_key_and_the_rule() {
+        refused(
+            "[[auth.topic_rules]]\npublish = [\"dt/${thing}/#\", \"dt/x${thing}\"]",
+            "auth.topic_rules[0].publish[1]",
+            &["dt/x${thing}", "whole level"],
+        );
+        refused(
+            "[[auth.topic_rules]]\n[[auth.topic_rules]]\nsubscribe = [\"a/#/b\"]",
+            "auth.topic_rules[1].subscribe[0]",
+            &["`#` must be alone in the last level"],
+        );
+        refused(
+            "[[auth.topic_rules]]\nsubscribe = [\"a/b+\"]",
+            "auth.topic_rules[0].subscribe[0]",
+            &["`+` must be alone in its level"],
+        );
+        refused(
+            "[[auth.topic_rules]]\npublish = [\"\"]",
+            "auth.topic_rules[0].publish[0]",
+            &["must not be empty"],
+        );
+        refused(
+            "[[auth.topic_rules]]\npublish = [\"a/\\u0000\"]",
+            "auth.topic_rules[0].publish[0]",
+            &["NUL"],
+        );
+        refused(
+            "[[auth.topic_rules]]\npublish = [\"dt/${device}/#\"]",
+            "auth.topic_rules[0].publish[0]",
+            &["unknown variable `${device}`", "${thing}", "${client_id}"],
+        );
+        refused(
+            "[[auth.topic_rules]]\nsubscribe = [\"$aws/things/${thing}/shadow/#\"]",
+            "auth.topic_rules[0].subscribe[0]",
+            &["may not start with `$`", "built-in", "cannot be granted"],
+        );
+        refused(
+            "[[auth.topic_rules]]\nthings = [\"pump-*\", \"[a-\"]",
+            "auth.topic_rules[0].things[1]",
+            &["not a glob"],
+        );
+        refused(
+            "[[auth.topic_rules]]\noperators = [\"sprig-local\", \"nobody\"]",
+            "auth.topic_rules[0].operators[1]",
+            &["no operator `nobody`", "[[auth.operators]]"],
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_a_topic_rule_are_refused() {
+        let err = with_rules("[[auth.topic_rules]]\ntopics = [\"a\"]").unwrap_err();
+        assert!(err.contains("topics"), "{err}");
+    }
+
+    #[test]
+    fn topic_rules_may_name_configured_operators() {
+        let hash = crate::auth::hash_password("pw").unwrap();
+        let config = with_rules(&format!(
+            "[[auth.operators]]\nusername = \"fleet\"\npassword_hash = \"{hash}\"\n\
+             [[auth.topic_rules]]\nthings = []\noperators = [\"fleet\"]\npublish = [\"cmd/+/#\"]\n"
+        ));
+        assert!(config.is_ok(), "{config:?}");
     }
 }

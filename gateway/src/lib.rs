@@ -3,7 +3,9 @@
 //! Data flows one way: a transport ([`broker`]) carries a command ([`control`]) to the jobs engine
 //! ([`jobs`]), which changes the store ([`store`]); devices speak the Jobs device API ([`device_api`]) to
 //! the same engine. Background work ([`deletion`]) finishes what the engine starts, and what changed is
-//! announced to devices ([`notify`]). [`daemon`] wires the pieces for `sprig run`; [`cli`] is the command line.
+//! announced to devices ([`notify`]). The broker asks [`auth`] who a client is and which topics it may use
+//! (built-in rules and the configured topic rules, on MQTT's matching rules in [`topic_filter`]). [`daemon`]
+//! wires the pieces for `sprig run`; [`cli`] is the command line.
 
 pub mod auth;
 pub mod broker;
@@ -18,3 +20,4 @@ pub mod notify;
 pub mod plugins;
 pub mod recovery;
 pub mod store;
+pub mod topic_filter;

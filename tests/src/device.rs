@@ -27,6 +27,13 @@ pub enum Protocol {
     V5,
 }
 
+/// The QoS of a message a device publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    AtMostOnce,
+    AtLeastOnce,
+}
+
 /// How a device logs in: its client id (the thing name for devices) and an optional username/password.
 #[derive(Debug, Clone)]
 pub struct Login {
@@ -185,16 +192,32 @@ impl Device {
 
     /// Publishes `payload` on `topic` (any topic: for testing what the gateway refuses) at QoS 1.
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.publish_with(Qos::AtLeastOnce, topic, payload).await
+    }
+
+    /// Publishes `payload` on `topic` at `qos`. Over MQTT 5, a QoS 1 publish the gateway refuses ends this
+    /// device's connection: rumqttc takes PUBACK 0x87 (not authorized) as a fatal error.
+    pub async fn publish_with(&self, qos: Qos, topic: &str, payload: impl Into<Vec<u8>>) {
         let payload = payload.into();
         match &self.client {
-            Client::V311(c) => c
-                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
-                .await
-                .expect("publish"),
-            Client::V5(c) => c
-                .publish(topic, v5::mqttbytes::QoS::AtLeastOnce, false, payload)
-                .await
-                .expect("publish"),
+            Client::V311(c) => {
+                let qos = match qos {
+                    Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
+                    Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+                };
+                c.publish(topic, qos, false, payload)
+                    .await
+                    .expect("publish")
+            }
+            Client::V5(c) => {
+                let qos = match qos {
+                    Qos::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
+                    Qos::AtLeastOnce => v5::mqttbytes::QoS::AtLeastOnce,
+                };
+                c.publish(topic, qos, false, payload)
+                    .await
+                    .expect("publish")
+            }
         }
     }
 

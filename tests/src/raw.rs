@@ -24,6 +24,24 @@ pub fn packet(header: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Reads one packet off a blocking stream: (fixed header byte, body). Panics on a read error or timeout.
+pub fn read_packet(stream: &mut impl std::io::Read) -> (u8, Vec<u8>) {
+    let mut header = [0u8; 1];
+    stream.read_exact(&mut header).unwrap();
+    let mut len = 0usize;
+    for shift in 0..4 {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).unwrap();
+        len |= usize::from(byte[0] & 0x7f) << (7 * shift);
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    stream.read_exact(&mut body).unwrap();
+    (header[0], body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +55,7 @@ mod tests {
         let long = packet(0x30, &[7; 321]);
         assert_eq!(&long[..3], [0x30, 0xC1, 0x02]); // 321 = 0x41 + 2 * 128
         assert_eq!(long.len(), 3 + 321);
+        let (header, body) = read_packet(&mut long.as_slice());
+        assert_eq!((header, body.len()), (0x30, 321));
     }
 }

@@ -4,7 +4,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use sprig_tests::raw::{packet, put_str};
+use sprig_tests::raw::{packet, put_str, read_packet};
 use sprig_tests::{with_setting, Gateway};
 
 /// A device that subscribes to a topic of its own thing, floods it far past the router's in-memory log
@@ -75,22 +75,4 @@ fn skipped_messages_for_a_slow_subscriber_are_logged_and_counted() {
     // rumqttd's own warning names the filter.
     let jumps = gateway.log_lines("Read cursor start jumped");
     assert!(jumps.iter().any(|l| l.contains(topic)), "{jumps:?}");
-}
-
-/// One packet: (fixed header byte, body).
-fn read_packet(stream: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut header = [0u8; 1];
-    stream.read_exact(&mut header).unwrap();
-    let mut len = 0usize;
-    for shift in 0..4 {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).unwrap();
-        len |= usize::from(byte[0] & 0x7f) << (7 * shift);
-        if byte[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0; len];
-    stream.read_exact(&mut body).unwrap();
-    (header[0], body)
 }

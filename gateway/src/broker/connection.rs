@@ -610,7 +610,7 @@ impl Client {
         let Ok(topic) = std::str::from_utf8(&will.topic) else {
             return;
         };
-        if is_reserved(topic) || !self.principal.may_publish(&self.client_id, topic) {
+        if is_reserved(topic) || !self.may_publish(topic) {
             tracing::warn!(client_id = self.client_id, topic, "last will denied");
             return;
         }
@@ -687,6 +687,19 @@ impl Client {
         }
     }
 
+    /// The built-in topic rules and the configured ones, for this client (see [`crate::auth::Authenticator`]).
+    fn may_publish(&self, topic: &str) -> bool {
+        self.shared
+            .auth
+            .may_publish(&self.principal, &self.client_id, topic)
+    }
+
+    fn may_subscribe(&self, filter: &str) -> bool {
+        self.shared
+            .auth
+            .may_subscribe(&self.principal, &self.client_id, filter)
+    }
+
     fn inbound_publish(
         &self,
         mut publish: Publish,
@@ -694,7 +707,7 @@ impl Client {
         version: Version,
     ) -> Inbound {
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-        if !is_reserved(&topic) && self.principal.may_publish(&self.client_id, &topic) {
+        if !is_reserved(&topic) && self.may_publish(&topic) {
             publish.topic = Bytes::from(to_internal(&topic));
             // Topic aliases are not offered (CONNACK), so a client-sent alias is ignored, not recorded.
             let props = props.map(|mut p| {
@@ -729,8 +742,7 @@ impl Client {
         let mut allowed = Vec::new();
         let mut external = Vec::new();
         for mut filter in subscribe.filters {
-            let ok = !is_reserved(&filter.path)
-                && self.principal.may_subscribe(&self.client_id, &filter.path);
+            let ok = !is_reserved(&filter.path) && self.may_subscribe(&filter.path);
             if ok {
                 let internal = to_internal(&filter.path);
                 external.push(std::mem::replace(&mut filter.path, internal));

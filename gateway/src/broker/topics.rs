@@ -39,25 +39,8 @@ pub(crate) fn to_external(internal: &str) -> &str {
     }
 }
 
-/// MQTT topic matching: `+` matches one level, a final `#` this level and all below (`a/#` matches `a`).
-/// A filter starting with a wildcard does not match a topic starting with `$` (MQTT 3.1.1 4.7.2, MQTT 5
-/// 4.7.2). `topic` must hold no wildcard. Both in the same (external) form.
-pub fn matches(topic: &str, filter: &str) -> bool {
-    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
-        return false;
-    }
-    let mut topic_levels = topic.split('/');
-    for f in filter.split('/') {
-        if f == "#" {
-            return true;
-        }
-        match topic_levels.next() {
-            Some(t) if f == "+" || f == t => {}
-            _ => return false,
-        }
-    }
-    topic_levels.next().is_none()
-}
+/// MQTT topic matching, shared with the topic rules (see [`crate::topic_filter`]).
+pub use crate::topic_filter::matches;
 
 #[cfg(test)]
 mod tests {
@@ -77,41 +60,5 @@ mod tests {
         assert_eq!(to_internal("$share/g/$aws/x"), "$share/g/~$aws/x");
         assert!(is_reserved("~$aws/things/d1/jobs/notify"));
         assert!(!is_reserved("$aws/things/d1/jobs/notify"));
-    }
-
-    #[test]
-    fn filters_match_as_mqtt_says() {
-        let topic = "$aws/things/d1/jobs/notify";
-        assert!(matches(topic, topic));
-        assert!(matches(topic, "$aws/things/d1/jobs/#"));
-        assert!(matches(topic, "$aws/things/d1/#"));
-        assert!(matches(topic, "$aws/things/+/jobs/+"));
-        assert!(matches(topic, "$aws/#"));
-        assert!(!matches(topic, "+/things/d1/jobs/notify"));
-        assert!(!matches(topic, "#"));
-        assert!(!matches(topic, "+/#"));
-        assert!(!matches(topic, "$aws/things/d1/jobs/notify-next"));
-        assert!(!matches(topic, "$aws/things/d1/jobs"));
-        assert!(matches(topic, "$aws/things/d1/jobs/notify/#"));
-        assert!(!matches(topic, "$aws/things/d2/jobs/#"));
-        assert!(!matches(topic, "$aws/things/d1/jobs/+/+"));
-        // `#` also matches its parent level; `+` matches exactly one, possibly empty, level.
-        assert!(matches("$aws/things/d1/jobs", "$aws/things/d1/jobs/#"));
-        assert!(matches("a/b", "#"));
-        assert!(matches("a/b", "+/+"));
-        assert!(matches("a/", "a/+"));
-        assert!(matches("/b", "+/b"));
-        assert!(!matches("a", "a/+"));
-        assert!(!matches("a/b/c", "a/+"));
-        // The trailing slash of the per-job topic is a level of its own.
-        let job = "$aws/things/d1/jobs/j1/notify-namespace-acme/";
-        assert!(matches(job, "$aws/things/d1/jobs/+/notify-namespace-acme/"));
-        assert!(matches(
-            job,
-            "$aws/things/d1/jobs/+/notify-namespace-acme/#"
-        ));
-        assert!(!matches(job, "$aws/things/d1/jobs/+/notify-namespace-acme"));
-        // Case matters.
-        assert!(!matches(topic, "$AWS/things/d1/jobs/notify"));
     }
 }

@@ -3,7 +3,10 @@
 //! A client is either a *device* (its MQTT client id is its thing name) or an *operator* (a configured
 //! username, or the local operator whose credential `sprig run` writes to `{data_dir}/local-operator.json`).
 //! Passwords are kept only as argon2 hashes. The topic rules of CONTRACT section 3 live here, as pure
-//! functions of the principal and the topic, so the broker's listener enforces them and tests can read them.
+//! functions of the principal and the topic, so the broker's listener enforces them and tests can read them:
+//! the built-in ones in [`Principal::may_publish`] and [`Principal::may_subscribe`], the configured
+//! `[[auth.topic_rules]]` in [`rules`]; [`Authenticator::may_publish`] and [`Authenticator::may_subscribe`]
+//! combine the two.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
@@ -17,6 +20,10 @@ use argon2::Argon2;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthConfig, OperatorConfig};
+
+pub mod rules;
+
+pub use rules::{RuleError, TopicRules};
 
 /// File name of the local operator credential inside the data dir.
 pub const LOCAL_OPERATOR_FILE: &str = "local-operator.json";
@@ -132,7 +139,8 @@ impl Principal {
         }
     }
 
-    /// May this client (connected as `client_id`) publish to `topic`?
+    /// May this client (connected as `client_id`) publish to `topic` by the built-in rules? (The topic
+    /// rules may grant more: see [`Authenticator::may_publish`].)
     ///
     /// Devices: only under `$aws/things/{their thing}/`. Operators: only their own control requests,
     /// `$sprig/control/{their client id}/{Operation}`.
@@ -147,7 +155,8 @@ impl Principal {
         }
     }
 
-    /// May this client subscribe to `filter`?
+    /// May this client subscribe to `filter` by the built-in rules? (The topic rules may grant more: see
+    /// [`Authenticator::may_subscribe`].)
     ///
     /// Devices: only under `$aws/things/{their thing}/`. Operators: their own control replies
     /// (`$sprig/control/{their client id}/...`) and the presence events.
@@ -199,10 +208,21 @@ struct Account {
     principal: Principal,
 }
 
-/// Checks credentials at CONNECT against the configured operators and devices.
+/// Why an [`Authenticator`] could not be built from `[auth]`.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot hash the local operator's password: {0}")]
+    Hash(argon2::password_hash::Error),
+    #[error(transparent)]
+    TopicRules(#[from] RuleError),
+}
+
+/// Checks credentials at CONNECT against the configured operators and devices, and what a connected
+/// client may publish and subscribe to.
 pub struct Authenticator {
     accounts: HashMap<String, Account>,
     anonymous_devices_on_loopback: bool,
+    topic_rules: TopicRules,
 }
 
 impl Authenticator {
@@ -210,7 +230,7 @@ impl Authenticator {
     pub fn new(
         config: &AuthConfig,
         local_operator: &LocalOperator,
-    ) -> Result<Authenticator, argon2::password_hash::Error> {
+    ) -> Result<Authenticator, SetupError> {
         let mut accounts = HashMap::new();
         for op in &config.operators {
             let operator = Operator {
@@ -243,14 +263,31 @@ impl Authenticator {
         accounts.insert(
             LOCAL_OPERATOR_USERNAME.to_owned(),
             Account {
-                password_hash: hash_password(&local_operator.password)?,
+                password_hash: hash_password(&local_operator.password).map_err(SetupError::Hash)?,
                 principal: Principal::Operator(Arc::new(local)),
             },
         );
         Ok(Authenticator {
             accounts,
             anonymous_devices_on_loopback: config.anonymous_devices_on_loopback,
+            topic_rules: TopicRules::compile(&config.topic_rules)?,
         })
+    }
+
+    /// May `principal`, connected as `client_id`, publish to `topic`? By the built-in rules (its own
+    /// thing's or control topics) or by a topic rule.
+    pub fn may_publish(&self, principal: &Principal, client_id: &str, topic: &str) -> bool {
+        principal.may_publish(client_id, topic)
+            || self.topic_rules.allow_publish(principal, client_id, topic)
+    }
+
+    /// May `principal`, connected as `client_id`, subscribe to `filter`? By the built-in rules or because
+    /// a single topic rule's subscribe pattern contains the whole filter.
+    pub fn may_subscribe(&self, principal: &Principal, client_id: &str, filter: &str) -> bool {
+        principal.may_subscribe(client_id, filter)
+            || self
+                .topic_rules
+                .allow_subscribe(principal, client_id, filter)
     }
 
     /// Decides who a CONNECT is. This verifies an argon2 hash, which takes milliseconds of CPU:
@@ -442,6 +479,46 @@ mod tests {
         assert!(o.may_subscribe("cli-1", "$sprig/control/cli-1/#"));
         assert!(!o.may_subscribe("cli-1", "$sprig/control/+/#"));
         assert!(o.may_subscribe("cli-1", "$aws/events/presence/#"));
+    }
+
+    #[test]
+    fn the_authenticator_adds_topic_rules_to_the_built_in_rules() {
+        let local = LocalOperator {
+            username: LOCAL_OPERATOR_USERNAME.into(),
+            password: "pw".into(),
+        };
+        let mut config = crate::config::Config::default().auth;
+        config.topic_rules.push(crate::config::TopicRuleConfig {
+            things: vec!["pump-*".into()],
+            operators: vec![LOCAL_OPERATOR_USERNAME.into()],
+            publish: vec!["dt/${thing}/#".into()],
+            subscribe: vec!["cmd/${thing}/#".into(), "dt/#".into()],
+        });
+        let auth = Authenticator::new(&config, &local).unwrap();
+        let pump = device("pump-1");
+        // Built-in rules stay as they are.
+        assert!(auth.may_publish(&pump, "pump-1", "$aws/things/pump-1/jobs/get"));
+        assert!(auth.may_subscribe(&pump, "pump-1", "$aws/things/pump-1/jobs/#"));
+        assert!(!auth.may_subscribe(&pump, "pump-1", "$aws/events/presence/#"));
+        // The rule adds its topics.
+        assert!(auth.may_publish(&pump, "pump-1", "dt/pump-1/temp"));
+        assert!(!auth.may_publish(&pump, "pump-1", "dt/pump-2/temp"));
+        assert!(auth.may_subscribe(&pump, "pump-1", "cmd/pump-1/#"));
+        assert!(auth.may_subscribe(&pump, "pump-1", "dt/+/#"));
+        // Only to the devices it names.
+        let valve = device("valve-1");
+        assert!(!auth.may_publish(&valve, "valve-1", "dt/valve-1/temp"));
+        assert!(auth.may_publish(&valve, "valve-1", "$aws/things/valve-1/jobs/get"));
+        // And to the operators it names, whose built-in topics stay theirs.
+        let local_op = Principal::Operator(Arc::new(Operator {
+            username: LOCAL_OPERATOR_USERNAME.into(),
+            grants: Grants::all(),
+        }));
+        assert!(auth.may_subscribe(&local_op, "cli-1", "dt/#"));
+        assert!(!auth.may_subscribe(&local_op, "cli-1", "cmd/+/#"));
+        assert!(auth.may_publish(&local_op, "cli-1", "$sprig/control/cli-1/DeleteJob"));
+        assert!(auth.may_subscribe(&local_op, "cli-1", "$aws/events/presence/#"));
+        assert!(!auth.may_subscribe(&operator(), "cli-1", "dt/#"));
     }
 
     #[test]
