@@ -371,7 +371,9 @@ async fn a_persistent_session_gets_the_qos1_messages_published_while_it_was_away
         let thing = format!("listener-{protocol:?}");
         let topic = format!("cmd/{thing}/reboot");
         let login = Login::anonymous(&thing, protocol).persistent(3600);
-        let mut device = Device::connect_with(gateway.addr, login.clone()).await.unwrap();
+        let mut device = Device::connect_with(gateway.addr, login.clone())
+            .await
+            .unwrap();
         let filter = format!("cmd/{thing}/#");
         assert_eq!(device.subscribe(&[&filter]).await, [1]);
         device.disconnect().await;
@@ -381,7 +383,8 @@ async fn a_persistent_session_gets_the_qos1_messages_published_while_it_was_away
             sender.publish(&topic, format!("{{\"n\":{n}}}")).await;
         }
         // The sender's own marker after its publishes: once the router has it, it has the three before.
-        let mut marker = Device::connect(gateway.addr, &format!("marker-{protocol:?}"), protocol).await;
+        let mut marker =
+            Device::connect(gateway.addr, &format!("marker-{protocol:?}"), protocol).await;
         let _ = &mut marker;
         sender.disconnect().await;
 

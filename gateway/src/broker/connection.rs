@@ -157,7 +157,7 @@ async fn accept(
     mut writer: PacketWriter<WriteHalf>,
 ) -> Option<(Client, PacketWriter<WriteHalf>, LinkRx)> {
     let version = writer.version();
-    let assigned = assign_client_id(&mut request.connect);
+    let assigned = assign_client_id(&mut request);
     let client_id = request.connect.client_id.clone();
     let peer = request.peer;
     let refuse = |refusal: Refusal, reason: String| {
@@ -261,13 +261,24 @@ async fn accept(
 }
 
 /// Gives a CONNECT with an empty client id and a clean session one of its own, as MQTT lets a server do
-/// (with a persistent session it is refused: there would be no way back to it). The id is a valid thing
-/// name, so an anonymous client becomes a device of that name. True when it assigned one.
-fn assign_client_id(connect: &mut Connect) -> bool {
+/// (with a persistent session it is refused: there would be no way back to it): the thing name its client
+/// certificate certifies, else its username (a device's thing name, an operator's name), else a fresh one
+/// (a valid thing name, so an anonymous client becomes a device of that name). True when it assigned one.
+fn assign_client_id(request: &mut ConnectRequest) -> bool {
+    let connect = &mut request.connect;
     if !connect.client_id.is_empty() || !connect.clean_session {
         return false;
     }
-    connect.client_id = format!("auto-{:016x}", rand::random::<u64>());
+    let username = request
+        .login
+        .as_ref()
+        .map(|l| crate::auth::connect_username(&l.username))
+        .filter(|u| !u.is_empty());
+    connect.client_id = match (&request.certificate, username) {
+        (Some(certificate), _) => certificate.common_name.clone(),
+        (None, Some(username)) => username.to_owned(),
+        (None, None) => format!("auto-{:016x}", rand::random::<u64>()),
+    };
     true
 }
 
@@ -1152,6 +1163,48 @@ fn splice_denied(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_client_id_is_assigned_from_the_certificate_the_username_or_afresh() {
+        let request =
+            |certificate: Option<&str>, username: Option<&str>, clean: bool| ConnectRequest {
+                connect: Connect {
+                    keep_alive: 30,
+                    client_id: String::new(),
+                    clean_session: clean,
+                },
+                session_expiry_s: None,
+                will: None,
+                login: username.map(|u| Login {
+                    username: u.into(),
+                    password: String::new(),
+                }),
+                peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+                loopback: true,
+                certificate: certificate.map(|cn| VerifiedCertificate {
+                    common_name: cn.into(),
+                }),
+            };
+        let assigned =
+            |mut r: ConnectRequest| assign_client_id(&mut r).then_some(r.connect.client_id);
+        let metrics = "?SDK=IoTDeviceSDK/Python";
+        let pump = Some("pump-1");
+        assert_eq!(
+            assigned(request(pump, Some(metrics), true)).as_deref(),
+            pump
+        );
+        let with_metrics = format!("valve-2{metrics}");
+        assert_eq!(
+            assigned(request(None, Some(&with_metrics), true)).as_deref(),
+            Some("valve-2")
+        );
+        let fresh = assigned(request(None, Some(metrics), true)).unwrap();
+        assert!(
+            fresh.starts_with("auto-") && crate::auth::is_thing_name(&fresh),
+            "{fresh}"
+        );
+        assert_eq!(assigned(request(pump, None, false)), None);
+    }
 
     #[test]
     fn denied_filters_get_failures_in_their_positions() {
