@@ -216,6 +216,27 @@ def repeat(test_name: str, gateway: Gateway, flow: Callable[[Run], None], job_ro
     return 1 if failed else 0
 
 
+def run_both_jobs(j: Journal, gateway: Gateway, thing: str, queued: str, live: str) -> None:
+    """The sample's steps once its subscriptions are made and its first start-next is sent: the job created
+    before it connected runs to SUCCEEDED, then one created while it is connected, announced by notify-next."""
+    j.wait(f"start-next accepted for {queued} (created before connecting)", "start-next accepted", queued)
+    j.wait(f"update SUCCEEDED accepted for {queued}", "update accepted", queued)
+
+    mark = j.mark()
+    gateway.create_job(live, thing, {"operation": "interop", "job": live})
+    j.wait(f"notify-next announces {live} (created while connected)", "notify-next", live, after=mark)
+    j.wait(f"start-next accepted for {live}", "start-next accepted", live, after=mark)
+    j.wait(f"update SUCCEEDED accepted for {live}", "update accepted", live, after=mark)
+
+
+def expect_succeeded(gateway: Gateway, thing: str, jobs: tuple[str, ...]) -> None:
+    """The operator's view agrees: each of `jobs` ended SUCCEEDED on `thing`."""
+    for job in jobs:
+        status = gateway.execution_status(job, thing)
+        if status != "SUCCEEDED":
+            raise StepFailed(f"describe-job-execution {job}", f"status {status}, expected SUCCEEDED")
+
+
 def notified_on_subscribe(run: Run) -> bool:
     """Did notify-next name the job created before the device connected while that job was still QUEUED?
 

@@ -30,7 +30,7 @@ from awsiot import iotjobs, mqtt_connection_builder
 
 import flow
 from flow import Journal, Run
-from sprig_gateway import Gateway, Pki, PresenceWatcher, StepFailed
+from sprig_gateway import Gateway, Pki, PresenceWatcher
 
 TEST = "test_jobs_sdk_v1"
 THING = "interop-sdk-v1"
@@ -200,23 +200,12 @@ def one_run(gateway: Gateway, pki: Pki, cert: Path, key: Path, presence: Presenc
 
         j.wait("get-pending lists the queued job", "get-pending accepted",
                check=lambda e: queued in e.detail["queued"] + e.detail["in_progress"])
-        j.wait(f"start-next accepted for {queued} (created before connecting)", "start-next accepted", queued)
-        j.wait(f"update SUCCEEDED accepted for {queued}", "update accepted", queued)
-
-        mark = j.mark()
-        gateway.create_job(live, THING, {"operation": "interop", "job": live})
-        j.wait(f"notify-next announces {live} (created while connected)", "notify-next", live, after=mark)
-        j.wait(f"start-next accepted for {live}", "start-next accepted", live, after=mark)
-        j.wait(f"update SUCCEEDED accepted for {live}", "update accepted", live, after=mark)
+        flow.run_both_jobs(j, gateway, THING, queued, live)
     except BaseException:
         flow.quietly(lambda: disconnect(connection, presence, presence_mark, j))  # keep the first failure
         raise
     disconnect(connection, presence, presence_mark, j)
-
-    for job in (queued, live):
-        status = gateway.execution_status(job, THING)
-        if status != "SUCCEEDED":
-            raise StepFailed(f"describe-job-execution {job}", f"status {status}, expected SUCCEEDED")
+    flow.expect_succeeded(gateway, THING, (queued, live))
 
 
 def main() -> int:
