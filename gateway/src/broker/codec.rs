@@ -27,6 +27,9 @@ pub(crate) enum ReadError {
     KeepAlive,
     #[error("malformed packet: {0}")]
     Protocol(protocol::Error),
+    /// A packet a client must never send, or reserved header bits set (see [`check_fixed_header`]).
+    #[error("protocol violation: {0}")]
+    Violation(String),
     #[error("unsupported protocol level {0}")]
     UnsupportedLevel(u8),
 }
@@ -36,6 +39,8 @@ pub(crate) struct PacketReader<R> {
     io: R,
     buf: BytesMut,
     max_size: usize,
+    /// True once the first packet (the CONNECT) was read: no other may follow.
+    connected: bool,
 }
 
 impl<R: AsyncRead + Unpin> PacketReader<R> {
@@ -44,6 +49,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             io,
             buf: BytesMut::with_capacity(4096),
             max_size,
+            connected: false,
         }
     }
 
@@ -69,12 +75,20 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         idle: Option<Duration>,
     ) -> Result<Packet, ReadError> {
         loop {
+            // Checked before rumqttd's codec sees the packet: its MQTT 5 reader panics on some packets
+            // only a server may send (UNSUBACK, CONNACK).
+            if let Some(&first) = self.buf.first().filter(|_| self.connected) {
+                check_fixed_header(first, version).map_err(ReadError::Violation)?;
+            }
             let parsed = match version {
                 Version::V311 => V4.read_mut(&mut self.buf, self.max_size),
                 Version::V5 => V5.read_mut(&mut self.buf, self.max_size),
             };
             match parsed {
-                Ok(packet) => return Ok(packet),
+                Ok(packet) => {
+                    self.connected = true;
+                    return Ok(packet);
+                }
                 Err(protocol::Error::InsufficientBytes(_)) => self.fill(idle).await?,
                 Err(e) => return Err(ReadError::Protocol(e)),
             }
@@ -93,6 +107,34 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         }
         Ok(())
     }
+}
+
+/// Checks a packet's first byte, as a server must: only packet types a client may send after CONNECT, with
+/// the fixed-header flags the specification requires (MQTT 3.1.1 2.2.2, MQTT 5 2.1.3). A client that sends
+/// anything else is closed with a protocol error.
+fn check_fixed_header(first: u8, version: Version) -> Result<(), String> {
+    let (kind, flags) = (first >> 4, first & 0x0f);
+    let expected_flags = match kind {
+        3 if flags & 0b0110 == 0b0110 => return Err("PUBLISH with QoS 3".into()),
+        3 => return Ok(()),
+        4 | 5 | 7 | 12 | 14 => 0b0000,
+        6 | 8 | 10 => 0b0010,
+        1 => return Err("a second CONNECT".into()),
+        2 => return Err("CONNACK: only a server sends it".into()),
+        9 => return Err("SUBACK: only a server sends it".into()),
+        11 => return Err("UNSUBACK: only a server sends it".into()),
+        13 => return Err("PINGRESP: only a server sends it".into()),
+        15 if version == Version::V5 => {
+            return Err("AUTH: enhanced authentication is not supported".into())
+        }
+        _ => return Err(format!("packet type {kind} is reserved")),
+    };
+    if flags != expected_flags {
+        return Err(format!(
+            "packet type {kind} with fixed-header flags {flags:#06b} (must be {expected_flags:#06b})"
+        ));
+    }
+    Ok(())
 }
 
 enum Peek {
@@ -208,6 +250,21 @@ fn strip_properties(packet: Packet) -> Packet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packets_only_a_server_sends_and_reserved_flags_are_refused() {
+        for ok in [
+            0x30, 0x32, 0x3b, 0x40, 0x50, 0x62, 0x70, 0x82, 0xa2, 0xc0, 0xe0,
+        ] {
+            assert_eq!(check_fixed_header(ok, Version::V5), Ok(()), "{ok:#x}");
+        }
+        for bad in [
+            0x10, 0x20, 0x90, 0xb0, 0xd0, 0xf0, 0x00, 0x36, 0x41, 0x60, 0x80, 0xa0, 0xc1, 0xe2,
+        ] {
+            assert!(check_fixed_header(bad, Version::V5).is_err(), "{bad:#x}");
+        }
+        assert!(check_fixed_header(0xf0, Version::V311).is_err());
+    }
 
     #[test]
     fn protocol_level_is_found_in_partial_and_whole_connects() {

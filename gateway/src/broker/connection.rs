@@ -690,7 +690,11 @@ impl Client {
                 to_router,
                 reply,
                 denied,
+                violation,
             } = forward;
+            if let Some(detail) = violation {
+                return ReaderEnd::Lost(DisconnectReason::ClientError, detail);
+            }
             if let Some(topic) = denied {
                 return ReaderEnd::Denied(topic);
             }
@@ -731,6 +735,10 @@ impl Client {
         version: Version,
     ) -> Inbound {
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        if !crate::topic_filter::is_topic_name(&topic) {
+            // MQTT: a PUBLISH topic has no wildcards (nor NUL); a client that sends one is closed.
+            return Inbound::violation(format!("PUBLISH to `{topic}`, which is not a topic name"));
+        }
         if !is_reserved(&topic) && self.may_publish(&topic) {
             publish.topic = Bytes::from(to_internal(&topic));
             // Topic aliases are not offered (CONNACK), so a client-sent alias is ignored, not recorded.
@@ -766,8 +774,16 @@ impl Client {
         let mut allowed = Vec::new();
         let mut external = Vec::new();
         for mut filter in subscribe.filters {
-            let ok = !is_reserved(&filter.path) && self.may_subscribe(&filter.path);
-            if ok {
+            let valid = crate::topic_filter::check_filter(&filter.path);
+            let ok =
+                valid.is_ok() && !is_reserved(&filter.path) && self.may_subscribe(&filter.path);
+            if let Err(e) = valid {
+                tracing::warn!(
+                    client_id = self.client_id,
+                    filter = filter.path,
+                    "invalid filter: {e}"
+                );
+            } else if ok {
                 let internal = to_internal(&filter.path);
                 external.push(std::mem::replace(&mut filter.path, internal));
                 allowed.push(filter);
@@ -849,6 +865,8 @@ struct Inbound {
     reply: Option<Packet>,
     /// A QoS 2 publish to this topic was denied.
     denied: Option<String>,
+    /// The client broke the protocol: it is closed.
+    violation: Option<String>,
 }
 
 impl Inbound {
@@ -870,7 +888,14 @@ impl Inbound {
         Inbound {
             to_router: Some(packet),
             reply: Some(reply),
-            denied: None,
+            ..Inbound::default()
+        }
+    }
+
+    fn violation(detail: String) -> Inbound {
+        Inbound {
+            violation: Some(detail),
+            ..Inbound::default()
         }
     }
 
@@ -885,7 +910,9 @@ impl Inbound {
 fn lost(e: ReadError) -> ReaderEnd {
     let reason = match e {
         ReadError::KeepAlive => DisconnectReason::KeepAliveTimeout,
-        ReadError::Protocol(_) | ReadError::UnsupportedLevel(_) => DisconnectReason::ClientError,
+        ReadError::Protocol(_) | ReadError::Violation(_) | ReadError::UnsupportedLevel(_) => {
+            DisconnectReason::ClientError
+        }
         ReadError::Closed | ReadError::Io(_) => DisconnectReason::ConnectionLost,
     };
     ReaderEnd::Lost(reason, e.to_string())

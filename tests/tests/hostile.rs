@@ -1,0 +1,125 @@
+//! Clients that break the protocol: the gateway closes them with a protocol error, says so to whoever
+//! watches (presence `disconnected`, the last will), and goes on serving everyone else.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::json;
+use sprig_tests::device::{Device, Login, Protocol};
+use sprig_tests::raw::{packet, put_str, read_packet};
+use sprig_tests::Gateway;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A raw CONNECT as `client_id` with a last will (`will/{client_id}`, QoS 0) at protocol `level`.
+fn connect_with_will(gateway: &Gateway, client_id: &str, level: u8) -> TcpStream {
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.push(level);
+    body.push(0x02 | 0x04); // clean session, will flag (QoS 0, not retained)
+    body.extend_from_slice(&30u16.to_be_bytes());
+    if level == 5 {
+        body.push(0); // CONNECT properties
+    }
+    put_str(&mut body, client_id.as_bytes());
+    if level == 5 {
+        body.push(0); // will properties
+    }
+    put_str(&mut body, format!("will/{client_id}").as_bytes());
+    put_str(&mut body, b"gone");
+    let mut stream = TcpStream::connect(gateway.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(&packet(0x10, &body)).unwrap();
+    let (header, ack) = read_packet(&mut stream);
+    assert_eq!((header, &ack[..2]), (0x20, &[0u8, 0][..]), "accepted");
+    stream
+}
+
+/// Reads until the gateway closes the socket; returns what it sent last (MQTT 5: a DISCONNECT).
+fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    stream
+        .read_to_end(&mut received)
+        .expect("closed, not timed out");
+    received
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn packets_only_a_server_sends_close_the_client_with_its_will_and_presence() {
+    let gateway = Gateway::start_with(|config| {
+        config + "\n[[auth.topic_rules]]\npublish = [\"will/${thing}\"]\nsubscribe = [\"will/+\"]\n"
+    });
+    let mut watcher = Device::connect(gateway.addr, "watcher", Protocol::V311).await;
+    watcher.subscribe(&["will/+"]).await;
+    let (username, password) = gateway.local_credential();
+    let operator =
+        Login::anonymous("presence-console", Protocol::V311).with_credentials(&username, &password);
+    let mut console = Device::connect_with(gateway.addr, operator).await.unwrap();
+    console
+        .subscribe(&["$aws/events/presence/disconnected/+"])
+        .await;
+
+    // (client id, protocol level, the packet): UNSUBACK and CONNACK from an MQTT 5 client made rumqttd's
+    // codec panic; SUBACK, PINGRESP, a reserved type and reserved flag bits on MQTT 3.1.1.
+    let attacks: [(&str, u8, &[u8]); 6] = [
+        ("bad-unsuback", 5, &[0xb0, 0x03, 0x00, 0x01, 0x00]),
+        ("bad-connack", 5, &[0x20, 0x03, 0x00, 0x00, 0x00]),
+        ("bad-suback", 4, &[0x90, 0x03, 0x00, 0x01, 0x00]),
+        ("bad-pingresp", 4, &[0xd0, 0x00]),
+        ("bad-reserved", 4, &[0xf0, 0x00]),
+        ("bad-flags", 4, &[0xc1, 0x00]),
+    ];
+    for (client_id, level, attack) in attacks {
+        let mut stream = connect_with_will(&gateway, client_id, level);
+        stream.write_all(attack).unwrap();
+        let last = until_closed(&mut stream);
+        if level == 5 {
+            // DISCONNECT, reason 0x82 (protocol error).
+            assert_eq!(
+                last.get(..3),
+                Some(&[0xe0, 0x01, 0x82][..]),
+                "{client_id}: {last:?}"
+            );
+        }
+        let will = watcher
+            .expect_message(&format!("will/{client_id}"), WAIT)
+            .await;
+        assert_eq!(will, json!("gone"));
+        let event = console
+            .expect_message(
+                &format!("$aws/events/presence/disconnected/{client_id}"),
+                WAIT,
+            )
+            .await;
+        assert_eq!(event["eventType"], "disconnected", "{event}");
+    }
+    // The gateway still serves.
+    let mut device = Device::connect(gateway.addr, "after-attacks", Protocol::V5).await;
+    let (accepted, _) = device.request("get", json!({})).await;
+    assert!(accepted);
+    assert!(!gateway.log().contains("panicked"), "{}", gateway.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wildcards_in_a_publish_topic_close_the_client_and_malformed_filters_are_refused() {
+    let gateway = Gateway::start_with(|config| {
+        config + "\n[[auth.topic_rules]]\npublish = [\"#\"]\nsubscribe = [\"#\"]\n"
+    });
+    let mut device = Device::connect(gateway.addr, "sloppy", Protocol::V311).await;
+    assert_eq!(
+        device.subscribe(&["a/#/b", "a+", "will/+"]).await,
+        [0x80, 0x80, 1]
+    );
+
+    let mut stream = connect_with_will(&gateway, "wild-publisher", 4);
+    let mut publish = Vec::new();
+    put_str(&mut publish, b"a/+/b");
+    publish.extend_from_slice(b"x");
+    stream.write_all(&packet(0x30, &publish)).unwrap();
+    until_closed(&mut stream);
+    // Closed for a protocol violation, so its will is published (logged before it is sent).
+    device.expect_message("will/wild-publisher", WAIT).await;
+    let reason = gateway.log_lines("PUBLISH to `a/+/b`, which is not a topic name");
+    assert_eq!(reason.len(), 1, "{}", gateway.log());
+}
