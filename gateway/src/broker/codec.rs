@@ -41,6 +41,8 @@ pub(crate) struct PacketReader<R> {
     max_size: usize,
     /// True once the first packet (the CONNECT) was read: no other may follow.
     connected: bool,
+    /// Whether packets are checked as a server must check a client's ([`check_fixed_header`]).
+    from_client: bool,
 }
 
 impl<R: AsyncRead + Unpin> PacketReader<R> {
@@ -50,6 +52,16 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             buf: BytesMut::with_capacity(4096),
             max_size,
             connected: false,
+            from_client: true,
+        }
+    }
+
+    /// A reader of what a server sends (tests that play the client): no client-side checks.
+    #[cfg(test)]
+    pub(crate) fn of_server(io: R, max_size: usize) -> Self {
+        PacketReader {
+            from_client: false,
+            ..PacketReader::new(io, max_size)
         }
     }
 
@@ -77,7 +89,8 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         loop {
             // Checked before rumqttd's codec sees the packet: its MQTT 5 reader panics on some packets
             // only a server may send (UNSUBACK, CONNACK).
-            if let Some(&first) = self.buf.first().filter(|_| self.connected) {
+            let checked = self.connected && self.from_client;
+            if let Some(&first) = self.buf.first().filter(|_| checked) {
                 check_fixed_header(first, version).map_err(ReadError::Violation)?;
             }
             let parsed = match version {

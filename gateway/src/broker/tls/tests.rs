@@ -139,7 +139,7 @@ async fn tls_connect(
         .await?;
     let (r, w) = tokio::io::split(tls);
     Ok((
-        PacketReader::new(r, 1 << 20),
+        PacketReader::of_server(r, 1 << 20),
         PacketWriter::new(w, Version::V311),
     ))
 }
@@ -298,7 +298,7 @@ async fn the_plain_listener_still_works_beside_the_tls_one() {
     let setup = start().await;
     let addr = setup.broker.local_addrs()[0];
     let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
-    let mut reader = PacketReader::new(r, 1 << 20);
+    let mut reader = PacketReader::of_server(r, 1 << 20);
     let mut writer = PacketWriter::new(w, Version::V311);
     let connect = Connect {
         keep_alive: 30,
