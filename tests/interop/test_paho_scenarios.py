@@ -95,12 +95,8 @@ APT_TIMEOUT_S = 600.0
 # Scenarios sprig fails by design although mosquitto passes them. Only for a true conflict with sprig's
 # identity or security design; each entry says why (the README's "MQTT conformance" says the same).
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
-    # Devices are identified by their client id: it *is* the thing name that jobs target, that
-    # `${thing}` in topic rules stands for, and that a persistent session and its job notifications
-    # belong to. An empty client id names no thing, so sprig refuses it (CONNACK 0x02, identifier
-    # rejected) instead of assigning a random one, which would make a device nobody can address.
-    (V311, "zero-length client id"):
-        "client id = thing name: an empty client id names no device, so sprig refuses it (0x02)",
+    # None today. An entry here (a true conflict with sprig's identity or security design, with its reason)
+    # makes a scenario that mosquitto passes not required of sprig.
 }
 
 # What mosquitto 2.0.11 (Debian 12) passed when this script was written. Used only when mosquitto cannot be

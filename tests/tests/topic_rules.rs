@@ -400,3 +400,28 @@ fn a_bad_topic_rule_refuses_the_start_with_its_key_and_reason() {
         "{stderr}"
     );
 }
+
+/// MQTT 4.7.2: a filter that starts with a wildcard never matches a topic that starts with `$`. A device
+/// granted `#` sees every device's ordinary traffic, never another's `$aws/things/...` requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wildcard_subscription_never_receives_dollar_topics() {
+    let gateway = Gateway::start_with(|config| {
+        config + "\n[[auth.topic_rules]]\npublish = [\"#\"]\nsubscribe = [\"#\"]\n"
+    });
+    for protocol in [Protocol::V311, Protocol::V5] {
+        let mut snoop =
+            Device::connect(gateway.addr, &format!("snoop-{protocol:?}"), protocol).await;
+        assert_eq!(snoop.subscribe(&["#", "+/things/#"]).await, [1, 1]);
+        let victim = Device::connect(gateway.addr, &format!("victim-{protocol:?}"), protocol).await;
+        victim
+            .publish(&victim.jobs_topic("get"), r#"{"clientToken":"secret"}"#)
+            .await;
+        victim.publish("plain/after", "marker").await;
+        // The plain message was published after the `$` one: had that matched, it would be here first.
+        snoop.expect_message("plain/after", ARRIVES_WITHIN).await;
+        nothing_else_on(&mut snoop, "$aws/#").await;
+        nothing_else_on(&mut snoop, "#").await;
+        victim.disconnect().await;
+        snoop.disconnect().await;
+    }
+}

@@ -626,6 +626,20 @@ impl Client {
         }
     }
 
+    /// A new Session Expiry Interval from the client's DISCONNECT, capped like the CONNECT's.
+    fn change_session_expiry(&self, expiry_s: u32) {
+        let granted_s = expiry_s.min(self.shared.config.persistent_session_expiry_s);
+        let expiry = (granted_s > 0).then(|| Duration::from_secs(granted_s.into()));
+        let outlets = &self.shared.outlets;
+        if !outlets.change_expiry(&self.client_id, self.session.number, expiry) {
+            tracing::info!(
+                client_id = self.client_id,
+                expiry_s,
+                "DISCONNECT asks to keep a session that was to end with its connection: ignored"
+            );
+        }
+    }
+
     /// Publishes the client's last will (QoS 0) if it may publish there; only on an abnormal end.
     fn publish_will(&mut self) {
         let Some(will) = self.will.take() else {
@@ -675,7 +689,13 @@ impl Client {
                 Packet::Unsubscribe(unsubscribe, props) => {
                     self.inbound_unsubscribe(unsubscribe, props, pending)
                 }
-                Packet::Disconnect(..) => return ReaderEnd::ClientDisconnect,
+                Packet::Disconnect(_, props) => {
+                    // MQTT 5: the DISCONNECT may shorten or lengthen the session's expiry (not start one).
+                    if let Some(expiry_s) = props.and_then(|p| p.session_expiry_interval) {
+                        self.change_session_expiry(expiry_s);
+                    }
+                    return ReaderEnd::ClientDisconnect;
+                }
                 p @ (Packet::PingReq(_)
                 | Packet::PubAck(..)
                 | Packet::PubRec(..)

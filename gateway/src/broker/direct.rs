@@ -281,6 +281,26 @@ impl Outlets {
         }
     }
 
+    /// Connection `number` of `client_id` changes how long its session outlives it (MQTT 5 DISCONNECT).
+    /// A session that was to end with its connection cannot be made persistent then: false, unchanged.
+    pub(crate) fn change_expiry(
+        &self,
+        client_id: &str,
+        number: u64,
+        expiry: Option<Duration>,
+    ) -> bool {
+        let mut registry = self.lock();
+        let Some(outlet) = registry.connection(client_id, number) else {
+            return true;
+        };
+        if outlet.expiry.is_none() {
+            return expiry.is_none();
+        }
+        outlet.expiry = expiry;
+        registry.touch(client_id, true);
+        true
+    }
+
     /// Ends the disconnected sessions whose expiry has passed; returns their client ids.
     pub(crate) fn expire(&self, now: Instant) -> Vec<String> {
         let mut registry = self.lock();
@@ -778,6 +798,27 @@ mod tests {
         assert_eq!(outlets.expire(later), ["d1"]);
         let (tx, _rx) = mpsc::channel(QUEUE);
         assert!(outlets.open("d1", 4, &operator, CLEAN, tx).is_ok());
+    }
+
+    #[test]
+    fn a_disconnect_may_change_a_persistent_sessions_expiry_but_not_start_one() {
+        let outlets = Outlets::default();
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        outlets.open("d1", 1, &owner("d1"), KEPT, tx).unwrap();
+        outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
+        assert!(outlets.change_expiry("d1", 1, Some(Duration::from_secs(4))));
+        outlets.close("d1", 1);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(outlets.expire(later), ["d1"]);
+
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        outlets.open("d2", 2, &owner("d2"), CLEAN, tx).unwrap();
+        assert!(!outlets.change_expiry("d2", 2, Some(Duration::from_secs(60))));
+        outlets.close("d2", 2);
+        assert_eq!(
+            outlets.deliver("d2", NOTIFY, Bytes::new()),
+            Delivery::Offline
+        );
     }
 
     #[test]

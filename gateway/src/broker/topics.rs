@@ -3,20 +3,28 @@
 //!
 //! The router refuses any subscription whose filter starts with `$` (except `$share/`), yet every topic
 //! sprig serves starts with `$` (`$aws/things/...`, `$sprig/control/...`). So a leading `$` is hidden
-//! behind [`MARKER`] on the way into the router and restored on the way out. Clients may never name a
-//! topic that starts with the marker themselves: that would let them reach internal topics directly.
+//! behind [`MARKER`] on the way into the router (`$aws/x` -> `~$aws/x`) and restored on the way out. That
+//! alone would let a filter that starts with a wildcard (`#`, `+/...`) match `$` topics inside the router,
+//! which MQTT forbids (4.7.2) and which would show one device another's `$aws/things/...` traffic. So every
+//! other topic and filter moves one level down, under the marker alone (`a/b` -> `~/a/b`, `#` -> `~/#`): a
+//! first-level wildcard of a client's filter stays below `~/` and never meets a `~$...` topic.
+//! Clients may not name a topic that starts with the marker (it stays reserved, as it starts the gateway's
+//! internal client ids too).
 
-/// Prefix that stands for a leading `$` inside the router.
+/// Prefix that stands for a leading `$` inside the router, and alone the level every other topic is under.
 pub(crate) const MARKER: char = '~';
 
 const SHARE_PREFIX: &str = "$share/";
+/// The internal level above every topic that does not start with `$`.
+const PLAIN_PREFIX: &str = "~/";
 
 /// True when a client-supplied topic or filter names the internal form directly (always refused).
 pub(crate) fn is_reserved(external: &str) -> bool {
     external.starts_with(MARKER)
 }
 
-/// External topic or filter -> the router's form: `$aws/x` -> `~$aws/x`; `$share/g/$aws/x` -> `$share/g/~$aws/x`.
+/// External topic or filter -> the router's form: `$aws/x` -> `~$aws/x`, `a/b` -> `~/a/b`, `#` -> `~/#`;
+/// `$share/g/f` -> `$share/g/` and the form of `f`.
 pub(crate) fn to_internal(external: &str) -> String {
     if let Some(rest) = external.strip_prefix(SHARE_PREFIX) {
         if let Some((group, filter)) = rest.split_once('/') {
@@ -27,12 +35,15 @@ pub(crate) fn to_internal(external: &str) -> String {
     if external.starts_with('$') {
         format!("{MARKER}{external}")
     } else {
-        external.to_owned()
+        format!("{PLAIN_PREFIX}{external}")
     }
 }
 
-/// The router's form -> external: `~$aws/x` -> `$aws/x`; anything else is returned unchanged.
+/// The router's form -> external: `~$aws/x` -> `$aws/x`, `~/a/b` -> `a/b`; anything else unchanged.
 pub(crate) fn to_external(internal: &str) -> &str {
+    if let Some(plain) = internal.strip_prefix(PLAIN_PREFIX) {
+        return plain;
+    }
     match internal.strip_prefix(MARKER) {
         Some(rest) if rest.starts_with('$') => rest,
         _ => internal,
@@ -47,18 +58,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dollar_topics_round_trip_and_never_start_with_dollar_inside() {
+    fn topics_round_trip_and_never_start_with_dollar_inside() {
         for topic in [
             "$aws/things/d1/jobs/notify",
             "$sprig/control/+/+",
             "plain/topic",
+            "/leading/empty",
+            "#",
         ] {
             let internal = to_internal(topic);
             assert!(!internal.starts_with('$'), "{internal}");
             assert_eq!(to_external(&internal), topic);
         }
         assert_eq!(to_internal("$share/g/$aws/x"), "$share/g/~$aws/x");
+        assert_eq!(to_internal("$share/g/a/+"), "$share/g/~/a/+");
         assert!(is_reserved("~$aws/things/d1/jobs/notify"));
         assert!(!is_reserved("$aws/things/d1/jobs/notify"));
+    }
+
+    /// Inside the router, a filter that starts with a wildcard never reaches a `$` topic (MQTT 4.7.2).
+    #[test]
+    fn wildcard_filters_never_match_dollar_topics_inside_the_router() {
+        let dollar = to_internal("$aws/things/d1/jobs/get");
+        for filter in ["#", "+/#", "+/things/d1/jobs/get", "+/+/+/+/+"] {
+            assert!(!matches(&dollar, &to_internal(filter)), "{filter}");
+        }
+        let plain = to_internal("dt/d1/temp");
+        for filter in ["#", "+/#", "+/+/+", "dt/#"] {
+            assert!(matches(&plain, &to_internal(filter)), "{filter}");
+        }
     }
 }
