@@ -400,3 +400,46 @@ async fn a_persistent_session_gets_the_qos1_messages_published_while_it_was_away
         device.disconnect().await;
     }
 }
+
+/// What other devices publish (QoS 1) for a device that is away waits in its session, in the store: it
+/// arrives when the device is back, whether published before the gateway restarted or after.
+#[tokio::test(flavor = "multi_thread")]
+async fn qos1_messages_for_an_absent_device_survive_a_gateway_restart() {
+    let mut gateway = Gateway::start_with(|config| {
+        config
+            + "\n[[auth.topic_rules]]\npublish = [\"cmd/+/#\"]\nsubscribe = [\"cmd/${thing}/#\"]\n"
+    });
+    let login = Login::anonymous("far-away", Protocol::V311).persistent(3600);
+    let mut device = Device::connect_with(gateway.addr, login.clone())
+        .await
+        .unwrap();
+    assert_eq!(device.subscribe(&["cmd/far-away/#"]).await, [1]);
+    device.disconnect().await;
+
+    /// Publishes `n` for far-away and waits until the router has it (the sender's own echo after it).
+    async fn send(gateway: &Gateway, n: u32) {
+        let mut sender = Device::connect(gateway.addr, "sender-1", Protocol::V5).await;
+        sender.subscribe(&["cmd/sender-1/echo"]).await;
+        sender
+            .publish("cmd/far-away/reboot", format!("{{\"n\":{n}}}"))
+            .await;
+        sender.publish("cmd/sender-1/echo", "{}").await;
+        sender.expect_message("cmd/sender-1/echo", WAIT).await;
+        sender.disconnect().await;
+    }
+    send(&gateway, 1).await;
+    assert_eq!(gateway.terminate(), Some(0));
+    gateway.spawn();
+    send(&gateway, 2).await;
+
+    let mut device = Device::connect_with(gateway.addr, login).await.unwrap();
+    assert!(device.session_present);
+    for n in 1..=2 {
+        let body = device.expect_message("cmd/far-away/reboot", WAIT).await;
+        assert_eq!(body["n"], n, "{body}");
+    }
+    // Still subscribed, through the router link it took back.
+    send(&gateway, 3).await;
+    let body = device.expect_message("cmd/far-away/reboot", WAIT).await;
+    assert_eq!(body["n"], 3, "{body}");
+}

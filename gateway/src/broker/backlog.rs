@@ -4,11 +4,13 @@
 //! Job notifications each describe a thing's whole current state on their topic (the pending list, the
 //! next job), so a newer one supersedes the one before: for those only the latest per topic is kept, and a
 //! device that was away for a hundred changes gets one message per topic, not a hundred. Everything else
-//! (Jobs API replies, presence events) is kept in order, each one.
+//! (Jobs API replies, presence events, QoS 1 messages from other clients) is kept in order, each one.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
+
+use crate::store::sessions::StoredMessage;
 
 /// How a message joins a backlog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +19,28 @@ pub enum Keep {
     Latest,
     /// Is kept after the others.
     Each,
+}
+
+impl From<StoredMessage> for Waiting {
+    fn from(stored: StoredMessage) -> Waiting {
+        Waiting {
+            topic: stored.topic,
+            payload: Bytes::from(stored.payload),
+            reliable: stored.reliable,
+            dup: stored.dup,
+        }
+    }
+}
+
+impl From<&Waiting> for StoredMessage {
+    fn from(message: &Waiting) -> StoredMessage {
+        StoredMessage {
+            topic: message.topic.clone(),
+            payload: message.payload.to_vec(),
+            reliable: message.reliable,
+            dup: message.dup,
+        }
+    }
 }
 
 /// The bounds of one session's backlog.
@@ -35,8 +59,29 @@ impl Default for Limits {
     }
 }
 
-/// One waiting message: (topic, payload), in the external (`$`) form.
-pub type Waiting = (String, Bytes);
+/// One waiting message, its topic in the external (`$`) form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub topic: String,
+    pub payload: Bytes,
+    /// Delivered at QoS 1 and kept until acknowledged (messages from other clients); else at QoS 0 (the
+    /// gateway's own: notifications, replies, events).
+    pub reliable: bool,
+    /// Sent before and not acknowledged: delivered again with the DUP flag.
+    pub dup: bool,
+}
+
+impl Waiting {
+    /// A message the gateway sends at QoS 0.
+    pub fn direct(topic: &str, payload: Bytes) -> Waiting {
+        Waiting {
+            topic: topic.to_owned(),
+            payload,
+            reliable: false,
+            dup: false,
+        }
+    }
+}
 
 /// The messages waiting for one disconnected session, oldest first.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -45,19 +90,19 @@ pub struct Backlog {
     bytes: usize,
 }
 
-fn size((topic, payload): &Waiting) -> usize {
-    topic.len() + payload.len()
+fn size(message: &Waiting) -> usize {
+    message.topic.len() + message.payload.len()
 }
 
 impl Backlog {
     /// Adds a message; false (nothing changed) when the backlog is full.
-    pub fn push(&mut self, topic: &str, payload: Bytes, keep: Keep, limits: Limits) -> bool {
+    pub fn push(&mut self, message: Waiting, keep: Keep, limits: Limits) -> bool {
         let superseded = match keep {
-            Keep::Latest => self.messages.iter().position(|(t, _)| t == topic),
+            Keep::Latest => self.messages.iter().position(|m| m.topic == message.topic),
             Keep::Each => None,
         };
         let freed = superseded.map_or(0, |i| size(&self.messages[i]));
-        let added = topic.len() + payload.len();
+        let added = size(&message);
         let count = self.messages.len() - usize::from(superseded.is_some()) + 1;
         if count > limits.messages || self.bytes - freed + added > limits.bytes {
             return false;
@@ -66,7 +111,7 @@ impl Backlog {
             self.messages.remove(i);
         }
         self.bytes = self.bytes - freed + added;
-        self.messages.push_back((topic.to_owned(), payload));
+        self.messages.push_back(message);
         true
     }
 
@@ -103,22 +148,46 @@ mod tests {
     fn topics(backlog: &Backlog) -> Vec<(&str, &[u8])> {
         backlog
             .iter()
-            .map(|(t, p)| (t.as_str(), p.as_ref()))
+            .map(|m| (m.topic.as_str(), m.payload.as_ref()))
             .collect()
+    }
+
+    fn push(backlog: &mut Backlog, topic: &str, payload: Bytes, keep: Keep) -> bool {
+        backlog.push(Waiting::direct(topic, payload), keep, LIMITS)
     }
 
     #[test]
     fn a_newer_state_replaces_the_one_waiting_on_its_topic() {
         let mut backlog = Backlog::default();
-        assert!(backlog.push("next", Bytes::from_static(b"1"), Keep::Latest, LIMITS));
-        assert!(backlog.push("reply", Bytes::from_static(b"r"), Keep::Each, LIMITS));
-        assert!(backlog.push("next", Bytes::from_static(b"2"), Keep::Latest, LIMITS));
+        assert!(push(
+            &mut backlog,
+            "next",
+            Bytes::from_static(b"1"),
+            Keep::Latest
+        ));
+        assert!(push(
+            &mut backlog,
+            "reply",
+            Bytes::from_static(b"r"),
+            Keep::Each
+        ));
+        assert!(push(
+            &mut backlog,
+            "next",
+            Bytes::from_static(b"2"),
+            Keep::Latest
+        ));
         assert_eq!(
             topics(&backlog),
             [("reply", &b"r"[..]), ("next", &b"2"[..])]
         );
         // Replies are each kept.
-        assert!(backlog.push("reply", Bytes::from_static(b"s"), Keep::Each, LIMITS));
+        assert!(push(
+            &mut backlog,
+            "reply",
+            Bytes::from_static(b"s"),
+            Keep::Each
+        ));
         assert_eq!(backlog.iter().count(), 3);
     }
 
@@ -126,19 +195,49 @@ mod tests {
     fn a_full_backlog_refuses_by_count_and_by_bytes() {
         let mut backlog = Backlog::default();
         for t in ["a", "b", "c"] {
-            assert!(backlog.push(t, Bytes::new(), Keep::Each, LIMITS));
+            assert!(push(&mut backlog, t, Bytes::new(), Keep::Each));
         }
-        assert!(!backlog.push("d", Bytes::new(), Keep::Each, LIMITS));
+        assert!(!push(&mut backlog, "d", Bytes::new(), Keep::Each));
         // A replacement adds no message: it fits even when the count is reached.
-        assert!(backlog.push("a", Bytes::from_static(b"x"), Keep::Latest, LIMITS));
+        assert!(push(
+            &mut backlog,
+            "a",
+            Bytes::from_static(b"x"),
+            Keep::Latest
+        ));
         let mut backlog = Backlog::default();
-        assert!(backlog.push("big", Bytes::from(vec![0; 60]), Keep::Latest, LIMITS));
-        assert!(!backlog.push("more", Bytes::from(vec![0; 10]), Keep::Each, LIMITS));
+        assert!(push(
+            &mut backlog,
+            "big",
+            Bytes::from(vec![0; 60]),
+            Keep::Latest
+        ));
+        assert!(!push(
+            &mut backlog,
+            "more",
+            Bytes::from(vec![0; 10]),
+            Keep::Each
+        ));
         // Replacing the big one with a small one frees its bytes.
-        assert!(backlog.push("big", Bytes::from(vec![0; 10]), Keep::Latest, LIMITS));
-        assert!(backlog.push("more", Bytes::from(vec![0; 10]), Keep::Each, LIMITS));
+        assert!(push(
+            &mut backlog,
+            "big",
+            Bytes::from(vec![0; 10]),
+            Keep::Latest
+        ));
+        assert!(push(
+            &mut backlog,
+            "more",
+            Bytes::from(vec![0; 10]),
+            Keep::Each
+        ));
         assert_eq!(backlog.take().len(), 2);
         assert_eq!(backlog.iter().count(), 0);
-        assert!(backlog.push("big", Bytes::from(vec![0; 60]), Keep::Each, LIMITS));
+        assert!(push(
+            &mut backlog,
+            "big",
+            Bytes::from(vec![0; 60]),
+            Keep::Each
+        ));
     }
 }

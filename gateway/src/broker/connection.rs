@@ -18,15 +18,18 @@ use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    Filter, LastWill, Login, Packet, PubAck, PubAckReason, Publish, QoS, RetainForwardRule, SubAck,
-    Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    LastWill, Login, Packet, PubAck, PubAckReason, Publish, QoS, SubAck, Subscribe,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use rumqttd::Notification;
 use tokio::sync::mpsc;
 
+use super::backlog::Waiting;
 use super::codec::{PacketReader, PacketWriter, ReadError, Version};
 use super::direct::{self, Resumed, SessionRequest};
+use super::inflight::{qos1_publish, qos_and_pkid, Acked, Inflight, ROUTER_PKIDS};
 use super::internal::disconnect_now;
+use super::parking::{restore_filters, Link, RESTORE_PKID};
 use super::presence::{DisconnectReason, PresenceInfo};
 use super::topics::{is_reserved, to_external, to_internal};
 use super::{ReadHalf, Shared, SubscribeEvent, WriteHalf};
@@ -139,7 +142,9 @@ struct Client {
     version: Version,
     keep_alive: u16,
     /// The receiving end of this connection's direct-delivery queue, until the writer takes it.
-    direct: Option<mpsc::Receiver<Publish>>,
+    direct: Option<mpsc::Receiver<Waiting>>,
+    /// QoS 1 publishes written to the client and not yet acknowledged (the writer adds, the reader removes).
+    inflight: SharedInflight,
     /// The session it resumed (filters and what waited for it), until the writer takes it.
     resumed: Option<Resumed>,
     will: Option<LastWill>,
@@ -183,6 +188,8 @@ async fn accept(
     let (direct_tx, direct_rx) = mpsc::channel(direct::QUEUE);
     let asked = session_request(&request, version, &shared.config);
     let owner = principal.identity();
+    // Before the session is opened, so that nothing the parked link takes in is left behind.
+    let parked = shared.parked.unpark(&client_id, &owner).await;
     let resumed = match (shared.outlets).open(&client_id, number, &owner, asked, direct_tx) {
         Ok(resumed) => resumed,
         Err(holder) => {
@@ -200,7 +207,7 @@ async fn accept(
         number,
     };
     let (link, link_rx, mut ack, ack_props) =
-        match router_session(shared, &client_id, asked, &resumed).await {
+        match router_session(shared, &client_id, &resumed, parked).await {
             Ok(parts) => parts,
             Err(e) => {
                 let _ = writer
@@ -250,6 +257,7 @@ async fn accept(
         version,
         keep_alive: request.connect.keep_alive,
         direct: Some(direct_rx),
+        inflight: SharedInflight::default(),
         resumed: Some(resumed),
         will: request.will,
         link,
@@ -303,52 +311,32 @@ fn session_request(
     }
 }
 
-/// The pkid of the SUBSCRIBE that restores a resumed session's filters on a router link that lacks them
-/// (never a client's: MQTT packet ids start at 1). Its SUBACK is not passed on.
-const RESTORE_PKID: u16 = 0;
-
-/// Opens the client's router connection with the router's session in step with sprig's: the router keeps a
-/// session only for a persistent one, drops one sprig no longer has (discarded or expired), and gets back
-/// the filters of one it lost (a gateway restart, or an MQTT 5 session resumed for one connection only).
+/// The client's router connection: the link its resumed session left parked, if any (the router has its
+/// filters and kept nothing else), else a fresh, clean one, given the resumed session's filters back. A
+/// parked link of a session that is not resumed (discarded, expired) is closed.
 async fn router_session(
     shared: &Arc<Shared>,
     client_id: &str,
-    asked: SessionRequest,
     resumed: &Resumed,
+    parked: Option<Link>,
 ) -> Result<(LinkGuard, LinkRx, ConnAck, Option<ConnAckProperties>), super::BrokerError> {
-    let persistent = asked.expiry.is_some();
-    let (mut tx, mut rx, ack) = shared.link(client_id, !persistent).await?;
-    let (mut ack, mut props) = router_connack(ack)?;
-    if persistent && resumed.filters.is_none() && ack.session_present {
-        // A stale router session: end it with a clean connection, then start anew.
-        disconnect_now(&mut tx);
-        let (mut clean, _, _) = shared.link(client_id, true).await?;
-        disconnect_now(&mut clean);
-        let fresh;
-        (tx, rx, fresh) = shared.link(client_id, false).await?;
-        (ack, props) = router_connack(fresh)?;
+    match parked {
+        Some((tx, rx)) if resumed.filters.is_some() => {
+            let ack = ConnAck {
+                session_present: true,
+                code: ConnectReturnCode::Success,
+            };
+            let link = LinkGuard::new(tx);
+            return Ok((link, rx, ack, Some(ConnAckProperties::default())));
+        }
+        Some((mut tx, _)) => disconnect_now(&mut tx),
+        None => {}
     }
-    let mut link = LinkGuard {
-        tx,
-        router_has_it: true,
-    };
-    let lost = resumed.filters.as_ref().filter(|_| !ack.session_present);
-    if let Some(filters) = lost.filter(|f| !f.is_empty()) {
-        let restore = filters
-            .iter()
-            .map(|f| Filter {
-                path: to_internal(f),
-                qos: QoS::AtLeastOnce,
-                nolocal: false,
-                preserve_retain: false,
-                retain_forward_rule: RetainForwardRule::Never,
-            })
-            .collect();
-        let subscribe = Subscribe {
-            pkid: RESTORE_PKID,
-            filters: restore,
-        };
-        send_now(&mut link.tx, Packet::Subscribe(subscribe, None));
+    let (tx, rx, ack) = shared.link(client_id, true).await?;
+    let (ack, props) = router_connack(ack)?;
+    let mut link = LinkGuard::new(tx);
+    if let Some(filters) = &resumed.filters {
+        restore_filters(link.tx(), filters);
     }
     Ok((link, rx, ack, props))
 }
@@ -461,19 +449,43 @@ impl Drop for SessionGuard {
 
 /// The client's side of its router connection: tells the router the connection ended when dropped.
 struct LinkGuard {
-    tx: LinkTx,
+    /// `None` once handed on (parked for the session).
+    tx: Option<LinkTx>,
     /// False once the router dropped this connection itself (session takeover): the link's connection id
     /// may already belong to someone else.
     router_has_it: bool,
 }
 
+impl LinkGuard {
+    fn new(tx: LinkTx) -> LinkGuard {
+        LinkGuard {
+            tx: Some(tx),
+            router_has_it: true,
+        }
+    }
+
+    fn tx(&mut self) -> &mut LinkTx {
+        self.tx
+            .as_mut()
+            .expect("the link is handed on only when the connection has ended")
+    }
+
+    /// The link, to outlive this connection, if the router still has it.
+    fn hand_on(&mut self) -> Option<LinkTx> {
+        self.tx.take().filter(|_| self.router_has_it)
+    }
+}
+
 impl Drop for LinkGuard {
     fn drop(&mut self) {
-        if self.router_has_it {
-            disconnect_now(&mut self.tx);
+        if let Some(tx) = self.tx.as_mut().filter(|_| self.router_has_it) {
+            disconnect_now(tx);
         }
     }
 }
+
+/// A connection's [`Inflight`], shared by its reader (acknowledgements) and writer (publishes).
+type SharedInflight = Arc<Mutex<Inflight>>;
 
 /// What the reader asks the writer to do. Packets are boxed: tokio allocates a queue's slots 32 at a time
 /// per connection, and a `Packet` is 392 bytes.
@@ -532,8 +544,12 @@ impl Client {
         };
         let direct = self.direct.take().unwrap_or_else(|| mpsc::channel(1).1);
         let resumed = self.resumed.take().unwrap_or_default();
-        let writer_task = write_loop(
+        let outgoing = Outgoing {
             writer,
+            inflight: self.inflight.clone(),
+        };
+        let writer_task = write_loop(
+            outgoing,
             link_rx,
             commands,
             direct,
@@ -544,24 +560,33 @@ impl Client {
         let mut writer_task = tokio::spawn(writer_task);
         let mut shutdown = self.shared.shutdown.clone();
         let version = self.version;
+        // The router link's receiving half, back from the writer: a persistent session parks it.
+        let mut link_rx = None;
+        let mut writer_done = false;
         let (reason, last) = tokio::select! {
             end = self.read_loop(&mut reader, &to_writer, &pending, version) => self.reader_ended(end, version),
-            end = &mut writer_task => {
-                let end = end.unwrap_or(WriterEnd::Io(std::io::Error::other("writer task failed")));
+            joined = &mut writer_task => {
+                writer_done = true;
+                let end = match joined {
+                    Ok((end, rx)) => {
+                        link_rx = Some(rx);
+                        end
+                    }
+                    Err(e) => WriterEnd::Io(std::io::Error::other(format!("writer task failed: {e}"))),
+                };
                 self.writer_ended(end)
             }
             () = super::stopped(&mut shutdown) => (DisconnectReason::ServerInitiated, v5_disconnect(version, DisconnectReasonCode::ServerShuttingDown)),
         };
-        if !writer_task.is_finished() {
+        if !writer_done {
             let _ = to_writer.send(ToWriter::Close(last.map(Box::new))).await;
-            if tokio::time::timeout(Duration::from_secs(1), &mut writer_task)
-                .await
-                .is_err()
-            {
-                writer_task.abort();
+            match tokio::time::timeout(Duration::from_secs(1), &mut writer_task).await {
+                Ok(Ok((_, rx))) => link_rx = Some(rx),
+                Ok(Err(_)) => {}
+                Err(_) => writer_task.abort(),
             }
         }
-        self.finish(reason).await;
+        self.finish(reason, link_rx).await;
     }
 
     fn reader_ended(
@@ -653,16 +678,46 @@ impl Client {
             return;
         }
         let publish = Publish::new(Bytes::from(to_internal(topic)), will.message, will.retain);
-        send_now(&mut self.link.tx, Packet::Publish(publish, None));
+        send_now(self.link.tx(), Packet::Publish(publish, None));
     }
 
-    async fn finish(self, reason: DisconnectReason) {
+    async fn finish(mut self, reason: DisconnectReason, link_rx: Option<LinkRx>) {
         tracing::info!(client_id = self.client_id, reason = ?reason, "client disconnected");
+        self.leave_session(link_rx);
         let (topic, body) = self.presence.event(Some(reason));
         let shared = self.shared.clone();
         // Ends the router connection and frees the session before announcing it.
         drop(self);
         shared.publish_presence(&topic, body);
+    }
+
+    /// Hands the session what this connection leaves behind: the QoS 1 messages the client never
+    /// acknowledged (kept by a persistent session, or given to the connection that took it over) and, for a
+    /// persistent session, its router link, parked until the client is back.
+    fn leave_session(&mut self, link_rx: Option<LinkRx>) {
+        let (router_pkids, unacknowledged) = lock(&self.inflight).take();
+        let outlets = &self.shared.outlets;
+        if !outlets.leave(&self.client_id, self.session.number, unacknowledged) {
+            return;
+        }
+        let Some(rx) = link_rx else {
+            return;
+        };
+        let Some(mut tx) = self.link.hand_on() else {
+            return;
+        };
+        // The session holds those messages now; the router wants its acknowledgements in order.
+        for pkid in router_pkids {
+            let ack = PubAck {
+                pkid,
+                reason: PubAckReason::Success,
+            };
+            send_now(&mut tx, Packet::PubAck(ack, None));
+        }
+        let most = self.shared.config.max_connections;
+        let owner = self.principal.identity();
+        let parked = &self.shared.parked;
+        parked.park(&self.shared, &self.client_id, owner, (tx, rx), most);
     }
 
     /// Socket -> router, with authorization and topic rewriting.
@@ -696,8 +751,13 @@ impl Client {
                     }
                     return ReaderEnd::ClientDisconnect;
                 }
+                Packet::PubAck(ack, props) => match lock(&self.inflight).acknowledged(ack.pkid) {
+                    Acked::Own => Inbound::default(),
+                    // An id sprig never gave is not passed on: the router would take it for one of its own.
+                    Acked::Unknown if ack.pkid > ROUTER_PKIDS => Inbound::default(),
+                    Acked::Router | Acked::Unknown => Inbound::forward(Packet::PubAck(ack, props)),
+                },
                 p @ (Packet::PingReq(_)
-                | Packet::PubAck(..)
                 | Packet::PubRec(..)
                 | Packet::PubRel(..)
                 | Packet::PubComp(..)) => Inbound::forward(p),
@@ -728,7 +788,7 @@ impl Client {
                 }
             }
             if let Some(packet) = to_router {
-                if self.link.tx.send(packet).await.is_err() {
+                if self.link.tx().send(packet).await.is_err() {
                     return ReaderEnd::RouterGone;
                 }
             }
@@ -804,6 +864,11 @@ impl Client {
                     "invalid filter: {e}"
                 );
             } else if ok {
+                // At most QoS 1, as AWS IoT Core grants: what the client has not acknowledged is kept for
+                // its session, which QoS 2's exchange would not allow.
+                if filter.qos == QoS::ExactlyOnce {
+                    filter.qos = QoS::AtLeastOnce;
+                }
                 let internal = to_internal(&filter.path);
                 external.push(std::mem::replace(&mut filter.path, internal));
                 allowed.push(filter);
@@ -949,16 +1014,6 @@ fn v5_disconnect(version: Version, reason_code: DisconnectReasonCode) -> Option<
     (version == Version::V5).then(|| Packet::Disconnect(Disconnect { reason_code }, None))
 }
 
-/// QoS and packet id of a publish. rumqttd keeps both fields private; its own serialization exposes them
-/// (header byte, then the packet id). Only used for denied publishes, so the copy does not matter.
-fn qos_and_pkid(publish: &Publish) -> (u8, u16) {
-    let bytes = publish.serialize();
-    match bytes.get(..3) {
-        Some(&[header, hi, lo]) => ((header >> 1) & 0b11, u16::from_be_bytes([hi, lo])),
-        _ => (0, 0),
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -1005,37 +1060,90 @@ impl Subscribed {
 /// Direct deliveries encoded into one write, at most.
 const DIRECT_BATCH: usize = 64;
 
+/// The socket's writing half and the record of what it wrote at QoS 1.
+struct Outgoing {
+    writer: PacketWriter<WriteHalf>,
+    inflight: SharedInflight,
+}
+
+impl Outgoing {
+    /// Encodes one of the session's own messages: at QoS 0, or at QoS 1 under a packet id of sprig's (see
+    /// [`Inflight`]), recorded until the client acknowledges it.
+    fn encode_message(&mut self, message: Waiting) -> std::io::Result<()> {
+        let publish = if message.reliable {
+            let pkid = lock(&self.inflight).send_own(message.clone());
+            qos1_publish(&message, pkid)
+        } else {
+            Publish::new(Bytes::from(message.topic), message.payload, false)
+        };
+        self.writer.encode(Packet::Publish(publish, None))
+    }
+
+    /// Writes one packet from the router; a QoS 1 publish is recorded until the client acknowledges it.
+    async fn send_from_router(&mut self, packet: Packet) -> std::io::Result<()> {
+        if let Packet::Publish(publish, _) = &packet {
+            let (qos, pkid) = qos_and_pkid(publish);
+            if qos > 0 {
+                let topic = String::from_utf8_lossy(&publish.topic);
+                lock(&self.inflight).sent_by_router(pkid, &topic, &publish.payload);
+            }
+        }
+        self.writer.send(packet).await
+    }
+}
+
 /// Writes what waited for a resumed session, before anything else, and reports its filters as granted.
 async fn write_backlog(
-    writer: &mut PacketWriter<WriteHalf>,
+    out: &mut Outgoing,
     resumed: Resumed,
     subscribed: &Subscribed,
 ) -> std::io::Result<()> {
-    for (topic, payload) in resumed.backlog {
-        let publish = Publish::new(Bytes::from(topic), payload, false);
-        writer.encode(Packet::Publish(publish, None))?;
+    for message in resumed.backlog {
+        out.encode_message(message)?;
     }
-    writer.flush().await?;
+    out.writer.flush().await?;
     subscribed.report(resumed.filters.unwrap_or_default());
     Ok(())
 }
 
 /// Router -> socket, restoring `$` topics, splicing denied filters into SUBACKs and reporting granted
 /// subscriptions once their SUBACK is written; and direct deliveries -> socket. A resumed session's
-/// backlog goes first.
+/// backlog goes first. Gives the router link's receiving half back when it ends.
 async fn write_loop(
-    mut writer: PacketWriter<WriteHalf>,
+    mut out: Outgoing,
     mut link_rx: LinkRx,
     mut commands: mpsc::Receiver<ToWriter>,
-    mut direct: mpsc::Receiver<Publish>,
+    mut direct: mpsc::Receiver<Waiting>,
     pending: PendingSubacks,
     subscribed: Subscribed,
     resumed: Resumed,
+) -> (WriterEnd, LinkRx) {
+    let end = write_until_end(
+        &mut out,
+        &mut link_rx,
+        &mut commands,
+        &mut direct,
+        &pending,
+        &subscribed,
+        resumed,
+    )
+    .await;
+    (end, link_rx)
+}
+
+async fn write_until_end(
+    out: &mut Outgoing,
+    link_rx: &mut LinkRx,
+    commands: &mut mpsc::Receiver<ToWriter>,
+    direct: &mut mpsc::Receiver<Waiting>,
+    pending: &PendingSubacks,
+    subscribed: &Subscribed,
+    resumed: Resumed,
 ) -> WriterEnd {
-    if let Err(e) = write_backlog(&mut writer, resumed, &subscribed).await {
+    if let Err(e) = write_backlog(out, resumed, subscribed).await {
         return WriterEnd::Io(e);
     }
-    let version = writer.version();
+    let version = out.writer.version();
     // False once a newer connection of this client id took the outlet over (the sender is gone).
     let mut direct_open = true;
     loop {
@@ -1044,37 +1152,37 @@ async fn write_loop(
             biased;
             command = commands.recv() => match command {
                 Some(ToWriter::Packet(packet)) => {
-                    if let Err(e) = writer.send(*packet).await {
+                    if let Err(e) = out.writer.send(*packet).await {
                         return WriterEnd::Io(e);
                     }
                 }
                 Some(ToWriter::Close(last)) => {
                     if let Some(last) = last {
-                        let _ = writer.send(*last).await;
+                        let _ = out.writer.send(*last).await;
                     }
-                    writer.shutdown().await;
+                    out.writer.shutdown().await;
                     return WriterEnd::Closed;
                 }
                 None => {
-                    writer.shutdown().await;
+                    out.writer.shutdown().await;
                     return WriterEnd::Closed;
                 }
             },
-            publish = direct.recv(), if direct_open => {
-                let Some(publish) = publish else {
+            message = direct.recv(), if direct_open => {
+                let Some(message) = message else {
                     direct_open = false;
                     continue;
                 };
                 // Whatever else is queued goes out in the same write.
-                let mut encoded = writer.encode(Packet::Publish(publish, None));
+                let mut encoded = out.encode_message(message);
                 for _ in 1..DIRECT_BATCH {
                     let Ok(more) = direct.try_recv() else { break };
-                    encoded = encoded.and_then(|()| writer.encode(Packet::Publish(more, None)));
+                    encoded = encoded.and_then(|()| out.encode_message(more));
                 }
                 if let Err(e) = encoded {
                     return WriterEnd::Io(e);
                 }
-                if let Err(e) = writer.flush().await {
+                if let Err(e) = out.writer.flush().await {
                     return WriterEnd::Io(e);
                 }
             }
@@ -1094,14 +1202,14 @@ async fn write_loop(
                 }
                 let packet: Option<Packet> = notification.into();
                 let Some(packet) = packet else { continue };
-                match outbound(packet, &pending, &subscribed, version) {
+                match outbound(packet, pending, subscribed, version) {
                     Outbound::Write(packet) => {
-                        if let Err(e) = writer.send(packet).await {
+                        if let Err(e) = out.send_from_router(packet).await {
                             return WriterEnd::Io(e);
                         }
                     }
                     Outbound::SubAck(packet, granted) => {
-                        if let Err(e) = writer.send(packet).await {
+                        if let Err(e) = out.writer.send(packet).await {
                             return WriterEnd::Io(e);
                         }
                         subscribed.report(granted);
@@ -1109,9 +1217,9 @@ async fn write_loop(
                     Outbound::Skip => {}
                     Outbound::Close(last) => {
                         if let Some(last) = last {
-                            let _ = writer.send(last).await;
+                            let _ = out.writer.send(last).await;
                         }
-                        writer.shutdown().await;
+                        out.writer.shutdown().await;
                         return WriterEnd::RouterDisconnect;
                     }
                 }

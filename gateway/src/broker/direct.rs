@@ -21,10 +21,10 @@
 //! each client id's two presence topics were new topics matched against every device's filters: N² work
 //! whenever a fleet (re)connects.
 //!
-//! Messages are sent at QoS 0: the notifications sent this way were QoS 0 already, and QoS 0 needs no packet
-//! id, so nothing can collide with the router's packet ids for the connection, and no PUBACK comes back that
-//! the router would have to ignore. The queue never blocks the caller: when a client's queue is full (a
-//! client that stopped reading), the message is dropped, counted and logged.
+//! The gateway's messages are sent at QoS 0, as they were through the router; the QoS 1 messages a session
+//! holds for its client (from other clients, kept while it was away) go the same way, and the connection's
+//! writer gives them packet ids of its own (see `inflight`). The queue never blocks the caller: when a
+//! client's queue is full (a client that stopped reading), the message is dropped, counted and logged.
 //!
 //! Each entry is also the client id's session, as sprig sees it. It belongs to one principal ([`Identity`]):
 //! a connection of another principal presenting that client id is refused while the entry lives, so it can
@@ -39,13 +39,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use rumqttd::protocol::Publish;
 use tokio::sync::mpsc;
 
 use super::backlog::{Backlog, Keep, Limits, Waiting};
 use super::topics::matches;
 use crate::auth::Identity;
-use crate::store::sessions::StoredSession;
+use crate::store::sessions::{StoredMessage, StoredSession};
 
 /// Messages a connection's direct queue holds before further ones are dropped. Devices subscribe only under
 /// their own thing, so a burst for one connection is a few messages per job event: this is far above it.
@@ -113,9 +112,9 @@ struct Outlet {
     left_at: Option<Instant>,
     backlog: Backlog,
     filters: Vec<String>,
-    /// Plain `Publish`es, not `Packet`s: tokio allocates a queue's slots 32 at a time, and a `Packet` is
+    /// [`Waiting`] messages, not `Packet`s: tokio allocates a queue's slots 32 at a time, and a `Packet` is
     /// five times the size (32 x 392 bytes per connection, mostly never written).
-    queue: Option<mpsc::Sender<Publish>>,
+    queue: Option<mpsc::Sender<Waiting>>,
     dropped: u64,
 }
 
@@ -221,7 +220,7 @@ impl Outlets {
         number: u64,
         owner: &Identity,
         request: SessionRequest,
-        queue: mpsc::Sender<Publish>,
+        queue: mpsc::Sender<Waiting>,
     ) -> Result<Resumed, Identity> {
         let now = Instant::now();
         let mut registry = self.lock();
@@ -265,20 +264,78 @@ impl Outlets {
     /// Connection `number` of `client_id` ended. A persistent session stays, with its filters, and keeps
     /// what is delivered to it from now on.
     pub(crate) fn close(&self, client_id: &str, number: u64) {
+        self.leave(client_id, number, Vec::new());
+    }
+
+    /// Connection `number` of `client_id` ended with `unacknowledged` QoS 1 messages. A persistent session
+    /// stays, keeps them first in its backlog, and keeps what is delivered to it from now on: true. A
+    /// newer connection that took the session over gets them; a clean session ends, and they with it.
+    pub(crate) fn leave(&self, client_id: &str, number: u64, unacknowledged: Vec<Waiting>) -> bool {
         let mut registry = self.lock();
         let Some(outlet) = registry.connection(client_id, number) else {
+            drop(registry);
+            self.keep(client_id, unacknowledged);
+            return false;
+        };
+        if outlet.expiry.is_none() {
+            registry.outlets.remove(client_id);
+            registry.update_watcher(client_id);
+            return false;
+        }
+        outlet.queue = None;
+        outlet.left_at = Some(Instant::now());
+        for message in unacknowledged {
+            self.backlog_push(outlet, client_id, message, Keep::Each);
+        }
+        registry.touch(client_id, true);
+        drop(registry);
+        self.changed.notify_one();
+        true
+    }
+
+    /// QoS 1 messages for `client_id` that sprig holds (from its parked router link, or left unacknowledged
+    /// by a connection that was taken over): to its connection, or to its backlog while it is away.
+    pub(crate) fn keep(&self, client_id: &str, messages: Vec<Waiting>) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut registry = self.lock();
+        let Some(outlet) = registry.outlets.get_mut(client_id) else {
             return;
         };
-        if outlet.expiry.is_some() {
-            outlet.queue = None;
-            outlet.left_at = Some(Instant::now());
+        let mut queued = false;
+        for message in messages {
+            match &outlet.queue {
+                Some(queue) => {
+                    let topic = message.topic.clone();
+                    if queue.try_send(message).is_err() {
+                        self.count_drop(outlet, client_id, &topic, "client's direct queue is full");
+                    }
+                }
+                None => queued |= self.backlog_push(outlet, client_id, message, Keep::Each),
+            }
+        }
+        if queued {
             registry.touch(client_id, true);
             drop(registry);
             self.changed.notify_one();
-        } else {
-            registry.outlets.remove(client_id);
-            registry.update_watcher(client_id);
         }
+    }
+
+    /// Adds a message to a disconnected session's backlog; false (dropped, counted) when it is full.
+    fn backlog_push(
+        &self,
+        outlet: &mut Outlet,
+        client_id: &str,
+        message: Waiting,
+        keep: Keep,
+    ) -> bool {
+        let topic = message.topic.clone();
+        if outlet.left_at.is_some() && outlet.backlog.push(message, keep, self.limits) {
+            return true;
+        }
+        self.count_drop(outlet, client_id, &topic, "session's backlog is full");
+        false
     }
 
     /// Connection `number` of `client_id` changes how long its session outlives it (MQTT 5 DISCONNECT).
@@ -324,10 +381,14 @@ impl Outlets {
 
     /// Brings back the sessions the store kept (at start-up, before any client connects), disconnected
     /// since they were written; expired ones are left out and removed from the store at the next write.
-    pub(crate) fn restore(&self, stored: Vec<(String, StoredSession)>) -> usize {
+    /// Returns those brought back: (client id, owner, filters).
+    pub(crate) fn restore(
+        &self,
+        stored: Vec<(String, StoredSession)>,
+    ) -> Vec<(String, Identity, Vec<String>)> {
         let (now, wall) = (Instant::now(), epoch_ms());
         let mut registry = self.lock();
-        let mut restored = 0;
+        let mut restored = Vec::new();
         for (client_id, session) in stored {
             // Time spent away, as the wall clock says (a session connected when written left just now).
             let away_ms = session.left_at_ms.map_or(0, |left| wall - left);
@@ -337,9 +398,7 @@ impl Outlets {
                 owner: session.owner,
                 expiry: Some(Duration::from_secs(session.expiry_s)),
                 left_at: Some(now.checked_sub(away).unwrap_or(now)),
-                backlog: (session.backlog.into_iter())
-                    .map(|(topic, payload)| (topic, Bytes::from(payload)))
-                    .collect(),
+                backlog: session.backlog.into_iter().map(Waiting::from).collect(),
                 filters: session.filters,
                 queue: None,
                 dropped: 0,
@@ -348,9 +407,13 @@ impl Outlets {
                 registry.touch(&client_id, true);
                 continue;
             }
+            restored.push((
+                client_id.clone(),
+                outlet.owner.clone(),
+                outlet.filters.clone(),
+            ));
             registry.outlets.insert(client_id.clone(), outlet);
             registry.update_watcher(&client_id);
-            restored += 1;
         }
         restored
     }
@@ -384,11 +447,7 @@ impl Outlets {
                         expiry_s: expiry.as_secs(),
                         left_at_ms,
                         filters: o.filters.clone(),
-                        backlog: o
-                            .backlog
-                            .iter()
-                            .map(|(t, p)| (t.clone(), p.to_vec()))
-                            .collect(),
+                        backlog: o.backlog.iter().map(StoredMessage::from).collect(),
                     })
                 });
                 (client_id, stored)
@@ -509,16 +568,15 @@ impl Outlets {
         if !outlet.filters.iter().any(|f| matches(topic, f)) {
             return Delivery::NotSubscribed;
         }
+        let message = Waiting::direct(topic, payload);
         let Some(queue) = &outlet.queue else {
-            if outlet.left_at.is_some() && outlet.backlog.push(topic, payload, keep, self.limits) {
+            if self.backlog_push(outlet, client_id, message, keep) {
                 changed.insert(client_id.to_owned());
                 return Delivery::Queued;
             }
-            self.count_drop(outlet, client_id, topic, "session's backlog is full");
             return Delivery::Dropped;
         };
-        let publish = Publish::new(Bytes::copy_from_slice(topic.as_bytes()), payload, false);
-        match queue.try_send(publish) {
+        match queue.try_send(message) {
             Ok(()) => Delivery::Delivered,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Offline,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -574,11 +632,8 @@ fn epoch_ms() -> i64 {
 mod tests {
     use super::*;
 
-    fn topic_of(publish: Publish) -> (String, Bytes) {
-        (
-            String::from_utf8(publish.topic.to_vec()).unwrap(),
-            publish.payload,
-        )
+    fn topic_of(message: Waiting) -> (String, Bytes) {
+        (message.topic, message.payload)
     }
 
     fn filters(list: &[&str]) -> Vec<String> {
@@ -750,7 +805,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(QUEUE);
         let resumed = outlets.open("d1", 2, &owner("d1"), KEPT, tx).unwrap();
         assert_eq!(resumed.filters, Some(vec![NOTIFY.to_owned()]));
-        let payloads: Vec<&[u8]> = resumed.backlog.iter().map(|(_, p)| p.as_ref()).collect();
+        let payloads: Vec<&[u8]> = resumed.backlog.iter().map(|m| m.payload.as_ref()).collect();
         assert_eq!(payloads, [&[2][..], &[][..]]);
         assert_eq!(
             outlets.deliver("d1", NOTIFY, Bytes::new()),

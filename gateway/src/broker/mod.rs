@@ -1,6 +1,6 @@
-//! The embedded MQTT broker: sprig's listeners, per-connection authentication and topic authorization,
-//! in front of a rumqttd `Router` that does the routing, sessions and QoS bookkeeping, plus direct delivery
-//! of the gateway's own messages to one client's connection.
+//! The embedded MQTT broker: sprig's listeners, per-connection authentication and topic authorization, and
+//! the clients' sessions, in front of a rumqttd `Router` that does the routing; plus direct delivery of the
+//! gateway's own messages to one client's connection.
 //!
 //! sprig owns the TCP listeners instead of using rumqttd's servers because rumqttd's router disconnects any
 //! client that subscribes to a filter starting with `$` (other than `$share/`), while every topic sprig
@@ -15,12 +15,20 @@
 //! router matches every topic it has not seen before against every filter it knows and keeps every topic
 //! forever, so per-(job, device) topics fanned out to N devices cost it N² matches (10,000 devices:
 //! 2×10⁸, about 10 s) and ever-growing memory; delivered directly they cost N lookups (see `direct`).
+//!
+//! Sessions are sprig's, not the router's (whose sessions neither expire nor survive a restart, and are
+//! handed to whoever presents the client id): `direct` keeps each client id's session (owner, filters,
+//! expiry, what waits for it, written to the store), `parking` holds an absent session's router link,
+//! `inflight` what a connection wrote at QoS 1 and is still owed an acknowledgement. Router links are
+//! always clean.
 
 mod backlog;
 mod codec;
 mod connection;
 mod direct;
+mod inflight;
 mod internal;
+mod parking;
 mod presence;
 mod sessions;
 pub mod skips;
@@ -116,6 +124,8 @@ pub(crate) struct Shared {
     sessions: Arc<Sessions>,
     /// Each live connection's granted filters and direct queue, for [`Broker::deliver`].
     outlets: direct::Outlets,
+    /// The router links of persistent sessions whose clients are away (see `parking`).
+    parked: parking::Parked,
     config: BrokerConfig,
     /// Connected clients, counted against `config.max_connections`.
     clients: AtomicUsize,
@@ -252,6 +262,7 @@ impl Broker {
                 messages: config.persistent_session_max_queued_messages,
                 bytes: config.persistent_session_max_queued_bytes,
             }),
+            parked: parking::Parked::default(),
             config: config.clone(),
             clients: AtomicUsize::new(0),
             trimmer: Arc::default(),
@@ -267,7 +278,11 @@ impl Broker {
                 .map_err(|e| BrokerError::Sessions(e.to_string()))?
                 .map_err(|e| BrokerError::Sessions(e.to_string()))?;
             let restored = shared.outlets.restore(stored);
-            tracing::info!(restored, "persistent MQTT sessions restored");
+            tracing::info!(
+                restored = restored.len(),
+                "persistent MQTT sessions restored"
+            );
+            park_restored(&shared, restored).await?;
             tokio::spawn(persist_sessions(shared.clone()));
         }
         tokio::spawn(shared.trimmer.clone().run(shared.shutdown.clone()));
@@ -387,10 +402,31 @@ async fn internal_client(
     Ok(InternalClient::new(link_tx, link_rx))
 }
 
-/// rumqttd's `RouterConfig::default()` allows 0 connections: every field comes from the config.
+/// Gives each restored session with filters a router link, subscribed to them and parked, so that what
+/// other clients publish for it from now on is kept until its client is back.
+async fn park_restored(
+    shared: &Arc<Shared>,
+    restored: Vec<(String, crate::auth::Identity, Vec<String>)>,
+) -> Result<(), BrokerError> {
+    for (client_id, owner, filters) in restored {
+        if filters.is_empty() {
+            continue;
+        }
+        let (mut tx, rx, _ack) = shared.link(&client_id, true).await?;
+        parking::restore_filters(&mut tx, &filters);
+        let most = shared.config.max_connections;
+        shared
+            .parked
+            .park(shared, &client_id, owner, (tx, rx), most);
+    }
+    Ok(())
+}
+
+/// rumqttd's `RouterConfig::default()` allows 0 connections: every field comes from the config. The
+/// router holds the links of connected clients and those parked for absent ones (at most as many again).
 fn router_config(config: &BrokerConfig) -> RouterConfig {
     RouterConfig {
-        max_connections: config.max_connections + ROUTER_HEADROOM,
+        max_connections: 2 * config.max_connections + ROUTER_HEADROOM,
         max_outgoing_packet_count: config.max_outgoing_packet_count,
         max_segment_size: config.max_segment_size,
         max_segment_count: config.max_segment_count,
@@ -485,9 +521,7 @@ async fn write_sessions(shared: &Shared) {
 /// How often disconnected sessions are checked for expiry (a resuming client checks its own at once).
 const EXPIRY_SWEEP: Duration = Duration::from_secs(10);
 
-/// Ends persistent sessions whose expiry has passed, until shutdown. Their router sessions are left to be
-/// dropped when the client id connects again (see `connection::router_session`): ending one here could
-/// race with that client's reconnection.
+/// Ends persistent sessions whose expiry has passed, and closes their parked router links, until shutdown.
 async fn expire_sessions(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     let mut ticks = tokio::time::interval(EXPIRY_SWEEP);
@@ -498,6 +532,7 @@ async fn expire_sessions(shared: Arc<Shared>) {
                 let expired = shared.outlets.expire(now.into_std());
                 if !expired.is_empty() {
                     tracing::info!(count = expired.len(), "persistent sessions expired");
+                    shared.parked.release(&expired);
                 }
             }
         }

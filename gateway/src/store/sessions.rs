@@ -21,8 +21,19 @@ pub struct StoredSession {
     pub left_at_ms: Option<i64>,
     /// Granted filters, in the external (`$`) form.
     pub filters: Vec<String>,
-    /// What waits for the client: (topic, payload), oldest first.
-    pub backlog: Vec<(String, Vec<u8>)>,
+    /// What waits for the client, oldest first.
+    pub backlog: Vec<StoredMessage>,
+}
+
+/// One message waiting for a stored session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// To be delivered at QoS 1 (else 0).
+    pub reliable: bool,
+    /// Sent before and not acknowledged.
+    pub dup: bool,
 }
 
 /// The sessions tree. Cheap to clone.
@@ -86,7 +97,12 @@ mod tests {
             expiry_s: 3600,
             left_at_ms: Some(1_700_000_000_000),
             filters: vec!["$aws/things/d1/jobs/notify-next".into()],
-            backlog: vec![("$aws/things/d1/jobs/notify-next".into(), b"{}".to_vec())],
+            backlog: vec![StoredMessage {
+                topic: "$aws/things/d1/jobs/notify-next".into(),
+                payload: b"{}".to_vec(),
+                reliable: false,
+                dup: false,
+            }],
         };
         tree.write(&[("d1".into(), Some(session.clone())), ("d2".into(), None)])
             .unwrap();
