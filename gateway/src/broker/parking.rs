@@ -48,6 +48,8 @@ struct ParkedLink {
 #[derive(Default)]
 pub(crate) struct Parked {
     links: Mutex<HashMap<String, ParkedLink>>,
+    /// Sessions not parked because `most` were already (logged on the first and every power of two).
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl Parked {
@@ -64,7 +66,13 @@ impl Parked {
         let mut links = self.lock();
         if links.len() >= most {
             drop(links);
-            tracing::warn!(client_id, most, "too many parked sessions: messages between clients are not kept for this one while it is away");
+            let refused = self
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(client_id, most, refused, "too many parked sessions: messages between clients are not kept for this one while it is away");
+            }
             disconnect_now(&mut tx);
             return false;
         }
