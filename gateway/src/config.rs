@@ -65,6 +65,9 @@ pub struct BrokerConfig {
     pub max_segment_size: usize,
     pub max_segment_count: usize,
     pub max_outgoing_packet_count: u64,
+    /// Of `max_connections`, how many only operators may take (devices are refused beyond the rest).
+    #[serde(default = "default_reserved_operator_connections")]
+    pub reserved_operator_connections: usize,
     /// Seconds a persistent session outlives its client's disconnection.
     #[serde(default = "default_session_expiry_s")]
     pub persistent_session_expiry_s: u32,
@@ -84,6 +87,10 @@ pub struct BrokerConfig {
     /// CA certificates (PEM) that sign device certificates. When set, TLS clients are asked for a
     /// certificate; one that verifies authenticates the device whose thing name is its subject CN.
     pub tls_client_ca: Option<PathBuf>,
+}
+
+fn default_reserved_operator_connections() -> usize {
+    4
 }
 
 fn default_session_expiry_s() -> u32 {
@@ -296,6 +303,12 @@ impl Config {
         }
         if self.broker.max_connections == 0 {
             return fail("broker.max_connections", "must be at least 1");
+        }
+        if self.broker.reserved_operator_connections >= self.broker.max_connections {
+            return fail(
+                "broker.reserved_operator_connections",
+                "must be less than broker.max_connections (devices need some)",
+            );
         }
         if self.broker.max_payload_size < 1024 {
             return fail("broker.max_payload_size", "must be at least 1024 bytes");

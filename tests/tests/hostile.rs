@@ -123,3 +123,94 @@ async fn wildcards_in_a_publish_topic_close_the_client_and_malformed_filters_are
     let reason = gateway.log_lines("PUBLISH to `a/+/b`, which is not a topic name");
     assert_eq!(reason.len(), 1, "{}", gateway.log());
 }
+
+/// A raw MQTT 3.1.1 CONNECT with a username and password.
+fn connect_packet(client_id: &str, username: &str, password: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.push(4);
+    body.push(0x02 | 0x80 | 0x40); // clean session, username, password
+    body.extend_from_slice(&30u16.to_be_bytes());
+    put_str(&mut body, client_id.as_bytes());
+    put_str(&mut body, username.as_bytes());
+    put_str(&mut body, password.as_bytes());
+    packet(0x10, &body)
+}
+
+/// 200 wrong passwords for the local operator's (public) username, all at once from one address: the
+/// operator, from another address, gets in and is answered while most of them still wait, instead of
+/// queueing behind every one (20 s for 600 before).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_flood_from_one_address_does_not_hold_up_the_operator() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FLOOD: usize = 200;
+    let gateway = Gateway::start();
+    let mut attackers = Vec::new();
+    for i in 0..FLOOD {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket.connect(gateway.addr).await.unwrap();
+        let connect = connect_packet(&format!("flood-{i}"), "sprig-local", "wrong");
+        stream.write_all(&connect).await.unwrap();
+        attackers.push(stream);
+    }
+    let (username, password) = gateway.local_credential();
+    let mut op = sprig_tests::Operator::connect(gateway.addr, &username, &password)
+        .await
+        .expect("the operator gets in during the flood");
+    op.request("ListJobs", json!({}))
+        .await
+        .expect("and is answered");
+
+    // How many of the flood's logins were decided by then (each gets a CONNACK refusal).
+    let mut answered = 0;
+    for stream in &mut attackers {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::ZERO, stream.read(&mut byte)).await {
+            answered += usize::from(n > 0);
+        }
+    }
+    assert!(
+        answered < FLOOD / 2,
+        "{answered} of {FLOOD} flood logins were checked before the operator's"
+    );
+    // Logged per burst, not per attempt.
+    let lines = gateway.log_lines("failed logins from this address");
+    assert!(
+        !lines.is_empty() && lines.len() <= 8,
+        "{} lines:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    drop(attackers);
+}
+
+/// When devices fill the connections, the few kept for operators still let an operator in; one more
+/// device is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_get_in_when_devices_fill_the_connections() {
+    let gateway = Gateway::start_with(|config| {
+        let config =
+            sprig_tests::with_setting(&config, "max_connections = 1024", "max_connections = 6");
+        sprig_tests::with_setting(
+            &config,
+            "reserved_operator_connections = 4",
+            "reserved_operator_connections = 2",
+        )
+    });
+    let mut devices = Vec::new();
+    for i in 0..4 {
+        devices.push(Device::connect(gateway.addr, &format!("filler-{i}"), Protocol::V311).await);
+    }
+    let refused =
+        Device::connect_with(gateway.addr, Login::anonymous("filler-4", Protocol::V5)).await;
+    let code = refused.err().expect("a fifth device is refused");
+    assert!(code.contains("ServerUnavailable"), "{code}");
+    let (username, password) = gateway.local_credential();
+    let mut op = sprig_tests::Operator::connect(gateway.addr, &username, &password)
+        .await
+        .expect("an operator takes a kept connection");
+    op.request("ListJobs", json!({}))
+        .await
+        .expect("and is answered");
+}

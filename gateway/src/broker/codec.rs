@@ -108,6 +108,17 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         }
     }
 
+    /// Resolves when the peer closes the connection (or it fails). What arrives meanwhile is kept for later
+    /// reads, up to `most` bytes; beyond that it reads no more (and never resolves).
+    pub(crate) async fn until_closed(&mut self, most: usize) {
+        while self.buf.len() < most {
+            if self.fill(None).await.is_err() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+
     async fn fill(&mut self, idle: Option<Duration>) -> Result<(), ReadError> {
         let read = match idle {
             Some(limit) => tokio::time::timeout(limit, self.io.read_buf(&mut self.buf))

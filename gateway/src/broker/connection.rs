@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use rumqttd::protocol::{
 use rumqttd::Notification;
 use tokio::sync::mpsc;
 
+use super::admission::Slot;
 use super::backlog::Waiting;
 use super::codec::{PacketReader, PacketWriter, ReadError, Version};
 use super::direct::{self, Resumed, SessionRequest};
@@ -77,7 +77,16 @@ pub(crate) async fn serve(
         tracing::info!(%peer, "first packet is not CONNECT, closing");
         return;
     };
-    let writer = PacketWriter::new(write_half, version);
+    let mut writer = PacketWriter::new(write_half, version);
+    // From here on the connection counts against `max_connections`, while its login is checked too.
+    let Some(slot) = Slot::take(&shared) else {
+        let max = shared.config.max_connections;
+        tracing::warn!(%peer, "refused a connection: {max} clients connected already");
+        let _ = writer
+            .send(connack(Refusal::Unavailable.code(version)))
+            .await;
+        return;
+    };
     let request = ConnectRequest {
         connect,
         session_expiry_s: props.and_then(|p| p.session_expiry_interval),
@@ -87,7 +96,9 @@ pub(crate) async fn serve(
         loopback,
         certificate,
     };
-    if let Some((client, writer, link_rx)) = accept(&shared, request, writer).await {
+    if let Some((client, writer, link_rx)) =
+        accept(&shared, request, writer, &mut reader, slot).await
+    {
         client.run(reader, writer, link_rx).await;
     }
 }
@@ -152,7 +163,7 @@ struct Client {
     presence: PresenceInfo,
     // Dropped last: they free the client's slot and its `Sessions` entry even if this task panics.
     session: SessionGuard,
-    _slot: SlotGuard,
+    _slot: Slot,
 }
 
 /// Authenticates a CONNECT, answers it, and on success returns the connected client.
@@ -160,30 +171,44 @@ async fn accept(
     shared: &Arc<Shared>,
     mut request: ConnectRequest,
     mut writer: PacketWriter<WriteHalf>,
+    reader: &mut PacketReader<ReadHalf>,
+    slot: Slot,
 ) -> Option<(Client, PacketWriter<WriteHalf>, LinkRx)> {
     let version = writer.version();
     let assigned = assign_client_id(&mut request);
     let client_id = request.connect.client_id.clone();
     let peer = request.peer;
     let refuse = |refusal: Refusal, reason: String| {
-        tracing::warn!(client_id, %peer, "refused a connection: {reason}");
+        // Failed passwords are logged per address and burst (see `admission`), not one by one.
+        if matches!(refusal, Refusal::BadCredentials) {
+            tracing::debug!(client_id, %peer, "refused a connection: {reason}");
+        } else {
+            tracing::warn!(client_id, %peer, "refused a connection: {reason}");
+        }
         connack(refusal.code(version))
     };
-    let principal = match check_connect(shared, &request).await {
+    // A client that leaves while its login waits for its turn is not checked at all.
+    let checked = tokio::select! {
+        // A check that needs no wait (no password) is decided before the socket is looked at.
+        biased;
+        checked = check_connect(shared, &request) => checked,
+        () = reader.until_closed(WAITING_LOGIN_BUFFER) => {
+            shared.logins.abandoned(peer.ip());
+            return None;
+        }
+    };
+    let principal = match checked {
         Ok(principal) => principal,
         Err((refusal, reason)) => {
             let _ = writer.send(refuse(refusal, reason)).await;
             return None;
         }
     };
-    let Some(slot) = SlotGuard::take(shared) else {
-        let reason = format!(
-            "{} clients connected already",
-            shared.config.max_connections
-        );
+    if slot.is_reserved() && matches!(principal, Principal::Device { .. }) {
+        let reason = "the remaining connections are kept for operators".to_owned();
         let _ = writer.send(refuse(Refusal::Unavailable, reason)).await;
         return None;
-    };
+    }
     let number = shared.sessions.next_number();
     let (direct_tx, direct_rx) = mpsc::channel(direct::QUEUE);
     let asked = session_request(&request, version, &shared.config);
@@ -267,6 +292,9 @@ async fn accept(
     };
     Some((client, writer, link_rx))
 }
+
+/// What a client whose login waits may send meanwhile before sprig stops reading from it.
+const WAITING_LOGIN_BUFFER: usize = 64 * 1024;
 
 /// Gives a CONNECT with an empty client id and a clean session one of its own, as MQTT lets a server do
 /// (with a persistent session it is refused: there would be no way back to it): the thing name its client
@@ -380,17 +408,27 @@ async fn check_connect(
             .authenticate(client_id, None, None, loopback)
             .map_err(refusal);
     };
-    // A password is checked with argon2, 19 MiB and ~50 ms each (see `PASSWORD_CHECKS`): wait for a
-    // turn, then check it on a blocking thread. The semaphore is never closed: acquiring cannot fail.
-    let _turn = shared.password_checks.acquire().await;
+    // A password is checked with argon2, 19 MiB and ~50 ms each (see `PASSWORD_CHECKS`): wait for the
+    // address's turn (see `admission`), then for a check's, then check it on a blocking thread, which keeps
+    // the turns until it is done (this future may be dropped when the client leaves; the check may not).
+    let ip = request.peer.ip();
+    let address_turn = shared.logins.turn(ip).await;
+    let turn = (shared.password_checks.clone().acquire_owned().await).expect("never closed");
     let auth = shared.auth.clone();
     let client_id = client_id.clone();
+    let username = login.username.clone();
     let verdict = tokio::task::spawn_blocking(move || {
+        let _turns = (address_turn, turn);
         let password = Some(login.password.as_bytes());
         auth.authenticate(&client_id, Some(&login.username), password, loopback)
     })
     .await
     .map_err(|e| (Refusal::Unavailable, format!("authentication failed: {e}")))?;
+    match &verdict {
+        Err(AuthError::BadCredentials) => shared.logins.failed(ip, &username),
+        Err(_) => {}
+        Ok(_) => shared.logins.succeeded(ip),
+    }
     verdict.map_err(refusal)
 }
 
@@ -404,32 +442,6 @@ fn refusal(e: AuthError) -> (Refusal, String) {
         | AuthError::DeviceClientId { .. } => Refusal::NotAuthorized,
     };
     (refusal, e.to_string())
-}
-
-/// Counts a client against `max_connections` while alive.
-struct SlotGuard {
-    shared: Arc<Shared>,
-}
-
-impl SlotGuard {
-    fn take(shared: &Arc<Shared>) -> Option<SlotGuard> {
-        let max = shared.config.max_connections;
-        let taken = shared
-            .clients
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            });
-        taken.is_ok().then(|| SlotGuard {
-            shared: shared.clone(),
-        })
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.shared.clients.fetch_sub(1, Ordering::AcqRel);
-        self.shared.trimmer.closed();
-    }
 }
 
 /// Removes the client's `Sessions` entry and closes its direct-delivery outlet, unless a newer connection

@@ -22,6 +22,7 @@
 //! `inflight` what a connection wrote at QoS 1 and is still owed an acknowledgement. Router links are
 //! always clean.
 
+mod admission;
 mod backlog;
 mod codec;
 mod connection;
@@ -134,7 +135,9 @@ pub(crate) struct Shared {
     /// Granted subscriptions, for [`Broker::subscriptions`]; sending without receivers costs nothing.
     subscriptions: broadcast::Sender<SubscribeEvent>,
     /// Password checks running at once (see [`PASSWORD_CHECKS`]).
-    password_checks: Semaphore,
+    password_checks: Arc<Semaphore>,
+    /// Password checks per address: a few at once, slower after failures (see `admission`).
+    logins: admission::Logins,
     /// Becomes true at shutdown (and errs when the [`Broker`] is dropped).
     shutdown: watch::Receiver<bool>,
     /// Where persistent sessions are kept across restarts (none: in memory only).
@@ -267,7 +270,8 @@ impl Broker {
             clients: AtomicUsize::new(0),
             trimmer: Arc::default(),
             subscriptions: broadcast::channel(SUBSCRIPTION_EVENTS).0,
-            password_checks: Semaphore::new(password_check_permits()),
+            password_checks: Arc::new(Semaphore::new(password_check_permits())),
+            logins: admission::Logins::default(),
             shutdown: shutdown_rx,
             session_tree,
             persisting: tokio::sync::Mutex::new(()),
