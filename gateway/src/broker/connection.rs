@@ -31,9 +31,9 @@ use super::inflight::{qos1_publish, qos_and_pkid, Acked, Inflight, ROUTER_PKIDS}
 use super::internal::disconnect_now;
 use super::parking::{restore_filters, Link, RESTORE_PKID};
 use super::presence::{DisconnectReason, PresenceInfo};
-use super::topics::{is_reserved, to_external, to_internal};
+use super::topics::{is_reserved, served_directly, to_external, to_internal};
 use super::{ReadHalf, Shared, SubscribeEvent, WriteHalf};
-use crate::auth::{AuthError, Principal, VerifiedCertificate};
+use crate::auth::{AuthError, Identity, Principal, VerifiedCertificate};
 use crate::config::BrokerConfig;
 
 /// Serves one accepted connection (TCP, or TLS with the client `certificate` it verified, if any) until it
@@ -232,7 +232,7 @@ async fn accept(
         number,
     };
     let (link, link_rx, mut ack, ack_props) =
-        match router_session(shared, &client_id, &resumed, parked).await {
+        match router_session(shared, &client_id, &owner, &resumed, parked).await {
             Ok(parts) => parts,
             Err(e) => {
                 let _ = writer
@@ -345,6 +345,7 @@ fn session_request(
 async fn router_session(
     shared: &Arc<Shared>,
     client_id: &str,
+    owner: &Identity,
     resumed: &Resumed,
     parked: Option<Link>,
 ) -> Result<(LinkGuard, LinkRx, ConnAck, Option<ConnAckProperties>), super::BrokerError> {
@@ -364,7 +365,7 @@ async fn router_session(
     let (ack, props) = router_connack(ack)?;
     let mut link = LinkGuard::new(tx);
     if let Some(filters) = &resumed.filters {
-        restore_filters(link.tx(), filters);
+        restore_filters(link.tx(), owner, filters);
     }
     Ok((link, rx, ack, props))
 }
@@ -503,6 +504,8 @@ type SharedInflight = Arc<Mutex<Inflight>>;
 /// per connection, and a `Packet` is 392 bytes.
 enum ToWriter {
     Packet(Box<Packet>),
+    /// A SUBACK sprig answered itself: write it, then report these filters as granted.
+    SubAck(Box<Packet>, Vec<String>),
     /// Write this last packet (if any) and close the socket.
     Close(Option<Box<Packet>>),
 }
@@ -529,13 +532,25 @@ enum ReaderEnd {
 /// SUBSCRIBEs forwarded to the router and not yet acknowledged, by pkid.
 type PendingSubacks = Arc<Mutex<HashMap<u16, PendingSuback>>>;
 
+/// How sprig answers one filter of a SUBSCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Denied,
+    /// Granted by sprig alone at this QoS: only the gateway sends on it (see [`served_directly`]).
+    Direct(u8),
+    /// Forwarded: the router's code.
+    Router,
+}
+
 /// What the writer needs to finish a SUBSCRIBE's SUBACK and report it.
 #[derive(Debug)]
 struct PendingSuback {
-    /// Which of the client's filters were allowed (and forwarded), by position.
-    allowed_mask: Vec<bool>,
+    /// How each of the client's filters is answered, by position.
+    answers: Vec<Answer>,
     /// The forwarded filters, in external form and in order.
     filters: Vec<String>,
+    /// The filters granted directly (already in the outlet), reported with the router's.
+    direct: Vec<String>,
     /// Filters unsubscribed while this SUBACK was pending: not added to the direct outlet when it comes.
     revoked: Vec<String>,
 }
@@ -709,7 +724,13 @@ impl Client {
     fn leave_session(&mut self, link_rx: Option<LinkRx>) {
         let (router_pkids, unacknowledged) = lock(&self.inflight).take();
         let outlets = &self.shared.outlets;
-        if !outlets.leave(&self.client_id, self.session.number, unacknowledged) {
+        let Some(filters) = outlets.leave(&self.client_id, self.session.number, unacknowledged)
+        else {
+            return;
+        };
+        // Only a session with filters the router serves has anything to wait for there.
+        let owner = self.principal.identity();
+        if filters.iter().all(|f| served_directly(&owner, f)) {
             return;
         }
         let Some(rx) = link_rx else {
@@ -727,7 +748,6 @@ impl Client {
             send_now(&mut tx, Packet::PubAck(ack, None));
         }
         let most = self.shared.config.max_connections;
-        let owner = self.principal.identity();
         let parked = &self.shared.parked;
         parked.park(&self.shared, &self.client_id, owner, (tx, rx), most);
     }
@@ -781,6 +801,7 @@ impl Client {
             let Inbound {
                 to_router,
                 reply,
+                granted,
                 denied,
                 violation,
             } = forward;
@@ -791,11 +812,11 @@ impl Client {
                 return ReaderEnd::Denied(topic);
             }
             if let Some(reply) = reply {
-                if to_writer
-                    .send(ToWriter::Packet(Box::new(reply)))
-                    .await
-                    .is_err()
-                {
+                let reply = match granted {
+                    Some(granted) => ToWriter::SubAck(Box::new(reply), granted),
+                    None => ToWriter::Packet(Box::new(reply)),
+                };
+                if to_writer.send(reply).await.is_err() {
                     return ReaderEnd::Lost(DisconnectReason::ConnectionLost, "writer gone".into());
                 }
             }
@@ -862,60 +883,71 @@ impl Client {
         pending: &PendingSubacks,
     ) -> Inbound {
         let pkid = subscribe.pkid;
-        let mut allowed_mask = Vec::with_capacity(subscribe.filters.len());
-        let mut allowed = Vec::new();
-        let mut external = Vec::new();
+        let owner = self.principal.identity();
+        let mut answers = Vec::with_capacity(subscribe.filters.len());
+        let (mut forwarded, mut external, mut direct) = (Vec::new(), Vec::new(), Vec::new());
         for mut filter in subscribe.filters {
-            let valid = crate::topic_filter::check_filter(&filter.path);
-            let ok =
-                valid.is_ok() && !is_reserved(&filter.path) && self.may_subscribe(&filter.path);
-            if let Err(e) = valid {
-                tracing::warn!(
-                    client_id = self.client_id,
-                    filter = filter.path,
-                    "invalid filter: {e}"
-                );
-            } else if ok {
-                // At most QoS 1, as AWS IoT Core grants: what the client has not acknowledged is kept for
-                // its session, which QoS 2's exchange would not allow.
-                if filter.qos == QoS::ExactlyOnce {
-                    filter.qos = QoS::AtLeastOnce;
-                }
-                let internal = to_internal(&filter.path);
-                external.push(std::mem::replace(&mut filter.path, internal));
-                allowed.push(filter);
-            } else {
-                tracing::warn!(
-                    client_id = self.client_id,
-                    filter = filter.path,
-                    "subscribe denied"
-                );
+            if !self.may_subscribe_checked(&filter.path) {
+                answers.push(Answer::Denied);
+                continue;
             }
-            allowed_mask.push(ok);
+            // At most QoS 1, as AWS IoT Core grants: what the client has not acknowledged is kept for its
+            // session, which QoS 2's exchange would not allow.
+            if filter.qos == QoS::ExactlyOnce {
+                filter.qos = QoS::AtLeastOnce;
+            }
+            if served_directly(&owner, &filter.path) {
+                answers.push(Answer::Direct(filter.qos as u8));
+                direct.push(filter.path);
+                continue;
+            }
+            answers.push(Answer::Router);
+            let internal = to_internal(&filter.path);
+            external.push(std::mem::replace(&mut filter.path, internal));
+            forwarded.push(filter);
         }
-        if allowed.is_empty() {
-            let codes = allowed_mask.iter().map(|_| denied_code(version)).collect();
-            return Inbound::reply(Packet::SubAck(
+        // Granted at once, before the client's next packet is read: a request it publishes right after its
+        // SUBSCRIBE is answered on a subscription that is already there.
+        let outlets = &self.shared.outlets;
+        outlets.subscribe(&self.client_id, self.session.number, &direct);
+        if forwarded.is_empty() {
+            let codes = splice_codes(&answers, Vec::new(), version);
+            let suback = Packet::SubAck(
                 SubAck {
                     pkid,
                     return_codes: codes,
                 },
                 None,
-            ));
+            );
+            return Inbound::suback(suback, direct);
         }
         let suback = PendingSuback {
-            allowed_mask,
+            answers,
             filters: external,
+            direct,
             revoked: Vec::new(),
         };
         lock(pending).insert(pkid, suback);
         Inbound::forward(Packet::Subscribe(
             Subscribe {
                 pkid,
-                filters: allowed,
+                filters: forwarded,
             },
             props,
         ))
+    }
+
+    /// May the client subscribe to `filter` (well-formed, not internal, allowed by the rules)? Logs why not.
+    fn may_subscribe_checked(&self, filter: &str) -> bool {
+        if let Err(e) = crate::topic_filter::check_filter(filter) {
+            tracing::warn!(client_id = self.client_id, filter, "invalid filter: {e}");
+            return false;
+        }
+        if is_reserved(filter) || !self.may_subscribe(filter) {
+            tracing::warn!(client_id = self.client_id, filter, "subscribe denied");
+            return false;
+        }
+        true
     }
 
     /// The router answers UNSUBSCRIBE only for filters that were subscribed, so sprig answers every one
@@ -960,6 +992,8 @@ impl Client {
 struct Inbound {
     to_router: Option<Packet>,
     reply: Option<Packet>,
+    /// The reply is a SUBACK granting these filters: reported once it is written.
+    granted: Option<Vec<String>>,
     /// A QoS 2 publish to this topic was denied.
     denied: Option<String>,
     /// The client broke the protocol: it is closed.
@@ -985,6 +1019,14 @@ impl Inbound {
         Inbound {
             to_router: Some(packet),
             reply: Some(reply),
+            ..Inbound::default()
+        }
+    }
+
+    fn suback(packet: Packet, granted: Vec<String>) -> Inbound {
+        Inbound {
+            reply: Some(packet),
+            granted: Some(granted),
             ..Inbound::default()
         }
     }
@@ -1168,6 +1210,12 @@ async fn write_until_end(
                         return WriterEnd::Io(e);
                     }
                 }
+                Some(ToWriter::SubAck(packet, granted)) => {
+                    if let Err(e) = out.writer.send(*packet).await {
+                        return WriterEnd::Io(e);
+                    }
+                    subscribed.report(granted);
+                }
                 Some(ToWriter::Close(last)) => {
                     if let Some(last) = last {
                         let _ = out.writer.send(*last).await;
@@ -1274,12 +1322,12 @@ fn outbound(
             let Some(forwarded) = pending.remove(&suback.pkid) else {
                 return Outbound::Write(Packet::SubAck(suback, props));
             };
-            let granted = granted_filters(forwarded.filters, &suback.return_codes);
+            let mut granted = granted_filters(forwarded.filters, &suback.return_codes);
             // Before the SUBACK is written and reported: a delivery made after the report reaches it.
             subscribed.grant(&granted, &forwarded.revoked);
             drop(pending);
-            suback.return_codes =
-                splice_denied(&forwarded.allowed_mask, suback.return_codes, version);
+            suback.return_codes = splice_codes(&forwarded.answers, suback.return_codes, version);
+            granted.extend(forwarded.direct);
             Outbound::SubAck(Packet::SubAck(suback, props), granted)
         }
         // Answered by the reader already (see `inbound_unsubscribe`).
@@ -1309,22 +1357,32 @@ fn granted_filters(forwarded: Vec<String>, router_codes: &[SubscribeReasonCode])
         .collect()
 }
 
-/// The router's codes for the allowed filters, with a failure put back in each denied filter's position.
-fn splice_denied(
-    allowed_mask: &[bool],
+/// The SUBACK's codes: the router's for the forwarded filters, in their positions among the denied ones
+/// and those granted directly.
+fn splice_codes(
+    answers: &[Answer],
     router_codes: Vec<SubscribeReasonCode>,
     version: Version,
 ) -> Vec<SubscribeReasonCode> {
     let mut router_codes = router_codes.into_iter();
-    allowed_mask
+    answers
         .iter()
-        .map(|&allowed| match allowed {
-            true => router_codes
+        .map(|answer| match answer {
+            Answer::Router => router_codes
                 .next()
                 .unwrap_or(SubscribeReasonCode::Unspecified),
-            false => denied_code(version),
+            Answer::Direct(qos) => granted_code(*qos),
+            Answer::Denied => denied_code(version),
         })
         .collect()
+}
+
+/// The code of a granted filter, as the router writes it for both versions.
+fn granted_code(qos: u8) -> SubscribeReasonCode {
+    match qos {
+        0 => SubscribeReasonCode::QoS0,
+        _ => SubscribeReasonCode::QoS1,
+    }
 }
 
 #[cfg(test)]
@@ -1374,9 +1432,10 @@ mod tests {
     }
 
     #[test]
-    fn denied_filters_get_failures_in_their_positions() {
-        let codes = splice_denied(
-            &[false, true, false, true],
+    fn codes_take_their_filters_positions() {
+        use Answer::{Denied, Direct, Router};
+        let codes = splice_codes(
+            &[Denied, Router, Direct(1), Denied, Router, Direct(0)],
             vec![SubscribeReasonCode::QoS1, SubscribeReasonCode::QoS0],
             Version::V311,
         );
@@ -1385,10 +1444,23 @@ mod tests {
             vec![
                 SubscribeReasonCode::Failure,
                 SubscribeReasonCode::QoS1,
+                SubscribeReasonCode::QoS1,
                 SubscribeReasonCode::Failure,
+                SubscribeReasonCode::QoS0,
                 SubscribeReasonCode::QoS0
             ]
         );
+    }
+
+    #[test]
+    fn only_the_gateways_own_topics_are_served_directly() {
+        let device = Identity::Device("d1".into());
+        assert!(served_directly(&device, "$aws/things/d1/jobs/#"));
+        assert!(!served_directly(&device, "$aws/things/d10/jobs/#"));
+        assert!(!served_directly(&device, "dt/d1/#"));
+        let operator = Identity::Operator("ops".into());
+        assert!(served_directly(&operator, "$aws/events/presence/#"));
+        assert!(!served_directly(&operator, "$sprig/control/cli/+/accepted"));
     }
 
     #[test]

@@ -268,29 +268,36 @@ impl Outlets {
     }
 
     /// Connection `number` of `client_id` ended with `unacknowledged` QoS 1 messages. A persistent session
-    /// stays, keeps them first in its backlog, and keeps what is delivered to it from now on: true. A
-    /// newer connection that took the session over gets them; a clean session ends, and they with it.
-    pub(crate) fn leave(&self, client_id: &str, number: u64, unacknowledged: Vec<Waiting>) -> bool {
+    /// stays, keeps them first in its backlog, and keeps what is delivered to it from now on: its filters
+    /// are returned. A newer connection that took the session over gets them; a clean session ends, and
+    /// they with it.
+    pub(crate) fn leave(
+        &self,
+        client_id: &str,
+        number: u64,
+        unacknowledged: Vec<Waiting>,
+    ) -> Option<Vec<String>> {
         let mut registry = self.lock();
         let Some(outlet) = registry.connection(client_id, number) else {
             drop(registry);
             self.keep(client_id, unacknowledged);
-            return false;
+            return None;
         };
         if outlet.expiry.is_none() {
             registry.outlets.remove(client_id);
             registry.update_watcher(client_id);
-            return false;
+            return None;
         }
         outlet.queue = None;
         outlet.left_at = Some(Instant::now());
         for message in unacknowledged {
             self.backlog_push(outlet, client_id, message, Keep::Each);
         }
+        let filters = outlet.filters.clone();
         registry.touch(client_id, true);
         drop(registry);
         self.changed.notify_one();
-        true
+        Some(filters)
     }
 
     /// QoS 1 messages for `client_id` that sprig holds (from its parked router link, or left unacknowledged

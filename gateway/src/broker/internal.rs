@@ -10,7 +10,14 @@ use rumqttd::Notification;
 use tokio::sync::Mutex;
 
 use super::topics::{to_external, to_internal};
-use super::BrokerError;
+use super::{BrokerError, Shared};
+
+/// The thing whose `$aws/things/{thing}/...` topic this is.
+fn thing_of(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("$aws/things/")?;
+    let (thing, _) = rest.split_once('/')?;
+    (!thing.is_empty()).then_some(thing)
+}
 
 /// An in-process client of the broker. Topics are in external form (`$aws/...`) everywhere.
 pub struct InternalClient {
@@ -22,6 +29,9 @@ pub struct InternalClient {
 #[derive(Clone)]
 pub struct InternalSender {
     link: Arc<OwnedLink>,
+    /// Delivers what is published on a thing's `$aws/things/{thing}/...` topics straight to that device:
+    /// the router never has those subscriptions (see `connection::served_directly`).
+    shared: Arc<Shared>,
 }
 
 /// The receiving half of an [`InternalClient`].
@@ -74,12 +84,15 @@ pub(crate) fn push_now(link_tx: &mut LinkTx, packet: Packet) {
 }
 
 impl InternalClient {
-    pub(crate) fn new(link_tx: LinkTx, link_rx: LinkRx) -> InternalClient {
+    pub(crate) fn new(link_tx: LinkTx, link_rx: LinkRx, shared: Arc<Shared>) -> InternalClient {
         let link = Arc::new(OwnedLink {
             tx: Mutex::new(link_tx),
         });
         InternalClient {
-            sender: InternalSender { link: link.clone() },
+            sender: InternalSender {
+                link: link.clone(),
+                shared,
+            },
             receiver: InternalReceiver {
                 link_rx,
                 _link: link,
@@ -115,6 +128,10 @@ impl InternalSender {
     pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BrokerError> {
         if topic.is_empty() || topic.contains(['+', '#']) {
             return Err(BrokerError::InvalidTopic(topic.to_owned()));
+        }
+        if let Some(thing) = thing_of(topic) {
+            self.shared.outlets.deliver(thing, topic, payload);
+            return Ok(());
         }
         let publish = Publish::new(Bytes::from(to_internal(topic)), payload, false);
         self.send(Packet::Publish(publish, None)).await

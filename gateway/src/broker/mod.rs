@@ -341,7 +341,9 @@ impl Broker {
             .chars()
             .map(|c| if "+$#/".contains(c) { '_' } else { c })
             .collect();
-        internal_client(&self.shared.make_link, &format!("~sprig-{label}-{n}")).await
+        let client_id = format!("~sprig-{label}-{n}");
+        let (link_tx, link_rx, _ack) = open_link(&self.shared.make_link, &client_id, true).await?;
+        Ok(InternalClient::new(link_tx, link_rx, self.shared.clone()))
     }
 
     /// The live client connections: client id -> [`Principal`].
@@ -398,14 +400,6 @@ impl Broker {
     }
 }
 
-async fn internal_client(
-    make_link: &Arc<MakeLink>,
-    client_id: &str,
-) -> Result<InternalClient, BrokerError> {
-    let (link_tx, link_rx, _ack) = open_link(make_link, client_id, true).await?;
-    Ok(InternalClient::new(link_tx, link_rx))
-}
-
 /// Gives each restored session with filters a router link, subscribed to them and parked, so that what
 /// other clients publish for it from now on is kept until its client is back.
 async fn park_restored(
@@ -413,11 +407,11 @@ async fn park_restored(
     restored: Vec<(String, crate::auth::Identity, Vec<String>)>,
 ) -> Result<(), BrokerError> {
     for (client_id, owner, filters) in restored {
-        if filters.is_empty() {
+        if filters.iter().all(|f| topics::served_directly(&owner, f)) {
             continue;
         }
         let (mut tx, rx, _ack) = shared.link(&client_id, true).await?;
-        parking::restore_filters(&mut tx, &filters);
+        parking::restore_filters(&mut tx, &owner, &filters);
         let most = shared.config.max_connections;
         shared
             .parked

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use super::backlog::Waiting;
 use super::inflight::qos_and_pkid;
 use super::internal::{disconnect_now, push_now};
-use super::topics::{to_external, to_internal};
+use super::topics::{served_directly, to_external, to_internal};
 use super::{stopped, Shared};
 use crate::auth::Identity;
 
@@ -128,13 +128,12 @@ fn close(parked: ParkedLink) {
     });
 }
 
-/// Subscribes a fresh router link to a resumed session's filters (external form), at QoS 1.
-pub(crate) fn restore_filters(tx: &mut LinkTx, filters: &[String]) {
-    if filters.is_empty() {
-        return;
-    }
-    let filters = filters
+/// Subscribes a fresh router link to those of a resumed session's filters (external form) that the router
+/// serves, at QoS 1; false when there are none.
+pub(crate) fn restore_filters(tx: &mut LinkTx, owner: &Identity, filters: &[String]) -> bool {
+    let filters: Vec<Filter> = filters
         .iter()
+        .filter(|f| !served_directly(owner, f))
         .map(|f| Filter {
             path: to_internal(f),
             qos: QoS::AtLeastOnce,
@@ -143,11 +142,15 @@ pub(crate) fn restore_filters(tx: &mut LinkTx, filters: &[String]) {
             retain_forward_rule: RetainForwardRule::Never,
         })
         .collect();
+    if filters.is_empty() {
+        return false;
+    }
     let subscribe = Subscribe {
         pkid: RESTORE_PKID,
         filters,
     };
     push_now(tx, Packet::Subscribe(subscribe, None));
+    true
 }
 
 /// Takes what the router forwards to a parked link until stopped (then gives the link back), until the

@@ -14,6 +14,8 @@
 /// Prefix that stands for a leading `$` inside the router, and alone the level every other topic is under.
 pub(crate) const MARKER: char = '~';
 
+use crate::auth::Identity;
+
 const SHARE_PREFIX: &str = "$share/";
 /// The internal level above every topic that does not start with `$`.
 const PLAIN_PREFIX: &str = "~/";
@@ -47,6 +49,20 @@ pub(crate) fn to_external(internal: &str) -> &str {
     match internal.strip_prefix(MARKER) {
         Some(rest) if rest.starts_with('$') => rest,
         _ => internal,
+    }
+}
+
+/// True when only the gateway sends on `filter` for `owner`, so it is granted by sprig alone and never
+/// given to the router: a device's own `$aws/things/{thing}/...` (job notifications, Jobs API replies,
+/// recovery commands; no other client may publish or subscribe there), an operator's presence events. The
+/// router would keep such a filter forever, one set per device, and match every new topic against it.
+pub(crate) fn served_directly(owner: &Identity, filter: &str) -> bool {
+    match owner {
+        Identity::Device(thing) => filter
+            .strip_prefix("$aws/things/")
+            .and_then(|rest| rest.strip_prefix(thing.as_str()))
+            .is_some_and(|rest| rest.starts_with('/')),
+        Identity::Operator(_) => filter.starts_with("$aws/events/"),
     }
 }
 

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::broker::{Broker, BrokerError, Delivery, InternalSender};
+use crate::broker::{Broker, BrokerError, Delivery};
 use crate::jobs::device::{DeviceError, DeviceErrorCode};
 use crate::jobs::Engine;
 use request::{DescribeRequest, StartNextRequest, UpdateRequest};
@@ -40,14 +40,10 @@ pub async fn serve(
     client.subscribe(topic::REQUEST_FILTER).await?;
     // Replies go straight to the requesting device's connection (`Broker::deliver`), not through the
     // router: only the device may subscribe to its own reply topics, and the router would match every new
-    // reply topic against every filter (N² for a fleet-wide round of requests). The router stays the
-    // fallback (see `Service::reply`).
-    let (sender, mut receiver) = client.split();
-    let service = Arc::new(Service {
-        engine,
-        broker,
-        sender,
-    });
+    // reply topic against every filter (N² for a fleet-wide round of requests); it never has those
+    // subscriptions anyway (see `broker::topics::served_directly`).
+    let (_, mut receiver) = client.split();
+    let service = Arc::new(Service { engine, broker });
     // Dropping the senders (when this returns) lets each worker finish its queue and stop.
     let shards: Vec<mpsc::Sender<Incoming>> = (0..SHARDS)
         .map(|_| {
@@ -75,8 +71,6 @@ struct Incoming {
 struct Service {
     engine: Arc<Engine>,
     broker: Arc<Broker>,
-    /// Through the router, for a reply that direct delivery cannot place (see `reply`).
-    sender: InternalSender,
 }
 
 /// One worker: answers its queue's requests in order.
@@ -208,14 +202,15 @@ impl Service {
         let payload = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         let reply_topic = format!("{topic}/{suffix}");
         let thing = topic::thing_of(topic);
-        match self.broker.deliver(thing, &reply_topic, payload.clone()) {
-            Delivery::Delivered => {}
-            // A device that subscribed and published without waiting for its SUBACK may have its request
-            // answered before the direct table learns of the subscription; the router keeps that order.
+        // A device's subscriptions under its own thing are granted when its SUBSCRIBE is read, so a request
+        // published right after it is answered on them. Not subscribed: AWS IoT drops the reply too.
+        match self.broker.deliver(thing, &reply_topic, payload) {
+            Delivery::Delivered | Delivery::Queued => {}
             Delivery::NotSubscribed => {
-                if let Err(e) = self.sender.publish(&reply_topic, payload).await {
-                    tracing::warn!(topic = reply_topic, error = %e, "could not publish a device API reply");
-                }
+                tracing::debug!(
+                    topic = reply_topic,
+                    "device API reply: the device is not subscribed to it"
+                )
             }
             other => {
                 tracing::warn!(topic = reply_topic, delivery = ?other, "device API reply not delivered")
