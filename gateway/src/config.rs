@@ -65,6 +65,9 @@ pub struct BrokerConfig {
     pub max_segment_size: usize,
     pub max_segment_count: usize,
     pub max_outgoing_packet_count: u64,
+    /// Subscriptions one connection may hold (AWS IoT Core: 50); more are refused in the SUBACK.
+    #[serde(default = "default_max_subscriptions")]
+    pub max_subscriptions_per_connection: usize,
     /// Of `max_connections`, how many only operators may take (devices are refused beyond the rest).
     #[serde(default = "default_reserved_operator_connections")]
     pub reserved_operator_connections: usize,
@@ -87,6 +90,10 @@ pub struct BrokerConfig {
     /// CA certificates (PEM) that sign device certificates. When set, TLS clients are asked for a
     /// certificate; one that verifies authenticates the device whose thing name is its subject CN.
     pub tls_client_ca: Option<PathBuf>,
+}
+
+fn default_max_subscriptions() -> usize {
+    50
 }
 
 fn default_reserved_operator_connections() -> usize {
@@ -303,6 +310,12 @@ impl Config {
         }
         if self.broker.max_connections == 0 {
             return fail("broker.max_connections", "must be at least 1");
+        }
+        if self.broker.max_subscriptions_per_connection == 0 {
+            return fail(
+                "broker.max_subscriptions_per_connection",
+                "must be at least 1 (devices subscribe to their job notifications)",
+            );
         }
         if self.broker.reserved_operator_connections >= self.broker.max_connections {
             return fail(

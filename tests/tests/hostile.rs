@@ -214,3 +214,30 @@ async fn operators_get_in_when_devices_fill_the_connections() {
         .await
         .expect("and is answered");
 }
+
+/// A connection holds at most `max_subscriptions_per_connection` filters (AWS IoT Core: 50): one that
+/// tries to subscribe to thousands keeps 50, and the gateway keeps nothing of the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_per_connection_are_capped() {
+    let gateway = Gateway::start();
+    let mut device = Device::connect(gateway.addr, "greedy-1", Protocol::V311).await;
+    let filters: Vec<String> = (0..60)
+        .map(|i| format!("$aws/things/greedy-1/f/{i}"))
+        .collect();
+    let refs: Vec<&str> = filters.iter().map(String::as_str).collect();
+    let codes = device.subscribe(&refs).await;
+    assert_eq!(codes[..50], [1; 50]);
+    assert_eq!(codes[50..], [0x80; 10]);
+    // One it holds already is granted again; a new one is not.
+    assert_eq!(
+        device
+            .subscribe(&[refs[0], "$aws/things/greedy-1/new"])
+            .await,
+        [1, 0x80]
+    );
+    // A new (clean) connection starts afresh: its Jobs API subscriptions are granted again.
+    device.disconnect().await;
+    let mut device = Device::connect(gateway.addr, "greedy-1", Protocol::V311).await;
+    let (accepted, _) = device.request("get", json!({})).await;
+    assert!(accepted);
+}

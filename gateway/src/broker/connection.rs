@@ -536,6 +536,8 @@ type PendingSubacks = Arc<Mutex<HashMap<u16, PendingSuback>>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
     Denied,
+    /// Beyond `max_subscriptions_per_connection`.
+    OverQuota,
     /// Granted by sprig alone at this QoS: only the gateway sends on it (see [`served_directly`]).
     Direct(u8),
     /// Forwarded: the router's code.
@@ -886,10 +888,31 @@ impl Client {
         let owner = self.principal.identity();
         let mut answers = Vec::with_capacity(subscribe.filters.len());
         let (mut forwarded, mut external, mut direct) = (Vec::new(), Vec::new(), Vec::new());
+        // What the connection holds or is being granted: new filters beyond the cap are refused.
+        let mut held = self.shared.outlets.filters(&self.client_id);
+        held.extend(
+            lock(pending)
+                .values()
+                .flat_map(|p| p.filters.iter().cloned()),
+        );
+        let most = self.shared.config.max_subscriptions_per_connection;
         for mut filter in subscribe.filters {
             if !self.may_subscribe_checked(&filter.path) {
                 answers.push(Answer::Denied);
                 continue;
+            }
+            if !held.contains(&filter.path) {
+                if held.len() >= most {
+                    tracing::warn!(
+                        client_id = self.client_id,
+                        filter = filter.path,
+                        most,
+                        "subscribe refused: too many subscriptions"
+                    );
+                    answers.push(Answer::OverQuota);
+                    continue;
+                }
+                held.push(filter.path.clone());
             }
             // At most QoS 1, as AWS IoT Core grants: what the client has not acknowledged is kept for its
             // session, which QoS 2's exchange would not allow.
@@ -1373,6 +1396,10 @@ fn splice_codes(
                 .unwrap_or(SubscribeReasonCode::Unspecified),
             Answer::Direct(qos) => granted_code(*qos),
             Answer::Denied => denied_code(version),
+            Answer::OverQuota => match version {
+                Version::V311 => SubscribeReasonCode::Failure,
+                Version::V5 => SubscribeReasonCode::QuotaExceeded,
+            },
         })
         .collect()
 }
@@ -1433,12 +1460,14 @@ mod tests {
 
     #[test]
     fn codes_take_their_filters_positions() {
-        use Answer::{Denied, Direct, Router};
+        use Answer::{Denied, Direct, OverQuota, Router};
         let codes = splice_codes(
             &[Denied, Router, Direct(1), Denied, Router, Direct(0)],
             vec![SubscribeReasonCode::QoS1, SubscribeReasonCode::QoS0],
             Version::V311,
         );
+        let over = splice_codes(&[OverQuota], Vec::new(), Version::V5);
+        assert_eq!(over, [SubscribeReasonCode::QuotaExceeded]);
         assert_eq!(
             codes,
             vec![

@@ -613,8 +613,7 @@ impl Outlets {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// The filters `client_id` holds now (tests).
-    #[cfg(test)]
+    /// The filters `client_id` holds now.
     pub(crate) fn filters(&self, client_id: &str) -> Vec<String> {
         self.lock()
             .outlets
