@@ -216,6 +216,54 @@ def repeat(test_name: str, gateway: Gateway, flow: Callable[[Run], None], job_ro
     return 1 if failed else 0
 
 
+class SampleStateMachine:
+    """The state machine of AWS's jobs sample, shared by the V1 and V2 devices: `is_working_on_job` while a
+    start-next or a job is under way, `is_next_job_waiting` when notify-next announced a job meanwhile.
+    A subclass sends the start-next request (`request_start_next`) its client's way."""
+
+    def __init__(self, thing: str, journal: Journal):
+        self.thing = thing
+        self.journal = journal
+        self.lock = threading.Lock()
+        self.is_working_on_job = False
+        self.is_next_job_waiting = False
+
+    def request_start_next(self) -> None:
+        raise NotImplementedError
+
+    def try_start_next_job(self) -> None:
+        """Sends start-next unless a job is under way (the sample's `try_start_next_job`)."""
+        with self.lock:
+            if self.is_working_on_job:
+                self.journal.record("start-next skipped: already working on a job")
+                return
+            self.is_working_on_job = True
+            self.is_next_job_waiting = False
+        self.request_start_next()
+
+    def done_working_on_job(self) -> None:
+        """Frees the device; starts the next job if notify-next announced one meanwhile."""
+        with self.lock:
+            self.is_working_on_job = False
+            try_again = self.is_next_job_waiting
+        if try_again:
+            self.try_start_next_job()
+
+    def on_next_job_execution_changed(self, event: Any) -> None:
+        """notify-next (an SDK thread): starts the announced job now, or once the current one is done."""
+        execution = event.execution
+        self.journal.record("notify-next", execution.job_id if execution else None,
+                            **({"status": execution.status} if execution else {}))
+        if not execution:
+            return
+        with self.lock:
+            start_now = not self.is_working_on_job
+            if not start_now:
+                self.is_next_job_waiting = True
+        if start_now:
+            self.try_start_next_job()
+
+
 def run_both_jobs(j: Journal, gateway: Gateway, thing: str, queued: str, live: str) -> None:
     """The sample's steps once its subscriptions are made and its first start-next is sent: the job created
     before it connected runs to SUCCEEDED, then one created while it is connected, announced by notify-next."""

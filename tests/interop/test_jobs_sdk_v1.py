@@ -37,20 +37,12 @@ THING = "interop-sdk-v1"
 QOS = mqtt.QoS.AT_LEAST_ONCE
 
 
-class SampleDevice:
-    """The device side of AWS's jobs sample on an `IotJobsClient`; what it sees goes to `journal`.
-
-    The state machine is the sample's: `is_working_on_job` while a start-next or a job is under way,
-    `is_next_job_waiting` when notify-next announced a job meanwhile.
-    """
+class SampleDevice(flow.SampleStateMachine):
+    """The device side of AWS's jobs sample on an `IotJobsClient`; what it sees goes to `journal`."""
 
     def __init__(self, connection: mqtt.Connection, thing: str, journal: Journal):
+        super().__init__(thing, journal)
         self.jobs = iotjobs.IotJobsClient(connection)
-        self.thing = thing
-        self.journal = journal
-        self.lock = threading.Lock()
-        self.is_working_on_job = False
-        self.is_next_job_waiting = False
         self.current_job: str | None = None
 
     # -- what the sample does on its main thread, step by step -------------------------------------
@@ -91,25 +83,11 @@ class SampleDevice:
         j.result("subscribe +/update/accepted", accepted)
         j.result("subscribe +/update/rejected", rejected)
 
-    def try_start_next_job(self) -> None:
-        """Publishes start-next unless a job is under way (the sample's `try_start_next_job`)."""
-        with self.lock:
-            if self.is_working_on_job:
-                self.journal.record("start-next skipped: already working on a job")
-                return
-            self.is_working_on_job = True
-            self.is_next_job_waiting = False
+    def request_start_next(self) -> None:
+        """Publishes start-next (the sample's `try_start_next_job`, once it decided to)."""
         future = self.jobs.publish_start_next_pending_job_execution(
             iotjobs.StartNextPendingJobExecutionRequest(thing_name=self.thing), QOS)
         future.add_done_callback(self.journal.guard("start-next PUBACK", self.on_published("start-next")))
-
-    def done_working_on_job(self) -> None:
-        """Frees the device; starts the next job if notify-next announced one meanwhile."""
-        with self.lock:
-            self.is_working_on_job = False
-            try_again = self.is_next_job_waiting
-        if try_again:
-            self.try_start_next_job()
 
     # -- callbacks (SDK threads) -------------------------------------------------------------------
 
@@ -117,19 +95,6 @@ class SampleDevice:
         self.journal.record("get-pending accepted",
                             queued=[job.job_id for job in response.queued_jobs or []],
                             in_progress=[job.job_id for job in response.in_progress_jobs or []])
-
-    def on_next_job_execution_changed(self, event: iotjobs.NextJobExecutionChangedEvent) -> None:
-        execution = event.execution
-        self.journal.record("notify-next", execution.job_id if execution else None,
-                            **({"status": execution.status} if execution else {}))
-        if not execution:
-            return
-        with self.lock:
-            start_now = not self.is_working_on_job
-            if not start_now:
-                self.is_next_job_waiting = True
-        if start_now:
-            self.try_start_next_job()
 
     def on_start_next_accepted(self, response: iotjobs.StartNextJobExecutionResponse) -> None:
         execution = response.execution

@@ -37,23 +37,16 @@ ESTABLISHED = mqtt_request_response.SubscriptionStatusEventType.SUBSCRIPTION_EST
 HALTED = mqtt_request_response.SubscriptionStatusEventType.SUBSCRIPTION_HALTED
 
 
-class JobsDeviceV2:
-    """A device running the jobs flow on an `IotJobsClientV2`; what it sees goes to `journal`.
-
-    Same state machine as AWS's V1 sample: `is_working_on_job` while a start-next or a job is under way,
-    `is_next_job_waiting` when notify-next announced a job meanwhile.
-    """
+class JobsDeviceV2(flow.SampleStateMachine):
+    """A device running the jobs flow on an `IotJobsClientV2` (the V1 sample's state machine); what it sees
+    goes to `journal`."""
 
     def __init__(self, client: mqtt5.Client, thing: str, journal: Journal):
         # The request/response options of AWS's V2 jobs sample.
         options = mqtt_request_response.ClientOptions(
             max_request_response_subscriptions=2, max_streaming_subscriptions=2, operation_timeout_in_seconds=30)
+        super().__init__(thing, journal)
         self.jobs = iotjobs.IotJobsClientV2(client, options)
-        self.thing = thing
-        self.journal = journal
-        self.lock = threading.Lock()
-        self.is_working_on_job = False
-        self.is_next_job_waiting = False
         self.streams: list[mqtt_request_response.StreamingOperation] = []
 
     def get_pending_jobs(self) -> None:
@@ -88,26 +81,12 @@ class JobsDeviceV2:
         for name, future in established.items():
             j.result(f"{name} stream subscribed", future)
 
-    def try_start_next_job(self) -> None:
-        """StartNextPendingJobExecution unless a job is under way."""
-        with self.lock:
-            if self.is_working_on_job:
-                self.journal.record("start-next skipped: already working on a job")
-                return
-            self.is_working_on_job = True
-            self.is_next_job_waiting = False
+    def request_start_next(self) -> None:
+        """StartNextPendingJobExecution, its reply handled when it comes."""
         self.journal.record("start-next requested")
         future = self.jobs.start_next_pending_job_execution(
             iotjobs.StartNextPendingJobExecutionRequest(thing_name=self.thing))
         future.add_done_callback(self.journal.guard("start-next reply", self.on_start_next_done))
-
-    def done_working_on_job(self) -> None:
-        """Frees the device; starts the next job if notify-next announced one meanwhile."""
-        with self.lock:
-            self.is_working_on_job = False
-            try_again = self.is_next_job_waiting
-        if try_again:
-            self.try_start_next_job()
 
     # -- callbacks (SDK threads) -------------------------------------------------------------------
 
@@ -125,19 +104,6 @@ class JobsDeviceV2:
         jobs = event.jobs or {}
         self.journal.record("notify", None, **{status: [job.job_id for job in summaries]
                                                for status, summaries in jobs.items()})
-
-    def on_next_job_execution_changed(self, event: iotjobs.NextJobExecutionChangedEvent) -> None:
-        execution = event.execution
-        self.journal.record("notify-next", execution.job_id if execution else None,
-                            **({"status": execution.status} if execution else {}))
-        if not execution:
-            return
-        with self.lock:
-            start_now = not self.is_working_on_job
-            if not start_now:
-                self.is_next_job_waiting = True
-        if start_now:
-            self.try_start_next_job()
 
     def on_start_next_done(self, future: concurrent.futures.Future) -> None:
         error = future.exception()
