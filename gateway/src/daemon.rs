@@ -6,6 +6,9 @@
 //! every listener before the gateway reports itself ready. Shutdown runs the other way: the engine stops
 //! taking requests (they get ServiceUnavailableException), the deletion worker lets its batch commit,
 //! clients are disconnected, and the store is flushed last.
+//!
+//! A store that cannot continue (it failed a write and cannot be reopened: see [`crate::store::Health`])
+//! shuts the gateway down the same way, and `sprig run` exits non-zero so that systemd restarts it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +22,7 @@ use crate::config::Config;
 use crate::jobs::device;
 use crate::jobs::{Engine, Limits};
 use crate::recovery::Routes;
-use crate::store::Store;
+use crate::store::{Health, Store};
 use crate::{control, deletion, device_api, notify, recovery};
 
 /// The store lives in this directory under the data dir.
@@ -52,6 +55,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
     let store = Arc::new(store);
+    let store_health = store.health();
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (deletions_tx, deletions_rx) = mpsc::unbounded_channel();
@@ -121,8 +125,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
 
+    let mut store_lost = None;
     let reason = tokio::select! {
         signal = wait_for_signal() => signal?,
+        cause = store_fatal(store_health) => {
+            store_lost = Some(cause);
+            "the jobs store cannot continue"
+        }
         outcome = control => service_ended("control API", outcome)?,
         outcome = devices => service_ended("device API", outcome)?,
         outcome = notifier => service_ended("notifier", outcome)?,
@@ -140,11 +149,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("the deletion worker did not stop within 5 s; its unfinished work resumes at the next start");
     }
-    tokio::task::spawn_blocking(move || store.flush())
-        .await?
-        .context("cannot flush the jobs store")?;
+    let store_path = data_dir.join(STORE_DIR);
+    let closed = tokio::task::spawn_blocking(move || store.close()).await?;
+    if let Some(cause) = store_lost {
+        anyhow::bail!(
+            "the jobs store in {} cannot continue ({cause}); sprig stops so that its service manager \
+             restarts it",
+            store_path.display()
+        );
+    }
+    closed.with_context(|| {
+        format!(
+            "cannot flush the jobs store in {} at shutdown; operator requests were flushed before they \
+             were answered, so none of them is lost; give its file system room and start sprig again",
+            store_path.display()
+        )
+    })?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// Resolves with the cause once the store reports that it cannot continue.
+async fn store_fatal(mut health: watch::Receiver<Health>) -> String {
+    loop {
+        if let Health::Fatal(cause) = &*health.borrow_and_update() {
+            return cause.clone();
+        }
+        if health.changed().await.is_err() {
+            // The store is gone, so the gateway is shutting down anyway.
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// A service task ended before shutdown: an error if it failed, else the reason to shut down.

@@ -10,12 +10,17 @@
 //! after the fact. sled transactions cannot scan, so callers find what to change first, under
 //! [`Store::lock_writes`], and commit after: the lock makes read-check-write sequences atomic without
 //! putting scans inside transactions. All calls block (sled does I/O): run them off the async runtime.
+//!
+//! A write that fails (a full disk) takes the database out of service until it can be reopened from the
+//! disk, so that nothing written after the last flush is ever read ([`handle`]); [`Store::health`] tells
+//! the daemon.
 
 pub mod codec;
+mod handle;
 pub mod sessions;
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
@@ -24,11 +29,14 @@ use crate::jobs::model::{
     Execution, ExecutionCounts, ExecutionStatus, Job, JobStatus, RecoveryRecord, RecoveryState,
 };
 use codec::CodecError;
+use handle::{Background, Handle, Trees};
+
+pub use handle::Health;
 
 /// The store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store I/O error: {0}")]
+    #[error("store I/O error: {}", handle::describe(.0))]
     Sled(#[from] sled::Error),
     #[error("cannot read {what}: {source}")]
     Codec { what: String, source: CodecError },
@@ -38,6 +46,19 @@ pub enum StoreError {
         found: u8,
         supported: u8,
     },
+    /// Out of service after a failed write, until sprig can reopen it.
+    #[error("the jobs store in {} is out of service ({cause})", path.display())]
+    Unavailable {
+        path: std::path::PathBuf,
+        cause: String,
+    },
+}
+
+impl StoreError {
+    /// Is the store out of service (see [`handle`])? Its failure was logged once, when it happened.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -53,63 +74,21 @@ pub struct Change<'a> {
     pub put_recoveries: &'a [RecoveryRecord],
 }
 
-/// The store format this release writes, kept in the default tree under [`FORMAT_KEY`]. Format 1 indexed
-/// finished executions in `by_thing` too; opening such a store drops those entries (see [`Store::open`]).
-const STORE_FORMAT: u8 = 2;
-const FORMAT_KEY: &[u8] = b"sprig-store-format";
-
 /// The jobs store. Cheap to share behind an `Arc`.
 pub struct Store {
-    db: sled::Db,
-    jobs: Tree,
-    executions: Tree,
-    by_thing: Tree,
-    by_status: Tree,
-    by_namespace: Tree,
-    by_deadline: Tree,
-    recoveries: Tree,
-    open_recoveries: Tree,
-    sessions: Tree,
+    handle: Arc<Handle>,
     writes: Mutex<()>,
+    /// Flushes periodically and reopens the store after a failure; stopped by [`Store::close`].
+    background: Mutex<Option<Background>>,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir`, with a page cache of at most `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(500))
-            .open()?;
-        match db.get(FORMAT_KEY)? {
-            Some(found) if found.first().copied().unwrap_or(0) > STORE_FORMAT => {
-                return Err(StoreError::TooNew {
-                    path: dir.display().to_string(),
-                    found: found[0],
-                    supported: STORE_FORMAT,
-                })
-            }
-            Some(found) if found.first() == Some(&1) => {
-                drop_finished_from_thing_index(&db.open_tree("by_thing")?)?;
-                db.insert(FORMAT_KEY, &[STORE_FORMAT])?;
-                db.flush()?;
-            }
-            Some(_) => {}
-            None => {
-                db.insert(FORMAT_KEY, &[STORE_FORMAT])?;
-            }
-        }
+        let handle = Arc::new(Handle::open(dir, cache_bytes)?);
         Ok(Store {
-            jobs: db.open_tree("jobs")?,
-            executions: db.open_tree("executions")?,
-            by_thing: db.open_tree("by_thing")?,
-            by_status: db.open_tree("by_status")?,
-            by_namespace: db.open_tree("by_namespace")?,
-            by_deadline: db.open_tree("by_deadline")?,
-            recoveries: db.open_tree("recoveries")?,
-            open_recoveries: db.open_tree("open_recoveries")?,
-            sessions: db.open_tree("mqtt_sessions")?,
-            db,
+            background: Mutex::new(Some(Background::start(handle.clone()))),
+            handle,
             writes: Mutex::new(()),
         })
     }
@@ -124,23 +103,169 @@ impl Store {
 
     /// The broker's persistent MQTT sessions (see [`sessions`]).
     pub fn sessions(&self) -> sessions::SessionTree {
-        sessions::SessionTree::new(self.sessions.clone())
+        sessions::SessionTree::new(self.handle.clone())
+    }
+
+    /// Whether the store can serve; changes when a write fails and when the store is back.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<Health> {
+        self.handle.health()
     }
 
     /// Makes every committed change durable (fsync).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.handle.flush()
+    }
+
+    /// Stops the background work and makes everything durable, for shutdown. A store out of service is
+    /// reopened first if it can be; if it cannot, the error says why.
+    pub fn close(&self) -> Result<()> {
+        drop(
+            self.background
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        self.handle.close()
     }
 
     pub fn job(&self, job_id: &str) -> Result<Option<Job>> {
+        self.handle.run(|t| t.job(job_id))
+    }
+
+    pub fn execution(&self, job_id: &str, thing_name: &str) -> Result<Option<Execution>> {
+        self.handle.run(|t| t.execution(job_id, thing_name))
+    }
+
+    /// The executions at many (job id, thing name) pairs, in their order: one ordered walk of the
+    /// executions tree (see [`pending_job_ids_of_things`](Self::pending_job_ids_of_things) for why).
+    pub fn executions(&self, pairs: &[(&str, &str)]) -> Result<Vec<Option<Execution>>> {
+        self.handle.run(|t| t.executions(pairs))
+    }
+
+    /// Up to `limit` executions of `job_id`, in thing-name order, starting after `after_thing`.
+    pub fn executions_of_job(
+        &self,
+        job_id: &str,
+        after_thing: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Execution>> {
+        self.handle
+            .run(|t| t.executions_of_job(job_id, after_thing, limit))
+    }
+
+    /// The ids of every job in `status`.
+    pub fn job_ids_with_status(&self, status: JobStatus) -> Result<Vec<String>> {
+        self.handle.run(|t| t.job_ids_with_status(status))
+    }
+
+    /// Jobs in id order, starting after `after`. `namespace`: `None` = every job; `Some(None)` = standard
+    /// jobs only; `Some(Some(ns))` = jobs of namespace `ns` only.
+    pub fn jobs_after<'a>(
+        &'a self,
+        after: Option<&str>,
+        namespace: Option<Option<&str>>,
+    ) -> Box<dyn Iterator<Item = Result<Job>> + 'a> {
+        match self.handle.trees() {
+            Ok(trees) => {
+                let jobs = Trees::jobs_after(&trees, after, namespace);
+                Box::new(jobs.map(move |job| self.handle.checked(&trees, job)))
+            }
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    /// Applies one change atomically: job record, its indexes, and any executions with theirs.
+    pub fn commit(&self, change: &Change<'_>) -> Result<()> {
+        self.handle.run(|t| t.commit(change))
+    }
+
+    /// (job id, thing name) of executions whose step deadline is at or before `now` (epoch ms), oldest first.
+    pub fn due_deadlines(&self, now: i64, limit: usize) -> Result<Vec<(String, String)>> {
+        self.handle.run(|t| t.due_deadlines(now, limit))
+    }
+
+    /// The job ids of `thing_name`'s pending executions (QUEUED or IN_PROGRESS), from the thing index alone.
+    pub fn pending_job_ids_of_thing(&self, thing_name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .pending_job_ids_of_things(&[thing_name])?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// [`pending_job_ids_of_thing`](Self::pending_job_ids_of_thing) for many things at once, in their order.
+    ///
+    /// One ordered walk of the `by_thing` index instead of a prefix scan per thing: sled starts every scan
+    /// by copying the whole leaf it lands on, so N scans that land on the same few leaves cost N copies
+    /// (a notification for 10,000 things spent most of its time there). The walk visits the things in key
+    /// order and seeks again, as a fresh scan would, when more than `SEEK_AFTER` entries of things not asked
+    /// for lie between two asked ones: never much worse than one scan per thing.
+    pub fn pending_job_ids_of_things(&self, things: &[&str]) -> Result<Vec<Vec<String>>> {
+        self.handle.run(|t| t.pending_job_ids_of_things(things))
+    }
+
+    /// A fresh, never reused recovery id.
+    pub fn next_recovery_id(&self) -> Result<u64> {
+        self.handle.run(|t| t.next_recovery_id())
+    }
+
+    pub fn recovery(&self, id: u64) -> Result<Option<RecoveryRecord>> {
+        self.handle.run(|t| t.recovery(id))
+    }
+
+    /// Writes a recovery's new state (and moves it out of the open index once it has ended).
+    pub fn update_recovery(&self, recovery: &RecoveryRecord) -> Result<()> {
+        self.handle.run(|t| t.update_recovery(recovery))
+    }
+
+    /// The PENDING recoveries, of one thing or of all, in id order.
+    pub fn open_recoveries(&self, thing_name: Option<&str>) -> Result<Vec<RecoveryRecord>> {
+        self.handle.run(|t| t.open_recoveries(thing_name))
+    }
+
+    /// Recoveries in id order, starting after `after`.
+    pub fn recoveries_after(
+        &self,
+        after: Option<u64>,
+    ) -> Box<dyn Iterator<Item = Result<RecoveryRecord>> + '_> {
+        match self.handle.trees() {
+            Ok(trees) => {
+                let recoveries = trees.recoveries_after(after);
+                Box::new(recoveries.map(move |r| self.handle.checked(&trees, r)))
+            }
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    /// Verifies that every index entry matches a record and every record has its index entries, and that
+    /// each job's execution counts match its executions. Reads everything: for `sprig store check`.
+    pub fn check(&self) -> Result<CheckReport> {
+        self.handle.run(|t| t.check())
+    }
+
+    /// The open database, for tests that write around [`Store::commit`].
+    #[cfg(test)]
+    fn trees(&self) -> Arc<Trees> {
+        self.handle.trees().expect("the store is open")
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The background thread holds the handle: stop it, so that the database closes with the store.
+        drop(self.background.get_mut().ok().and_then(Option::take));
+    }
+}
+
+/// The reads and the commit themselves, on one open database ([`Store`] runs each on the current one).
+impl Trees {
+    fn job(&self, job_id: &str) -> Result<Option<Job>> {
         self.jobs
             .get(codec::job_key(job_id))?
             .map(|v| decode(&v, || format!("job {job_id}")))
             .transpose()
     }
 
-    pub fn execution(&self, job_id: &str, thing_name: &str) -> Result<Option<Execution>> {
+    fn execution(&self, job_id: &str, thing_name: &str) -> Result<Option<Execution>> {
         let key = codec::execution_key(job_id, thing_name);
         self.executions
             .get(key)?
@@ -148,9 +273,7 @@ impl Store {
             .transpose()
     }
 
-    /// The executions at many (job id, thing name) pairs, in their order: one ordered walk of the
-    /// executions tree (see [`pending_job_ids_of_things`](Self::pending_job_ids_of_things) for why).
-    pub fn executions(&self, pairs: &[(&str, &str)]) -> Result<Vec<Option<Execution>>> {
+    fn executions(&self, pairs: &[(&str, &str)]) -> Result<Vec<Option<Execution>>> {
         // A walk starts by copying a leaf; one record is cheaper to get (the device API asks for one).
         if let [(job_id, thing)] = pairs {
             return Ok(vec![self.execution(job_id, thing)?]);
@@ -174,8 +297,7 @@ impl Store {
         })
     }
 
-    /// Up to `limit` executions of `job_id`, in thing-name order, starting after `after_thing`.
-    pub fn executions_of_job(
+    fn executions_of_job(
         &self,
         job_id: &str,
         after_thing: Option<&str>,
@@ -203,21 +325,18 @@ impl Store {
         Ok(found)
     }
 
-    /// The ids of every job in `status`.
-    pub fn job_ids_with_status(&self, status: JobStatus) -> Result<Vec<String>> {
+    fn job_ids_with_status(&self, status: JobStatus) -> Result<Vec<String>> {
         self.by_status
             .scan_prefix([status.index_code()])
             .map(|entry| Ok(String::from_utf8_lossy(&entry?.0[1..]).into_owned()))
             .collect()
     }
 
-    /// Jobs in id order, starting after `after`. `namespace`: `None` = every job; `Some(None)` = standard
-    /// jobs only; `Some(Some(ns))` = jobs of namespace `ns` only.
-    pub fn jobs_after<'a>(
-        &'a self,
+    fn jobs_after(
+        self: &Arc<Self>,
         after: Option<&str>,
         namespace: Option<Option<&str>>,
-    ) -> Box<dyn Iterator<Item = Result<Job>> + 'a> {
+    ) -> Box<dyn Iterator<Item = Result<Job>>> {
         let start = |mut key: Vec<u8>| {
             key.push(0);
             key
@@ -247,12 +366,15 @@ impl Store {
                             .as_ref()
                             .map_or(true, |(key, _)| key.starts_with(&prefix))
                     })
-                    .filter_map(|entry| match entry {
-                        Err(e) => Some(Err(e.into())),
-                        Ok((key, _)) => {
-                            let job_id =
-                                String::from_utf8_lossy(codec::last_part(&key)).into_owned();
-                            self.job(&job_id).transpose()
+                    .filter_map({
+                        let trees = self.clone();
+                        move |entry| match entry {
+                            Err(e) => Some(Err(e.into())),
+                            Ok((key, _)) => {
+                                let job_id =
+                                    String::from_utf8_lossy(codec::last_part(&key)).into_owned();
+                                trees.job(&job_id).transpose()
+                            }
                         }
                     }),
                 )
@@ -260,8 +382,7 @@ impl Store {
         }
     }
 
-    /// Applies one change atomically: job record, its indexes, and any executions with theirs.
-    pub fn commit(&self, change: &Change<'_>) -> Result<()> {
+    fn commit(&self, change: &Change<'_>) -> Result<()> {
         let trees = (
             &self.jobs,
             &self.executions,
@@ -325,8 +446,7 @@ impl Store {
         committed(outcome)
     }
 
-    /// (job id, thing name) of executions whose step deadline is at or before `now` (epoch ms), oldest first.
-    pub fn due_deadlines(&self, now: i64, limit: usize) -> Result<Vec<(String, String)>> {
+    fn due_deadlines(&self, now: i64, limit: usize) -> Result<Vec<(String, String)>> {
         let end = (now.max(0) as u64 + 1).to_be_bytes();
         let mut due = Vec::new();
         for entry in self.by_deadline.range(..end.to_vec()).take(limit) {
@@ -338,22 +458,7 @@ impl Store {
         Ok(due)
     }
 
-    /// The job ids of `thing_name`'s pending executions (QUEUED or IN_PROGRESS), from the thing index alone.
-    pub fn pending_job_ids_of_thing(&self, thing_name: &str) -> Result<Vec<String>> {
-        Ok(self
-            .pending_job_ids_of_things(&[thing_name])?
-            .pop()
-            .unwrap_or_default())
-    }
-
-    /// [`pending_job_ids_of_thing`](Self::pending_job_ids_of_thing) for many things at once, in their order.
-    ///
-    /// One ordered walk of the `by_thing` index instead of a prefix scan per thing: sled starts every scan
-    /// by copying the whole leaf it lands on, so N scans that land on the same few leaves cost N copies
-    /// (a notification for 10,000 things spent most of its time there). The walk visits the things in key
-    /// order and seeks again, as a fresh scan would, when more than `SEEK_AFTER` entries of things not asked
-    /// for lie between two asked ones: never much worse than one scan per thing.
-    pub fn pending_job_ids_of_things(&self, things: &[&str]) -> Result<Vec<Vec<String>>> {
+    fn pending_job_ids_of_things(&self, things: &[&str]) -> Result<Vec<Vec<String>>> {
         let prefixes: Vec<Vec<u8>> = things.iter().map(|t| codec::thing_key(t, "")).collect();
         let mut walk = IndexWalk::new(&self.by_thing);
         in_key_order(&prefixes, |prefix| {
@@ -368,20 +473,18 @@ impl Store {
         })
     }
 
-    /// A fresh, never reused recovery id.
-    pub fn next_recovery_id(&self) -> Result<u64> {
+    fn next_recovery_id(&self) -> Result<u64> {
         Ok(self.db.generate_id()? + 1)
     }
 
-    pub fn recovery(&self, id: u64) -> Result<Option<RecoveryRecord>> {
+    fn recovery(&self, id: u64) -> Result<Option<RecoveryRecord>> {
         self.recoveries
             .get(id.to_be_bytes())?
             .map(|v| decode(&v, || format!("recovery {id}")))
             .transpose()
     }
 
-    /// Writes a recovery's new state (and moves it out of the open index once it has ended).
-    pub fn update_recovery(&self, recovery: &RecoveryRecord) -> Result<()> {
+    fn update_recovery(&self, recovery: &RecoveryRecord) -> Result<()> {
         let outcome =
             (&self.recoveries, &self.open_recoveries).transaction(|(recoveries, open)| {
                 write_recovery(recoveries, open, recovery)?;
@@ -390,8 +493,7 @@ impl Store {
         committed(outcome)
     }
 
-    /// The PENDING recoveries, of one thing or of all, in id order.
-    pub fn open_recoveries(&self, thing_name: Option<&str>) -> Result<Vec<RecoveryRecord>> {
+    fn open_recoveries(&self, thing_name: Option<&str>) -> Result<Vec<RecoveryRecord>> {
         let prefix = thing_name
             .map(|t| codec::thing_key(t, ""))
             .unwrap_or_default();
@@ -409,11 +511,7 @@ impl Store {
         Ok(found)
     }
 
-    /// Recoveries in id order, starting after `after`.
-    pub fn recoveries_after(
-        &self,
-        after: Option<u64>,
-    ) -> impl Iterator<Item = Result<RecoveryRecord>> + '_ {
+    fn recoveries_after(&self, after: Option<u64>) -> impl Iterator<Item = Result<RecoveryRecord>> {
         let start = after.map_or(0, |id| id.saturating_add(1)).to_be_bytes();
         self.recoveries.range(start..).map(|entry| {
             let (key, value) = entry?;
@@ -423,9 +521,7 @@ impl Store {
         })
     }
 
-    /// Verifies that every index entry matches a record and every record has its index entries, and that
-    /// each job's execution counts match its executions. Reads everything: for `sprig store check`.
-    pub fn check(&self) -> Result<CheckReport> {
+    fn check(&self) -> Result<CheckReport> {
         let mut report = CheckReport::default();
         for entry in self.jobs.iter() {
             let (key, value) = entry?;
@@ -766,6 +862,7 @@ impl<'a> IndexWalk<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::handle::{FORMAT_KEY, STORE_FORMAT};
     use super::*;
     use crate::jobs::model::{ExecutionStatus, JobStatus};
 
@@ -817,14 +914,18 @@ mod tests {
             store.commit(&change).unwrap();
             // What format 1 wrote: the finished execution indexed too.
             let code = [ExecutionStatus::Succeeded.index_code()];
-            store.by_thing.insert(execs[0].thing_key(), &code).unwrap();
-            store.db.insert(FORMAT_KEY, &[1]).unwrap();
+            store
+                .trees()
+                .by_thing
+                .insert(execs[0].thing_key(), &code)
+                .unwrap();
+            store.trees().db.insert(FORMAT_KEY, &[1]).unwrap();
             assert!(!store.check().unwrap().is_consistent());
             store.flush().unwrap();
         }
         let store = Store::open(dir.path(), 8 << 20).unwrap();
         assert_eq!(
-            store.db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
+            store.trees().db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
             &[STORE_FORMAT]
         );
         assert_eq!(store.check().unwrap().problems, Vec::<String>::new());
@@ -1022,6 +1123,7 @@ mod tests {
         execs[0].status = ExecutionStatus::Succeeded;
         // Write the record alone, bypassing commit: the thing index and the job counts are now stale.
         store
+            .trees()
             .executions
             .insert(execs[0].key(), codec::encode(&execs[0]))
             .unwrap();

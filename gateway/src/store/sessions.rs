@@ -4,10 +4,12 @@
 //! The tree is apart from the jobs trees and has one writer, the broker's session registry, which writes
 //! behind its in-memory state in batches (a session is a client's, not a job's: no job change reads it).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
-use sled::Tree;
 
 use super::codec;
+use super::handle::Handle;
 use super::Result;
 use crate::auth::Identity;
 
@@ -25,51 +27,57 @@ pub struct StoredSession {
     pub backlog: Vec<(String, Vec<u8>)>,
 }
 
-/// The sessions tree. Cheap to clone.
+/// The sessions tree of the store's open database (the one open now: the store may have been reopened
+/// since this was made). Cheap to clone.
 #[derive(Clone)]
 pub struct SessionTree {
-    tree: Tree,
+    handle: Arc<Handle>,
 }
 
 impl SessionTree {
-    pub(super) fn new(tree: Tree) -> SessionTree {
-        SessionTree { tree }
+    pub(super) fn new(handle: Arc<Handle>) -> SessionTree {
+        SessionTree { handle }
     }
 
     /// Every stored session. One that cannot be decoded is logged and left out (its client starts anew).
     pub fn load(&self) -> Result<Vec<(String, StoredSession)>> {
-        let mut sessions = Vec::new();
-        for entry in self.tree.iter() {
-            let (key, value) = entry?;
-            let client_id = String::from_utf8_lossy(&key).into_owned();
-            match codec::decode(&value) {
-                Ok(session) => sessions.push((client_id, session)),
-                Err(e) => {
-                    tracing::warn!(client_id, error = %e, "stored MQTT session unreadable, dropped")
-                }
-            }
-        }
-        Ok(sessions)
+        self.handle.run(|trees| load(&trees.sessions))
     }
 
     /// Writes sessions (`None`: removes it) in one atomic batch.
     pub fn write(&self, changes: &[(String, Option<StoredSession>)]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for (client_id, session) in changes {
-            match session {
-                Some(session) => batch.insert(client_id.as_bytes(), codec::encode(session)),
-                None => batch.remove(client_id.as_bytes()),
+        self.handle.run(|trees| {
+            let mut batch = sled::Batch::default();
+            for (client_id, session) in changes {
+                match session {
+                    Some(session) => batch.insert(client_id.as_bytes(), codec::encode(session)),
+                    None => batch.remove(client_id.as_bytes()),
+                }
             }
-        }
-        self.tree.apply_batch(batch)?;
-        Ok(())
+            trees.sessions.apply_batch(batch)?;
+            Ok(())
+        })
     }
 
     /// Makes what was written durable (fsync).
     pub fn flush(&self) -> Result<()> {
-        self.tree.flush()?;
-        Ok(())
+        self.handle.flush()
     }
+}
+
+fn load(tree: &sled::Tree) -> Result<Vec<(String, StoredSession)>> {
+    let mut sessions = Vec::new();
+    for entry in tree.iter() {
+        let (key, value) = entry?;
+        let client_id = String::from_utf8_lossy(&key).into_owned();
+        match codec::decode(&value) {
+            Ok(session) => sessions.push((client_id, session)),
+            Err(e) => {
+                tracing::warn!(client_id, error = %e, "stored MQTT session unreadable, dropped")
+            }
+        }
+    }
+    Ok(sessions)
 }
 
 #[cfg(test)]
