@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::jobs::device;
 use crate::jobs::{Engine, Limits};
 use crate::recovery::Routes;
-use crate::store::{Health, Store};
+use crate::store::{self, Health, Store, StoreError};
 use crate::{control, deletion, device_api, notify, recovery};
 
 /// The store lives in this directory under the data dir.
@@ -46,14 +46,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let store_path = data_dir.join(STORE_DIR);
     let cache_bytes = config.jobs.store_cache_mb << 20;
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, cache_bytes))
+    let opening = store_path.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&opening, cache_bytes))
         .await?
-        .with_context(|| {
-            format!(
-                "cannot open the jobs store in {}",
-                data_dir.join(STORE_DIR).display()
-            )
-        })?;
+        .map_err(|e| open_failed(&store_path, e))?;
     let store = Arc::new(store);
     let store_health = store.health();
 
@@ -203,14 +199,73 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
     }
 }
 
+/// A store that did not open, as the error to print: the store's own errors name it (and say what to
+/// do); sled's errors get its path.
+fn open_failed(path: &std::path::Path, error: StoreError) -> anyhow::Error {
+    failed(path, "open", error)
+}
+
+/// `error` of doing `what` with the store in `path`; sled's errors, which do not name it, get its path.
+fn failed(path: &std::path::Path, what: &str, error: StoreError) -> anyhow::Error {
+    match error {
+        StoreError::Sled(_) | StoreError::Codec { .. } => anyhow::Error::new(error).context(
+            format!("cannot {what} the jobs store in {}", path.display()),
+        ),
+        named => named.into(),
+    }
+}
+
 /// `sprig store check`: prints a report, returns whether the store is consistent. Run it while the gateway
 /// is stopped (sled allows one process per store).
 pub fn store_check(config: &Config) -> anyhow::Result<bool> {
     let path = config.gateway.data_dir.join(STORE_DIR);
     anyhow::ensure!(path.exists(), "no store at {}", path.display());
-    let store = Store::open(&path, config.jobs.store_cache_mb << 20)
-        .with_context(|| format!("cannot open the jobs store in {}", path.display()))?;
+    let store = Store::open_for_maintenance(&path, config.jobs.store_cache_mb << 20)
+        .map_err(|e| open_failed(&path, e))?;
     let report = store.check()?;
     println!("{report}");
     Ok(report.is_consistent())
+}
+
+/// `sprig store backup --to DIR`: what to print once the store is copied.
+pub fn store_backup(config: &Config, to: &std::path::Path) -> anyhow::Result<String> {
+    let path = config.gateway.data_dir.join(STORE_DIR);
+    anyhow::ensure!(path.exists(), "no store at {}", path.display());
+    let summary = store::backup::backup(&path, config.jobs.store_cache_mb << 20, to)
+        .map_err(|e| failed(&path, "back up", e))?;
+    Ok(format!(
+        "backed up the jobs store in {} ({summary}) to {}",
+        path.display(),
+        to.display()
+    ))
+}
+
+/// `sprig store restore --from DIR [--force]`: what to print once the backup is the store.
+pub fn store_restore(
+    config: &Config,
+    from: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<String> {
+    let path = config.gateway.data_dir.join(STORE_DIR);
+    std::fs::create_dir_all(&config.gateway.data_dir).with_context(|| {
+        format!(
+            "cannot create data dir {}",
+            config.gateway.data_dir.display()
+        )
+    })?;
+    let restored = store::backup::restore(&path, config.jobs.store_cache_mb << 20, from, force)
+        .map_err(|e| failed(&path, "restore", e))?;
+    let mut text = format!(
+        "restored the jobs store in {} from {} ({})",
+        path.display(),
+        from.display(),
+        restored.summary
+    );
+    if let Some(aside) = restored.moved_aside {
+        text.push_str(&format!(
+            "; the store that was there is in {}",
+            aside.display()
+        ));
+    }
+    Ok(text)
 }

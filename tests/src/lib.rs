@@ -104,6 +104,33 @@ pub fn run_refusing(path: &Path, config: &str) -> Output {
         .unwrap()
 }
 
+/// Runs `sprig ARGS --config config` and waits for it to exit by itself (for a `sprig run` that must
+/// refuse to start, or a maintenance command); kills it and panics after `within`.
+pub fn run_to_exit(args: &[&str], config: &Path, within: Duration) -> Output {
+    let child = Command::new(sprig_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    match done_rx.recv_timeout(within) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("sprig {args:?} did not exit within {within:?}");
+        }
+    }
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -13,7 +13,11 @@
 //! manager restarts it.
 //!
 //! The same thread flushes every [`TICK`], on top of sled's own flusher (which also compacts the log), so
-//! a flush that fails is noticed within one tick even when no request writes.
+//! a flush that fails is noticed within one tick even when no request writes; after each flush that
+//! made new changes durable it writes the manifest ([`super::manifest`]).
+//!
+//! Opening, at start-up and after a failure alike, goes through [`damage::open_verified`]: a store that
+//! is damaged, or has lost changes its manifest recorded, is refused with what is wrong.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -24,6 +28,9 @@ use std::time::{Duration, Instant};
 use sled::Tree;
 use tokio::sync::watch;
 
+use super::damage::{self, Verified};
+use super::manifest::{self, Manifest, Standing};
+use super::meta::{Counts, Meta, META_KEY, TREES};
 use super::{Result, StoreError};
 
 /// How often the background thread flushes, and checks whether a failed store can be reopened.
@@ -38,8 +45,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// The store format this release writes, kept in the default tree under [`FORMAT_KEY`]. Format 1 indexed
-/// finished executions in `by_thing` too; opening such a store drops those entries.
-pub(super) const STORE_FORMAT: u8 = 2;
+/// finished executions in `by_thing` too; opening such a store drops those entries. Format 2 had no
+/// account of itself ([`Meta`]); opening such a store counts its entries and starts one. A release that
+/// reads format 2 only would not keep the account, so it refuses format 3.
+pub(super) const STORE_FORMAT: u8 = 3;
 pub(super) const FORMAT_KEY: &[u8] = b"sprig-store-format";
 
 /// Whether the store can serve, as the daemon watches it.
@@ -69,42 +78,119 @@ pub(super) struct Trees {
 
 impl Trees {
     /// Opens the database in `dir` (creating it if needed) and brings an older format up to date.
-    fn open(dir: &Path, cache_bytes: u64) -> Result<Trees> {
+    /// `background`: let sled flush (and compact its log) on its own thread.
+    pub fn open(dir: &Path, cache_bytes: u64, background: bool) -> Result<Trees> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(TICK.as_millis() as u64))
+            .flush_every_ms(background.then_some(TICK.as_millis() as u64))
             .open()?;
-        match db.get(FORMAT_KEY)? {
-            Some(found) if found.first().copied().unwrap_or(0) > STORE_FORMAT => {
-                return Err(StoreError::TooNew {
-                    path: dir.display().to_string(),
-                    found: found[0],
-                    supported: STORE_FORMAT,
-                })
-            }
-            Some(found) if found.first() == Some(&1) => {
-                super::drop_finished_from_thing_index(&db.open_tree("by_thing")?)?;
-                db.insert(FORMAT_KEY, &[STORE_FORMAT])?;
-                db.flush()?;
-            }
-            Some(_) => {}
+        let trees = Trees {
+            jobs: db.open_tree(TREES[0])?,
+            executions: db.open_tree(TREES[1])?,
+            by_thing: db.open_tree(TREES[2])?,
+            by_status: db.open_tree(TREES[3])?,
+            by_namespace: db.open_tree(TREES[4])?,
+            by_deadline: db.open_tree(TREES[5])?,
+            recoveries: db.open_tree(TREES[6])?,
+            open_recoveries: db.open_tree(TREES[7])?,
+            sessions: db.open_tree(TREES[8])?,
+            db,
+        };
+        trees.bring_up_to_date(dir)?;
+        Ok(trees)
+    }
+
+    /// Writes the format (and the account) of a new store, or upgrades an older one.
+    fn bring_up_to_date(&self, dir: &Path) -> Result<()> {
+        match self.db.get(FORMAT_KEY)?.and_then(|f| f.first().copied()) {
+            Some(found) if found > STORE_FORMAT => Err(StoreError::TooNew {
+                path: dir.display().to_string(),
+                found,
+                supported: STORE_FORMAT,
+            }),
+            Some(STORE_FORMAT) => Ok(()),
             None => {
-                db.insert(FORMAT_KEY, &[STORE_FORMAT])?;
+                // A new store. (One that lost its format key but kept records is caught by the walk:
+                // its account of zero entries does not match them.)
+                self.db
+                    .insert(META_KEY, Meta::new(Counts::default()).encode())?;
+                self.db.insert(FORMAT_KEY, &[STORE_FORMAT])?;
+                Ok(())
+            }
+            Some(older) => {
+                if older == 1 {
+                    super::drop_finished_from_thing_index(&self.by_thing)?;
+                }
+                // The upgrade is a change of its own; an account already there keeps its store id.
+                let mut meta = Meta::new(self.walk_counts()?);
+                if let Ok(kept) = self.meta() {
+                    meta.store_id = kept.store_id;
+                    meta.generation = kept.generation + 1;
+                }
+                self.db.insert(META_KEY, meta.encode())?;
+                self.db.insert(FORMAT_KEY, &[STORE_FORMAT])?;
+                self.db.flush()?;
+                Ok(())
             }
         }
-        Ok(Trees {
-            jobs: db.open_tree("jobs")?,
-            executions: db.open_tree("executions")?,
-            by_thing: db.open_tree("by_thing")?,
-            by_status: db.open_tree("by_status")?,
-            by_namespace: db.open_tree("by_namespace")?,
-            by_deadline: db.open_tree("by_deadline")?,
-            recoveries: db.open_tree("recoveries")?,
-            open_recoveries: db.open_tree("open_recoveries")?,
-            sessions: db.open_tree("mqtt_sessions")?,
-            db,
+    }
+
+    /// sprig's trees, in the order of [`TREES`].
+    pub fn all(&self) -> [&Tree; TREES.len()] {
+        [
+            &self.jobs,
+            &self.executions,
+            &self.by_thing,
+            &self.by_status,
+            &self.by_namespace,
+            &self.by_deadline,
+            &self.recoveries,
+            &self.open_recoveries,
+            &self.sessions,
+        ]
+    }
+
+    /// The entries of every tree, counted by reading them all (which also reads every page sled has).
+    pub fn walk_counts(&self) -> Result<Counts> {
+        let mut counts = Counts::default();
+        for (count, tree) in counts.0.iter_mut().zip(self.all()) {
+            for entry in tree.iter() {
+                entry?;
+                *count += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The store's account ([`Meta`]) as it is kept.
+    pub fn meta(&self) -> Result<Meta> {
+        let what = || "the store's account of itself (sprig-meta)".to_owned();
+        let bytes = self.db.get(META_KEY)?.ok_or_else(|| StoreError::Codec {
+            what: what(),
+            source: super::codec::CodecError::Empty,
+        })?;
+        Meta::decode(&bytes).map_err(|source| StoreError::Codec {
+            what: what(),
+            source,
         })
+    }
+
+    /// The account, proved by a walk of every tree; `Ok(Err(damage))` when the records do not match it.
+    pub fn account(&self) -> Result<std::result::Result<Meta, String>> {
+        let walked = self.walk_counts()?;
+        let meta = self.meta()?;
+        let differences: Vec<String> = walked
+            .differences(&meta.counts)
+            .map(|(tree, found, kept)| format!("{tree}: {found} entries, {kept} counted"))
+            .collect();
+        if differences.is_empty() {
+            return Ok(Ok(meta));
+        }
+        Ok(Err(format!(
+            "its records do not match its own account of them ({})",
+            differences.join(", ")
+        )))
     }
 }
 
@@ -132,6 +218,12 @@ struct Failure {
 pub(super) struct Handle {
     path: PathBuf,
     cache_bytes: u64,
+    /// A gateway's store (sled's own flusher and the manifest kept up to date) or a maintenance
+    /// command's (nothing written in the background, the manifest written when asked).
+    serving: bool,
+    /// (store id, generation) of the manifest on disk, so that a flush without new changes does not
+    /// write it again.
+    manifest_at: Mutex<Option<(u64, u64)>>,
     state: RwLock<State>,
     /// Held by the one reopen under way.
     reopening: Mutex<()>,
@@ -139,15 +231,41 @@ pub(super) struct Handle {
 }
 
 impl Handle {
-    pub fn open(path: &Path, cache_bytes: u64) -> Result<Handle> {
-        let trees = Trees::open(path, cache_bytes)?;
-        Ok(Handle {
+    /// Opens the store in `path`, proved whole (see [`damage`]). `serving`: for a gateway, which keeps the
+    /// manifest up to date from now on; else for a maintenance command.
+    pub fn open(path: &Path, cache_bytes: u64, serving: bool) -> Result<Handle> {
+        let started = Instant::now();
+        let verified = damage::open_verified(path, cache_bytes, serving)?;
+        tracing::info!(
+            store = %path.display(),
+            changes = verified.meta.generation,
+            entries = verified.meta.counts.0.iter().sum::<u64>(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "jobs store opened: every entry read, matching its account"
+        );
+        let manifest_at = match verified.standing {
+            Some(Standing::Matches) => Some((verified.meta.store_id, verified.meta.generation)),
+            _ => None,
+        };
+        note_standing(path, &verified);
+        let handle = Handle {
             path: path.to_owned(),
             cache_bytes,
-            state: RwLock::new(State::Open(Arc::new(trees))),
+            serving,
+            manifest_at: Mutex::new(manifest_at),
+            state: RwLock::new(State::Open(Arc::new(verified.trees))),
             reopening: Mutex::new(()),
             health: watch::channel(Health::Serving).0,
-        })
+        };
+        if serving {
+            // A new store gets its manifest at once: a db deleted before the first change is caught too.
+            handle.checkpoint_lagging_allowed()?;
+        }
+        Ok(handle)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn health(&self) -> watch::Receiver<Health> {
@@ -189,11 +307,51 @@ impl Handle {
         self.run(|trees| Ok(trees.db.flush().map(drop)?))
     }
 
-    /// Flushes when open; tries to reopen when out of service and due. The background thread's work.
+    /// Makes every committed change durable, then records the store's account in the manifest. The
+    /// account is read before the flush, so the manifest never claims a change the disk does not hold.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.run(|trees| {
+            let meta = trees.meta()?;
+            trees.db.flush()?;
+            self.write_manifest(&meta)
+        })
+    }
+
+    /// [`checkpoint`](Self::checkpoint), where a manifest that cannot be written is only logged: the
+    /// changes are on disk, and a manifest that lags behind them is one the rule accepts.
+    fn checkpoint_lagging_allowed(&self) -> Result<()> {
+        self.checkpoint().or_else(|e| match e {
+            StoreError::Files { .. } => {
+                tracing::warn!(error = %e, "the store's manifest was not brought up to date");
+                Ok(())
+            }
+            other => Err(other),
+        })
+    }
+
+    fn write_manifest(&self, meta: &Meta) -> Result<()> {
+        let mut written = self.manifest_at.lock().unwrap_or_else(|p| p.into_inner());
+        if *written == Some((meta.store_id, meta.generation)) {
+            return Ok(());
+        }
+        manifest::write(&self.path, &Manifest::of(meta, &self.path)).map_err(|source| {
+            StoreError::Files {
+                what: format!("cannot write {}", manifest::path(&self.path).display()),
+                source,
+            }
+        })?;
+        *written = Some((meta.store_id, meta.generation));
+        Ok(())
+    }
+
+    /// Flushes (and writes the manifest) when open; tries to reopen when out of service and due. The
+    /// background thread's work.
     fn tick(&self) {
         let failed = matches!(&*self.read_state(), State::Failed(_));
         if !failed {
-            if let Err(e) = self.flush() {
+            // A manifest that cannot be written only lags behind (the rule accepts a store ahead of
+            // it); it is written again at the next tick.
+            if let Err(e) = self.checkpoint() {
                 tracing::debug!(error = %e, "periodic flush failed");
             }
             return;
@@ -281,7 +439,9 @@ impl Handle {
     /// Opens the database and proves that it can write (a write and a flush), so that a store whose file
     /// system is still full is not declared back in service.
     fn open_and_prove(&self) -> Result<Trees> {
-        let trees = Trees::open(&self.path, self.cache_bytes)?;
+        let verified = damage::open_verified(&self.path, self.cache_bytes, self.serving)?;
+        note_standing(&self.path, &verified);
+        let trees = verified.trees;
         trees.db.insert(FORMAT_KEY, &[STORE_FORMAT])?;
         trees.db.flush()?;
         Ok(trees)
@@ -293,7 +453,11 @@ impl Handle {
         if matches!(&*self.read_state(), State::Failed(_)) {
             self.reopen();
         }
-        let flushed = self.flush();
+        let flushed = if self.serving {
+            self.checkpoint_lagging_allowed()
+        } else {
+            self.flush()
+        };
         let previous = std::mem::replace(&mut *self.write_state(), State::Closed);
         if let State::Open(trees) = previous {
             // Waits for the calls still running, then lets sled close its files.
@@ -357,7 +521,29 @@ fn is_storage_failure(error: &sled::Error) -> bool {
 
 /// An error worth retrying a reopen after: I/O (space, a lock not yet released), not damage.
 fn is_transient(error: &StoreError) -> bool {
-    matches!(error, StoreError::Sled(sled::Error::Io(_)))
+    matches!(
+        error,
+        StoreError::Sled(sled::Error::Io(_)) | StoreError::InUse { .. }
+    )
+}
+
+/// Logs how a store that opened stands to its manifest, where that is worth a line.
+fn note_standing(path: &Path, verified: &Verified) {
+    match verified.standing {
+        None if verified.meta.generation > 0 => tracing::warn!(
+            store = %path.display(),
+            "the jobs store has no manifest ({}): it was checked against its own account alone (a \
+             gateway writes a new manifest)",
+            manifest::FILE
+        ),
+        Some(Standing::Ahead(changes)) => tracing::info!(
+            store = %path.display(),
+            changes,
+            "the jobs store holds changes made after its manifest was last written (the gateway \
+             stopped before its next flush)"
+        ),
+        _ => {}
+    }
 }
 
 /// sled's error in words. sled wraps an I/O error in another whose message is the first one's `Debug`
@@ -409,18 +595,17 @@ impl Drop for Background {
 mod tests {
     use super::*;
 
+    /// Writes `key` to sled's default tree, which the store's account does not count.
     fn put(handle: &Handle, key: &str) -> Result<()> {
         handle.run(|trees| {
-            trees.jobs.insert(key, b"x".as_slice())?;
+            trees.db.insert(key, b"x".as_slice())?;
             trees.db.flush()?;
             Ok(())
         })
     }
 
     fn has(handle: &Handle, key: &str) -> bool {
-        handle
-            .run(|trees| Ok(trees.jobs.contains_key(key)?))
-            .unwrap()
+        handle.run(|trees| Ok(trees.db.contains_key(key)?)).unwrap()
     }
 
     /// Takes the open database out of service as a failed write would.
@@ -432,7 +617,7 @@ mod tests {
     #[test]
     fn a_failed_store_refuses_every_call_until_it_is_reopened_from_the_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let handle = Handle::open(dir.path(), 1 << 20).unwrap();
+        let handle = Handle::open(dir.path(), 1 << 20, true).unwrap();
         put(&handle, "before").unwrap();
         fail(&handle, "no space left on the device");
 
@@ -461,7 +646,7 @@ mod tests {
     #[test]
     fn a_storage_error_takes_the_store_out_of_service_once() {
         let dir = tempfile::tempdir().unwrap();
-        let handle = Handle::open(dir.path(), 1 << 20).unwrap();
+        let handle = Handle::open(dir.path(), 1 << 20, true).unwrap();
         let trees = handle.trees().unwrap();
         let full = || {
             let error = std::io::Error::new(std::io::ErrorKind::StorageFull, "full");
@@ -498,7 +683,7 @@ mod tests {
     #[test]
     fn a_store_damaged_while_out_of_service_cannot_continue() {
         let dir = tempfile::tempdir().unwrap();
-        let handle = Handle::open(dir.path(), 1 << 20).unwrap();
+        let handle = Handle::open(dir.path(), 1 << 20, true).unwrap();
         put(&handle, "before").unwrap();
         fail(&handle, "no space left on the device");
         std::fs::write(dir.path().join("conf"), "segment_size: ??????\n1234").unwrap();
@@ -515,13 +700,13 @@ mod tests {
     #[test]
     fn closing_a_failed_store_reopens_it_first_when_it_can() {
         let dir = tempfile::tempdir().unwrap();
-        let handle = Handle::open(dir.path(), 1 << 20).unwrap();
+        let handle = Handle::open(dir.path(), 1 << 20, true).unwrap();
         put(&handle, "before").unwrap();
         fail(&handle, "no space left on the device");
         handle.close().unwrap();
         assert!(handle.trees().is_err());
 
-        let reopened = Handle::open(dir.path(), 1 << 20).unwrap();
+        let reopened = Handle::open(dir.path(), 1 << 20, true).unwrap();
         assert!(has(&reopened, "before"));
     }
 }

@@ -15,14 +15,18 @@
 //! disk, so that nothing written after the last flush is ever read ([`handle`]); [`Store::health`] tells
 //! the daemon.
 
+pub mod backup;
 pub mod codec;
+mod damage;
 mod handle;
+mod manifest;
+mod meta;
 pub mod sessions;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
 use crate::jobs::model::{
@@ -30,6 +34,7 @@ use crate::jobs::model::{
 };
 use codec::CodecError;
 use handle::{Background, Handle, Trees};
+use meta::{Counted, TreeIx};
 
 pub use handle::Health;
 
@@ -48,10 +53,38 @@ pub enum StoreError {
     },
     /// Out of service after a failed write, until sprig can reopen it.
     #[error("the jobs store in {} is out of service ({cause})", path.display())]
-    Unavailable {
-        path: std::path::PathBuf,
-        cause: String,
+    Unavailable { path: PathBuf, cause: String },
+    /// sled cannot read it, or it no longer holds what it held (see [`damage`]).
+    #[error(
+        "the jobs store in {} is damaged: {damage}\n\
+         to recover, with the gateway stopped: restore the last backup with \
+         `sprig store restore --from DIR --force` (the damaged store is moved aside, not deleted), or \
+         move {} away to start with an empty store",
+        path.display(),
+        path.display()
+    )]
+    Damaged { path: PathBuf, damage: String },
+    /// Another process (a running gateway) holds sled's lock.
+    #[error("the jobs store in {} is in use by another process (a running `sprig run`?): stop the gateway first", path.display())]
+    InUse { path: PathBuf },
+    /// A file operation of the store's own (the manifest, a backup) failed.
+    #[error("{what}: {source}")]
+    Files {
+        what: String,
+        source: std::io::Error,
     },
+    /// `sprig store restore --from` a directory that holds no backup.
+    #[error("{} is not a store backup (it has no {missing}): give the directory that `sprig store backup --to` made", dir.display())]
+    NotABackup { dir: PathBuf, missing: &'static str },
+    /// `sprig store restore` over a store, without `--force`.
+    #[error("the jobs store in {} exists; `sprig store restore` replaces it only with --force (it is then moved aside, not deleted)", path.display())]
+    WouldReplace { path: PathBuf },
+    /// `sprig store restore --from` a backup that does not open whole.
+    #[error("the backup in {} is damaged: {damage}; the store was left as it was: restore an older backup", dir.display())]
+    BackupDamaged { dir: PathBuf, damage: String },
+    /// `sprig store backup --to` a directory with something in it.
+    #[error("{} exists and is not empty: give --to a new or empty directory", dir.display())]
+    TargetNotEmpty { dir: PathBuf },
 }
 
 impl StoreError {
@@ -83,13 +116,26 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, with a page cache of at most `cache_bytes`.
+    /// Opens (or creates) the store in `dir` for a gateway, with a page cache of at most `cache_bytes`:
+    /// proved whole first (a damaged store is refused with [`StoreError::Damaged`]), then flushed
+    /// periodically with its manifest kept up to date.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
-        let handle = Arc::new(Handle::open(dir, cache_bytes)?);
+        let handle = Arc::new(Handle::open(dir, cache_bytes, true)?);
         Ok(Store {
             background: Mutex::new(Some(Background::start(handle.clone()))),
             handle,
             writes: Mutex::new(()),
+        })
+    }
+
+    /// Opens the store in `dir` for a maintenance command (`sprig store …`): proved whole like
+    /// [`Store::open`], but nothing is written in the background (neither sled's flusher nor the
+    /// manifest), so that its files stay as they are while they are read or copied.
+    pub fn open_for_maintenance(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        Ok(Store {
+            handle: Arc::new(Handle::open(dir, cache_bytes, false)?),
+            writes: Mutex::new(()),
+            background: Mutex::new(None),
         })
     }
 
@@ -114,6 +160,23 @@ impl Store {
     /// Makes every committed change durable (fsync).
     pub fn flush(&self) -> Result<()> {
         self.handle.flush()
+    }
+
+    /// Makes every committed change durable and records the store's account in its manifest.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.handle.checkpoint()
+    }
+
+    /// Jobs, executions and changes, from the store's account (no walk).
+    pub fn summary(&self) -> Result<backup::Summary> {
+        self.handle.run(|t| {
+            let meta = t.meta()?;
+            Ok(backup::Summary {
+                jobs: meta.counts.get(TreeIx::Jobs),
+                executions: meta.counts.get(TreeIx::Executions),
+                generation: meta.generation,
+            })
+        })
     }
 
     /// Stops the background work and makes everything durable, for shutdown. A store out of service is
@@ -238,8 +301,18 @@ impl Store {
 
     /// Verifies that every index entry matches a record and every record has its index entries, and that
     /// each job's execution counts match its executions. Reads everything: for `sprig store check`.
+    /// Also compares the entries of every tree with the store's account, and the account with the
+    /// manifest. A panic in sled is reported as damage (see [`damage::quietly`]).
     pub fn check(&self) -> Result<CheckReport> {
-        self.handle.run(|t| t.check())
+        let path = self.handle.path().to_owned();
+        self.handle.run(|t| {
+            damage::quietly(|| t.check(&path)).unwrap_or_else(|panic| {
+                Err(StoreError::Damaged {
+                    path: path.clone(),
+                    damage: format!("sled gave up reading it ({panic})"),
+                })
+            })
+        })
     }
 
     /// The open database, for tests that write around [`Store::commit`].
@@ -383,6 +456,7 @@ impl Trees {
     }
 
     fn commit(&self, change: &Change<'_>) -> Result<()> {
+        let account: &Tree = &self.db;
         let trees = (
             &self.jobs,
             &self.executions,
@@ -392,6 +466,7 @@ impl Trees {
             &self.by_deadline,
             &self.recoveries,
             &self.open_recoveries,
+            account,
         );
         let outcome = trees.transaction(
             |(
@@ -403,11 +478,25 @@ impl Trees {
                 by_deadline,
                 recoveries,
                 open,
+                account,
             )| {
+                let jobs = Counted::new(jobs, TreeIx::Jobs);
+                let executions = Counted::new(executions, TreeIx::Executions);
+                let by_thing = Counted::new(by_thing, TreeIx::ByThing);
+                let by_status = Counted::new(by_status, TreeIx::ByStatus);
+                let by_namespace = Counted::new(by_namespace, TreeIx::ByNamespace);
+                let by_deadline = Counted::new(by_deadline, TreeIx::ByDeadline);
+                let recoveries = Counted::new(recoveries, TreeIx::Recoveries);
+                let open = Counted::new(open, TreeIx::OpenRecoveries);
                 if let Some(after) = change.job_after {
                     jobs.insert(after.key(), codec::encode(after))?;
                 }
-                write_job_indexes(by_status, by_namespace, change.job_before, change.job_after)?;
+                write_job_indexes(
+                    &by_status,
+                    &by_namespace,
+                    change.job_before,
+                    change.job_after,
+                )?;
                 for execution in change.put_executions {
                     // A transaction may read (not scan): the old record says which deadline entry to drop.
                     let old = executions.insert(execution.key(), codec::encode(execution))?;
@@ -438,9 +527,21 @@ impl Trees {
                     jobs.remove(before.key())?;
                 }
                 for recovery in change.put_recoveries {
-                    write_recovery(recoveries, open, recovery)?;
+                    write_recovery(&recoveries, &open, recovery)?;
                 }
-                Ok::<(), ConflictableTransactionError<()>>(())
+                meta::record(
+                    account,
+                    &[
+                        &jobs,
+                        &executions,
+                        &by_thing,
+                        &by_status,
+                        &by_namespace,
+                        &by_deadline,
+                        &recoveries,
+                        &open,
+                    ],
+                )
             },
         );
         committed(outcome)
@@ -485,11 +586,15 @@ impl Trees {
     }
 
     fn update_recovery(&self, recovery: &RecoveryRecord) -> Result<()> {
-        let outcome =
-            (&self.recoveries, &self.open_recoveries).transaction(|(recoveries, open)| {
-                write_recovery(recoveries, open, recovery)?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
+        let account: &Tree = &self.db;
+        let outcome = (&self.recoveries, &self.open_recoveries, account).transaction(
+            |(recoveries, open, account)| {
+                let recoveries = Counted::new(recoveries, TreeIx::Recoveries);
+                let open = Counted::new(open, TreeIx::OpenRecoveries);
+                write_recovery(&recoveries, &open, recovery)?;
+                meta::record(account, &[&recoveries, &open])
+            },
+        );
         committed(outcome)
     }
 
@@ -521,8 +626,9 @@ impl Trees {
         })
     }
 
-    fn check(&self) -> Result<CheckReport> {
+    fn check(&self, dir: &Path) -> Result<CheckReport> {
         let mut report = CheckReport::default();
+        self.check_account(dir, &mut report)?;
         for entry in self.jobs.iter() {
             let (key, value) = entry?;
             report.jobs += 1;
@@ -670,6 +776,44 @@ impl Trees {
     }
 }
 
+impl Trees {
+    /// The account against a walk of every tree, and against the manifest in `dir`.
+    fn check_account(&self, dir: &Path, report: &mut CheckReport) -> Result<()> {
+        let meta = match self.meta() {
+            Ok(meta) => meta,
+            Err(e) => {
+                report.problem(e.to_string());
+                return Ok(());
+            }
+        };
+        report.generation = meta.generation;
+        for (tree, found, kept) in self.walk_counts()?.differences(&meta.counts) {
+            report.problem(format!(
+                "{tree}: {found} entries, but the store's account says {kept}"
+            ));
+        }
+        report.manifest = match manifest::read(dir) {
+            Ok(None) => "none yet (the gateway writes one when it runs)".into(),
+            Err(why) => {
+                report.problem(format!("{}: {why}", manifest::FILE));
+                "unreadable".into()
+            }
+            Ok(Some(recorded)) => match manifest::judge(&meta, &recorded) {
+                Ok(manifest::Standing::Matches) => "matches".into(),
+                Ok(manifest::Standing::Ahead(changes)) => format!(
+                    "{changes} changes behind the store (made after its last write; the gateway \
+                     brings it up to date when it runs)"
+                ),
+                Err(mismatch) => {
+                    report.problem(mismatch.to_string());
+                    "does not match".into()
+                }
+            },
+        };
+        Ok(())
+    }
+}
+
 /// A store transaction's result: its closures never abort, so only storage errors remain.
 fn committed(outcome: std::result::Result<(), TransactionError<()>>) -> Result<()> {
     match outcome {
@@ -680,8 +824,8 @@ fn committed(outcome: std::result::Result<(), TransactionError<()>>) -> Result<(
 }
 
 fn write_recovery(
-    recoveries: &TransactionalTree,
-    open: &TransactionalTree,
+    recoveries: &Counted<'_>,
+    open: &Counted<'_>,
     recovery: &RecoveryRecord,
 ) -> std::result::Result<(), ConflictableTransactionError<()>> {
     recoveries.insert(&recovery.id.to_be_bytes(), codec::encode(recovery))?;
@@ -694,8 +838,8 @@ fn write_recovery(
 }
 
 fn write_job_indexes(
-    by_status: &TransactionalTree,
-    by_namespace: &TransactionalTree,
+    by_status: &Counted<'_>,
+    by_namespace: &Counted<'_>,
     before: Option<&Job>,
     after: Option<&Job>,
 ) -> std::result::Result<(), ConflictableTransactionError<()>> {
@@ -734,6 +878,10 @@ fn decode<T: serde::de::DeserializeOwned>(
 pub struct CheckReport {
     pub jobs: u64,
     pub executions: u64,
+    /// Changes the store has had ([`meta::Meta::generation`]).
+    pub generation: u64,
+    /// How the store stands to its manifest, in words.
+    pub manifest: String,
     pub problems: Vec<String>,
 }
 
@@ -750,6 +898,11 @@ impl CheckReport {
 impl std::fmt::Display for CheckReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{} jobs, {} executions", self.jobs, self.executions)?;
+        writeln!(
+            f,
+            "{} changes; manifest: {}",
+            self.generation, self.manifest
+        )?;
         if self.problems.is_empty() {
             return write!(f, "store is consistent");
         }
@@ -1187,5 +1340,128 @@ mod tests {
         assert_eq!(store.recovery(recovery.id).unwrap(), Some(recovery));
         let report = store.check().unwrap();
         assert!(report.is_consistent(), "{report}");
+    }
+
+    /// A store with jobs `j0`…, one change each, closed (so its manifest is written).
+    fn store_with_jobs(dir: &Path, count: usize) {
+        let store = Store::open(dir, 8 << 20).unwrap();
+        for i in store.summary().unwrap().jobs as usize..count {
+            let (j, execs) = job(&format!("j{i}"), None, &["t1"]);
+            store
+                .commit(&Change {
+                    job_after: Some(&j),
+                    put_executions: &execs,
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        store.close().unwrap();
+    }
+
+    fn copy_files(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to.join("blobs")).unwrap();
+        for name in manifest::sled_files(from).into_keys() {
+            std::fs::copy(from.join(&name), to.join(&name)).unwrap();
+        }
+    }
+
+    fn damage_of(result: Result<Store>) -> String {
+        match result {
+            Err(StoreError::Damaged { damage, .. }) => damage,
+            Err(other) => panic!("not damage: {other}"),
+            Ok(_) => panic!("a damaged store opened"),
+        }
+    }
+
+    #[test]
+    fn a_store_behind_its_manifest_is_refused_and_one_ahead_of_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store_dir, older) = (dir.path().join("store"), dir.path().join("older"));
+        store_with_jobs(&store_dir, 2);
+        copy_files(&store_dir, &older);
+        let early_manifest = std::fs::read(manifest::path(&store_dir)).unwrap();
+        store_with_jobs(&store_dir, 5);
+
+        // The store's files as they were at 2 jobs, beside the manifest of 5: changes are gone.
+        std::fs::copy(manifest::path(&store_dir), manifest::path(&older)).unwrap();
+        let damage = damage_of(Store::open(&older, 8 << 20));
+        assert!(
+            damage.contains("it has lost data: it holds 2 changes")
+                && damage.contains("recorded 5")
+                && damage.contains("jobs: 2 now, 5 then"),
+            "{damage}"
+        );
+
+        // The store of 5 beside the manifest of 2 (killed between a flush and the manifest write).
+        std::fs::write(manifest::path(&store_dir), early_manifest).unwrap();
+        let store = Store::open_for_maintenance(&store_dir, 8 << 20).unwrap();
+        let report = store.check().unwrap();
+        assert!(report.is_consistent(), "{report}");
+        assert!(report.manifest.starts_with("3 changes behind"), "{report}");
+        drop(store);
+        let store = Store::open(&store_dir, 8 << 20).unwrap();
+        drop(store);
+        let store = Store::open_for_maintenance(&store_dir, 8 << 20).unwrap();
+        assert_eq!(store.check().unwrap().manifest, "matches");
+    }
+
+    #[test]
+    fn records_that_do_not_match_the_stores_account_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_jobs(dir.path(), 1);
+        {
+            let store = Store::open_for_maintenance(dir.path(), 8 << 20).unwrap();
+            // A record that no change counted, as if sled had kept a write it should not have.
+            store.trees().jobs.insert("stray", b"x".as_slice()).unwrap();
+        }
+        let damage = damage_of(Store::open(dir.path(), 8 << 20));
+        assert!(
+            damage.contains("do not match its own account")
+                && damage.contains("jobs: 2 entries, 1 counted"),
+            "{damage}"
+        );
+    }
+
+    #[test]
+    fn a_missing_db_is_refused_and_not_made_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_jobs(dir.path(), 1);
+        std::fs::remove_file(dir.path().join("db")).unwrap();
+        let damage = damage_of(Store::open(dir.path(), 8 << 20));
+        assert!(damage.starts_with("db is missing"), "{damage}");
+        assert!(!dir.path().join("db").exists());
+    }
+
+    #[test]
+    fn a_store_in_use_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let _running = Store::open(dir.path(), 8 << 20).unwrap();
+        let refused = Store::open_for_maintenance(dir.path(), 8 << 20)
+            .err()
+            .unwrap();
+        assert!(matches!(refused, StoreError::InUse { .. }), "{refused}");
+        assert!(refused.to_string().contains("stop the gateway first"));
+    }
+
+    #[test]
+    fn a_store_without_an_account_gets_one_from_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_jobs(dir.path(), 3);
+        {
+            // What format 2 wrote: no account, no manifest.
+            let store = Store::open_for_maintenance(dir.path(), 8 << 20).unwrap();
+            store.trees().db.remove(meta::META_KEY).unwrap();
+            store.trees().db.insert(FORMAT_KEY, &[2]).unwrap();
+        }
+        std::fs::remove_file(manifest::path(dir.path())).unwrap();
+        let store = Store::open(dir.path(), 8 << 20).unwrap();
+        let summary = store.summary().unwrap();
+        assert_eq!((summary.jobs, summary.executions), (3, 3));
+        assert_eq!(
+            store.trees().db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
+            &[STORE_FORMAT]
+        );
+        store.close().unwrap();
+        assert!(manifest::read(dir.path()).unwrap().is_some());
     }
 }

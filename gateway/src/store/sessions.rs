@@ -8,8 +8,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use sled::Transactional;
+
 use super::codec;
 use super::handle::Handle;
+use super::meta::{self, Counted, TreeIx};
 use super::Result;
 use crate::auth::Identity;
 
@@ -44,18 +47,23 @@ impl SessionTree {
         self.handle.run(|trees| load(&trees.sessions))
     }
 
-    /// Writes sessions (`None`: removes it) in one atomic batch.
+    /// Writes sessions (`None`: removes it) in one transaction, counted in the store's account.
     pub fn write(&self, changes: &[(String, Option<StoredSession>)]) -> Result<()> {
         self.handle.run(|trees| {
-            let mut batch = sled::Batch::default();
-            for (client_id, session) in changes {
-                match session {
-                    Some(session) => batch.insert(client_id.as_bytes(), codec::encode(session)),
-                    None => batch.remove(client_id.as_bytes()),
+            let account: &sled::Tree = &trees.db;
+            let outcome = (&trees.sessions, account).transaction(|(sessions, account)| {
+                let sessions = Counted::new(sessions, TreeIx::Sessions);
+                for (client_id, session) in changes {
+                    match session {
+                        Some(session) => {
+                            sessions.insert(client_id.as_bytes(), codec::encode(session))?
+                        }
+                        None => sessions.remove(client_id.as_bytes())?,
+                    };
                 }
-            }
-            trees.sessions.apply_batch(batch)?;
-            Ok(())
+                meta::record(account, &[&sessions])
+            });
+            super::committed(outcome)
         })
     }
 
