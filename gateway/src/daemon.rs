@@ -6,6 +6,9 @@
 //! every listener before the gateway reports itself ready. Shutdown runs the other way: the engine stops
 //! taking requests (they get ServiceUnavailableException), the deletion worker lets its batch commit,
 //! clients are disconnected, and the store is flushed last.
+//!
+//! A store that cannot continue (it failed a write and cannot be reopened: see [`crate::store::Health`])
+//! shuts the gateway down the same way, and `sprig run` exits non-zero so that systemd restarts it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +22,7 @@ use crate::config::Config;
 use crate::jobs::device;
 use crate::jobs::{Engine, Limits};
 use crate::recovery::Routes;
-use crate::store::Store;
+use crate::store::{self, Health, Store, StoreError};
 use crate::{control, deletion, device_api, notify, recovery};
 
 /// The store lives in this directory under the data dir.
@@ -43,15 +46,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let store_path = data_dir.join(STORE_DIR);
     let cache_bytes = config.jobs.store_cache_mb << 20;
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, cache_bytes))
+    let opening = store_path.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&opening, cache_bytes))
         .await?
-        .with_context(|| {
-            format!(
-                "cannot open the jobs store in {}",
-                data_dir.join(STORE_DIR).display()
-            )
-        })?;
+        .map_err(|e| open_failed(&store_path, e))?;
     let store = Arc::new(store);
+    let store_health = store.health();
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (deletions_tx, deletions_rx) = mpsc::unbounded_channel();
@@ -121,8 +121,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
 
+    let mut store_lost = None;
     let reason = tokio::select! {
         signal = wait_for_signal() => signal?,
+        cause = store_fatal(store_health) => {
+            store_lost = Some(cause);
+            "the jobs store cannot continue"
+        }
         outcome = control => service_ended("control API", outcome)?,
         outcome = devices => service_ended("device API", outcome)?,
         outcome = notifier => service_ended("notifier", outcome)?,
@@ -140,11 +145,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("the deletion worker did not stop within 5 s; its unfinished work resumes at the next start");
     }
-    tokio::task::spawn_blocking(move || store.flush())
-        .await?
-        .context("cannot flush the jobs store")?;
+    let store_path = data_dir.join(STORE_DIR);
+    let closed = tokio::task::spawn_blocking(move || store.close()).await?;
+    if let Some(cause) = store_lost {
+        anyhow::bail!(
+            "the jobs store in {} cannot continue ({cause}); sprig stops so that its service manager \
+             restarts it",
+            store_path.display()
+        );
+    }
+    closed.with_context(|| {
+        format!(
+            "cannot flush the jobs store in {} at shutdown; operator requests were flushed before they \
+             were answered, so none of them is lost; give its file system room and start sprig again",
+            store_path.display()
+        )
+    })?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// Resolves with the cause once the store reports that it cannot continue.
+async fn store_fatal(mut health: watch::Receiver<Health>) -> String {
+    loop {
+        if let Health::Fatal(cause) = &*health.borrow_and_update() {
+            return cause.clone();
+        }
+        if health.changed().await.is_err() {
+            // The store is gone, so the gateway is shutting down anyway.
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// A service task ended before shutdown: an error if it failed, else the reason to shut down.
@@ -168,14 +199,73 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
     }
 }
 
+/// A store that did not open, as the error to print: the store's own errors name it (and say what to
+/// do); sled's errors get its path.
+fn open_failed(path: &std::path::Path, error: StoreError) -> anyhow::Error {
+    failed(path, "open", error)
+}
+
+/// `error` of doing `what` with the store in `path`; sled's errors, which do not name it, get its path.
+fn failed(path: &std::path::Path, what: &str, error: StoreError) -> anyhow::Error {
+    match error {
+        StoreError::Sled(_) | StoreError::Codec { .. } => anyhow::Error::new(error).context(
+            format!("cannot {what} the jobs store in {}", path.display()),
+        ),
+        named => named.into(),
+    }
+}
+
 /// `sprig store check`: prints a report, returns whether the store is consistent. Run it while the gateway
 /// is stopped (sled allows one process per store).
 pub fn store_check(config: &Config) -> anyhow::Result<bool> {
     let path = config.gateway.data_dir.join(STORE_DIR);
     anyhow::ensure!(path.exists(), "no store at {}", path.display());
-    let store = Store::open(&path, config.jobs.store_cache_mb << 20)
-        .with_context(|| format!("cannot open the jobs store in {}", path.display()))?;
+    let store = Store::open_for_maintenance(&path, config.jobs.store_cache_mb << 20)
+        .map_err(|e| open_failed(&path, e))?;
     let report = store.check()?;
     println!("{report}");
     Ok(report.is_consistent())
+}
+
+/// `sprig store backup --to DIR`: what to print once the store is copied.
+pub fn store_backup(config: &Config, to: &std::path::Path) -> anyhow::Result<String> {
+    let path = config.gateway.data_dir.join(STORE_DIR);
+    anyhow::ensure!(path.exists(), "no store at {}", path.display());
+    let summary = store::backup::backup(&path, config.jobs.store_cache_mb << 20, to)
+        .map_err(|e| failed(&path, "back up", e))?;
+    Ok(format!(
+        "backed up the jobs store in {} ({summary}) to {}",
+        path.display(),
+        to.display()
+    ))
+}
+
+/// `sprig store restore --from DIR [--force]`: what to print once the backup is the store.
+pub fn store_restore(
+    config: &Config,
+    from: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<String> {
+    let path = config.gateway.data_dir.join(STORE_DIR);
+    std::fs::create_dir_all(&config.gateway.data_dir).with_context(|| {
+        format!(
+            "cannot create data dir {}",
+            config.gateway.data_dir.display()
+        )
+    })?;
+    let restored = store::backup::restore(&path, config.jobs.store_cache_mb << 20, from, force)
+        .map_err(|e| failed(&path, "restore", e))?;
+    let mut text = format!(
+        "restored the jobs store in {} from {} ({})",
+        path.display(),
+        from.display(),
+        restored.summary
+    );
+    if let Some(aside) = restored.moved_aside {
+        text.push_str(&format!(
+            "; the store that was there is in {}",
+            aside.display()
+        ));
+    }
+    Ok(text)
 }

@@ -7,11 +7,12 @@
 
 pub mod device;
 pub mod raw;
+pub mod tmpfs;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -103,6 +104,33 @@ pub fn run_refusing(path: &Path, config: &str) -> Output {
         .unwrap()
 }
 
+/// Runs `sprig ARGS --config config` and waits for it to exit by itself (for a `sprig run` that must
+/// refuse to start, or a maintenance command); kills it and panics after `within`.
+pub fn run_to_exit(args: &[&str], config: &Path, within: Duration) -> Output {
+    let child = Command::new(sprig_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    match done_rx.recv_timeout(within) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("sprig {args:?} did not exit within {within:?}");
+        }
+    }
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -133,6 +161,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     child: Option<Child>,
     log_path: PathBuf,
+    data_dir: PathBuf,
 }
 
 impl Gateway {
@@ -146,8 +175,22 @@ impl Gateway {
     /// data dir are set).
     pub fn start_with(edit: impl FnOnce(String) -> String) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let data_dir = dir.path().join("data");
+        Gateway::start_in(dir, data_dir, edit)
+    }
+
+    /// Starts a gateway whose data dir is `data_dir` (for instance on a small file system), its config
+    /// passed through `edit`.
+    pub fn start_with_data_dir(data_dir: &Path, edit: impl FnOnce(String) -> String) -> Gateway {
+        Gateway::start_in(tempfile::tempdir().unwrap(), data_dir.to_owned(), edit)
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        data_dir: PathBuf,
+        edit: impl FnOnce(String) -> String,
+    ) -> Gateway {
+        let port = free_port();
         let config = config_for(&format!("127.0.0.1:{port}"), &data_dir);
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, edit(config)).unwrap();
@@ -157,6 +200,7 @@ impl Gateway {
             config_path,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child: None,
+            data_dir,
         };
         gateway.spawn();
         gateway
@@ -229,19 +273,43 @@ impl Gateway {
 
     /// SIGTERM, then waits for a clean exit and returns its status code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
+        let child = self.child.as_ref()?;
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_for_exit(Duration::from_secs(20)).code()
+    }
+
+    /// Waits until the gateway exits by itself (panicking after `within`, with its log).
+    pub fn wait_for_exit(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("sprig is running");
+        let deadline = Instant::now() + within;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("sprig did not exit within {within:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the gateway logs a line containing `needle` and returns it (panicking after `within`,
+    /// with the log).
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self.log_lines(needle).pop() {
+                return line;
             }
             assert!(
                 Instant::now() < deadline,
-                "sprig did not stop within 20 s of SIGTERM"
+                "sprig did not log {needle:?} within {within:?}; log:\n{}",
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -259,7 +327,7 @@ impl Gateway {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data_dir.clone()
     }
 
     /// The local operator's credential, as `sprig run` wrote it.

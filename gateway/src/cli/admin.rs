@@ -1,5 +1,5 @@
-//! The commands that run on the gateway's own machine: `run`, `store check`, `hash-password` and
-//! `plugin check`.
+//! The commands that run on the gateway's own machine: `run`, `store check|backup|restore`,
+//! `hash-password` and `plugin check`.
 //!
 //! They are thin: load the config, set up logging and a runtime, hand over to [`crate::daemon`] or
 //! [`crate::auth`], and turn the outcome into an exit code (1 for a refused config or a failed daemon,
@@ -22,11 +22,38 @@ pub struct ConfigArgs {
     pub config: Option<PathBuf>,
 }
 
-/// `sprig store …`.
+/// `sprig store …`. Each runs with the gateway stopped (sled allows one process per store).
 #[derive(Debug, Clone, Subcommand)]
 pub enum StoreCommand {
-    /// Check that the jobs store is consistent (prints a report; exit code 1 if it is not)
+    /// Check that the jobs store is whole and consistent (prints a report; exit code 1 if it is not)
     Check(ConfigArgs),
+    /// Copy the jobs store, consistently and checked, into a new directory
+    Backup(BackupArgs),
+    /// Replace the jobs store with a backup made by `sprig store backup`
+    Restore(RestoreArgs),
+}
+
+/// `sprig store backup --to DIR`.
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// The directory to copy the store into (it must not exist, or be empty)
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `sprig store restore --from DIR [--force]`.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The directory `sprig store backup --to` made
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// Replace the store that is there (it is moved aside to store.replaced-<time>, not deleted)
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `sprig plugin …`.
@@ -71,7 +98,7 @@ pub fn run(args: &ConfigArgs) -> Result<Option<String>, Failure> {
     Ok(None)
 }
 
-/// `sprig store check`: the daemon prints the report; an inconsistent store exits 1.
+/// `sprig store check`: the daemon prints the report; an inconsistent or damaged store exits 1.
 pub fn store_check(args: &ConfigArgs) -> Result<Option<String>, Failure> {
     let config = load_config(args.config.as_deref())?;
     init_tracing("warn");
@@ -80,6 +107,24 @@ pub fn store_check(args: &ConfigArgs) -> Result<Option<String>, Failure> {
         Ok(false) => Err(Failure::Silent(1)),
         Err(e) => Err(Failure::Fatal(format!("sprig: {e:#}"))),
     }
+}
+
+/// `sprig store backup --to DIR`: prints what was copied; a store that is damaged or in use exits 1.
+pub fn store_backup(args: &BackupArgs) -> Result<Option<String>, Failure> {
+    let config = load_config(args.config.config.as_deref())?;
+    init_tracing("warn");
+    crate::daemon::store_backup(&config, &args.to)
+        .map(Some)
+        .map_err(|e| Failure::Fatal(format!("sprig: {e:#}")))
+}
+
+/// `sprig store restore --from DIR [--force]`: prints what was restored; a refusal exits 1.
+pub fn store_restore(args: &RestoreArgs) -> Result<Option<String>, Failure> {
+    let config = load_config(args.config.config.as_deref())?;
+    init_tracing("warn");
+    crate::daemon::store_restore(&config, &args.from, args.force)
+        .map(Some)
+        .map_err(|e| Failure::Fatal(format!("sprig: {e:#}")))
 }
 
 /// `sprig hash-password`: an argon2id PHC string for `password_hash` in the config.

@@ -1,8 +1,8 @@
 //! The `sprig` command line.
 //!
 //! Two families of commands share one binary:
-//! - the gateway's own: `sprig run`, `sprig store check`, `sprig hash-password`, `sprig plugin check`
-//!   ([`admin`]);
+//! - the gateway's own: `sprig run`, `sprig store check|backup|restore`, `sprig hash-password`,
+//!   `sprig plugin check` ([`admin`]);
 //! - the operator's, shaped like the AWS CLI's `aws iot …` commands: `delete-job`, `create-job`, … Each
 //!   sends one control request to a running gateway over MQTT ([`client`]) and prints the response as
 //!   the AWS CLI would.
@@ -20,7 +20,7 @@
 //!
 //! Exit codes follow the AWS CLI: 0 success; 252 usage or parameter error (clap's too, except `--help`
 //! and `--version`); 254 the gateway answered with an error; 255 anything else (unreachable gateway,
-//! refused credentials, timeout). `run`, `store check` and `plugin check` exit 1 on failure, as daemons do.
+//! refused credentials, timeout). `run`, `store …` and `plugin check` exit 1 on failure, as daemons do.
 
 mod admin;
 mod args;
@@ -59,7 +59,7 @@ struct Cli {
 enum Command {
     /// Run the gateway (MQTT broker, jobs store, background deletions) until SIGINT or SIGTERM
     Run(admin::ConfigArgs),
-    /// Maintain the jobs store
+    /// Check, back up or restore the jobs store (with the gateway stopped)
     #[command(subcommand)]
     Store(admin::StoreCommand),
     /// Print an argon2 hash of a password, for `password_hash` in [[auth.operators]] or [[auth.devices]]
@@ -84,7 +84,7 @@ pub enum Failure {
     },
     /// Anything else about reaching the gateway (255).
     Other(String),
-    /// `run`, `store check` or `plugin check` failed (1).
+    /// `run`, `store …` or `plugin check` failed (1).
     Fatal(String),
     /// The command already said why; exit with this code.
     Silent(u8),
@@ -170,6 +170,8 @@ fn execute(command: &Command) -> Result<Option<String>, Failure> {
     match command {
         Command::Run(args) => admin::run(args),
         Command::Store(admin::StoreCommand::Check(args)) => admin::store_check(args),
+        Command::Store(admin::StoreCommand::Backup(args)) => admin::store_backup(args),
+        Command::Store(admin::StoreCommand::Restore(args)) => admin::store_restore(args),
         Command::HashPassword(args) => admin::hash_password(args),
         Command::Plugin(admin::PluginCommand::Check(args)) => admin::plugin_check(args),
         Command::Operation(invocation) => operate(invocation),

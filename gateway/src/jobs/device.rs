@@ -81,7 +81,10 @@ impl DeviceError {
 
 impl From<StoreError> for DeviceError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
+        // A store out of service logged why once; every request meanwhile would only repeat it.
+        if !e.is_unavailable() {
+            tracing::error!(error = %e, "store error");
+        }
         DeviceError::new(DeviceErrorCode::InternalError, "the jobs store failed")
     }
 }
@@ -747,6 +750,10 @@ pub async fn run_step_timeouts(
         let engine = engine.clone();
         match tokio::task::spawn_blocking(move || engine.expire_step_timeouts(now_ms())).await {
             Ok(Ok(_)) => {}
+            // A store out of service logged why once; this would repeat it every second.
+            Ok(Err(e)) if e.is_unavailable() => {
+                tracing::debug!(error = %e, "step timeout check failed")
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "step timeout check failed"),
             Err(e) => tracing::error!(error = %e, "step timeout task failed"),
         }

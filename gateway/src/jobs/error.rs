@@ -47,6 +47,12 @@ impl JobsError {
 
 impl From<crate::store::StoreError> for JobsError {
     fn from(e: crate::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            // The store logged the failure once; every request meanwhile would only repeat it.
+            return JobsError::ServiceUnavailable(format!(
+                "{e}; sprig puts it back in service as soon as it can write to it: retry later"
+            ));
+        }
         tracing::error!(error = %e, "store error");
         JobsError::ServiceUnavailable(format!("the jobs store failed: {e}"))
     }

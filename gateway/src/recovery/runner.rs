@@ -354,6 +354,11 @@ impl Runner {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || work(&store)).await {
             Ok(Ok(value)) => Some(value),
+            // A store out of service logged why once; the runner's polling would repeat it.
+            Ok(Err(e)) if e.is_unavailable() => {
+                tracing::debug!(error = %e, "recovery store access failed");
+                None
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "recovery store access failed");
                 None

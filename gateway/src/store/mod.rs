@@ -10,25 +10,38 @@
 //! after the fact. sled transactions cannot scan, so callers find what to change first, under
 //! [`Store::lock_writes`], and commit after: the lock makes read-check-write sequences atomic without
 //! putting scans inside transactions. All calls block (sled does I/O): run them off the async runtime.
+//!
+//! A write that fails (a full disk) takes the database out of service until it can be reopened from the
+//! disk, so that nothing written after the last flush is ever read ([`handle`]); [`Store::health`] tells
+//! the daemon.
 
+pub mod backup;
 pub mod codec;
+mod damage;
+mod handle;
+mod manifest;
+mod meta;
 pub mod sessions;
 
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
 use crate::jobs::model::{
     Execution, ExecutionCounts, ExecutionStatus, Job, JobStatus, RecoveryRecord, RecoveryState,
 };
 use codec::CodecError;
+use handle::{Background, Handle, Trees};
+use meta::{Counted, TreeIx};
+
+pub use handle::Health;
 
 /// The store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store I/O error: {0}")]
+    #[error("store I/O error: {}", handle::describe(.0))]
     Sled(#[from] sled::Error),
     #[error("cannot read {what}: {source}")]
     Codec { what: String, source: CodecError },
@@ -38,6 +51,47 @@ pub enum StoreError {
         found: u8,
         supported: u8,
     },
+    /// Out of service after a failed write, until sprig can reopen it.
+    #[error("the jobs store in {} is out of service ({cause})", path.display())]
+    Unavailable { path: PathBuf, cause: String },
+    /// sled cannot read it, or it no longer holds what it held (see [`damage`]).
+    #[error(
+        "the jobs store in {} is damaged: {damage}\n\
+         to recover, with the gateway stopped: restore the last backup with \
+         `sprig store restore --from DIR --force` (the damaged store is moved aside, not deleted), or \
+         move {} away to start with an empty store",
+        path.display(),
+        path.display()
+    )]
+    Damaged { path: PathBuf, damage: String },
+    /// Another process (a running gateway) holds sled's lock.
+    #[error("the jobs store in {} is in use by another process (a running `sprig run`?): stop the gateway first", path.display())]
+    InUse { path: PathBuf },
+    /// A file operation of the store's own (the manifest, a backup) failed.
+    #[error("{what}: {source}")]
+    Files {
+        what: String,
+        source: std::io::Error,
+    },
+    /// `sprig store restore --from` a directory that holds no backup.
+    #[error("{} is not a store backup (it has no {missing}): give the directory that `sprig store backup --to` made", dir.display())]
+    NotABackup { dir: PathBuf, missing: &'static str },
+    /// `sprig store restore` over a store, without `--force`.
+    #[error("the jobs store in {} exists; `sprig store restore` replaces it only with --force (it is then moved aside, not deleted)", path.display())]
+    WouldReplace { path: PathBuf },
+    /// `sprig store restore --from` a backup that does not open whole.
+    #[error("the backup in {} is damaged: {damage}; the store was left as it was: restore an older backup", dir.display())]
+    BackupDamaged { dir: PathBuf, damage: String },
+    /// `sprig store backup --to` a directory with something in it.
+    #[error("{} exists and is not empty: give --to a new or empty directory", dir.display())]
+    TargetNotEmpty { dir: PathBuf },
+}
+
+impl StoreError {
+    /// Is the store out of service (see [`handle`])? Its failure was logged once, when it happened.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -53,64 +107,35 @@ pub struct Change<'a> {
     pub put_recoveries: &'a [RecoveryRecord],
 }
 
-/// The store format this release writes, kept in the default tree under [`FORMAT_KEY`]. Format 1 indexed
-/// finished executions in `by_thing` too; opening such a store drops those entries (see [`Store::open`]).
-const STORE_FORMAT: u8 = 2;
-const FORMAT_KEY: &[u8] = b"sprig-store-format";
-
 /// The jobs store. Cheap to share behind an `Arc`.
 pub struct Store {
-    db: sled::Db,
-    jobs: Tree,
-    executions: Tree,
-    by_thing: Tree,
-    by_status: Tree,
-    by_namespace: Tree,
-    by_deadline: Tree,
-    recoveries: Tree,
-    open_recoveries: Tree,
-    sessions: Tree,
+    handle: Arc<Handle>,
     writes: Mutex<()>,
+    /// Flushes periodically and reopens the store after a failure; stopped by [`Store::close`].
+    background: Mutex<Option<Background>>,
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, with a page cache of at most `cache_bytes`.
+    /// Opens (or creates) the store in `dir` for a gateway, with a page cache of at most `cache_bytes`:
+    /// proved whole first (a damaged store is refused with [`StoreError::Damaged`]), then flushed
+    /// periodically with its manifest kept up to date.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(500))
-            .open()?;
-        match db.get(FORMAT_KEY)? {
-            Some(found) if found.first().copied().unwrap_or(0) > STORE_FORMAT => {
-                return Err(StoreError::TooNew {
-                    path: dir.display().to_string(),
-                    found: found[0],
-                    supported: STORE_FORMAT,
-                })
-            }
-            Some(found) if found.first() == Some(&1) => {
-                drop_finished_from_thing_index(&db.open_tree("by_thing")?)?;
-                db.insert(FORMAT_KEY, &[STORE_FORMAT])?;
-                db.flush()?;
-            }
-            Some(_) => {}
-            None => {
-                db.insert(FORMAT_KEY, &[STORE_FORMAT])?;
-            }
-        }
+        let handle = Arc::new(Handle::open(dir, cache_bytes, true)?);
         Ok(Store {
-            jobs: db.open_tree("jobs")?,
-            executions: db.open_tree("executions")?,
-            by_thing: db.open_tree("by_thing")?,
-            by_status: db.open_tree("by_status")?,
-            by_namespace: db.open_tree("by_namespace")?,
-            by_deadline: db.open_tree("by_deadline")?,
-            recoveries: db.open_tree("recoveries")?,
-            open_recoveries: db.open_tree("open_recoveries")?,
-            sessions: db.open_tree("mqtt_sessions")?,
-            db,
+            background: Mutex::new(Some(Background::start(handle.clone()))),
+            handle,
             writes: Mutex::new(()),
+        })
+    }
+
+    /// Opens the store in `dir` for a maintenance command (`sprig store …`): proved whole like
+    /// [`Store::open`], but nothing is written in the background (neither sled's flusher nor the
+    /// manifest), so that its files stay as they are while they are read or copied.
+    pub fn open_for_maintenance(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        Ok(Store {
+            handle: Arc::new(Handle::open(dir, cache_bytes, false)?),
+            writes: Mutex::new(()),
+            background: Mutex::new(None),
         })
     }
 
@@ -124,23 +149,196 @@ impl Store {
 
     /// The broker's persistent MQTT sessions (see [`sessions`]).
     pub fn sessions(&self) -> sessions::SessionTree {
-        sessions::SessionTree::new(self.sessions.clone())
+        sessions::SessionTree::new(self.handle.clone())
+    }
+
+    /// Whether the store can serve; changes when a write fails and when the store is back.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<Health> {
+        self.handle.health()
     }
 
     /// Makes every committed change durable (fsync).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.handle.flush()
+    }
+
+    /// Makes every committed change durable and records the store's account in its manifest.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.handle.checkpoint()
+    }
+
+    /// Jobs, executions and changes, from the store's account (no walk).
+    pub fn summary(&self) -> Result<backup::Summary> {
+        self.handle.run(|t| {
+            let meta = t.meta()?;
+            Ok(backup::Summary {
+                jobs: meta.counts.get(TreeIx::Jobs),
+                executions: meta.counts.get(TreeIx::Executions),
+                generation: meta.generation,
+            })
+        })
+    }
+
+    /// Stops the background work and makes everything durable, for shutdown. A store out of service is
+    /// reopened first if it can be; if it cannot, the error says why.
+    pub fn close(&self) -> Result<()> {
+        drop(
+            self.background
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        self.handle.close()
     }
 
     pub fn job(&self, job_id: &str) -> Result<Option<Job>> {
+        self.handle.run(|t| t.job(job_id))
+    }
+
+    pub fn execution(&self, job_id: &str, thing_name: &str) -> Result<Option<Execution>> {
+        self.handle.run(|t| t.execution(job_id, thing_name))
+    }
+
+    /// The executions at many (job id, thing name) pairs, in their order: one ordered walk of the
+    /// executions tree (see [`pending_job_ids_of_things`](Self::pending_job_ids_of_things) for why).
+    pub fn executions(&self, pairs: &[(&str, &str)]) -> Result<Vec<Option<Execution>>> {
+        self.handle.run(|t| t.executions(pairs))
+    }
+
+    /// Up to `limit` executions of `job_id`, in thing-name order, starting after `after_thing`.
+    pub fn executions_of_job(
+        &self,
+        job_id: &str,
+        after_thing: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Execution>> {
+        self.handle
+            .run(|t| t.executions_of_job(job_id, after_thing, limit))
+    }
+
+    /// The ids of every job in `status`.
+    pub fn job_ids_with_status(&self, status: JobStatus) -> Result<Vec<String>> {
+        self.handle.run(|t| t.job_ids_with_status(status))
+    }
+
+    /// Jobs in id order, starting after `after`. `namespace`: `None` = every job; `Some(None)` = standard
+    /// jobs only; `Some(Some(ns))` = jobs of namespace `ns` only.
+    pub fn jobs_after<'a>(
+        &'a self,
+        after: Option<&str>,
+        namespace: Option<Option<&str>>,
+    ) -> Box<dyn Iterator<Item = Result<Job>> + 'a> {
+        match self.handle.trees() {
+            Ok(trees) => {
+                let jobs = Trees::jobs_after(&trees, after, namespace);
+                Box::new(jobs.map(move |job| self.handle.checked(&trees, job)))
+            }
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    /// Applies one change atomically: job record, its indexes, and any executions with theirs.
+    pub fn commit(&self, change: &Change<'_>) -> Result<()> {
+        self.handle.run(|t| t.commit(change))
+    }
+
+    /// (job id, thing name) of executions whose step deadline is at or before `now` (epoch ms), oldest first.
+    pub fn due_deadlines(&self, now: i64, limit: usize) -> Result<Vec<(String, String)>> {
+        self.handle.run(|t| t.due_deadlines(now, limit))
+    }
+
+    /// The job ids of `thing_name`'s pending executions (QUEUED or IN_PROGRESS), from the thing index alone.
+    pub fn pending_job_ids_of_thing(&self, thing_name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .pending_job_ids_of_things(&[thing_name])?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// [`pending_job_ids_of_thing`](Self::pending_job_ids_of_thing) for many things at once, in their order.
+    ///
+    /// One ordered walk of the `by_thing` index instead of a prefix scan per thing: sled starts every scan
+    /// by copying the whole leaf it lands on, so N scans that land on the same few leaves cost N copies
+    /// (a notification for 10,000 things spent most of its time there). The walk visits the things in key
+    /// order and seeks again, as a fresh scan would, when more than `SEEK_AFTER` entries of things not asked
+    /// for lie between two asked ones: never much worse than one scan per thing.
+    pub fn pending_job_ids_of_things(&self, things: &[&str]) -> Result<Vec<Vec<String>>> {
+        self.handle.run(|t| t.pending_job_ids_of_things(things))
+    }
+
+    /// A fresh, never reused recovery id.
+    pub fn next_recovery_id(&self) -> Result<u64> {
+        self.handle.run(|t| t.next_recovery_id())
+    }
+
+    pub fn recovery(&self, id: u64) -> Result<Option<RecoveryRecord>> {
+        self.handle.run(|t| t.recovery(id))
+    }
+
+    /// Writes a recovery's new state (and moves it out of the open index once it has ended).
+    pub fn update_recovery(&self, recovery: &RecoveryRecord) -> Result<()> {
+        self.handle.run(|t| t.update_recovery(recovery))
+    }
+
+    /// The PENDING recoveries, of one thing or of all, in id order.
+    pub fn open_recoveries(&self, thing_name: Option<&str>) -> Result<Vec<RecoveryRecord>> {
+        self.handle.run(|t| t.open_recoveries(thing_name))
+    }
+
+    /// Recoveries in id order, starting after `after`.
+    pub fn recoveries_after(
+        &self,
+        after: Option<u64>,
+    ) -> Box<dyn Iterator<Item = Result<RecoveryRecord>> + '_> {
+        match self.handle.trees() {
+            Ok(trees) => {
+                let recoveries = trees.recoveries_after(after);
+                Box::new(recoveries.map(move |r| self.handle.checked(&trees, r)))
+            }
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    /// Verifies that every index entry matches a record and every record has its index entries, and that
+    /// each job's execution counts match its executions. Reads everything: for `sprig store check`.
+    /// Also compares the entries of every tree with the store's account, and the account with the
+    /// manifest. A panic in sled is reported as damage (see [`damage::quietly`]).
+    pub fn check(&self) -> Result<CheckReport> {
+        let path = self.handle.path().to_owned();
+        self.handle.run(|t| {
+            damage::quietly(|| t.check(&path)).unwrap_or_else(|panic| {
+                Err(StoreError::Damaged {
+                    path: path.clone(),
+                    damage: format!("sled gave up reading it ({panic})"),
+                })
+            })
+        })
+    }
+
+    /// The open database, for tests that write around [`Store::commit`].
+    #[cfg(test)]
+    fn trees(&self) -> Arc<Trees> {
+        self.handle.trees().expect("the store is open")
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The background thread holds the handle: stop it, so that the database closes with the store.
+        drop(self.background.get_mut().ok().and_then(Option::take));
+    }
+}
+
+/// The reads and the commit themselves, on one open database ([`Store`] runs each on the current one).
+impl Trees {
+    fn job(&self, job_id: &str) -> Result<Option<Job>> {
         self.jobs
             .get(codec::job_key(job_id))?
             .map(|v| decode(&v, || format!("job {job_id}")))
             .transpose()
     }
 
-    pub fn execution(&self, job_id: &str, thing_name: &str) -> Result<Option<Execution>> {
+    fn execution(&self, job_id: &str, thing_name: &str) -> Result<Option<Execution>> {
         let key = codec::execution_key(job_id, thing_name);
         self.executions
             .get(key)?
@@ -148,9 +346,7 @@ impl Store {
             .transpose()
     }
 
-    /// The executions at many (job id, thing name) pairs, in their order: one ordered walk of the
-    /// executions tree (see [`pending_job_ids_of_things`](Self::pending_job_ids_of_things) for why).
-    pub fn executions(&self, pairs: &[(&str, &str)]) -> Result<Vec<Option<Execution>>> {
+    fn executions(&self, pairs: &[(&str, &str)]) -> Result<Vec<Option<Execution>>> {
         // A walk starts by copying a leaf; one record is cheaper to get (the device API asks for one).
         if let [(job_id, thing)] = pairs {
             return Ok(vec![self.execution(job_id, thing)?]);
@@ -174,8 +370,7 @@ impl Store {
         })
     }
 
-    /// Up to `limit` executions of `job_id`, in thing-name order, starting after `after_thing`.
-    pub fn executions_of_job(
+    fn executions_of_job(
         &self,
         job_id: &str,
         after_thing: Option<&str>,
@@ -203,21 +398,18 @@ impl Store {
         Ok(found)
     }
 
-    /// The ids of every job in `status`.
-    pub fn job_ids_with_status(&self, status: JobStatus) -> Result<Vec<String>> {
+    fn job_ids_with_status(&self, status: JobStatus) -> Result<Vec<String>> {
         self.by_status
             .scan_prefix([status.index_code()])
             .map(|entry| Ok(String::from_utf8_lossy(&entry?.0[1..]).into_owned()))
             .collect()
     }
 
-    /// Jobs in id order, starting after `after`. `namespace`: `None` = every job; `Some(None)` = standard
-    /// jobs only; `Some(Some(ns))` = jobs of namespace `ns` only.
-    pub fn jobs_after<'a>(
-        &'a self,
+    fn jobs_after(
+        self: &Arc<Self>,
         after: Option<&str>,
         namespace: Option<Option<&str>>,
-    ) -> Box<dyn Iterator<Item = Result<Job>> + 'a> {
+    ) -> Box<dyn Iterator<Item = Result<Job>>> {
         let start = |mut key: Vec<u8>| {
             key.push(0);
             key
@@ -247,12 +439,15 @@ impl Store {
                             .as_ref()
                             .map_or(true, |(key, _)| key.starts_with(&prefix))
                     })
-                    .filter_map(|entry| match entry {
-                        Err(e) => Some(Err(e.into())),
-                        Ok((key, _)) => {
-                            let job_id =
-                                String::from_utf8_lossy(codec::last_part(&key)).into_owned();
-                            self.job(&job_id).transpose()
+                    .filter_map({
+                        let trees = self.clone();
+                        move |entry| match entry {
+                            Err(e) => Some(Err(e.into())),
+                            Ok((key, _)) => {
+                                let job_id =
+                                    String::from_utf8_lossy(codec::last_part(&key)).into_owned();
+                                trees.job(&job_id).transpose()
+                            }
                         }
                     }),
                 )
@@ -260,8 +455,8 @@ impl Store {
         }
     }
 
-    /// Applies one change atomically: job record, its indexes, and any executions with theirs.
-    pub fn commit(&self, change: &Change<'_>) -> Result<()> {
+    fn commit(&self, change: &Change<'_>) -> Result<()> {
+        let account: &Tree = &self.db;
         let trees = (
             &self.jobs,
             &self.executions,
@@ -271,6 +466,7 @@ impl Store {
             &self.by_deadline,
             &self.recoveries,
             &self.open_recoveries,
+            account,
         );
         let outcome = trees.transaction(
             |(
@@ -282,11 +478,25 @@ impl Store {
                 by_deadline,
                 recoveries,
                 open,
+                account,
             )| {
+                let jobs = Counted::new(jobs, TreeIx::Jobs);
+                let executions = Counted::new(executions, TreeIx::Executions);
+                let by_thing = Counted::new(by_thing, TreeIx::ByThing);
+                let by_status = Counted::new(by_status, TreeIx::ByStatus);
+                let by_namespace = Counted::new(by_namespace, TreeIx::ByNamespace);
+                let by_deadline = Counted::new(by_deadline, TreeIx::ByDeadline);
+                let recoveries = Counted::new(recoveries, TreeIx::Recoveries);
+                let open = Counted::new(open, TreeIx::OpenRecoveries);
                 if let Some(after) = change.job_after {
                     jobs.insert(after.key(), codec::encode(after))?;
                 }
-                write_job_indexes(by_status, by_namespace, change.job_before, change.job_after)?;
+                write_job_indexes(
+                    &by_status,
+                    &by_namespace,
+                    change.job_before,
+                    change.job_after,
+                )?;
                 for execution in change.put_executions {
                     // A transaction may read (not scan): the old record says which deadline entry to drop.
                     let old = executions.insert(execution.key(), codec::encode(execution))?;
@@ -317,16 +527,27 @@ impl Store {
                     jobs.remove(before.key())?;
                 }
                 for recovery in change.put_recoveries {
-                    write_recovery(recoveries, open, recovery)?;
+                    write_recovery(&recoveries, &open, recovery)?;
                 }
-                Ok::<(), ConflictableTransactionError<()>>(())
+                meta::record(
+                    account,
+                    &[
+                        &jobs,
+                        &executions,
+                        &by_thing,
+                        &by_status,
+                        &by_namespace,
+                        &by_deadline,
+                        &recoveries,
+                        &open,
+                    ],
+                )
             },
         );
         committed(outcome)
     }
 
-    /// (job id, thing name) of executions whose step deadline is at or before `now` (epoch ms), oldest first.
-    pub fn due_deadlines(&self, now: i64, limit: usize) -> Result<Vec<(String, String)>> {
+    fn due_deadlines(&self, now: i64, limit: usize) -> Result<Vec<(String, String)>> {
         let end = (now.max(0) as u64 + 1).to_be_bytes();
         let mut due = Vec::new();
         for entry in self.by_deadline.range(..end.to_vec()).take(limit) {
@@ -338,22 +559,7 @@ impl Store {
         Ok(due)
     }
 
-    /// The job ids of `thing_name`'s pending executions (QUEUED or IN_PROGRESS), from the thing index alone.
-    pub fn pending_job_ids_of_thing(&self, thing_name: &str) -> Result<Vec<String>> {
-        Ok(self
-            .pending_job_ids_of_things(&[thing_name])?
-            .pop()
-            .unwrap_or_default())
-    }
-
-    /// [`pending_job_ids_of_thing`](Self::pending_job_ids_of_thing) for many things at once, in their order.
-    ///
-    /// One ordered walk of the `by_thing` index instead of a prefix scan per thing: sled starts every scan
-    /// by copying the whole leaf it lands on, so N scans that land on the same few leaves cost N copies
-    /// (a notification for 10,000 things spent most of its time there). The walk visits the things in key
-    /// order and seeks again, as a fresh scan would, when more than `SEEK_AFTER` entries of things not asked
-    /// for lie between two asked ones: never much worse than one scan per thing.
-    pub fn pending_job_ids_of_things(&self, things: &[&str]) -> Result<Vec<Vec<String>>> {
+    fn pending_job_ids_of_things(&self, things: &[&str]) -> Result<Vec<Vec<String>>> {
         let prefixes: Vec<Vec<u8>> = things.iter().map(|t| codec::thing_key(t, "")).collect();
         let mut walk = IndexWalk::new(&self.by_thing);
         in_key_order(&prefixes, |prefix| {
@@ -368,30 +574,31 @@ impl Store {
         })
     }
 
-    /// A fresh, never reused recovery id.
-    pub fn next_recovery_id(&self) -> Result<u64> {
+    fn next_recovery_id(&self) -> Result<u64> {
         Ok(self.db.generate_id()? + 1)
     }
 
-    pub fn recovery(&self, id: u64) -> Result<Option<RecoveryRecord>> {
+    fn recovery(&self, id: u64) -> Result<Option<RecoveryRecord>> {
         self.recoveries
             .get(id.to_be_bytes())?
             .map(|v| decode(&v, || format!("recovery {id}")))
             .transpose()
     }
 
-    /// Writes a recovery's new state (and moves it out of the open index once it has ended).
-    pub fn update_recovery(&self, recovery: &RecoveryRecord) -> Result<()> {
-        let outcome =
-            (&self.recoveries, &self.open_recoveries).transaction(|(recoveries, open)| {
-                write_recovery(recoveries, open, recovery)?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
+    fn update_recovery(&self, recovery: &RecoveryRecord) -> Result<()> {
+        let account: &Tree = &self.db;
+        let outcome = (&self.recoveries, &self.open_recoveries, account).transaction(
+            |(recoveries, open, account)| {
+                let recoveries = Counted::new(recoveries, TreeIx::Recoveries);
+                let open = Counted::new(open, TreeIx::OpenRecoveries);
+                write_recovery(&recoveries, &open, recovery)?;
+                meta::record(account, &[&recoveries, &open])
+            },
+        );
         committed(outcome)
     }
 
-    /// The PENDING recoveries, of one thing or of all, in id order.
-    pub fn open_recoveries(&self, thing_name: Option<&str>) -> Result<Vec<RecoveryRecord>> {
+    fn open_recoveries(&self, thing_name: Option<&str>) -> Result<Vec<RecoveryRecord>> {
         let prefix = thing_name
             .map(|t| codec::thing_key(t, ""))
             .unwrap_or_default();
@@ -409,11 +616,7 @@ impl Store {
         Ok(found)
     }
 
-    /// Recoveries in id order, starting after `after`.
-    pub fn recoveries_after(
-        &self,
-        after: Option<u64>,
-    ) -> impl Iterator<Item = Result<RecoveryRecord>> + '_ {
+    fn recoveries_after(&self, after: Option<u64>) -> impl Iterator<Item = Result<RecoveryRecord>> {
         let start = after.map_or(0, |id| id.saturating_add(1)).to_be_bytes();
         self.recoveries.range(start..).map(|entry| {
             let (key, value) = entry?;
@@ -423,10 +626,9 @@ impl Store {
         })
     }
 
-    /// Verifies that every index entry matches a record and every record has its index entries, and that
-    /// each job's execution counts match its executions. Reads everything: for `sprig store check`.
-    pub fn check(&self) -> Result<CheckReport> {
+    fn check(&self, dir: &Path) -> Result<CheckReport> {
         let mut report = CheckReport::default();
+        self.check_account(dir, &mut report)?;
         for entry in self.jobs.iter() {
             let (key, value) = entry?;
             report.jobs += 1;
@@ -574,6 +776,44 @@ impl Store {
     }
 }
 
+impl Trees {
+    /// The account against a walk of every tree, and against the manifest in `dir`.
+    fn check_account(&self, dir: &Path, report: &mut CheckReport) -> Result<()> {
+        let meta = match self.meta() {
+            Ok(meta) => meta,
+            Err(e) => {
+                report.problem(e.to_string());
+                return Ok(());
+            }
+        };
+        report.generation = meta.generation;
+        for (tree, found, kept) in self.walk_counts()?.differences(&meta.counts) {
+            report.problem(format!(
+                "{tree}: {found} entries, but the store's account says {kept}"
+            ));
+        }
+        report.manifest = match manifest::read(dir) {
+            Ok(None) => "none yet (the gateway writes one when it runs)".into(),
+            Err(why) => {
+                report.problem(format!("{}: {why}", manifest::FILE));
+                "unreadable".into()
+            }
+            Ok(Some(recorded)) => match manifest::judge(&meta, &recorded) {
+                Ok(manifest::Standing::Matches) => "matches".into(),
+                Ok(manifest::Standing::Ahead(changes)) => format!(
+                    "{changes} changes behind the store (made after its last write; the gateway \
+                     brings it up to date when it runs)"
+                ),
+                Err(mismatch) => {
+                    report.problem(mismatch.to_string());
+                    "does not match".into()
+                }
+            },
+        };
+        Ok(())
+    }
+}
+
 /// A store transaction's result: its closures never abort, so only storage errors remain.
 fn committed(outcome: std::result::Result<(), TransactionError<()>>) -> Result<()> {
     match outcome {
@@ -584,8 +824,8 @@ fn committed(outcome: std::result::Result<(), TransactionError<()>>) -> Result<(
 }
 
 fn write_recovery(
-    recoveries: &TransactionalTree,
-    open: &TransactionalTree,
+    recoveries: &Counted<'_>,
+    open: &Counted<'_>,
     recovery: &RecoveryRecord,
 ) -> std::result::Result<(), ConflictableTransactionError<()>> {
     recoveries.insert(&recovery.id.to_be_bytes(), codec::encode(recovery))?;
@@ -598,8 +838,8 @@ fn write_recovery(
 }
 
 fn write_job_indexes(
-    by_status: &TransactionalTree,
-    by_namespace: &TransactionalTree,
+    by_status: &Counted<'_>,
+    by_namespace: &Counted<'_>,
     before: Option<&Job>,
     after: Option<&Job>,
 ) -> std::result::Result<(), ConflictableTransactionError<()>> {
@@ -638,6 +878,10 @@ fn decode<T: serde::de::DeserializeOwned>(
 pub struct CheckReport {
     pub jobs: u64,
     pub executions: u64,
+    /// Changes the store has had ([`meta::Meta::generation`]).
+    pub generation: u64,
+    /// How the store stands to its manifest, in words.
+    pub manifest: String,
     pub problems: Vec<String>,
 }
 
@@ -654,6 +898,11 @@ impl CheckReport {
 impl std::fmt::Display for CheckReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{} jobs, {} executions", self.jobs, self.executions)?;
+        writeln!(
+            f,
+            "{} changes; manifest: {}",
+            self.generation, self.manifest
+        )?;
         if self.problems.is_empty() {
             return write!(f, "store is consistent");
         }
@@ -766,6 +1015,7 @@ impl<'a> IndexWalk<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::handle::{FORMAT_KEY, STORE_FORMAT};
     use super::*;
     use crate::jobs::model::{ExecutionStatus, JobStatus};
 
@@ -817,14 +1067,18 @@ mod tests {
             store.commit(&change).unwrap();
             // What format 1 wrote: the finished execution indexed too.
             let code = [ExecutionStatus::Succeeded.index_code()];
-            store.by_thing.insert(execs[0].thing_key(), &code).unwrap();
-            store.db.insert(FORMAT_KEY, &[1]).unwrap();
+            store
+                .trees()
+                .by_thing
+                .insert(execs[0].thing_key(), &code)
+                .unwrap();
+            store.trees().db.insert(FORMAT_KEY, &[1]).unwrap();
             assert!(!store.check().unwrap().is_consistent());
             store.flush().unwrap();
         }
         let store = Store::open(dir.path(), 8 << 20).unwrap();
         assert_eq!(
-            store.db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
+            store.trees().db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
             &[STORE_FORMAT]
         );
         assert_eq!(store.check().unwrap().problems, Vec::<String>::new());
@@ -1022,6 +1276,7 @@ mod tests {
         execs[0].status = ExecutionStatus::Succeeded;
         // Write the record alone, bypassing commit: the thing index and the job counts are now stale.
         store
+            .trees()
             .executions
             .insert(execs[0].key(), codec::encode(&execs[0]))
             .unwrap();
@@ -1085,5 +1340,128 @@ mod tests {
         assert_eq!(store.recovery(recovery.id).unwrap(), Some(recovery));
         let report = store.check().unwrap();
         assert!(report.is_consistent(), "{report}");
+    }
+
+    /// A store with jobs `j0`…, one change each, closed (so its manifest is written).
+    fn store_with_jobs(dir: &Path, count: usize) {
+        let store = Store::open(dir, 8 << 20).unwrap();
+        for i in store.summary().unwrap().jobs as usize..count {
+            let (j, execs) = job(&format!("j{i}"), None, &["t1"]);
+            store
+                .commit(&Change {
+                    job_after: Some(&j),
+                    put_executions: &execs,
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        store.close().unwrap();
+    }
+
+    fn copy_files(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to.join("blobs")).unwrap();
+        for name in manifest::sled_files(from).into_keys() {
+            std::fs::copy(from.join(&name), to.join(&name)).unwrap();
+        }
+    }
+
+    fn damage_of(result: Result<Store>) -> String {
+        match result {
+            Err(StoreError::Damaged { damage, .. }) => damage,
+            Err(other) => panic!("not damage: {other}"),
+            Ok(_) => panic!("a damaged store opened"),
+        }
+    }
+
+    #[test]
+    fn a_store_behind_its_manifest_is_refused_and_one_ahead_of_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store_dir, older) = (dir.path().join("store"), dir.path().join("older"));
+        store_with_jobs(&store_dir, 2);
+        copy_files(&store_dir, &older);
+        let early_manifest = std::fs::read(manifest::path(&store_dir)).unwrap();
+        store_with_jobs(&store_dir, 5);
+
+        // The store's files as they were at 2 jobs, beside the manifest of 5: changes are gone.
+        std::fs::copy(manifest::path(&store_dir), manifest::path(&older)).unwrap();
+        let damage = damage_of(Store::open(&older, 8 << 20));
+        assert!(
+            damage.contains("it has lost data: it holds 2 changes")
+                && damage.contains("recorded 5")
+                && damage.contains("jobs: 2 now, 5 then"),
+            "{damage}"
+        );
+
+        // The store of 5 beside the manifest of 2 (killed between a flush and the manifest write).
+        std::fs::write(manifest::path(&store_dir), early_manifest).unwrap();
+        let store = Store::open_for_maintenance(&store_dir, 8 << 20).unwrap();
+        let report = store.check().unwrap();
+        assert!(report.is_consistent(), "{report}");
+        assert!(report.manifest.starts_with("3 changes behind"), "{report}");
+        drop(store);
+        let store = Store::open(&store_dir, 8 << 20).unwrap();
+        drop(store);
+        let store = Store::open_for_maintenance(&store_dir, 8 << 20).unwrap();
+        assert_eq!(store.check().unwrap().manifest, "matches");
+    }
+
+    #[test]
+    fn records_that_do_not_match_the_stores_account_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_jobs(dir.path(), 1);
+        {
+            let store = Store::open_for_maintenance(dir.path(), 8 << 20).unwrap();
+            // A record that no change counted, as if sled had kept a write it should not have.
+            store.trees().jobs.insert("stray", b"x".as_slice()).unwrap();
+        }
+        let damage = damage_of(Store::open(dir.path(), 8 << 20));
+        assert!(
+            damage.contains("do not match its own account")
+                && damage.contains("jobs: 2 entries, 1 counted"),
+            "{damage}"
+        );
+    }
+
+    #[test]
+    fn a_missing_db_is_refused_and_not_made_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_jobs(dir.path(), 1);
+        std::fs::remove_file(dir.path().join("db")).unwrap();
+        let damage = damage_of(Store::open(dir.path(), 8 << 20));
+        assert!(damage.starts_with("db is missing"), "{damage}");
+        assert!(!dir.path().join("db").exists());
+    }
+
+    #[test]
+    fn a_store_in_use_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let _running = Store::open(dir.path(), 8 << 20).unwrap();
+        let refused = Store::open_for_maintenance(dir.path(), 8 << 20)
+            .err()
+            .unwrap();
+        assert!(matches!(refused, StoreError::InUse { .. }), "{refused}");
+        assert!(refused.to_string().contains("stop the gateway first"));
+    }
+
+    #[test]
+    fn a_store_without_an_account_gets_one_from_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_jobs(dir.path(), 3);
+        {
+            // What format 2 wrote: no account, no manifest.
+            let store = Store::open_for_maintenance(dir.path(), 8 << 20).unwrap();
+            store.trees().db.remove(meta::META_KEY).unwrap();
+            store.trees().db.insert(FORMAT_KEY, &[2]).unwrap();
+        }
+        std::fs::remove_file(manifest::path(dir.path())).unwrap();
+        let store = Store::open(dir.path(), 8 << 20).unwrap();
+        let summary = store.summary().unwrap();
+        assert_eq!((summary.jobs, summary.executions), (3, 3));
+        assert_eq!(
+            store.trees().db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
+            &[STORE_FORMAT]
+        );
+        store.close().unwrap();
+        assert!(manifest::read(dir.path()).unwrap().is_some());
     }
 }

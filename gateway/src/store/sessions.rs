@@ -4,10 +4,15 @@
 //! The tree is apart from the jobs trees and has one writer, the broker's session registry, which writes
 //! behind its in-memory state in batches (a session is a client's, not a job's: no job change reads it).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
-use sled::Tree;
+
+use sled::Transactional;
 
 use super::codec;
+use super::handle::Handle;
+use super::meta::{self, Counted, TreeIx};
 use super::Result;
 use crate::auth::Identity;
 
@@ -36,51 +41,62 @@ pub struct StoredMessage {
     pub dup: bool,
 }
 
-/// The sessions tree. Cheap to clone.
+/// The sessions tree of the store's open database (the one open now: the store may have been reopened
+/// since this was made). Cheap to clone.
 #[derive(Clone)]
 pub struct SessionTree {
-    tree: Tree,
+    handle: Arc<Handle>,
 }
 
 impl SessionTree {
-    pub(super) fn new(tree: Tree) -> SessionTree {
-        SessionTree { tree }
+    pub(super) fn new(handle: Arc<Handle>) -> SessionTree {
+        SessionTree { handle }
     }
 
     /// Every stored session. One that cannot be decoded is logged and left out (its client starts anew).
     pub fn load(&self) -> Result<Vec<(String, StoredSession)>> {
-        let mut sessions = Vec::new();
-        for entry in self.tree.iter() {
-            let (key, value) = entry?;
-            let client_id = String::from_utf8_lossy(&key).into_owned();
-            match codec::decode(&value) {
-                Ok(session) => sessions.push((client_id, session)),
-                Err(e) => {
-                    tracing::warn!(client_id, error = %e, "stored MQTT session unreadable, dropped")
-                }
-            }
-        }
-        Ok(sessions)
+        self.handle.run(|trees| load(&trees.sessions))
     }
 
-    /// Writes sessions (`None`: removes it) in one atomic batch.
+    /// Writes sessions (`None`: removes it) in one transaction, counted in the store's account.
     pub fn write(&self, changes: &[(String, Option<StoredSession>)]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for (client_id, session) in changes {
-            match session {
-                Some(session) => batch.insert(client_id.as_bytes(), codec::encode(session)),
-                None => batch.remove(client_id.as_bytes()),
-            }
-        }
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        self.handle.run(|trees| {
+            let account: &sled::Tree = &trees.db;
+            let outcome = (&trees.sessions, account).transaction(|(sessions, account)| {
+                let sessions = Counted::new(sessions, TreeIx::Sessions);
+                for (client_id, session) in changes {
+                    match session {
+                        Some(session) => {
+                            sessions.insert(client_id.as_bytes(), codec::encode(session))?
+                        }
+                        None => sessions.remove(client_id.as_bytes())?,
+                    };
+                }
+                meta::record(account, &[&sessions])
+            });
+            super::committed(outcome)
+        })
     }
 
     /// Makes what was written durable (fsync).
     pub fn flush(&self) -> Result<()> {
-        self.tree.flush()?;
-        Ok(())
+        self.handle.flush()
     }
+}
+
+fn load(tree: &sled::Tree) -> Result<Vec<(String, StoredSession)>> {
+    let mut sessions = Vec::new();
+    for entry in tree.iter() {
+        let (key, value) = entry?;
+        let client_id = String::from_utf8_lossy(&key).into_owned();
+        match codec::decode(&value) {
+            Ok(session) => sessions.push((client_id, session)),
+            Err(e) => {
+                tracing::warn!(client_id, error = %e, "stored MQTT session unreadable, dropped")
+            }
+        }
+    }
+    Ok(sessions)
 }
 
 #[cfg(test)]
