@@ -65,6 +65,9 @@ pub struct BrokerConfig {
     pub max_segment_size: usize,
     pub max_segment_count: usize,
     pub max_outgoing_packet_count: u64,
+    /// A client whose socket takes nothing for this long while the broker writes to it is disconnected.
+    #[serde(default = "default_write_stall_timeout_ms")]
+    pub write_stall_timeout_ms: u64,
     /// Subscriptions one connection may hold (AWS IoT Core: 50); more are refused in the SUBACK.
     #[serde(default = "default_max_subscriptions")]
     pub max_subscriptions_per_connection: usize,
@@ -90,6 +93,10 @@ pub struct BrokerConfig {
     /// CA certificates (PEM) that sign device certificates. When set, TLS clients are asked for a
     /// certificate; one that verifies authenticates the device whose thing name is its subject CN.
     pub tls_client_ca: Option<PathBuf>,
+}
+
+fn default_write_stall_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_max_subscriptions() -> usize {
@@ -310,6 +317,9 @@ impl Config {
         }
         if self.broker.max_connections == 0 {
             return fail("broker.max_connections", "must be at least 1");
+        }
+        if self.broker.write_stall_timeout_ms < 100 {
+            return fail("broker.write_stall_timeout_ms", "must be at least 100 ms");
         }
         if self.broker.max_subscriptions_per_connection == 0 {
             return fail(

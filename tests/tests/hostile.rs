@@ -241,3 +241,61 @@ async fn subscriptions_per_connection_are_capped() {
     let (accepted, _) = device.request("get", json!({})).await;
     assert!(accepted);
 }
+
+/// A client that stops reading is disconnected once a write to it has waited `write_stall_timeout_ms`: what
+/// was queued for it is freed, and the will and the presence event go out as for any lost connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let gateway = Gateway::start_with(|config| {
+        sprig_tests::with_setting(
+            &config,
+            "write_stall_timeout_ms = 30000",
+            "write_stall_timeout_ms = 1000",
+        ) + "\n[[auth.topic_rules]]\npublish = [\"dt/+/#\"]\nsubscribe = [\"dt/${thing}/#\"]\n"
+    });
+    let (username, password) = gateway.local_credential();
+    let operator =
+        Login::anonymous("stall-console", Protocol::V311).with_credentials(&username, &password);
+    let mut console = Device::connect_with(gateway.addr, operator).await.unwrap();
+    console
+        .subscribe(&["$aws/events/presence/disconnected/+"])
+        .await;
+
+    // The reader that never reads, with a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(gateway.addr).await.unwrap();
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.extend_from_slice(&[4, 0x02, 0, 0]); // 3.1.1, clean session, no keep-alive
+    put_str(&mut body, b"stuck-1");
+    stuck.write_all(&packet(0x10, &body)).await.unwrap();
+    let mut subscribe = vec![0, 1];
+    put_str(&mut subscribe, b"dt/stuck-1/#");
+    subscribe.push(0);
+    stuck.write_all(&packet(0x82, &subscribe)).await.unwrap();
+
+    // 32 MiB for it, far more than the socket buffers hold; published QoS 0 from another device (in 8 KiB
+    // messages: rumqttc's own packet limit is 10 KiB).
+    let sender = Device::connect(gateway.addr, "firehose-1", Protocol::V311).await;
+    let chunk = vec![b'x'; 8 * 1024];
+    let mut disconnected = std::pin::pin!(console.expect_message(
+        "$aws/events/presence/disconnected/stuck-1",
+        Duration::from_secs(60)
+    ));
+    for _ in 0..4096 {
+        sender
+            .publish_with(
+                sprig_tests::device::Qos::AtMostOnce,
+                "dt/stuck-1/bulk",
+                chunk.clone(),
+            )
+            .await;
+    }
+    let event = disconnected.as_mut().await;
+    assert_eq!(event["clientId"], "stuck-1", "{event}");
+    let reason = gateway.log_lines("the client read nothing for 1000 ms");
+    assert!(!reason.is_empty(), "{}", gateway.log());
+    drop(stuck);
+}

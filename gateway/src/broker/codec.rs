@@ -207,6 +207,8 @@ pub(crate) struct PacketWriter<W> {
     io: W,
     buf: BytesMut,
     version: Version,
+    /// How long one write may wait for a client that does not read; `None`: as long as it takes.
+    stall: Option<Duration>,
 }
 
 impl<W: AsyncWrite + Unpin> PacketWriter<W> {
@@ -215,7 +217,14 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
             io,
             buf: BytesMut::with_capacity(4096),
             version,
+            stall: None,
         }
+    }
+
+    /// The same writer, giving up (an error) on a write that waits longer than `stall` for the client.
+    pub(crate) fn with_stall_limit(mut self, stall: Duration) -> Self {
+        self.stall = Some(stall);
+        self
     }
 
     pub(crate) fn version(&self) -> Version {
@@ -235,7 +244,17 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
 
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            self.io.write_all(&self.buf).await?;
+            let write = self.io.write_all(&self.buf);
+            match self.stall {
+                Some(stall) => tokio::time::timeout(stall, write).await.map_err(|_| {
+                    let ms = stall.as_millis();
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the client read nothing for {ms} ms"),
+                    )
+                })??,
+                None => write.await?,
+            }
             self.buf.clear();
         }
         self.io.flush().await

@@ -77,7 +77,8 @@ pub(crate) async fn serve(
         tracing::info!(%peer, "first packet is not CONNECT, closing");
         return;
     };
-    let mut writer = PacketWriter::new(write_half, version);
+    let stall = Duration::from_millis(shared.config.write_stall_timeout_ms);
+    let mut writer = PacketWriter::new(write_half, version).with_stall_limit(stall);
     // From here on the connection counts against `max_connections`, while its login is checked too.
     let Some(slot) = Slot::take(&shared) else {
         let max = shared.config.max_connections;
