@@ -3,10 +3,11 @@
 //!
 //! The reader loop (this task) takes packets off the socket, checks each PUBLISH and SUBSCRIBE against the
 //! client's [`Principal`], rewrites `$` topics to the router's form and pushes the packet into the link. The
-//! writer loop (its own task) writes what the router hands back, restoring `$` topics, and writes replies
-//! the reader produces itself (denied SUBACKs, PUBACKs of denied publishes, UNSUBACKs), and the gateway's
-//! direct deliveries (see `direct`): the connection registers its queue for them when it is accepted, adds
-//! filters when their SUBACK is written, removes them on UNSUBSCRIBE and unregisters when it ends.
+//! writer loop (its own task, `writer`) writes what the router hands back, restoring `$` topics, and writes
+//! replies the reader produces itself (SUBACKs sprig answers alone, PUBACKs of denied publishes,
+//! UNSUBACKs), and the gateway's direct deliveries (see `direct`): the connection registers its queue for
+//! them when it is accepted, adds filters when granted, removes them on UNSUBSCRIBE and hands its session
+//! what it leaves (unacknowledged messages, its router link to park) when it ends.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,16 +24,20 @@ use rumqttd::protocol::{
 use rumqttd::Notification;
 use tokio::sync::mpsc;
 
+mod writer;
+
+use writer::{splice_codes, write_loop, Outgoing, Subscribed};
+
 use super::admission::Slot;
 use super::backlog::Waiting;
 use super::codec::{PacketReader, PacketWriter, ReadError, Version};
 use super::direct::{self, Resumed, SessionRequest};
-use super::inflight::{qos1_publish, qos_and_pkid, Acked, Inflight, ROUTER_PKIDS};
+use super::inflight::{qos_and_pkid, Acked, Inflight, ROUTER_PKIDS};
 use super::internal::disconnect_now;
-use super::parking::{restore_filters, Link, RESTORE_PKID};
+use super::parking::{restore_filters, Link};
 use super::presence::{DisconnectReason, PresenceInfo};
-use super::topics::{is_reserved, served_directly, to_external, to_internal};
-use super::{ReadHalf, Shared, SubscribeEvent, WriteHalf};
+use super::topics::{is_reserved, served_directly, to_internal};
+use super::{ReadHalf, Shared, WriteHalf};
 use crate::auth::{AuthError, Identity, Principal, VerifiedCertificate};
 use crate::config::BrokerConfig;
 
@@ -1099,318 +1104,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Sends a packet on a link from synchronous code (see [`disconnect_now`]).
 fn send_now(link_tx: &mut LinkTx, packet: Packet) {
     super::internal::push_now(link_tx, packet);
-}
-
-/// Where the writer records granted subscriptions: the connection's direct outlet, and the reports of
-/// [`super::Broker::subscriptions`] (see [`super::SubscribeEvent`]).
-struct Subscribed {
-    shared: Arc<Shared>,
-    client_id: String,
-    /// The connection number (see `Sessions`).
-    number: u64,
-}
-
-impl Subscribed {
-    /// Direct delivery on `granted` (minus `revoked`) starts now; called under the pending-SUBACK lock.
-    fn grant(&self, granted: &[String], revoked: &[String]) {
-        let granted: Vec<String> = granted
-            .iter()
-            .filter(|f| !revoked.contains(f))
-            .cloned()
-            .collect();
-        let outlets = &self.shared.outlets;
-        outlets.subscribe(&self.client_id, self.number, &granted);
-    }
-
-    fn report(&self, filters: Vec<String>) {
-        if filters.is_empty() {
-            return;
-        }
-        // Fails only when nobody listens, which is fine.
-        let _ = self.shared.subscriptions.send(SubscribeEvent {
-            client_id: self.client_id.clone(),
-            connection: self.number,
-            filters,
-        });
-    }
-}
-
-/// Direct deliveries encoded into one write, at most.
-const DIRECT_BATCH: usize = 64;
-
-/// The socket's writing half and the record of what it wrote at QoS 1.
-struct Outgoing {
-    writer: PacketWriter<WriteHalf>,
-    inflight: SharedInflight,
-}
-
-impl Outgoing {
-    /// Encodes one of the session's own messages: at QoS 0, or at QoS 1 under a packet id of sprig's (see
-    /// [`Inflight`]), recorded until the client acknowledges it.
-    fn encode_message(&mut self, message: Waiting) -> std::io::Result<()> {
-        let publish = if message.reliable {
-            let pkid = lock(&self.inflight).send_own(message.clone());
-            qos1_publish(&message, pkid)
-        } else {
-            Publish::new(Bytes::from(message.topic), message.payload, false)
-        };
-        self.writer.encode(Packet::Publish(publish, None))
-    }
-
-    /// Writes one packet from the router; a QoS 1 publish is recorded until the client acknowledges it.
-    async fn send_from_router(&mut self, packet: Packet) -> std::io::Result<()> {
-        if let Packet::Publish(publish, _) = &packet {
-            let (qos, pkid) = qos_and_pkid(publish);
-            if qos > 0 {
-                let topic = String::from_utf8_lossy(&publish.topic);
-                lock(&self.inflight).sent_by_router(pkid, &topic, &publish.payload);
-            }
-        }
-        self.writer.send(packet).await
-    }
-}
-
-/// Writes what waited for a resumed session, before anything else, and reports its filters as granted.
-async fn write_backlog(
-    out: &mut Outgoing,
-    resumed: Resumed,
-    subscribed: &Subscribed,
-) -> std::io::Result<()> {
-    for message in resumed.backlog {
-        out.encode_message(message)?;
-    }
-    out.writer.flush().await?;
-    subscribed.report(resumed.filters.unwrap_or_default());
-    Ok(())
-}
-
-/// Router -> socket, restoring `$` topics, splicing denied filters into SUBACKs and reporting granted
-/// subscriptions once their SUBACK is written; and direct deliveries -> socket. A resumed session's
-/// backlog goes first. Gives the router link's receiving half back when it ends.
-async fn write_loop(
-    mut out: Outgoing,
-    mut link_rx: LinkRx,
-    mut commands: mpsc::Receiver<ToWriter>,
-    mut direct: mpsc::Receiver<Waiting>,
-    pending: PendingSubacks,
-    subscribed: Subscribed,
-    resumed: Resumed,
-) -> (WriterEnd, LinkRx) {
-    let end = write_until_end(
-        &mut out,
-        &mut link_rx,
-        &mut commands,
-        &mut direct,
-        &pending,
-        &subscribed,
-        resumed,
-    )
-    .await;
-    (end, link_rx)
-}
-
-async fn write_until_end(
-    out: &mut Outgoing,
-    link_rx: &mut LinkRx,
-    commands: &mut mpsc::Receiver<ToWriter>,
-    direct: &mut mpsc::Receiver<Waiting>,
-    pending: &PendingSubacks,
-    subscribed: &Subscribed,
-    resumed: Resumed,
-) -> WriterEnd {
-    if let Err(e) = write_backlog(out, resumed, subscribed).await {
-        return WriterEnd::Io(e);
-    }
-    let version = out.writer.version();
-    // False once a newer connection of this client id took the outlet over (the sender is gone).
-    let mut direct_open = true;
-    loop {
-        tokio::select! {
-            // Replies the reader made are written before later router output.
-            biased;
-            command = commands.recv() => match command {
-                Some(ToWriter::Packet(packet)) => {
-                    if let Err(e) = out.writer.send(*packet).await {
-                        return WriterEnd::Io(e);
-                    }
-                }
-                Some(ToWriter::SubAck(packet, granted)) => {
-                    if let Err(e) = out.writer.send(*packet).await {
-                        return WriterEnd::Io(e);
-                    }
-                    subscribed.report(granted);
-                }
-                Some(ToWriter::Close(last)) => {
-                    if let Some(last) = last {
-                        let _ = out.writer.send(*last).await;
-                    }
-                    out.writer.shutdown().await;
-                    return WriterEnd::Closed;
-                }
-                None => {
-                    out.writer.shutdown().await;
-                    return WriterEnd::Closed;
-                }
-            },
-            message = direct.recv(), if direct_open => {
-                let Some(message) = message else {
-                    direct_open = false;
-                    continue;
-                };
-                // Whatever else is queued goes out in the same write.
-                let mut encoded = out.encode_message(message);
-                for _ in 1..DIRECT_BATCH {
-                    let Ok(more) = direct.try_recv() else { break };
-                    encoded = encoded.and_then(|()| out.encode_message(more));
-                }
-                if let Err(e) = encoded {
-                    return WriterEnd::Io(e);
-                }
-                if let Err(e) = out.writer.flush().await {
-                    return WriterEnd::Io(e);
-                }
-            }
-            notification = link_rx.next() => {
-                let notification = match notification {
-                    Ok(Some(n)) => n,
-                    Ok(None) => continue,
-                    Err(_) => return WriterEnd::RouterGone,
-                };
-                if let Notification::Unschedule = notification {
-                    // The router paused this link because its buffer filled up: say we are ready again,
-                    // or nothing more is ever delivered.
-                    if link_rx.wake().await.is_err() {
-                        return WriterEnd::RouterGone;
-                    }
-                    continue;
-                }
-                let packet: Option<Packet> = notification.into();
-                let Some(packet) = packet else { continue };
-                match outbound(packet, pending, subscribed, version) {
-                    Outbound::Write(packet) => {
-                        if let Err(e) = out.send_from_router(packet).await {
-                            return WriterEnd::Io(e);
-                        }
-                    }
-                    Outbound::SubAck(packet, granted) => {
-                        if let Err(e) = out.writer.send(packet).await {
-                            return WriterEnd::Io(e);
-                        }
-                        subscribed.report(granted);
-                    }
-                    Outbound::Skip => {}
-                    Outbound::Close(last) => {
-                        if let Some(last) = last {
-                            let _ = out.writer.send(last).await;
-                        }
-                        out.writer.shutdown().await;
-                        return WriterEnd::RouterDisconnect;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// What the writer does with one packet from the router.
-enum Outbound {
-    Write(Packet),
-    /// A SUBACK, with the filters (external form) the router granted.
-    SubAck(Packet, Vec<String>),
-    Skip,
-    /// The router ends the connection: write this (MQTT 5 only) and close.
-    Close(Option<Packet>),
-}
-
-fn outbound(
-    packet: Packet,
-    pending: &PendingSubacks,
-    subscribed: &Subscribed,
-    version: Version,
-) -> Outbound {
-    match packet {
-        Packet::Publish(mut publish, props) => {
-            // Subscriptions are authorized when made and clients cannot name internal topics, so whatever
-            // the router forwards is visible to this client: no second check here (dropping a QoS 1 publish
-            // here would also stall the router's in-flight window for this client).
-            let external = match std::str::from_utf8(&publish.topic) {
-                Ok(topic) => to_external(topic).to_owned(),
-                Err(_) => return Outbound::Skip,
-            };
-            publish.topic = Bytes::from(external);
-            Outbound::Write(Packet::Publish(publish, props))
-        }
-        Packet::SubAck(suback, _) if suback.pkid == RESTORE_PKID => Outbound::Skip,
-        Packet::SubAck(mut suback, props) => {
-            let mut pending = lock(pending);
-            let Some(forwarded) = pending.remove(&suback.pkid) else {
-                return Outbound::Write(Packet::SubAck(suback, props));
-            };
-            let mut granted = granted_filters(forwarded.filters, &suback.return_codes);
-            // Before the SUBACK is written and reported: a delivery made after the report reaches it.
-            subscribed.grant(&granted, &forwarded.revoked);
-            drop(pending);
-            suback.return_codes = splice_codes(&forwarded.answers, suback.return_codes, version);
-            granted.extend(forwarded.direct);
-            Outbound::SubAck(Packet::SubAck(suback, props), granted)
-        }
-        // Answered by the reader already (see `inbound_unsubscribe`).
-        Packet::UnsubAck(..) | Packet::ConnAck(..) => Outbound::Skip,
-        Packet::Disconnect(disconnect, props) => Outbound::Close(
-            (version == Version::V5).then_some(Packet::Disconnect(disconnect, props)),
-        ),
-        other => Outbound::Write(other),
-    }
-}
-
-/// The forwarded filters whose code from the router is a success.
-fn granted_filters(forwarded: Vec<String>, router_codes: &[SubscribeReasonCode]) -> Vec<String> {
-    forwarded
-        .into_iter()
-        .zip(router_codes)
-        .filter(|(_, code)| {
-            matches!(
-                code,
-                SubscribeReasonCode::QoS0
-                    | SubscribeReasonCode::QoS1
-                    | SubscribeReasonCode::QoS2
-                    | SubscribeReasonCode::Success(_)
-            )
-        })
-        .map(|(filter, _)| filter)
-        .collect()
-}
-
-/// The SUBACK's codes: the router's for the forwarded filters, in their positions among the denied ones
-/// and those granted directly.
-fn splice_codes(
-    answers: &[Answer],
-    router_codes: Vec<SubscribeReasonCode>,
-    version: Version,
-) -> Vec<SubscribeReasonCode> {
-    let mut router_codes = router_codes.into_iter();
-    answers
-        .iter()
-        .map(|answer| match answer {
-            Answer::Router => router_codes
-                .next()
-                .unwrap_or(SubscribeReasonCode::Unspecified),
-            Answer::Direct(qos) => granted_code(*qos),
-            Answer::Denied => denied_code(version),
-            Answer::OverQuota => match version {
-                Version::V311 => SubscribeReasonCode::Failure,
-                Version::V5 => SubscribeReasonCode::QuotaExceeded,
-            },
-        })
-        .collect()
-}
-
-/// The code of a granted filter, as the router writes it for both versions.
-fn granted_code(qos: u8) -> SubscribeReasonCode {
-    match qos {
-        0 => SubscribeReasonCode::QoS0,
-        _ => SubscribeReasonCode::QoS1,
-    }
 }
 
 #[cfg(test)]
