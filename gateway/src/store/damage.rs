@@ -101,17 +101,31 @@ pub(super) fn refuse_if_in_use(dir: &Path) -> Result<()> {
         // No db yet (a new store), or one sprig cannot write: sled's open says what is wrong.
         Err(_) => return Ok(()),
     };
-    match file.try_lock_exclusive() {
-        Ok(()) => {
-            let _ = FileExt::unlock(&file);
-            Ok(())
+    // A handle of this same process that was just closed lets go of the lock a moment later, when sled's
+    // background threads have finished with it (a reopen after a full disk, tests): that is waited for,
+    // briefly; a running gateway holds it for good.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match file.try_lock_exclusive() {
+            Ok(()) => {
+                let _ = FileExt::unlock(&file);
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::InUse {
+                        path: dir.to_owned(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(_) => return Ok(()),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(StoreError::InUse {
-            path: dir.to_owned(),
-        }),
-        Err(_) => Ok(()),
     }
 }
+
+/// How long a store's lock may take to be let go of by a handle that was just closed.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// sled's `conf` is its settings and a checksum. sled warns about a wrong checksum and goes on to
 /// misread the file ("created using a sled version earlier than 0.29"); sprig names it instead.

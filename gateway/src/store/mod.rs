@@ -1413,6 +1413,8 @@ mod tests {
             let store = Store::open_for_maintenance(dir.path(), 8 << 20).unwrap();
             // A record that no change counted, as if sled had kept a write it should not have.
             store.trees().jobs.insert("stray", b"x".as_slice()).unwrap();
+            // On disk before the store closes (sled's own flusher may not have run yet).
+            store.trees().jobs.flush().unwrap();
         }
         let damage = damage_of(Store::open(dir.path(), 8 << 20));
         assert!(
@@ -1452,6 +1454,7 @@ mod tests {
             let store = Store::open_for_maintenance(dir.path(), 8 << 20).unwrap();
             store.trees().db.remove(meta::META_KEY).unwrap();
             store.trees().db.insert(FORMAT_KEY, &[2]).unwrap();
+            store.trees().db.flush().unwrap();
         }
         std::fs::remove_file(manifest::path(dir.path())).unwrap();
         let store = Store::open(dir.path(), 8 << 20).unwrap();
