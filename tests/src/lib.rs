@@ -258,6 +258,22 @@ impl Gateway {
             .expect("VmHWM in /proc/PID/status")
     }
 
+    /// Waits until the gateway has logged a line containing `needle`, for at most `within`.
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self.log_lines(needle).pop() {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not log `{needle}` within {within:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
