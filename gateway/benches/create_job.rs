@@ -16,7 +16,8 @@
 //!   request itself kept, apart from pages the allocator has not returned yet;
 //! - the CreateJob call's time.
 //!
-//! `SPRIG_BENCH_TARGETS` (default `1000,20000,50000`) chooses the sizes. Run with
+//! `SPRIG_BENCH_TARGETS` (default `1000,20000,50000`) chooses the sizes, `SPRIG_BENCH_BATCH` the
+//! executions written per store transaction (default: `jobs.creation_batch_size`'s). Run with
 //! `cargo bench -p sprig-gateway --bench create_job`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -160,13 +161,20 @@ fn child(targets: usize) {
     let store = Arc::new(Store::open(dir.path(), config.jobs.store_cache_mb << 20).unwrap());
     let (deletions, _deletions) = mpsc::unbounded_channel();
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let engine = Arc::new(Engine::new(
-        store,
-        Limits::from_config(&config.jobs),
-        "bench",
-        deletions,
-        events_tx,
-    ));
+    let batch = std::env::var("SPRIG_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(config.jobs.creation_batch_size);
+    let engine = Arc::new(
+        Engine::new(
+            store,
+            Limits::from_config(&config.jobs),
+            "bench",
+            deletions,
+            events_tx,
+        )
+        .with_creation_batch_size(batch),
+    );
     let names: Vec<String> = (0..targets).map(|i| format!("t-{i:05}")).collect();
     let body = serde_json::to_vec(&serde_json::json!({
         "jobId": "big",
