@@ -150,6 +150,19 @@ class Pki:
             raise RuntimeError(f"openssl {' '.join(args)} failed:\n{done.stderr}")
 
 
+def copy_log(stream, path: Path, lines: list[str], changed: threading.Condition) -> None:
+    """Copies a child process's output, line by line until it ends, to the file `path` and to `lines`,
+    notifying `changed` after each line (what the waits on the log are woken by)."""
+    with open(path, "w", encoding="utf-8") as log:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace")
+            log.write(line)
+            log.flush()
+            with changed:
+                lines.append(line)
+                changed.notify_all()
+
+
 class Gateway:
     """A `sprig run --config FILE` of its own: free ports, a temporary data dir, stopped with SIGTERM.
 
@@ -239,14 +252,7 @@ class Gateway:
 
     def _read_log(self) -> None:
         assert self._process and self._process.stdout
-        with open(self.log_path, "w", encoding="utf-8") as log:
-            for raw in self._process.stdout:
-                line = raw.decode("utf-8", "replace")
-                log.write(line)
-                log.flush()
-                with self._changed:
-                    self._lines.append(line)
-                    self._changed.notify_all()
+        copy_log(self._process.stdout, self.log_path, self._lines, self._changed)
         with self._changed:
             self._eof = True
             self._changed.notify_all()

@@ -256,14 +256,7 @@ class MosquittoBroker:
 
     def _read_log(self) -> None:
         assert self.process and self.process.stdout
-        with open(self.log_path, "w", encoding="utf-8") as log:
-            for raw in self.process.stdout:
-                line = raw.decode("utf-8", "replace")
-                log.write(line)
-                log.flush()
-                with self._changed:
-                    self._lines.append(line)
-                    self._changed.notify_all()
+        sprig_gateway.copy_log(self.process.stdout, self.log_path, self._lines, self._changed)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
