@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use sprig_tests::device::{Device, Login, Protocol};
 use sprig_tests::raw::{packet, put_str, read_packet};
-use sprig_tests::Gateway;
+use sprig_tests::{Gateway, Operator};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -298,4 +298,90 @@ async fn a_client_that_stops_reading_is_disconnected() {
     let reason = gateway.log_lines("the client read nothing for 1000 ms");
     assert!(!reason.is_empty(), "{}", gateway.log());
     drop(stuck);
+}
+
+/// What `$` traffic costs the gateway now: the average growth of its resident memory per round, in KiB.
+async fn growth_per_round_kb(gateway: &Gateway, rounds: usize) -> f64 {
+    let (username, password) = gateway.local_credential();
+    let mut device = Device::connect(gateway.addr, "lister", Protocol::V311).await;
+    device.subscribe(&["$aws/things/lister/jobs/+/get/+"]).await;
+    let start = gateway.rss_kb();
+    for round in 0..rounds {
+        // A CLI invocation's worth: a fresh client id, its two reply filters, a request and its reply.
+        let mut operator = Operator::connect(gateway.addr, &username, &password)
+            .await
+            .unwrap();
+        assert!(operator.request("ListJobs", json!({})).await.is_ok());
+        drop(operator);
+        // A device asking after a job it has never heard of: a topic of its own no one asked for before.
+        for n in 0..10 {
+            let topic = device.jobs_topic(&format!("job-{round}-{n}/get"));
+            device.publish(&topic, b"{}".to_vec()).await;
+            device
+                .expect_message(&format!("{topic}/rejected"), WAIT)
+                .await;
+        }
+    }
+    (gateway.rss_kb() as f64 - start as f64) / rounds as f64
+}
+
+/// The control API's and the device API's `$` topics never reach rumqttd's router, which keeps every
+/// filter and every matched topic forever: each CLI invocation (its own client id and reply filters) and
+/// each (thing, job) request topic used to cost memory that never came back (800 `sprig describe-job`
+/// calls: 10.5 -> 24.2 MB, ~17 KiB each). Now a round of both costs a small fraction of that, and the
+/// growth does not go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn control_and_device_api_topics_leave_nothing_behind() {
+    let gateway = Gateway::start();
+    // Warm up: the allocator's arenas, the store's caches, the runtime's buffers.
+    growth_per_round_kb(&gateway, 100).await;
+    let growth = growth_per_round_kb(&gateway, 400).await;
+    assert!(
+        growth < 4.0,
+        "each round of a CLI call and 10 new device request topics kept {growth:.1} KiB"
+    );
+}
+
+/// A device's requests never pass through the router, so sprig completes their QoS handshakes itself:
+/// PUBACK for QoS 1, PUBREC then PUBCOMP for QoS 2, and each request is answered once.
+#[test]
+fn requests_on_gateway_topics_are_acknowledged_at_each_qos() {
+    let gateway = Gateway::start();
+    let mut stream = TcpStream::connect(gateway.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut connect = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
+    put_str(&mut connect, b"acker");
+    stream.write_all(&packet(0x10, &connect)).unwrap();
+    assert_eq!(read_packet(&mut stream).0, 0x20, "CONNACK");
+    let mut subscribe = vec![0, 1];
+    put_str(&mut subscribe, b"$aws/things/acker/jobs/get/+");
+    subscribe.push(0);
+    stream.write_all(&packet(0x82, &subscribe)).unwrap();
+    assert_eq!(read_packet(&mut stream), (0x90, vec![0, 1, 0]), "SUBACK");
+
+    let request = |pkid: u16| {
+        let mut body = Vec::new();
+        put_str(&mut body, b"$aws/things/acker/jobs/get");
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.extend_from_slice(br#"{"clientToken":"t"}"#);
+        body
+    };
+    // QoS 1: the PUBACK, and the reply (in either order: the reply may be written first).
+    stream.write_all(&packet(0x32, &request(7))).unwrap();
+    let mut got = [read_packet(&mut stream), read_packet(&mut stream)];
+    got.sort_by_key(|(header, _)| *header);
+    assert_eq!(got[0].0, 0x30, "the reply, at QoS 0");
+    assert_eq!(got[1], (0x40, vec![0, 7]), "PUBACK");
+
+    // QoS 2: PUBREC, and after the PUBREL a PUBCOMP; the request is answered once.
+    stream.write_all(&packet(0x34, &request(8))).unwrap();
+    let mut got = [read_packet(&mut stream), read_packet(&mut stream)];
+    got.sort_by_key(|(header, _)| *header);
+    assert_eq!(got[0].0, 0x30, "the reply");
+    assert_eq!(got[1], (0x50, vec![0, 8]), "PUBREC");
+    stream.write_all(&packet(0x62, &[0, 8])).unwrap();
+    assert_eq!(read_packet(&mut stream), (0x70, vec![0, 8]), "PUBCOMP");
+    // Nothing else follows: a PINGREQ is answered next.
+    stream.write_all(&packet(0xC0, &[])).unwrap();
+    assert_eq!(read_packet(&mut stream), (0xD0, vec![]), "PINGRESP");
 }

@@ -12,8 +12,9 @@
 //!
 //! Direct delivery reaches only the named client. That loses no one for topics under
 //! `$aws/things/{thing}/`: only the device `{thing}` may subscribe there (`Principal::may_subscribe`;
-//! operators may not), and a device's client id is its thing name. Internal clients that subscribe under
-//! `$aws/things/+/...` (the device API) take requests from devices, not the gateway's own messages.
+//! operators may not), and a device's client id is its thing name; nor for an operator's
+//! `$sprig/control/{clientId}/` replies. The gateway's services that take what clients publish on `$`
+//! topics (see `taps`) never receive the gateway's own messages.
 //!
 //! The gateway's own events (presence: `$aws/events/presence/...`) go the same way, to the clients holding
 //! a filter under `$aws/events/` (operators; devices may not subscribe there), which the registry keeps

@@ -1,4 +1,8 @@
-//! In-process clients of the router, for the gateway's own services (control API, presence events).
+//! In-process clients of the broker, for the gateway's own services (control API, device API, recovery).
+//!
+//! Their `$` subscriptions are taps (see `taps`) and their `$` publishes go straight to the one client
+//! they are addressed to (see `topics::addressee`): the router sees neither. Other topics (none today; the
+//! uplink's bridged topics later) go through the client's router link.
 
 use std::sync::Arc;
 
@@ -7,17 +11,11 @@ use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Filter, Packet, Publish, QoS};
 use rumqttd::protocol::{RetainForwardRule, Subscribe};
 use rumqttd::Notification;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 
-use super::topics::{to_external, to_internal};
+use super::taps::{Tapped, TAP_QUEUE};
+use super::topics::{addressee, served_directly, to_external, to_internal};
 use super::{BrokerError, Shared};
-
-/// The thing whose `$aws/things/{thing}/...` topic this is.
-fn thing_of(topic: &str) -> Option<&str> {
-    let rest = topic.strip_prefix("$aws/things/")?;
-    let (thing, _) = rest.split_once('/')?;
-    (!thing.is_empty()).then_some(thing)
-}
 
 /// An in-process client of the broker. Topics are in external form (`$aws/...`) everywhere.
 pub struct InternalClient {
@@ -29,13 +27,15 @@ pub struct InternalClient {
 #[derive(Clone)]
 pub struct InternalSender {
     link: Arc<OwnedLink>,
-    /// Delivers what is published on a thing's `$aws/things/{thing}/...` topics straight to that device:
-    /// the router never has those subscriptions (see `connection::served_directly`).
+    /// Delivers what is published on `$` topics straight to the client they are for, and registers taps.
     shared: Arc<Shared>,
+    /// This client's tap queue, given to every tap it subscribes.
+    tap: mpsc::Sender<Tapped>,
 }
 
 /// The receiving half of an [`InternalClient`].
 pub struct InternalReceiver {
+    tapped: mpsc::Receiver<Tapped>,
     link_rx: LinkRx,
     // Keeps the router connection open while only the receiver is left.
     _link: Arc<OwnedLink>,
@@ -88,25 +88,30 @@ impl InternalClient {
         let link = Arc::new(OwnedLink {
             tx: Mutex::new(link_tx),
         });
+        let (tap, tapped) = mpsc::channel(TAP_QUEUE);
         InternalClient {
             sender: InternalSender {
                 link: link.clone(),
                 shared,
+                tap,
             },
             receiver: InternalReceiver {
+                tapped,
                 link_rx,
                 _link: link,
             },
         }
     }
 
-    /// Subscribes to `filter` (external form, e.g. `$sprig/control/+/+`). Publishes the router handles after
-    /// this returns are delivered to [`InternalClient::next`].
+    /// Subscribes to `filter` (external form, e.g. `$sprig/control/+/+`). What clients publish on matching
+    /// topics after this returns is delivered to [`InternalClient::next`].
     pub async fn subscribe(&mut self, filter: &str) -> Result<(), BrokerError> {
         self.sender.subscribe(filter).await
     }
 
-    /// Publishes `payload` on `topic` (external form). Subscribers receive it at their subscription's QoS.
+    /// Publishes `payload` on `topic` (external form). On a `$` topic it goes to the one client it is
+    /// addressed to, at QoS 0 (never to the gateway's own taps); elsewhere subscribers receive it through
+    /// the router at their subscription's QoS.
     pub async fn publish(&mut self, topic: &str, payload: Bytes) -> Result<(), BrokerError> {
         self.sender.publish(topic, payload).await
     }
@@ -129,8 +134,13 @@ impl InternalSender {
         if topic.is_empty() || topic.contains(['+', '#']) {
             return Err(BrokerError::InvalidTopic(topic.to_owned()));
         }
-        if let Some(thing) = thing_of(topic) {
-            self.shared.outlets.deliver(thing, topic, payload);
+        if served_directly(topic) {
+            match addressee(topic) {
+                Some(client_id) => {
+                    self.shared.outlets.deliver(client_id, topic, payload);
+                }
+                None => tracing::debug!(topic, "no client may subscribe there: not delivered"),
+            }
             return Ok(());
         }
         let publish = Publish::new(Bytes::from(to_internal(topic)), payload, false);
@@ -141,6 +151,10 @@ impl InternalSender {
     pub async fn subscribe(&self, filter: &str) -> Result<(), BrokerError> {
         if !rumqttd::protocol::valid_filter(filter) {
             return Err(BrokerError::InvalidTopic(filter.to_owned()));
+        }
+        if served_directly(filter) {
+            self.shared.taps.add(filter, self.tap.clone());
+            return Ok(());
         }
         // QoS 0 inside the process: nothing is lost between the router and this link, and the router
         // would otherwise wait for PUBACKs from us.
@@ -170,11 +184,17 @@ impl InternalSender {
 }
 
 impl InternalReceiver {
-    /// The next publish received: (external topic, payload). Acknowledgements are skipped, and the
-    /// router's flow control (`Unschedule`) is answered here, so the caller only sees messages.
+    /// The next publish received, from a tap or the router: (external topic, payload). The router's
+    /// acknowledgements are skipped, and its flow control (`Unschedule`) is answered here, so the caller
+    /// only sees messages.
     pub async fn next(&mut self) -> Result<(String, Bytes), BrokerError> {
         loop {
-            let notification = self.link_rx.next().await.map_err(|_| BrokerError::Closed)?;
+            // Both are cancel-safe: flume's and tokio's receives take nothing when dropped unfinished.
+            let notification = tokio::select! {
+                Some(tapped) = self.tapped.recv() => return Ok(tapped),
+                notification = self.link_rx.next() => notification,
+            };
+            let notification = notification.map_err(|_| BrokerError::Closed)?;
             match notification {
                 Some(Notification::Forward(forward)) => {
                     let topic = String::from_utf8_lossy(&forward.publish.topic);

@@ -10,6 +10,12 @@
 //! with `$` topics rewritten to an internal form (see `topics`) and back. Gateway services talk to the
 //! same router through [`InternalClient`]s, with topics in the external (`$`) form.
 //!
+//! No `$` topic reaches the router. What clients publish on `$` topics goes to the gateway's services
+//! through `taps`, acknowledged by sprig; the gateway's own messages on `$` topics go to the one connection
+//! they are for (`direct`). rumqttd 0.20's router never forgets a filter or a topic it matched, so each CLI
+//! invocation and each (thing, job) request topic would stay in it for good; only topic-rule traffic,
+//! device to device, goes through it.
+//!
 //! Messages for one device (job notifications) bypass the router: [`Broker::deliver`] checks the topic
 //! against the filters the client was granted and queues the PUBLISH for that connection's writer. The
 //! router matches every topic it has not seen before against every filter it knows and keeps every topic
@@ -33,6 +39,7 @@ mod parking;
 mod presence;
 mod sessions;
 pub mod skips;
+mod taps;
 pub(crate) mod tls;
 mod topics;
 mod trim;
@@ -132,6 +139,8 @@ pub(crate) struct Shared {
     clients: AtomicUsize,
     /// Told about every closed connection, to give their memory back (see `trim`).
     trimmer: Arc<trim::Trimmer>,
+    /// The gateway services' `$` subscriptions (see `taps`).
+    taps: taps::Taps,
     /// Granted subscriptions, for [`Broker::subscriptions`]; sending without receivers costs nothing.
     subscriptions: broadcast::Sender<SubscribeEvent>,
     /// Password checks running at once (see [`PASSWORD_CHECKS`]).
@@ -269,6 +278,7 @@ impl Broker {
             config: config.clone(),
             clients: AtomicUsize::new(0),
             trimmer: Arc::default(),
+            taps: taps::Taps::default(),
             subscriptions: broadcast::channel(SUBSCRIPTION_EVENTS).0,
             password_checks: Arc::new(Semaphore::new(password_check_permits())),
             logins: admission::Logins::default(),
@@ -407,11 +417,11 @@ async fn park_restored(
     restored: Vec<(String, crate::auth::Identity, Vec<String>)>,
 ) -> Result<(), BrokerError> {
     for (client_id, owner, filters) in restored {
-        if filters.iter().all(|f| topics::served_directly(&owner, f)) {
+        if filters.iter().all(|f| topics::served_directly(f)) {
             continue;
         }
         let (mut tx, rx, _ack) = shared.link(&client_id, true).await?;
-        parking::restore_filters(&mut tx, &owner, &filters);
+        parking::restore_filters(&mut tx, &filters);
         let most = shared.config.max_connections;
         shared
             .parked

@@ -130,10 +130,10 @@ fn close(parked: ParkedLink) {
 
 /// Subscribes a fresh router link to those of a resumed session's filters (external form) that the router
 /// serves, at QoS 1; false when there are none.
-pub(crate) fn restore_filters(tx: &mut LinkTx, owner: &Identity, filters: &[String]) -> bool {
+pub(crate) fn restore_filters(tx: &mut LinkTx, filters: &[String]) -> bool {
     let filters: Vec<Filter> = filters
         .iter()
-        .filter(|f| !served_directly(owner, f))
+        .filter(|f| !served_directly(f))
         .map(|f| Filter {
             path: to_internal(f),
             qos: QoS::AtLeastOnce,

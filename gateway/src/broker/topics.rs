@@ -14,8 +14,6 @@
 /// Prefix that stands for a leading `$` inside the router, and alone the level every other topic is under.
 pub(crate) const MARKER: char = '~';
 
-use crate::auth::Identity;
-
 const SHARE_PREFIX: &str = "$share/";
 /// The internal level above every topic that does not start with `$`.
 const PLAIN_PREFIX: &str = "~/";
@@ -52,18 +50,25 @@ pub(crate) fn to_external(internal: &str) -> &str {
     }
 }
 
-/// True when only the gateway sends on `filter` for `owner`, so it is granted by sprig alone and never
-/// given to the router: a device's own `$aws/things/{thing}/...` (job notifications, Jobs API replies,
-/// recovery commands; no other client may publish or subscribe there), an operator's presence events. The
-/// router would keep such a filter forever, one set per device, and match every new topic against it.
-pub(crate) fn served_directly(owner: &Identity, filter: &str) -> bool {
-    match owner {
-        Identity::Device(thing) => filter
-            .strip_prefix("$aws/things/")
-            .and_then(|rest| rest.strip_prefix(thing.as_str()))
-            .is_some_and(|rest| rest.starts_with('/')),
-        Identity::Operator(_) => filter.starts_with("$aws/events/"),
-    }
+/// True when sprig serves `filter` itself and never gives it to the router: every `$` filter but a shared
+/// subscription's. Only the gateway sends on the `$` filters a client may hold (a device's own
+/// `$aws/things/{thing}/...`: job notifications, Jobs API replies, recovery commands; an operator's own
+/// `$sprig/control/{clientId}/...` replies and the presence events; topic rules cannot grant `$` topics), and
+/// what clients publish on `$` topics goes to the gateway's services (see `taps`). The router would keep
+/// every such filter and topic forever, one set per device and per CLI invocation, and match every new
+/// topic against them.
+pub(crate) fn served_directly(filter: &str) -> bool {
+    filter.starts_with('$') && !filter.starts_with(SHARE_PREFIX)
+}
+
+/// The client a gateway message on `topic` is for: the device of `$aws/things/{thing}/...` (a device's
+/// client id is its thing name), the operator connection of `$sprig/control/{clientId}/...`.
+pub(crate) fn addressee(topic: &str) -> Option<&str> {
+    let rest = topic
+        .strip_prefix("$aws/things/")
+        .or_else(|| topic.strip_prefix(crate::auth::CONTROL_PREFIX))?;
+    let (client_id, _) = rest.split_once('/')?;
+    (!client_id.is_empty()).then_some(client_id)
 }
 
 /// MQTT topic matching, shared with the topic rules (see [`crate::topic_filter`]).
@@ -90,6 +95,32 @@ mod tests {
         assert_eq!(to_internal("$share/g/a/+"), "$share/g/~/a/+");
         assert!(is_reserved("~$aws/things/d1/jobs/notify"));
         assert!(!is_reserved("$aws/things/d1/jobs/notify"));
+    }
+
+    #[test]
+    fn every_dollar_filter_but_a_shared_one_is_served_by_sprig() {
+        for filter in [
+            "$aws/things/d1/jobs/#",
+            "$sprig/control/cli/+/accepted",
+            "$aws/events/#",
+        ] {
+            assert!(served_directly(filter), "{filter}");
+        }
+        for filter in ["dt/d1/#", "#", "$share/g/dt/#"] {
+            assert!(!served_directly(filter), "{filter}");
+        }
+    }
+
+    #[test]
+    fn a_gateway_message_is_addressed_by_its_topic() {
+        assert_eq!(addressee("$aws/things/d1/jobs/notify"), Some("d1"));
+        assert_eq!(
+            addressee("$sprig/control/cli-7/ListJobs/accepted"),
+            Some("cli-7")
+        );
+        assert_eq!(addressee("$aws/things//jobs/notify"), None);
+        assert_eq!(addressee("$aws/events/presence/connected/d1"), None);
+        assert_eq!(addressee("dt/d1"), None);
     }
 
     /// Inside the router, a filter that starts with a wildcard never reaches a `$` topic (MQTT 4.7.2).

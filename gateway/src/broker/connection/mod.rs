@@ -9,7 +9,7 @@
 //! them when it is accepted, adds filters when granted, removes them on UNSUBSCRIBE and hands its session
 //! what it leaves (unacknowledged messages, its router link to park) when it ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,8 +18,9 @@ use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    LastWill, Login, Packet, PubAck, PubAckReason, Publish, QoS, SubAck, Subscribe,
-    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    LastWill, Login, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason,
+    PubRel, PubRelProperties, Publish, QoS, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason, Unsubscribe,
 };
 use rumqttd::Notification;
 use tokio::sync::mpsc;
@@ -38,7 +39,7 @@ use super::parking::{restore_filters, Link};
 use super::presence::{DisconnectReason, PresenceInfo};
 use super::topics::{is_reserved, served_directly, to_internal};
 use super::{ReadHalf, Shared, WriteHalf};
-use crate::auth::{AuthError, Identity, Principal, VerifiedCertificate};
+use crate::auth::{AuthError, Principal, VerifiedCertificate};
 use crate::config::BrokerConfig;
 
 /// Serves one accepted connection (TCP, or TLS with the client `certificate` it verified, if any) until it
@@ -166,6 +167,9 @@ struct Client {
     resumed: Option<Resumed>,
     will: Option<LastWill>,
     link: LinkGuard,
+    /// Packet ids of the client's QoS 2 publishes on `$` topics awaiting their PUBREL (see
+    /// `gateway_publish`); at most the client's receive maximum, as an honest client keeps to it.
+    gateway_qos2: HashSet<u16>,
     presence: PresenceInfo,
     // Dropped last: they free the client's slot and its `Sessions` entry even if this task panics.
     session: SessionGuard,
@@ -238,7 +242,7 @@ async fn accept(
         number,
     };
     let (link, link_rx, mut ack, ack_props) =
-        match router_session(shared, &client_id, &owner, &resumed, parked).await {
+        match router_session(shared, &client_id, &resumed, parked).await {
             Ok(parts) => parts,
             Err(e) => {
                 let _ = writer
@@ -292,6 +296,7 @@ async fn accept(
         resumed: Some(resumed),
         will: request.will,
         link,
+        gateway_qos2: HashSet::new(),
         presence,
         session,
         _slot: slot,
@@ -351,7 +356,6 @@ fn session_request(
 async fn router_session(
     shared: &Arc<Shared>,
     client_id: &str,
-    owner: &Identity,
     resumed: &Resumed,
     parked: Option<Link>,
 ) -> Result<(LinkGuard, LinkRx, ConnAck, Option<ConnAckProperties>), super::BrokerError> {
@@ -371,7 +375,7 @@ async fn router_session(
     let (ack, props) = router_connack(ack)?;
     let mut link = LinkGuard::new(tx);
     if let Some(filters) = &resumed.filters {
-        restore_filters(link.tx(), owner, filters);
+        restore_filters(link.tx(), filters);
     }
     Ok((link, rx, ack, props))
 }
@@ -712,6 +716,10 @@ impl Client {
             tracing::warn!(client_id = self.client_id, topic, "last will denied");
             return;
         }
+        if served_directly(topic) {
+            self.shared.taps.dispatch_now(topic, will.message);
+            return;
+        }
         let publish = Publish::new(Bytes::from(to_internal(topic)), will.message, will.retain);
         send_now(self.link.tx(), Packet::Publish(publish, None));
     }
@@ -737,10 +745,10 @@ impl Client {
             return;
         };
         // Only a session with filters the router serves has anything to wait for there.
-        let owner = self.principal.identity();
-        if filters.iter().all(|f| served_directly(&owner, f)) {
+        if filters.iter().all(|f| served_directly(f)) {
             return;
         }
+        let owner = self.principal.identity();
         let Some(rx) = link_rx else {
             return;
         };
@@ -797,10 +805,10 @@ impl Client {
                     Acked::Unknown if ack.pkid > ROUTER_PKIDS => Inbound::default(),
                     Acked::Router | Acked::Unknown => Inbound::forward(Packet::PubAck(ack, props)),
                 },
-                p @ (Packet::PingReq(_)
-                | Packet::PubRec(..)
-                | Packet::PubRel(..)
-                | Packet::PubComp(..)) => Inbound::forward(p),
+                Packet::PubRel(pubrel, props) => self.inbound_pubrel(pubrel, props),
+                p @ (Packet::PingReq(_) | Packet::PubRec(..) | Packet::PubComp(..)) => {
+                    Inbound::forward(p)
+                }
                 other => {
                     let detail = format!("unexpected packet {other:?}");
                     return ReaderEnd::Lost(DisconnectReason::ClientError, detail);
@@ -808,6 +816,7 @@ impl Client {
             };
             let Inbound {
                 to_router,
+                to_taps,
                 reply,
                 granted,
                 denied,
@@ -818,6 +827,11 @@ impl Client {
             }
             if let Some(topic) = denied {
                 return ReaderEnd::Denied(topic);
+            }
+            if let Some((topic, payload)) = to_taps {
+                // Before the acknowledgement: a client that got its PUBACK may count on the request
+                // having been taken.
+                self.shared.taps.dispatch(&topic, payload).await;
             }
             if let Some(reply) = reply {
                 let reply = match granted {
@@ -850,7 +864,7 @@ impl Client {
     }
 
     fn inbound_publish(
-        &self,
+        &mut self,
         mut publish: Publish,
         props: Option<rumqttd::protocol::PublishProperties>,
         version: Version,
@@ -859,6 +873,9 @@ impl Client {
         if !crate::topic_filter::is_topic_name(&topic) {
             // MQTT: a PUBLISH topic has no wildcards (nor NUL); a client that sends one is closed.
             return Inbound::violation(format!("PUBLISH to `{topic}`, which is not a topic name"));
+        }
+        if !is_reserved(&topic) && self.may_publish(&topic) && served_directly(&topic) {
+            return self.gateway_publish(topic, publish);
         }
         if !is_reserved(&topic) && self.may_publish(&topic) {
             publish.topic = Bytes::from(to_internal(&topic));
@@ -883,6 +900,42 @@ impl Client {
         }
     }
 
+    /// A publish on a `$` topic, which is for the gateway's services: handed to their taps, never to the
+    /// router, nor back to the publisher (the only client that could subscribe there; the README's choice).
+    /// sprig acknowledges it itself: PUBACK for QoS 1; PUBREC for QoS 2, PUBCOMP when its PUBREL comes.
+    fn gateway_publish(&mut self, topic: String, publish: Publish) -> Inbound {
+        let reply = match qos_and_pkid(&publish) {
+            (1, pkid) => Some(Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            )),
+            (2, pkid) => {
+                self.gateway_qos2.insert(pkid);
+                let reason = PubRecReason::Success;
+                Some(Packet::PubRec(PubRec { pkid, reason }, None))
+            }
+            _ => None,
+        };
+        Inbound {
+            reply,
+            to_taps: Some((topic, publish.payload)),
+            ..Inbound::default()
+        }
+    }
+
+    /// A PUBREL: sprig completes the QoS 2 exchanges of `$` publishes itself, the router the others.
+    fn inbound_pubrel(&mut self, pubrel: PubRel, props: Option<PubRelProperties>) -> Inbound {
+        if self.gateway_qos2.remove(&pubrel.pkid) {
+            let pkid = pubrel.pkid;
+            let reason = PubCompReason::Success;
+            return Inbound::reply(Packet::PubComp(PubComp { pkid, reason }, None));
+        }
+        Inbound::forward(Packet::PubRel(pubrel, props))
+    }
+
     fn inbound_subscribe(
         &self,
         subscribe: Subscribe,
@@ -891,7 +944,6 @@ impl Client {
         pending: &PendingSubacks,
     ) -> Inbound {
         let pkid = subscribe.pkid;
-        let owner = self.principal.identity();
         let mut answers = Vec::with_capacity(subscribe.filters.len());
         let (mut forwarded, mut external, mut direct) = (Vec::new(), Vec::new(), Vec::new());
         // What the connection holds or is being granted: new filters beyond the cap are refused.
@@ -925,7 +977,7 @@ impl Client {
             if filter.qos == QoS::ExactlyOnce {
                 filter.qos = QoS::AtLeastOnce;
             }
-            if served_directly(&owner, &filter.path) {
+            if served_directly(&filter.path) {
                 answers.push(Answer::Direct(filter.qos as u8));
                 direct.push(filter.path);
                 continue;
@@ -1005,7 +1057,11 @@ impl Client {
             let outlets = &self.shared.outlets;
             outlets.unsubscribe(&self.client_id, self.session.number, &external);
         }
-        let filters: Vec<String> = external.iter().map(|f| to_internal(f)).collect();
+        let filters: Vec<String> = external
+            .iter()
+            .filter(|f| !served_directly(f))
+            .map(|f| to_internal(f))
+            .collect();
         if filters.is_empty() {
             return Inbound::reply(reply);
         }
@@ -1020,6 +1076,8 @@ impl Client {
 #[derive(Default)]
 struct Inbound {
     to_router: Option<Packet>,
+    /// A client's publish for the gateway's services (see `taps`).
+    to_taps: Option<(String, Bytes)>,
     reply: Option<Packet>,
     /// The reply is a SUBACK granting these filters: reported once it is written.
     granted: Option<Vec<String>>,
@@ -1173,17 +1231,6 @@ mod tests {
                 SubscribeReasonCode::QoS0
             ]
         );
-    }
-
-    #[test]
-    fn only_the_gateways_own_topics_are_served_directly() {
-        let device = Identity::Device("d1".into());
-        assert!(served_directly(&device, "$aws/things/d1/jobs/#"));
-        assert!(!served_directly(&device, "$aws/things/d10/jobs/#"));
-        assert!(!served_directly(&device, "dt/d1/#"));
-        let operator = Identity::Operator("ops".into());
-        assert!(served_directly(&operator, "$aws/events/presence/#"));
-        assert!(!served_directly(&operator, "$sprig/control/cli/+/accepted"));
     }
 
     #[test]
