@@ -68,6 +68,17 @@ pub struct BrokerConfig {
     /// A client whose socket takes nothing for this long while the broker writes to it is disconnected.
     #[serde(default = "default_write_stall_timeout_ms")]
     pub write_stall_timeout_ms: u64,
+    /// Bytes that may wait to be written to one client; beyond them its QoS 0 messages are dropped.
+    #[serde(default = "default_max_queued_bytes")]
+    pub max_queued_bytes: usize,
+    /// Publishes per second one connection may make (AWS IoT Core: 100); a faster client is slowed down.
+    /// 0: no limit.
+    #[serde(default = "default_max_publishes_per_second")]
+    pub max_publishes_per_second: u32,
+    /// Bytes (topics and payloads) per second one connection may publish (AWS IoT Core: 512 KiB); a
+    /// faster client is slowed down. 0: no limit.
+    #[serde(default = "default_max_publish_bytes_per_second")]
+    pub max_publish_bytes_per_second: u32,
     /// Subscriptions one connection may hold (AWS IoT Core: 50); more are refused in the SUBACK.
     #[serde(default = "default_max_subscriptions")]
     pub max_subscriptions_per_connection: usize,
@@ -97,6 +108,18 @@ pub struct BrokerConfig {
 
 fn default_write_stall_timeout_ms() -> u64 {
     30_000
+}
+
+fn default_max_queued_bytes() -> usize {
+    1 << 20
+}
+
+fn default_max_publishes_per_second() -> u32 {
+    100
+}
+
+fn default_max_publish_bytes_per_second() -> u32 {
+    512 * 1024
 }
 
 fn default_max_subscriptions() -> usize {
@@ -320,6 +343,9 @@ impl Config {
         }
         if self.broker.write_stall_timeout_ms < 100 {
             return fail("broker.write_stall_timeout_ms", "must be at least 100 ms");
+        }
+        if self.broker.max_queued_bytes < 4096 {
+            return fail("broker.max_queued_bytes", "must be at least 4096 bytes");
         }
         if self.broker.max_subscriptions_per_connection == 0 {
             return fail(

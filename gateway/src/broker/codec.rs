@@ -3,7 +3,7 @@
 use std::io;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{self, Packet, Protocol};
@@ -202,6 +202,19 @@ fn peek_protocol_level(buf: &[u8]) -> Peek {
     }
 }
 
+/// What [`PacketWriter::write_or_flush`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// The socket took some of the buffer.
+    Wrote,
+    /// The buffer was empty, and the stream has passed on all it held.
+    Flushed,
+}
+
+/// A writer's buffer to begin with, and the most it keeps once empty.
+const INITIAL_BUFFER: usize = 4096;
+const KEPT_BUFFER: usize = 64 * 1024;
+
 /// Writes packets in the connection's version.
 pub(crate) struct PacketWriter<W> {
     io: W,
@@ -215,7 +228,7 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     pub(crate) fn new(io: W, version: Version) -> Self {
         PacketWriter {
             io,
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::with_capacity(INITIAL_BUFFER),
             version,
             stall: None,
         }
@@ -258,6 +271,42 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
             self.buf.clear();
         }
         self.io.flush().await
+    }
+
+    /// Bytes encoded and not yet taken by the socket.
+    pub(crate) fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// How long a write may wait for a client that does not read, if limited.
+    pub(crate) fn stall_limit(&self) -> Option<Duration> {
+        self.stall
+    }
+
+    /// Writes what the socket takes now of the encoded bytes: at least one byte, or an error. Cancel-safe
+    /// (a write that has not completed has taken nothing), so the writer loop can wait on it beside its
+    /// sources. The buffer's memory is given back once a backlog of a slow client has been written.
+    pub(crate) async fn write_some(&mut self) -> io::Result<()> {
+        let written = self.io.write(&self.buf).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.buf.advance(written);
+        if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER {
+            self.buf = BytesMut::with_capacity(INITIAL_BUFFER);
+        }
+        Ok(())
+    }
+
+    /// Moves bytes on towards the client: some of the buffer ([`PacketWriter::write_some`]) or, once it
+    /// is empty, what the stream itself still holds (TLS records). Cancel-safe.
+    pub(crate) async fn write_or_flush(&mut self) -> io::Result<Progress> {
+        if self.buf.is_empty() {
+            self.io.flush().await?;
+            return Ok(Progress::Flushed);
+        }
+        self.write_some().await?;
+        Ok(Progress::Wrote)
     }
 
     pub(crate) async fn send(&mut self, packet: Packet) -> io::Result<()> {

@@ -609,6 +609,12 @@ impl Outlets {
         }
     }
 
+    /// Counts a message a connection's writer dropped for a client that reads too slowly; the total of
+    /// all drops since the broker started.
+    pub(crate) fn count_dropped(&self) -> u64 {
+        self.dropped.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Messages dropped on full queues since the broker started.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

@@ -37,6 +37,7 @@ mod inflight;
 mod internal;
 mod parking;
 mod presence;
+mod quota;
 mod sessions;
 pub mod skips;
 mod taps;

@@ -37,6 +37,7 @@ use super::inflight::{qos_and_pkid, Acked, Inflight, ROUTER_PKIDS};
 use super::internal::disconnect_now;
 use super::parking::{restore_filters, Link};
 use super::presence::{DisconnectReason, PresenceInfo};
+use super::quota::PublishQuota;
 use super::topics::{is_reserved, served_directly, to_internal};
 use super::{ReadHalf, Shared, WriteHalf};
 use crate::auth::{AuthError, Principal, VerifiedCertificate};
@@ -170,6 +171,8 @@ struct Client {
     /// Packet ids of the client's QoS 2 publishes on `$` topics awaiting their PUBREL (see
     /// `gateway_publish`); at most the client's receive maximum, as an honest client keeps to it.
     gateway_qos2: HashSet<u16>,
+    /// How fast the client may publish (see `quota`).
+    quota: PublishQuota,
     presence: PresenceInfo,
     // Dropped last: they free the client's slot and its `Sessions` entry even if this task panics.
     session: SessionGuard,
@@ -297,6 +300,11 @@ async fn accept(
         will: request.will,
         link,
         gateway_qos2: HashSet::new(),
+        quota: PublishQuota::new(
+            shared.config.max_publishes_per_second,
+            shared.config.max_publish_bytes_per_second,
+            shared.config.max_payload_size,
+        ),
         presence,
         session,
         _slot: slot,
@@ -586,6 +594,8 @@ impl Client {
         let outgoing = Outgoing {
             writer,
             inflight: self.inflight.clone(),
+            budget: self.shared.config.max_queued_bytes,
+            dropped: 0,
         };
         let writer_task = write_loop(
             outgoing,
@@ -785,7 +795,11 @@ impl Client {
                 Err(e) => return lost(e),
             };
             let forward = match packet {
-                Packet::Publish(publish, props) => self.inbound_publish(publish, props, version),
+                Packet::Publish(publish, props) => {
+                    let size = publish.topic.len() + publish.payload.len();
+                    self.quota.admit(&self.client_id, size).await;
+                    self.inbound_publish(publish, props, version)
+                }
                 Packet::Subscribe(subscribe, props) => {
                     self.inbound_subscribe(subscribe, props, version, pending)
                 }

@@ -6,9 +6,10 @@ use rumqttd::local::LinkRx;
 use rumqttd::protocol::{Packet, Publish, SubscribeReasonCode};
 use rumqttd::Notification;
 use tokio::sync::mpsc;
+use tokio::time::{Duration, Instant};
 
 use super::super::backlog::Waiting;
-use super::super::codec::{PacketWriter, Version};
+use super::super::codec::{PacketWriter, Progress, Version};
 use super::super::direct::Resumed;
 use super::super::inflight::{qos1_publish, qos_and_pkid};
 use super::super::parking::RESTORE_PKID;
@@ -58,9 +59,19 @@ const DIRECT_BATCH: usize = 64;
 pub(super) struct Outgoing {
     pub(super) writer: PacketWriter<WriteHalf>,
     pub(super) inflight: SharedInflight,
+    /// Bytes that may wait for the client (`broker.max_queued_bytes`): beyond them QoS 0 messages are
+    /// dropped, not queued.
+    pub(super) budget: usize,
+    /// QoS 0 messages dropped for this connection because it read too slowly.
+    pub(super) dropped: u64,
 }
 
 impl Outgoing {
+    /// True when as much waits for the client as it may be sent ahead.
+    fn full(&self) -> bool {
+        self.writer.pending() >= self.budget
+    }
+
     /// Encodes one of the session's own messages: at QoS 0, or at QoS 1 under a packet id of sprig's (see
     /// [`Inflight`]), recorded until the client acknowledges it.
     fn encode_message(&mut self, message: Waiting) -> std::io::Result<()> {
@@ -73,16 +84,36 @@ impl Outgoing {
         self.writer.encode(Packet::Publish(publish, None))
     }
 
-    /// Writes one packet from the router; a QoS 1 publish is recorded until the client acknowledges it.
-    async fn send_from_router(&mut self, packet: Packet) -> std::io::Result<()> {
+    /// Encodes one packet from the router; a QoS 1 publish is recorded until the client acknowledges it.
+    /// Returns false when it was a QoS 0 publish dropped because the client is too far behind.
+    fn encode_from_router(&mut self, packet: Packet) -> std::io::Result<bool> {
         if let Packet::Publish(publish, _) = &packet {
             let (qos, pkid) = qos_and_pkid(publish);
+            if qos == 0 && self.full() {
+                return Ok(false);
+            }
             if qos > 0 {
                 let topic = String::from_utf8_lossy(&publish.topic);
                 lock(&self.inflight).sent_by_router(pkid, &topic, &publish.payload);
             }
         }
-        self.writer.send(packet).await
+        self.writer.encode(packet).map(|()| true)
+    }
+
+    /// Counts and logs (the first, then every power of two) a QoS 0 message dropped for this client.
+    fn count_drop(&mut self, subscribed: &Subscribed, topic: &str) {
+        self.dropped += 1;
+        let total = subscribed.shared.outlets.count_dropped();
+        if self.dropped.is_power_of_two() {
+            tracing::warn!(
+                client_id = subscribed.client_id,
+                topic,
+                dropped = self.dropped,
+                dropped_all_clients = total,
+                queued_bytes = self.writer.pending(),
+                "the client reads too slowly: QoS 0 message dropped"
+            );
+        }
     }
 }
 
@@ -140,13 +171,29 @@ async fn write_until_end(
     let version = out.writer.version();
     // False once a newer connection of this client id took the outlet over (the sender is gone).
     let mut direct_open = true;
+    // Packets are encoded into the writer's buffer and written as the socket takes them, so a client that
+    // reads slowly never holds up taking what comes next: its QoS 0 messages beyond `out.budget` are
+    // dropped right here, instead of waiting (without bound) in the router and the direct queue.
+    let stall = out.writer.stall_limit().unwrap_or(NEVER);
+    let stall_timer = tokio::time::sleep(stall);
+    tokio::pin!(stall_timer);
+    let mut stall_armed = false;
+    // Bytes the stream took that it may still hold itself (TLS records not yet on the socket).
+    let mut unflushed = false;
     loop {
+        let waiting = out.writer.pending() > 0 || unflushed;
+        // The stall clock runs while something waits for the client, from when it began to wait or last
+        // took some.
+        if waiting && !stall_armed {
+            stall_timer.as_mut().reset(Instant::now() + stall);
+        }
+        stall_armed = waiting;
         tokio::select! {
             // Replies the reader made are written before later router output.
             biased;
             command = commands.recv() => match command {
                 Some(ToWriter::Packet(packet)) => {
-                    if let Err(e) = out.writer.send(*packet).await {
+                    if let Err(e) = out.writer.encode(*packet) {
                         return WriterEnd::Io(e);
                     }
                 }
@@ -168,22 +215,40 @@ async fn write_until_end(
                     return WriterEnd::Closed;
                 }
             },
+            progress = out.writer.write_or_flush(), if waiting => match progress {
+                Ok(Progress::Wrote) => {
+                    unflushed = true;
+                    stall_timer.as_mut().reset(Instant::now() + stall);
+                }
+                Ok(Progress::Flushed) => unflushed = false,
+                Err(e) => return WriterEnd::Io(e),
+            },
+            () = &mut stall_timer, if waiting => {
+                let ms = stall.as_millis();
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client read nothing for {ms} ms"),
+                );
+                return WriterEnd::Io(e);
+            }
             message = direct.recv(), if direct_open => {
                 let Some(message) = message else {
                     direct_open = false;
                     continue;
                 };
                 // Whatever else is queued goes out in the same write.
-                let mut encoded = out.encode_message(message);
-                for _ in 1..DIRECT_BATCH {
-                    let Ok(more) = direct.try_recv() else { break };
-                    encoded = encoded.and_then(|()| out.encode_message(more));
-                }
-                if let Err(e) = encoded {
-                    return WriterEnd::Io(e);
-                }
-                if let Err(e) = out.writer.flush().await {
-                    return WriterEnd::Io(e);
+                let mut next = Some(message);
+                let mut taken = 0;
+                while let Some(message) = next.take() {
+                    if !message.reliable && out.full() {
+                        out.count_drop(subscribed, &message.topic);
+                    } else if let Err(e) = out.encode_message(message) {
+                        return WriterEnd::Io(e);
+                    }
+                    taken += 1;
+                    if taken < DIRECT_BATCH {
+                        next = direct.try_recv().ok();
+                    }
                 }
             }
             notification = link_rx.next() => {
@@ -204,8 +269,17 @@ async fn write_until_end(
                 let Some(packet) = packet else { continue };
                 match outbound(packet, pending, subscribed, version) {
                     Outbound::Write(packet) => {
-                        if let Err(e) = out.send_from_router(packet).await {
-                            return WriterEnd::Io(e);
+                        let topic = match &packet {
+                            Packet::Publish(publish, _) => Some(publish.topic.clone()),
+                            _ => None,
+                        };
+                        match out.encode_from_router(packet) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                let topic = topic.unwrap_or_default();
+                                out.count_drop(subscribed, &String::from_utf8_lossy(&topic));
+                            }
+                            Err(e) => return WriterEnd::Io(e),
                         }
                     }
                     Outbound::SubAck(packet, granted) => {
@@ -227,6 +301,9 @@ async fn write_until_end(
         }
     }
 }
+
+/// A stall limit that never comes (no limit configured): a year, well within tokio's timer range.
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// What the writer does with one packet from the router.
 enum Outbound {
