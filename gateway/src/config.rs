@@ -79,6 +79,10 @@ pub struct BrokerConfig {
     /// faster client is slowed down. 0: no limit.
     #[serde(default = "default_max_publish_bytes_per_second")]
     pub max_publish_bytes_per_second: u32,
+    /// Distinct filters the router may be given while the broker runs (it never frees one); new ones
+    /// beyond are refused in the SUBACK.
+    #[serde(default = "default_max_router_filters")]
+    pub max_router_filters: usize,
     /// Subscriptions one connection may hold (AWS IoT Core: 50); more are refused in the SUBACK.
     #[serde(default = "default_max_subscriptions")]
     pub max_subscriptions_per_connection: usize,
@@ -120,6 +124,10 @@ fn default_max_publishes_per_second() -> u32 {
 
 fn default_max_publish_bytes_per_second() -> u32 {
     512 * 1024
+}
+
+fn default_max_router_filters() -> usize {
+    10_000
 }
 
 fn default_max_subscriptions() -> usize {
@@ -346,6 +354,9 @@ impl Config {
         }
         if self.broker.max_queued_bytes < 4096 {
             return fail("broker.max_queued_bytes", "must be at least 4096 bytes");
+        }
+        if self.broker.max_router_filters == 0 {
+            return fail("broker.max_router_filters", "must be at least 1");
         }
         if self.broker.max_subscriptions_per_connection == 0 {
             return fail(

@@ -385,3 +385,35 @@ fn requests_on_gateway_topics_are_acknowledged_at_each_qos() {
     stream.write_all(&packet(0xC0, &[])).unwrap();
     assert_eq!(read_packet(&mut stream), (0xD0, vec![]), "PINGRESP");
 }
+
+/// rumqttd's router never frees a filter, so clients reconnecting with ever new ones (each connection
+/// within its own cap) are held to `max_router_filters` distinct filters in all: a new one beyond is
+/// refused, one the router knows is still granted, and `$` filters (sprig's own) never count.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_routers_filters_are_capped_across_connections() {
+    let gateway = Gateway::start_with(|config| {
+        sprig_tests::with_setting(
+            &config,
+            "max_router_filters = 10000",
+            "max_router_filters = 4",
+        ) + "\n[[auth.topic_rules]]\npublish = [\"dt/${thing}/#\"]\nsubscribe = [\"dt/${thing}/#\"]\n"
+    });
+    let mut first = Device::connect(gateway.addr, "churn-1", Protocol::V311).await;
+    let codes = first.subscribe(&["dt/churn-1/a", "dt/churn-1/b"]).await;
+    assert_eq!(codes, [1, 1]);
+    first.disconnect().await;
+    // (rumqttc's MQTT 5 client takes a refused filter for an error: 3.1.1 here, whose code is 0x80.)
+    let mut second = Device::connect(gateway.addr, "churn-1", Protocol::V311).await;
+    let codes = second
+        .subscribe(&["dt/churn-1/c", "dt/churn-1/d", "dt/churn-1/e", "dt/churn-1/a"])
+        .await;
+    assert_eq!(codes, [1, 1, 0x80, 1], "the fifth distinct filter is over the cap");
+    let codes = second.subscribe(&["$aws/things/churn-1/jobs/notify"]).await;
+    assert_eq!(codes, [1], "sprig's own filters never reach the router");
+    let mut other = Device::connect(gateway.addr, "churn-2", Protocol::V311).await;
+    assert_eq!(other.subscribe(&["dt/churn-2/x"]).await, [0x80]);
+    gateway.wait_for_log("the router holds broker.max_router_filters filters", WAIT);
+    // Still served: the Jobs API answers.
+    let (accepted, _) = other.request("get", json!({})).await;
+    assert!(accepted);
+}

@@ -38,6 +38,7 @@ mod internal;
 mod parking;
 mod presence;
 mod quota;
+mod routed;
 mod sessions;
 pub mod skips;
 mod taps;
@@ -142,6 +143,8 @@ pub(crate) struct Shared {
     trimmer: Arc<trim::Trimmer>,
     /// The gateway services' `$` subscriptions (see `taps`).
     taps: taps::Taps,
+    /// The filters the router holds, capped (see `routed`).
+    routed: routed::RoutedFilters,
     /// Granted subscriptions, for [`Broker::subscriptions`]; sending without receivers costs nothing.
     subscriptions: broadcast::Sender<SubscribeEvent>,
     /// Password checks running at once (see [`PASSWORD_CHECKS`]).
@@ -280,6 +283,7 @@ impl Broker {
             clients: AtomicUsize::new(0),
             trimmer: Arc::default(),
             taps: taps::Taps::default(),
+            routed: routed::RoutedFilters::new(config.max_router_filters),
             subscriptions: broadcast::channel(SUBSCRIPTION_EVENTS).0,
             password_checks: Arc::new(Semaphore::new(password_check_permits())),
             logins: admission::Logins::default(),
@@ -422,7 +426,7 @@ async fn park_restored(
             continue;
         }
         let (mut tx, rx, _ack) = shared.link(&client_id, true).await?;
-        parking::restore_filters(&mut tx, &filters);
+        parking::restore_filters(&mut tx, &filters, &shared.routed);
         let most = shared.config.max_connections;
         shared
             .parked

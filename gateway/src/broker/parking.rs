@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use super::backlog::Waiting;
 use super::inflight::qos_and_pkid;
 use super::internal::{disconnect_now, push_now};
+use super::routed::RoutedFilters;
 use super::topics::{served_directly, to_external, to_internal};
 use super::{stopped, Shared};
 use crate::auth::Identity;
@@ -130,7 +131,7 @@ fn close(parked: ParkedLink) {
 
 /// Subscribes a fresh router link to those of a resumed session's filters (external form) that the router
 /// serves, at QoS 1; false when there are none.
-pub(crate) fn restore_filters(tx: &mut LinkTx, filters: &[String]) -> bool {
+pub(crate) fn restore_filters(tx: &mut LinkTx, filters: &[String], routed: &RoutedFilters) -> bool {
     let filters: Vec<Filter> = filters
         .iter()
         .filter(|f| !served_directly(f))
@@ -145,6 +146,7 @@ pub(crate) fn restore_filters(tx: &mut LinkTx, filters: &[String]) -> bool {
     if filters.is_empty() {
         return false;
     }
+    routed.record(filters.iter().map(|f| f.path.as_str()));
     let subscribe = Subscribe {
         pkid: RESTORE_PKID,
         filters,

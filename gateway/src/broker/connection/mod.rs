@@ -383,7 +383,7 @@ async fn router_session(
     let (ack, props) = router_connack(ack)?;
     let mut link = LinkGuard::new(tx);
     if let Some(filters) = &resumed.filters {
-        restore_filters(link.tx(), filters);
+        restore_filters(link.tx(), filters, &shared.routed);
     }
     Ok((link, rx, ack, props))
 }
@@ -996,8 +996,21 @@ impl Client {
                 direct.push(filter.path);
                 continue;
             }
-            answers.push(Answer::Router);
             let internal = to_internal(&filter.path);
+            if !self.shared.routed.admit(&internal) {
+                let (held, most) = (self.shared.routed.count(), self.shared.routed.most());
+                tracing::warn!(
+                    client_id = self.client_id,
+                    filter = filter.path,
+                    held,
+                    most,
+                    "subscribe refused: the router holds broker.max_router_filters filters, and never \
+                     frees one (a restart does)"
+                );
+                answers.push(Answer::OverQuota);
+                continue;
+            }
+            answers.push(Answer::Router);
             external.push(std::mem::replace(&mut filter.path, internal));
             forwarded.push(filter);
         }
