@@ -248,6 +248,12 @@ async fn subscriptions_per_connection_are_capped() {
 async fn a_client_that_stops_reading_is_disconnected() {
     use tokio::io::AsyncWriteExt;
     let gateway = Gateway::start_with(|config| {
+        // No byte quota: the publisher floods at loopback speed.
+        let config = sprig_tests::with_setting(
+            &config,
+            "max_publish_bytes_per_second = 524288",
+            "max_publish_bytes_per_second = 0",
+        );
         sprig_tests::with_setting(
             &config,
             "write_stall_timeout_ms = 30000",
@@ -332,7 +338,14 @@ async fn growth_per_round_kb(gateway: &Gateway, rounds: usize) -> f64 {
 /// growth does not go on.
 #[tokio::test(flavor = "multi_thread")]
 async fn control_and_device_api_topics_leave_nothing_behind() {
-    let gateway = Gateway::start();
+    // No publish quota: the device makes 5,000 requests as fast as they are answered.
+    let gateway = Gateway::start_with(|config| {
+        sprig_tests::with_setting(
+            &config,
+            "max_publishes_per_second = 100",
+            "max_publishes_per_second = 0",
+        )
+    });
     // Warm up: the allocator's arenas, the store's caches, the runtime's buffers.
     growth_per_round_kb(&gateway, 100).await;
     let growth = growth_per_round_kb(&gateway, 400).await;
@@ -405,9 +418,18 @@ async fn the_routers_filters_are_capped_across_connections() {
     // (rumqttc's MQTT 5 client takes a refused filter for an error: 3.1.1 here, whose code is 0x80.)
     let mut second = Device::connect(gateway.addr, "churn-1", Protocol::V311).await;
     let codes = second
-        .subscribe(&["dt/churn-1/c", "dt/churn-1/d", "dt/churn-1/e", "dt/churn-1/a"])
+        .subscribe(&[
+            "dt/churn-1/c",
+            "dt/churn-1/d",
+            "dt/churn-1/e",
+            "dt/churn-1/a",
+        ])
         .await;
-    assert_eq!(codes, [1, 1, 0x80, 1], "the fifth distinct filter is over the cap");
+    assert_eq!(
+        codes,
+        [1, 1, 0x80, 1],
+        "the fifth distinct filter is over the cap"
+    );
     let codes = second.subscribe(&["$aws/things/churn-1/jobs/notify"]).await;
     assert_eq!(codes, [1], "sprig's own filters never reach the router");
     let mut other = Device::connect(gateway.addr, "churn-2", Protocol::V311).await;
