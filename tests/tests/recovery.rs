@@ -269,3 +269,54 @@ async fn misbehaving_handlers_are_contained_and_the_gateway_keeps_serving() {
     assert!(accepted, "{body}");
     assert_eq!(op.job_status("after").await, "COMPLETED");
 }
+
+/// A plugin that aborts the process (what a panic does in a plugin built with `panic = "abort"`) takes the
+/// gateway down with it; every attempt is written to disk before the call, so after `max_attempts`
+/// restarts the recovery ends FAILED, saying so, instead of crashing the gateway after every restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_aborts_the_gateway_ends_at_max_attempts_instead_of_a_crash_loop() {
+    let misbehave = plugin_path("sprig-plugin-misbehave");
+    let mut gateway = Gateway::start_with(|config| {
+        format!(
+            "{config}\n[[recovery]]\nthings = \"abort-*\"\nplugin = {misbehave:?}\nmax_attempts = 2\n[recovery.config]\nmode = \"abort\"\n"
+        )
+    });
+    let mut op = gateway.operator().await;
+    let device = start_job(&gateway, &mut op, "abort-1", "job-abort").await;
+    op.request("DeleteJob", json!({"jobId": "job-abort", "force": true}))
+        .await
+        .unwrap();
+    let status = gateway.wait_for_exit(Duration::from_secs(20));
+    assert!(
+        !status.success(),
+        "the plugin's abort ends the process: {status:?}"
+    );
+    drop((device, op));
+
+    // Each restart: the device comes back, the handler is called again and aborts again, until the
+    // attempts are used up.
+    for restart in 1..=2 {
+        gateway.spawn();
+        let mut device = Device::connect(gateway.addr, "abort-1", Protocol::V311).await;
+        device.subscribe(&["$aws/things/abort-1/rollback"]).await;
+        if restart == 2 {
+            break;
+        }
+        let status = gateway.wait_for_exit(Duration::from_secs(20));
+        assert!(!status.success(), "restart {restart}: {status:?}");
+    }
+    let mut op = gateway.operator().await;
+    let done = wait_for_recovery(&mut op, "abort-1", Duration::from_secs(10), |r| {
+        r["status"] != "PENDING"
+    })
+    .await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    let error = done["lastError"].as_str().unwrap_or_default();
+    assert!(error.contains("never returned"), "{error}");
+    // And the gateway goes on serving.
+    assert_eq!(
+        op.job_status("job-abort").await,
+        "ResourceNotFoundException"
+    );
+}

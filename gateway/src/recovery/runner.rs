@@ -200,12 +200,22 @@ impl Runner {
             return self.finish(recovery, RecoveryState::Failed).await;
         };
         let route = &self.loaded[index];
-        // Recorded before the call: a crash during it re-runs this attempt, with a higher number.
+        // Only a call that never returned leaves a PENDING recovery at its last attempt: the gateway
+        // stopped during it (a plugin that aborts or crashes takes the process with it). Calling again
+        // would crash it again, after every restart.
+        if recovery.attempts >= route.route.max_attempts {
+            recovery.last_error = Some(format!(
+                "gave up after {} attempts: the last one never returned (the gateway stopped during the \
+                 handler call: did the plugin abort or crash?)",
+                recovery.attempts
+            ));
+            return self.finish(recovery, RecoveryState::Failed).await;
+        }
+        // Recorded, and flushed, before the call: a crash during it counts as an attempt, so a plugin that
+        // takes the gateway down ends at `max_attempts` instead of in a crash loop.
         recovery.attempts += 1;
         recovery.updated_at = now_ms();
-        // Not flushed: sled writes it out within half a second, and a crash that loses it re-runs the
-        // attempt under the same number, which handlers must tolerate anyway.
-        if !self.save(recovery.clone(), false).await {
+        if !self.save(recovery.clone(), true).await {
             return;
         }
         let context = context_of(&recovery);

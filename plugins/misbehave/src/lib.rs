@@ -1,6 +1,6 @@
 //! `sprig-plugin-misbehave`: a test plugin that does exactly the wrong thing it is told to.
 //!
-//! Config: `mode = "ok" | "error" | "panic" | "hang" | "garbage"`, and optionally
+//! Config: `mode = "ok" | "error" | "panic" | "hang" | "garbage" | "abort"`, and optionally
 //! - `garbage = "non-utf8" | "not-json" | "wrong-shape" | "bad-topic"` (default `"non-utf8"`): which
 //!   malformed answer `mode = "garbage"` returns;
 //! - `hang_ms` (default one hour): how long `mode = "hang"` sleeps in `recover`;
@@ -32,6 +32,8 @@ pub enum Mode {
     Hang,
     /// Answer malformed bytes.
     Garbage,
+    /// Abort the process, as a panic does in a plugin built with `panic = "abort"`.
+    Abort,
 }
 
 /// Which malformed answer.
@@ -95,6 +97,10 @@ impl RecoveryHandler for Misbehave {
                 Err(format!("misbehave: failing for {} as configured", ctx.thing_name).into())
             }
             Mode::Panic => panic!("misbehave: panicking for {} as configured", ctx.thing_name),
+            Mode::Abort => {
+                eprintln!("misbehave: aborting for {} as configured", ctx.thing_name);
+                std::process::abort()
+            }
             Mode::Hang => {
                 std::thread::sleep(Duration::from_millis(self.config.hang_ms));
                 Ok(Recovery {
