@@ -216,6 +216,17 @@ unsafe fn guarded(out: *mut Bytes, body: impl FnOnce() -> Result<Vec<u8>, String
     status
 }
 
+/// A handler's config from its JSON. A route without a `[recovery.config]` table hands over `{}`: a config
+/// type that takes nothing (`()`, `Option<T>`) reads it as no config at all.
+fn parse_config<C: serde::de::DeserializeOwned>(json: &[u8]) -> Result<C, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_slice(json)?;
+    let empty = value.as_object().is_some_and(|table| table.is_empty());
+    match serde_json::from_value(value) {
+        Err(_) if empty => serde_json::from_value(serde_json::Value::Null),
+        parsed => parsed,
+    }
+}
+
 /// The sdk's [`CreateFn`] for handler `H`: parses the config JSON into `H::Config`, calls `H::new`, and
 /// boxes the handler (the instance pointer is a `Box<H>`).
 ///
@@ -228,8 +239,8 @@ pub unsafe extern "C" fn create<H: RecoveryHandler>(
 ) -> i32 {
     let mut instance: *mut c_void = std::ptr::null_mut();
     let status = guarded(out_message, || {
-        let config: H::Config = serde_json::from_slice(config.as_slice())
-            .map_err(|e| format!("invalid config: {e}"))?;
+        let config: H::Config =
+            parse_config(config.as_slice()).map_err(|e| format!("invalid config: {e}"))?;
         let handler = H::new(config).map_err(|e| e.to_string())?;
         instance = Box::into_raw(Box::new(handler)) as *mut c_void;
         Ok(Vec::new())

@@ -84,8 +84,9 @@ pub type Error = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// A panic in `new` or `recover` is caught and reported to the gateway as a failed call; the instance
 /// stays in use, so leave `self` consistent if you panic (as always with unwinding).
 pub trait RecoveryHandler: Sized + 'static {
-    /// The handler's config: its `[[recovery]]` table in the gateway's TOML config, handed over as JSON
-    /// and deserialized with serde. Use `serde_json::Value` to take anything, `()` for nothing.
+    /// The handler's config: its route's `[recovery.config]` table in the gateway's TOML config (`{}`
+    /// when there is none), handed over as JSON and deserialized with serde. Use `serde_json::Value` to
+    /// take anything, `()` for nothing.
     type Config: serde::de::DeserializeOwned;
 
     /// Makes a handler from its config. An error refuses the config; the gateway reports the message.
@@ -122,6 +123,14 @@ macro_rules! export_plugin {
         );
     };
     ($handler:ty, name = $name:expr, version = $version:expr $(,)?) => {
+        // A panic in a plugin built with `panic = "abort"` aborts the gateway's process: the sdk's
+        // containment of panics needs unwinding.
+        #[cfg(panic = "abort")]
+        ::core::compile_error!(
+            "sprig plugins must be built with `panic = \"unwind\"` (the default): with `panic = \"abort\"` a \
+             panic in the plugin would abort the whole gateway instead of failing one call; remove \
+             `panic = \"abort\"` from this crate's (or the workspace's) [profile] sections"
+        );
         /// The plugin descriptor the sprig gateway looks up (see `sprig_sdk::abi`).
         #[no_mangle]
         pub static SPRIG_PLUGIN_DESCRIPTOR: $crate::abi::Descriptor =

@@ -231,3 +231,50 @@ fn shims_answer_errors_and_catch_panics() {
     assert!(take(out).contains("unreadable context"));
     unsafe { (ECHO.destroy.unwrap())(instance) };
 }
+
+/// A handler that takes no config.
+struct Plain;
+
+impl RecoveryHandler for Plain {
+    type Config = ();
+
+    fn new((): ()) -> Result<Self, Error> {
+        Ok(Plain)
+    }
+
+    fn recover(&mut self, _: &RecoveryContext) -> Result<Recovery, Error> {
+        Ok(Recovery {
+            actions: Vec::new(),
+            outcome: Outcome::Recovered,
+        })
+    }
+}
+
+static PLAIN: Descriptor = Descriptor::new::<Plain>("plain", "1.0.0");
+
+#[test]
+fn a_handler_without_config_takes_a_route_without_a_config_table() {
+    let create = |config: &str| {
+        let mut instance = std::ptr::null_mut();
+        let mut message = Bytes::EMPTY;
+        let status = unsafe {
+            (PLAIN.create.unwrap())(
+                Bytes::from_slice(config.as_bytes()),
+                &mut instance,
+                &mut message,
+            )
+        };
+        if status == abi::STATUS_OK {
+            unsafe { (PLAIN.destroy.unwrap())(instance) };
+            return (status, String::new());
+        }
+        let text = String::from_utf8(unsafe { message.as_slice() }.to_vec()).unwrap();
+        unsafe { (PLAIN.free.unwrap())(message) };
+        (status, text)
+    };
+    assert_eq!(create("{}").0, abi::STATUS_OK);
+    assert_eq!(create("null").0, abi::STATUS_OK);
+    let (status, message) = create(r#"{"mode": "x"}"#);
+    assert_eq!(status, abi::STATUS_ERROR);
+    assert!(message.starts_with("invalid config"), "{message}");
+}

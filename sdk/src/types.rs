@@ -19,8 +19,6 @@ pub enum Reason {
     ForceDeleted,
     /// The job (or this execution) was canceled with `force`, while the execution was in progress.
     ForceCanceled,
-    /// The execution's step timeout expired.
-    TimedOut,
     /// A reason this sdk version does not know (a newer gateway); handle it generically.
     #[serde(other)]
     Other,

@@ -111,3 +111,23 @@ fn run_refuses_a_recovery_route_whose_plugin_has_the_wrong_abi() {
         "{stderr}"
     );
 }
+
+/// A plugin built with `panic = "abort"` would abort the gateway on its first panic: `export_plugin!`
+/// refuses to compile it, saying why.
+#[test]
+fn a_plugin_built_with_panic_abort_does_not_compile() {
+    let dir = target_dir().join("panic-abort");
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "-p", "sprig-plugin-reset", "--target-dir"])
+        .arg(&dir)
+        .args(["--config", "profile.dev.panic=\"abort\""])
+        .current_dir(sprig_tests::workspace())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it compiled:\n{stderr}");
+    assert!(
+        stderr.contains("sprig plugins must be built with `panic = \"unwind\"`"),
+        "{stderr}"
+    );
+}
