@@ -58,7 +58,7 @@ pub mod abi;
 mod types;
 
 pub use abi::ABI_VERSION;
-pub use types::{Action, Outcome, Reason, Recovery, RecoveryContext};
+pub use types::{validate_status_details, Action, Outcome, Reason, Recovery, RecoveryContext};
 
 /// `serde`, re-exported so that plugins need no dependency of their own.
 pub use serde;

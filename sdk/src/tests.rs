@@ -278,3 +278,46 @@ fn a_handler_without_config_takes_a_route_without_a_config_table() {
     assert_eq!(status, abi::STATUS_ERROR);
     assert!(message.starts_with("invalid config"), "{message}");
 }
+
+#[test]
+fn validate_for_applies_every_rule_of_the_gateway() {
+    let answer = |actions: Vec<Action>| Recovery {
+        actions,
+        outcome: Outcome::Recovered,
+    };
+    let publish = |topic: &str| Action::Publish {
+        topic: topic.into(),
+        payload: String::new(),
+        qos: 1,
+    };
+    let details = |pairs: &[(&str, &str)]| Action::SetStatusDetails {
+        status_details: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let ok = answer(vec![
+        publish("$aws/things/pump-1/rollback"),
+        details(&[("state", "reset")]),
+    ]);
+    assert_eq!(ok.validate_for("pump-1"), Ok(()));
+    let elsewhere = answer(vec![publish("$aws/things/pump-2/rollback")]);
+    assert!(elsewhere.validate().is_ok(), "a topic name as such");
+    let why = elsewhere.validate_for("pump-1").unwrap_err();
+    assert!(why.contains("outside the device's own topics"), "{why}");
+    for bad in [
+        &[("", "x")][..],
+        &[("bad key!", "x")],
+        &[("k", "")],
+        &[("k", "a\nb")],
+    ] {
+        let why = answer(vec![details(bad)]).validate().unwrap_err();
+        assert!(why.contains("statusDetails"), "{bad:?}: {why}");
+    }
+    let eleven: Vec<(String, String)> = (0..11).map(|i| (format!("k{i}"), "v".into())).collect();
+    let eleven: Vec<(&str, &str)> = eleven
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert!(answer(vec![details(&eleven)]).validate().is_err());
+}

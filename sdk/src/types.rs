@@ -121,25 +121,76 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    /// Checks what serde cannot: publish topics are concrete MQTT topic names (not empty, no wildcard,
-    /// no NUL) and QoS is 0 or 1. The gateway refuses an answer that fails this as garbage.
+    /// Checks what serde cannot, whatever the device: publish topics are concrete MQTT topic names (not
+    /// empty, no wildcard, no NUL), QoS is 0 or 1, and `statusDetails` are what AWS IoT Jobs accepts (see
+    /// [`validate_status_details`]). [`Recovery::validate_for`] adds the rule that depends on the device.
     pub fn validate(&self) -> Result<(), String> {
         for (i, action) in self.actions.iter().enumerate() {
-            if let Action::Publish { topic, qos, .. } = action {
-                if topic.is_empty() || topic.contains(['+', '#', '\0']) {
-                    return Err(format!(
-                        "action {i}: {topic:?} is not an MQTT topic name to publish to"
-                    ));
+            match action {
+                Action::Publish { topic, qos, .. } => {
+                    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+                        return Err(format!(
+                            "action {i}: {topic:?} is not an MQTT topic name to publish to"
+                        ));
+                    }
+                    if *qos > 1 {
+                        return Err(format!(
+                            "action {i}: QoS {qos} (only 0 and 1 are supported)"
+                        ));
+                    }
                 }
-                if *qos > 1 {
+                Action::SetStatusDetails { status_details } => {
+                    validate_status_details(status_details)
+                        .map_err(|why| format!("action {i}: statusDetails: {why}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every rule the gateway applies to an answer for device `thing_name`: [`Recovery::validate`], and
+    /// publishes only under the device's own topics, `$aws/things/{thing_name}/`. The gateway refuses an
+    /// answer that fails this as garbage, so a unit test calling it catches what the gateway would refuse.
+    pub fn validate_for(&self, thing_name: &str) -> Result<(), String> {
+        self.validate()?;
+        let own = format!("$aws/things/{thing_name}/");
+        for (i, action) in self.actions.iter().enumerate() {
+            if let Action::Publish { topic, .. } = action {
+                if !topic.starts_with(&own) {
                     return Err(format!(
-                        "action {i}: QoS {qos} (only 0 and 1 are supported)"
+                        "action {i}: publish to `{topic}`, outside the device's own topics ({own}…)"
                     ));
                 }
             }
         }
         Ok(())
     }
+}
+
+/// `statusDetails` as AWS IoT Jobs accepts them (and the gateway's Jobs device API too): at most 10
+/// entries; keys of 1–128 characters of `[a-zA-Z0-9:_-]`; values of 1–1024 characters, none a control
+/// character. The error says which rule an entry breaks.
+pub fn validate_status_details(details: &BTreeMap<String, String>) -> Result<(), String> {
+    if details.len() > 10 {
+        return Err(format!("at most 10 entries; got {}", details.len()));
+    }
+    for (key, value) in details {
+        let key_ok = (1..=128).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-:".contains(&b));
+        if !key_ok {
+            return Err(format!(
+                "key \"{key}\" must be 1-128 characters of [a-zA-Z0-9:_-]"
+            ));
+        }
+        if value.is_empty() || value.chars().count() > 1024 || value.chars().any(char::is_control) {
+            return Err(format!(
+                "the value of \"{key}\" must be 1-1024 printable characters"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One thing for the gateway to do on the handler's behalf.

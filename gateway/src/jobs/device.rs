@@ -285,30 +285,15 @@ fn not_found(job_id: &str, thing: &str) -> DeviceError {
     )
 }
 
-/// `statusDetails`: at most 10 entries; keys 1–128 of `[a-zA-Z0-9:_-]`, values 1–1024 printable characters.
+/// `statusDetails` as AWS IoT Jobs accepts them; the rules are the sdk's, so that a recovery plugin's
+/// `Recovery::validate` applies the very same ones.
 pub fn validate_status_details(details: &BTreeMap<String, String>) -> Result<()> {
-    let invalid = |why: String| {
-        Err(DeviceError::new(
+    sprig_sdk::validate_status_details(details).map_err(|why| {
+        DeviceError::new(
             DeviceErrorCode::InvalidRequest,
             format!("statusDetails: {why}"),
-        ))
-    };
-    if details.len() > 10 {
-        return invalid(format!("at most 10 entries; got {}", details.len()));
-    }
-    for (key, value) in details {
-        if !crate::auth::is_thing_name(key) {
-            return invalid(format!(
-                "key \"{key}\" must be 1-128 characters of [a-zA-Z0-9:_-]"
-            ));
-        }
-        if value.is_empty() || value.chars().count() > 1024 || value.chars().any(char::is_control) {
-            return invalid(format!(
-                "the value of \"{key}\" must be 1-1024 printable characters"
-            ));
-        }
-    }
-    Ok(())
+        )
+    })
 }
 
 fn step_deadline(minutes: Option<i64>, now: i64) -> Result<Option<i64>> {

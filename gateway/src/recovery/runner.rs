@@ -400,17 +400,12 @@ fn context_of(recovery: &RecoveryRecord) -> RecoveryContext {
     }
 }
 
-/// A handler may publish only to its device's own topics: anything else is a garbage answer.
+/// Every rule for an answer for `thing` (the sdk's `Recovery::validate_for`): anything else is a garbage answer.
 fn check_actions(thing: &str, answer: sprig_sdk::Recovery) -> Result<sprig_sdk::Recovery, String> {
-    let own = format!("$aws/things/{thing}/");
-    for action in &answer.actions {
-        if let Action::Publish { topic, .. } = action {
-            if !topic.starts_with(&own) {
-                return Err(format!("garbage answer: publish to `{topic}`, outside the device's own topics ({own}…)"));
-            }
-        }
+    match answer.validate_for(thing) {
+        Ok(()) => Ok(answer),
+        Err(why) => Err(format!("garbage answer: {why}")),
     }
-    Ok(answer)
 }
 
 /// The thing a `{thing}` template names in `topic`, if the topic is an instance of the template.
