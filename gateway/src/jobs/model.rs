@@ -63,6 +63,13 @@ impl JobStatus {
             JobStatus::DeletionInProgress => 4,
         }
     }
+
+    /// The status whose [`index_code`](Self::index_code) is `code`.
+    pub fn from_index_code(code: u8) -> Option<JobStatus> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.index_code() == code)
+    }
 }
 
 /// A job execution's status, as AWS IoT names it.
