@@ -317,13 +317,29 @@ impl Gateway {
 
     /// The most resident memory the running gateway has had (`VmHWM`), in KiB.
     pub fn peak_rss_kb(&self) -> u64 {
+        self.status_kb("VmHWM:")
+    }
+
+    /// The gateway's resident memory now (`VmRSS`), in KiB.
+    pub fn rss_kb(&self) -> u64 {
+        self.status_kb("VmRSS:")
+    }
+
+    /// Makes the gateway's peak resident memory (`VmHWM`) its current one, so that a later
+    /// [`peak_rss_kb`](Self::peak_rss_kb) measures from now (Linux: `/proc/PID/clear_refs`).
+    pub fn reset_peak_rss(&self) {
+        let pid = self.child.as_ref().expect("sprig is running").id();
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
+    }
+
+    fn status_kb(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().expect("sprig is running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/PID/status")
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
     }
 
     pub fn data_dir(&self) -> PathBuf {
