@@ -18,6 +18,9 @@
 //! answers only after step 3 is on disk, so an undone job is a request that was never answered and did not
 //! happen; retrying it with the same job id succeeds. The engine undoes at once on a store error, and at
 //! start-up, before anything is served, whatever a crash left ([`super::Engine::undo_unfinished_creations`]).
+//! The record of step 3 is large (the targets), so sled may keep it in a blob file; should that file be
+//! lost, sled serves the CREATING version before it, and the store refuses to open (the status index says
+//! otherwise) rather than hide, or undo, a job whose CreateJob was answered.
 
 use crate::jobs::model::{Execution, ExecutionCounts, Job, JobStatus};
 use crate::store::{Change, Store, StoreError};
@@ -235,6 +238,42 @@ mod tests {
         assert_eq!(store.executions_of_job("other", None, 10).unwrap().len(), 3);
     }
 
+    /// The record of a job this large is a blob file of sled's, and its earlier, small versions (in
+    /// CREATING) were written inline: with its blobs lost, sled serves the last of those. The store is
+    /// refused as damaged, naming the blob, instead of opening with a job its indexes call IN_PROGRESS.
+    #[test]
+    fn a_created_job_whose_blob_is_lost_is_refused_not_taken_for_one_being_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8 << 20).unwrap();
+        let mut big = job("big", 0);
+        big.targets = (0..8000)
+            .map(|i| format!("thing-with-a-long-name-{i:06}"))
+            .collect();
+        write(&store, big, 500).unwrap();
+        store.close().unwrap();
+        drop(store);
+        let blobs: Vec<_> = std::fs::read_dir(dir.path().join("blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(!blobs.is_empty(), "the job record is not a blob");
+        blobs.iter().for_each(|b| std::fs::remove_file(b).unwrap());
+
+        let text = match Store::open(dir.path(), 8 << 20) {
+            Err(e @ StoreError::Damaged { .. }) => e.to_string(),
+            Err(other) => panic!("not damage: {other}"),
+            Ok(_) => panic!("the store opened without the blob"),
+        };
+        assert!(
+            text.contains("job big: its record says CREATING")
+                && text.contains("status index: big is IN_PROGRESS")
+                && text.contains("blobs/")
+                && text.contains("is missing")
+                && text.contains("sprig store restore --from"),
+            "{text}"
+        );
+    }
+
     /// Records store an enum variant by its position: CREATING came last, the others kept theirs.
     #[test]
     fn job_statuses_keep_their_stored_positions() {
@@ -242,5 +281,6 @@ mod tests {
         assert_eq!(stored(JobStatus::InProgress), [0]);
         assert_eq!(stored(JobStatus::DeletionInProgress), [3]);
         assert_eq!(stored(JobStatus::Creating), [4]);
+        assert_eq!(JobStatus::from_index_code(5), Some(JobStatus::Creating));
     }
 }

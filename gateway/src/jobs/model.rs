@@ -75,6 +75,7 @@ impl JobStatus {
     pub fn from_index_code(code: u8) -> Option<JobStatus> {
         JobStatus::ALL
             .into_iter()
+            .chain([JobStatus::Creating])
             .find(|status| status.index_code() == code)
     }
 }
