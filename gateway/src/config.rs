@@ -150,12 +150,19 @@ fn default_session_queued_bytes() -> usize {
     256 * 1024
 }
 
+fn default_creation_batch_size() -> usize {
+    crate::jobs::engine::CREATION_BATCH
+}
+
 /// `[jobs]`: limits of the jobs engine.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
     pub max_concurrent_deletions: usize,
     pub deletion_batch_size: usize,
+    /// Executions CreateJob writes per store transaction (optional: configs older than the key have it).
+    #[serde(default = "default_creation_batch_size")]
+    pub creation_batch_size: usize,
     pub requests_per_second: u32,
     pub request_burst: u32,
     pub store_cache_mb: u64,
@@ -389,6 +396,9 @@ impl Config {
         }
         if !(1..=10_000).contains(&self.jobs.deletion_batch_size) {
             return fail("jobs.deletion_batch_size", "must be between 1 and 10000");
+        }
+        if !(1..=10_000).contains(&self.jobs.creation_batch_size) {
+            return fail("jobs.creation_batch_size", "must be between 1 and 10000");
         }
         if self.jobs.requests_per_second == 0 {
             return fail("jobs.requests_per_second", "must be at least 1");

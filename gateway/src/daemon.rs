@@ -67,8 +67,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             deletions_tx,
             events_tx.clone(),
         )
-        .with_recovery_routes(routes.clone()),
+        .with_recovery_routes(routes.clone())
+        .with_creation_batch_size(config.jobs.creation_batch_size),
     );
+    engine.undo_unfinished_creations().await?;
     let deleter = tokio::spawn(deletion::run(
         store.clone(),
         routes.clone(),

@@ -325,6 +325,13 @@ impl Gateway {
         self.status_kb("VmRSS:")
     }
 
+    /// Makes the gateway's peak resident memory (`VmHWM`) its current one, so that a later
+    /// [`peak_rss_kb`](Self::peak_rss_kb) measures from now (Linux: `/proc/PID/clear_refs`).
+    pub fn reset_peak_rss(&self) {
+        let pid = self.child.as_ref().expect("sprig is running").id();
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
+    }
+
     fn status_kb(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().expect("sprig is running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

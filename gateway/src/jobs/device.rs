@@ -746,9 +746,13 @@ pub async fn run_step_timeouts(
 }
 
 /// IN_PROGRESS first (oldest), else the oldest QUEUED: the execution `$next` names.
-/// Is `job` one of the scope's jobs that devices still see (not being deleted)?
+/// Is `job` one of the scope's jobs that devices see (created, and not being deleted)?
 fn in_scope(job: &Job, namespace: Option<&str>) -> bool {
-    job.namespace_id.as_deref() == namespace && job.status != JobStatus::DeletionInProgress
+    job.namespace_id.as_deref() == namespace
+        && !matches!(
+            job.status,
+            JobStatus::DeletionInProgress | JobStatus::Creating
+        )
 }
 
 /// A pending execution with its job.

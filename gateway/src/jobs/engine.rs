@@ -1,10 +1,10 @@
 //! The rules of AWS IoT Jobs, applied to the store.
 //!
 //! Every operation validates its input first (cheap, on the caller's task), then runs its store work on
-//! tokio's blocking pool: sled does disk I/O and a CreateJob with thousands of targets is a large
-//! transaction. Writers hold the store's write lock from their first read to their commit, so checks such
-//! as "fewer than 10 deletions in progress" cannot race. DeleteJob only flips the job to
-//! `DELETION_IN_PROGRESS` (flushed to disk before it answers) and hands the job id to the deletion worker.
+//! tokio's blocking pool: sled does disk I/O and a CreateJob with thousands of targets is many
+//! transactions ([`super::creation`]). Writers hold the store's write lock from their first read to their
+//! commit, so checks such as "fewer than 10 deletions in progress" cannot race. DeleteJob only flips the job
+//! to `DELETION_IN_PROGRESS` (flushed to disk before it answers) and hands the job id to the deletion worker.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +14,10 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::*;
 use super::model::{
-    now_ms, DeletionInfo, Execution, ExecutionCounts, ExecutionStatus, Job, JobStatus,
-    RecoveryReason, RecoveryRecord, RecoveryState,
+    now_ms, DeletionInfo, ExecutionCounts, ExecutionStatus, Job, JobStatus, RecoveryReason,
+    RecoveryRecord, RecoveryState,
 };
-use super::{validate, JobEvent, JobEventKind, JobsError};
+use super::{creation, validate, JobEvent, JobEventKind, JobsError};
 use crate::auth::Grants;
 use crate::recovery::Routes;
 use crate::store::{Change, Store};
@@ -26,6 +26,9 @@ type Result<T> = std::result::Result<T, JobsError>;
 
 /// The largest job document accepted (AWS IoT's limit).
 pub const MAX_DOCUMENT_BYTES: usize = 32 * 1024;
+
+/// Executions CreateJob writes per store transaction, unless configured (`jobs.creation_batch_size`).
+pub const CREATION_BATCH: usize = 500;
 
 /// Limits on concurrent deletions: one for the gateway, optionally lower ones per namespace.
 #[derive(Debug, Clone)]
@@ -55,6 +58,7 @@ pub struct Engine {
     deletions: UnboundedSender<String>,
     pub(super) events: UnboundedSender<JobEvent>,
     routes: Arc<Routes>,
+    creation_batch: usize,
     closing: AtomicBool,
 }
 
@@ -74,6 +78,7 @@ impl Engine {
             deletions,
             events,
             routes: Arc::new(Routes::default()),
+            creation_batch: CREATION_BATCH,
             closing: AtomicBool::new(false),
         }
     }
@@ -82,6 +87,12 @@ impl Engine {
     /// IN_PROGRESS execution.
     pub fn with_recovery_routes(mut self, routes: Arc<Routes>) -> Engine {
         self.routes = routes;
+        self
+    }
+
+    /// CreateJob writes `batch` executions per store transaction (and undoes as many per transaction).
+    pub fn with_creation_batch_size(mut self, batch: usize) -> Engine {
+        self.creation_batch = batch.max(1);
         self
     }
 
@@ -108,6 +119,21 @@ impl Engine {
             let _ = self.deletions.send(id.clone());
         }
         Ok(ids.len())
+    }
+
+    /// Removes every job a crash (or a store error) left in CREATING, with its executions: at start-up,
+    /// before anything is served. Their CreateJob was never answered (see [`creation`]).
+    pub async fn undo_unfinished_creations(self: &Arc<Self>) -> Result<usize> {
+        self.blocking(|engine| {
+            let _writer = engine.store.lock_writes();
+            let ids = engine.store.job_ids_with_status(JobStatus::Creating)?;
+            for id in &ids {
+                let removed = creation::undo(&engine.store, id, engine.creation_batch)?;
+                tracing::warn!(job_id = id.as_str(), executions = removed, "removed a job whose creation was interrupted; its CreateJob was never answered");
+            }
+            Ok(ids.len())
+        })
+        .await
     }
 
     pub async fn create_job(
@@ -219,9 +245,7 @@ impl Engine {
                 .jobs_after(request.next_token.as_deref(), namespace)
             {
                 let job = job?;
-                if grants.may_see(job.namespace_id.as_deref())
-                    && status.is_none_or(|s| s == job.status)
-                {
+                if is_visible(&job, &grants) && status.is_none_or(|s| s == job.status) {
                     jobs.push(job);
                     if jobs.len() > limit {
                         break;
@@ -431,31 +455,41 @@ impl Engine {
             })
     }
 
-    /// The job, if it exists and the caller may see its namespace; otherwise ResourceNotFoundException,
-    /// the same answer for both so a caller never learns of another tenant's jobs.
+    /// The job, if it exists (is not still being created) and the caller may see its namespace; otherwise
+    /// ResourceNotFoundException, the same answer for all so a caller never learns of another tenant's jobs.
     fn visible_job(&self, grants: &Grants, job_id: &str) -> Result<Job> {
         self.store
             .job(job_id)?
-            .filter(|job| grants.may_see(job.namespace_id.as_deref()))
+            .filter(|job| is_visible(job, grants))
             .ok_or_else(|| JobsError::ResourceNotFound(format!("Job {job_id} does not exist")))
     }
 
     fn create_job_blocking(&self, plan: CreatePlan) -> Result<JobRef> {
         let _writer = self.store.lock_writes();
-        if self.store.job(&plan.job.job_id)?.is_some() {
+        let job_id = plan.job.job_id.clone();
+        if self.store.job(&job_id)?.is_some() {
             return Err(JobsError::ResourceAlreadyExists(format!(
-                "Job {} already exists",
-                plan.job.job_id
+                "Job {job_id} already exists"
             )));
         }
-        self.store.commit(&Change {
-            job_after: Some(&plan.job),
-            put_executions: &plan.executions,
-            ..Default::default()
-        })?;
+        let started = std::time::Instant::now();
+        let mut job = match creation::write(&self.store, plan.job, self.creation_batch) {
+            Ok(job) => job,
+            Err(e) => {
+                if let Err(undo) = creation::undo(&self.store, &job_id, self.creation_batch) {
+                    tracing::error!(job_id, error = %undo, "cannot undo a failed creation; it is undone at the next start");
+                }
+                return Err(e.into());
+            }
+        };
         self.store.flush()?;
-        self.emit(JobEventKind::Created, &plan.job, plan.job.targets.clone());
-        Ok(self.arns.job_ref(&plan.job))
+        let executions = job.targets.len();
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(job_id, namespace = ?job.namespace_id, executions, elapsed_ms, "job created");
+        let reply = self.arns.job_ref(&job);
+        let things = std::mem::take(&mut job.targets);
+        self.emit(JobEventKind::Created, &job, things);
+        Ok(reply)
     }
 
     fn delete_job_blocking(&self, grants: &Grants, request: DeleteJobRequest) -> Result<()> {
@@ -630,10 +664,15 @@ fn shutting_down() -> JobsError {
     JobsError::ServiceUnavailable("the gateway is shutting down; retry when it is back".into())
 }
 
-/// A validated CreateJob: the job and its executions, ready to commit.
+/// Whether an operator with `grants` sees `job`: of a namespace it may see, and created (not CREATING).
+fn is_visible(job: &Job, grants: &Grants) -> bool {
+    job.status != JobStatus::Creating && grants.may_see(job.namespace_id.as_deref())
+}
+
+/// A validated CreateJob: the job, IN_PROGRESS with its targets, ready to write ([`creation::write`]
+/// makes one QUEUED execution per target and counts them).
 struct CreatePlan {
     job: Job,
-    executions: Vec<Execution>,
 }
 
 fn plan_create(request: &CreateJobRequest, grants: &Grants) -> Result<CreatePlan> {
@@ -696,12 +735,6 @@ fn plan_create(request: &CreateJobRequest, grants: &Grants) -> Result<CreatePlan
         }
     }
     let now = now_ms();
-    let executions: Vec<Execution> = targets
-        .iter()
-        .map(|t| Execution::queued(&request.job_id, t, now))
-        .collect();
-    let mut counts = ExecutionCounts::default();
-    executions.iter().for_each(|e| counts.add(e.status));
     let job = Job {
         job_id: request.job_id.clone(),
         namespace_id: request.namespace_id.clone(),
@@ -715,10 +748,10 @@ fn plan_create(request: &CreateJobRequest, grants: &Grants) -> Result<CreatePlan
         force_canceled: false,
         reason_code: None,
         comment: None,
-        counts,
+        counts: ExecutionCounts::default(),
         deletion: None,
     };
-    Ok(CreatePlan { job, executions })
+    Ok(CreatePlan { job })
 }
 
 #[cfg(test)]
@@ -1023,6 +1056,86 @@ mod tests {
             .unwrap();
         assert_eq!(page.execution_summaries.len(), 2);
         assert_eq!(page.next_token.as_deref(), Some("b"));
+    }
+
+    /// What a crash in the middle of a CreateJob leaves: a job in CREATING with some of its executions.
+    #[tokio::test]
+    async fn a_job_being_created_is_seen_by_no_one_and_undone_at_start_up() {
+        let mut f = fixture(10, &[]);
+        let all = Grants::all();
+        f.engine
+            .create_job(all.clone(), create("done", None, &["t1"]))
+            .await
+            .unwrap();
+        let plan = plan_create(&create("half", None, &["t1", "t2", "t3"]), &all).unwrap();
+        let mut creation = creation::Creation::begin(&f.store, plan.job, 2).unwrap();
+        creation.step(&f.store).unwrap();
+        drop(creation);
+        assert_eq!(
+            f.store.executions_of_job("half", None, 10).unwrap().len(),
+            2
+        );
+
+        let describe = DescribeJobRequest {
+            job_id: "half".into(),
+            before_substitution: None,
+        };
+        let described = f.engine.describe_job(all.clone(), describe).await;
+        assert_eq!(described.unwrap_err().code(), "ResourceNotFoundException");
+        let executions = ListJobExecutionsForJobRequest {
+            job_id: "half".into(),
+            status: None,
+            max_results: None,
+            next_token: None,
+        };
+        let listed = f
+            .engine
+            .list_job_executions_for_job(all.clone(), executions);
+        assert_eq!(
+            listed.await.unwrap_err().code(),
+            "ResourceNotFoundException"
+        );
+        let jobs = f.engine.list_jobs(all.clone(), ListJobsRequest::default());
+        let ids: Vec<String> = jobs
+            .await
+            .unwrap()
+            .jobs
+            .into_iter()
+            .map(|j| j.job_id)
+            .collect();
+        assert_eq!(ids, ["done"]);
+        let pending = f.engine.device_pending("t1".into(), None).await.unwrap();
+        let ids: Vec<&str> = pending
+            .queued_jobs
+            .iter()
+            .map(|j| j.job_id.as_str())
+            .collect();
+        assert_eq!(ids, ["done"]);
+        let update = f
+            .engine
+            .device_update("t2".into(), None, "half".into(), update("IN_PROGRESS"))
+            .await;
+        assert_eq!(update.unwrap_err().code.as_str(), "ResourceNotFound");
+        let again = f
+            .engine
+            .create_job(all.clone(), create("half", None, &["t9"]))
+            .await;
+        assert_eq!(again.unwrap_err().code(), "ResourceAlreadyExistsException");
+
+        assert_eq!(f.engine.undo_unfinished_creations().await.unwrap(), 1);
+        let report = f.store.check().unwrap();
+        assert!(report.is_consistent(), "{report}");
+        assert_eq!((report.jobs, report.executions), (1, 1));
+        // The CreateJob that was never answered did not happen: retried, it succeeds.
+        f.engine
+            .create_job(all.clone(), create("half", None, &["t1", "t2", "t3"]))
+            .await
+            .unwrap();
+        let kinds: Vec<_> = std::iter::from_fn(|| f.events.try_recv().ok())
+            .map(|e| (e.job_id, e.things.len()))
+            .collect();
+        assert_eq!(kinds, [("done".into(), 1), ("half".into(), 3)]);
+        assert!(f.store.check().unwrap().is_consistent());
     }
 
     #[tokio::test]

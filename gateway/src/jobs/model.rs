@@ -16,16 +16,21 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A job's status, as AWS IoT names it.
+/// A job's status, as AWS IoT names it, plus sprig's own `Creating`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobStatus {
     InProgress,
     Canceled,
     Completed,
     DeletionInProgress,
+    /// CreateJob is still writing the job's executions (see `jobs::creation`): the job exists for no
+    /// one, operators and devices alike, and a crash leaves it to be removed at the next start. Never
+    /// shown, so not in [`JobStatus::ALL`]; last in the enum, as records store a variant's position.
+    Creating,
 }
 
 impl JobStatus {
+    /// The statuses AWS IoT has (and operators may filter by).
     pub const ALL: [JobStatus; 4] = [
         JobStatus::InProgress,
         JobStatus::Canceled,
@@ -40,6 +45,7 @@ impl JobStatus {
             JobStatus::Canceled => "CANCELED",
             JobStatus::Completed => "COMPLETED",
             JobStatus::DeletionInProgress => "DELETION_IN_PROGRESS",
+            JobStatus::Creating => "CREATING",
         }
     }
 
@@ -61,7 +67,16 @@ impl JobStatus {
             JobStatus::Canceled => 2,
             JobStatus::Completed => 3,
             JobStatus::DeletionInProgress => 4,
+            JobStatus::Creating => 5,
         }
+    }
+
+    /// The status whose [`index_code`](Self::index_code) is `code`.
+    pub fn from_index_code(code: u8) -> Option<JobStatus> {
+        JobStatus::ALL
+            .into_iter()
+            .chain([JobStatus::Creating])
+            .find(|status| status.index_code() == code)
     }
 }
 

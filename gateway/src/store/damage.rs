@@ -6,8 +6,9 @@
 //! checks sled would get wrong come first (the file lock, a damaged `conf`, a `db` that is gone), sled's
 //! open and a walk of every tree run with panics caught and kept off the terminal ([`quietly`]), and the
 //! store's account and manifest must agree with what the walk found ([`super::meta`],
-//! [`super::manifest`]). What the manifest recorded of sled's files points at the one that was cut short
-//! or lost.
+//! [`super::manifest`]), and every job record with the indexes and executions written with it (sled
+//! answers a lost blob file with an earlier version of the record it held, which no count shows). What
+//! the manifest recorded of sled's files points at the one that was cut short or lost.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -19,7 +20,7 @@ use std::sync::Once;
 use super::handle::Trees;
 use super::manifest::{self, Manifest, Standing};
 use super::meta::Meta;
-use super::{Result, StoreError};
+use super::{CheckReport, Result, StoreError};
 
 /// A store that opened and proved whole.
 pub(super) struct Verified {
@@ -57,12 +58,16 @@ pub(super) fn open_verified(dir: &Path, cache_bytes: u64, background: bool) -> R
             return Err(damaged(dir, with_hints(damage, &before, Some(recorded))));
         }
     }
-    let opened = quietly(|| -> Result<(Trees, std::result::Result<Meta, String>)> {
-        let trees = Trees::open(dir, cache_bytes, background)?;
-        let account = trees.account()?;
-        Ok((trees, account))
-    });
-    let (trees, account) = match opened {
+    let opened = quietly(
+        || -> Result<(Trees, std::result::Result<Meta, String>, CheckReport)> {
+            let trees = Trees::open(dir, cache_bytes, background)?;
+            let account = trees.account()?;
+            let mut jobs = CheckReport::default();
+            trees.check_jobs(&mut jobs)?;
+            Ok((trees, account, jobs))
+        },
+    );
+    let (trees, account, jobs) = match opened {
         Ok(Ok(opened)) => opened,
         Ok(Err(e)) => return Err(explain(dir, e, &before, recorded.as_ref())),
         Err(panic) => {
@@ -81,6 +86,15 @@ pub(super) fn open_verified(dir: &Path, cache_bytes: u64, background: bool) -> R
         })?),
         None => None,
     };
+    if !jobs.is_consistent() {
+        let damage = format!(
+            "its job records do not agree with the indexes and executions written with them ({}): \
+             sled falls back to an earlier version of a job record when the file that held the latest \
+             one is lost",
+            listed(&jobs.problems, 3)
+        );
+        return Err(damaged(dir, with_hints(damage, &before, recorded.as_ref())));
+    }
     Ok(Verified {
         trees,
         meta,
@@ -184,6 +198,15 @@ fn explain(
         _ => return error,
     };
     damaged(dir, with_hints(damage, files, recorded))
+}
+
+/// The first `most` of `problems`, and how many more there are.
+fn listed(problems: &[String], most: usize) -> String {
+    let mut text = problems[..problems.len().min(most)].join("; ");
+    if problems.len() > most {
+        text.push_str(&format!("; and {} more", problems.len() - most));
+    }
+    text
 }
 
 fn damaged(dir: &Path, damage: String) -> StoreError {

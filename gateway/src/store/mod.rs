@@ -23,6 +23,7 @@ mod manifest;
 mod meta;
 pub mod sessions;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -629,63 +630,7 @@ impl Trees {
     fn check(&self, dir: &Path) -> Result<CheckReport> {
         let mut report = CheckReport::default();
         self.check_account(dir, &mut report)?;
-        for entry in self.jobs.iter() {
-            let (key, value) = entry?;
-            report.jobs += 1;
-            let name = String::from_utf8_lossy(&key).into_owned();
-            let job: Job = match codec::decode(&value) {
-                Ok(job) => job,
-                Err(e) => {
-                    report.problem(format!("job {name}: {e}"));
-                    continue;
-                }
-            };
-            if !self
-                .by_status
-                .contains_key(codec::status_key(job.status, &job.job_id))?
-            {
-                report.problem(format!(
-                    "job {name}: missing from the status index ({})",
-                    job.status.as_str()
-                ));
-            }
-            if !self.by_namespace.contains_key(codec::namespace_key(
-                job.namespace_id.as_deref(),
-                &job.job_id,
-            ))? {
-                report.problem(format!("job {name}: missing from the namespace index"));
-            }
-            let mut counts = ExecutionCounts::default();
-            for execution in self.executions_of_job(&job.job_id, None, usize::MAX)? {
-                counts.add(execution.status);
-            }
-            if counts != job.counts {
-                report.problem(format!(
-                    "job {name}: counts {:?} but executions {:?}",
-                    job.counts, counts
-                ));
-            }
-        }
-        for entry in self.by_status.iter() {
-            let (key, _) = entry?;
-            let job_id = String::from_utf8_lossy(&key[1..]).into_owned();
-            match self.job(&job_id)? {
-                Some(job) if job.status.index_code() == key[0] => {}
-                _ => report.problem(format!(
-                    "status index: {job_id} has no job in status code {}",
-                    key[0]
-                )),
-            }
-        }
-        for entry in self.by_namespace.iter() {
-            let (key, _) = entry?;
-            let job_id = String::from_utf8_lossy(codec::last_part(&key)).into_owned();
-            let ns = String::from_utf8_lossy(&key[..key.len() - job_id.len() - 1]).into_owned();
-            match self.job(&job_id)? {
-                Some(job) if job.namespace_id.as_deref().unwrap_or("") == ns => {}
-                _ => report.problem(format!("namespace index: {ns}/{job_id} has no such job")),
-            }
-        }
+        self.check_jobs(&mut report)?;
         for entry in self.executions.iter() {
             let (key, value) = entry?;
             report.executions += 1;
@@ -699,9 +644,6 @@ impl Trees {
             };
             if execution.key() != key.as_ref() {
                 report.problem(format!("execution {name}: stored under the wrong key"));
-            }
-            if !self.jobs.contains_key(codec::job_key(&execution.job_id))? {
-                report.problem(format!("execution {name}: its job does not exist"));
             }
             let indexed = self.by_thing.get(execution.thing_key())?;
             let expected = (!execution.status.is_terminal()).then(|| execution.status.index_code());
@@ -777,6 +719,98 @@ impl Trees {
 }
 
 impl Trees {
+    /// Every job record against what the transactions that wrote it wrote beside it: its entries in the
+    /// status and namespace indexes and its executions' counts; and every entry of those indexes, and
+    /// every execution, against a job. Also run whenever the store is opened ([`damage`]): the record
+    /// of a job with many targets is large enough for sled to keep in a blob file, and sled reads a lost
+    /// blob as a write torn by a crash, falling back to the record's earlier version (another status,
+    /// older counts) without a word; the account counts the same entries, and only the indexes and
+    /// executions written with the later version tell. One walk of the executions, a count per job.
+    fn check_jobs(&self, report: &mut CheckReport) -> Result<()> {
+        let mut counted: BTreeMap<Vec<u8>, ExecutionCounts> = BTreeMap::new();
+        for entry in self.executions.iter() {
+            let (key, value) = entry?;
+            let job_key = key.split(|&b| b == 0).next().unwrap_or_default();
+            match codec::decode::<Execution>(&value) {
+                Ok(execution) => counted
+                    .entry(job_key.to_vec())
+                    .or_default()
+                    .add(execution.status),
+                // Named by the walk of the executions in `check`; here it counts for nothing.
+                Err(_) => {
+                    counted.entry(job_key.to_vec()).or_default();
+                }
+            }
+        }
+        for entry in self.jobs.iter() {
+            let (key, value) = entry?;
+            report.jobs += 1;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let executions = counted.remove(key.as_ref()).unwrap_or_default();
+            let job: Job = match codec::decode(&value) {
+                Ok(job) => job,
+                Err(e) => {
+                    report.problem(format!("job {name}: {e}"));
+                    continue;
+                }
+            };
+            if !self
+                .by_status
+                .contains_key(codec::status_key(job.status, &job.job_id))?
+            {
+                report.problem(format!(
+                    "job {name}: its record says {}, but the status index does not",
+                    job.status.as_str()
+                ));
+            }
+            if !self.by_namespace.contains_key(codec::namespace_key(
+                job.namespace_id.as_deref(),
+                &job.job_id,
+            ))? {
+                report.problem(format!("job {name}: missing from the namespace index"));
+            }
+            if executions != job.counts {
+                report.problem(format!(
+                    "job {name}: counts {:?} but executions {:?}",
+                    job.counts, executions
+                ));
+            }
+        }
+        for (job_key, executions) in counted {
+            report.problem(format!(
+                "{} executions of job {}, which does not exist",
+                executions.total(),
+                String::from_utf8_lossy(&job_key)
+            ));
+        }
+        for entry in self.by_status.iter() {
+            let (key, _) = entry?;
+            let job_id = String::from_utf8_lossy(&key[1..]).into_owned();
+            let indexed = JobStatus::from_index_code(key[0])
+                .map_or_else(|| format!("code {}", key[0]), |s| s.as_str().to_owned());
+            match self.job(&job_id)? {
+                Some(job) if job.status.index_code() == key[0] => {}
+                Some(job) => report.problem(format!(
+                    "status index: {job_id} is {indexed}, but its record says {}",
+                    job.status.as_str()
+                )),
+                None => report.problem(format!(
+                    "status index: {job_id} is {indexed}, but there is no such job"
+                )),
+            }
+        }
+        for entry in self.by_namespace.iter() {
+            let (key, _) = entry?;
+            let job_id = String::from_utf8_lossy(codec::last_part(&key)).into_owned();
+            let ns = String::from_utf8_lossy(&key[..key.len() - job_id.len() - 1]).into_owned();
+            match self.job(&job_id)? {
+                Some(job) if job.namespace_id.as_deref().unwrap_or("") == ns => {}
+                _ => report.problem(format!("namespace index: {ns}/{job_id} has no such job")),
+            }
+        }
+        Ok(())
+    }
+
     /// The account against a walk of every tree, and against the manifest in `dir`.
     fn check_account(&self, dir: &Path, report: &mut CheckReport) -> Result<()> {
         let meta = match self.meta() {
@@ -1422,6 +1456,58 @@ mod tests {
                 && damage.contains("jobs: 2 entries, 1 counted"),
             "{damage}"
         );
+    }
+
+    /// What sled does when it loses the blob file that held a job record's latest version: it serves
+    /// the version before, which the account does not see (same entries) but the indexes and the
+    /// executions written with the later version do.
+    #[test]
+    fn a_job_record_older_than_its_indexes_and_executions_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8 << 20).unwrap();
+            let (older, mut execs) = job("j1", None, &["t1", "t2"]);
+            store
+                .commit(&Change {
+                    job_after: Some(&older),
+                    put_executions: &execs,
+                    ..Default::default()
+                })
+                .unwrap();
+            let mut canceled = older.clone();
+            canceled.status = JobStatus::Canceled;
+            execs[0].status = ExecutionStatus::Canceled;
+            canceled
+                .counts
+                .shift(ExecutionStatus::Queued, ExecutionStatus::Canceled);
+            store
+                .commit(&Change {
+                    job_before: Some(&older),
+                    job_after: Some(&canceled),
+                    put_executions: &execs[..1],
+                    ..Default::default()
+                })
+                .unwrap();
+            // The record goes back to its version before the cancel; the rest of the store does not.
+            store
+                .trees()
+                .jobs
+                .insert(codec::job_key("j1"), codec::encode(&older))
+                .unwrap();
+            store.close().unwrap();
+        }
+        let damage = damage_of(Store::open(dir.path(), 8 << 20));
+        assert!(
+            damage.starts_with("its job records do not agree with the indexes and executions")
+                && damage
+                    .contains("job j1: its record says IN_PROGRESS, but the status index does not")
+                && damage.contains("job j1: counts")
+                && damage.contains("status index: j1 is CANCELED, but its record says IN_PROGRESS")
+                && damage.contains("sled falls back to an earlier version of a job record"),
+            "{damage}"
+        );
+        let damage = damage_of(Store::open_for_maintenance(dir.path(), 8 << 20));
+        assert!(damage.contains("job j1"), "{damage}");
     }
 
     #[test]
