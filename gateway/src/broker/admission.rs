@@ -120,20 +120,29 @@ impl Logins {
     /// Waits for `ip`'s turn (at most [`CHECKS_PER_ADDRESS`] at once) and its back-off; hold the permit
     /// until the check is done.
     pub(crate) async fn turn(&self, ip: IpAddr) -> OwnedSemaphorePermit {
-        let (turns, wait) = {
+        let turns = {
             let mut addresses = self.lock();
-            let now = Instant::now();
             if addresses.len() >= MOST_ADDRESSES {
-                forget_idle(&mut addresses, now);
+                forget_idle(&mut addresses, Instant::now());
             }
-            let address = addresses.entry(ip).or_insert_with(Address::new);
-            if address.burst_over(now) {
-                address.failures = 0;
-            }
-            (address.turns.clone(), backoff(address.failures))
+            addresses
+                .entry(ip)
+                .or_insert_with(Address::new)
+                .turns
+                .clone()
         };
         // The semaphore is never closed: acquiring cannot fail.
         let permit = turns.acquire_owned().await.expect("never closed");
+        // The back-off is read when the turn comes, not when the login arrived: a burst of logins that all
+        // arrived before the first failure still waits for the failures found meanwhile.
+        let wait = {
+            let mut addresses = self.lock();
+            let address = addresses.entry(ip).or_insert_with(Address::new);
+            if address.burst_over(Instant::now()) {
+                address.failures = 0;
+            }
+            backoff(address.failures)
+        };
         tokio::time::sleep(wait).await;
         permit
     }
@@ -199,6 +208,35 @@ mod tests {
         assert_eq!(backoff(8), Duration::from_millis(1600));
         assert_eq!(backoff(10), MOST_BACKOFF);
         assert_eq!(backoff(u32::MAX), MOST_BACKOFF);
+    }
+
+    /// A flood arrives all at once, before any of its passwords failed: the logins still waiting when the
+    /// failures come in wait for them.
+    #[tokio::test(start_paused = true)]
+    async fn logins_that_arrived_before_the_failures_wait_for_them() {
+        let logins = Arc::new(Logins::default());
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let first = logins.turn(ip).await;
+        let second = logins.turn(ip).await;
+        let waiting = tokio::spawn({
+            let logins = logins.clone();
+            async move {
+                let _permit = logins.turn(ip).await;
+                tokio::time::Instant::now()
+            }
+        });
+        tokio::task::yield_now().await;
+        for _ in 0..5 {
+            logins.failed(ip, "ops");
+        }
+        let freed = tokio::time::Instant::now();
+        drop((first, second));
+        let turned = waiting.await.unwrap();
+        assert_eq!(
+            turned - freed,
+            backoff(5),
+            "the back-off of the failures so far"
+        );
     }
 
     #[tokio::test(start_paused = true)]
