@@ -22,16 +22,17 @@
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sprig_tests::raw::{packet, put_str};
+use sprig_tests::bench::{find_mosquitto, percentile, raise_nofile, sprig_release_bin};
+use sprig_tests::raw::{packet, publish, put_str, read_packet_async as read_packet};
 use sprig_tests::{config_for, free_port, with_setting, Operator};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -147,80 +148,6 @@ struct Settings {
 
 fn env_or(name: &str, default: String) -> String {
     std::env::var(name).unwrap_or(default)
-}
-
-/// Raises the soft (and if need be the hard) limit of open files to at least `want`; returns the soft limit.
-fn raise_nofile(want: u64) -> u64 {
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a properly initialized struct.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        if limit.rlim_cur >= want {
-            return limit.rlim_cur;
-        }
-        let wanted = libc::rlimit {
-            rlim_cur: want,
-            rlim_max: limit.rlim_max.max(want),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-            // Not allowed to raise the hard limit: take what there is.
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur
-    }
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
-}
-
-/// `SPRIG_BIN`, else the release binary, built now through cargo so it is never stale.
-fn sprig_release_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("SPRIG_BIN") {
-        return bin.into();
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "sprig-gateway",
-            "--bin",
-            "sprig",
-        ])
-        .current_dir(workspace())
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build --release of sprig failed");
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
-        .join("release")
-        .join("sprig")
-}
-
-fn find_mosquitto() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("MOSQUITTO") {
-        let path = PathBuf::from(path);
-        return path.is_file().then_some(path);
-    }
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/usr/local/sbin"])
-        .map(|dir| Path::new(dir).join("mosquitto"))
-        .find(|p| p.is_file());
-    found
 }
 
 /// What sprig's notifier sends for a fresh job (timestamp, jobId, event, the execution, the namespace's
@@ -368,13 +295,7 @@ impl Broker {
 
     /// VmRSS in KiB.
     fn rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        sprig_tests::bench::rss_kb(self.child.id())
     }
 
     /// CPU time of the broker's live threads so far (nanosecond counters of `/proc/{pid}/task/*/schedstat`).
@@ -755,7 +676,7 @@ async fn mosquitto_run(
     payload.resize(payload_len.max(20), b'x');
     for i in 0..n {
         let pkid = (i % 65535) as u16 + 1;
-        bytes.extend_from_slice(&publish_packet(&notify_topic(i), qos, pkid, &payload));
+        bytes.extend_from_slice(&publish(&notify_topic(i), qos, pkid, &payload));
     }
     let (reader, mut writer) = match connect_client(broker.addr, "bench-publisher", None).await {
         Ok(pair) => pair,
@@ -1028,16 +949,6 @@ async fn connect_client(
     Ok((reader, write))
 }
 
-fn publish_packet(topic: &str, qos: u8, pkid: u16, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(topic.len() + payload.len() + 4);
-    put_str(&mut body, topic.as_bytes());
-    if qos > 0 {
-        body.extend_from_slice(&pkid.to_be_bytes());
-    }
-    body.extend_from_slice(payload);
-    packet(0x30 | (qos << 1), &body)
-}
-
 /// (topic, QoS, packet id, payload) of a PUBLISH body.
 fn parse_publish(header: u8, body: &[u8]) -> Option<(&[u8], u8, u16, &[u8])> {
     let qos = (header >> 1) & 0x03;
@@ -1052,39 +963,11 @@ fn parse_publish(header: u8, body: &[u8]) -> Option<(&[u8], u8, u16, &[u8])> {
     Some((topic, qos, pkid, body.get(at..)?))
 }
 
-/// One packet: (fixed header byte, body).
-async fn read_packet(reader: &mut BufReader<OwnedReadHalf>) -> std::io::Result<(u8, Vec<u8>)> {
-    let header = reader.read_u8().await?;
-    let mut len = 0usize;
-    for shift in 0..4 {
-        let byte = reader.read_u8().await?;
-        len |= usize::from(byte & 0x7f) << (7 * shift);
-        if byte & 0x80 == 0 {
-            break;
-        }
-        if shift == 3 {
-            return Err(std::io::Error::other("malformed remaining length"));
-        }
-    }
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).await?;
-    Ok((header, body))
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Report
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
 }
 
 /// Percentiles over all runs made; a run that did not deliver everything within the run timeout counts as

@@ -5,6 +5,7 @@
 //! a config derived from `config/gateway.toml`, starts `sprig run` and waits until it accepts connections.
 //! [`Operator`] speaks the control protocol of CONTRACT section 4 directly.
 
+pub mod bench;
 pub mod device;
 pub mod raw;
 pub mod tmpfs;
@@ -334,12 +335,7 @@ impl Gateway {
 
     fn status_kb(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().expect("sprig is running").id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+        bench::status_kb(pid, field).unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
     }
 
     pub fn data_dir(&self) -> PathBuf {

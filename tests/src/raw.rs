@@ -1,5 +1,6 @@
 //! MQTT packets written by hand, for the tests and benchmarks that need the wire itself (a device that
-//! stops reading, thousands of minimal clients) rather than an MQTT client library.
+//! stops reading, thousands of minimal clients, packets no client library would send) rather than an MQTT
+//! client library.
 
 /// Appends an MQTT string: two bytes of length, then the bytes.
 pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -22,6 +23,69 @@ pub fn packet(header: u8, body: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(body);
     out
+}
+
+/// An MQTT 3.1.1 CONNECT: clean session, keep-alive 30 s, with a username and password if given.
+pub fn connect(client_id: &str, credentials: Option<(&str, &str)>) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.push(4);
+    body.push(if credentials.is_some() {
+        0x02 | 0x80 | 0x40
+    } else {
+        0x02
+    });
+    body.extend_from_slice(&30u16.to_be_bytes());
+    put_str(&mut body, client_id.as_bytes());
+    if let Some((username, password)) = credentials {
+        put_str(&mut body, username.as_bytes());
+        put_str(&mut body, password.as_bytes());
+    }
+    packet(0x10, &body)
+}
+
+/// A SUBSCRIBE with packet id `pkid` of every filter at `qos`.
+pub fn subscribe<S: AsRef<str>>(pkid: u16, filters: &[S], qos: u8) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    for filter in filters {
+        put_str(&mut body, filter.as_ref().as_bytes());
+        body.push(qos);
+    }
+    packet(0x82, &body)
+}
+
+/// A PUBLISH (the packet id is written for QoS 1 and 2 only).
+pub fn publish(topic: &str, qos: u8, pkid: u16, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(topic.len() + payload.len() + 4);
+    put_str(&mut body, topic.as_bytes());
+    if qos > 0 {
+        body.extend_from_slice(&pkid.to_be_bytes());
+    }
+    body.extend_from_slice(payload);
+    packet(0x30 | (qos << 1), &body)
+}
+
+/// Reads one packet off a tokio stream: (fixed header byte, body).
+pub async fn read_packet_async<R>(reader: &mut R) -> std::io::Result<(u8, Vec<u8>)>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let header = reader.read_u8().await?;
+    let mut len = 0usize;
+    for shift in 0..4 {
+        let byte = reader.read_u8().await?;
+        len |= usize::from(byte & 0x7f) << (7 * shift);
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if shift == 3 {
+            return Err(std::io::Error::other("malformed remaining length"));
+        }
+    }
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).await?;
+    Ok((header, body))
 }
 
 /// Reads one packet off a blocking stream: (fixed header byte, body). Panics on a read error or timeout.
@@ -57,5 +121,30 @@ mod tests {
         assert_eq!(long.len(), 3 + 321);
         let (header, body) = read_packet(&mut long.as_slice());
         assert_eq!((header, body.len()), (0x30, 321));
+    }
+
+    #[test]
+    fn connect_subscribe_and_publish_are_laid_out_as_mqtt_3_1_1_says() {
+        let anonymous = connect("d1", None);
+        assert_eq!(anonymous[9], 0x02, "clean session, nothing else");
+        assert_eq!(&anonymous[12..], [0, 2, b'd', b'1']);
+        let with_password = connect("d1", Some(("u", "p")));
+        assert_eq!(with_password[9], 0xC2);
+        assert!(with_password.ends_with(&[0, 1, b'u', 0, 1, b'p']));
+        assert_eq!(
+            subscribe(7, &["a", "b"], 1),
+            [0x82, 0x0A, 0, 7, 0, 1, b'a', 1, 0, 1, b'b', 1]
+        );
+        assert_eq!(publish("t", 0, 9, b"x"), [0x30, 0x04, 0, 1, b't', b'x']);
+        assert_eq!(
+            publish("t", 1, 9, b"x"),
+            [0x32, 0x06, 0, 1, b't', 0, 9, b'x']
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = publish("t", 1, 9, b"x");
+        let read = runtime.block_on(read_packet_async(&mut bytes.as_slice()));
+        assert_eq!(read.unwrap(), (0x32, vec![0, 1, b't', 0, 9, b'x']));
     }
 }

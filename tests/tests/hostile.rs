@@ -124,19 +124,6 @@ async fn wildcards_in_a_publish_topic_close_the_client_and_malformed_filters_are
     assert_eq!(reason.len(), 1, "{}", gateway.log());
 }
 
-/// A raw MQTT 3.1.1 CONNECT with a username and password.
-fn connect_packet(client_id: &str, username: &str, password: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    put_str(&mut body, b"MQTT");
-    body.push(4);
-    body.push(0x02 | 0x80 | 0x40); // clean session, username, password
-    body.extend_from_slice(&30u16.to_be_bytes());
-    put_str(&mut body, client_id.as_bytes());
-    put_str(&mut body, username.as_bytes());
-    put_str(&mut body, password.as_bytes());
-    packet(0x10, &body)
-}
-
 /// 200 wrong passwords for the local operator's (public) username, all at once from one address: the
 /// operator, from another address, gets in and is answered while most of them still wait, instead of
 /// queueing behind every one (20 s for 600 before).
@@ -150,7 +137,8 @@ async fn a_login_flood_from_one_address_does_not_hold_up_the_operator() {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
         let mut stream = socket.connect(gateway.addr).await.unwrap();
-        let connect = connect_packet(&format!("flood-{i}"), "sprig-local", "wrong");
+        let connect =
+            sprig_tests::raw::connect(&format!("flood-{i}"), Some(("sprig-local", "wrong")));
         stream.write_all(&connect).await.unwrap();
         attackers.push(stream);
     }

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{packet, parse_publish, publish_packet, read_packet};
+use super::{packet, parse_publish, publish, read_packet};
 
 /// A subscribed device: the writing half of its socket (shared with the fan-out threads) and its topic.
 struct Device {
@@ -46,7 +46,7 @@ struct Share {
 fn writer(shares: std::sync::mpsc::Receiver<Share>) {
     for share in shares {
         for (socket, topic) in &share.devices {
-            write_fully(socket, &publish_packet(topic, 0, 0, &share.payload));
+            write_fully(socket, &publish(topic, 0, 0, &share.payload));
         }
         let _ = share.done.send(());
     }
