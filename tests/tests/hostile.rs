@@ -131,14 +131,17 @@ async fn wildcards_in_a_publish_topic_close_the_client_and_malformed_filters_are
 async fn a_login_flood_from_one_address_does_not_hold_up_the_operator() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const FLOOD: usize = 200;
-    let gateway = Gateway::start();
+    // A configured operator's password is a person's: argon2, checked a few at a time.
+    let hash = sprig_tests::hash_password("s3cret");
+    let gateway = Gateway::start_with(|config| {
+        format!("{config}\n[[auth.operators]]\nusername = \"ops\"\npassword_hash = \"{hash}\"\n")
+    });
     let mut attackers = Vec::new();
     for i in 0..FLOOD {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
         let mut stream = socket.connect(gateway.addr).await.unwrap();
-        let connect =
-            sprig_tests::raw::connect(&format!("flood-{i}"), Some(("sprig-local", "wrong")));
+        let connect = sprig_tests::raw::connect(&format!("flood-{i}"), Some(("ops", "wrong")));
         stream.write_all(&connect).await.unwrap();
         attackers.push(stream);
     }
@@ -171,6 +174,47 @@ async fn a_login_flood_from_one_address_does_not_hold_up_the_operator() {
         lines.join("\n")
     );
     drop(attackers);
+}
+
+/// The local operator's password is a generated token, compared in place: a flood of wrong passwords for
+/// its public username is refused at once, with no password check to queue behind, and the CLI gets in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_on_the_local_operators_username_is_refused_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FLOOD: usize = 300;
+    let gateway = Gateway::start();
+    let before = gateway.rss_kb();
+    let mut attackers = Vec::new();
+    for i in 0..FLOOD {
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+        let connect =
+            sprig_tests::raw::connect(&format!("flood-{i}"), Some(("sprig-local", "wrong")));
+        stream.write_all(&connect).await.unwrap();
+        attackers.push(stream);
+    }
+    for (i, stream) in attackers.iter_mut().enumerate() {
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut connack))
+            .await
+            .unwrap_or_else(|_| panic!("login {i} not answered within {WAIT:?}"))
+            .unwrap();
+        assert_eq!(
+            connack,
+            [0x20, 2, 0, 4],
+            "login {i}: refused, bad username or password"
+        );
+    }
+    let out = gateway.cli(&["list-jobs"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let grew_kb = gateway.peak_rss_kb().saturating_sub(before);
+    assert!(
+        grew_kb < 16 * 1024,
+        "the flood and the CLI raised the peak by {grew_kb} KiB"
+    );
 }
 
 /// When devices fill the connections, the few kept for operators still let an operator in; one more
@@ -326,12 +370,18 @@ async fn growth_per_round_kb(gateway: &Gateway, rounds: usize) -> f64 {
 /// growth does not go on.
 #[tokio::test(flavor = "multi_thread")]
 async fn control_and_device_api_topics_leave_nothing_behind() {
-    // No publish quota: the device makes 5,000 requests as fast as they are answered.
+    // No publish quota: the device makes 5,000 requests as fast as they are answered; nor a control
+    // request rate: 500 CLI calls come in a few seconds.
     let gateway = Gateway::start_with(|config| {
-        sprig_tests::with_setting(
+        let config = sprig_tests::with_setting(
             &config,
             "max_publishes_per_second = 100",
             "max_publishes_per_second = 0",
+        );
+        sprig_tests::with_setting(
+            &config,
+            "requests_per_second = 50",
+            "requests_per_second = 10000",
         )
     });
     // Warm up: the allocator's arenas, the store's caches, the runtime's buffers.

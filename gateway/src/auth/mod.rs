@@ -204,15 +204,38 @@ pub fn is_thing_name(s: &str) -> bool {
 }
 
 struct Account {
-    password_hash: String,
+    secret: Secret,
     principal: Principal,
+}
+
+/// What a password is checked against.
+enum Secret {
+    /// An argon2 hash (PHC string) from the config: a password a person chose, so slow to guess.
+    Hash(String),
+    /// The local operator's password, which sprig generated (32 random alphanumerics, ~190 bits): no
+    /// hashing makes it harder to guess, so it is compared as it is, in constant time, in microseconds
+    /// and without argon2's 19 MiB. A CLI call, or a flood of wrong passwords for its public username,
+    /// costs no password check at all.
+    Token(String),
+}
+
+impl Secret {
+    fn matches(&self, password: &[u8]) -> bool {
+        match self {
+            Secret::Hash(hash) => verify_password(password, hash),
+            Secret::Token(token) => constant_time_eq(token.as_bytes(), password),
+        }
+    }
+}
+
+/// `a == b`, in a time that depends on their lengths only (not on where they differ).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// Why an [`Authenticator`] could not be built from `[auth]`.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot hash the local operator's password: {0}")]
-    Hash(argon2::password_hash::Error),
     #[error(transparent)]
     TopicRules(#[from] RuleError),
 }
@@ -240,7 +263,7 @@ impl Authenticator {
             accounts.insert(
                 op.username.clone(),
                 Account {
-                    password_hash: op.password_hash.clone(),
+                    secret: Secret::Hash(op.password_hash.clone()),
                     principal: Principal::Operator(Arc::new(operator)),
                 },
             );
@@ -249,7 +272,7 @@ impl Authenticator {
             accounts.insert(
                 dev.thing_name.clone(),
                 Account {
-                    password_hash: dev.password_hash.clone(),
+                    secret: Secret::Hash(dev.password_hash.clone()),
                     principal: Principal::Device {
                         thing_name: dev.thing_name.clone(),
                     },
@@ -263,7 +286,7 @@ impl Authenticator {
         accounts.insert(
             LOCAL_OPERATOR_USERNAME.to_owned(),
             Account {
-                password_hash: hash_password(&local_operator.password).map_err(SetupError::Hash)?,
+                secret: Secret::Token(local_operator.password.clone()),
                 principal: Principal::Operator(Arc::new(local)),
             },
         );
@@ -288,6 +311,14 @@ impl Authenticator {
             || self
                 .topic_rules
                 .allow_subscribe(principal, client_id, filter)
+    }
+
+    /// True when a password for `username` is checked in microseconds (the local operator's generated
+    /// token), so the check needs no blocking thread nor a turn among the argon2 checks.
+    pub fn checks_instantly(&self, username: &str) -> bool {
+        self.accounts
+            .get(username)
+            .is_some_and(|account| matches!(account.secret, Secret::Token(_)))
     }
 
     /// Decides who a CONNECT is. This verifies an argon2 hash, which takes milliseconds of CPU:
@@ -318,7 +349,7 @@ impl Authenticator {
             .accounts
             .get(username)
             .ok_or(AuthError::BadCredentials)?;
-        if !verify_password(password.unwrap_or_default(), &account.password_hash) {
+        if !account.secret.matches(password.unwrap_or_default()) {
             return Err(AuthError::BadCredentials);
         }
         match &account.principal {
@@ -601,6 +632,46 @@ mod tests {
             auth.authenticate_certificate("bad name!", &cert("bad name!")),
             Err(AuthError::InvalidCertificateName("bad name!".into()))
         );
+    }
+
+    #[test]
+    fn the_local_operators_generated_token_is_checked_without_argon2() {
+        let local = LocalOperator {
+            username: LOCAL_OPERATOR_USERNAME.into(),
+            password: "Zq3tZq3tZq3tZq3tZq3tZq3tZq3tZq3t".into(),
+        };
+        let mut config = crate::config::Config::default().auth;
+        config.operators.push(crate::config::OperatorConfig {
+            username: "ops".into(),
+            password_hash: hash_password("secret").unwrap(),
+            namespaces: Vec::new(),
+            standard_jobs: true,
+        });
+        let auth = Authenticator::new(&config, &local).unwrap();
+        assert!(auth.checks_instantly(LOCAL_OPERATOR_USERNAME));
+        assert!(
+            !auth.checks_instantly("ops"),
+            "a person's password keeps argon2"
+        );
+        assert!(!auth.checks_instantly("nobody"));
+        let login = |password: &[u8]| {
+            auth.authenticate(
+                "cli-1",
+                Some(LOCAL_OPERATOR_USERNAME),
+                Some(password),
+                false,
+            )
+        };
+        assert!(matches!(
+            login(local.password.as_bytes()),
+            Ok(Principal::Operator(_))
+        ));
+        assert_eq!(
+            login(b"Zq3tZq3tZq3tZq3tZq3tZq3tZq3tZq3u"),
+            Err(AuthError::BadCredentials)
+        );
+        assert_eq!(login(b"Zq3t"), Err(AuthError::BadCredentials));
+        assert_eq!(login(b""), Err(AuthError::BadCredentials));
     }
 
     #[test]
