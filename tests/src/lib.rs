@@ -317,13 +317,31 @@ impl Gateway {
 
     /// The most resident memory the running gateway has had (`VmHWM`), in KiB.
     pub fn peak_rss_kb(&self) -> u64 {
-        let pid = self.child.as_ref().expect("sprig is running").id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        self.proc_status_kb("VmHWM")
+    }
+
+    /// The running gateway's resident memory now (`VmRSS`), in KiB.
+    pub fn rss_kb(&self) -> u64 {
+        self.proc_status_kb("VmRSS")
+    }
+
+    /// The process id of the running gateway.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("sprig is running").id()
+    }
+
+    /// Whether `sprig run` has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().unwrap()
+    }
+
+    fn proc_status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/PID/status")
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
     }
 
     pub fn data_dir(&self) -> PathBuf {

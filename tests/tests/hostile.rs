@@ -299,3 +299,63 @@ async fn a_client_that_stops_reading_is_disconnected() {
     assert!(!reason.is_empty(), "{}", gateway.log());
     drop(stuck);
 }
+
+/// Messages the gateway keeps (the router's log holds every request for the device API) own their bytes:
+/// they used to be slices of their connection's read buffer and kept all of it alive. 300 devices that
+/// each sent a 64 KiB publish and a small Jobs request in one write held 300 read buffers of 64 KiB or
+/// more (+20 MiB; found by the fuzzer, `tests/tests/fuzz.rs`, as ~5 KiB per connection).
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_messages_do_not_hold_their_connections_read_buffers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const DEVICES: usize = 300;
+    let gateway = Gateway::start();
+    let before = gateway.rss_kb();
+    for i in 0..DEVICES {
+        let thing = format!("buffer-{}", i % 20);
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+        let mut connect = Vec::new();
+        put_str(&mut connect, b"MQTT");
+        connect.extend_from_slice(&[4, 0x02, 0, 0]);
+        put_str(&mut connect, thing.as_bytes());
+        let mut big = Vec::new();
+        put_str(
+            &mut big,
+            format!("$aws/things/{thing}/shadow/bulk").as_bytes(),
+        );
+        big.extend(vec![b'x'; 64 * 1024]);
+        let mut request = Vec::new();
+        put_str(
+            &mut request,
+            format!("$aws/things/{thing}/jobs/get").as_bytes(),
+        );
+        request.extend_from_slice(&[0, 1]); // packet id
+        request.extend_from_slice(b"{}");
+        let bytes = [
+            packet(0x10, &connect),
+            packet(0x30, &big),
+            packet(0x32, &request),
+            packet(0xe0, &[]),
+        ]
+        .concat();
+        stream.write_all(&bytes).await.unwrap();
+        let mut received = Vec::new();
+        tokio::time::timeout(WAIT, stream.read_to_end(&mut received))
+            .await
+            .expect("closed after the DISCONNECT")
+            .unwrap();
+        assert_eq!(
+            received.get(..4),
+            Some(&[0x20, 2, 0, 0][..]),
+            "{received:?}"
+        );
+    }
+    // Answered after the router has taken in every request before it.
+    let mut device = Device::connect(gateway.addr, "buffer-check", Protocol::V311).await;
+    let (accepted, _) = device.request("get", json!({})).await;
+    assert!(accepted);
+    let after = gateway.rss_kb();
+    assert!(
+        after < before + 8 * 1024,
+        "VmRSS {before} -> {after} KiB after {DEVICES} devices sent one request each"
+    );
+}
