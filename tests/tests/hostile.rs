@@ -359,3 +359,59 @@ async fn kept_messages_do_not_hold_their_connections_read_buffers() {
         "VmRSS {before} -> {after} KiB after {DEVICES} devices sent one request each"
     );
 }
+
+/// A retained message on a `$` topic reaches no one (the gateway's services take those topics from the
+/// router; clients' subscriptions there are served directly), so it is delivered as an ordinary message and
+/// not kept: a device that published 1,000 retained 16 KiB messages to topics of its own held 16 MiB
+/// for good (found by the fuzzer). Retained messages elsewhere are kept as MQTT says.
+#[tokio::test(flavor = "multi_thread")]
+async fn retained_messages_on_reserved_topics_are_not_kept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = Gateway::start_with(|config| {
+        config + "\n[[auth.topic_rules]]\npublish = [\"kept/#\"]\nsubscribe = [\"kept/#\"]\n"
+    });
+    let before = gateway.rss_kb();
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let mut connect = Vec::new();
+    put_str(&mut connect, b"MQTT");
+    connect.extend_from_slice(&[4, 0x02, 0, 0]);
+    put_str(&mut connect, b"keeper-1");
+    stream.write_all(&packet(0x10, &connect)).await.unwrap();
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.unwrap();
+    let publish = |topic: &str, pkid: u16, size: usize| {
+        let mut body = Vec::new();
+        put_str(&mut body, topic.as_bytes());
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.extend(vec![b'x'; size]);
+        packet(0x33, &body) // QoS 1, retained
+    };
+    for i in 1..=1000u16 {
+        let topic = format!("$aws/things/keeper-1/kept/{i}");
+        stream
+            .write_all(&publish(&topic, i, 16 * 1024))
+            .await
+            .unwrap();
+        let mut puback = [0u8; 4];
+        stream.read_exact(&mut puback).await.unwrap();
+        assert_eq!(puback, [0x40, 2, (i >> 8) as u8, i as u8]);
+    }
+    let after = gateway.rss_kb();
+    assert!(
+        after < before + 6 * 1024,
+        "VmRSS {before} -> {after} KiB after 1,000 retained 16 KiB messages on $aws/things/keeper-1/"
+    );
+    // Elsewhere a retained message is still kept for whoever subscribes later.
+    stream
+        .write_all(&publish("kept/keeper-1", 1001, 2))
+        .await
+        .unwrap();
+    let mut puback = [0u8; 4];
+    stream.read_exact(&mut puback).await.unwrap();
+    let mut device = Device::connect(gateway.addr, "later-1", Protocol::V311).await;
+    device.subscribe(&["kept/#"]).await;
+    assert_eq!(
+        device.expect_message("kept/keeper-1", WAIT).await,
+        json!("xx")
+    );
+}

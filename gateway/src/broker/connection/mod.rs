@@ -302,6 +302,16 @@ async fn accept(
 /// What a client whose login waits may send meanwhile before sprig stops reading from it.
 const WAITING_LOGIN_BUFFER: usize = 64 * 1024;
 
+/// Whether a retained message on `topic` is kept for later subscribers. Not on the `$` topics a client
+/// may publish to (its thing's `$aws/things/{thing}/…`, its own control requests): only the gateway's
+/// services take those from the router, subscribed once at start-up, and the clients' subscriptions
+/// there are served directly; a retained message there would reach no one and stay in the router's
+/// memory for good, one per topic (a device could fill the memory with them). The message is still
+/// delivered, as an ordinary one.
+fn keeps_retained(topic: &str) -> bool {
+    !topic.starts_with('$')
+}
+
 /// Gives a CONNECT with an empty client id and a clean session one of its own, as MQTT lets a server do
 /// (with a persistent session it is refused: there would be no way back to it): the thing name its client
 /// certificate certifies, else its username (a device's thing name, an operator's name), else a fresh one
@@ -712,7 +722,8 @@ impl Client {
             tracing::warn!(client_id = self.client_id, topic, "last will denied");
             return;
         }
-        let publish = Publish::new(Bytes::from(to_internal(topic)), will.message, will.retain);
+        let retain = will.retain && keeps_retained(topic);
+        let publish = Publish::new(Bytes::from(to_internal(topic)), will.message, retain);
         send_now(self.link.tx(), Packet::Publish(publish, None));
     }
 
@@ -861,6 +872,7 @@ impl Client {
             return Inbound::violation(format!("PUBLISH to `{topic}`, which is not a topic name"));
         }
         if !is_reserved(&topic) && self.may_publish(&topic) {
+            publish.retain &= keeps_retained(&topic);
             publish.topic = Bytes::from(to_internal(&topic));
             // Topic aliases are not offered (CONNACK), so a client-sent alias is ignored, not recorded.
             let props = props.map(|mut p| {
