@@ -338,6 +338,16 @@ impl Gateway {
         bench::status_kb(pid, field).unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
     }
 
+    /// The process id of the running gateway.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("sprig is running").id()
+    }
+
+    /// Whether `sprig run` has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().unwrap()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone()
     }
