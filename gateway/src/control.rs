@@ -38,15 +38,17 @@ pub const OPERATIONS: [&str; 9] = [
     "DescribeRecovery",
 ];
 
-/// Serves control requests until `shutdown` turns true.
+/// Serves control requests until `shutdown` turns true; `subscribed` is told once requests are taken.
 pub async fn serve(
     broker: Arc<Broker>,
     engine: Arc<Engine>,
     jobs: &JobsConfig,
     mut shutdown: watch::Receiver<bool>,
+    subscribed: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), BrokerError> {
     let mut client = broker.internal_client("sprig-control").await?;
     client.subscribe(&format!("{CONTROL_PREFIX}+/+")).await?;
+    let _ = subscribed.send(());
     let (sender, mut receiver) = client.split();
     let service = Arc::new(Service {
         broker,

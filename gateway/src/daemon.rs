@@ -89,23 +89,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         events_rx,
         shutdown.clone(),
     ));
+    // Each service tells when it takes its requests: "ready" is said after that, so a client that
+    // connects on it is never early for them.
+    let (devices_subscribed, devices_ready) = tokio::sync::oneshot::channel();
     let devices = tokio::spawn(device_api::serve(
         broker.clone(),
         engine.clone(),
         shutdown.clone(),
+        devices_subscribed,
     ));
+    let (recoveries_subscribed, recoveries_ready) = tokio::sync::oneshot::channel();
     let recoveries = tokio::spawn(recovery::runner::run(
         broker.clone(),
         store.clone(),
         routes,
         loaded_routes,
         shutdown.clone(),
+        recoveries_subscribed,
     ));
+    let (control_subscribed, control_ready) = tokio::sync::oneshot::channel();
     let control = {
         let (broker, engine, jobs) = (broker.clone(), engine.clone(), config.jobs.clone());
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { control::serve(broker, engine, &jobs, shutdown).await })
+        tokio::spawn(async move {
+            control::serve(broker, engine, &jobs, shutdown, control_subscribed).await
+        })
     };
+    // A service that failed to subscribe drops its sender; its task's error is reported at the end.
+    let _ = tokio::join!(devices_ready, recoveries_ready, control_ready);
     let plain = broker
         .local_addrs()
         .into_iter()

@@ -30,14 +30,16 @@ const SHARDS: usize = 8;
 /// leaving the router's log for our subscription to overflow (it would silently skip requests).
 const QUEUE_DEPTH: usize = 1024;
 
-/// Serves device requests until `shutdown` turns true.
+/// Serves device requests until `shutdown` turns true; `subscribed` is told once requests are taken.
 pub async fn serve(
     broker: Arc<Broker>,
     engine: Arc<Engine>,
     mut shutdown: watch::Receiver<bool>,
+    subscribed: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), BrokerError> {
     let mut client = broker.internal_client("device-api").await?;
     client.subscribe(topic::REQUEST_FILTER).await?;
+    let _ = subscribed.send(());
     // Replies go straight to the requesting device's connection (`Broker::deliver`), not through the
     // router: only the device may subscribe to its own reply topics, and the router would match every new
     // reply topic against every filter (N² for a fleet-wide round of requests); it never has those

@@ -68,13 +68,14 @@ pub async fn load(routes: &[RecoveryRoute]) -> anyhow::Result<Vec<LoadedRoute>> 
     Ok(loaded)
 }
 
-/// Runs recoveries until `shutdown` turns true.
+/// Runs recoveries until `shutdown` turns true; `subscribed` is told once acknowledgements are taken.
 pub async fn run(
     broker: Arc<Broker>,
     store: Arc<Store>,
     routes: Arc<Routes>,
     loaded: Vec<LoadedRoute>,
     mut shutdown: watch::Receiver<bool>,
+    subscribed: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), BrokerError> {
     let mut client = broker.internal_client("sprig-recovery").await?;
     for route in &loaded {
@@ -82,6 +83,7 @@ pub async fn run(
             client.subscribe(&topic.replace("{thing}", "+")).await?;
         }
     }
+    let _ = subscribed.send(());
     let (sender, mut receiver) = client.split();
     let mut subscriptions = broker.subscriptions();
     let runner = Runner {
