@@ -299,6 +299,19 @@ impl Gateway {
         }
     }
 
+    /// Stops the gateway (SIGTERM, which must exit 0) and checks its store with `sprig store check`, which
+    /// must call it consistent and count `counts` (e.g. `"2 jobs, 51 executions"`).
+    pub fn stop_and_check_store(&mut self, counts: &str) {
+        assert_eq!(self.terminate(), Some(0));
+        let check = self.cli(&["store", "check"]);
+        let report = String::from_utf8_lossy(&check.stdout);
+        assert!(check.status.success(), "{report}");
+        assert!(
+            report.contains(counts) && report.contains("consistent"),
+            "{report}"
+        );
+    }
+
     /// Waits until the gateway logs a line containing `needle` and returns it (panicking after `within`,
     /// with the log).
     pub fn wait_for_log(&self, needle: &str, within: Duration) -> String {

@@ -85,14 +85,7 @@ async fn a_deletion_killed_midway_finishes_after_restart() {
 
     // And the store agrees with itself: exactly the 51 remaining executions, every index in place.
     drop(op);
-    assert_eq!(gateway.terminate(), Some(0));
-    let check = gateway.cli(&["store", "check"]);
-    let report = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{report}");
-    assert!(
-        report.contains("2 jobs, 51 executions") && report.contains("consistent"),
-        "{report}"
-    );
+    gateway.stop_and_check_store("2 jobs, 51 executions");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,12 +153,5 @@ async fn a_creation_killed_midway_is_undone_at_restart() {
         .unwrap();
 
     drop(op);
-    assert_eq!(gateway.terminate(), Some(0));
-    let check = gateway.cli(&["store", "check"]);
-    let report = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{report}");
-    assert!(
-        report.contains("2 jobs, 4 executions") && report.contains("consistent"),
-        "{report}"
-    );
+    gateway.stop_and_check_store("2 jobs, 4 executions");
 }

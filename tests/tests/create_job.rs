@@ -92,12 +92,5 @@ async fn a_create_job_of_50000_targets_costs_tens_of_mib_and_makes_the_whole_job
     }
 
     drop(op);
-    assert_eq!(gateway.terminate(), Some(0));
-    let check = gateway.cli(&["store", "check"]);
-    let report = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{report}");
-    assert!(
-        report.contains("1 jobs, 50000 executions") && report.contains("consistent"),
-        "{report}"
-    );
+    gateway.stop_and_check_store("1 jobs, 50000 executions");
 }
