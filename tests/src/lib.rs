@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod device;
+pub mod fuzz;
 pub mod raw;
 pub mod tmpfs;
 
@@ -57,6 +58,15 @@ pub fn sprig_bin() -> &'static Path {
     BIN.get_or_init(|| {
         cargo_build(&["-p", "sprig-gateway", "--bin", "sprig"]);
         target_dir().join("debug").join("sprig")
+    })
+}
+
+/// Path of the RELEASE `sprig` binary, built on first use (for benchmarks).
+pub fn release_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        cargo_build(&["--release", "-p", "sprig-gateway", "--bin", "sprig"]);
+        target_dir().join("release").join("sprig")
     })
 }
 
@@ -143,7 +153,12 @@ pub fn free_port() -> u16 {
 
 /// An argon2 hash of `password`, made by `sprig hash-password`.
 pub fn hash_password(password: &str) -> String {
-    let out = Command::new(sprig_bin())
+    hash_password_with(sprig_bin(), password)
+}
+
+/// An argon2 hash of `password`, made by `bin hash-password`.
+pub fn hash_password_with(bin: &Path, password: &str) -> String {
+    let out = Command::new(bin)
         .args(["hash-password", "--password", password])
         .output()
         .unwrap();
@@ -158,6 +173,8 @@ pub fn hash_password(password: &str) -> String {
 /// A running `sprig run`, killed when dropped.
 pub struct Gateway {
     pub dir: tempfile::TempDir,
+    /// The `sprig` binary it runs (and runs the CLI with).
+    bin: PathBuf,
     pub config_path: PathBuf,
     pub addr: SocketAddr,
     child: Option<Child>,
@@ -177,16 +194,29 @@ impl Gateway {
     pub fn start_with(edit: impl FnOnce(String) -> String) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
-        Gateway::start_in(dir, data_dir, edit)
+        Gateway::start_in(sprig_bin(), dir, data_dir, edit)
+    }
+
+    /// [`Gateway::start_with`] with another `sprig` binary (e.g. [`release_bin`], for benchmarks).
+    pub fn start_bin_with(bin: &Path, edit: impl FnOnce(String) -> String) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        Gateway::start_in(bin, dir, data_dir, edit)
     }
 
     /// Starts a gateway whose data dir is `data_dir` (for instance on a small file system), its config
     /// passed through `edit`.
     pub fn start_with_data_dir(data_dir: &Path, edit: impl FnOnce(String) -> String) -> Gateway {
-        Gateway::start_in(tempfile::tempdir().unwrap(), data_dir.to_owned(), edit)
+        Gateway::start_in(
+            sprig_bin(),
+            tempfile::tempdir().unwrap(),
+            data_dir.to_owned(),
+            edit,
+        )
     }
 
     fn start_in(
+        bin: &Path,
         dir: tempfile::TempDir,
         data_dir: PathBuf,
         edit: impl FnOnce(String) -> String,
@@ -196,6 +226,7 @@ impl Gateway {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, edit(config)).unwrap();
         let mut gateway = Gateway {
+            bin: bin.to_owned(),
             log_path: dir.path().join("sprig.log"),
             dir,
             config_path,
@@ -215,7 +246,7 @@ impl Gateway {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let child = Command::new(sprig_bin())
+        let child = Command::new(&self.bin)
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info,rumqttd=warn")
@@ -377,7 +408,7 @@ impl Gateway {
 
     /// Runs the CLI against this gateway: `sprig <args> --config <this config>`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(sprig_bin())
+        Command::new(&self.bin)
             .args(args)
             .arg("--config")
             .arg(&self.config_path)
