@@ -6,6 +6,7 @@
 //! [`Operator`] speaks the control protocol of CONTRACT section 4 directly.
 
 pub mod device;
+pub mod procfs;
 pub mod raw;
 pub mod tmpfs;
 
@@ -315,6 +316,11 @@ impl Gateway {
         }
     }
 
+    /// The running gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("sprig is running").id()
+    }
+
     /// The most resident memory the running gateway has had (`VmHWM`), in KiB.
     pub fn peak_rss_kb(&self) -> u64 {
         self.status_kb("VmHWM:")
@@ -520,6 +526,68 @@ impl Operator {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A device that has started its execution of the new job `job_id` (it is IN_PROGRESS), and subscribed
+/// to `$aws/things/{thing}/rollback` (recoveries run for devices that subscribed since they connected).
+pub async fn start_job(
+    gateway: &Gateway,
+    op: &mut Operator,
+    thing: &str,
+    job_id: &str,
+) -> device::Device {
+    op.request("CreateJob", create_job(job_id, None, &[thing]))
+        .await
+        .unwrap();
+    let mut device = device::Device::connect(gateway.addr, thing, device::Protocol::V311).await;
+    device
+        .subscribe(&[&format!("$aws/things/{thing}/rollback")])
+        .await;
+    let (accepted, body) = device.request("start-next", json!({})).await;
+    assert!(accepted, "{body}");
+    assert_eq!(body["execution"]["status"], "IN_PROGRESS");
+    device
+}
+
+/// Polls ListRecoveries for `thing` until its one recovery satisfies `done`, and returns it.
+pub async fn wait_for_recovery(
+    op: &mut Operator,
+    thing: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let listed = op
+            .request("ListRecoveries", json!({ "thingName": thing }))
+            .await
+            .unwrap();
+        if let Some(recovery) = listed["recoveries"].as_array().and_then(|r| r.first()) {
+            if done(recovery) {
+                return recovery.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{thing}: recovery not as expected within {within:?}: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A device runs a new job from start-next to SUCCEEDED, and the job completes: the gateway serves.
+pub async fn run_a_job_end_to_end(gateway: &Gateway, op: &mut Operator, thing: &str, job_id: &str) {
+    op.request("CreateJob", create_job(job_id, None, &[thing]))
+        .await
+        .unwrap();
+    let mut device = device::Device::connect(gateway.addr, thing, device::Protocol::V311).await;
+    let (accepted, body) = device.request("start-next", json!({})).await;
+    assert!(accepted && body["execution"]["jobId"] == job_id, "{body}");
+    let (accepted, body) = device
+        .request(&format!("{job_id}/update"), json!({"status": "SUCCEEDED"}))
+        .await;
+    assert!(accepted, "{body}");
+    assert_eq!(op.job_status(job_id).await, "COMPLETED");
 }
 
 /// A CreateJob body for `things`, optionally in a namespace.
