@@ -149,13 +149,16 @@ impl HostedInstance {
             Request::Create(&serde_json::to_vec(&options.config).expect("JSON serializes"))
                 .encode();
         let name = Arc::new(OnceLock::new());
-        let (host, descriptor) = start_host(&options, &create, &name).await?;
+        let counters = Counters::default();
+        let started = start_host(&options, &create, &name).await;
+        record_create(&counters, &started);
+        let (host, descriptor) = started?;
         Ok(HostedInstance {
             options,
             create,
             descriptor,
             name,
-            counters: Counters::default(),
+            counters,
             backoff: std::sync::Mutex::new(Backoff::new(FIRST_RESTART_DELAY, MAX_RESTART_DELAY)),
             host: Mutex::new(Some(host)),
             restarts: Default::default(),
@@ -232,7 +235,9 @@ impl HostedInstance {
             lost_in_a_row = self.backoff().lost_in_a_row(),
             "restarting the plugin host"
         );
-        match start_host(&self.options, &self.create, &self.name).await {
+        let started = start_host(&self.options, &self.create, &self.name).await;
+        record_create(&self.counters, &started);
+        match started {
             Ok((host, _)) => Ok(host),
             Err(error) => {
                 let delay = self.backoff().lost(Instant::now());
@@ -301,6 +306,15 @@ impl HostedInstance {
 
     fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
         self.backoff.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counts a host's `create` call, if it got that far.
+fn record_create<T>(counters: &Counters, started: &Result<T, StartError>) {
+    match started {
+        Ok(_) => counters.record(Ok(())),
+        Err(StartError::Create(error)) => counters.record(Err(error.kind())),
+        Err(StartError::Load(_) | StartError::Host(_)) => {}
     }
 }
 
@@ -453,6 +467,12 @@ impl Host {
                     Err(Lost::Died(format!("sent a {e} and was killed")))
                 }
             },
+            Ok(Err(error)) if error.kind() == io::ErrorKind::InvalidData => {
+                self.kill().await;
+                Err(Lost::Died(format!(
+                    "sent a malformed frame ({error}) and was killed"
+                )))
+            }
             Ok(Err(error)) => Err(Lost::Died(self.reap(error).await)),
             Err(_) => {
                 self.kill().await;

@@ -6,7 +6,9 @@
 //!   malformed answer `mode = "garbage"` returns;
 //! - `hang_ms` (default one hour): how long `mode = "hang"` sleeps, and `mode = "spin"` busy-loops, in
 //!   `recover`;
-//! - `panic_in_new = true`: panic while being created instead.
+//! - `panic_in_new = true`: panic while being created instead;
+//! - `print = true`: also print a line to stdout in each `recover` (what a plugin host keeps off its
+//!   protocol pipe).
 //!
 //! Garbage goes out through [`RecoveryHandler::recover_json`], the sdk's low-level hook: whatever bytes
 //! it returns are what the gateway receives.
@@ -72,6 +74,9 @@ pub struct Config {
     /// Panic in `new`.
     #[serde(default)]
     pub panic_in_new: bool,
+    /// Print to stdout in `recover`.
+    #[serde(default)]
+    pub print: bool,
 }
 
 fn one_hour_ms() -> u64 {
@@ -94,6 +99,9 @@ impl RecoveryHandler for Misbehave {
     }
 
     fn recover(&mut self, ctx: &RecoveryContext) -> Result<Recovery, sprig_sdk::Error> {
+        if self.config.print {
+            println!("misbehave: printing to stdout for {}", ctx.thing_name);
+        }
         match self.config.mode {
             Mode::Ok | Mode::Garbage => Ok(Recovery {
                 actions: Vec::new(),

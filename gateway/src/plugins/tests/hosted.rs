@@ -58,7 +58,21 @@ async fn a_hosted_instance_answers_as_an_in_process_one_does() {
     rollback.recover(&context()).await.unwrap();
     assert_eq!(rollback.pid().await, Some(pid));
     let stats = rollback.stats();
-    assert_eq!((stats.calls, stats.succeeded), (2, 2), "{stats:?}");
+    assert_eq!(
+        (stats.calls, stats.succeeded),
+        (3, 3),
+        "create and two recovers: {stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_that_prints_to_stdout_does_not_disturb_the_protocol() {
+    let printing = hosted("misbehave", json!({"mode": "ok", "print": true}), GENEROUS).await;
+    for _ in 0..3 {
+        let answer = printing.recover(&context()).await.unwrap();
+        assert_eq!(answer.outcome, Outcome::Recovered);
+    }
+    assert_eq!(printing.restarts(), 0);
 }
 
 #[tokio::test]
@@ -138,7 +152,11 @@ async fn a_crash_ends_only_the_host_names_the_signal_and_a_new_host_serves_the_n
             "{mode}: {delay:?}"
         );
         let stats = crashing.stats();
-        assert_eq!((stats.calls, stats.crashed), (2, 2), "{mode}: {stats:?}");
+        assert_eq!(
+            (stats.calls, stats.succeeded, stats.crashed),
+            (4, 2, 2),
+            "{mode}: two hosts, each created and crashed: {stats:?}"
+        );
     }
 }
 
