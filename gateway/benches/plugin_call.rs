@@ -2,8 +2,12 @@
 //!
 //! Builds `plugins/rollback` in release, loads it, and times `recover` calls (rendering two templates,
 //! one Publish action): directly through the descriptor on this thread ([`DirectInstance`]: context
-//! JSON out, answer JSON back, validation), and through a [`PluginInstance`] (the same plus the channel
-//! to the instance's thread, the oneshot back and the Tokio timeout). `SPRIG_BENCH_CALLS` (default
+//! JSON out, answer JSON back, validation), through a [`PluginInstance`] (`isolation = "in-process"`:
+//! the same plus the channel to the instance's thread, the oneshot back and the Tokio timeout), and
+//! through a [`HostedInstance`] (`isolation = "process"`: the context framed down a pipe to a `sprig
+//! plugin-host` process, the call there, the answer framed back and judged, under the Tokio timeout; the
+//! host is the release `sprig` that cargo builds for this bench). The async calls run on a multi-thread
+//! Tokio runtime with two workers, as `sprig run` has on a 2-core machine. `SPRIG_BENCH_CALLS` (default
 //! 100000) changes the number of calls. Run with `cargo bench -p sprig-gateway --bench plugin_call`.
 
 use std::collections::BTreeMap;
@@ -12,7 +16,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sprig_gateway::plugins::{DirectInstance, PluginInstance, PluginLibrary};
+use sprig_gateway::plugins::{
+    DirectInstance, HostOptions, HostedInstance, PluginInstance, PluginLibrary,
+};
 use sprig_sdk::{Reason, RecoveryContext};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -52,10 +58,11 @@ fn report(label: &str, calls: usize, elapsed: Duration) {
     println!("{label:<48} {ns:>10.0} ns/call  ({calls} calls in {elapsed:.2?})");
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let calls = env_or("SPRIG_BENCH_CALLS", 100_000);
-    let library = PluginLibrary::load(rollback_release_build()).unwrap();
+    let path = rollback_release_build();
+    let library = PluginLibrary::load(&path).unwrap();
     let config = json!({
         "topic": "$aws/things/{thing}/rollback",
         "payload": "{\"jobId\":\"{jobId}\",\"action\":\"rollback\"}",
@@ -93,7 +100,7 @@ async fn main() {
         started.elapsed(),
     );
 
-    let instance = PluginInstance::new(library.clone(), config, Duration::from_secs(5))
+    let instance = PluginInstance::new(library.clone(), config.clone(), Duration::from_secs(5))
         .await
         .unwrap();
     for _ in 0..calls / 10 {
@@ -109,4 +116,28 @@ async fn main() {
         started.elapsed(),
     );
     println!("{:?}", library.stats());
+
+    let hosted = HostedInstance::start(HostOptions {
+        program: env!("CARGO_BIN_EXE_sprig").into(),
+        library: path,
+        config,
+        budget: Duration::from_secs(5),
+        label: "bench".into(),
+    })
+    .await
+    .unwrap();
+    for _ in 0..calls / 10 {
+        hosted.recover(&ctx).await.unwrap();
+    }
+    let started = Instant::now();
+    for _ in 0..calls {
+        std::hint::black_box(hosted.recover(&ctx).await.unwrap());
+    }
+    report(
+        "host process (pipe round trip, timeout)",
+        calls,
+        started.elapsed(),
+    );
+    println!("{:?}", hosted.stats());
+    hosted.shutdown().await;
 }

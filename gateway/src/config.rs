@@ -239,10 +239,14 @@ pub struct RecoveryRoute {
     pub namespace: Option<String>,
     /// The plugin's shared library (`.so`). A relative path is relative to the config file's directory.
     pub plugin: PathBuf,
-    /// Time budget of one handler call, in milliseconds; an overrun quarantines the plugin instance.
+    /// Where the plugin runs: in a host process of its own (the default), or in the gateway's process.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Time budget of one handler call, in milliseconds; an overrun kills the plugin's host process
+    /// (in-process: quarantines the plugin instance).
     #[serde(default = "default_budget_ms")]
     pub budget_ms: u64,
-    /// Handler failures (panic, error, garbage answer, overrun) before the recovery is recorded FAILED.
+    /// Handler failures (panic, error, garbage answer, overrun, crash) before the recovery is FAILED.
     #[serde(default = "default_max_failures")]
     pub max_failures: u32,
     /// Wait before retrying after a failure, in milliseconds; doubled at each further failure.
@@ -257,6 +261,19 @@ pub struct RecoveryRoute {
     /// Handed to the plugin as its config (as JSON).
     #[serde(default)]
     pub config: toml::Table,
+}
+
+/// `[[recovery]] isolation`: where a route's plugin runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// `"process"`: a `sprig plugin-host` child process per route; a crash or an overrun ends only the
+    /// host, which is restarted.
+    #[default]
+    Process,
+    /// `"in-process"`: the library is loaded into the gateway and called on a thread of its own; cheaper
+    /// per call, but a crash in the plugin is the gateway's crash.
+    InProcess,
 }
 
 fn any_thing() -> String {
@@ -654,6 +671,27 @@ mod tests {
     fn unknown_keys_in_a_topic_rule_are_refused() {
         let err = with_rules("[[auth.topic_rules]]\ntopics = [\"a\"]").unwrap_err();
         assert!(err.contains("topics"), "{err}");
+    }
+
+    #[test]
+    fn recovery_routes_run_their_plugin_in_a_host_process_unless_told_otherwise() {
+        let config = with_rules(
+            "[[recovery]]\nplugin = \"a.so\"\n\
+             [[recovery]]\nplugin = \"b.so\"\nisolation = \"process\"\n\
+             [[recovery]]\nplugin = \"c.so\"\nisolation = \"in-process\"\n",
+        )
+        .unwrap();
+        let isolation: Vec<Isolation> = config.recovery.iter().map(|r| r.isolation).collect();
+        assert_eq!(
+            isolation,
+            [Isolation::Process, Isolation::Process, Isolation::InProcess]
+        );
+        let err =
+            with_rules("[[recovery]]\nplugin = \"a.so\"\nisolation = \"thread\"\n").unwrap_err();
+        assert!(
+            err.contains("isolation") && err.contains("in-process") && err.contains("thread"),
+            "{err}"
+        );
     }
 
     #[test]

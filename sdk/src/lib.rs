@@ -50,9 +50,10 @@
 //! `serde` and `serde_json` are re-exported, so a plugin depends on this crate only (derive with
 //! `#[serde(crate = "sprig_sdk::serde")]`).
 //!
-//! What in-process loading cannot contain: a segfault, an abort or undefined behaviour in a plugin takes
-//! the gateway down (systemd restarts it, and durable recoveries resume). Panics, errors, malformed answers
-//! and calls that overrun their time budget are contained by the gateway. See the README.
+//! Panics, errors, malformed answers and calls that overrun their time budget are contained by the
+//! gateway. By default a plugin runs in a host process of its own, so a segfault, an abort or undefined
+//! behaviour ends only that host; a plugin loaded in-process (`isolation = "in-process"`) takes the gateway
+//! down with it (systemd restarts it, and durable recoveries resume). See the README.
 
 pub mod abi;
 mod types;
@@ -76,10 +77,11 @@ pub type Error = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// All calls on one instance (`new`, `recover`, drop) happen on one thread, one at a time; that is why
 /// the handler need not be `Send` or `Sync` and `recover` takes `&mut self`.
 ///
-/// Each call has a time budget set by the gateway. A call that overruns it cannot be stopped (a thread
-/// cannot be killed): the gateway stops waiting, quarantines the instance (its later calls fail at once)
-/// and the thread is left to finish, or not. So do not block for long: publish, record, and answer
-/// [`Outcome::RetryLater`] rather than wait for the device.
+/// Each call has a time budget set by the gateway. A call that overruns it has its plugin host process
+/// killed, and the next call gets a new host, with a new instance from the same config. In-process, the
+/// call cannot be stopped (a thread cannot be killed): the gateway stops waiting, quarantines the instance
+/// (its later calls fail at once) and the thread is left to finish, or not. So do not block for long:
+/// publish, record, and answer [`Outcome::RetryLater`] rather than wait for the device.
 ///
 /// A panic in `new` or `recover` is caught and reported to the gateway as a failed call; the instance
 /// stays in use, so leave `self` consistent if you panic (as always with unwinding).

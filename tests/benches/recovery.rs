@@ -16,9 +16,12 @@
 //! Per-recovery latency is `lastUpdatedAt − createdAt` (the recovery is created in the deletion batch that
 //! removes the execution).
 //!
-//! Two rows (two gateways, one after the other, same devices reconnected):
+//! Two plugins, each in both isolations: for each plugin, one gateway per isolation, side by side with
+//! their own devices, their runs interleaved (A B, B A, …) so that both see the same load of a shared
+//! machine; a summary gives each one's median and best run.
 //! - `reset`: `sprig-plugin-reset`, no device round trip. Measures the gateway's recovery path: store,
-//!   runner, plugin call through the C ABI and its worker thread, recording the outcome.
+//!   runner, plugin call (through the pipe to the plugin host process, or in-process through the C ABI
+//!   and the instance's worker thread), recording the outcome.
 //! - `rollback+ack`: `sprig-plugin-rollback` with an `ack_topic`: the first attempt publishes the rollback
 //!   command to the device, the device acknowledges it on `$aws/things/{thing}/rollback/ack`, the second
 //!   attempt records RECOVERED. Measures the full round trip with the device.
@@ -26,7 +29,8 @@
 //! Run: `cargo bench -p sprig-tests --bench recovery`. Environment:
 //! - `SPRIG_RECOVERY_DEVICES` (default 1000): devices, one execution each;
 //! - `SPRIG_RECOVERY_RUNS` (default 3): runs per plugin, each with a new job id;
-//! - `SPRIG_RECOVERY_PLUGINS` (default `reset,rollback`): which rows;
+//! - `SPRIG_RECOVERY_PLUGINS` (default `reset,rollback`): which plugins;
+//! - `SPRIG_RECOVERY_ISOLATION` (default `process,in-process`): which `isolation` for each plugin;
 //! - `SPRIG_RECOVERY_TIMEOUT_S` (default 300): bound on one run's wait for its recoveries.
 //!
 //! Every wait is bounded; a bench that cannot finish panics with what it saw. The gateway's log is kept
@@ -42,7 +46,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter};
 use serde_json::{json, Value};
-use sprig_tests::{config_for, free_port, with_setting, Operator};
+use sprig_tests::{config_for, free_port, procfs, with_setting, Operator};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -121,13 +125,14 @@ impl Plugin {
         }
     }
 
-    fn route(self, artifacts: &Artifacts) -> String {
+    fn route(self, artifacts: &Artifacts, isolation: &str) -> String {
         match self {
             Plugin::Reset => format!(
                 r#"
 [[recovery]]
 things = "dev-*"
 plugin = {:?}
+isolation = "{isolation}"
 [recovery.config]
 status_details = {{ state = "reset", job = "{{jobId}}" }}
 "#,
@@ -139,6 +144,7 @@ status_details = {{ state = "reset", job = "{{jobId}}" }}
 [[recovery]]
 things = "dev-*"
 plugin = {:?}
+isolation = "{isolation}"
 ack_topic = "{ACK_TOPIC}"
 [recovery.config]
 topic = "$aws/things/{{thing}}/rollback"
@@ -160,7 +166,12 @@ struct BenchGateway {
 }
 
 impl BenchGateway {
-    fn start(artifacts: &Artifacts, plugin: Plugin, devices: usize) -> BenchGateway {
+    fn start(
+        artifacts: &Artifacts,
+        plugin: Plugin,
+        isolation: &str,
+        devices: usize,
+    ) -> BenchGateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let data_dir = dir.path().join("data");
@@ -181,7 +192,7 @@ impl BenchGateway {
         ] {
             config = with_setting(&config, &from, &to);
         }
-        config.push_str(&plugin.route(artifacts));
+        config.push_str(&plugin.route(artifacts, isolation));
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("sprig.log")).unwrap();
@@ -220,6 +231,18 @@ impl BenchGateway {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sprig.log")).unwrap_or_default()
+    }
+
+    /// CPU time used so far by the gateway and its live children (plugin hosts), in seconds. A host's
+    /// time is lost if it ends between two readings (none does here).
+    fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.id();
+        let ticks: u64 = procfs::stat(pid)
+            .into_iter()
+            .chain(procfs::children(pid))
+            .map(|s| s.cpu_ticks)
+            .sum();
+        ticks as f64 / procfs::ticks_per_second() as f64
     }
 
     /// Log lines containing `needle`.
@@ -502,7 +525,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 struct RunResult {
-    plugin: Plugin,
+    /// The plugin and its isolation: `reset (process)`.
+    label: String,
     run: usize,
     devices: usize,
     /// DeleteJob's reply → the last recovery's `lastUpdatedAt`, seconds.
@@ -517,6 +541,9 @@ struct RunResult {
     max: f64,
     /// Handler calls beyond the nominal ones (retries).
     extra_attempts: u64,
+    /// CPU time the gateway and its plugin hosts used from DeleteJob to the last RECOVERED seen, seconds:
+    /// what the work costs, whatever else the machine runs (wall-clock rates depend on that).
+    cpu: f64,
 }
 
 async fn run_once(
@@ -524,6 +551,7 @@ async fn run_once(
     op: &mut Operator,
     fleet: &mut Fleet,
     plugin: Plugin,
+    label: &str,
     run: usize,
     timeout: Duration,
 ) -> RunResult {
@@ -537,6 +565,7 @@ async fn run_once(
         .unwrap_or_else(|e| panic!("CreateJob refused: {e:?}"));
     fleet.start_next(&job_id).await;
     let commands_before = fleet.commands.load(Ordering::Relaxed);
+    let cpu_before = gateway.cpu_seconds();
 
     let called = Instant::now();
     op.request("DeleteJob", json!({ "jobId": job_id, "force": true }))
@@ -566,8 +595,7 @@ async fn run_once(
             let failed = list_recoveries(op, &job_id, "FAILED").await;
             if !failed.is_empty() {
                 gateway.fail(&format!(
-                    "{}: {} recoveries FAILED, e.g. {}",
-                    plugin.label(),
+                    "{label}: {} recoveries FAILED, e.g. {}",
                     failed.len(),
                     failed[0]
                 ));
@@ -575,13 +603,13 @@ async fn run_once(
         }
         if Instant::now() > deadline {
             gateway.fail(&format!(
-                "{}: not every recovery of {job_id} RECOVERED within {timeout:?}: {pending}",
-                plugin.label()
+                "{label}: not every recovery of {job_id} RECOVERED within {timeout:?}: {pending}"
             ));
         }
         tokio::time::sleep(POLL).await;
     };
 
+    let cpu = gateway.cpu_seconds() - cpu_before;
     let number = |r: &Value, key: &str| {
         r[key]
             .as_f64()
@@ -612,7 +640,7 @@ async fn run_once(
         );
     }
     RunResult {
-        plugin,
+        label: label.to_owned(),
         run,
         devices: n,
         elapsed: (last - replied_epoch).max(0.0),
@@ -623,6 +651,7 @@ async fn run_once(
         p99: percentile(&latencies, 0.99),
         max: *latencies.last().unwrap(),
         extra_attempts: attempts.saturating_sub(plugin.attempts() * n as u64),
+        cpu,
     }
 }
 
@@ -650,46 +679,70 @@ async fn main() {
         })
         .collect();
 
+    let isolations: Vec<String> = std::env::var("SPRIG_RECOVERY_ISOLATION")
+        .unwrap_or_else(|_| "process,in-process".into())
+        .split(',')
+        .map(|i| match i.trim() {
+            isolation @ ("process" | "in-process") => isolation.to_owned(),
+            other => panic!(
+                "SPRIG_RECOVERY_ISOLATION: unknown isolation `{other}` (process, in-process)"
+            ),
+        })
+        .collect();
+
     let artifacts = build_release();
     println!(
-        "sprig recovery benchmark: {devices} devices, {runs} runs per plugin, release build, 127.0.0.1"
+        "sprig recovery benchmark: {devices} devices, {runs} runs per plugin and isolation, release build, 127.0.0.1"
     );
     let mut results = Vec::new();
     for plugin in plugins {
-        let gateway = BenchGateway::start(&artifacts, plugin, devices);
-        let mut op = gateway.operator().await;
-        let connecting = Instant::now();
-        let mut fleet = Fleet::connect(gateway.addr, devices, plugin == Plugin::Rollback).await;
-        println!(
-            "{}: {devices} devices connected and subscribed in {:.2} s",
-            plugin.label(),
-            connecting.elapsed().as_secs_f64()
-        );
-        for run in 0..runs {
-            let result = run_once(&gateway, &mut op, &mut fleet, plugin, run, timeout).await;
+        // One gateway per isolation, side by side, their runs interleaved (the order turning each run):
+        // on a machine shared with other work, paired runs see the same load; one after the other they
+        // would not.
+        let mut sides = Vec::new();
+        for isolation in &isolations {
+            let label = format!("{} ({isolation})", plugin.label());
+            let gateway = BenchGateway::start(&artifacts, plugin, isolation, devices);
+            let op = gateway.operator().await;
+            let connecting = Instant::now();
+            let fleet = Fleet::connect(gateway.addr, devices, plugin == Plugin::Rollback).await;
             println!(
-                "{} run {run}: DeleteJob call {:.1} ms, all RECOVERED after {} (seen by polling after {} ms), {} recoveries/s; first to last RECOVERED {} ({}/s); latency p50 {} p99 {} max {}, {} retries",
-                plugin.label(),
-                result.delete_call.as_secs_f64() * 1000.0,
-                ms(result.elapsed),
-                result.observed.as_millis(),
-                rate(devices, result.elapsed),
-                ms(result.spread),
-                rate(devices - 1, result.spread),
-                ms(result.p50),
-                ms(result.p99),
-                ms(result.max),
-                result.extra_attempts,
+                "{label}: {devices} devices connected and subscribed in {:.2} s",
+                connecting.elapsed().as_secs_f64()
             );
-            results.push(result);
+            sides.push((label, gateway, op, fleet));
         }
-        let warnings = gateway.log_count("WARN");
-        if warnings > 0 {
-            println!("{}: the gateway logged {warnings} warnings", plugin.label());
+        for run in 0..runs {
+            let turn = sides.len();
+            for k in 0..turn {
+                let (label, gateway, op, fleet) = &mut sides[(k + run) % turn];
+                let result = run_once(gateway, op, fleet, plugin, label, run, timeout).await;
+                println!(
+                    "{label} run {run}: DeleteJob call {:.1} ms, all RECOVERED after {} (seen by polling after {} ms), {} recoveries/s; first to last RECOVERED {} ({}/s); latency p50 {} p99 {} max {}, {} retries; CPU {:.0} µs per recovery",
+                    result.delete_call.as_secs_f64() * 1000.0,
+                    ms(result.elapsed),
+                    result.observed.as_millis(),
+                    rate(devices, result.elapsed),
+                    ms(result.spread),
+                    rate(devices - 1, result.spread),
+                    ms(result.p50),
+                    ms(result.p99),
+                    ms(result.max),
+                    result.extra_attempts,
+                    result.cpu / devices as f64 * 1e6,
+                );
+                results.push(result);
+            }
         }
-        fleet.disconnect().await;
-        drop(op);
-        drop(gateway);
+        for (label, gateway, op, fleet) in sides {
+            let warnings = gateway.log_count("WARN");
+            if warnings > 0 {
+                println!("{label}: the gateway logged {warnings} warnings");
+            }
+            fleet.disconnect().await;
+            drop(op);
+            drop(gateway);
+        }
     }
 
     println!();
@@ -698,7 +751,7 @@ async fn main() {
     for r in &results {
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.plugin.label(),
+            r.label,
             r.devices,
             r.run,
             ms(r.elapsed),
@@ -708,6 +761,38 @@ async fn main() {
             ms(r.p50),
             ms(r.p99),
             r.extra_attempts
+        );
+    }
+
+    // Per plugin and isolation: the median and the best run (the least disturbed by other work).
+    println!();
+    println!("| plugin | runs | recoveries/s median | recoveries/s best | latency p50 median | latency p99 median | CPU per recovery median (gateway + host) |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut labels: Vec<&str> = Vec::new();
+    for r in &results {
+        if !labels.contains(&r.label.as_str()) {
+            labels.push(&r.label);
+        }
+    }
+    for label in labels {
+        let of = |value: fn(&RunResult) -> f64| {
+            let mut values: Vec<f64> = results
+                .iter()
+                .filter(|r| r.label == label)
+                .map(value)
+                .collect();
+            values.sort_by(f64::total_cmp);
+            values
+        };
+        let rates = of(|r| r.devices as f64 / r.elapsed.max(0.001));
+        println!(
+            "| {label} | {} | {:.0} | {:.0} | {} | {} | {:.0} µs |",
+            rates.len(),
+            percentile(&rates, 0.5),
+            rates.last().copied().unwrap_or_default(),
+            ms(percentile(&of(|r| r.p50), 0.5)),
+            ms(percentile(&of(|r| r.p99), 0.5)),
+            percentile(&of(|r| r.cpu / r.devices as f64), 0.5) * 1e6,
         );
     }
 }

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod device;
 pub mod fuzz;
+pub mod procfs;
 pub mod raw;
 pub mod tmpfs;
 
@@ -360,6 +361,11 @@ impl Gateway {
         }
     }
 
+    /// The running gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("sprig is running").id()
+    }
+
     /// The most resident memory the running gateway has had (`VmHWM`), in KiB.
     pub fn peak_rss_kb(&self) -> u64 {
         self.status_kb("VmHWM:")
@@ -373,18 +379,13 @@ impl Gateway {
     /// Makes the gateway's peak resident memory (`VmHWM`) its current one, so that a later
     /// [`peak_rss_kb`](Self::peak_rss_kb) measures from now (Linux: `/proc/PID/clear_refs`).
     pub fn reset_peak_rss(&self) {
-        let pid = self.child.as_ref().expect("sprig is running").id();
+        let pid = self.pid();
         std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
     }
 
     fn status_kb(&self, field: &str) -> u64 {
-        let pid = self.child.as_ref().expect("sprig is running").id();
+        let pid = self.pid();
         bench::status_kb(pid, field).unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-    }
-
-    /// The process id of the running gateway.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("sprig is running").id()
     }
 
     /// Whether `sprig run` has exited (and how), without waiting.
@@ -577,6 +578,68 @@ impl Operator {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A device that has started its execution of the new job `job_id` (it is IN_PROGRESS), and subscribed
+/// to `$aws/things/{thing}/rollback` (recoveries run for devices that subscribed since they connected).
+pub async fn start_job(
+    gateway: &Gateway,
+    op: &mut Operator,
+    thing: &str,
+    job_id: &str,
+) -> device::Device {
+    op.request("CreateJob", create_job(job_id, None, &[thing]))
+        .await
+        .unwrap();
+    let mut device = device::Device::connect(gateway.addr, thing, device::Protocol::V311).await;
+    device
+        .subscribe(&[&format!("$aws/things/{thing}/rollback")])
+        .await;
+    let (accepted, body) = device.request("start-next", json!({})).await;
+    assert!(accepted, "{body}");
+    assert_eq!(body["execution"]["status"], "IN_PROGRESS");
+    device
+}
+
+/// Polls ListRecoveries for `thing` until its one recovery satisfies `done`, and returns it.
+pub async fn wait_for_recovery(
+    op: &mut Operator,
+    thing: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let listed = op
+            .request("ListRecoveries", json!({ "thingName": thing }))
+            .await
+            .unwrap();
+        if let Some(recovery) = listed["recoveries"].as_array().and_then(|r| r.first()) {
+            if done(recovery) {
+                return recovery.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{thing}: recovery not as expected within {within:?}: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A device runs a new job from start-next to SUCCEEDED, and the job completes: the gateway serves.
+pub async fn run_a_job_end_to_end(gateway: &Gateway, op: &mut Operator, thing: &str, job_id: &str) {
+    op.request("CreateJob", create_job(job_id, None, &[thing]))
+        .await
+        .unwrap();
+    let mut device = device::Device::connect(gateway.addr, thing, device::Protocol::V311).await;
+    let (accepted, body) = device.request("start-next", json!({})).await;
+    assert!(accepted && body["execution"]["jobId"] == job_id, "{body}");
+    let (accepted, body) = device
+        .request(&format!("{job_id}/update"), json!({"status": "SUCCEEDED"}))
+        .await;
+    assert!(accepted, "{body}");
+    assert_eq!(op.job_status(job_id).await, "COMPLETED");
 }
 
 /// A CreateJob body for `things`, optionally in a namespace.

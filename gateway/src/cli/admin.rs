@@ -71,6 +71,14 @@ pub struct PluginCheckArgs {
     pub path: PathBuf,
 }
 
+/// `sprig plugin-host --library PATH` (hidden): one plugin host process.
+#[derive(Debug, Clone, Args)]
+pub struct PluginHostArgs {
+    /// The plugin's shared library
+    #[arg(long, value_name = "PATH")]
+    pub library: PathBuf,
+}
+
 /// `sprig hash-password`.
 #[derive(Debug, Clone, Args)]
 pub struct HashPasswordArgs {
@@ -144,11 +152,21 @@ pub fn hash_password(args: &HashPasswordArgs) -> Result<Option<String>, Failure>
 }
 
 /// `sprig plugin check PATH`: loads the plugin as the gateway would (no plugin function is called) and
-/// prints its descriptor; a refused file exits 1 with the reason.
+/// prints its descriptor; a refused file exits 1 with the reason. It loads the library into this short-lived
+/// process: the check runs the library's initializers, as a host would, and nothing else of the plugin.
 pub fn plugin_check(args: &PluginCheckArgs) -> Result<Option<String>, Failure> {
     match crate::plugins::PluginLibrary::load(&args.path) {
         Ok(library) => Ok(Some(library.descriptor().to_string())),
         Err(e) => Err(Failure::Fatal(format!("sprig: plugin refused: {e}"))),
+    }
+}
+
+/// `sprig plugin-host`: serves one plugin to the gateway that started it, until the gateway closes the
+/// pipe ([`crate::plugins::serve_host`]).
+pub fn plugin_host(args: &PluginHostArgs) -> Result<Option<String>, Failure> {
+    match crate::plugins::serve_host(&args.library) {
+        0 => Ok(None),
+        code => Err(Failure::Silent(code)),
     }
 }
 

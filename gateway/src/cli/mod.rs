@@ -2,7 +2,8 @@
 //!
 //! Two families of commands share one binary:
 //! - the gateway's own: `sprig run`, `sprig store check|backup|restore`, `sprig hash-password`,
-//!   `sprig plugin check` ([`admin`]);
+//!   `sprig plugin check` ([`admin`]); and `sprig plugin-host`, hidden from `--help`, which `sprig run`
+//!   starts for each `[[recovery]]` route whose plugin runs in a process of its own;
 //! - the operator's, shaped like the AWS CLI's `aws iot …` commands: `delete-job`, `create-job`, … Each
 //!   sends one control request to a running gateway over MQTT ([`client`]) and prints the response as
 //!   the AWS CLI would.
@@ -67,6 +68,9 @@ enum Command {
     /// Inspect recovery-handler plugins
     #[command(subcommand)]
     Plugin(admin::PluginCommand),
+    /// Serve one recovery-handler plugin to the gateway over stdin/stdout (started by `sprig run`)
+    #[command(name = "plugin-host", hide = true)]
+    PluginHost(admin::PluginHostArgs),
     #[command(flatten)]
     Operation(Box<Invocation>),
 }
@@ -174,6 +178,7 @@ fn execute(command: &Command) -> Result<Option<String>, Failure> {
         Command::Store(admin::StoreCommand::Restore(args)) => admin::store_restore(args),
         Command::HashPassword(args) => admin::hash_password(args),
         Command::Plugin(admin::PluginCommand::Check(args)) => admin::plugin_check(args),
+        Command::PluginHost(args) => admin::plugin_host(args),
         Command::Operation(invocation) => operate(invocation),
     }
 }

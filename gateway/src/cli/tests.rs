@@ -57,6 +57,27 @@ fn help_and_version_exit_0_and_other_clap_errors_252() {
 }
 
 #[test]
+fn the_plugin_host_is_a_hidden_command() {
+    use clap::CommandFactory;
+    let help = Cli::command().render_long_help().to_string();
+    assert!(
+        help.contains("plugin") && !help.contains("plugin-host"),
+        "{help}"
+    );
+    match parse(&["plugin-host", "--library", "/x/libp.so"])
+        .unwrap()
+        .command
+    {
+        Command::PluginHost(args) => assert_eq!(args.library, std::path::Path::new("/x/libp.so")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        clap_exit_code(parse(&["plugin-host"]).unwrap_err().kind()),
+        252
+    );
+}
+
+#[test]
 fn every_operation_is_a_subcommand_with_its_flags() {
     use clap::CommandFactory;
     let cli = Cli::command();

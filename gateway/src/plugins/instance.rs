@@ -31,6 +31,17 @@ pub enum PluginError {
         "plugin {plugin} did not answer within its {budget:?} budget; the instance is quarantined"
     )]
     TimedOut { plugin: String, budget: Duration },
+    /// The call overran its time budget in a plugin host process, which was killed (`SIGKILL`) and
+    /// reaped; a new host serves the next call.
+    #[error(
+        "plugin {plugin} overran its budget of {} ms; host killed",
+        budget.as_millis()
+    )]
+    HostKilled { plugin: String, budget: Duration },
+    /// The plugin's host process died during the call (a segfault, an abort, an exit, …); `cause` says
+    /// how ("was killed by SIGSEGV", "exited with status 3"). A new host serves the next call.
+    #[error("plugin {plugin} crashed: its host process {cause}; the host is restarted")]
+    Crashed { plugin: String, cause: String },
     /// The instance is quarantined (an earlier call overran); refused without calling the plugin.
     #[error(
         "plugin {plugin} is quarantined: an earlier call overran its budget; create a new instance"
@@ -47,20 +58,23 @@ pub enum FailureKind {
     Failed,
     /// [`PluginError::Garbage`].
     Garbage,
-    /// [`PluginError::TimedOut`].
+    /// [`PluginError::TimedOut`] or [`PluginError::HostKilled`].
     TimedOut,
+    /// [`PluginError::Crashed`].
+    Crashed,
     /// [`PluginError::Quarantined`].
     Quarantined,
 }
 
 impl FailureKind {
-    /// A stable lowercase name: `panicked`, `failed`, `garbage`, `timed_out`, `quarantined`.
+    /// A stable lowercase name: `panicked`, `failed`, `garbage`, `timed_out`, `crashed`, `quarantined`.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::Panicked => "panicked",
             FailureKind::Failed => "failed",
             FailureKind::Garbage => "garbage",
             FailureKind::TimedOut => "timed_out",
+            FailureKind::Crashed => "crashed",
             FailureKind::Quarantined => "quarantined",
         }
     }
@@ -73,7 +87,8 @@ impl PluginError {
             PluginError::Panicked { .. } => FailureKind::Panicked,
             PluginError::Failed { .. } => FailureKind::Failed,
             PluginError::Garbage { .. } => FailureKind::Garbage,
-            PluginError::TimedOut { .. } => FailureKind::TimedOut,
+            PluginError::TimedOut { .. } | PluginError::HostKilled { .. } => FailureKind::TimedOut,
+            PluginError::Crashed { .. } => FailureKind::Crashed,
             PluginError::Quarantined { .. } => FailureKind::Quarantined,
         }
     }
@@ -85,6 +100,8 @@ impl PluginError {
             | PluginError::Failed { plugin, .. }
             | PluginError::Garbage { plugin, .. }
             | PluginError::TimedOut { plugin, .. }
+            | PluginError::HostKilled { plugin, .. }
+            | PluginError::Crashed { plugin, .. }
             | PluginError::Quarantined { plugin } => plugin,
         }
     }
@@ -130,8 +147,11 @@ impl DirectInstance {
                 handle,
                 _not_send: PhantomData,
             }),
-            abi::STATUS_OK => Err(garbage(library, "create returned a null instance".into())),
-            status => Err(failure(library, status, message)),
+            abi::STATUS_OK => Err(garbage(
+                library.name(),
+                "create returned a null instance".into(),
+            )),
+            status => Err(failure(library.name(), status, message)),
         }
     }
 
@@ -143,6 +163,13 @@ impl DirectInstance {
 
     /// The same with the context already serialized.
     pub fn recover_json(&mut self, context: &[u8]) -> Result<Recovery, PluginError> {
+        let (status, answer) = self.recover_raw(context);
+        interpret(self.library.name(), status, answer)
+    }
+
+    /// The bare ABI call: the status and the answer bytes (or what was wrong with the plugin's buffer),
+    /// not yet judged. What a plugin host sends back to the gateway.
+    pub(super) fn recover_raw(&mut self, context: &[u8]) -> (i32, Result<Vec<u8>, String>) {
         let library = &self.library;
         let mut out = Bytes::EMPTY;
         // SAFETY: the ABI's `recover`, on a live instance of this library, from the thread that made it.
@@ -150,27 +177,7 @@ impl DirectInstance {
             (library.functions.recover)(self.handle, Bytes::from_slice(context), &mut out)
         };
         // SAFETY: `out` is the plugin's to free.
-        let answer = unsafe { library.take(out) };
-        if status != abi::STATUS_OK {
-            return Err(failure(library, status, answer));
-        }
-        let answer = answer.map_err(|problem| garbage(library, problem))?;
-        let text = std::str::from_utf8(&answer).map_err(|e| {
-            garbage(
-                library,
-                format!("the answer is not UTF-8 ({e}): {}", excerpt(&answer)),
-            )
-        })?;
-        let recovery: Recovery = serde_json::from_str(text).map_err(|e| {
-            garbage(
-                library,
-                format!("the answer is not a recovery ({e}): {}", excerpt(&answer)),
-            )
-        })?;
-        recovery
-            .validate()
-            .map_err(|problem| garbage(library, problem))?;
-        Ok(recovery)
+        (status, unsafe { library.take(out) })
     }
 
     /// The library this instance belongs to.
@@ -186,16 +193,45 @@ impl Drop for DirectInstance {
     }
 }
 
-fn garbage(library: &PluginLibrary, detail: String) -> PluginError {
+/// Judges what a `recover` call returned, wherever it ran: a non-OK status is the plugin's error or
+/// panic; an OK answer must be UTF-8 JSON of a valid [`Recovery`].
+pub(super) fn interpret(
+    plugin: &str,
+    status: i32,
+    answer: Result<Vec<u8>, String>,
+) -> Result<Recovery, PluginError> {
+    if status != abi::STATUS_OK {
+        return Err(failure(plugin, status, answer));
+    }
+    let answer = answer.map_err(|problem| garbage(plugin, problem))?;
+    let text = std::str::from_utf8(&answer).map_err(|e| {
+        garbage(
+            plugin,
+            format!("the answer is not UTF-8 ({e}): {}", excerpt(&answer)),
+        )
+    })?;
+    let recovery: Recovery = serde_json::from_str(text).map_err(|e| {
+        garbage(
+            plugin,
+            format!("the answer is not a recovery ({e}): {}", excerpt(&answer)),
+        )
+    })?;
+    recovery
+        .validate()
+        .map_err(|problem| garbage(plugin, problem))?;
+    Ok(recovery)
+}
+
+pub(super) fn garbage(plugin: &str, detail: String) -> PluginError {
     PluginError::Garbage {
-        plugin: library.name().to_owned(),
+        plugin: plugin.to_owned(),
         detail,
     }
 }
 
 /// The error for a non-OK status and its message buffer.
-fn failure(library: &PluginLibrary, status: i32, message: Result<Vec<u8>, String>) -> PluginError {
-    let plugin = library.name().to_owned();
+pub(super) fn failure(plugin: &str, status: i32, message: Result<Vec<u8>, String>) -> PluginError {
+    let plugin = plugin.to_owned();
     let message = match message {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(problem) => {

@@ -43,8 +43,8 @@ fn symbol_name() -> &'static str {
     std::str::from_utf8(&abi::DESCRIPTOR_SYMBOL[..abi::DESCRIPTOR_SYMBOL.len() - 1]).unwrap_or("?")
 }
 
-/// What a plugin says about itself, read from its descriptor.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a plugin says about itself, read from its descriptor (and sent by a plugin host to the gateway).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PluginDescriptor {
     /// The plugin's name: how errors, logs and counters refer to it.
     pub name: String,
@@ -70,9 +70,9 @@ impl fmt::Display for PluginDescriptor {
 
 /// Counters of a plugin library's calls, over all its instances, since it was loaded.
 ///
-/// A call is a `create` (in [`super::PluginInstance::new`]) or a `recover`; each ends in exactly one of
-/// `succeeded` or a failure kind, so `calls = succeeded + panicked + failed + garbage + timed_out +
-/// quarantined` once no call is in flight.
+/// A call is a `create` (in [`super::PluginInstance::new`] or a plugin host's start) or a `recover`; each
+/// ends in exactly one of `succeeded` or a failure kind, so `calls = succeeded + panicked + failed +
+/// garbage + timed_out + crashed + quarantined` once no call is in flight.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PluginStats {
     /// Calls started.
@@ -85,8 +85,10 @@ pub struct PluginStats {
     pub failed: u64,
     /// Calls that answered something unusable.
     pub garbage: u64,
-    /// Calls that overran the budget (each quarantined its instance).
+    /// Calls that overran the budget (each quarantined its instance, or had its host killed).
     pub timed_out: u64,
+    /// Calls during which the plugin's host process died.
+    pub crashed: u64,
     /// Calls refused at once because their instance was quarantined.
     pub quarantined: u64,
 }
@@ -99,6 +101,7 @@ pub(super) struct Counters {
     failed: AtomicU64,
     garbage: AtomicU64,
     timed_out: AtomicU64,
+    crashed: AtomicU64,
     quarantined: AtomicU64,
 }
 
@@ -111,12 +114,13 @@ impl Counters {
             Err(FailureKind::Failed) => &self.failed,
             Err(FailureKind::Garbage) => &self.garbage,
             Err(FailureKind::TimedOut) => &self.timed_out,
+            Err(FailureKind::Crashed) => &self.crashed,
             Err(FailureKind::Quarantined) => &self.quarantined,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> PluginStats {
+    pub(super) fn snapshot(&self) -> PluginStats {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         PluginStats {
             calls: get(&self.calls),
@@ -125,6 +129,7 @@ impl Counters {
             failed: get(&self.failed),
             garbage: get(&self.garbage),
             timed_out: get(&self.timed_out),
+            crashed: get(&self.crashed),
             quarantined: get(&self.quarantined),
         }
     }

@@ -1,43 +1,58 @@
-//! The plugin host: loads recovery-handler plugins (shared libraries built with `sprig-sdk`) and calls them
-//! with containment.
+//! Recovery-handler plugins (shared libraries built with `sprig-sdk`): loading them, and calling them
+//! with containment, in a host process of their own (the default) or in the gateway's.
 //!
 //! ```text
-//! PluginLibrary::load(path) ──▶ Arc<PluginLibrary>      (dlopen, descriptor checked, never unloaded)
-//!        │
+//! isolation = "process":
+//!   HostedInstance::start(options).await ──▶ HostedInstance ─ pipes ─▶ `sprig plugin-host` (child process)
+//!        └─ instance.recover(&ctx).await ──▶ Result<Recovery, PluginError>     PluginLibrary + DirectInstance
+//!
+//! isolation = "in-process":
+//!   PluginLibrary::load(path) ──▶ Arc<PluginLibrary>      (dlopen, descriptor checked, never unloaded)
 //!        └─ PluginInstance::new(lib, config, budget).await ──▶ PluginInstance   (one worker thread)
 //!                 └─ instance.recover(&ctx).await ──▶ Result<Recovery, PluginError>
 //! ```
 //!
-//! - **Loading** ([`PluginLibrary::load`]): the file is opened with `dlopen(RTLD_NOW | RTLD_LOCAL)`; the
-//!   `SPRIG_PLUGIN_DESCRIPTOR` symbol's first field, the ABI version, is compared with
-//!   [`sprig_sdk::ABI_VERSION`] before anything else of the descriptor is read or any plugin function is
-//!   called. A refusal ([`LoadError`]) names the file and, for a version mismatch, both versions. A loaded
-//!   library is never unloaded (its handle is leaked on purpose), so no code or static of a plugin can
-//!   disappear under a running or stuck call; loading the same file twice returns the same library.
-//! - **Calling** ([`PluginInstance`]): each instance lives on its own thread, fed by a channel; the async
-//!   caller waits for the answer with the instance's time budget ([`tokio::time::timeout`]), so a plugin
-//!   never blocks the runtime. Calls on one instance run one at a time, in order; the budget counts from
-//!   the moment the call reaches the worker, not the wait for an earlier call.
-//! - **Containment**: a panic (caught by the sdk's shim and returned as a status code), an error, an
-//!   answer that is not UTF-8, not JSON, not a [`Recovery`](sprig_sdk::Recovery) or not valid (wildcard
-//!   topic, QoS 2), and an overrun are each returned as a [`PluginError`] naming the plugin, and counted
-//!   ([`PluginStats`]). A thread cannot be killed, so an overrun *quarantines* the instance: its thread is
-//!   abandoned to finish (or not) and every later call fails at once with [`PluginError::Quarantined`].
-//!   A panic does not quarantine: the shim caught it and the instance stays usable.
+//! - **Loading** ([`PluginLibrary::load`], in the gateway or in the host): the file is opened with
+//!   `dlopen(RTLD_NOW | RTLD_LOCAL)`; the `SPRIG_PLUGIN_DESCRIPTOR` symbol's first field, the ABI version,
+//!   is compared with [`sprig_sdk::ABI_VERSION`] before anything else of the descriptor is read or any
+//!   plugin function is called. A refusal ([`LoadError`]) names the file and, for a version mismatch, both
+//!   versions. A loaded library is never unloaded (its handle is leaked on purpose), so no code or static
+//!   of a plugin can disappear under a running or stuck call; loading the same file twice returns the
+//!   same library.
+//! - **Process isolation** ([`HostedInstance`], [`supervisor`]): the gateway runs its own binary as
+//!   `sprig plugin-host --library PATH` ([`host`]), which loads the library and serves `create` and
+//!   `recover` over a pipe ([`wire`]); the gateway never maps the plugin's code. A segfault, an abort, an
+//!   exit or memory corruption ends only the host: the call fails naming the signal or exit status
+//!   ([`PluginError::Crashed`]) and a new host serves the next call, after a backoff. An overrun kills
+//!   the host ([`PluginError::HostKilled`]), so its CPU and memory come back. The host returns the
+//!   plugin's status and bytes untouched; the gateway judges them with the same code as in-process calls.
+//! - **In-process calls** ([`PluginInstance`]): each instance lives on its own thread, fed by a channel;
+//!   the async caller waits for the answer with the instance's time budget ([`tokio::time::timeout`]),
+//!   so a plugin never blocks the runtime. Calls on one instance run one at a time, in order; the budget
+//!   counts from the moment the call reaches the worker, not the wait for an earlier call. A thread
+//!   cannot be killed, so an overrun *quarantines* the instance: its thread is abandoned to finish (or
+//!   not) and every later call fails at once with [`PluginError::Quarantined`].
+//! - **Containment**, either way: a panic (caught by the sdk's shim and returned as a status code), an
+//!   error, an answer that is not UTF-8, not JSON, not a [`Recovery`](sprig_sdk::Recovery) or not valid
+//!   (wildcard topic, QoS 2), and an overrun are each returned as a [`PluginError`] naming the plugin,
+//!   and counted ([`PluginStats`]). A caught panic leaves the instance usable.
 //!
-//! What in-process loading cannot contain: a plugin that segfaults, aborts (a panic in a plugin built with
-//! `panic = "abort"`, a panic during a panic, `std::process::abort`), exits the process, corrupts memory or
-//! otherwise has undefined behaviour takes the whole gateway down, and a plugin that deadlocks or spins
-//! forever keeps its thread (and what it allocated) until the process ends. The answer to the first is
-//! the service manager (systemd `Restart=on-failure`) plus durable recoveries that resume after the
-//! restart; to the second, quarantine and a restart when convenient. Loading a plugin means trusting its
-//! code as much as the gateway's own.
+//! What in-process loading cannot contain: a plugin that segfaults, aborts (a panic in a plugin built
+//! with `panic = "abort"`, a panic during a panic, `std::process::abort`), exits the process, corrupts
+//! memory or otherwise has undefined behaviour takes the whole gateway down, and a plugin that deadlocks
+//! or spins forever keeps its thread (and a core) until the process ends. That is what process isolation
+//! is for; in-process calls are for trusted plugins on a hot path.
 
+mod host;
 mod instance;
 mod library;
+pub mod supervisor;
+pub mod wire;
 
+pub use host::serve as serve_host;
 pub use instance::{DirectInstance, FailureKind, PluginError, PluginInstance};
 pub use library::{LoadError, PluginDescriptor, PluginLibrary, PluginStats};
+pub use supervisor::{host_program, HostOptions, HostedInstance, StartError};
 
 /// A plugin's config as the plugin receives it: its `[[recovery]]` TOML table as JSON. Tables become
 /// objects, arrays arrays, strings, integers, floats and booleans themselves, and TOML dates and times

@@ -54,6 +54,7 @@ mod tests {
             things: things.into(),
             namespace: namespace.map(str::to_owned),
             plugin: "x.so".into(),
+            isolation: Default::default(),
             budget_ms: 1,
             max_failures: 1,
             retry_backoff_ms: 1,

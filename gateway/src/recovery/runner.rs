@@ -3,10 +3,15 @@
 //! The runner wakes every half second, when a device subscribes (it is attached and listening, so a
 //! command published to it now is received), and when a device publishes to its route's `ack_topic`. It
 //! runs the due recoveries of attached devices, one call at a time per route instance (plugin instances
-//! serialize their calls anyway). A handler failure (panic, error, garbage answer, overrun) is recorded
-//! and retried after a backoff that doubles, up to the route's `max_failures`; an overrun quarantines the
-//! plugin instance, which is replaced by a fresh one at most [`MAX_REPLACEMENTS`] times per route (each
-//! stuck instance keeps its thread), after which the route's recoveries fail.
+//! serialize their calls anyway). A handler failure (panic, error, garbage answer, overrun, crash) is
+//! recorded and retried after a backoff that doubles, up to the route's `max_failures`.
+//!
+//! Each route's plugin runs as its `isolation` says. `"process"`: in a plugin host process
+//! ([`HostedInstance`]); a crash or an overrun ends the host, and the next call starts a new one once the
+//! host's restart delay has passed; meanwhile the route's recoveries wait, without an attempt counted
+//! against them. `"in-process"`: on a worker thread ([`PluginInstance`]); an overrun quarantines the
+//! instance, which is replaced by a fresh one at most [`MAX_REPLACEMENTS`] times per route (each stuck
+//! instance keeps its thread), after which the route's recoveries fail.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,22 +23,59 @@ use tokio::sync::{broadcast, watch, Mutex};
 
 use super::Routes;
 use crate::broker::{Broker, BrokerError, InternalSender};
-use crate::config::RecoveryRoute;
+use crate::config::{Isolation, RecoveryRoute};
 use crate::jobs::model::{now_ms, RecoveryReason, RecoveryRecord, RecoveryState};
-use crate::plugins::{PluginError, PluginInstance, PluginLibrary};
+use crate::plugins::{
+    HostOptions, HostedInstance, PluginError, PluginInstance, PluginLibrary, StartError,
+};
 use crate::store::Store;
 
-/// How often a route's quarantined plugin instance is replaced before the route gives up.
+/// How often a route's quarantined in-process plugin instance is replaced before the route gives up.
 pub const MAX_REPLACEMENTS: u32 = 3;
 const TICK: Duration = Duration::from_millis(500);
 
 /// One `[[recovery]]` route, its plugin loaded.
 pub struct LoadedRoute {
     route: RecoveryRoute,
-    library: Arc<PluginLibrary>,
-    config: serde_json::Value,
-    instance: Mutex<Option<PluginInstance>>,
-    replacements: std::sync::atomic::AtomicU32,
+    handler: Handler,
+}
+
+/// A route's plugin, where its `isolation` puts it.
+enum Handler {
+    /// In a supervised host process.
+    Process(Box<HostedInstance>),
+    /// In the gateway: the library, and its instance on a worker thread (replaced when quarantined).
+    InProcess {
+        library: Arc<PluginLibrary>,
+        config: serde_json::Value,
+        instance: Mutex<Option<PluginInstance>>,
+        replacements: std::sync::atomic::AtomicU32,
+    },
+}
+
+impl LoadedRoute {
+    /// The plugin's name (from its descriptor).
+    fn plugin(&self) -> &str {
+        match &self.handler {
+            Handler::Process(hosted) => hosted.name(),
+            Handler::InProcess { library, .. } => library.name(),
+        }
+    }
+
+    /// How long the route's calls must wait for a new plugin host, if they must.
+    fn restart_delay(&self) -> Option<Duration> {
+        match &self.handler {
+            Handler::Process(hosted) => hosted.restart_delay(),
+            Handler::InProcess { .. } => None,
+        }
+    }
+
+    /// Ends the route's plugin host, if it has one, and waits for it.
+    async fn shutdown(&self) {
+        if let Handler::Process(hosted) = &self.handler {
+            hosted.shutdown().await;
+        }
+    }
 }
 
 /// Loads every route's plugin and makes its instance, refusing the whole set if one fails (a gateway
@@ -41,29 +83,55 @@ pub struct LoadedRoute {
 pub async fn load(routes: &[RecoveryRoute]) -> anyhow::Result<Vec<LoadedRoute>> {
     let mut loaded = Vec::with_capacity(routes.len());
     for (i, route) in routes.iter().enumerate() {
-        let path = route.plugin.clone();
-        let library = tokio::task::spawn_blocking(move || PluginLibrary::load(path))
-            .await?
-            .with_context(|| format!("recovery[{i}]: cannot load the plugin"))?;
         let config = crate::plugins::toml_config(&route.config);
         let budget = Duration::from_millis(route.budget_ms);
-        let instance = PluginInstance::new(library.clone(), config.clone(), budget)
-            .await
-            .with_context(|| format!("recovery[{i}]: the plugin refused its config"))?;
+        let handler = match route.isolation {
+            Isolation::Process => {
+                let options = HostOptions {
+                    program: crate::plugins::host_program()
+                        .context("cannot find the sprig executable to run plugin hosts from")?,
+                    library: route.plugin.clone(),
+                    config,
+                    budget,
+                    label: format!("recovery[{i}]"),
+                };
+                match HostedInstance::start(options).await {
+                    Ok(hosted) => Handler::Process(Box::new(hosted)),
+                    Err(StartError::Create(e)) => {
+                        anyhow::bail!("recovery[{i}]: the plugin refused its config: {e}")
+                    }
+                    Err(e) => anyhow::bail!("recovery[{i}]: cannot load the plugin: {e}"),
+                }
+            }
+            Isolation::InProcess => {
+                let path = route.plugin.clone();
+                let library = tokio::task::spawn_blocking(move || PluginLibrary::load(path))
+                    .await?
+                    .with_context(|| format!("recovery[{i}]: cannot load the plugin"))?;
+                let instance = PluginInstance::new(library.clone(), config.clone(), budget)
+                    .await
+                    .with_context(|| format!("recovery[{i}]: the plugin refused its config"))?;
+                Handler::InProcess {
+                    library,
+                    config,
+                    instance: Mutex::new(Some(instance)),
+                    replacements: Default::default(),
+                }
+            }
+        };
+        let loaded_route = LoadedRoute {
+            route: route.clone(),
+            handler,
+        };
         tracing::info!(
             route = i,
-            plugin = library.name(),
+            plugin = loaded_route.plugin(),
             things = %route.things,
             namespace = ?route.namespace,
+            isolation = ?route.isolation,
             "recovery handler loaded"
         );
-        loaded.push(LoadedRoute {
-            route: route.clone(),
-            library,
-            config,
-            instance: Mutex::new(Some(instance)),
-            replacements: Default::default(),
-        });
+        loaded.push(loaded_route);
     }
     Ok(loaded)
 }
@@ -103,7 +171,7 @@ pub async fn run(
         let mut subscribed = None;
         let mut ticked = false;
         tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            _ = shutdown.wait_for(|stop| *stop) => break,
             _ = tick.tick() => ticked = true,
             _ = runner.routes.created() => {}
             event = subscriptions.recv() => match event {
@@ -128,6 +196,11 @@ pub async fn run(
         }
         runner.run_due(&listening, focus).await;
     }
+    // Plugin hosts end with the gateway, reaped rather than left to the kernel.
+    for route in &runner.loaded {
+        route.shutdown().await;
+    }
+    Ok(())
 }
 
 /// Devices that subscribed, by the connection that did.
@@ -202,6 +275,11 @@ impl Runner {
             return self.finish(recovery, RecoveryState::Failed).await;
         };
         let route = &self.loaded[index];
+        // The route's plugin host was lost and its restart delay has not passed: not this device's
+        // failure, so no attempt is counted; the recovery stays due and runs once a host can start.
+        if route.restart_delay().is_some() {
+            return;
+        }
         // Only a call that never returned leaves a PENDING recovery at its last attempt: the gateway
         // stopped during it (a plugin that aborts or crashes takes the process with it). Calling again
         // would crash it again, after every restart.
@@ -221,9 +299,12 @@ impl Runner {
             return;
         }
         let context = context_of(&recovery);
-        let answer = match self.instance_of(route).await {
-            Ok(instance) => instance.recover(&context).await,
-            Err(e) => Err(e),
+        let answer = match &route.handler {
+            Handler::Process(hosted) => hosted.recover(&context).await,
+            Handler::InProcess { .. } => match self.instance_of(route).await {
+                Ok(instance) => instance.recover(&context).await,
+                Err(e) => Err(e),
+            },
         };
         let now = now_ms();
         recovery.acknowledged = false;
@@ -234,7 +315,7 @@ impl Runner {
             Ok(answer) => self.apply(&mut recovery, answer, route, now).await,
             Err(error) => {
                 tracing::warn!(
-                    plugin = route.library.name(),
+                    plugin = route.plugin(),
                     thing = %recovery.thing_name,
                     job_id = %recovery.job_id,
                     attempt = recovery.attempts,
@@ -298,7 +379,7 @@ impl Runner {
         }
         if recovery.state != RecoveryState::Pending {
             tracing::info!(
-                plugin = route.library.name(),
+                plugin = route.plugin(),
                 thing = %recovery.thing_name,
                 job_id = %recovery.job_id,
                 outcome = recovery.state.as_str(),
@@ -308,29 +389,34 @@ impl Runner {
         }
     }
 
-    /// The route's live instance, replacing a quarantined one a bounded number of times.
+    /// The in-process route's live instance, replacing a quarantined one a bounded number of times.
     async fn instance_of<'a>(
         &self,
         route: &'a LoadedRoute,
     ) -> Result<tokio::sync::MappedMutexGuard<'a, PluginInstance>, PluginError> {
-        let mut slot = route.instance.lock().await;
+        let Handler::InProcess {
+            library,
+            config,
+            instance,
+            replacements,
+        } = &route.handler
+        else {
+            unreachable!("only in-process routes have a PluginInstance");
+        };
+        let mut slot = instance.lock().await;
         if slot.as_ref().is_none_or(PluginInstance::is_quarantined) {
-            let replaced = route
-                .replacements
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let replaced = replacements.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if replaced >= MAX_REPLACEMENTS {
                 return Err(PluginError::Quarantined {
-                    plugin: route.library.name().to_owned(),
+                    plugin: library.name().to_owned(),
                 });
             }
             tracing::warn!(
-                plugin = route.library.name(),
+                plugin = library.name(),
                 "replacing a quarantined plugin instance"
             );
             let budget = Duration::from_millis(route.route.budget_ms);
-            *slot = Some(
-                PluginInstance::new(route.library.clone(), route.config.clone(), budget).await?,
-            );
+            *slot = Some(PluginInstance::new(library.clone(), config.clone(), budget).await?);
         }
         Ok(tokio::sync::MutexGuard::map(slot, |s| {
             s.as_mut().expect("just filled")

@@ -1,10 +1,14 @@
 //! `sprig-plugin-misbehave`: a test plugin that does exactly the wrong thing it is told to.
 //!
-//! Config: `mode = "ok" | "error" | "panic" | "hang" | "garbage" | "abort"`, and optionally
+//! Config: `mode = "ok" | "error" | "panic" | "hang" | "spin" | "garbage" | "abort" | "segfault"`, and
+//! optionally
 //! - `garbage = "non-utf8" | "not-json" | "wrong-shape" | "bad-topic"` (default `"non-utf8"`): which
 //!   malformed answer `mode = "garbage"` returns;
-//! - `hang_ms` (default one hour): how long `mode = "hang"` sleeps in `recover`;
-//! - `panic_in_new = true`: panic while being created instead.
+//! - `hang_ms` (default one hour): how long `mode = "hang"` sleeps, and `mode = "spin"` busy-loops, in
+//!   `recover`;
+//! - `panic_in_new = true`: panic while being created instead;
+//! - `print = true`: also print a line to stdout in each `recover` (what a plugin host keeps off its
+//!   protocol pipe).
 //!
 //! Garbage goes out through [`RecoveryHandler::recover_json`], the sdk's low-level hook: whatever bytes
 //! it returns are what the gateway receives.
@@ -13,7 +17,7 @@
 //! `sprig_sdk::ABI_VERSION + 1` (written out by hand rather than with `export_plugin!`), which a gateway
 //! must refuse before calling anything.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sprig_sdk::serde::Deserialize;
 use sprig_sdk::{Outcome, Recovery, RecoveryContext, RecoveryHandler};
@@ -30,10 +34,14 @@ pub enum Mode {
     Panic,
     /// Sleep for `hang_ms`.
     Hang,
+    /// Busy-loop (one core at 100 %) for `hang_ms`.
+    Spin,
     /// Answer malformed bytes.
     Garbage,
     /// Abort the process, as a panic does in a plugin built with `panic = "abort"`.
     Abort,
+    /// Write to an unmapped address: `SIGSEGV`, as a memory bug in unsafe or C code would.
+    Segfault,
 }
 
 /// Which malformed answer.
@@ -66,6 +74,9 @@ pub struct Config {
     /// Panic in `new`.
     #[serde(default)]
     pub panic_in_new: bool,
+    /// Print to stdout in `recover`.
+    #[serde(default)]
+    pub print: bool,
 }
 
 fn one_hour_ms() -> u64 {
@@ -88,6 +99,9 @@ impl RecoveryHandler for Misbehave {
     }
 
     fn recover(&mut self, ctx: &RecoveryContext) -> Result<Recovery, sprig_sdk::Error> {
+        if self.config.print {
+            println!("misbehave: printing to stdout for {}", ctx.thing_name);
+        }
         match self.config.mode {
             Mode::Ok | Mode::Garbage => Ok(Recovery {
                 actions: Vec::new(),
@@ -101,8 +115,29 @@ impl RecoveryHandler for Misbehave {
                 eprintln!("misbehave: aborting for {} as configured", ctx.thing_name);
                 std::process::abort()
             }
-            Mode::Hang => {
-                std::thread::sleep(Duration::from_millis(self.config.hang_ms));
+            Mode::Segfault => {
+                eprintln!(
+                    "misbehave: segfaulting for {} as configured",
+                    ctx.thing_name
+                );
+                // Not the null pointer itself: debug builds check `write_volatile`'s pointer and would
+                // turn a null one into an abort. Address 1 passes that check and is never mapped (the
+                // kernel keeps the first pages unmapped), so the write faults.
+                let unmapped = std::ptr::NonNull::<u8>::dangling().as_ptr();
+                // SAFETY: none; deliberately undefined behaviour: this mode exists to crash its process
+                // with SIGSEGV, to show what a plugin host contains.
+                unsafe { unmapped.write_volatile(1) };
+                unreachable!("the write above faults");
+            }
+            Mode::Hang | Mode::Spin => {
+                let until = Instant::now() + Duration::from_millis(self.config.hang_ms);
+                if self.config.mode == Mode::Hang {
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                } else {
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                }
                 Ok(Recovery {
                     actions: Vec::new(),
                     outcome: Outcome::Recovered,

@@ -1,4 +1,7 @@
-//! The host against the real plugins of `plugins/`, built by cargo on first use.
+//! Loading and calling the real plugins of `plugins/`, built by cargo on first use: in-process here, in
+//! plugin host processes in [`hosted`].
+
+mod hosted;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
