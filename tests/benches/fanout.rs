@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sprig_tests::bench::{find_mosquitto, percentile, raise_nofile, sprig_release_bin};
+use sprig_tests::bench::{find_mosquitto, mib, percentile, raise_nofile, sprig_release_bin};
 use sprig_tests::raw::{packet, publish, put_str, read_packet_async as read_packet};
 use sprig_tests::{config_for, free_port, with_setting, Operator};
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -1021,10 +1021,6 @@ fn fmt_ms(v: Option<f64>, timeout: Duration) -> String {
 
 fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or("—".into(), f)
-}
-
-fn mib(kb: u64) -> String {
-    format!("{:.1}", kb as f64 / 1024.0)
 }
 
 fn print_table(results: &[BrokerResult], settings: &Settings) {

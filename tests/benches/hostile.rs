@@ -63,8 +63,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sprig_tests::bench::{
-    find_mosquitto, find_program, peak_rss_kb, percentile, raise_nofile, reset_peak_rss, rss_kb,
-    sprig_release_bin,
+    find_mosquitto, find_program, mib, peak_rss_kb, percentile, raise_nofile, reset_peak_rss,
+    rss_kb, sprig_release_bin,
 };
 use sprig_tests::raw::{self, read_packet_async as read_packet};
 use sprig_tests::{config_for, create_job, free_port, with_setting, Operator, DEFAULT_CONFIG};
@@ -1444,10 +1444,6 @@ fn fmt_ms(v: Option<f64>) -> String {
         Some(v) if v < 10.0 => format!("{v:.1}"),
         Some(v) => format!("{v:.0}"),
     }
-}
-
-fn mib(kb: u64) -> String {
-    format!("{:.1}", kb as f64 / 1024.0)
 }
 
 /// A signed difference in KiB, as MiB.

@@ -14,7 +14,7 @@ use sprig_tests::device::{Device, Protocol};
 use sprig_tests::fuzz::{self, drive, Generator, Settings};
 use sprig_tests::Gateway;
 
-/// Cases in the short run: about 20-30 s in a debug build on 2 cores.
+/// Cases in the short run: 6-15 s of cases in a debug build on 2 cores (shared with other work).
 const CASES: u64 = 2500;
 /// Connections at once.
 const CONCURRENCY: usize = 8;
@@ -26,9 +26,9 @@ const BOUND: Duration = Duration::from_secs(15);
 /// may legitimately leave behind is bounded and small in the fuzzing config (`fuzz::start_gateway`): the
 /// store's page cache (8 MiB), the router's logs of the fixed topics and filters (64 KiB x 2 each, plus
 /// one message that overflows a segment), sessions of a fixed pool of client ids, memory the allocator
-/// keeps for reuse. Measured: +15-20 MiB after 2,500 cases, levelling off at +25-30 MiB after 6,000 (debug
-/// build); each of the two leaks the fuzzer found added ~5 KiB per connection and grew without end (see
-/// the benchmark `benches/fuzz.rs` for the long run).
+/// keeps for reuse. Measured (debug build): +8-11 MiB over the 2,500 cases after the warm-up; over 16,000
+/// cases it levels off 25-30 MiB above the level before any case. Each leak the fuzzer found added 5 KiB
+/// or more per connection and grew without end (the benchmark `benches/fuzz.rs` is the long run).
 const RSS_GROWTH_KIB: u64 = 32 * 1024;
 /// How far the peak may rise above the peak before the run: argon2 checks (19 MiB each, at most
 /// `min(cores, 4)` at once), `max_payload_size` (2 MiB) packets buffered by several connections at once,
