@@ -232,6 +232,10 @@ pub struct OperatorConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecoveryRoute {
+    /// The route's name, as `sprig list-plugins`, `sprig plugin reset` and `plugin check --route` name it
+    /// and logs report it: `[a-zA-Z0-9_-]+`, unique. Default: `recovery-N`, N its position (from 1).
+    #[serde(default)]
+    pub name: String,
     /// A glob on the thing name (`*` any run of characters, `?` one character, `[a-z]` a class).
     #[serde(default = "any_thing")]
     pub things: String,
@@ -323,6 +327,15 @@ impl Config {
         Config::parse_in(text, origin, None)
     }
 
+    /// Gives each `[[recovery]]` route without a `name` its default, `recovery-N` (N from 1).
+    fn name_unnamed_routes(&mut self) {
+        for (i, route) in self.recovery.iter_mut().enumerate() {
+            if route.name.is_empty() {
+                route.name = format!("recovery-{}", i + 1);
+            }
+        }
+    }
+
     /// [`Config::parse`], with relative file paths (plugins, TLS files) taken relative to `base`: files are
     /// resolved before validation, which reads the TLS files.
     fn parse_in(text: &str, origin: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
@@ -330,6 +343,7 @@ impl Config {
             origin: origin.to_owned(),
             message: e.to_string(),
         })?;
+        config.name_unnamed_routes();
         if let Some(base) = base {
             let resolve = |path: &mut PathBuf| {
                 if path.is_relative() {
@@ -471,6 +485,12 @@ impl Config {
         self.validate_topic_rules()?;
         for (i, route) in self.recovery.iter().enumerate() {
             let key = |field: &str| format!("recovery[{i}].{field}");
+            if !is_namespace_id(&route.name) {
+                return fail(&key("name"), "a route name matches [a-zA-Z0-9_-]+");
+            }
+            if self.recovery[..i].iter().any(|r| r.name == route.name) {
+                return fail(&key("name"), format!("{:?} names an earlier route too", route.name));
+            }
             if let Err(e) = glob::Pattern::new(&route.things) {
                 return fail(&key("things"), format!("not a glob: {e}"));
             }
@@ -671,6 +691,28 @@ mod tests {
     fn unknown_keys_in_a_topic_rule_are_refused() {
         let err = with_rules("[[auth.topic_rules]]\ntopics = [\"a\"]").unwrap_err();
         assert!(err.contains("topics"), "{err}");
+    }
+
+    #[test]
+    fn recovery_routes_are_named_by_position_unless_named_and_names_are_unique() {
+        let config = with_rules(
+            "[[recovery]]\nplugin = \"a.so\"\n\
+             [[recovery]]\nplugin = \"b.so\"\nname = \"pumps\"\n\
+             [[recovery]]\nplugin = \"c.so\"\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = config.recovery.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["recovery-1", "pumps", "recovery-3"]);
+        let error = with_rules(
+            "[[recovery]]\nplugin = \"a.so\"\nname = \"x\"\n[[recovery]]\nplugin = \"b.so\"\nname = \"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("recovery[1].name") && error.contains("earlier route"), "{error}");
+        let error = with_rules("[[recovery]]\nplugin = \"a.so\"\nname = \"a b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("recovery[0].name"), "{error}");
     }
 
     #[test]

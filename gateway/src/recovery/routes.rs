@@ -51,6 +51,7 @@ mod tests {
 
     fn route(things: &str, namespace: Option<&str>) -> RecoveryRoute {
         RecoveryRoute {
+            name: things.into(),
             things: things.into(),
             namespace: namespace.map(str::to_owned),
             plugin: "x.so".into(),
