@@ -366,7 +366,8 @@ async fn growth_per_round_kb(gateway: &Gateway, rounds: usize) -> f64 {
 /// The control API's and the device API's `$` topics never reach rumqttd's router, which keeps every
 /// filter and every matched topic forever: each CLI invocation (its own client id and reply filters) and
 /// each (thing, job) request topic used to cost memory that never came back (800 `sprig describe-job`
-/// calls: 10.5 -> 24.2 MB, ~17 KiB each). Now a round of both costs a small fraction of that, and the
+/// calls: 10.5 -> 24.2 MB, ~17 KiB each). Now a round of both costs a small fraction of that (0.4-0.5
+/// KiB; 1.1 KiB while the router also kept a record of each client id, see `broker::links`), and the
 /// growth does not go on.
 #[tokio::test(flavor = "multi_thread")]
 async fn control_and_device_api_topics_leave_nothing_behind() {
@@ -387,8 +388,9 @@ async fn control_and_device_api_topics_leave_nothing_behind() {
     // Warm up: the allocator's arenas, the store's caches, the runtime's buffers.
     growth_per_round_kb(&gateway, 100).await;
     let growth = growth_per_round_kb(&gateway, 400).await;
+    eprintln!("each round kept {growth:.2} KiB");
     assert!(
-        growth < 4.0,
+        growth < 2.0,
         "each round of a CLI call and 10 new device request topics kept {growth:.1} KiB"
     );
 }

@@ -315,6 +315,16 @@ async fn an_operator_cannot_use_a_configured_devices_thing_name() {
 
 /// A raw CONNECT with an empty client id: (protocol level, clean session) -> the CONNACK's body.
 fn connect_without_client_id(gateway: &Gateway, level: u8, clean: bool) -> Vec<u8> {
+    raw_connect(gateway, level, clean, b"").1
+}
+
+/// A raw CONNECT: (protocol level, clean session, client id) -> the connection and the CONNACK's body.
+fn raw_connect(
+    gateway: &Gateway,
+    level: u8,
+    clean: bool,
+    client_id: &[u8],
+) -> (std::net::TcpStream, Vec<u8>) {
     use sprig_tests::raw::{packet, put_str, read_packet};
     use std::io::Write;
     let mut body = Vec::new();
@@ -325,13 +335,47 @@ fn connect_without_client_id(gateway: &Gateway, level: u8, clean: bool) -> Vec<u
     if level == 5 {
         body.push(0); // no properties
     }
-    put_str(&mut body, b"");
+    put_str(&mut body, client_id);
     let mut stream = std::net::TcpStream::connect(gateway.addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
     stream.write_all(&packet(0x10, &body)).unwrap();
     let (header, ack) = read_packet(&mut stream);
     assert_eq!(header, 0x20, "a CONNACK");
-    ack
+    (stream, ack)
+}
+
+/// A second connection with a client id that is connected takes the session over (MQTT 3.1.4): the
+/// first is closed, an MQTT 5 one told why (DISCONNECT 0x8E, session taken over), and the newcomer
+/// serves on; the device's presence event says DUPLICATE_CLIENTID, as AWS IoT's does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
+    use sprig_tests::raw::{packet, read_packet};
+    use std::io::{Read, Write};
+    let gateway = Gateway::start();
+    let (mut first, ack) = raw_connect(&gateway, 5, true, b"twin-1");
+    assert_eq!(&ack[..2], [0, 0]);
+    let (mut second, ack) = raw_connect(&gateway, 5, true, b"twin-1");
+    assert_eq!(&ack[..2], [0, 0]);
+    let (header, body) = read_packet(&mut first);
+    assert_eq!((header, body.first()), (0xE0, Some(&0x8E)), "{body:?}");
+    let mut rest = Vec::new();
+    first.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, Vec::<u8>::new(), "then closed");
+    second.write_all(&packet(0xC0, &[])).unwrap();
+    assert_eq!(
+        read_packet(&mut second),
+        (0xD0, vec![]),
+        "the newcomer serves on"
+    );
+
+    let (mut old, _) = raw_connect(&gateway, 4, true, b"twin-2");
+    let (_new, ack) = raw_connect(&gateway, 4, true, b"twin-2");
+    assert_eq!(ack, [0, 0]);
+    assert_eq!(
+        old.read(&mut [0; 1]).unwrap(),
+        0,
+        "3.1.1: closed, no DISCONNECT"
+    );
 }
 
 /// MQTT lets a client leave its id to the server with a clean session; sprig assigns one (a device of that

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
-use rumqttd::protocol::{self, Packet, Protocol};
+use rumqttd::protocol::{self, DisconnectProperties, DisconnectReasonCode, Packet, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The MQTT version a connection speaks.
@@ -282,7 +282,7 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     pub(crate) fn encode(&mut self, packet: Packet) -> io::Result<()> {
         let result = match self.version {
             Version::V311 => V4.write(strip_properties(packet), &mut self.buf),
-            Version::V5 => V5.write(packet, &mut self.buf),
+            Version::V5 => V5.write(complete_disconnect(packet), &mut self.buf),
         };
         result
             .map(|_| ())
@@ -353,6 +353,27 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     }
 }
 
+/// rumqttd 0.20's MQTT 5 writer gets a DISCONNECT with a reason code wrong unless it carries a
+/// property: without properties it says one byte long but writes two (the code, and a properties length
+/// of 0), so the client reads a stray 0 byte after it, a malformed packet; with empty properties it
+/// writes `E0 00`, a normal disconnection, losing the reason. So the reason goes with a Reason String.
+fn complete_disconnect(packet: Packet) -> Packet {
+    match packet {
+        Packet::Disconnect(p, None)
+            if p.reason_code != DisconnectReasonCode::NormalDisconnection =>
+        {
+            let reason = DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(format!("{:?}", p.reason_code)),
+                user_properties: Vec::new(),
+                server_reference: None,
+            };
+            Packet::Disconnect(p, Some(reason))
+        }
+        other => other,
+    }
+}
+
 /// MQTT 3.1.1 has no properties, and rumqttd's V4 writer panics on a packet that carries some (the router
 /// attaches them, e.g. to publishes from MQTT 5 clients): drop them.
 fn strip_properties(packet: Packet) -> Packet {
@@ -376,6 +397,24 @@ fn strip_properties(packet: Packet) -> Packet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_mqtt5_disconnect_with_a_reason_is_as_long_as_it_says() {
+        use rumqttd::protocol::Disconnect;
+        let mut writer = PacketWriter::new(Vec::new(), Version::V5);
+        let mut taken_over = vec![0xE0, 21, 0x8E, 19, 0x1F, 0, 16];
+        taken_over.extend(b"SessionTakenOver");
+        for (reason_code, bytes) in [
+            (DisconnectReasonCode::SessionTakenOver, &taken_over[..]),
+            (DisconnectReasonCode::NormalDisconnection, &[0xE0, 0][..]),
+        ] {
+            writer.buf.clear();
+            writer
+                .encode(Packet::Disconnect(Disconnect { reason_code }, None))
+                .unwrap();
+            assert_eq!(&writer.buf[..], bytes, "{reason_code:?}");
+        }
+    }
 
     #[test]
     fn packets_only_a_server_sends_and_reserved_flags_are_refused() {

@@ -26,7 +26,8 @@
 //! handed to whoever presents the client id): `direct` keeps each client id's session (owner, filters,
 //! expiry, what waits for it, written to the store), `parking` holds an absent session's router link,
 //! `inflight` what a connection wrote at QoS 1 and is still owed an acknowledgement. Router links are
-//! always clean.
+//! always clean, and named from a pool (`links`), not after their client ids, which the router would
+//! remember for good; sprig ends a connection whose client id connects again.
 
 mod admission;
 mod backlog;
@@ -35,6 +36,7 @@ mod connection;
 mod direct;
 mod inflight;
 mod internal;
+mod links;
 mod parking;
 mod presence;
 mod quota;
@@ -64,6 +66,7 @@ use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 use crate::auth::Authenticator;
 use crate::config::BrokerConfig;
 use crate::store::sessions::SessionTree;
+use links::LinkName;
 
 pub use direct::{Deliveries, Delivery};
 pub use internal::{InternalClient, InternalReceiver, InternalSender};
@@ -130,6 +133,8 @@ type MakeLink = dyn Fn(&str, bool) -> Result<LinkParts, String> + Send + Sync;
 /// State shared by the broker handle, the acceptors and the connections.
 pub(crate) struct Shared {
     make_link: Arc<MakeLink>,
+    /// The names client links go by in the router.
+    link_names: Arc<links::LinkNames>,
     auth: Arc<Authenticator>,
     sessions: Arc<Sessions>,
     /// Each live connection's granted filters and direct queue, for [`Broker::deliver`].
@@ -170,9 +175,12 @@ fn password_check_permits() -> usize {
 }
 
 impl Shared {
-    /// Opens a router connection without blocking the runtime (`LinkBuilder::build` waits on a channel).
-    async fn link(&self, client_id: &str, clean: bool) -> Result<LinkParts, BrokerError> {
-        open_link(&self.make_link, client_id, clean).await
+    /// Opens a clean router connection for a client, under a name of the pool's (see `links`), without
+    /// blocking the runtime (`LinkBuilder::build` waits on a channel).
+    async fn link(&self) -> Result<(LinkParts, LinkName), BrokerError> {
+        let name = self.link_names.take();
+        let parts = open_link(&self.make_link, &name.to_router(), true).await?;
+        Ok((parts, name))
     }
 
     /// Presence events go straight to the operators watching them, not through the router: every
@@ -272,6 +280,7 @@ impl Broker {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             make_link,
+            link_names: Arc::default(),
             auth,
             sessions: Arc::new(Sessions::default()),
             outlets: direct::Outlets::new(backlog::Limits {
@@ -425,12 +434,12 @@ async fn park_restored(
         if filters.iter().all(|f| topics::served_directly(f)) {
             continue;
         }
-        let (mut tx, rx, _ack) = shared.link(&client_id, true).await?;
+        let ((mut tx, rx, _ack), name) = shared.link().await?;
         parking::restore_filters(&mut tx, &filters, &shared.routed);
         let most = shared.config.max_connections;
         shared
             .parked
-            .park(shared, &client_id, owner, (tx, rx), most);
+            .park(shared, &client_id, owner, (tx, rx, name), most);
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use super::backlog::Waiting;
 use super::inflight::qos_and_pkid;
 use super::internal::{disconnect_now, push_now};
+use super::links::LinkName;
 use super::routed::RoutedFilters;
 use super::topics::{served_directly, to_external, to_internal};
 use super::{stopped, Shared};
@@ -35,8 +36,9 @@ use crate::auth::Identity;
 /// MQTT packet ids start at 1). Its SUBACK is not passed on.
 pub(crate) const RESTORE_PKID: u16 = 0;
 
-/// The two halves of a router connection.
-pub(crate) type Link = (LinkTx, LinkRx);
+/// The two halves of a router connection, and the name it has there (released when the link is dropped,
+/// after it was closed).
+pub(crate) type Link = (LinkTx, LinkRx, LinkName);
 
 struct ParkedLink {
     owner: Identity,
@@ -61,7 +63,7 @@ impl Parked {
         shared: &Arc<Shared>,
         client_id: &str,
         owner: Identity,
-        (mut tx, rx): Link,
+        (mut tx, rx, name): Link,
         most: usize,
     ) -> bool {
         let mut links = self.lock();
@@ -81,7 +83,7 @@ impl Parked {
         let task = tokio::spawn(hold(
             shared.clone(),
             client_id.to_owned(),
-            (tx, rx),
+            (tx, rx, name),
             stopped,
         ));
         let parked = ParkedLink { owner, stop, task };
@@ -123,7 +125,7 @@ impl Parked {
 fn close(parked: ParkedLink) {
     let _ = parked.stop.send(());
     tokio::spawn(async move {
-        if let Ok(Some((mut tx, _rx))) = parked.task.await {
+        if let Ok(Some((mut tx, _rx, _name))) = parked.task.await {
             disconnect_now(&mut tx);
         }
     });
@@ -160,13 +162,13 @@ pub(crate) fn restore_filters(tx: &mut LinkTx, filters: &[String], routed: &Rout
 async fn hold(
     shared: Arc<Shared>,
     client_id: String,
-    (mut tx, mut rx): Link,
+    (mut tx, mut rx, name): Link,
     mut stop: oneshot::Receiver<()>,
 ) -> Option<Link> {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let notification = tokio::select! {
-            _ = &mut stop => return Some((tx, rx)),
+            _ = &mut stop => return Some((tx, rx, name)),
             () = stopped(&mut shutdown) => {
                 disconnect_now(&mut tx);
                 return None;

@@ -731,6 +731,32 @@ async fn a_session_takeover_moves_direct_delivery_to_the_new_connection() {
     assert_eq!(publish(&mut new_rx).await.1, Bytes::from_static(b"new"));
 }
 
+/// The router remembers every name a link had (~1 KiB each, for good): clients that come with ever new
+/// client ids reuse a few link names instead, and their router traffic still flows.
+#[tokio::test]
+async fn clients_with_ever_new_ids_reuse_the_routers_link_names() {
+    let broker = start().await;
+    for i in 0..20 {
+        let id = format!("fresh-{i}");
+        let (client, mut rx) = connect_ok(&broker, &id).await;
+        let topic = format!("state/{id}/echo");
+        client.subscribe(&topic, QoS::AtMostOnce).await.unwrap();
+        suback(&mut rx).await;
+        client
+            .publish(&topic, QoS::AtMostOnce, false, id.clone())
+            .await
+            .unwrap();
+        assert_eq!(publish(&mut rx).await, (topic, Bytes::from(id.clone())));
+        client.disconnect().await.unwrap();
+        gone(&broker, &id).await;
+    }
+    let made = broker.shared.link_names.made();
+    assert!(
+        made <= 2,
+        "20 client ids one after the other made {made} link names"
+    );
+}
+
 #[tokio::test]
 async fn mqtt5_clients_get_direct_deliveries() {
     use rumqttc::v5::mqttbytes::v5::Packet as Packet5;

@@ -35,9 +35,11 @@ use super::codec::{PacketReader, PacketWriter, ReadError, Version};
 use super::direct::{self, Resumed, SessionRequest};
 use super::inflight::{qos_and_pkid, Acked, Inflight, ROUTER_PKIDS};
 use super::internal::disconnect_now;
+use super::links::LinkName;
 use super::parking::{restore_filters, Link};
 use super::presence::{DisconnectReason, PresenceInfo};
 use super::quota::PublishQuota;
+use super::sessions::TakenOver;
 use super::topics::{is_reserved, served_directly, to_internal};
 use super::{ReadHalf, Shared, WriteHalf};
 use crate::auth::{AuthError, Principal, VerifiedCertificate};
@@ -174,6 +176,8 @@ struct Client {
     /// How fast the client may publish (see `quota`).
     quota: PublishQuota,
     presence: PresenceInfo,
+    /// Fires when a newer connection of the same client id took over, until `run` takes it.
+    taken_over: Option<TakenOver>,
     // Dropped last: they free the client's slot and its `Sessions` entry even if this task panics.
     session: SessionGuard,
     _slot: Slot,
@@ -236,7 +240,7 @@ async fn accept(
             return None;
         }
     };
-    shared
+    let taken_over = shared
         .sessions
         .register(&client_id, number, principal.clone());
     let session = SessionGuard {
@@ -244,16 +248,15 @@ async fn accept(
         client_id: client_id.clone(),
         number,
     };
-    let (link, link_rx, mut ack, ack_props) =
-        match router_session(shared, &client_id, &resumed, parked).await {
-            Ok(parts) => parts,
-            Err(e) => {
-                let _ = writer
-                    .send(refuse(Refusal::Unavailable, e.to_string()))
-                    .await;
-                return None;
-            }
-        };
+    let (link, link_rx, mut ack, ack_props) = match router_session(shared, &resumed, parked).await {
+        Ok(parts) => parts,
+        Err(e) => {
+            let _ = writer
+                .send(refuse(Refusal::Unavailable, e.to_string()))
+                .await;
+            return None;
+        }
+    };
     // The session is sprig's to judge (it survives restarts and expires; the router's does neither).
     ack.session_present = resumed.filters.is_some();
     let granted_s = asked.expiry.map_or(0, |e| e.as_secs() as u32);
@@ -306,6 +309,7 @@ async fn accept(
             shared.config.max_payload_size,
         ),
         presence,
+        taken_over: Some(taken_over),
         session,
         _slot: slot,
     };
@@ -363,25 +367,24 @@ fn session_request(
 /// parked link of a session that is not resumed (discarded, expired) is closed.
 async fn router_session(
     shared: &Arc<Shared>,
-    client_id: &str,
     resumed: &Resumed,
     parked: Option<Link>,
 ) -> Result<(LinkGuard, LinkRx, ConnAck, Option<ConnAckProperties>), super::BrokerError> {
     match parked {
-        Some((tx, rx)) if resumed.filters.is_some() => {
+        Some((tx, rx, name)) if resumed.filters.is_some() => {
             let ack = ConnAck {
                 session_present: true,
                 code: ConnectReturnCode::Success,
             };
-            let link = LinkGuard::new(tx);
+            let link = LinkGuard::new(tx, name);
             return Ok((link, rx, ack, Some(ConnAckProperties::default())));
         }
-        Some((mut tx, _)) => disconnect_now(&mut tx),
+        Some((mut tx, _, _name)) => disconnect_now(&mut tx),
         None => {}
     }
-    let (tx, rx, ack) = shared.link(client_id, true).await?;
+    let ((tx, rx, ack), name) = shared.link().await?;
     let (ack, props) = router_connack(ack)?;
-    let mut link = LinkGuard::new(tx);
+    let mut link = LinkGuard::new(tx, name);
     if let Some(filters) = &resumed.filters {
         restore_filters(link.tx(), filters, &shared.routed);
     }
@@ -488,20 +491,24 @@ impl Drop for SessionGuard {
     }
 }
 
-/// The client's side of its router connection: tells the router the connection ended when dropped.
+/// The client's side of its router connection: tells the router the connection ended when dropped, then
+/// releases the link's name.
 struct LinkGuard {
     /// `None` once handed on (parked for the session).
     tx: Option<LinkTx>,
-    /// False once the router dropped this connection itself (session takeover): the link's connection id
-    /// may already belong to someone else.
+    /// False once the router dropped this connection itself: the link's connection id may already belong
+    /// to someone else.
     router_has_it: bool,
+    /// Dropped after `tx` was closed (fields drop after `drop` ran).
+    name: Option<LinkName>,
 }
 
 impl LinkGuard {
-    fn new(tx: LinkTx) -> LinkGuard {
+    fn new(tx: LinkTx, name: LinkName) -> LinkGuard {
         LinkGuard {
             tx: Some(tx),
             router_has_it: true,
+            name: Some(name),
         }
     }
 
@@ -511,9 +518,10 @@ impl LinkGuard {
             .expect("the link is handed on only when the connection has ended")
     }
 
-    /// The link, to outlive this connection, if the router still has it.
-    fn hand_on(&mut self) -> Option<LinkTx> {
-        self.tx.take().filter(|_| self.router_has_it)
+    /// The link and its name, to outlive this connection, if the router still has it.
+    fn hand_on(&mut self) -> Option<(LinkTx, LinkName)> {
+        let tx = self.tx.take().filter(|_| self.router_has_it)?;
+        Some((tx, self.name.take()?))
     }
 }
 
@@ -622,6 +630,7 @@ impl Client {
         // The router link's receiving half, back from the writer: a persistent session parks it.
         let mut link_rx = None;
         let mut writer_done = false;
+        let mut taken_over = self.taken_over.take().expect("run once");
         let (reason, last) = tokio::select! {
             end = self.read_loop(&mut reader, &to_writer, &pending, version) => self.reader_ended(end, version),
             joined = &mut writer_task => {
@@ -636,6 +645,10 @@ impl Client {
                 self.writer_ended(end)
             }
             () = super::stopped(&mut shutdown) => (DisconnectReason::ServerInitiated, v5_disconnect(version, DisconnectReasonCode::ServerShuttingDown)),
+            Ok(()) = &mut taken_over => {
+                tracing::info!(client_id = self.client_id, "session taken over by a newer connection");
+                (DisconnectReason::DuplicateClientId, v5_disconnect(version, DisconnectReasonCode::SessionTakenOver))
+            }
         };
         if !writer_done {
             let _ = to_writer.send(ToWriter::Close(last.map(Box::new))).await;
@@ -772,7 +785,7 @@ impl Client {
         let Some(rx) = link_rx else {
             return;
         };
-        let Some(mut tx) = self.link.hand_on() else {
+        let Some((mut tx, name)) = self.link.hand_on() else {
             return;
         };
         // The session holds those messages now; the router wants its acknowledgements in order.
@@ -785,7 +798,7 @@ impl Client {
         }
         let most = self.shared.config.max_connections;
         let parked = &self.shared.parked;
-        parked.park(&self.shared, &self.client_id, owner, (tx, rx), most);
+        parked.park(&self.shared, &self.client_id, owner, (tx, rx, name), most);
     }
 
     /// Socket -> router, with authorization and topic rewriting.
