@@ -46,6 +46,7 @@
 mod host;
 mod instance;
 mod library;
+pub mod logging;
 pub mod supervisor;
 pub mod wire;
 

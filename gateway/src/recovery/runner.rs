@@ -48,6 +48,8 @@ enum Handler {
     InProcess {
         library: Arc<PluginLibrary>,
         config: serde_json::Value,
+        /// How the plugin's log lines name the route.
+        label: String,
         instance: Mutex<Option<PluginInstance>>,
         replacements: std::sync::atomic::AtomicU32,
     },
@@ -85,6 +87,7 @@ pub async fn load(routes: &[RecoveryRoute]) -> anyhow::Result<Vec<LoadedRoute>> 
     for (i, route) in routes.iter().enumerate() {
         let config = crate::plugins::toml_config(&route.config);
         let budget = Duration::from_millis(route.budget_ms);
+        let label = format!("recovery[{i}]");
         let handler = match route.isolation {
             Isolation::Process => {
                 let options = HostOptions {
@@ -93,7 +96,7 @@ pub async fn load(routes: &[RecoveryRoute]) -> anyhow::Result<Vec<LoadedRoute>> 
                     library: route.plugin.clone(),
                     config,
                     budget,
-                    label: format!("recovery[{i}]"),
+                    label,
                 };
                 match HostedInstance::start(options).await {
                     Ok(hosted) => Handler::Process(Box::new(hosted)),
@@ -108,12 +111,18 @@ pub async fn load(routes: &[RecoveryRoute]) -> anyhow::Result<Vec<LoadedRoute>> 
                 let library = tokio::task::spawn_blocking(move || PluginLibrary::load(path))
                     .await?
                     .with_context(|| format!("recovery[{i}]: cannot load the plugin"))?;
-                let instance = PluginInstance::new(library.clone(), config.clone(), budget)
-                    .await
-                    .with_context(|| format!("recovery[{i}]: the plugin refused its config"))?;
+                let instance = PluginInstance::for_route(
+                    library.clone(),
+                    config.clone(),
+                    budget,
+                    Some(label.clone()),
+                )
+                .await
+                .with_context(|| format!("recovery[{i}]: the plugin refused its config"))?;
                 Handler::InProcess {
                     library,
                     config,
+                    label,
                     instance: Mutex::new(Some(instance)),
                     replacements: Default::default(),
                 }
@@ -397,6 +406,7 @@ impl Runner {
         let Handler::InProcess {
             library,
             config,
+            label,
             instance,
             replacements,
         } = &route.handler
@@ -416,7 +426,13 @@ impl Runner {
                 "replacing a quarantined plugin instance"
             );
             let budget = Duration::from_millis(route.route.budget_ms);
-            *slot = Some(PluginInstance::new(library.clone(), config.clone(), budget).await?);
+            let replacement = PluginInstance::for_route(
+                library.clone(),
+                config.clone(),
+                budget,
+                Some(label.clone()),
+            );
+            *slot = Some(replacement.await?);
         }
         Ok(tokio::sync::MutexGuard::map(slot, |s| {
             s.as_mut().expect("just filled")
@@ -485,6 +501,7 @@ fn context_of(recovery: &RecoveryRecord) -> RecoveryContext {
         },
         attempt: recovery.attempts,
         acknowledged: recovery.acknowledged,
+        acknowledgement: None,
     }
 }
 
