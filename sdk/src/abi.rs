@@ -2,7 +2,8 @@
 //!
 //! Plugin authors do not need this module: [`crate::export_plugin!`] generates all of it. It is public and
 //! documented so that the host can read it, and so that a plugin could be written without the macro (in
-//! Rust by hand, or in another language).
+//! Rust by hand, or in another language: `include/sprig_plugin.h` in this crate is the same ABI for C,
+//! checked against this module's layout by `tests/c_header.rs`).
 //!
 //! # The descriptor
 //!
