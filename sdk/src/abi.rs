@@ -385,7 +385,7 @@ pub unsafe extern "C" fn free(bytes: Bytes) {
 /// own copy of the sdk's statics.
 static HOST: AtomicPtr<HostApi> = AtomicPtr::new(std::ptr::null_mut());
 
-/// The sdk's [`SetHostFn`]: keeps the host's pointer for [`crate::log`].
+/// The sdk's [`SetHostFn`]: keeps the host's pointer for [`crate::log`](mod@crate::log).
 ///
 /// # Safety
 /// `host` is null or valid, unchanged, until the process ends (the ABI's promise).

@@ -182,7 +182,7 @@ pub fn with_route(route: Option<String>) {
 }
 
 /// One library's link to this process: what its `set_host` received. `#[repr(C)]` with the
-/// [`HostApi`] first, so the pointer the plugin hands back to [`log_line`] is this connection's.
+/// [`HostApi`] first, so the pointer the plugin hands back to `log_line` is this connection's.
 #[repr(C)]
 pub struct Connection {
     api: HostApi,
