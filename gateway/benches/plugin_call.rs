@@ -77,6 +77,7 @@ async fn main() {
         reason: Reason::ForceDeleted,
         attempt: 1,
         acknowledged: false,
+        acknowledgement: None,
     };
     let context_json = serde_json::to_vec(&ctx).unwrap();
 

@@ -260,7 +260,8 @@ pub struct RecoveryRoute {
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     /// A topic the device publishes to acknowledge (`{thing}` is replaced), under `$aws/things/{thing}/`.
-    /// A message there makes the next attempt run at once, with `acknowledged: true`.
+    /// A message there makes the next attempt run at once, with `acknowledged: true` and the message's
+    /// payload as `acknowledgement` (kept in the store until that attempt).
     pub ack_topic: Option<String>,
     /// Handed to the plugin as its config (as JSON).
     #[serde(default)]

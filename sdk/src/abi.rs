@@ -2,7 +2,8 @@
 //!
 //! Plugin authors do not need this module: [`crate::export_plugin!`] generates all of it. It is public and
 //! documented so that the host can read it, and so that a plugin could be written without the macro (in
-//! Rust by hand, or in another language).
+//! Rust by hand, or in another language: `include/sprig_plugin.h` in this crate is the same ABI for C,
+//! checked against this module's layout by `tests/c_header.rs`).
 //!
 //! # The descriptor
 //!
@@ -10,8 +11,23 @@
 //! [`DESCRIPTOR_SYMBOL`] (`SPRIG_PLUGIN_DESCRIPTOR`), a [`Descriptor`]. The symbol's name never changes
 //! between ABI versions; the layout is the version's. The host reads the first field, `abi_version`,
 //! before anything else, and refuses the library unless it equals the host's [`ABI_VERSION`]. It then
-//! checks `size` (at least the size of the version's descriptor: fields may be appended in a compatible
-//! way, never removed or reordered), that the strings are UTF-8 and that no function pointer is null.
+//! checks `size` (at least [`DESCRIPTOR_V1_SIZE`], the size of the version's first descriptor: fields may
+//! be appended in a compatible way, never removed or reordered), that the strings are UTF-8 and that no
+//! function pointer of the first layout is null. It reads only the `size` bytes the plugin declared: an
+//! appended field beyond them reads as null (absent).
+//!
+//! # Appended fields (ABI version 1, compatible)
+//!
+//! - `set_host` (after `free`): how the host hands the plugin its [`HostApi`], the services the host
+//!   offers (a log callback). The host calls it once per loaded library, before the first `create`; a
+//!   plugin whose descriptor is shorter never gets a [`HostApi`], and a host that predates the field never
+//!   calls it, so a plugin must work without one (the sdk then writes its log lines to stderr, which a
+//!   plugin host forwards to the gateway's log).
+//!
+//! Appending a field is compatible both ways, which is why it does not change [`ABI_VERSION`]: an older
+//! host reads the first [`DESCRIPTOR_V1_SIZE`] bytes and never sees the field; a newer host sees from
+//! `size` that an older plugin lacks it. The same rule holds for [`HostApi`], whose `size` says which of
+//! its fields exist.
 //!
 //! # Memory
 //!
@@ -39,6 +55,7 @@
 
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::RecoveryHandler;
 
@@ -132,6 +149,59 @@ pub type DestroyFn = unsafe extern "C" fn(instance: *mut c_void);
 /// `free(bytes)`: gives back a buffer the plugin handed out (answers and messages).
 pub type FreeFn = unsafe extern "C" fn(bytes: Bytes);
 
+/// `set_host(host)`: the host hands the plugin its services. `host` stays valid, unchanged, until the
+/// process ends; the plugin keeps the pointer. Called once per loaded library, before the first
+/// `create`, from any thread.
+pub type SetHostFn = unsafe extern "C" fn(host: *const HostApi);
+
+/// `log(host, level, message)`: one line for the gateway's log. `host` is the pointer `set_host` gave;
+/// `level` one of [`LOG_ERROR`] … [`LOG_TRACE`] (other values log as info); `message` UTF-8 text
+/// (invalid sequences are replaced), owned by the plugin and read only during the call.
+///
+/// The host's promises: callable from any thread, at any time after `set_host` (also during `create`,
+/// `recover` and `destroy`, and from threads the plugin starts); it returns quickly (it copies at most
+/// [`MAX_LOG_MESSAGE`] bytes, drops lines over a rate limit rather than wait, and never unwinds into the
+/// plugin). The gateway logs the line with the plugin's name, its route when known, and the level.
+pub type LogFn = unsafe extern "C" fn(host: *const HostApi, level: u32, message: Bytes);
+
+/// Log levels of [`LogFn`], the `log` crate's numbering: the most severe first.
+pub const LOG_ERROR: u32 = 1;
+/// See [`LOG_ERROR`].
+pub const LOG_WARN: u32 = 2;
+/// See [`LOG_ERROR`].
+pub const LOG_INFO: u32 = 3;
+/// See [`LOG_ERROR`].
+pub const LOG_DEBUG: u32 = 4;
+/// See [`LOG_ERROR`].
+pub const LOG_TRACE: u32 = 5;
+
+/// The longest log message a host keeps, in bytes; the rest of a longer one is cut off (at a character
+/// boundary) and the line marked as truncated.
+pub const MAX_LOG_MESSAGE: usize = 4096;
+
+/// What the host offers a plugin, handed over by the descriptor's `set_host`. `#[repr(C)]`; fields are
+/// only ever appended: read a field only if `size` covers it ([`HostApi::log_fn`] does that).
+#[repr(C)]
+#[derive(Debug)]
+pub struct HostApi {
+    /// `size_of::<HostApi>()` as the host built it.
+    pub size: usize,
+    /// See [`LogFn`]. Null if the host offers no logging.
+    pub log: Option<LogFn>,
+}
+
+impl HostApi {
+    /// The log callback, if this host's `size` covers the field and it is set.
+    pub fn log_fn(&self) -> Option<LogFn> {
+        let covered = std::mem::offset_of!(HostApi, log) + std::mem::size_of::<Option<LogFn>>();
+        if self.size >= covered {
+            self.log
+        } else {
+            None
+        }
+    }
+}
+
 /// What a plugin exports as [`DESCRIPTOR_SYMBOL`]. ABI version 1 layout (`#[repr(C)]`, in this order).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -154,6 +224,9 @@ pub struct Descriptor {
     pub destroy: Option<DestroyFn>,
     /// See [`FreeFn`].
     pub free: Option<FreeFn>,
+    /// See [`SetHostFn`]. Appended in sdk 0.1 without an ABI version change (see the [module
+    /// docs](self#appended-fields-abi-version-1-compatible)); may be null.
+    pub set_host: Option<SetHostFn>,
 }
 
 // SAFETY: a descriptor holds pointers to `'static` immutable data and to functions: sharing it between
@@ -162,8 +235,11 @@ unsafe impl Sync for Descriptor {}
 // SAFETY: as above.
 unsafe impl Send for Descriptor {}
 
-/// The descriptor's size in ABI version 1.
+/// The descriptor's size as this sdk lays it out (ABI version 1 with every appended field).
 pub const DESCRIPTOR_SIZE: u32 = std::mem::size_of::<Descriptor>() as u32;
+
+/// The size of ABI version 1's first descriptor (up to `free`): the least a host accepts.
+pub const DESCRIPTOR_V1_SIZE: u32 = std::mem::offset_of!(Descriptor, set_host) as u32;
 
 /// The version of this sdk (`CARGO_PKG_VERSION` of `sprig-sdk`).
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -182,6 +258,7 @@ impl Descriptor {
             recover: Some(recover::<H>),
             destroy: Some(destroy::<H>),
             free: Some(free),
+            set_host: Some(set_host),
         }
     }
 }
@@ -302,4 +379,23 @@ pub unsafe extern "C" fn free(bytes: Bytes) {
     }
     let slice = std::ptr::slice_from_raw_parts_mut(bytes.ptr as *mut u8, bytes.len);
     drop(Box::from_raw(slice));
+}
+
+/// The [`HostApi`] `set_host` gave this library, or null. One per library: every plugin library has its
+/// own copy of the sdk's statics.
+static HOST: AtomicPtr<HostApi> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The sdk's [`SetHostFn`]: keeps the host's pointer for [`crate::log`](mod@crate::log).
+///
+/// # Safety
+/// `host` is null or valid, unchanged, until the process ends (the ABI's promise).
+pub unsafe extern "C" fn set_host(host: *const HostApi) {
+    HOST.store(host as *mut HostApi, Ordering::Release);
+}
+
+/// The host's services, if a host handed them over.
+pub(crate) fn host() -> Option<&'static HostApi> {
+    let host = HOST.load(Ordering::Acquire);
+    // SAFETY: only `set_host` stores here, with a pointer the ABI keeps valid until the process ends.
+    unsafe { host.cast_const().as_ref() }
 }

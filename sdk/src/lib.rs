@@ -50,16 +50,24 @@
 //! `serde` and `serde_json` are re-exported, so a plugin depends on this crate only (derive with
 //! `#[serde(crate = "sprig_sdk::serde")]`).
 //!
+//! A plugin logs with [`info!`], [`warn!`], [`error!`], [`debug!`], [`trace!`] (or [`log!`] with a
+//! [`log::Level`]): the lines reach the gateway's log with the plugin's name, its route and the level,
+//! through a callback the host hands over ([`abi::HostApi`]); see [`mod@log`].
+//!
 //! Panics, errors, malformed answers and calls that overrun their time budget are contained by the
 //! gateway. By default a plugin runs in a host process of its own, so a segfault, an abort or undefined
 //! behaviour ends only that host; a plugin loaded in-process (`isolation = "in-process"`) takes the gateway
 //! down with it (systemd restarts it, and durable recoveries resume). See the README.
 
 pub mod abi;
+pub mod log;
 mod types;
 
 pub use abi::ABI_VERSION;
-pub use types::{validate_status_details, Action, Outcome, Reason, Recovery, RecoveryContext};
+pub use types::{
+    validate_status_details, Action, Outcome, Reason, Recovery, RecoveryContext,
+    MAX_ACKNOWLEDGEMENT,
+};
 
 /// `serde`, re-exported so that plugins need no dependency of their own.
 pub use serde;

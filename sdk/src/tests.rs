@@ -17,6 +17,7 @@ fn context() -> RecoveryContext {
         reason: Reason::ForceDeleted,
         attempt: 1,
         acknowledged: false,
+        acknowledgement: None,
     }
 }
 
@@ -53,6 +54,47 @@ fn context_json_is_camel_case_and_tolerant() {
     assert_eq!(ctx.reason, Reason::Other);
     assert_eq!(ctx.attempt, 1);
     assert!(!ctx.acknowledged);
+    assert_eq!(ctx.acknowledgement, None);
+    // The acknowledgement's payload, as the gateway sends it.
+    let ctx: RecoveryContext = serde_json::from_value(json!({
+        "thingName": "t", "jobId": "j", "executionStatus": "IN_PROGRESS", "reason": "forceDeleted",
+        "attempt": 2, "acknowledged": true,
+        "acknowledgement": {"status": "FAILED", "statusDetails": {"reason": "disk full"}}
+    }))
+    .unwrap();
+    assert_eq!(ctx.negative_acknowledgement().as_deref(), Some("disk full"));
+}
+
+#[test]
+fn negative_acknowledgements_follow_the_convention() {
+    let mut ctx = context();
+    let negative = |ctx: &mut RecoveryContext, ack: serde_json::Value| {
+        ctx.acknowledgement = Some(ack);
+        ctx.negative_acknowledgement()
+    };
+    assert_eq!(
+        negative(&mut ctx, json!({"status": "FAILED", "reason": "no space"})).as_deref(),
+        Some("no space")
+    );
+    assert_eq!(
+        negative(&mut ctx, json!({"status": "rejected"})).as_deref(),
+        Some("no reason given")
+    );
+    assert_eq!(
+        negative(&mut ctx, json!({"status": "FAILED", "reason": 3})).as_deref(),
+        Some("no reason given")
+    );
+    for positive in [
+        json!({}),
+        json!({"status": "SUCCEEDED", "reason": "fine"}),
+        json!("FAILED"),
+        json!(["FAILED"]),
+        json!(null),
+    ] {
+        assert_eq!(negative(&mut ctx, positive.clone()), None, "{positive}");
+    }
+    ctx.acknowledgement = None;
+    assert_eq!(ctx.negative_acknowledgement(), None);
 }
 
 #[test]
@@ -179,6 +221,8 @@ fn recover(instance: *mut c_void, thing: &str) -> (i32, String) {
 fn descriptor_carries_versions_and_names() {
     assert_eq!(ECHO.abi_version, ABI_VERSION);
     assert_eq!(ECHO.size as usize, std::mem::size_of::<Descriptor>());
+    assert!(ECHO.size > abi::DESCRIPTOR_V1_SIZE, "set_host is appended");
+    assert!(ECHO.set_host.is_some());
     assert_eq!(unsafe { ECHO.name.as_slice() }, b"echo");
     assert_eq!(unsafe { ECHO.version.as_slice() }, b"9.9.9");
     assert_eq!(
@@ -320,4 +364,59 @@ fn validate_for_applies_every_rule_of_the_gateway() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     assert!(answer(vec![details(&eleven)]).validate().is_err());
+}
+
+/// The lines the test host's log callback received.
+static LOGGED: std::sync::Mutex<Vec<(u32, String)>> = std::sync::Mutex::new(Vec::new());
+
+unsafe extern "C" fn record_line(_host: *const abi::HostApi, level: u32, message: Bytes) {
+    let text = String::from_utf8_lossy(message.as_slice()).into_owned();
+    LOGGED.lock().unwrap().push((level, text));
+}
+
+static TEST_HOST: abi::HostApi = abi::HostApi {
+    size: std::mem::size_of::<abi::HostApi>(),
+    log: Some(record_line),
+};
+
+/// A host whose `size` predates the log field: the sdk must not read it.
+static SHORT_HOST: abi::HostApi = abi::HostApi {
+    size: std::mem::offset_of!(abi::HostApi, log),
+    log: Some(record_line),
+};
+
+#[test]
+fn log_lines_reach_the_host_callback_with_their_level_bounded() {
+    // The only test in this binary that sets the host (the pointer is one per library).
+    unsafe { (ECHO.set_host.unwrap())(&TEST_HOST) };
+    crate::info!("recovering {} attempt {}", "sensor-7", 2);
+    crate::warn!("plain text");
+    crate::error!("e");
+    crate::debug!("d");
+    crate::trace!("t");
+    crate::log!(log::Level::Info, "{}", "é".repeat(3000));
+    let logged = std::mem::take(&mut *LOGGED.lock().unwrap());
+    let levels: Vec<u32> = logged.iter().map(|(level, _)| *level).collect();
+    assert_eq!(
+        levels,
+        [
+            abi::LOG_INFO,
+            abi::LOG_WARN,
+            abi::LOG_ERROR,
+            abi::LOG_DEBUG,
+            abi::LOG_TRACE,
+            abi::LOG_INFO
+        ]
+    );
+    assert_eq!(logged[0].1, "recovering sensor-7 attempt 2");
+    assert_eq!(logged[1].1, "plain text");
+    // Whole: bounding a line is the host's (it copies at most MAX_LOG_MESSAGE bytes).
+    assert_eq!(logged[5].1, "é".repeat(3000));
+
+    // A host too old for the field is never called: the line goes to stderr instead.
+    unsafe { abi::set_host(&SHORT_HOST) };
+    crate::info!("to stderr");
+    unsafe { abi::set_host(std::ptr::null()) };
+    crate::info!("to stderr too");
+    assert!(LOGGED.lock().unwrap().is_empty());
 }

@@ -61,13 +61,60 @@ pub struct RecoveryContext {
     /// elapsed (with `acknowledged: false`: publish again, or give up with [`Outcome::Failed`]).
     #[serde(default)]
     pub acknowledged: bool,
+    /// What the device said when it acknowledged (with `acknowledged: true`): the payload it published on
+    /// the route's `ack_topic`, parsed as JSON; a payload that is not JSON arrives as a JSON string holding
+    /// its text (invalid UTF-8 replaced), and one longer than [`MAX_ACKNOWLEDGEMENT`] bytes as a string
+    /// of its first bytes. `None` without an acknowledgement (and from gateways that predate the field).
+    /// If the device acknowledged more than once before the attempt, the last payload counts.
+    ///
+    /// An acknowledgement is not necessarily a success: a device may say it could not roll back. A
+    /// handler that expects `{"status": "FAILED", "reason": "…"}` from a device that failed can answer
+    /// [`Outcome::Failed`] with the device's reason ([`RecoveryContext::negative_acknowledgement`]).
+    #[serde(default)]
+    pub acknowledgement: Option<Value>,
 }
+
+/// The most bytes of an acknowledgement's payload a handler receives (see
+/// [`RecoveryContext::acknowledgement`]); the gateway keeps no more.
+pub const MAX_ACKNOWLEDGEMENT: usize = 16 * 1024;
 
 fn first_attempt() -> u32 {
     1
 }
 
 impl RecoveryContext {
+    /// The device's reason, if it acknowledged negatively, by a simple convention: an acknowledgement
+    /// that is a JSON object whose `status` is `"FAILED"` or `"REJECTED"` (any case; AWS IoT Jobs'
+    /// terminal failure statuses) is negative; its reason is its `reason` string, else its
+    /// `statusDetails.reason` string, else `"no reason given"`. `None` for any other acknowledgement or
+    /// none.
+    ///
+    /// ```
+    /// # use sprig_sdk::{RecoveryContext, serde_json::json};
+    /// # let mut ctx: RecoveryContext = sprig_sdk::serde_json::from_value(json!({"thingName": "t",
+    /// #     "jobId": "j", "executionStatus": "IN_PROGRESS", "reason": "forceDeleted"})).unwrap();
+    /// ctx.acknowledgement = Some(json!({"status": "FAILED", "reason": "flash is read-only"}));
+    /// assert_eq!(ctx.negative_acknowledgement().as_deref(), Some("flash is read-only"));
+    /// ctx.acknowledgement = Some(json!({"status": "SUCCEEDED"}));
+    /// assert_eq!(ctx.negative_acknowledgement(), None);
+    /// ```
+    pub fn negative_acknowledgement(&self) -> Option<String> {
+        let ack = self.acknowledgement.as_ref()?.as_object()?;
+        let status = ack.get("status")?.as_str()?;
+        if !["FAILED", "REJECTED"]
+            .iter()
+            .any(|negative| status.eq_ignore_ascii_case(negative))
+        {
+            return None;
+        }
+        let reason = ack
+            .get("reason")
+            .and_then(Value::as_str)
+            .or_else(|| ack.get("statusDetails")?.get("reason")?.as_str())
+            .unwrap_or("no reason given");
+        Some(reason.to_owned())
+    }
+
     /// Renders a template: `{thing}`, `{jobId}`, `{namespace}` (empty for a standard job) and `{status}`
     /// (the execution status) are replaced by this context's values; every other character, including
     /// other braces (a JSON payload's), is kept as is. Values are inserted verbatim, not escaped: AWS

@@ -110,6 +110,74 @@ async fn a_force_deleted_device_receives_its_rollback_and_acknowledges_it() {
     assert_eq!(described["recovery"]["status"], "RECOVERED");
 }
 
+/// A device that answers the rollback command with `{"status":"FAILED","reason":…}` fails its recovery,
+/// with its reason in the record; what it said is kept in the store, so it reaches the handler even when
+/// the gateway is killed between the acknowledgement and the handler's next attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_negative_acknowledgement_fails_the_recovery_with_the_devices_reason_even_after_a_sigkill(
+) {
+    let mut gateway = Gateway::start_with(config_with_routes);
+    let mut op = gateway.operator().await;
+    let mut device = start_job(&gateway, &mut op, "roll-3", "fw-3").await;
+    op.request("DeleteJob", json!({"jobId": "fw-3", "force": true}))
+        .await
+        .unwrap();
+    device
+        .expect_message("$aws/things/roll-3/rollback", Duration::from_secs(10))
+        .await;
+    let asked = wait_for_recovery(&mut op, "roll-3", Duration::from_secs(5), |r| {
+        r["attempts"] == 1
+    })
+    .await;
+    device.disconnect().await;
+
+    // Back, but not listening (no subscription since it connected): the acknowledgement is recorded
+    // and the handler is not called yet.
+    let device = Device::connect(gateway.addr, "roll-3", Protocol::V311).await;
+    device
+        .publish(
+            "$aws/things/roll-3/rollback/ack",
+            r#"{"status":"FAILED","reason":"flash is read-only"}"#,
+        )
+        .await;
+    let acknowledged = wait_for_recovery(&mut op, "roll-3", Duration::from_secs(10), |r| {
+        r["lastUpdatedAt"] != asked["lastUpdatedAt"]
+    })
+    .await;
+    assert_eq!(
+        (
+            acknowledged["status"].as_str(),
+            acknowledged["attempts"].as_u64()
+        ),
+        (Some("PENDING"), Some(1)),
+        "{acknowledged}"
+    );
+    drop((device, op));
+    gateway.kill9();
+    gateway.spawn();
+
+    let mut op = gateway.operator().await;
+    let mut device = Device::connect(gateway.addr, "roll-3", Protocol::V311).await;
+    device.subscribe(&["$aws/things/roll-3/rollback"]).await;
+    let done = wait_for_recovery(&mut op, "roll-3", Duration::from_secs(10), |r| {
+        r["status"] != "PENDING"
+    })
+    .await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    let error = done["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("flash is read-only") && error.contains("roll-3"),
+        "{error}"
+    );
+    // The plugin said so in the gateway's log too, at warn, through the sdk's log callback.
+    let line = gateway.wait_for_log("could not roll back fw-3", Duration::from_secs(5));
+    assert!(
+        line.contains("WARN") && line.contains("sprig-plugin-rollback"),
+        "{line}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_offline_device_is_recovered_when_it_comes_back_even_after_a_sigkill() {
     let mut gateway = Gateway::start_with(config_with_routes);

@@ -313,6 +313,10 @@ pub struct RecoveryRecord {
     pub recorded_status_details: Option<BTreeMap<String, String>>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// What the device said when it acknowledged since the last attempt: the JSON text the handler's
+    /// context carries as `acknowledgement` (see `recovery::runner::acknowledgement_of`). The last field:
+    /// the store's recovery format 2 added it (`store::codec::decode_recovery`).
+    pub acknowledgement: Option<String>,
 }
 
 impl RecoveryRecord {
@@ -341,6 +345,7 @@ impl RecoveryRecord {
             recorded_status_details: None,
             created_at: now,
             updated_at: now,
+            acknowledgement: None,
         }
     }
 }

@@ -9,14 +9,51 @@
 //! The protocol's pipes move off fds 0 and 1 first: fd 1 then points at stderr and fd 0 at `/dev/null`,
 //! so a plugin that prints or reads standard input cannot corrupt the protocol, and whatever it prints
 //! reaches the gateway's log (the gateway reads the host's stderr line by line).
+//!
+//! What the plugin logs through the sdk's log callback goes to the gateway as log frames on the protocol
+//! pipe ([`PipeSink`]), from whichever thread the plugin logs on: every frame is written whole under one
+//! lock, so a log line never interleaves with a reply.
 
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
+use super::logging::{self, LogLine, LogSink};
 use super::wire::{self, Reply, Request};
 use super::{DirectInstance, PluginError, PluginLibrary};
+
+/// The protocol's output pipe, shared by the main thread (replies) and the plugin's log lines.
+#[derive(Clone)]
+struct Output(Arc<Mutex<File>>);
+
+impl Output {
+    /// Writes one whole frame.
+    fn send(&self, reply: &Reply) -> std::io::Result<()> {
+        let frame = reply.encode();
+        let mut file = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        file.write_all(&frame)
+    }
+}
+
+/// The host process's plugin log sink: frames to the gateway, which logs them with the route and the
+/// plugin's name (both known to it: this host serves one route's instance).
+struct PipeSink(Output);
+
+impl LogSink for PipeSink {
+    fn line(&self, line: LogLine<'_>) {
+        // A failed write means the gateway is gone; the main loop sees that too and exits.
+        let _ = self.0.send(&Reply::Log {
+            level: line.level,
+            message: line.message.as_bytes().to_vec(),
+        });
+    }
+
+    fn dropped(&self, _plugin: &str, _route: Option<&str>, count: u64) {
+        let _ = self.0.send(&Reply::LogsDropped(count));
+    }
+}
 
 /// Serves the gateway on stdin/stdout; returns the process's exit code.
 pub fn serve(library: &Path) -> u8 {
@@ -29,16 +66,17 @@ pub fn serve(library: &Path) -> u8 {
     };
     name_process();
     let mut input = BufReader::new(input);
-    let mut output = output;
+    let output = Output(Arc::new(Mutex::new(output)));
+    logging::set_sink(Box::new(PipeSink(output.clone())));
     let library = match PluginLibrary::load(library) {
         Ok(library) => library,
         Err(e) => {
-            let _ = output.write_all(&Reply::LoadFailed(e.to_string()).encode());
+            let _ = output.send(&Reply::LoadFailed(e.to_string()));
             return 1;
         }
     };
     if output
-        .write_all(&Reply::Ready(library.descriptor().clone()).encode())
+        .send(&Reply::Ready(library.descriptor().clone()))
         .is_err()
     {
         return 1;
@@ -78,7 +116,7 @@ pub fn serve(library: &Path) -> u8 {
             },
             Err(e) => Reply::Refused(e.to_string()),
         };
-        if output.write_all(&reply.encode()).is_err() {
+        if output.send(&reply).is_err() {
             return 1; // The gateway is gone.
         }
     }

@@ -133,6 +133,7 @@ impl DirectInstance {
         library: &Arc<PluginLibrary>,
         config: &[u8],
     ) -> Result<DirectInstance, PluginError> {
+        library.connect_host();
         let mut handle: *mut c_void = std::ptr::null_mut();
         let mut message = Bytes::EMPTY;
         // SAFETY: the ABI's `create`: `config` lives through the call, the out-pointers are valid.
@@ -141,6 +142,7 @@ impl DirectInstance {
         };
         // SAFETY: `message` is the plugin's to free (empty on success).
         let message = unsafe { library.take(message) };
+        library.report_dropped_logs();
         match status {
             abi::STATUS_OK if !handle.is_null() => Ok(DirectInstance {
                 library: library.clone(),
@@ -177,7 +179,9 @@ impl DirectInstance {
             (library.functions.recover)(self.handle, Bytes::from_slice(context), &mut out)
         };
         // SAFETY: `out` is the plugin's to free.
-        (status, unsafe { library.take(out) })
+        let answer = unsafe { library.take(out) };
+        library.report_dropped_logs();
+        (status, answer)
     }
 
     /// The library this instance belongs to.
@@ -302,7 +306,17 @@ impl PluginInstance {
         config: serde_json::Value,
         budget: Duration,
     ) -> Result<PluginInstance, PluginError> {
-        let result = PluginInstance::start(&library, config, budget).await;
+        PluginInstance::for_route(library, config, budget, None).await
+    }
+
+    /// [`PluginInstance::new`] for a route: the plugin's log lines from the instance's thread name it.
+    pub async fn for_route(
+        library: Arc<PluginLibrary>,
+        config: serde_json::Value,
+        budget: Duration,
+        route: Option<String>,
+    ) -> Result<PluginInstance, PluginError> {
+        let result = PluginInstance::start(&library, config, budget, route).await;
         library
             .counters
             .record(result.as_ref().map(|_| ()).map_err(PluginError::kind));
@@ -313,13 +327,17 @@ impl PluginInstance {
         library: &Arc<PluginLibrary>,
         config: serde_json::Value,
         budget: Duration,
+        route: Option<String>,
     ) -> Result<PluginInstance, PluginError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (created_tx, created) = oneshot::channel();
         let worker_library = library.clone();
         std::thread::Builder::new()
             .name(format!("plugin {}", library.name()))
-            .spawn(move || worker(worker_library, config, created_tx, queue))
+            .spawn(move || {
+                super::logging::with_route(route);
+                worker(worker_library, config, created_tx, queue)
+            })
             .map_err(|e| PluginError::Failed {
                 plugin: library.name().to_owned(),
                 message: format!("cannot start the plugin's thread: {e}"),

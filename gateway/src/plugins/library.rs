@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use sprig_sdk::abi::{self, Bytes, CreateFn, DestroyFn, FreeFn, RecoverFn};
+use sprig_sdk::abi::{self, Bytes, CreateFn, DestroyFn, FreeFn, RecoverFn, SetHostFn};
 
 use super::instance::FailureKind;
+use super::logging::Connection;
 
 /// Why a file was refused as a plugin. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +143,8 @@ pub(super) struct Functions {
     pub recover: RecoverFn,
     pub destroy: DestroyFn,
     pub free: FreeFn,
+    /// Appended to ABI version 1: absent from older plugins.
+    pub set_host: Option<SetHostFn>,
 }
 
 /// A loaded plugin library whose descriptor was accepted. Shared ([`Arc`]) by its instances; the
@@ -151,6 +154,8 @@ pub struct PluginLibrary {
     descriptor: PluginDescriptor,
     pub(super) functions: Functions,
     pub(super) counters: Counters,
+    /// What `set_host` was given, once the first instance was about to be created.
+    connection: OnceLock<&'static Connection>,
 }
 
 /// Every library loaded so far, by canonical path: loading a file again returns the same library.
@@ -199,6 +204,26 @@ impl PluginLibrary {
     /// The counters of this library's calls, over all its instances.
     pub fn stats(&self) -> PluginStats {
         self.counters.snapshot()
+    }
+
+    /// Hands the plugin this process's services (its `set_host`, if it has one), once, before its first
+    /// `create`: not at load, so that loading (`sprig plugin check`) calls no plugin function.
+    pub(super) fn connect_host(&self) -> &'static Connection {
+        self.connection.get_or_init(|| {
+            let connection = Connection::leak(self.name());
+            if let Some(set_host) = self.functions.set_host {
+                // SAFETY: the ABI's `set_host`, with a HostApi valid until the process ends.
+                unsafe { set_host(connection.api()) };
+            }
+            connection
+        })
+    }
+
+    /// Reports the log lines the plugin had dropped, if any (after each call).
+    pub(super) fn report_dropped_logs(&self) {
+        if let Some(connection) = self.connection.get() {
+            connection.report_dropped();
+        }
     }
 
     /// Copies a plugin-owned buffer and gives it back to the plugin's `free`.
@@ -273,18 +298,16 @@ fn open(path: &Path) -> Result<PluginLibrary, LoadError> {
             host_sdk: abi::SDK_VERSION,
         });
     }
-    if size < abi::DESCRIPTOR_SIZE {
+    if size < abi::DESCRIPTOR_V1_SIZE {
         return Err(bad(format!(
             "size {size} is smaller than the {} bytes of an ABI version {found} descriptor",
-            abi::DESCRIPTOR_SIZE
+            abi::DESCRIPTOR_V1_SIZE
         )));
     }
     if address.align_offset(std::mem::align_of::<abi::Descriptor>()) != 0 {
         return Err(bad("the descriptor is not aligned".to_owned()));
     }
-    // SAFETY: same ABI version and at least its size, aligned: the layout is `abi::Descriptor`'s. Its
-    // function pointers are `Option`s, so a null one reads as `None`.
-    let descriptor: abi::Descriptor = unsafe { std::ptr::read(address as *const abi::Descriptor) };
+    let descriptor = read_descriptor(address, size);
     let text = |field: &str, bytes: Bytes| -> Result<String, LoadError> {
         if bytes.ptr.is_null() && bytes.len != 0 {
             return Err(bad(format!("{field} is a null pointer")));
@@ -306,6 +329,7 @@ fn open(path: &Path) -> Result<PluginLibrary, LoadError> {
         recover: descriptor.recover.ok_or_else(|| missing("recover"))?,
         destroy: descriptor.destroy.ok_or_else(|| missing("destroy"))?,
         free: descriptor.free.ok_or_else(|| missing("free"))?,
+        set_host: descriptor.set_host,
     };
     // Never unload: a stuck or running call, a thread-local destructor or a leaked pointer may still refer
     // to the library's code or statics, and there is no way to know when none does.
@@ -320,5 +344,27 @@ fn open(path: &Path) -> Result<PluginLibrary, LoadError> {
         },
         functions,
         counters: Counters::default(),
+        connection: OnceLock::new(),
     })
+}
+
+/// The descriptor at `address`, as far as the plugin's `size` goes: fields appended after the plugin was
+/// built (beyond its `size`) read as absent, and nothing past its descriptor is read.
+fn read_descriptor(address: *const u8, size: u32) -> abi::Descriptor {
+    let mut descriptor = std::mem::MaybeUninit::<abi::Descriptor>::zeroed();
+    let known = (size as usize).min(std::mem::size_of::<abi::Descriptor>());
+    // SAFETY: the plugin declares `size` readable bytes at `address` (its ABI version's layout, checked
+    // by the caller), of which `known` are copied. Every field of a Descriptor is valid all-zero (null
+    // pointers, `None` functions, zero integers), so the zeroed rest leaves a valid value.
+    unsafe {
+        std::ptr::copy_nonoverlapping(address, descriptor.as_mut_ptr().cast::<u8>(), known);
+        let mut descriptor = descriptor.assume_init();
+        // A size that ends inside an appended field does not declare it.
+        if (size as usize)
+            < abi::DESCRIPTOR_V1_SIZE as usize + std::mem::size_of::<Option<SetHostFn>>()
+        {
+            descriptor.set_host = None;
+        }
+        descriptor
+    }
 }

@@ -32,6 +32,10 @@
 //!   counts from the moment the call reaches the worker, not the wait for an earlier call. A thread
 //!   cannot be killed, so an overrun *quarantines* the instance: its thread is abandoned to finish (or
 //!   not) and every later call fails at once with [`PluginError::Quarantined`].
+//! - **Logs**, either way ([`logging`]): before a library's first `create` the plugin is handed a log
+//!   callback (the descriptor's `set_host`, if it has one); its lines are bounded (size, rate) and logged
+//!   with `tracing` at their level with the plugin's name and route, directly in-process, through log
+//!   frames on the pipe from a host.
 //! - **Containment**, either way: a panic (caught by the sdk's shim and returned as a status code), an
 //!   error, an answer that is not UTF-8, not JSON, not a [`Recovery`](sprig_sdk::Recovery) or not valid
 //!   (wildcard topic, QoS 2), and an overrun are each returned as a [`PluginError`] naming the plugin,
@@ -46,6 +50,7 @@
 mod host;
 mod instance;
 mod library;
+pub mod logging;
 pub mod supervisor;
 pub mod wire;
 

@@ -12,8 +12,11 @@
 //!   each host lost in a row (100 ms up to 30 s) and resets once a call is answered; [`restart_delay`]
 //!   tells a caller that would rather do other work than wait. The new host loads the library again (a
 //!   replaced file takes effect then) and runs `create` with the same config. Each restart is logged.
-//! - **Logs.** The host's stderr (what the plugin prints, panic messages) goes to the gateway's log line
-//!   by line, with the route's label and the plugin's name.
+//! - **Logs.** The host's output pipe is read all the time, by a task of its own: log frames (what the
+//!   plugin logs through the sdk, at any time, from any of its threads) go to the gateway's log at their
+//!   level with the route's label and the plugin's name, bounded again here as in-process; the other
+//!   frames are replies, handed to the call waiting for them. The host's stderr (what the plugin prints,
+//!   panic messages) goes to the gateway's log line by line, with the route's label and the plugin's name.
 //! - **No orphans.** Hosts are killed when their instance is dropped (`kill_on_drop`) or shut down
 //!   ([`shutdown`]), see end of input and exit when the gateway's end of the pipe closes, and on Linux
 //!   get `SIGKILL` from the kernel when the gateway dies, even by `kill -9` (`PR_SET_PDEATHSIG`; it
@@ -32,11 +35,12 @@ use std::time::{Duration, Instant};
 use sprig_sdk::{Recovery, RecoveryContext};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 
 use super::instance::{failure, garbage, interpret};
 use super::library::Counters;
-use super::wire::{read_frame_async, Reply, Request};
+use super::logging::{self, LogLimiter, LogLine};
+use super::wire::{read_frame_async, Reply, Request, WireError};
 use super::{PluginDescriptor, PluginError, PluginStats};
 
 /// How long a new host may take to load its library (the dynamic loader and the library's initializers)
@@ -398,8 +402,15 @@ impl Lost {
 struct Host {
     child: Child,
     input: ChildStdin,
-    output: BufReader<ChildStdout>,
-    body: Vec<u8>,
+    /// The host's replies, from its output pipe's reader ([`read_output`]).
+    replies: mpsc::Receiver<Incoming>,
+}
+
+/// What the reader of a host's output pipe hands on: a reply (or a frame that is none), or the pipe's end.
+#[derive(Debug)]
+enum Incoming {
+    Frame(Result<Reply, WireError>),
+    Ended(io::Error),
 }
 
 impl Host {
@@ -429,51 +440,58 @@ impl Host {
             .library
             .file_name()
             .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
-        tokio::spawn(forward_stderr(stderr, options.label.clone(), name, file));
+        let owner = Owner {
+            route: options.label.clone(),
+            name,
+            file,
+        };
+        // A reply at a time is all a host may send unasked: more waits in its pipe.
+        let (replies_tx, replies) = mpsc::channel(1);
+        tokio::spawn(forward_stderr(stderr, owner.clone()));
+        tokio::spawn(read_output(output, replies_tx, owner));
         Ok(Host {
             child,
             input,
-            output: BufReader::new(output),
-            body: Vec::new(),
+            replies,
         })
     }
 
     /// Sends one request and reads the reply, within `budget`.
     async fn exchange(&mut self, request: &[u8], budget: Duration) -> Result<Reply, Lost> {
-        let sent = tokio::time::timeout(budget, async {
-            self.input.write_all(request).await?;
-            read_frame_async(&mut self.output, &mut self.body).await
+        let (input, replies) = (&mut self.input, &mut self.replies);
+        let incoming = tokio::time::timeout(budget, async {
+            match input.write_all(request).await {
+                Ok(()) => next_reply(replies).await,
+                Err(error) => Incoming::Ended(error),
+            }
         })
         .await;
-        self.judge(sent).await
+        self.judge(incoming).await
     }
 
     /// Reads one unsolicited reply (the host's first), within `timeout`.
     async fn receive(&mut self, timeout: Duration) -> Result<Reply, Lost> {
-        let received =
-            tokio::time::timeout(timeout, read_frame_async(&mut self.output, &mut self.body)).await;
-        self.judge(received).await
+        let incoming = tokio::time::timeout(timeout, next_reply(&mut self.replies)).await;
+        self.judge(incoming).await
     }
 
     async fn judge(
         &mut self,
-        read: Result<io::Result<()>, tokio::time::error::Elapsed>,
+        incoming: Result<Incoming, tokio::time::error::Elapsed>,
     ) -> Result<Reply, Lost> {
-        match read {
-            Ok(Ok(())) => match Reply::decode(&self.body) {
-                Ok(reply) => Ok(reply),
-                Err(e) => {
-                    self.kill().await;
-                    Err(Lost::Died(format!("sent a {e} and was killed")))
-                }
-            },
-            Ok(Err(error)) if error.kind() == io::ErrorKind::InvalidData => {
+        match incoming {
+            Ok(Incoming::Frame(Ok(reply))) => Ok(reply),
+            Ok(Incoming::Frame(Err(e))) => {
+                self.kill().await;
+                Err(Lost::Died(format!("sent a {e} and was killed")))
+            }
+            Ok(Incoming::Ended(error)) if error.kind() == io::ErrorKind::InvalidData => {
                 self.kill().await;
                 Err(Lost::Died(format!(
                     "sent a malformed frame ({error}) and was killed"
                 )))
             }
-            Ok(Err(error)) => Err(Lost::Died(self.reap(error).await)),
+            Ok(Incoming::Ended(error)) => Err(Lost::Died(self.reap(error).await)),
             Err(_) => {
                 self.kill().await;
                 Err(Lost::Overran)
@@ -558,13 +576,81 @@ pub fn signal_name(signal: i32) -> String {
     name.to_owned()
 }
 
-/// The host's stderr into the gateway's log, a line at a time (at most 8 KiB each).
-async fn forward_stderr(
-    stderr: ChildStderr,
+/// Who a host's log lines belong to.
+#[derive(Debug, Clone)]
+struct Owner {
+    /// The route's label.
     route: String,
+    /// The plugin's name, once the first host loaded the library.
     name: Arc<OnceLock<String>>,
+    /// The library's file name, until then.
     file: String,
-) {
+}
+
+impl Owner {
+    fn plugin(&self) -> &str {
+        self.name.get().map_or(self.file.as_str(), String::as_str)
+    }
+}
+
+/// The next reply the reader handed on; the reader's end (the host's output ended) reads as such.
+async fn next_reply(replies: &mut mpsc::Receiver<Incoming>) -> Incoming {
+    match replies.recv().await {
+        Some(incoming) => incoming,
+        None => Incoming::Ended(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the host's output ended",
+        )),
+    }
+}
+
+/// Reads a host's output pipe until it ends: log frames to the gateway's log, replies to `replies`.
+async fn read_output(output: ChildStdout, replies: mpsc::Sender<Incoming>, owner: Owner) {
+    let mut output = BufReader::new(output);
+    let mut body = Vec::new();
+    // The host bounds the plugin's lines; a host gone wrong must not flood the gateway's log either.
+    let mut limiter = LogLimiter::default();
+    loop {
+        if let Err(error) = read_frame_async(&mut output, &mut body).await {
+            let _ = replies.send(Incoming::Ended(error)).await;
+            return;
+        }
+        let plugin = owner.plugin();
+        let route = Some(owner.route.as_str());
+        match Reply::decode(&body) {
+            Ok(Reply::Log { level, message }) => {
+                if limiter.admit(Instant::now()) {
+                    report_dropped(&mut limiter, plugin, route);
+                    let message = logging::bounded_text(&message);
+                    logging::emit(LogLine {
+                        plugin,
+                        route,
+                        level,
+                        message: &message,
+                    });
+                }
+            }
+            Ok(Reply::LogsDropped(count)) => logging::emit_dropped(plugin, route, count),
+            frame => {
+                report_dropped(&mut limiter, plugin, route);
+                let malformed = frame.is_err();
+                if replies.send(Incoming::Frame(frame)).await.is_err() || malformed {
+                    return; // No call waits any more (the host is gone), or the host is killed.
+                }
+            }
+        }
+    }
+}
+
+fn report_dropped(limiter: &mut LogLimiter, plugin: &str, route: Option<&str>) {
+    let dropped = limiter.take_dropped();
+    if dropped > 0 {
+        logging::emit_dropped(plugin, route, dropped);
+    }
+}
+
+/// The host's stderr into the gateway's log, a line at a time (at most 8 KiB each).
+async fn forward_stderr(stderr: ChildStderr, owner: Owner) {
     let mut stderr = BufReader::new(stderr);
     let mut line = Vec::new();
     loop {
@@ -574,8 +660,7 @@ async fn forward_stderr(
             Ok(_) => {}
         }
         let text = String::from_utf8_lossy(&line);
-        let plugin = name.get().map_or(file.as_str(), String::as_str);
-        tracing::info!(route = %route, plugin, "plugin host: {}", text.trim_end());
+        tracing::info!(route = %owner.route, plugin = owner.plugin(), "plugin host: {}", text.trim_end());
     }
 }
 

@@ -10,9 +10,13 @@
 //!          | 'A' status: i32 LE, bytes                   the ABI call's status and its out buffer
 //!          | 'G' text                                    the plugin broke the ABI (null buffer, null instance)
 //!          | 'E' text                                    the host cannot serve the request
+//!          | 'M' level: u32 LE, text                     a line the plugin logged (unsolicited)
+//!          | 'D' count: u64 LE                           lines the host dropped over the rate (unsolicited)
 //! ```
 //!
-//! The gateway writes one request and reads one reply at a time. The host passes the plugin's status and
+//! The gateway writes one request and reads one reply at a time. Log frames ('M', 'D') come at any time,
+//! also between calls (from threads of the plugin's own): the gateway reads the host's output all the
+//! time, logs them, and hands the other replies to the call waiting for them. The host passes the plugin's status and
 //! bytes through untouched: interpreting them (UTF-8, JSON, a valid `Recovery`) is the gateway's, with the
 //! same code as in-process calls, so both isolations judge an answer alike.
 
@@ -48,6 +52,10 @@ pub enum Reply {
     Garbage(String),
     /// The host cannot serve the request (a protocol error on the gateway's side).
     Refused(String),
+    /// A line the plugin logged, at an ABI level (`sprig_sdk::abi::LOG_*`); bounded by the host.
+    Log { level: u32, message: Vec<u8> },
+    /// The host dropped this many of the plugin's log lines (over the rate).
+    LogsDropped(u64),
 }
 
 /// A frame that does not decode.
@@ -88,6 +96,8 @@ impl Reply {
             Reply::Answer { status, bytes } => frame(b'A', &[&status.to_le_bytes(), bytes]),
             Reply::Garbage(text) => frame(b'G', &[text.as_bytes()]),
             Reply::Refused(text) => frame(b'E', &[text.as_bytes()]),
+            Reply::Log { level, message } => frame(b'M', &[&level.to_le_bytes(), message]),
+            Reply::LogsDropped(count) => frame(b'D', &[&count.to_le_bytes()]),
         }
     }
 
@@ -109,6 +119,18 @@ impl Reply {
             Some((b'A', _)) => Err(WireError("an answer without its status".into())),
             Some((b'G', detail)) => Ok(Reply::Garbage(text(detail))),
             Some((b'E', message)) => Ok(Reply::Refused(text(message))),
+            Some((b'M', rest)) if rest.len() >= 4 => {
+                let (level, message) = rest.split_at(4);
+                Ok(Reply::Log {
+                    level: u32::from_le_bytes(level.try_into().expect("4 bytes")),
+                    message: message.to_vec(),
+                })
+            }
+            Some((b'M', _)) => Err(WireError("a log line without its level".into())),
+            Some((b'D', count)) => match <[u8; 8]>::try_from(count) {
+                Ok(count) => Ok(Reply::LogsDropped(u64::from_le_bytes(count))),
+                Err(_) => Err(WireError("a dropped-lines count of the wrong size".into())),
+            },
             Some((tag, _)) => Err(WireError(format!("unknown reply tag {tag:#04x}"))),
             None => Err(WireError("an empty reply".into())),
         }
@@ -221,6 +243,15 @@ mod tests {
             },
             Reply::Garbage("a null pointer with length 3".into()),
             Reply::Refused("recover before create".into()),
+            Reply::Log {
+                level: 3,
+                message: b"rolling back sensor-7".to_vec(),
+            },
+            Reply::Log {
+                level: 99,
+                message: Vec::new(),
+            },
+            Reply::LogsDropped(12_345),
         ] {
             assert_eq!(round_trip_reply(&reply), reply);
         }
@@ -260,6 +291,8 @@ mod tests {
         assert!(Reply::decode(b"A\x00\x00").is_err());
         assert!(Reply::decode(b"H{not json").is_err());
         assert!(Reply::decode(b"?").is_err());
+        assert!(Reply::decode(b"M\x03").is_err());
+        assert!(Reply::decode(b"D\x01\x00").is_err());
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sprig_sdk::{Action, Outcome, Reason, RecoveryContext};
+use sprig_sdk::{Action, Outcome, Reason, RecoveryContext, MAX_ACKNOWLEDGEMENT};
 use tokio::sync::{broadcast, watch, Mutex};
 
 use super::Routes;
@@ -48,6 +48,8 @@ enum Handler {
     InProcess {
         library: Arc<PluginLibrary>,
         config: serde_json::Value,
+        /// How the plugin's log lines name the route.
+        label: String,
         instance: Mutex<Option<PluginInstance>>,
         replacements: std::sync::atomic::AtomicU32,
     },
@@ -85,6 +87,7 @@ pub async fn load(routes: &[RecoveryRoute]) -> anyhow::Result<Vec<LoadedRoute>> 
     for (i, route) in routes.iter().enumerate() {
         let config = crate::plugins::toml_config(&route.config);
         let budget = Duration::from_millis(route.budget_ms);
+        let label = format!("recovery[{i}]");
         let handler = match route.isolation {
             Isolation::Process => {
                 let options = HostOptions {
@@ -93,7 +96,7 @@ pub async fn load(routes: &[RecoveryRoute]) -> anyhow::Result<Vec<LoadedRoute>> 
                     library: route.plugin.clone(),
                     config,
                     budget,
-                    label: format!("recovery[{i}]"),
+                    label,
                 };
                 match HostedInstance::start(options).await {
                     Ok(hosted) => Handler::Process(Box::new(hosted)),
@@ -108,12 +111,18 @@ pub async fn load(routes: &[RecoveryRoute]) -> anyhow::Result<Vec<LoadedRoute>> 
                 let library = tokio::task::spawn_blocking(move || PluginLibrary::load(path))
                     .await?
                     .with_context(|| format!("recovery[{i}]: cannot load the plugin"))?;
-                let instance = PluginInstance::new(library.clone(), config.clone(), budget)
-                    .await
-                    .with_context(|| format!("recovery[{i}]: the plugin refused its config"))?;
+                let instance = PluginInstance::for_route(
+                    library.clone(),
+                    config.clone(),
+                    budget,
+                    Some(label.clone()),
+                )
+                .await
+                .with_context(|| format!("recovery[{i}]: the plugin refused its config"))?;
                 Handler::InProcess {
                     library,
                     config,
+                    label,
                     instance: Mutex::new(Some(instance)),
                     replacements: Default::default(),
                 }
@@ -167,7 +176,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Which devices to look at this time: one that acknowledged or subscribed, or all of them.
-        let mut acknowledged_topic = None;
+        let mut acknowledgement = None;
         let mut subscribed = None;
         let mut ticked = false;
         tokio::select! {
@@ -179,10 +188,10 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
-            message = receiver.next() => acknowledged_topic = Some(message?.0),
+            message = receiver.next() => acknowledgement = Some(message?),
         }
-        let focus = match (acknowledged_topic, subscribed) {
-            (Some(topic), _) => runner.acknowledge(&topic).await,
+        let focus = match (acknowledgement, subscribed) {
+            (Some((topic, payload)), _) => runner.acknowledge(&topic, &payload).await,
             (None, Some((thing, connection))) => {
                 listening.insert(thing.clone(), connection);
                 Some(thing)
@@ -221,13 +230,14 @@ impl Runner {
         self.broker.sessions().is_current(thing, connection)
     }
 
-    /// A message on an `ack_topic`: the device's PENDING recoveries are acknowledged and due. Returns the
-    /// device.
-    async fn acknowledge(&self, topic: &str) -> Option<String> {
+    /// A message on an `ack_topic`: the device's PENDING recoveries are acknowledged and due, and keep what
+    /// it said (durably, like the rest of the recovery) for the handler's next context. Returns the device.
+    async fn acknowledge(&self, topic: &str, payload: &[u8]) -> Option<String> {
         let thing = self
             .loaded
             .iter()
             .find_map(|r| thing_in_topic(r.route.ack_topic.as_deref()?, topic))?;
+        let said = acknowledgement_of(payload);
         let now = now_ms();
         let of_thing = thing.clone();
         for mut recovery in self
@@ -236,9 +246,11 @@ impl Runner {
             .unwrap_or_default()
         {
             recovery.acknowledged = true;
+            recovery.acknowledgement = Some(said.clone());
             recovery.next_attempt_at = now;
             recovery.updated_at = now;
-            self.save(recovery, false).await;
+            // Flushed: what the device said must reach its handler even if the gateway stops first.
+            self.save(recovery, true).await;
         }
         Some(thing)
     }
@@ -308,6 +320,7 @@ impl Runner {
         };
         let now = now_ms();
         recovery.acknowledged = false;
+        recovery.acknowledgement = None;
         match answer
             .map_err(|e| e.to_string())
             .and_then(|answer| check_actions(&recovery.thing_name, answer))
@@ -397,6 +410,7 @@ impl Runner {
         let Handler::InProcess {
             library,
             config,
+            label,
             instance,
             replacements,
         } = &route.handler
@@ -416,7 +430,13 @@ impl Runner {
                 "replacing a quarantined plugin instance"
             );
             let budget = Duration::from_millis(route.route.budget_ms);
-            *slot = Some(PluginInstance::new(library.clone(), config.clone(), budget).await?);
+            let replacement = PluginInstance::for_route(
+                library.clone(),
+                config.clone(),
+                budget,
+                Some(label.clone()),
+            );
+            *slot = Some(replacement.await?);
         }
         Ok(tokio::sync::MutexGuard::map(slot, |s| {
             s.as_mut().expect("just filled")
@@ -485,7 +505,32 @@ fn context_of(recovery: &RecoveryRecord) -> RecoveryContext {
         },
         attempt: recovery.attempts,
         acknowledged: recovery.acknowledged,
+        acknowledgement: recovery
+            .acknowledgement
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok()),
     }
+}
+
+/// What the handler's context will carry for an acknowledgement's `payload`, as JSON text: the payload
+/// itself if it is JSON of at most [`MAX_ACKNOWLEDGEMENT`] bytes, else a JSON string of its text (at most
+/// that many bytes of it, cut at a character boundary; invalid UTF-8 replaced).
+fn acknowledgement_of(payload: &[u8]) -> String {
+    if payload.len() <= MAX_ACKNOWLEDGEMENT {
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) {
+            return value.to_string();
+        }
+    }
+    let mut end = payload.len().min(MAX_ACKNOWLEDGEMENT);
+    let text = loop {
+        match std::str::from_utf8(&payload[..end]) {
+            Ok(text) => break std::borrow::Cow::Borrowed(text),
+            // Cut inside a character: end before it (at most 3 bytes back).
+            Err(e) if e.error_len().is_none() => end = e.valid_up_to(),
+            Err(_) => break String::from_utf8_lossy(&payload[..end]),
+        }
+    };
+    serde_json::Value::String(text.into_owned()).to_string()
 }
 
 /// Every rule for an answer for `thing` (the sdk's `Recovery::validate_for`): anything else is a garbage answer.
@@ -522,6 +567,28 @@ mod tests {
             thing_in_topic(template, "$aws/things/pump-1/rollback"),
             None
         );
+    }
+
+    #[test]
+    fn acknowledgements_reach_the_handler_as_json_bounded() {
+        let context = |payload: &[u8]| {
+            let json = acknowledgement_of(payload);
+            serde_json::from_str::<serde_json::Value>(&json).unwrap()
+        };
+        assert_eq!(
+            context(br#"{"status": "FAILED", "reason": "disk full"}"#),
+            serde_json::json!({"status": "FAILED", "reason": "disk full"})
+        );
+        assert_eq!(context(b"3"), serde_json::json!(3));
+        assert_eq!(context(b"done"), serde_json::json!("done"));
+        assert_eq!(context(b""), serde_json::json!(""));
+        assert_eq!(context(b"\xffok"), serde_json::json!("\u{fffd}ok"));
+        // Too long to keep whole: a string of its first bytes, whole characters only.
+        let long = format!("{{\"pad\": \"{}\"}}", "é".repeat(MAX_ACKNOWLEDGEMENT));
+        let cut = context(long.as_bytes());
+        let text = cut.as_str().unwrap();
+        assert!(text.len() <= MAX_ACKNOWLEDGEMENT && text.len() > MAX_ACKNOWLEDGEMENT - 4);
+        assert!(long.starts_with(text));
     }
 
     #[test]

@@ -11,10 +11,13 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::jobs::model::{Execution, Job, JobStatus};
+use crate::jobs::model::{Execution, Job, JobStatus, RecoveryRecord};
 
-/// The format byte of records written by this release.
+/// The format byte of records written by this release (recoveries excepted: [`RECOVERY_FORMAT_V2`]).
 pub const FORMAT_V1: u8 = 1;
+/// The format byte of recovery records since they keep the acknowledgement's payload
+/// (`RecoveryRecord::acknowledgement`, their last field). Format 1 recoveries are read as having none.
+pub const RECOVERY_FORMAT_V2: u8 = 2;
 
 /// Why a stored value could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,30 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     match bytes.split_first() {
         Some((&FORMAT_V1, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&other, _)) => Err(CodecError::UnknownFormat(other)),
+        None => Err(CodecError::Empty),
+    }
+}
+
+/// A recovery record, in [`RECOVERY_FORMAT_V2`].
+pub fn encode_recovery(recovery: &RecoveryRecord) -> Vec<u8> {
+    let mut bytes = vec![RECOVERY_FORMAT_V2];
+    bytes.extend(postcard::to_stdvec(recovery).expect("records serialize"));
+    bytes
+}
+
+/// A recovery record of either format.
+pub fn decode_recovery(bytes: &[u8]) -> Result<RecoveryRecord, CodecError> {
+    match bytes.split_first() {
+        Some((&RECOVERY_FORMAT_V2, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&FORMAT_V1, rest)) => {
+            // Format 1 is format 2 without the last field, an `Option`: postcard writes `None` as one
+            // zero byte, so a format 1 record followed by that byte is the same record in format 2.
+            let mut upgraded = Vec::with_capacity(rest.len() + 1);
+            upgraded.extend_from_slice(rest);
+            upgraded.push(0);
+            Ok(postcard::from_bytes(&upgraded)?)
+        }
         Some((&other, _)) => Err(CodecError::UnknownFormat(other)),
         None => Err(CodecError::Empty),
     }
@@ -157,6 +184,45 @@ mod tests {
             Err(CodecError::UnknownFormat(9))
         ));
         assert!(matches!(decode::<Execution>(&[]), Err(CodecError::Empty)));
+    }
+
+    /// A recovery as the release before acknowledgement payloads wrote it (format 1).
+    const RECOVERY_V1: &str = "01070670756d702d310466772d31010461636d65087b226f70223a317d0101047374657005666c6173680000020101\
+                               80a0abfef962010178008080f4f6905d80d0cfba8560";
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn recoveries_of_format_1_read_as_having_no_acknowledgement() {
+        use crate::jobs::model::{RecoveryReason, RecoveryState};
+        let old = decode_recovery(&hex(RECOVERY_V1)).unwrap();
+        assert_eq!(
+            (old.id, old.thing_name.as_str(), old.namespace_id.as_deref()),
+            (7, "pump-1", Some("acme"))
+        );
+        assert_eq!(
+            (old.reason, old.state, old.attempts, old.failures),
+            (RecoveryReason::JobDeleted, RecoveryState::Pending, 2, 1)
+        );
+        assert!(old.acknowledged);
+        assert_eq!(old.last_error.as_deref(), Some("x"));
+        assert_eq!(old.updated_at, 1_650_000_000_000);
+        assert_eq!(old.acknowledgement, None);
+
+        let mut new = old.clone();
+        new.acknowledgement = Some(r#"{"status":"FAILED"}"#.into());
+        let bytes = encode_recovery(&new);
+        assert_eq!(bytes[0], RECOVERY_FORMAT_V2);
+        assert_eq!(decode_recovery(&bytes).unwrap(), new);
+        assert!(matches!(
+            decode_recovery(&[3, 0]),
+            Err(CodecError::UnknownFormat(3))
+        ));
     }
 
     #[test]

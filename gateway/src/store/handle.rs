@@ -47,8 +47,11 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// The store format this release writes, kept in the default tree under [`FORMAT_KEY`]. Format 1 indexed
 /// finished executions in `by_thing` too; opening such a store drops those entries. Format 2 had no
 /// account of itself ([`Meta`]); opening such a store counts its entries and starts one. A release that
-/// reads format 2 only would not keep the account, so it refuses format 3.
-pub(super) const STORE_FORMAT: u8 = 3;
+/// reads format 2 only would not keep the account, so it refuses format 3. Format 4 writes recovery
+/// records of record format 2 (with the acknowledgement's payload), which a release reading format 3
+/// could not decode, so it refuses format 4; a format 3 store needs no rewrite (its recoveries read as
+/// having no acknowledgement payload).
+pub(super) const STORE_FORMAT: u8 = 4;
 pub(super) const FORMAT_KEY: &[u8] = b"sprig-store-format";
 
 /// Whether the store can serve, as the daemon watches it.

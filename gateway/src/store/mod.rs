@@ -582,7 +582,7 @@ impl Trees {
     fn recovery(&self, id: u64) -> Result<Option<RecoveryRecord>> {
         self.recoveries
             .get(id.to_be_bytes())?
-            .map(|v| decode(&v, || format!("recovery {id}")))
+            .map(|v| decode_recovery(&v, || format!("recovery {id}")))
             .transpose()
     }
 
@@ -621,7 +621,7 @@ impl Trees {
         let start = after.map_or(0, |id| id.saturating_add(1)).to_be_bytes();
         self.recoveries.range(start..).map(|entry| {
             let (key, value) = entry?;
-            decode(&value, || {
+            decode_recovery(&value, || {
                 format!("recovery {}", String::from_utf8_lossy(&key))
             })
         })
@@ -669,7 +669,7 @@ impl Trees {
         }
         for entry in self.recoveries.iter() {
             let (_, value) = entry?;
-            let recovery: RecoveryRecord = match codec::decode(&value) {
+            let recovery = match codec::decode_recovery(&value) {
                 Ok(r) => r,
                 Err(e) => {
                     report.problem(format!("recovery: {e}"));
@@ -862,7 +862,7 @@ fn write_recovery(
     open: &Counted<'_>,
     recovery: &RecoveryRecord,
 ) -> std::result::Result<(), ConflictableTransactionError<()>> {
-    recoveries.insert(&recovery.id.to_be_bytes(), codec::encode(recovery))?;
+    recoveries.insert(&recovery.id.to_be_bytes(), codec::encode_recovery(recovery))?;
     if recovery.state == RecoveryState::Pending {
         open.insert(codec::open_recovery_key(recovery), &[])?;
     } else {
@@ -895,6 +895,13 @@ fn write_job_indexes(
         }
     }
     Ok(())
+}
+
+fn decode_recovery(bytes: &[u8], what: impl FnOnce() -> String) -> Result<RecoveryRecord> {
+    codec::decode_recovery(bytes).map_err(|source| StoreError::Codec {
+        what: what(),
+        source,
+    })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(

@@ -8,7 +8,11 @@
 //!   `recover`;
 //! - `panic_in_new = true`: panic while being created instead;
 //! - `print = true`: also print a line to stdout in each `recover` (what a plugin host keeps off its
-//!   protocol pipe).
+//!   protocol pipe);
+//! - `log = "text"`: also log this line (a template: `{thing}`, `{jobId}`, … are replaced) through the
+//!   sdk's log macros in each `recover`, at `log_level` (`"error"`, `"warn"`, `"info"` (default),
+//!   `"debug"`, `"trace"`), `log_repeat` times (default 1; a flood, numbered `#1`, `#2`, … when more
+//!   than one), from a thread of its own if `log_from_thread = true` (joined before answering).
 //!
 //! Garbage goes out through [`RecoveryHandler::recover_json`], the sdk's low-level hook: whatever bytes
 //! it returns are what the gateway receives.
@@ -19,6 +23,7 @@
 
 use std::time::{Duration, Instant};
 
+use sprig_sdk::log::Level;
 use sprig_sdk::serde::Deserialize;
 use sprig_sdk::{Outcome, Recovery, RecoveryContext, RecoveryHandler};
 
@@ -77,6 +82,57 @@ pub struct Config {
     /// Print to stdout in `recover`.
     #[serde(default)]
     pub print: bool,
+    /// A line to log in `recover` (a template).
+    #[serde(default)]
+    pub log: Option<String>,
+    /// The level of `log`.
+    #[serde(default)]
+    pub log_level: LogLevel,
+    /// How many times to log `log` per call.
+    #[serde(default = "once")]
+    pub log_repeat: u32,
+    /// Log from a thread of the plugin's own instead of the calling one.
+    #[serde(default)]
+    pub log_from_thread: bool,
+}
+
+/// `log_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(crate = "sprig_sdk::serde", rename_all = "kebab-case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for Level {
+    fn from(level: LogLevel) -> Level {
+        match level {
+            LogLevel::Error => Level::Error,
+            LogLevel::Warn => Level::Warn,
+            LogLevel::Info => Level::Info,
+            LogLevel::Debug => Level::Debug,
+            LogLevel::Trace => Level::Trace,
+        }
+    }
+}
+
+fn once() -> u32 {
+    1
+}
+
+/// Logs `line` `repeat` times at `level` (numbered when more than once).
+fn log_lines(line: &str, level: Level, repeat: u32) {
+    if repeat == 1 {
+        sprig_sdk::log!(level, "{line}");
+        return;
+    }
+    for n in 1..=repeat {
+        sprig_sdk::log!(level, "{line} #{n}");
+    }
 }
 
 fn one_hour_ms() -> u64 {
@@ -101,6 +157,20 @@ impl RecoveryHandler for Misbehave {
     fn recover(&mut self, ctx: &RecoveryContext) -> Result<Recovery, sprig_sdk::Error> {
         if self.config.print {
             println!("misbehave: printing to stdout for {}", ctx.thing_name);
+        }
+        if let Some(template) = &self.config.log {
+            let (line, level, repeat) = (
+                ctx.render(template),
+                self.config.log_level.into(),
+                self.config.log_repeat,
+            );
+            if self.config.log_from_thread {
+                std::thread::spawn(move || log_lines(&line, level, repeat))
+                    .join()
+                    .map_err(|_| "misbehave: the logging thread panicked")?;
+            } else {
+                log_lines(&line, level, repeat);
+            }
         }
         match self.config.mode {
             Mode::Ok | Mode::Garbage => Ok(Recovery {

@@ -97,6 +97,7 @@ fn context() -> RecoveryContext {
         reason: Reason::ForceDeleted,
         attempt: 1,
         acknowledged: false,
+        acknowledgement: None,
     }
 }
 
