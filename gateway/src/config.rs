@@ -43,6 +43,10 @@ pub struct Config {
     /// `[[recovery]]`: which plugin recovers which devices.
     #[serde(default)]
     pub recovery: Vec<RecoveryRoute>,
+    /// Where this config was read from: the file's path as given, or "built-in defaults". Errors found
+    /// after loading (a plugin refusing its route's config) point the operator there.
+    #[serde(skip)]
+    pub origin: String,
 }
 
 /// `[gateway]`: identity and where data lives.
@@ -280,6 +284,15 @@ pub enum Isolation {
     InProcess,
 }
 
+impl RecoveryRoute {
+    /// Where this route is written, for messages about it: `gateway.toml: [[recovery]] "pumps"
+    /// (recovery[1])`, from the config's `origin` and the route's position (from 0, as config errors
+    /// count).
+    pub fn location(&self, origin: &str, index: usize) -> String {
+        format!("{origin}: [[recovery]] {:?} (recovery[{index}])", self.name)
+    }
+}
+
 fn any_thing() -> String {
     "*".into()
 }
@@ -344,6 +357,7 @@ impl Config {
             message: e.to_string(),
         })?;
         config.name_unnamed_routes();
+        config.origin = origin.to_owned();
         if let Some(base) = base {
             let resolve = |path: &mut PathBuf| {
                 if path.is_relative() {
