@@ -2,8 +2,9 @@
 //!
 //! Two families of commands share one binary:
 //! - the gateway's own: `sprig run`, `sprig store check|backup|restore`, `sprig hash-password`,
-//!   `sprig plugin check` ([`admin`]); and `sprig plugin-host`, hidden from `--help`, which `sprig run`
-//!   starts for each `[[recovery]]` route whose plugin runs in a process of its own;
+//!   `sprig plugin check` ([`admin`]; its dry run of a plugin: [`dry_run`]); and `sprig plugin-host`,
+//!   hidden from `--help`, which `sprig run` starts for each `[[recovery]]` route whose plugin runs in a
+//!   process of its own;
 //! - the operator's, shaped like the AWS CLI's `aws iot …` commands: `delete-job`, `create-job`, … Each
 //!   sends one control request to a running gateway over MQTT ([`client`]) and prints the response as
 //!   the AWS CLI would.
@@ -27,6 +28,7 @@ mod admin;
 mod args;
 mod client;
 mod connect;
+mod dry_run;
 mod input;
 mod json;
 mod operations;

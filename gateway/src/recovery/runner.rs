@@ -524,8 +524,12 @@ fn context_of(recovery: &RecoveryRecord) -> RecoveryContext {
     }
 }
 
-/// Every rule for an answer for `thing` (the sdk's `Recovery::validate_for`): anything else is a garbage answer.
-fn check_actions(thing: &str, answer: sprig_sdk::Recovery) -> Result<sprig_sdk::Recovery, String> {
+/// Every rule for an answer for `thing` (the sdk's `Recovery::validate_for`): anything else is a garbage
+/// answer. Also the verdict of `sprig plugin check`'s dry run.
+pub(crate) fn check_actions(
+    thing: &str,
+    answer: sprig_sdk::Recovery,
+) -> Result<sprig_sdk::Recovery, String> {
     match answer.validate_for(thing) {
         Ok(()) => Ok(answer),
         Err(why) => Err(format!("garbage answer: {why}")),
