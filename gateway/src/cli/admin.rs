@@ -69,6 +69,9 @@ pub enum PluginCommand {
                             record (exit 1). `--generate-context` prints a context to start from."
     )]
     Check(PluginCheckArgs),
+    /// Write a new recovery-plugin crate (handler, config, unit tests, README, sample [[recovery]] route)
+    /// that builds, tests and loads as it is
+    New(super::plugin_new::PluginNewArgs),
 }
 
 /// `sprig plugin check PATH [--config FILE [--route NAME]] [--context FILE|-]`, or
