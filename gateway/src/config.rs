@@ -43,6 +43,10 @@ pub struct Config {
     /// `[[recovery]]`: which plugin recovers which devices.
     #[serde(default)]
     pub recovery: Vec<RecoveryRoute>,
+    /// Where this config was read from: the file's path as given, or "built-in defaults". Errors found
+    /// after loading (a plugin refusing its route's config) point the operator there.
+    #[serde(skip)]
+    pub origin: String,
 }
 
 /// `[gateway]`: identity and where data lives.
@@ -281,6 +285,76 @@ pub enum Isolation {
     InProcess,
 }
 
+/// `[[recovery]]`: the rules serde cannot check, route by route (named first: [`name_unnamed_routes`]).
+fn validate_routes(routes: &[RecoveryRoute]) -> Result<(), (String, String)> {
+    fn fail<T>(key: &str, reason: impl Into<String>) -> Result<T, (String, String)> {
+        Err((key.to_owned(), reason.into()))
+    }
+    for (i, route) in routes.iter().enumerate() {
+        let key = |field: &str| format!("recovery[{i}].{field}");
+        if !is_namespace_id(&route.name) {
+            return fail(&key("name"), "a route name matches [a-zA-Z0-9_-]+");
+        }
+        if routes[..i].iter().any(|r| r.name == route.name) {
+            return fail(
+                &key("name"),
+                format!("{:?} names an earlier route too", route.name),
+            );
+        }
+        if let Err(e) = glob::Pattern::new(&route.things) {
+            return fail(&key("things"), format!("not a glob: {e}"));
+        }
+        if let Some(ns) = &route.namespace {
+            if !is_namespace_id(ns) {
+                return fail(&key("namespace"), "a namespace id matches [a-zA-Z0-9_-]+");
+            }
+        }
+        if route.plugin.as_os_str().is_empty() {
+            return fail(&key("plugin"), "must name the plugin's shared library");
+        }
+        if route.budget_ms == 0 || route.max_failures == 0 || route.max_attempts == 0 {
+            return fail(
+                &key("budget_ms"),
+                "budget_ms, max_failures and max_attempts must be at least 1",
+            );
+        }
+        if let Some(topic) = &route.ack_topic {
+            if !topic.starts_with("$aws/things/{thing}/") || topic.contains(['+', '#']) {
+                return fail(
+                    &key("ack_topic"),
+                    "must be a topic under $aws/things/{thing}/ without wildcards",
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives each `[[recovery]]` route without a `name` its default, `recovery-N` (N from 1).
+fn name_unnamed_routes(routes: &mut [RecoveryRoute]) {
+    for (i, route) in routes.iter_mut().enumerate() {
+        if route.name.is_empty() {
+            route.name = format!("recovery-{}", i + 1);
+        }
+    }
+}
+
+/// The part of a config file [`Config::load_routes`] reads; other sections are not looked at.
+#[derive(Deserialize)]
+struct RoutesOnly {
+    #[serde(default)]
+    recovery: Vec<RecoveryRoute>,
+}
+
+impl RecoveryRoute {
+    /// Where this route is written, for messages about it: `gateway.toml: [[recovery]] "pumps"
+    /// (recovery[1])`, from the config's `origin` and the route's position (from 0, as config errors
+    /// count).
+    pub fn location(&self, origin: &str, index: usize) -> String {
+        format!("{origin}: [[recovery]] {:?} (recovery[{index}])", self.name)
+    }
+}
+
 fn any_thing() -> String {
     "*".into()
 }
@@ -328,13 +402,34 @@ impl Config {
         Config::parse_in(text, origin, None)
     }
 
-    /// Gives each `[[recovery]]` route without a `name` its default, `recovery-N` (N from 1).
-    fn name_unnamed_routes(&mut self) {
-        for (i, route) in self.recovery.iter_mut().enumerate() {
-            if route.name.is_empty() {
-                route.name = format!("recovery-{}", i + 1);
+    /// Only the `[[recovery]]` routes of the file at `path`, named, with relative plugin paths resolved and
+    /// checked as [`Config::load`] does; the file's other sections are not read. What `sprig plugin check
+    /// --config` needs, from a whole gateway config or from a file holding only `[[recovery]]` entries (the
+    /// sample that `sprig plugin new` writes).
+    pub fn load_routes(path: &Path) -> Result<Vec<RecoveryRoute>, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let RoutesOnly { mut recovery } =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                origin: origin.clone(),
+                message: e.to_string(),
+            })?;
+        name_unnamed_routes(&mut recovery);
+        let base = path.parent().unwrap_or(Path::new("."));
+        for route in &mut recovery {
+            if route.plugin.is_relative() {
+                route.plugin = base.join(&route.plugin);
             }
         }
+        validate_routes(&recovery).map_err(|(key, reason)| ConfigError::Invalid {
+            origin,
+            key,
+            reason,
+        })?;
+        Ok(recovery)
     }
 
     /// [`Config::parse`], with relative file paths (plugins, TLS files) taken relative to `base`: files are
@@ -344,7 +439,8 @@ impl Config {
             origin: origin.to_owned(),
             message: e.to_string(),
         })?;
-        config.name_unnamed_routes();
+        name_unnamed_routes(&mut config.recovery);
+        config.origin = origin.to_owned();
         if let Some(base) = base {
             let resolve = |path: &mut PathBuf| {
                 if path.is_relative() {
@@ -484,44 +580,7 @@ impl Config {
             }
         }
         self.validate_topic_rules()?;
-        for (i, route) in self.recovery.iter().enumerate() {
-            let key = |field: &str| format!("recovery[{i}].{field}");
-            if !is_namespace_id(&route.name) {
-                return fail(&key("name"), "a route name matches [a-zA-Z0-9_-]+");
-            }
-            if self.recovery[..i].iter().any(|r| r.name == route.name) {
-                return fail(
-                    &key("name"),
-                    format!("{:?} names an earlier route too", route.name),
-                );
-            }
-            if let Err(e) = glob::Pattern::new(&route.things) {
-                return fail(&key("things"), format!("not a glob: {e}"));
-            }
-            if let Some(ns) = &route.namespace {
-                if !is_namespace_id(ns) {
-                    return fail(&key("namespace"), "a namespace id matches [a-zA-Z0-9_-]+");
-                }
-            }
-            if route.plugin.as_os_str().is_empty() {
-                return fail(&key("plugin"), "must name the plugin's shared library");
-            }
-            if route.budget_ms == 0 || route.max_failures == 0 || route.max_attempts == 0 {
-                return fail(
-                    &key("budget_ms"),
-                    "budget_ms, max_failures and max_attempts must be at least 1",
-                );
-            }
-            if let Some(topic) = &route.ack_topic {
-                if !topic.starts_with("$aws/things/{thing}/") || topic.contains(['+', '#']) {
-                    return fail(
-                        &key("ack_topic"),
-                        "must be a topic under $aws/things/{thing}/ without wildcards",
-                    );
-                }
-            }
-        }
-        Ok(())
+        validate_routes(&self.recovery)
     }
 
     /// `[[auth.topic_rules]]`: every glob and pattern compiles (the compiler names the key and the rule

@@ -56,8 +56,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (deletions_tx, deletions_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    // Plugins load before anything accepts work: a configured handler that cannot load refuses the start.
-    let loaded_routes = recovery::runner::load(&config.recovery).await?;
+    // Plugins load before anything accepts work: a configured handler that cannot load refuses the start
+    // (one that refuses its config leaves its route out of service, reported: `runner::load`).
+    let loaded_routes = recovery::runner::load(&config.recovery, &config.origin).await?;
     let routes = Arc::new(Routes::new(&config.recovery));
     let engine = Arc::new(
         Engine::new(

@@ -293,14 +293,39 @@ unsafe fn guarded(out: *mut Bytes, body: impl FnOnce() -> Result<Vec<u8>, String
     status
 }
 
+/// What [`create`] answers for a config that does not deserialize: this prefix, then the key path and
+/// serde's reason (`invalid config: topic: invalid type: integer `5`, expected a string`), or serde's
+/// reason alone when it concerns the whole table (`invalid config: missing field `topic``). The gateway
+/// recognizes the prefix to report the key under the route's `[recovery.config]`.
+pub const INVALID_CONFIG: &str = "invalid config: ";
+
 /// A handler's config from its JSON. A route without a `[recovery.config]` table hands over `{}`: a config
-/// type that takes nothing (`()`, `Option<T>`) reads it as no config at all.
-fn parse_config<C: serde::de::DeserializeOwned>(json: &[u8]) -> Result<C, serde_json::Error> {
-    let value: serde_json::Value = serde_json::from_slice(json)?;
+/// type that takes nothing (`()`, `Option<T>`) reads it as no config at all. The error names the key
+/// (see [`INVALID_CONFIG`]); positions in the JSON would mean nothing to the operator, who wrote TOML.
+fn parse_config<C: serde::de::DeserializeOwned>(json: &[u8]) -> Result<C, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| format!("{INVALID_CONFIG}not JSON: {e}"))?;
     let empty = value.as_object().is_some_and(|table| table.is_empty());
-    match serde_json::from_value(value) {
-        Err(_) if empty => serde_json::from_value(serde_json::Value::Null),
-        parsed => parsed,
+    let error = match serde_path_to_error::deserialize(value) {
+        Ok(config) => return Ok(config),
+        Err(error) => error,
+    };
+    // `{}` as "no config" for the types that take none; for the others, the error about `{}` says more
+    // (`missing field `topic``) than one about `null` would.
+    if empty {
+        if let Ok(config) = serde_json::from_value(serde_json::Value::Null) {
+            return Ok(config);
+        }
+    }
+    Err(config_error(&error.path().to_string(), error.into_inner()))
+}
+
+/// `invalid config: PATH: REASON`, without the path when it is the whole table (`.`).
+fn config_error(path: &str, reason: serde_json::Error) -> String {
+    if path == "." {
+        format!("{INVALID_CONFIG}{reason}")
+    } else {
+        format!("{INVALID_CONFIG}{path}: {reason}")
     }
 }
 
@@ -316,8 +341,7 @@ pub unsafe extern "C" fn create<H: RecoveryHandler>(
 ) -> i32 {
     let mut instance: *mut c_void = std::ptr::null_mut();
     let status = guarded(out_message, || {
-        let config: H::Config =
-            parse_config(config.as_slice()).map_err(|e| format!("invalid config: {e}"))?;
+        let config: H::Config = parse_config(config.as_slice())?;
         let handler = H::new(config).map_err(|e| e.to_string())?;
         instance = Box::into_raw(Box::new(handler)) as *mut c_void;
         Ok(Vec::new())

@@ -420,3 +420,78 @@ fn log_lines_reach_the_host_callback_with_their_level_bounded() {
     crate::info!("to stderr too");
     assert!(LOGGED.lock().unwrap().is_empty());
 }
+
+/// A handler with a typed, nested config, to read the config errors a route's operator gets.
+struct Typed;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Only deserialized: the errors are what these tests read.
+struct TypedConfig {
+    topic: String,
+    #[serde(default)]
+    retry: Retry,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[allow(dead_code)]
+struct Retry {
+    delays_ms: Vec<u64>,
+}
+
+impl RecoveryHandler for Typed {
+    type Config = TypedConfig;
+
+    fn new(_: TypedConfig) -> Result<Self, Error> {
+        Ok(Typed)
+    }
+
+    fn recover(&mut self, _: &RecoveryContext) -> Result<Recovery, Error> {
+        Err("not called".into())
+    }
+}
+
+static TYPED: Descriptor = Descriptor::new::<Typed>("typed", "1.0.0");
+
+/// `create`'s message for `config`, or `None` if the config was accepted.
+fn typed_config_error(config: &str) -> Option<String> {
+    let mut instance = std::ptr::null_mut();
+    let mut message = Bytes::EMPTY;
+    let status = unsafe {
+        (TYPED.create.unwrap())(
+            Bytes::from_slice(config.as_bytes()),
+            &mut instance,
+            &mut message,
+        )
+    };
+    if status == abi::STATUS_OK {
+        unsafe { (TYPED.destroy.unwrap())(instance) };
+        return None;
+    }
+    assert_eq!(status, abi::STATUS_ERROR);
+    let text = String::from_utf8(unsafe { message.as_slice() }.to_vec()).unwrap();
+    unsafe { (TYPED.free.unwrap())(message) };
+    Some(text)
+}
+
+#[test]
+fn config_errors_name_the_key_not_a_json_position() {
+    assert_eq!(typed_config_error(r#"{"topic": "t"}"#), None);
+    assert_eq!(
+        typed_config_error(r#"{"topic": 5}"#).unwrap(),
+        "invalid config: topic: invalid type: integer `5`, expected a string"
+    );
+    assert_eq!(
+        typed_config_error(r#"{"topic": "t", "retry": {"delays_ms": [1, "x"]}}"#).unwrap(),
+        "invalid config: retry.delays_ms[1]: invalid type: string \"x\", expected u64"
+    );
+    // Errors about the whole table have no key to name.
+    assert_eq!(
+        typed_config_error("{}").unwrap(),
+        "invalid config: missing field `topic`"
+    );
+    assert_eq!(
+        typed_config_error(r#"{"topic": "t", "topik": 1}"#).unwrap(),
+        "invalid config: topik: unknown field `topik`, expected `topic` or `retry`"
+    );
+}

@@ -345,3 +345,62 @@ async fn a_plugin_that_aborts_the_gateway_ends_at_max_attempts_instead_of_a_cras
         "ResourceNotFoundException"
     );
 }
+
+/// A plugin that refuses its route's `[recovery.config]` leaves that route out of service, reported at
+/// startup naming the config file, the route and the key; the gateway serves meanwhile, and the route's
+/// recoveries fail with that message (per its policy), in either isolation.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_whose_plugin_refuses_its_config_is_reported_and_its_recoveries_fail_saying_why() {
+    let rollback = plugin_path("sprig-plugin-rollback");
+    let gateway = Gateway::start_with(|config| {
+        format!(
+            r#"{config}
+[[recovery]]
+name = "pumps"
+things = "pump-*"
+plugin = {rollback:?}
+max_failures = 1
+[recovery.config]
+topic = 5
+payload = "{{}}"
+
+[[recovery]]
+name = "valves"
+things = "valve-*"
+plugin = {rollback:?}
+isolation = "in-process"
+max_failures = 1
+[recovery.config]
+topic = "$aws/things/{{thing}}/rollback"
+payload = "{{}}"
+qos = 2
+"#
+        )
+    });
+    let pumps =
+        "gateway.toml: [[recovery]] \"pumps\" (recovery[0]) [recovery.config] topic: invalid \
+                 type: integer `5`, expected a string (plugin sprig-plugin-rollback)";
+    let valves =
+        "gateway.toml: [[recovery]] \"valves\" (recovery[1]) [recovery.config] refused by \
+                  plugin sprig-plugin-rollback: rollback: `qos` is 2, must be 0 or 1";
+    for message in [pumps, valves] {
+        let line = gateway.wait_for_log(message, Duration::from_secs(5));
+        assert!(line.contains("out of service"), "{line}");
+    }
+
+    let mut op = gateway.operator().await;
+    for (thing, job, message) in [("pump-1", "fw-p", pumps), ("valve-1", "fw-v", valves)] {
+        let _device = start_job(&gateway, &mut op, thing, job).await;
+        op.request("DeleteJob", json!({"jobId": job, "force": true}))
+            .await
+            .unwrap();
+        let done = wait_for_recovery(&mut op, thing, Duration::from_secs(10), |r| {
+            r["status"] != "PENDING"
+        })
+        .await;
+        assert_eq!(done["status"], "FAILED", "{done}");
+        let error = done["lastError"].as_str().unwrap_or_default();
+        assert!(error.ends_with(message), "{thing}: {error}");
+    }
+    run_a_job_end_to_end(&gateway, &mut op, "ok-1", "after").await;
+}

@@ -59,16 +59,42 @@ pub struct RestoreArgs {
 /// `sprig plugin …`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum PluginCommand {
-    /// Load a recovery-handler plugin and print its descriptor, or why it is refused (exit code 1)
+    /// Load a recovery-handler plugin and print its descriptor, or why it is refused (exit code 1); with
+    /// --config and --context, a dry run of one recovery as the gateway would run it
+    #[command(
+        after_help = "Dry run: `sprig plugin check lib.so --config gateway.toml --route NAME \
+                            --context context.json` makes the plugin's instance from the route's \
+                            [recovery.config] in a plugin host process, runs one handler call on the \
+                            context and prints the answer (exit 0) or the refusal the gateway would \
+                            record (exit 1). `--generate-context` prints a context to start from."
+    )]
     Check(PluginCheckArgs),
+    /// Write a new recovery-plugin crate (handler, config, unit tests, README, sample [[recovery]] route)
+    /// that builds, tests and loads as it is
+    New(super::plugin_new::PluginNewArgs),
 }
 
-/// `sprig plugin check PATH`.
+/// `sprig plugin check PATH [--config FILE [--route NAME]] [--context FILE|-]`, or
+/// `sprig plugin check --generate-context`.
 #[derive(Debug, Clone, Args)]
 pub struct PluginCheckArgs {
     /// The plugin's shared library (lib<name>.so)
-    #[arg(value_name = "PATH")]
-    pub path: PathBuf,
+    #[arg(value_name = "PATH", required_unless_present = "generate_context")]
+    pub path: Option<PathBuf>,
+    /// Make the plugin's instance from a [[recovery]] route's [recovery.config] in FILE (a gateway
+    /// config, or a file of [[recovery]] entries only; the route's `plugin` is not used: PATH is) [default: an empty config]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The route of --config, by name (needed when FILE has several)
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub route: Option<String>,
+    /// Run one handler call on this RecoveryContext (JSON; FILE, or - for standard input); fields left
+    /// out take the values --generate-context prints
+    #[arg(long, value_name = "FILE")]
+    pub context: Option<String>,
+    /// Print a sample RecoveryContext (JSON), to edit for --context
+    #[arg(long, conflicts_with_all = ["config", "route", "context"])]
+    pub generate_context: bool,
 }
 
 /// `sprig plugin-host --library PATH` (hidden): one plugin host process.
@@ -154,8 +180,14 @@ pub fn hash_password(args: &HashPasswordArgs) -> Result<Option<String>, Failure>
 /// `sprig plugin check PATH`: loads the plugin as the gateway would (no plugin function is called) and
 /// prints its descriptor; a refused file exits 1 with the reason. It loads the library into this short-lived
 /// process: the check runs the library's initializers, as a host would, and nothing else of the plugin.
+/// With `--config`, `--context` or `--generate-context` it is a dry run ([`super::dry_run`]).
 pub fn plugin_check(args: &PluginCheckArgs) -> Result<Option<String>, Failure> {
-    match crate::plugins::PluginLibrary::load(&args.path) {
+    let dry_run = args.config.is_some() || args.context.is_some() || args.generate_context;
+    let path = match &args.path {
+        Some(path) if !dry_run => path,
+        _ => return super::dry_run::run(args),
+    };
+    match crate::plugins::PluginLibrary::load(path) {
         Ok(library) => Ok(Some(library.descriptor().to_string())),
         Err(e) => Err(Failure::Fatal(format!("sprig: plugin refused: {e}"))),
     }
@@ -199,7 +231,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: `default_level`); and counts the router's skipped
 /// messages whatever the filter ([`crate::broker::skips`]).
-fn init_tracing(default_level: &str) {
+pub(super) fn init_tracing(default_level: &str) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
@@ -251,7 +283,11 @@ mod tests {
     #[test]
     fn plugin_check_refuses_a_missing_file_with_exit_1() {
         let failure = plugin_check(&PluginCheckArgs {
-            path: PathBuf::from("/nonexistent/libnothing.so"),
+            path: Some(PathBuf::from("/nonexistent/libnothing.so")),
+            config: None,
+            route: None,
+            context: None,
+            generate_context: false,
         })
         .unwrap_err();
         assert_eq!(failure.exit_code(), 1);

@@ -2,8 +2,9 @@
 //!
 //! Two families of commands share one binary:
 //! - the gateway's own: `sprig run`, `sprig store check|backup|restore`, `sprig hash-password`,
-//!   `sprig plugin check` ([`admin`]); and `sprig plugin-host`, hidden from `--help`, which `sprig run`
-//!   starts for each `[[recovery]]` route whose plugin runs in a process of its own;
+//!   `sprig plugin check` ([`admin`]; its dry run of a plugin: [`dry_run`]), `sprig plugin new`
+//!   ([`plugin_new`]); and `sprig plugin-host`, hidden from `--help`, which `sprig run` starts for each
+//!   `[[recovery]]` route whose plugin runs in a process of its own;
 //! - the operator's, shaped like the AWS CLI's `aws iot …` commands: `delete-job`, `create-job`, … Each
 //!   sends one control request to a running gateway over MQTT ([`client`]) and prints the response as
 //!   the AWS CLI would.
@@ -27,9 +28,11 @@ mod admin;
 mod args;
 mod client;
 mod connect;
+mod dry_run;
 mod input;
 mod json;
 mod operations;
+mod plugin_new;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -65,7 +68,7 @@ enum Command {
     Store(admin::StoreCommand),
     /// Print an argon2 hash of a password, for `password_hash` in [[auth.operators]] or [[auth.devices]]
     HashPassword(admin::HashPasswordArgs),
-    /// Inspect recovery-handler plugins
+    /// Check, dry-run and create recovery-handler plugins
     #[command(subcommand)]
     Plugin(admin::PluginCommand),
     /// Serve one recovery-handler plugin to the gateway over stdin/stdout (started by `sprig run`)
@@ -178,6 +181,7 @@ fn execute(command: &Command) -> Result<Option<String>, Failure> {
         Command::Store(admin::StoreCommand::Restore(args)) => admin::store_restore(args),
         Command::HashPassword(args) => admin::hash_password(args),
         Command::Plugin(admin::PluginCommand::Check(args)) => admin::plugin_check(args),
+        Command::Plugin(admin::PluginCommand::New(args)) => plugin_new::run(args),
         Command::PluginHost(args) => admin::plugin_host(args),
         Command::Operation(invocation) => operate(invocation),
     }

@@ -93,6 +93,26 @@ impl PluginError {
         }
     }
 
+    /// A failed `create` as the operator should read it, who wrote the config at `location` (a route's
+    /// [`location`](crate::config::RecoveryRoute::location)): a config the sdk could not deserialize names
+    /// its key under `[recovery.config]`; a config the handler refused, the handler's reason; anything
+    /// else (a panic, a crash, an overrun), what happened.
+    pub fn refusing_config_at(&self, location: &str) -> String {
+        match self {
+            PluginError::Failed { plugin, message } => {
+                match message.strip_prefix(sprig_sdk::abi::INVALID_CONFIG) {
+                    Some(key_and_reason) => {
+                        format!("{location} [recovery.config] {key_and_reason} (plugin {plugin})")
+                    }
+                    None => format!(
+                        "{location} [recovery.config] refused by plugin {plugin}: {message}"
+                    ),
+                }
+            }
+            other => format!("{location}: the plugin instance cannot be created: {other}"),
+        }
+    }
+
     /// The plugin's name.
     pub fn plugin(&self) -> &str {
         match self {

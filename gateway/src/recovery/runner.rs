@@ -12,6 +12,9 @@
 //! against them. `"in-process"`: on a worker thread ([`PluginInstance`]); an overrun quarantines the
 //! instance, which is replaced by a fresh one at most [`MAX_REPLACEMENTS`] times per route (each stuck
 //! instance keeps its thread), after which the route's recoveries fail.
+//!
+//! A route whose plugin refused its config at startup is out of service ([`load`]): its recoveries fail
+//! with the refusal, which names the config file, the route and the key.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,6 +56,10 @@ enum Handler {
         instance: Mutex<Option<PluginInstance>>,
         replacements: std::sync::atomic::AtomicU32,
     },
+    /// Out of service: the plugin loaded but its instance could not be made at startup (it refused the
+    /// route's config, or panicked or crashed making it). Every call fails with `message`, which names the
+    /// config file, the route and the key.
+    Refused { plugin: String, message: String },
 }
 
 impl LoadedRoute {
@@ -61,6 +68,7 @@ impl LoadedRoute {
         match &self.handler {
             Handler::Process(hosted) => hosted.name(),
             Handler::InProcess { library, .. } => library.name(),
+            Handler::Refused { plugin, .. } => plugin,
         }
     }
 
@@ -68,7 +76,7 @@ impl LoadedRoute {
     fn restart_delay(&self) -> Option<Duration> {
         match &self.handler {
             Handler::Process(hosted) => hosted.restart_delay(),
-            Handler::InProcess { .. } => None,
+            Handler::InProcess { .. } | Handler::Refused { .. } => None,
         }
     }
 
@@ -80,51 +88,32 @@ impl LoadedRoute {
     }
 }
 
-/// Loads every route's plugin and makes its instance, refusing the whole set if one fails (a gateway
-/// that silently lacks a configured handler would be worse than one that does not start).
-pub async fn load(routes: &[RecoveryRoute]) -> anyhow::Result<Vec<LoadedRoute>> {
+/// Loads every route's plugin and makes its instance.
+///
+/// A plugin that cannot be loaded (a missing file, the wrong ABI) refuses the start: nothing of its route
+/// can work, and a gateway that silently lacked a configured handler would be worse than one that does not
+/// start. A plugin that loads but refuses its route's `[recovery.config]` (or fails making its instance:
+/// a panic, a crash) leaves only that route out of service ([`Handler::Refused`]): the gateway says so at
+/// once, naming the config file, the route and the key, and serves devices and the other routes; each of
+/// the route's recoveries fails with that message, per the route's policy, until the config is fixed and
+/// the gateway restarted. `origin` is where the config was read from.
+pub async fn load(routes: &[RecoveryRoute], origin: &str) -> anyhow::Result<Vec<LoadedRoute>> {
     let mut loaded = Vec::with_capacity(routes.len());
     for (i, route) in routes.iter().enumerate() {
-        let config = crate::plugins::toml_config(&route.config);
-        let budget = Duration::from_millis(route.budget_ms);
-        let label = format!("recovery[{i}]");
-        let handler = match route.isolation {
-            Isolation::Process => {
-                let options = HostOptions {
-                    program: crate::plugins::host_program()
-                        .context("cannot find the sprig executable to run plugin hosts from")?,
-                    library: route.plugin.clone(),
-                    config,
-                    budget,
-                    label,
-                };
-                match HostedInstance::start(options).await {
-                    Ok(hosted) => Handler::Process(Box::new(hosted)),
-                    Err(StartError::Create(e)) => {
-                        anyhow::bail!("recovery[{i}]: the plugin refused its config: {e}")
-                    }
-                    Err(e) => anyhow::bail!("recovery[{i}]: cannot load the plugin: {e}"),
-                }
-            }
-            Isolation::InProcess => {
-                let path = route.plugin.clone();
-                let library = tokio::task::spawn_blocking(move || PluginLibrary::load(path))
-                    .await?
-                    .with_context(|| format!("recovery[{i}]: cannot load the plugin"))?;
-                let instance = PluginInstance::for_route(
-                    library.clone(),
-                    config.clone(),
-                    budget,
-                    Some(label.clone()),
-                )
-                .await
-                .with_context(|| format!("recovery[{i}]: the plugin refused its config"))?;
-                Handler::InProcess {
-                    library,
-                    config,
-                    label,
-                    instance: Mutex::new(Some(instance)),
-                    replacements: Default::default(),
+        let location = route.location(origin, i);
+        let handler = match handler_for(route, format!("recovery[{i}]"), &location).await? {
+            Ok(handler) => handler,
+            Err(error) => {
+                let message = error.refusing_config_at(&location);
+                tracing::error!(
+                    route = %route.name,
+                    plugin = error.plugin(),
+                    "{message}: the route is out of service; its recoveries fail until the config is \
+                     fixed and the gateway restarted"
+                );
+                Handler::Refused {
+                    plugin: error.plugin().to_owned(),
+                    message,
                 }
             }
         };
@@ -132,17 +121,66 @@ pub async fn load(routes: &[RecoveryRoute]) -> anyhow::Result<Vec<LoadedRoute>> 
             route: route.clone(),
             handler,
         };
-        tracing::info!(
-            route = i,
-            plugin = loaded_route.plugin(),
-            things = %route.things,
-            namespace = ?route.namespace,
-            isolation = ?route.isolation,
-            "recovery handler loaded"
-        );
+        if !matches!(loaded_route.handler, Handler::Refused { .. }) {
+            tracing::info!(
+                route = i,
+                plugin = loaded_route.plugin(),
+                things = %route.things,
+                namespace = ?route.namespace,
+                isolation = ?route.isolation,
+                "recovery handler loaded"
+            );
+        }
         loaded.push(loaded_route);
     }
     Ok(loaded)
+}
+
+/// The route's plugin, loaded (or the start refused: `Err`) and its instance made (or why not: `Ok(Err)`).
+async fn handler_for(
+    route: &RecoveryRoute,
+    label: String,
+    location: &str,
+) -> anyhow::Result<Result<Handler, PluginError>> {
+    let config = crate::plugins::toml_config(&route.config);
+    let budget = Duration::from_millis(route.budget_ms);
+    match route.isolation {
+        Isolation::Process => {
+            let options = HostOptions {
+                program: crate::plugins::host_program()
+                    .context("cannot find the sprig executable to run plugin hosts from")?,
+                library: route.plugin.clone(),
+                config,
+                budget,
+                label,
+            };
+            match HostedInstance::start(options).await {
+                Ok(hosted) => Ok(Ok(Handler::Process(Box::new(hosted)))),
+                Err(StartError::Create(error)) => Ok(Err(error)),
+                Err(e) => anyhow::bail!("{location}: cannot load the plugin: {e}"),
+            }
+        }
+        Isolation::InProcess => {
+            let path = route.plugin.clone();
+            let library = tokio::task::spawn_blocking(move || PluginLibrary::load(path))
+                .await?
+                .with_context(|| format!("{location}: cannot load the plugin"))?;
+            let created = PluginInstance::for_route(
+                library.clone(),
+                config.clone(),
+                budget,
+                Some(label.clone()),
+            )
+            .await;
+            Ok(created.map(|instance| Handler::InProcess {
+                library,
+                config,
+                label,
+                instance: Mutex::new(Some(instance)),
+                replacements: Default::default(),
+            }))
+        }
+    }
 }
 
 /// Runs recoveries until `shutdown` turns true; `subscribed` is told once acknowledgements are taken.
@@ -312,19 +350,17 @@ impl Runner {
         }
         let context = context_of(&recovery);
         let answer = match &route.handler {
-            Handler::Process(hosted) => hosted.recover(&context).await,
+            Handler::Process(hosted) => hosted.recover(&context).await.map_err(|e| e.to_string()),
             Handler::InProcess { .. } => match self.instance_of(route).await {
-                Ok(instance) => instance.recover(&context).await,
-                Err(e) => Err(e),
+                Ok(instance) => instance.recover(&context).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
             },
+            Handler::Refused { message, .. } => Err(message.clone()),
         };
         let now = now_ms();
         recovery.acknowledged = false;
         recovery.acknowledgement = None;
-        match answer
-            .map_err(|e| e.to_string())
-            .and_then(|answer| check_actions(&recovery.thing_name, answer))
-        {
+        match answer.and_then(|answer| check_actions(&recovery.thing_name, answer)) {
             Ok(answer) => self.apply(&mut recovery, answer, route, now).await,
             Err(error) => {
                 tracing::warn!(
@@ -533,8 +569,12 @@ fn acknowledgement_of(payload: &[u8]) -> String {
     serde_json::Value::String(text.into_owned()).to_string()
 }
 
-/// Every rule for an answer for `thing` (the sdk's `Recovery::validate_for`): anything else is a garbage answer.
-fn check_actions(thing: &str, answer: sprig_sdk::Recovery) -> Result<sprig_sdk::Recovery, String> {
+/// Every rule for an answer for `thing` (the sdk's `Recovery::validate_for`): anything else is a garbage
+/// answer. Also the verdict of `sprig plugin check`'s dry run.
+pub(crate) fn check_actions(
+    thing: &str,
+    answer: sprig_sdk::Recovery,
+) -> Result<sprig_sdk::Recovery, String> {
     match answer.validate_for(thing) {
         Ok(()) => Ok(answer),
         Err(why) => Err(format!("garbage answer: {why}")),

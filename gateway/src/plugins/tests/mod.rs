@@ -449,3 +449,32 @@ fn instances_can_be_shared_between_tasks() {
     let ctx = context();
     assert_send(instance.recover(&ctx));
 }
+
+#[test]
+fn a_failed_create_reads_as_a_refusal_of_the_routes_config() {
+    let at = "gw.toml: [[recovery]] \"pumps\" (recovery[1])";
+    let failed = |message: &str| PluginError::Failed {
+        plugin: "p".into(),
+        message: message.into(),
+    };
+    assert_eq!(
+        failed("invalid config: topic: invalid type: integer `5`, expected a string")
+            .refusing_config_at(at),
+        "gw.toml: [[recovery]] \"pumps\" (recovery[1]) [recovery.config] topic: invalid type: \
+         integer `5`, expected a string (plugin p)"
+    );
+    assert_eq!(
+        failed("`topic` must not be empty").refusing_config_at(at),
+        "gw.toml: [[recovery]] \"pumps\" (recovery[1]) [recovery.config] refused by plugin p: \
+         `topic` must not be empty"
+    );
+    let panicked = PluginError::Panicked {
+        plugin: "p".into(),
+        message: "boom".into(),
+    };
+    assert_eq!(
+        panicked.refusing_config_at(at),
+        "gw.toml: [[recovery]] \"pumps\" (recovery[1]): the plugin instance cannot be created: \
+         plugin p panicked: boom"
+    );
+}
