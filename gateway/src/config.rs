@@ -489,7 +489,10 @@ impl Config {
                 return fail(&key("name"), "a route name matches [a-zA-Z0-9_-]+");
             }
             if self.recovery[..i].iter().any(|r| r.name == route.name) {
-                return fail(&key("name"), format!("{:?} names an earlier route too", route.name));
+                return fail(
+                    &key("name"),
+                    format!("{:?} names an earlier route too", route.name),
+                );
             }
             if let Err(e) = glob::Pattern::new(&route.things) {
                 return fail(&key("things"), format!("not a glob: {e}"));
@@ -708,7 +711,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(error.contains("recovery[1].name") && error.contains("earlier route"), "{error}");
+        assert!(
+            error.contains("recovery[1].name") && error.contains("earlier route"),
+            "{error}"
+        );
         let error = with_rules("[[recovery]]\nplugin = \"a.so\"\nname = \"a b\"\n")
             .unwrap_err()
             .to_string();

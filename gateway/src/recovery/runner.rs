@@ -11,143 +11,41 @@
 //! host's restart delay has passed; meanwhile the route's recoveries wait, without an attempt counted
 //! against them. `"in-process"`: on a worker thread ([`PluginInstance`]); an overrun quarantines the
 //! instance, which is replaced by a fresh one at most [`MAX_REPLACEMENTS`] times per route (each stuck
-//! instance keeps its thread), after which the route's recoveries fail.
+//! instance keeps its thread), after which the route's recoveries fail until an operator resets the
+//! route's plugin ([`Handlers::reset`]).
+//!
+//! [`HostedInstance`]: crate::plugins::HostedInstance
+//! [`PluginInstance`]: crate::plugins::PluginInstance
+//! [`MAX_REPLACEMENTS`]: super::handlers::MAX_REPLACEMENTS
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use sprig_sdk::{Action, Outcome, Reason, RecoveryContext};
-use tokio::sync::{broadcast, watch, Mutex};
+use tokio::sync::{broadcast, watch};
 
+use super::handlers::{Handlers, RouteHandler};
 use super::Routes;
 use crate::broker::{Broker, BrokerError, InternalSender};
-use crate::config::{Isolation, RecoveryRoute};
 use crate::jobs::model::{now_ms, RecoveryReason, RecoveryRecord, RecoveryState};
-use crate::plugins::{
-    HostOptions, HostedInstance, PluginError, PluginInstance, PluginLibrary, StartError,
-};
+use crate::plugins::FailureKind;
 use crate::store::Store;
 
-/// How often a route's quarantined in-process plugin instance is replaced before the route gives up.
-pub const MAX_REPLACEMENTS: u32 = 3;
 const TICK: Duration = Duration::from_millis(500);
-
-/// One `[[recovery]]` route, its plugin loaded.
-pub struct LoadedRoute {
-    route: RecoveryRoute,
-    handler: Handler,
-}
-
-/// A route's plugin, where its `isolation` puts it.
-enum Handler {
-    /// In a supervised host process.
-    Process(Box<HostedInstance>),
-    /// In the gateway: the library, and its instance on a worker thread (replaced when quarantined).
-    InProcess {
-        library: Arc<PluginLibrary>,
-        config: serde_json::Value,
-        instance: Mutex<Option<PluginInstance>>,
-        replacements: std::sync::atomic::AtomicU32,
-    },
-}
-
-impl LoadedRoute {
-    /// The plugin's name (from its descriptor).
-    fn plugin(&self) -> &str {
-        match &self.handler {
-            Handler::Process(hosted) => hosted.name(),
-            Handler::InProcess { library, .. } => library.name(),
-        }
-    }
-
-    /// How long the route's calls must wait for a new plugin host, if they must.
-    fn restart_delay(&self) -> Option<Duration> {
-        match &self.handler {
-            Handler::Process(hosted) => hosted.restart_delay(),
-            Handler::InProcess { .. } => None,
-        }
-    }
-
-    /// Ends the route's plugin host, if it has one, and waits for it.
-    async fn shutdown(&self) {
-        if let Handler::Process(hosted) = &self.handler {
-            hosted.shutdown().await;
-        }
-    }
-}
-
-/// Loads every route's plugin and makes its instance, refusing the whole set if one fails (a gateway
-/// that silently lacks a configured handler would be worse than one that does not start).
-pub async fn load(routes: &[RecoveryRoute]) -> anyhow::Result<Vec<LoadedRoute>> {
-    let mut loaded = Vec::with_capacity(routes.len());
-    for (i, route) in routes.iter().enumerate() {
-        let config = crate::plugins::toml_config(&route.config);
-        let budget = Duration::from_millis(route.budget_ms);
-        let handler = match route.isolation {
-            Isolation::Process => {
-                let options = HostOptions {
-                    program: crate::plugins::host_program()
-                        .context("cannot find the sprig executable to run plugin hosts from")?,
-                    library: route.plugin.clone(),
-                    config,
-                    budget,
-                    label: format!("recovery[{i}]"),
-                };
-                match HostedInstance::start(options).await {
-                    Ok(hosted) => Handler::Process(Box::new(hosted)),
-                    Err(StartError::Create(e)) => {
-                        anyhow::bail!("recovery[{i}]: the plugin refused its config: {e}")
-                    }
-                    Err(e) => anyhow::bail!("recovery[{i}]: cannot load the plugin: {e}"),
-                }
-            }
-            Isolation::InProcess => {
-                let path = route.plugin.clone();
-                let library = tokio::task::spawn_blocking(move || PluginLibrary::load(path))
-                    .await?
-                    .with_context(|| format!("recovery[{i}]: cannot load the plugin"))?;
-                let instance = PluginInstance::new(library.clone(), config.clone(), budget)
-                    .await
-                    .with_context(|| format!("recovery[{i}]: the plugin refused its config"))?;
-                Handler::InProcess {
-                    library,
-                    config,
-                    instance: Mutex::new(Some(instance)),
-                    replacements: Default::default(),
-                }
-            }
-        };
-        let loaded_route = LoadedRoute {
-            route: route.clone(),
-            handler,
-        };
-        tracing::info!(
-            route = i,
-            plugin = loaded_route.plugin(),
-            things = %route.things,
-            namespace = ?route.namespace,
-            isolation = ?route.isolation,
-            "recovery handler loaded"
-        );
-        loaded.push(loaded_route);
-    }
-    Ok(loaded)
-}
 
 /// Runs recoveries until `shutdown` turns true; `subscribed` is told once acknowledgements are taken.
 pub async fn run(
     broker: Arc<Broker>,
     store: Arc<Store>,
     routes: Arc<Routes>,
-    loaded: Vec<LoadedRoute>,
+    handlers: Arc<Handlers>,
     mut shutdown: watch::Receiver<bool>,
     subscribed: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), BrokerError> {
     let mut client = broker.internal_client("sprig-recovery").await?;
-    for route in &loaded {
-        if let Some(topic) = &route.route.ack_topic {
+    for route in handlers.iter() {
+        if let Some(topic) = &route.route().ack_topic {
             client.subscribe(&topic.replace("{thing}", "+")).await?;
         }
     }
@@ -158,7 +56,7 @@ pub async fn run(
         broker,
         store,
         routes,
-        loaded,
+        handlers,
         sender,
     };
     // Device -> the connection that subscribed: a device listens until that connection ends.
@@ -197,9 +95,7 @@ pub async fn run(
         runner.run_due(&listening, focus).await;
     }
     // Plugin hosts end with the gateway, reaped rather than left to the kernel.
-    for route in &runner.loaded {
-        route.shutdown().await;
-    }
+    runner.handlers.shutdown().await;
     Ok(())
 }
 
@@ -210,7 +106,7 @@ struct Runner {
     broker: Arc<Broker>,
     store: Arc<Store>,
     routes: Arc<Routes>,
-    loaded: Vec<LoadedRoute>,
+    handlers: Arc<Handlers>,
     sender: InternalSender,
 }
 
@@ -225,9 +121,9 @@ impl Runner {
     /// device.
     async fn acknowledge(&self, topic: &str) -> Option<String> {
         let thing = self
-            .loaded
+            .handlers
             .iter()
-            .find_map(|r| thing_in_topic(r.route.ack_topic.as_deref()?, topic))?;
+            .find_map(|r| thing_in_topic(r.route().ack_topic.as_deref()?, topic))?;
         let now = now_ms();
         let of_thing = thing.clone();
         for mut recovery in self
@@ -267,14 +163,14 @@ impl Runner {
 
     /// One handler call for `recovery`, and its consequences recorded.
     async fn attempt(&self, mut recovery: RecoveryRecord) {
-        let Some(index) = self
+        let Some(route) = self
             .routes
             .route_for(&recovery.thing_name, recovery.namespace_id.as_deref())
+            .and_then(|index| self.handlers.get(index))
         else {
             recovery.last_error = Some("no [[recovery]] route matches this device any more".into());
             return self.finish(recovery, RecoveryState::Failed).await;
         };
-        let route = &self.loaded[index];
         // The route's plugin host was lost and its restart delay has not passed: not this device's
         // failure, so no attempt is counted; the recovery stays due and runs once a host can start.
         if route.restart_delay().is_some() {
@@ -283,7 +179,7 @@ impl Runner {
         // Only a call that never returned leaves a PENDING recovery at its last attempt: the gateway
         // stopped during it (a plugin that aborts or crashes takes the process with it). Calling again
         // would crash it again, after every restart.
-        if recovery.attempts >= route.route.max_attempts {
+        if recovery.attempts >= route.route().max_attempts {
             recovery.last_error = Some(format!(
                 "gave up after {} attempts: the last one never returned (the gateway stopped during the \
                  handler call: did the plugin abort or crash?)",
@@ -299,17 +195,11 @@ impl Runner {
             return;
         }
         let context = context_of(&recovery);
-        let answer = match &route.handler {
-            Handler::Process(hosted) => hosted.recover(&context).await,
-            Handler::InProcess { .. } => match self.instance_of(route).await {
-                Ok(instance) => instance.recover(&context).await,
-                Err(e) => Err(e),
-            },
-        };
+        let answer = route.recover(&context).await;
         let now = now_ms();
         recovery.acknowledged = false;
         match answer
-            .map_err(|e| e.to_string())
+            .map_err(|e| operator_error(route, &e))
             .and_then(|answer| check_actions(&recovery.thing_name, answer))
         {
             Ok(answer) => self.apply(&mut recovery, answer, route, now).await,
@@ -324,17 +214,18 @@ impl Runner {
                 );
                 recovery.failures += 1;
                 recovery.last_error = Some(error);
-                if recovery.failures >= route.route.max_failures {
+                if recovery.failures >= route.route().max_failures {
                     return self.finish(recovery, RecoveryState::Failed).await;
                 }
                 let backoff = route
-                    .route
+                    .route()
                     .retry_backoff_ms
                     .saturating_mul(1 << (recovery.failures - 1).min(16));
                 recovery.next_attempt_at = now + backoff as i64;
             }
         }
-        if recovery.state == RecoveryState::Pending && recovery.attempts >= route.route.max_attempts
+        if recovery.state == RecoveryState::Pending
+            && recovery.attempts >= route.route().max_attempts
         {
             recovery.last_error = Some(format!("gave up after {} attempts", recovery.attempts));
             return self.finish(recovery, RecoveryState::Failed).await;
@@ -348,7 +239,7 @@ impl Runner {
         &self,
         recovery: &mut RecoveryRecord,
         answer: sprig_sdk::Recovery,
-        route: &LoadedRoute,
+        route: &RouteHandler,
         now: i64,
     ) {
         for action in answer.actions {
@@ -387,40 +278,6 @@ impl Runner {
                 "recovery ended"
             );
         }
-    }
-
-    /// The in-process route's live instance, replacing a quarantined one a bounded number of times.
-    async fn instance_of<'a>(
-        &self,
-        route: &'a LoadedRoute,
-    ) -> Result<tokio::sync::MappedMutexGuard<'a, PluginInstance>, PluginError> {
-        let Handler::InProcess {
-            library,
-            config,
-            instance,
-            replacements,
-        } = &route.handler
-        else {
-            unreachable!("only in-process routes have a PluginInstance");
-        };
-        let mut slot = instance.lock().await;
-        if slot.as_ref().is_none_or(PluginInstance::is_quarantined) {
-            let replaced = replacements.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if replaced >= MAX_REPLACEMENTS {
-                return Err(PluginError::Quarantined {
-                    plugin: library.name().to_owned(),
-                });
-            }
-            tracing::warn!(
-                plugin = library.name(),
-                "replacing a quarantined plugin instance"
-            );
-            let budget = Duration::from_millis(route.route.budget_ms);
-            *slot = Some(PluginInstance::new(library.clone(), config.clone(), budget).await?);
-        }
-        Ok(tokio::sync::MutexGuard::map(slot, |s| {
-            s.as_mut().expect("just filled")
-        }))
     }
 
     async fn finish(&self, mut recovery: RecoveryRecord, state: RecoveryState) {
@@ -466,6 +323,19 @@ impl Runner {
                 None
             }
         }
+    }
+}
+
+/// A plugin failure as the recovery records it: a quarantined route's failure says how to clear it.
+fn operator_error(route: &RouteHandler, error: &crate::plugins::PluginError) -> String {
+    match error.kind() {
+        FailureKind::Quarantined => format!(
+            "{error} (route {route}: its instances were replaced {max} times; `sprig plugin reset {route}` \
+             makes a new one)",
+            route = route.route().name,
+            max = super::handlers::MAX_REPLACEMENTS
+        ),
+        _ => error.to_string(),
     }
 }
 
