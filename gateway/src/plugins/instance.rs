@@ -314,6 +314,12 @@ impl InstanceGroup {
         self.threads.load(Ordering::SeqCst)
     }
 
+    /// Counts a call its owner refused without an instance to make it on: the last one quarantined
+    /// and no replacement allowed ([`PluginError::Quarantined`]).
+    pub fn record_refused(&self, library: &PluginLibrary) {
+        self.record(library, Err(FailureKind::Quarantined));
+    }
+
     fn record(&self, library: &PluginLibrary, outcome: Result<(), FailureKind>) {
         library.counters.record(outcome);
         self.counters.record(outcome);

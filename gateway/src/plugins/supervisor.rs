@@ -337,12 +337,13 @@ impl HostedInstance {
 
     /// Replaces the host now, whatever it is doing: a call in progress is interrupted (its host is
     /// killed, and the call fails as [`PluginError::Crashed`]), the restart delay is forgotten, and a new
-    /// host loads the library and creates the instance. If that fails, the error is returned and the
-    /// next call tries again after the restart delay.
+    /// host loads the library and creates the instance, whose status is returned (taken before any
+    /// call can use the new host). If that fails, the error is returned and the next call tries again
+    /// after the restart delay.
     ///
     /// A call that is still starting a host when this is called is not interrupted: its turn ends
     /// within the load timeout and its budget.
-    pub async fn restart_now(&self) -> Result<(), StartError> {
+    pub async fn restart_now(&self) -> Result<HostStatus, StartError> {
         self.interrupt.notify_waiters();
         let mut slot = self.host.lock().await;
         if let Some(mut host) = slot.take() {
@@ -353,7 +354,7 @@ impl HostedInstance {
             .start_new_host("replacing the plugin host, as an operator asked")
             .await?;
         *slot = Some(host);
-        Ok(())
+        Ok(self.status())
     }
 
     /// Where the host stands now. Never waits, not even for a call in progress.

@@ -122,9 +122,7 @@ impl Handlers {
 
     /// Resets the named route's plugin (see the module's doc) and returns its new state.
     pub async fn reset(&self, name: &str) -> Result<PluginView, HandlersError> {
-        let route = self.named(name)?;
-        route.reset().await;
-        Ok(route.view(SystemTime::now()))
+        Ok(self.named(name)?.reset().await)
     }
 
     /// Ends every route's plugin host, and waits for them.
@@ -266,26 +264,31 @@ impl RouteHandler {
         result
     }
 
-    async fn reset(&self) {
+    /// Resets the plugin and returns its state as the reset left it (before the runner's next call).
+    async fn reset(&self) -> PluginView {
         tracing::warn!(route = %self.route.name, plugin = self.plugin(), "resetting the route's plugin, as an operator asked");
-        let failed = match &self.handler {
-            Handler::Process(hosted) => hosted.restart_now().await.err().map(|error| {
-                let kind = match &error {
-                    StartError::Create(error) => status::failure_kind(error.kind()),
-                    StartError::Load(_) => LOAD_FAILED,
-                    StartError::Host(_) => "CRASHED",
-                };
-                (kind, error.to_string())
-            }),
-            Handler::InProcess(in_process) => in_process
-                .reset()
-                .await
-                .err()
-                .map(|error| (status::failure_kind(error.kind()), error.to_string())),
+        let place = match &self.handler {
+            Handler::Process(hosted) => match hosted.restart_now().await {
+                Ok(status) => Some(Where::Host(status)),
+                Err(error) => {
+                    let kind = match &error {
+                        StartError::Create(error) => status::failure_kind(error.kind()),
+                        StartError::Load(_) => LOAD_FAILED,
+                        StartError::Host(_) => "CRASHED",
+                    };
+                    self.remember(kind, error.to_string());
+                    None
+                }
+            },
+            Handler::InProcess(in_process) => match in_process.reset().await {
+                Ok(facts) => Some(Where::InProcess(facts)),
+                Err(error) => {
+                    self.remember(status::failure_kind(error.kind()), error.to_string());
+                    None
+                }
+            },
         };
-        if let Some((kind, message)) = failed {
-            self.remember(kind, message);
-        }
+        self.view_with(place, SystemTime::now())
     }
 
     fn remember(&self, kind: &'static str, message: String) {
@@ -297,12 +300,20 @@ impl RouteHandler {
     }
 
     fn view(&self, now: SystemTime) -> PluginView {
+        self.view_with(None, now)
+    }
+
+    /// The view, with `place` as given (or as it stands now).
+    fn view_with(&self, place: Option<Where>, now: SystemTime) -> PluginView {
         let last_failure = lock(&self.last_failure).clone();
         let (stats, place) = match &self.handler {
-            Handler::Process(hosted) => (hosted.stats(), Where::Host(hosted.status())),
+            Handler::Process(hosted) => (
+                hosted.stats(),
+                place.unwrap_or_else(|| Where::Host(hosted.status())),
+            ),
             Handler::InProcess(in_process) => (
                 in_process.group.stats(),
-                Where::InProcess(in_process.facts()),
+                place.unwrap_or_else(|| Where::InProcess(in_process.facts())),
             ),
         };
         PluginView::of(
@@ -389,6 +400,7 @@ impl InProcess {
                 return Ok(instance.clone());
             }
             if slot.replacements >= MAX_REPLACEMENTS {
+                self.group.record_refused(&self.library);
                 return Err(PluginError::Quarantined {
                     plugin: self.library.name().to_owned(),
                 });
@@ -403,11 +415,13 @@ impl InProcess {
         self.make_instance().await
     }
 
-    /// A fresh instance replaces the current one, and the replacement quota is restored.
-    async fn reset(&self) -> Result<(), PluginError> {
+    /// A fresh instance replaces the current one, and the replacement quota is restored; returns how
+    /// it then stands.
+    async fn reset(&self) -> Result<InProcessFacts, PluginError> {
         let _making = self.making.lock().await;
         lock(&self.slot).replacements = 0;
-        self.make_instance().await.map(|_| ())
+        self.make_instance().await?;
+        Ok(self.facts())
     }
 
     /// Makes an instance and puts it in the slot (or, if that fails, none and why).
