@@ -49,6 +49,8 @@ pub struct Param {
     pub required: bool,
     /// One line for `--help`.
     pub help: &'static str,
+    /// Another long flag for it, shorter than the boto3 name's (`--route` for `--route-name`).
+    pub alias: Option<&'static str>,
 }
 
 impl Param {
@@ -103,6 +105,7 @@ const fn param(name: &'static str, shape: Shape, help: &'static str) -> Param {
         shape,
         required: false,
         help,
+        alias: None,
     }
 }
 
@@ -112,6 +115,7 @@ const fn required(name: &'static str, shape: Shape, help: &'static str) -> Param
         shape,
         required: true,
         help,
+        alias: None,
     }
 }
 
@@ -405,11 +409,14 @@ pub static OPERATIONS: &[Operation] = &[
     },
 ];
 
-const ROUTE_NAME: Param = required(
-    "routeName",
-    Shape::String,
-    "The [[recovery]] route's name, as list-plugins shows it.",
-);
+const ROUTE_NAME: Param = Param {
+    alias: Some("route"),
+    ..required(
+        "routeName",
+        Shape::String,
+        "The [[recovery]] route's name, as list-plugins shows it.",
+    )
+};
 
 /// A route's plugin as `list-plugins`, `describe-plugin` and `reset-plugin` print it.
 const PLUGIN: Shape = Shape::Struct(&[

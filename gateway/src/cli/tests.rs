@@ -110,10 +110,12 @@ fn plugin_reset_names_its_route_and_takes_the_connection_flags() {
         clap_exit_code(parse(&["plugin", "reset"]).unwrap_err().kind()),
         252
     );
-    assert_eq!(
-        request_of(&["reset-plugin", "--route-name", "pumps"]).unwrap(),
-        json!({"routeName": "pumps"})
-    );
+    for flag in ["--route-name", "--route"] {
+        assert_eq!(
+            request_of(&["reset-plugin", flag, "pumps"]).unwrap(),
+            json!({"routeName": "pumps"})
+        );
+    }
 }
 
 #[test]
