@@ -7,6 +7,12 @@
 //! grants bound what the engine shows it. This module owns the transport side only: topic parsing, body
 //! parsing into typed requests (unknown fields and wrong types are an `InvalidRequestException` naming the
 //! field), the per-operator request rate (`ThrottlingException`) and the replies.
+//!
+//! Jobs and recoveries are the engine's; the routes' plugins (`ListPlugins`, `DescribePlugin`,
+//! `ResetPlugin`) are runtime state of the recovery side, asked of its [`Handlers`]. A route serves
+//! every namespace, so only an operator granted everything (`namespaces = ["*"]` and
+//! `standard_jobs = true`, as the local operator is) may see or reset plugins; any other operator gets
+//! `UnauthorizedException`.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -21,12 +27,15 @@ use crate::auth::{Principal, CONTROL_PREFIX};
 use crate::broker::{Broker, BrokerError, InternalSender};
 use crate::config::JobsConfig;
 use crate::jobs::{Engine, JobsError};
+use crate::recovery::handlers::HandlersError;
+use crate::recovery::status::{ListPluginsRequest, PluginResponse, RouteRequest};
+use crate::recovery::Handlers;
 
 /// The largest request body accepted. A CreateJob naming 20,000 things fits; a 1 MB body does not.
 pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
 
 /// The operations served, as they appear in request topics.
-pub const OPERATIONS: [&str; 9] = [
+pub const OPERATIONS: [&str; 12] = [
     "CreateJob",
     "DeleteJob",
     "DescribeJob",
@@ -36,12 +45,21 @@ pub const OPERATIONS: [&str; 9] = [
     "ListJobExecutionsForJob",
     "ListRecoveries",
     "DescribeRecovery",
+    "ListPlugins",
+    "DescribePlugin",
+    "ResetPlugin",
 ];
+
+/// What the control API answers from: the jobs engine, and the routes' plugins.
+pub struct Services {
+    pub engine: Arc<Engine>,
+    pub handlers: Arc<Handlers>,
+}
 
 /// Serves control requests until `shutdown` turns true; `subscribed` is told once requests are taken.
 pub async fn serve(
     broker: Arc<Broker>,
-    engine: Arc<Engine>,
+    services: Services,
     jobs: &JobsConfig,
     mut shutdown: watch::Receiver<bool>,
     subscribed: tokio::sync::oneshot::Sender<()>,
@@ -52,7 +70,8 @@ pub async fn serve(
     let (sender, mut receiver) = client.split();
     let service = Arc::new(Service {
         broker,
-        engine,
+        engine: services.engine,
+        handlers: services.handlers,
         throttle: throttle(jobs),
         sender,
     });
@@ -77,6 +96,7 @@ fn throttle(jobs: &JobsConfig) -> DefaultKeyedRateLimiter<String> {
 struct Service {
     broker: Arc<Broker>,
     engine: Arc<Engine>,
+    handlers: Arc<Handlers>,
     throttle: DefaultKeyedRateLimiter<String>,
     sender: InternalSender,
 }
@@ -155,11 +175,69 @@ impl Service {
                     .list_job_executions_for_job(grants, typed(body)?)
                     .await,
             ),
+            "ListPlugins" | "DescribePlugin" | "ResetPlugin" => {
+                may_operate_plugins(&operator, operation)?;
+                self.plugins(operation, body).await
+            }
             other => Err(JobsError::InvalidRequest(format!(
                 "unknown operation `{other}`; sprig serves {}",
                 OPERATIONS.join(", ")
             ))),
         }
+    }
+}
+
+impl Service {
+    /// The operations on the routes' plugins, for an operator allowed them.
+    async fn plugins(&self, operation: &str, body: Value) -> Result<Value, JobsError> {
+        let handlers = &self.handlers;
+        match operation {
+            "ListPlugins" => {
+                let request: ListPluginsRequest = typed(body)?;
+                respond(
+                    handlers
+                        .list(request.max_results, request.next_token.as_deref())
+                        .map_err(plugins_error),
+                )
+            }
+            "DescribePlugin" => {
+                let request: RouteRequest = typed(body)?;
+                let described = handlers.describe(&request.route_name);
+                respond(
+                    described
+                        .map(|plugin| PluginResponse { plugin })
+                        .map_err(plugins_error),
+                )
+            }
+            _ => {
+                let request: RouteRequest = typed(body)?;
+                let reset = handlers.reset(&request.route_name).await;
+                respond(
+                    reset
+                        .map(|plugin| PluginResponse { plugin })
+                        .map_err(plugins_error),
+                )
+            }
+        }
+    }
+}
+
+/// Plugins serve every namespace: only an operator granted everything may see or reset them.
+fn may_operate_plugins(operator: &crate::auth::Operator, operation: &str) -> Result<(), JobsError> {
+    if operator.grants.covers_everything() {
+        return Ok(());
+    }
+    Err(JobsError::Unauthorized(format!(
+        "operator {} may not call {operation}: recovery plugins serve every namespace, so only an \
+         operator granted every namespace (namespaces = [\"*\"]) and standard_jobs may see or reset them",
+        operator.username
+    )))
+}
+
+fn plugins_error(error: HandlersError) -> JobsError {
+    match error {
+        HandlersError::UnknownRoute { .. } => JobsError::ResourceNotFound(error.to_string()),
+        HandlersError::InvalidRequest(message) => JobsError::InvalidRequest(message),
     }
 }
 
@@ -240,6 +318,33 @@ fn rejection(e: &JobsError) -> Value {
 mod tests {
     use super::*;
     use crate::jobs::api::{CreateJobRequest, DeleteJobRequest};
+
+    #[test]
+    fn only_an_operator_granted_everything_may_operate_plugins() {
+        let operator = |grants| crate::auth::Operator {
+            username: "acme-ops".into(),
+            grants,
+        };
+        assert!(may_operate_plugins(&operator(crate::auth::Grants::all()), "ResetPlugin").is_ok());
+        let acme_only = crate::auth::Grants {
+            namespaces: ["acme".to_owned()].into(),
+            standard_jobs: true,
+            ..Default::default()
+        };
+        let refused = may_operate_plugins(&operator(acme_only), "ResetPlugin").unwrap_err();
+        assert_eq!(refused.code(), "UnauthorizedException");
+        assert!(
+            refused
+                .to_string()
+                .contains("acme-ops may not call ResetPlugin"),
+            "{refused}"
+        );
+        let no_standard_jobs = crate::auth::Grants {
+            all_namespaces: true,
+            ..Default::default()
+        };
+        assert!(may_operate_plugins(&operator(no_standard_jobs), "ListPlugins").is_err());
+    }
 
     #[test]
     fn request_topics_are_split_and_replies_ignored() {

@@ -57,8 +57,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (deletions_tx, deletions_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     // Plugins load before anything accepts work: a configured handler that cannot load refuses the start
-    // (one that refuses its config leaves its route out of service, reported: `runner::load`).
-    let loaded_routes = recovery::runner::load(&config.recovery, &config.origin).await?;
+    // (one that refuses its config leaves its route out of service, reported: `Handlers::load`).
+    let handlers = Arc::new(recovery::Handlers::load(&config.recovery, &config.origin).await?);
     let routes = Arc::new(Routes::new(&config.recovery));
     let engine = Arc::new(
         Engine::new(
@@ -104,7 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         broker.clone(),
         store.clone(),
         routes,
-        loaded_routes,
+        handlers.clone(),
         shutdown.clone(),
         recoveries_subscribed,
     ));
@@ -113,7 +113,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (broker, engine, jobs) = (broker.clone(), engine.clone(), config.jobs.clone());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            control::serve(broker, engine, &jobs, shutdown, control_subscribed).await
+            let services = control::Services { engine, handlers };
+            control::serve(broker, services, &jobs, shutdown, control_subscribed).await
         })
     };
     // A service that failed to subscribe drops its sender; its task's error is reported at the end.

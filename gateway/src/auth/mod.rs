@@ -85,6 +85,12 @@ impl Grants {
         }
     }
 
+    /// Does this operator see every job, whatever its namespace (what gateway-wide operations, such as
+    /// resetting a recovery plugin, require)?
+    pub fn covers_everything(&self) -> bool {
+        self.all_namespaces && self.standard_jobs
+    }
+
     /// May this operator see a job in `namespace` (`None`: a job without a namespace)?
     pub fn may_see(&self, namespace: Option<&str>) -> bool {
         match namespace {

@@ -1,5 +1,6 @@
 //! The commands that run on the gateway's own machine: `run`, `store check|backup|restore`,
-//! `hash-password` and `plugin check`.
+//! `hash-password` and `plugin check` (`plugin reset`, beside them, is an operator command: see
+//! [`super::plugin_reset`]).
 //!
 //! They are thin: load the config, set up logging and a runtime, hand over to [`crate::daemon`] or
 //! [`crate::auth`], and turn the outcome into an exit code (1 for a refused config or a failed daemon,
@@ -72,6 +73,21 @@ pub enum PluginCommand {
     /// Write a new recovery-plugin crate (handler, config, unit tests, README, sample [[recovery]] route)
     /// that builds, tests and loads as it is
     New(super::plugin_new::PluginNewArgs),
+    /// Reset a route's plugin in the running gateway: quarantine and backoff cleared, a new host now
+    ///
+    /// A new plugin host (process isolation) or instance (in-process) for the [[recovery]] route, at
+    /// once; prints the plugin's new state, as `sprig reset-plugin --route-name ROUTE` does.
+    Reset(PluginResetArgs),
+}
+
+/// `sprig plugin reset ROUTE`.
+#[derive(Debug, Clone, Args)]
+pub struct PluginResetArgs {
+    /// The [[recovery]] route's name, as `sprig list-plugins` shows it
+    #[arg(value_name = "ROUTE")]
+    pub route: String,
+    #[command(flatten, next_help_heading = "Connection")]
+    pub connection: super::args::ConnectionArgs,
 }
 
 /// `sprig plugin check PATH [--config FILE [--route NAME]] [--context FILE|-]`, or

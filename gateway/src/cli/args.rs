@@ -164,6 +164,10 @@ fn add_param(cmd: Command, param: &'static Param) -> Command {
     };
     let value_name = leak(flag.replace('-', "_").to_uppercase());
     let arg = Arg::new(param.name).long(leak(flag.clone())).help(help);
+    let arg = match param.alias {
+        Some(alias) => arg.visible_alias(alias),
+        None => arg,
+    };
     match param.shape {
         Shape::Boolean => cmd
             .arg(

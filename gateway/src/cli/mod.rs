@@ -68,7 +68,7 @@ enum Command {
     Store(admin::StoreCommand),
     /// Print an argon2 hash of a password, for `password_hash` in [[auth.operators]] or [[auth.devices]]
     HashPassword(admin::HashPasswordArgs),
-    /// Check, dry-run and create recovery-handler plugins
+    /// Check, dry-run and create recovery-handler plugins, or reset a route's plugin in the running gateway
     #[command(subcommand)]
     Plugin(admin::PluginCommand),
     /// Serve one recovery-handler plugin to the gateway over stdin/stdout (started by `sprig run`)
@@ -182,6 +182,7 @@ fn execute(command: &Command) -> Result<Option<String>, Failure> {
         Command::HashPassword(args) => admin::hash_password(args),
         Command::Plugin(admin::PluginCommand::Check(args)) => admin::plugin_check(args),
         Command::Plugin(admin::PluginCommand::New(args)) => plugin_new::run(args),
+        Command::Plugin(admin::PluginCommand::Reset(args)) => plugin_reset(args),
         Command::PluginHost(args) => admin::plugin_host(args),
         Command::Operation(invocation) => operate(invocation),
     }
@@ -198,8 +199,28 @@ fn operate(invocation: &Invocation) -> Result<Option<String>, Failure> {
     if invocation.skeleton == Some(SkeletonKind::Output) {
         return Ok(Some(json::output_skeleton(op)));
     }
-    let target = connect::resolve(&invocation.connection)?;
-    let timeout = Duration::from_secs(invocation.connection.timeout_secs);
+    send(op, request, &invocation.connection)
+}
+
+/// `sprig plugin reset ROUTE`: `sprig reset-plugin --route-name ROUTE`, said the way `plugin check` is.
+fn plugin_reset(args: &admin::PluginResetArgs) -> Result<Option<String>, Failure> {
+    let op = operations::Operation::find("reset-plugin").expect("reset-plugin is in the table");
+    let mut request = input::Request::new();
+    request.insert(
+        "routeName".to_owned(),
+        serde_json::Value::String(args.route.clone()),
+    );
+    send(op, request, &args.connection)
+}
+
+/// Sends one control request and returns what to print.
+fn send(
+    op: &'static operations::Operation,
+    request: input::Request,
+    connection: &args::ConnectionArgs,
+) -> Result<Option<String>, Failure> {
+    let target = connect::resolve(connection)?;
+    let timeout = Duration::from_secs(connection.timeout_secs);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -49,6 +49,8 @@ pub struct Param {
     pub required: bool,
     /// One line for `--help`.
     pub help: &'static str,
+    /// Another long flag for it, shorter than the boto3 name's (`--route` for `--route-name`).
+    pub alias: Option<&'static str>,
 }
 
 impl Param {
@@ -103,6 +105,7 @@ const fn param(name: &'static str, shape: Shape, help: &'static str) -> Param {
         shape,
         required: false,
         help,
+        alias: None,
     }
 }
 
@@ -112,6 +115,7 @@ const fn required(name: &'static str, shape: Shape, help: &'static str) -> Param
         shape,
         required: true,
         help,
+        alias: None,
     }
 }
 
@@ -379,7 +383,89 @@ pub static OPERATIONS: &[Operation] = &[
         )],
         output: Some(Shape::Struct(&[("recovery", RECOVERY)])),
     },
+    Operation {
+        command: "list-plugins",
+        name: "ListPlugins",
+        about: "Lists the recovery routes' plugins and their state (sprig)",
+        params: &[MAX_RESULTS, NEXT_TOKEN],
+        output: Some(Shape::Struct(&[
+            ("plugins", Shape::List(&PLUGIN)),
+            ("nextToken", Shape::String),
+        ])),
+    },
+    Operation {
+        command: "describe-plugin",
+        name: "DescribePlugin",
+        about: "Describes one recovery route's plugin (sprig)",
+        params: &[ROUTE_NAME],
+        output: Some(Shape::Struct(&[("plugin", PLUGIN)])),
+    },
+    Operation {
+        command: "reset-plugin",
+        name: "ResetPlugin",
+        about: "Resets a recovery route's plugin: a new host or instance, now (sprig)",
+        params: &[ROUTE_NAME],
+        output: Some(Shape::Struct(&[("plugin", PLUGIN)])),
+    },
 ];
+
+const ROUTE_NAME: Param = Param {
+    alias: Some("route"),
+    ..required(
+        "routeName",
+        Shape::String,
+        "The [[recovery]] route's name, as list-plugins shows it.",
+    )
+};
+
+/// A route's plugin as `list-plugins`, `describe-plugin` and `reset-plugin` print it.
+const PLUGIN: Shape = Shape::Struct(&[
+    ("routeName", Shape::String),
+    ("things", Shape::String),
+    ("namespaceId", Shape::String),
+    ("isolation", Shape::String),
+    (
+        "plugin",
+        Shape::Struct(&[
+            ("path", Shape::String),
+            ("name", Shape::String),
+            ("version", Shape::String),
+            ("sdkVersion", Shape::String),
+        ]),
+    ),
+    ("budgetMs", Shape::Integer),
+    ("state", Shape::String),
+    ("stateReason", Shape::String),
+    ("stateSince", Shape::Timestamp),
+    ("retryAt", Shape::Timestamp),
+    ("hostPid", Shape::Integer),
+    ("callStartedAt", Shape::Timestamp),
+    ("hostsLostInARow", Shape::Integer),
+    ("replacementsLeft", Shape::Integer),
+    ("abandonedThreads", Shape::Integer),
+    (
+        "stats",
+        Shape::Struct(&[
+            ("calls", Shape::Integer),
+            ("succeeded", Shape::Integer),
+            ("failed", Shape::Integer),
+            ("panicked", Shape::Integer),
+            ("garbage", Shape::Integer),
+            ("timedOut", Shape::Integer),
+            ("crashed", Shape::Integer),
+            ("quarantined", Shape::Integer),
+            ("restarts", Shape::Integer),
+        ]),
+    ),
+    (
+        "lastFailure",
+        Shape::Struct(&[
+            ("at", Shape::Timestamp),
+            ("kind", Shape::String),
+            ("message", Shape::String),
+        ]),
+    ),
+]);
 
 /// A recovery as `list-recoveries` and `describe-recovery` print it.
 const RECOVERY: Shape = Shape::Struct(&[
@@ -387,6 +473,7 @@ const RECOVERY: Shape = Shape::Struct(&[
     ("thingName", Shape::String),
     ("jobId", Shape::String),
     ("namespaceId", Shape::String),
+    ("routeName", Shape::String),
     ("reason", Shape::String),
     ("status", Shape::String),
     ("executionStatus", Shape::String),

@@ -78,6 +78,47 @@ fn the_plugin_host_is_a_hidden_command() {
 }
 
 #[test]
+fn the_cli_offers_every_operation_the_control_api_serves() {
+    let mut offered: Vec<&str> = operations::OPERATIONS.iter().map(|op| op.name).collect();
+    let mut served = crate::control::OPERATIONS.to_vec();
+    offered.sort_unstable();
+    served.sort_unstable();
+    assert_eq!(offered, served);
+}
+
+#[test]
+fn plugin_reset_names_its_route_and_takes_the_connection_flags() {
+    let cli = parse(&[
+        "plugin",
+        "reset",
+        "pumps",
+        "--endpoint",
+        "mqtt://127.0.0.1:1884",
+    ])
+    .unwrap();
+    match cli.command {
+        Command::Plugin(admin::PluginCommand::Reset(args)) => {
+            assert_eq!(args.route, "pumps");
+            assert_eq!(
+                args.connection.endpoint.as_deref(),
+                Some("mqtt://127.0.0.1:1884")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        clap_exit_code(parse(&["plugin", "reset"]).unwrap_err().kind()),
+        252
+    );
+    for flag in ["--route-name", "--route"] {
+        assert_eq!(
+            request_of(&["reset-plugin", flag, "pumps"]).unwrap(),
+            json!({"routeName": "pumps"})
+        );
+    }
+}
+
+#[test]
 fn every_operation_is_a_subcommand_with_its_flags() {
     use clap::CommandFactory;
     let cli = Cli::command();

@@ -362,6 +362,10 @@ pub struct RecoveryView {
     pub job_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace_id: Option<String>,
+    /// The `[[recovery]]` route whose plugin runs it now (`sprig describe-plugin --route-name`); none if
+    /// no route matches the device any more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_name: Option<String>,
     pub reason: &'static str,
     pub status: &'static str,
     pub execution_status: &'static str,
@@ -378,13 +382,14 @@ pub struct RecoveryView {
 }
 
 impl RecoveryView {
-    pub fn of(r: &super::model::RecoveryRecord) -> RecoveryView {
+    pub fn of(r: &super::model::RecoveryRecord, route_name: Option<&str>) -> RecoveryView {
         let pending = r.state == super::model::RecoveryState::Pending;
         RecoveryView {
             recovery_id: r.id.to_string(),
             thing_name: r.thing_name.clone(),
             job_id: r.job_id.clone(),
             namespace_id: r.namespace_id.clone(),
+            route_name: route_name.map(str::to_owned),
             reason: r.reason.as_str(),
             status: r.state.as_str(),
             execution_status: r.execution_status.as_str(),

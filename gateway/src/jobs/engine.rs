@@ -405,7 +405,7 @@ impl Engine {
             let next_token = (found.len() > limit).then(|| found[limit - 1].id.to_string());
             found.truncate(limit);
             Ok(ListRecoveriesResponse {
-                recoveries: found.iter().map(RecoveryView::of).collect(),
+                recoveries: found.iter().map(|r| engine.recovery_view(r)).collect(),
                 next_token,
             })
         })
@@ -429,10 +429,19 @@ impl Engine {
                 .filter(|r| grants.may_see(r.namespace_id.as_deref()))
                 .ok_or(not_found)?;
             Ok(DescribeRecoveryResponse {
-                recovery: RecoveryView::of(&recovery),
+                recovery: engine.recovery_view(&recovery),
             })
         })
         .await
+    }
+
+    /// A recovery as operators see it, with the route that runs it.
+    fn recovery_view(&self, recovery: &RecoveryRecord) -> RecoveryView {
+        let route = self
+            .routes
+            .route_for(&recovery.thing_name, recovery.namespace_id.as_deref())
+            .and_then(|index| self.routes.name(index));
+        RecoveryView::of(recovery, route)
     }
 
     /// Runs store work on the blocking pool, refusing it once the gateway is shutting down.

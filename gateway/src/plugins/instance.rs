@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -11,7 +11,8 @@ use sprig_sdk::abi::{self, Bytes};
 use sprig_sdk::{Recovery, RecoveryContext};
 use tokio::sync::{oneshot, Mutex};
 
-use super::PluginLibrary;
+use super::library::Counters;
+use super::{PluginLibrary, PluginStats};
 
 /// Why a plugin call did not produce an answer. Every variant names the plugin.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -302,6 +303,7 @@ struct Job {
 #[derive(Debug)]
 pub struct PluginInstance {
     library: Arc<PluginLibrary>,
+    group: Arc<InstanceGroup>,
     budget: Duration,
     jobs: mpsc::Sender<Job>,
     quarantined: AtomicBool,
@@ -312,6 +314,56 @@ pub struct PluginInstance {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job").finish_non_exhaustive()
+    }
+}
+
+/// What successive instances of one owner (a recovery route's, replaced after each quarantine) share:
+/// the counters of their calls, and how many of their worker threads still run. A quarantined
+/// instance's thread cannot be killed; this is how an owner can still tell that it is stuck.
+#[derive(Debug, Default)]
+pub struct InstanceGroup {
+    counters: Counters,
+    threads: AtomicUsize,
+}
+
+impl InstanceGroup {
+    /// The counters of the group's calls (`create` of each instance included).
+    pub fn stats(&self) -> PluginStats {
+        self.counters.snapshot()
+    }
+
+    /// Worker threads of the group's instances that have not ended: live instances, and abandoned
+    /// ones still inside a plugin call.
+    pub fn running_threads(&self) -> usize {
+        self.threads.load(Ordering::SeqCst)
+    }
+
+    /// Counts a call its owner refused without an instance to make it on: the last one quarantined
+    /// and no replacement allowed ([`PluginError::Quarantined`]).
+    pub fn record_refused(&self, library: &PluginLibrary) {
+        self.record(library, Err(FailureKind::Quarantined));
+    }
+
+    fn record(&self, library: &PluginLibrary, outcome: Result<(), FailureKind>) {
+        library.counters.record(outcome);
+        self.counters.record(outcome);
+    }
+}
+
+/// Counts a worker thread as running for as long as it lives (dropped when its function returns or
+/// unwinds).
+struct RunningThread(Arc<InstanceGroup>);
+
+impl RunningThread {
+    fn new(group: Arc<InstanceGroup>) -> RunningThread {
+        group.threads.fetch_add(1, Ordering::SeqCst);
+        RunningThread(group)
+    }
+}
+
+impl Drop for RunningThread {
+    fn drop(&mut self) {
+        self.0.threads.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -326,20 +378,23 @@ impl PluginInstance {
         config: serde_json::Value,
         budget: Duration,
     ) -> Result<PluginInstance, PluginError> {
-        PluginInstance::for_route(library, config, budget, None).await
+        PluginInstance::new_in_group(library, config, budget, Arc::default(), None).await
     }
 
-    /// [`PluginInstance::new`] for a route: the plugin's log lines from the instance's thread name it.
-    pub async fn for_route(
+    /// [`PluginInstance::new`], counting the instance's calls and its thread in `group`; the plugin's log
+    /// lines from the instance's thread name `route`.
+    pub async fn new_in_group(
         library: Arc<PluginLibrary>,
         config: serde_json::Value,
         budget: Duration,
+        group: Arc<InstanceGroup>,
         route: Option<String>,
     ) -> Result<PluginInstance, PluginError> {
-        let result = PluginInstance::start(&library, config, budget, route).await;
-        library
-            .counters
-            .record(result.as_ref().map(|_| ()).map_err(PluginError::kind));
+        let result = PluginInstance::start(&library, config, budget, &group, route).await;
+        group.record(
+            &library,
+            result.as_ref().map(|_| ()).map_err(PluginError::kind),
+        );
         result
     }
 
@@ -347,14 +402,17 @@ impl PluginInstance {
         library: &Arc<PluginLibrary>,
         config: serde_json::Value,
         budget: Duration,
+        group: &Arc<InstanceGroup>,
         route: Option<String>,
     ) -> Result<PluginInstance, PluginError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (created_tx, created) = oneshot::channel();
         let worker_library = library.clone();
+        let running = RunningThread::new(group.clone());
         std::thread::Builder::new()
             .name(format!("plugin {}", library.name()))
             .spawn(move || {
+                let _running = running;
                 super::logging::with_route(route);
                 worker(worker_library, config, created_tx, queue)
             })
@@ -365,6 +423,7 @@ impl PluginInstance {
         match tokio::time::timeout(budget, created).await {
             Ok(Ok(Ok(()))) => Ok(PluginInstance {
                 library: library.clone(),
+                group: group.clone(),
                 budget,
                 jobs,
                 quarantined: AtomicBool::new(false),
@@ -392,9 +451,10 @@ impl PluginInstance {
     /// [`PluginError::TimedOut`] and every later one [`PluginError::Quarantined`], at once.
     pub async fn recover(&self, ctx: &RecoveryContext) -> Result<Recovery, PluginError> {
         let result = self.call(ctx).await;
-        self.library
-            .counters
-            .record(result.as_ref().map(|_| ()).map_err(PluginError::kind));
+        self.group.record(
+            &self.library,
+            result.as_ref().map(|_| ()).map_err(PluginError::kind),
+        );
         result
     }
 

@@ -55,9 +55,11 @@ pub mod supervisor;
 pub mod wire;
 
 pub use host::serve as serve_host;
-pub use instance::{DirectInstance, FailureKind, PluginError, PluginInstance};
+pub use instance::{DirectInstance, FailureKind, InstanceGroup, PluginError, PluginInstance};
 pub use library::{LoadError, PluginDescriptor, PluginLibrary, PluginStats};
-pub use supervisor::{host_program, HostOptions, HostedInstance, StartError};
+pub use supervisor::{
+    host_program, HostOptions, HostPhase, HostStatus, HostedInstance, StartError,
+};
 
 /// A plugin's config as the plugin receives it: its `[[recovery]]` TOML table as JSON. Tables become
 /// objects, arrays arrays, strings, integers, floats and booleans themselves, and TOML dates and times

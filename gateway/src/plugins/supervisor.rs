@@ -12,6 +12,10 @@
 //!   each host lost in a row (100 ms up to 30 s) and resets once a call is answered; [`restart_delay`]
 //!   tells a caller that would rather do other work than wait. The new host loads the library again (a
 //!   replaced file takes effect then) and runs `create` with the same config. Each restart is logged.
+//! - **Reset.** [`restart_now`] replaces the host at once, whatever it is doing (an operator's `sprig
+//!   plugin reset`): a call in progress is interrupted, its host killed, the restart delay forgotten.
+//! - **Status.** [`status`] says where the host stands (running with its pid, starting, down and why,
+//!   the restart delay) without waiting for a call in progress.
 //! - **Logs.** The host's output pipe is read all the time, by a task of its own: log frames (what the
 //!   plugin logs through the sdk, at any time, from any of its threads) go to the gateway's log at their
 //!   level with the route's label and the plugin's name, bounded again here as in-process; the other
@@ -24,18 +28,20 @@
 //!   which live as long as the runtime).
 //!
 //! [`restart_delay`]: HostedInstance::restart_delay
+//! [`restart_now`]: HostedInstance::restart_now
+//! [`status`]: HostedInstance::status
 //! [`shutdown`]: HostedInstance::shutdown
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use sprig_sdk::{Recovery, RecoveryContext};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, Notify};
 
 use super::instance::{failure, garbage, interpret};
 use super::library::Counters;
@@ -131,6 +137,34 @@ impl Backoff {
     }
 }
 
+/// Where an instance's host stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPhase {
+    /// A host runs, idle or in a call.
+    Running { pid: u32 },
+    /// A new host is loading the library and creating the instance.
+    Starting,
+    /// No host runs: the last one was lost (`start_error: None`), or a new one failed to start (why).
+    /// The next call starts one, once the restart delay has passed.
+    Down { start_error: Option<String> },
+}
+
+/// A snapshot of [`HostedInstance::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStatus {
+    pub phase: HostPhase,
+    /// When the host entered its phase.
+    pub since: SystemTime,
+    /// How long a new host must still wait, if at all.
+    pub restart_delay: Option<Duration>,
+    /// Hosts lost since one last answered a call.
+    pub lost_in_a_row: u32,
+    /// Hosts started since the first.
+    pub restarts: u64,
+    /// When the call in progress, if any, started.
+    pub call_since: Option<SystemTime>,
+}
+
 /// A plugin instance in a supervised host process. `Send + Sync`; calls are serialized.
 #[derive(Debug)]
 pub struct HostedInstance {
@@ -143,6 +177,12 @@ pub struct HostedInstance {
     counters: Counters,
     backoff: std::sync::Mutex<Backoff>,
     host: Mutex<Option<Host>>,
+    /// The host's phase and since when, kept beside `host` so that it can be read during a call.
+    phase: std::sync::Mutex<(HostPhase, SystemTime)>,
+    /// Rung by [`HostedInstance::restart_now`]: a call in progress gives its host up.
+    interrupt: Notify,
+    /// When the call in progress started.
+    call_since: std::sync::Mutex<Option<SystemTime>>,
     restarts: std::sync::atomic::AtomicU64,
 }
 
@@ -164,7 +204,10 @@ impl HostedInstance {
             name,
             counters,
             backoff: std::sync::Mutex::new(Backoff::new(FIRST_RESTART_DELAY, MAX_RESTART_DELAY)),
+            phase: std::sync::Mutex::new((host.phase(), SystemTime::now())),
             host: Mutex::new(Some(host)),
+            interrupt: Notify::new(),
+            call_since: Default::default(),
             restarts: Default::default(),
         })
     }
@@ -180,14 +223,27 @@ impl HostedInstance {
 
     async fn call(&self, ctx: &RecoveryContext) -> Result<Recovery, PluginError> {
         let mut slot = self.host.lock().await;
+        // Registered once the call has the host: a reset from now on interrupts this call, an earlier
+        // one waited for its turn (and replaced the host this call then uses).
+        let interrupted = self.interrupt.notified();
+        let _in_progress = CallInProgress::new(&self.call_since);
         if slot.is_none() {
             *slot = Some(self.restart().await?);
         }
         let host = slot.as_mut().expect("just filled");
         let context = serde_json::to_vec(ctx).expect("a RecoveryContext serializes");
-        let outcome = host
-            .exchange(&Request::Recover(&context).encode(), self.options.budget)
-            .await;
+        let request = Request::Recover(&context).encode();
+        let outcome = tokio::select! {
+            outcome = host.exchange(&request, self.options.budget) => Some(outcome),
+            () = interrupted => None,
+        };
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => {
+                host.kill().await;
+                Err(Lost::Died("was killed by `sprig plugin reset`".to_owned()))
+            }
+        };
         let plugin = self.name();
         let lost = match outcome {
             Ok(Reply::Answer { status, bytes }) => {
@@ -209,6 +265,7 @@ impl HostedInstance {
             Err(lost) => lost.error(plugin, self.options.budget),
         };
         *slot = None;
+        self.set_phase(HostPhase::Down { start_error: None });
         let delay = self.backoff().lost(Instant::now());
         tracing::warn!(
             route = %self.options.label,
@@ -228,6 +285,24 @@ impl HostedInstance {
         if let Some(wait) = wait {
             tokio::time::sleep(wait).await;
         }
+        self.start_new_host("restarting the plugin host")
+            .await
+            .map_err(|error| {
+                let plugin = self.name().to_owned();
+                match error {
+                    StartError::Create(error) => error,
+                    StartError::Load(message) => PluginError::Failed {
+                        plugin,
+                        message: format!("its new host cannot load the library: {message}"),
+                    },
+                    StartError::Host(cause) => PluginError::Crashed { plugin, cause },
+                }
+            })
+    }
+
+    /// Starts a host to replace the last (counted as a restart, logged with `why`); on failure the next
+    /// must wait for the restart delay.
+    async fn start_new_host(&self, why: &str) -> Result<Host, StartError> {
         let restarts = self
             .restarts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -237,12 +312,16 @@ impl HostedInstance {
             plugin = self.name(),
             restarts,
             lost_in_a_row = self.backoff().lost_in_a_row(),
-            "restarting the plugin host"
+            "{why}"
         );
+        self.set_phase(HostPhase::Starting);
         let started = start_host(&self.options, &self.create, &self.name).await;
         record_create(&self.counters, &started);
         match started {
-            Ok((host, _)) => Ok(host),
+            Ok((host, _)) => {
+                self.set_phase(host.phase());
+                Ok(host)
+            }
             Err(error) => {
                 let delay = self.backoff().lost(Instant::now());
                 tracing::warn!(
@@ -252,17 +331,53 @@ impl HostedInstance {
                     restart_in = ?delay,
                     "the new plugin host failed"
                 );
-                let plugin = self.name().to_owned();
-                Err(match error {
-                    StartError::Create(error) => error,
-                    StartError::Load(message) => PluginError::Failed {
-                        plugin,
-                        message: format!("its new host cannot load the library: {message}"),
-                    },
-                    StartError::Host(cause) => PluginError::Crashed { plugin, cause },
-                })
+                self.set_phase(HostPhase::Down {
+                    start_error: Some(error.to_string()),
+                });
+                Err(error)
             }
         }
+    }
+
+    /// Replaces the host now, whatever it is doing: a call in progress is interrupted (its host is
+    /// killed, and the call fails as [`PluginError::Crashed`]), the restart delay is forgotten, and a new
+    /// host loads the library and creates the instance, whose status is returned (taken before any
+    /// call can use the new host). If that fails, the error is returned and the next call tries again
+    /// after the restart delay.
+    ///
+    /// A call that is still starting a host when this is called is not interrupted: its turn ends
+    /// within the load timeout and its budget.
+    pub async fn restart_now(&self) -> Result<HostStatus, StartError> {
+        self.interrupt.notify_waiters();
+        let mut slot = self.host.lock().await;
+        if let Some(mut host) = slot.take() {
+            host.kill().await;
+        }
+        self.backoff().answered();
+        let host = self
+            .start_new_host("replacing the plugin host, as an operator asked")
+            .await?;
+        *slot = Some(host);
+        Ok(self.status())
+    }
+
+    /// Where the host stands now. Never waits, not even for a call in progress.
+    pub fn status(&self) -> HostStatus {
+        let (phase, since) = self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let backoff = self.backoff();
+        let now = Instant::now();
+        HostStatus {
+            phase,
+            since,
+            restart_delay: backoff.remaining(now),
+            lost_in_a_row: backoff.lost_in_a_row(),
+            restarts: self.restarts(),
+            call_since: *self.call_since.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    fn set_phase(&self, phase: HostPhase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = (phase, SystemTime::now());
     }
 
     /// How long the next call would wait for a new host (a host was lost, and its restart delay has not
@@ -275,6 +390,7 @@ impl HostedInstance {
     pub async fn shutdown(&self) {
         if let Some(mut host) = self.host.lock().await.take() {
             host.kill().await;
+            self.set_phase(HostPhase::Down { start_error: None });
         }
     }
 
@@ -310,6 +426,22 @@ impl HostedInstance {
 
     fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
         self.backoff.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Marks a call as in progress, from its start until it returns (or its future is dropped).
+struct CallInProgress<'a>(&'a std::sync::Mutex<Option<SystemTime>>);
+
+impl<'a> CallInProgress<'a> {
+    fn new(since: &'a std::sync::Mutex<Option<SystemTime>>) -> CallInProgress<'a> {
+        *since.lock().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
+        CallInProgress(since)
+    }
+}
+
+impl Drop for CallInProgress<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -414,6 +546,14 @@ enum Incoming {
 }
 
 impl Host {
+    /// A live host's phase.
+    fn phase(&self) -> HostPhase {
+        match self.child.id() {
+            Some(pid) => HostPhase::Running { pid },
+            None => HostPhase::Down { start_error: None },
+        }
+    }
+
     fn spawn(options: &HostOptions, name: Arc<OnceLock<String>>) -> io::Result<Host> {
         let mut command = Command::new(&options.program);
         command

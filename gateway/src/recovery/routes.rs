@@ -7,6 +7,7 @@ use crate::config::RecoveryRoute;
 #[derive(Debug, Default)]
 pub struct Routes {
     routes: Vec<(glob::Pattern, Option<String>)>,
+    names: Vec<String>,
     /// Rung by whoever commits new recoveries, so the runner starts them without waiting for its timer.
     created: tokio::sync::Notify,
 }
@@ -19,6 +20,7 @@ impl Routes {
                 .iter()
                 .filter_map(|r| Some((glob::Pattern::new(&r.things).ok()?, r.namespace.clone())))
                 .collect(),
+            names: config.iter().map(|r| r.name.clone()).collect(),
             created: tokio::sync::Notify::new(),
         }
     }
@@ -38,6 +40,11 @@ impl Routes {
         self.routes.iter().position(|(things, ns)| {
             things.matches(thing) && ns.as_deref().is_none_or(|ns| Some(ns) == namespace)
         })
+    }
+
+    /// The name of the route at `index`.
+    pub fn name(&self, index: usize) -> Option<&str> {
+        self.names.get(index).map(String::as_str)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -75,6 +82,8 @@ mod tests {
         assert_eq!(routes.route_for("pump-10", Some("acme")), Some(0));
         assert_eq!(routes.route_for("pump-1", None), Some(1));
         assert_eq!(routes.route_for("pump-10", Some("other")), Some(2));
+        assert_eq!(routes.name(1), Some("pump-?"));
+        assert_eq!(routes.name(3), None);
         assert_eq!(
             Routes::new(&[route("pump-*", None)]).route_for("valve-1", None),
             None

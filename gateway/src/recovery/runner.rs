@@ -11,190 +11,44 @@
 //! host's restart delay has passed; meanwhile the route's recoveries wait, without an attempt counted
 //! against them. `"in-process"`: on a worker thread ([`PluginInstance`]); an overrun quarantines the
 //! instance, which is replaced by a fresh one at most [`MAX_REPLACEMENTS`] times per route (each stuck
-//! instance keeps its thread), after which the route's recoveries fail.
+//! instance keeps its thread), after which the route's recoveries fail until an operator resets the
+//! route's plugin ([`Handlers::reset`]).
 //!
-//! A route whose plugin refused its config at startup is out of service ([`load`]): its recoveries fail
-//! with the refusal, which names the config file, the route and the key.
+//! A route whose plugin refused its config at startup is out of service ([`Handlers::load`]): its
+//! recoveries fail with the refusal, which names the config file, the route and the key.
+//!
+//! [`HostedInstance`]: crate::plugins::HostedInstance
+//! [`PluginInstance`]: crate::plugins::PluginInstance
+//! [`MAX_REPLACEMENTS`]: super::handlers::MAX_REPLACEMENTS
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use sprig_sdk::{Action, Outcome, Reason, RecoveryContext, MAX_ACKNOWLEDGEMENT};
-use tokio::sync::{broadcast, watch, Mutex};
+use tokio::sync::{broadcast, watch};
 
+use super::handlers::{Handlers, RouteHandler};
 use super::Routes;
 use crate::broker::{Broker, BrokerError, InternalSender};
-use crate::config::{Isolation, RecoveryRoute};
 use crate::jobs::model::{now_ms, RecoveryReason, RecoveryRecord, RecoveryState};
-use crate::plugins::{
-    HostOptions, HostedInstance, PluginError, PluginInstance, PluginLibrary, StartError,
-};
+use crate::plugins::FailureKind;
 use crate::store::Store;
 
-/// How often a route's quarantined in-process plugin instance is replaced before the route gives up.
-pub const MAX_REPLACEMENTS: u32 = 3;
 const TICK: Duration = Duration::from_millis(500);
-
-/// One `[[recovery]]` route, its plugin loaded.
-pub struct LoadedRoute {
-    route: RecoveryRoute,
-    handler: Handler,
-}
-
-/// A route's plugin, where its `isolation` puts it.
-enum Handler {
-    /// In a supervised host process.
-    Process(Box<HostedInstance>),
-    /// In the gateway: the library, and its instance on a worker thread (replaced when quarantined).
-    InProcess {
-        library: Arc<PluginLibrary>,
-        config: serde_json::Value,
-        /// How the plugin's log lines name the route.
-        label: String,
-        instance: Mutex<Option<PluginInstance>>,
-        replacements: std::sync::atomic::AtomicU32,
-    },
-    /// Out of service: the plugin loaded but its instance could not be made at startup (it refused the
-    /// route's config, or panicked or crashed making it). Every call fails with `message`, which names the
-    /// config file, the route and the key.
-    Refused { plugin: String, message: String },
-}
-
-impl LoadedRoute {
-    /// The plugin's name (from its descriptor).
-    fn plugin(&self) -> &str {
-        match &self.handler {
-            Handler::Process(hosted) => hosted.name(),
-            Handler::InProcess { library, .. } => library.name(),
-            Handler::Refused { plugin, .. } => plugin,
-        }
-    }
-
-    /// How long the route's calls must wait for a new plugin host, if they must.
-    fn restart_delay(&self) -> Option<Duration> {
-        match &self.handler {
-            Handler::Process(hosted) => hosted.restart_delay(),
-            Handler::InProcess { .. } | Handler::Refused { .. } => None,
-        }
-    }
-
-    /// Ends the route's plugin host, if it has one, and waits for it.
-    async fn shutdown(&self) {
-        if let Handler::Process(hosted) = &self.handler {
-            hosted.shutdown().await;
-        }
-    }
-}
-
-/// Loads every route's plugin and makes its instance.
-///
-/// A plugin that cannot be loaded (a missing file, the wrong ABI) refuses the start: nothing of its route
-/// can work, and a gateway that silently lacked a configured handler would be worse than one that does not
-/// start. A plugin that loads but refuses its route's `[recovery.config]` (or fails making its instance:
-/// a panic, a crash) leaves only that route out of service ([`Handler::Refused`]): the gateway says so at
-/// once, naming the config file, the route and the key, and serves devices and the other routes; each of
-/// the route's recoveries fails with that message, per the route's policy, until the config is fixed and
-/// the gateway restarted. `origin` is where the config was read from.
-pub async fn load(routes: &[RecoveryRoute], origin: &str) -> anyhow::Result<Vec<LoadedRoute>> {
-    let mut loaded = Vec::with_capacity(routes.len());
-    for (i, route) in routes.iter().enumerate() {
-        let location = route.location(origin, i);
-        let handler = match handler_for(route, format!("recovery[{i}]"), &location).await? {
-            Ok(handler) => handler,
-            Err(error) => {
-                let message = error.refusing_config_at(&location);
-                tracing::error!(
-                    route = %route.name,
-                    plugin = error.plugin(),
-                    "{message}: the route is out of service; its recoveries fail until the config is \
-                     fixed and the gateway restarted"
-                );
-                Handler::Refused {
-                    plugin: error.plugin().to_owned(),
-                    message,
-                }
-            }
-        };
-        let loaded_route = LoadedRoute {
-            route: route.clone(),
-            handler,
-        };
-        if !matches!(loaded_route.handler, Handler::Refused { .. }) {
-            tracing::info!(
-                route = i,
-                plugin = loaded_route.plugin(),
-                things = %route.things,
-                namespace = ?route.namespace,
-                isolation = ?route.isolation,
-                "recovery handler loaded"
-            );
-        }
-        loaded.push(loaded_route);
-    }
-    Ok(loaded)
-}
-
-/// The route's plugin, loaded (or the start refused: `Err`) and its instance made (or why not: `Ok(Err)`).
-async fn handler_for(
-    route: &RecoveryRoute,
-    label: String,
-    location: &str,
-) -> anyhow::Result<Result<Handler, PluginError>> {
-    let config = crate::plugins::toml_config(&route.config);
-    let budget = Duration::from_millis(route.budget_ms);
-    match route.isolation {
-        Isolation::Process => {
-            let options = HostOptions {
-                program: crate::plugins::host_program()
-                    .context("cannot find the sprig executable to run plugin hosts from")?,
-                library: route.plugin.clone(),
-                config,
-                budget,
-                label,
-            };
-            match HostedInstance::start(options).await {
-                Ok(hosted) => Ok(Ok(Handler::Process(Box::new(hosted)))),
-                Err(StartError::Create(error)) => Ok(Err(error)),
-                Err(e) => anyhow::bail!("{location}: cannot load the plugin: {e}"),
-            }
-        }
-        Isolation::InProcess => {
-            let path = route.plugin.clone();
-            let library = tokio::task::spawn_blocking(move || PluginLibrary::load(path))
-                .await?
-                .with_context(|| format!("{location}: cannot load the plugin"))?;
-            let created = PluginInstance::for_route(
-                library.clone(),
-                config.clone(),
-                budget,
-                Some(label.clone()),
-            )
-            .await;
-            Ok(created.map(|instance| Handler::InProcess {
-                library,
-                config,
-                label,
-                instance: Mutex::new(Some(instance)),
-                replacements: Default::default(),
-            }))
-        }
-    }
-}
 
 /// Runs recoveries until `shutdown` turns true; `subscribed` is told once acknowledgements are taken.
 pub async fn run(
     broker: Arc<Broker>,
     store: Arc<Store>,
     routes: Arc<Routes>,
-    loaded: Vec<LoadedRoute>,
+    handlers: Arc<Handlers>,
     mut shutdown: watch::Receiver<bool>,
     subscribed: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), BrokerError> {
     let mut client = broker.internal_client("sprig-recovery").await?;
-    for route in &loaded {
-        if let Some(topic) = &route.route.ack_topic {
+    for route in handlers.iter() {
+        if let Some(topic) = &route.route().ack_topic {
             client.subscribe(&topic.replace("{thing}", "+")).await?;
         }
     }
@@ -205,7 +59,7 @@ pub async fn run(
         broker,
         store,
         routes,
-        loaded,
+        handlers,
         sender,
     };
     // Device -> the connection that subscribed: a device listens until that connection ends.
@@ -244,9 +98,7 @@ pub async fn run(
         runner.run_due(&listening, focus).await;
     }
     // Plugin hosts end with the gateway, reaped rather than left to the kernel.
-    for route in &runner.loaded {
-        route.shutdown().await;
-    }
+    runner.handlers.shutdown().await;
     Ok(())
 }
 
@@ -257,7 +109,7 @@ struct Runner {
     broker: Arc<Broker>,
     store: Arc<Store>,
     routes: Arc<Routes>,
-    loaded: Vec<LoadedRoute>,
+    handlers: Arc<Handlers>,
     sender: InternalSender,
 }
 
@@ -272,9 +124,9 @@ impl Runner {
     /// it said (durably, like the rest of the recovery) for the handler's next context. Returns the device.
     async fn acknowledge(&self, topic: &str, payload: &[u8]) -> Option<String> {
         let thing = self
-            .loaded
+            .handlers
             .iter()
-            .find_map(|r| thing_in_topic(r.route.ack_topic.as_deref()?, topic))?;
+            .find_map(|r| thing_in_topic(r.route().ack_topic.as_deref()?, topic))?;
         let said = acknowledgement_of(payload);
         let now = now_ms();
         let of_thing = thing.clone();
@@ -317,14 +169,14 @@ impl Runner {
 
     /// One handler call for `recovery`, and its consequences recorded.
     async fn attempt(&self, mut recovery: RecoveryRecord) {
-        let Some(index) = self
+        let Some(route) = self
             .routes
             .route_for(&recovery.thing_name, recovery.namespace_id.as_deref())
+            .and_then(|index| self.handlers.get(index))
         else {
             recovery.last_error = Some("no [[recovery]] route matches this device any more".into());
             return self.finish(recovery, RecoveryState::Failed).await;
         };
-        let route = &self.loaded[index];
         // The route's plugin host was lost and its restart delay has not passed: not this device's
         // failure, so no attempt is counted; the recovery stays due and runs once a host can start.
         if route.restart_delay().is_some() {
@@ -333,7 +185,7 @@ impl Runner {
         // Only a call that never returned leaves a PENDING recovery at its last attempt: the gateway
         // stopped during it (a plugin that aborts or crashes takes the process with it). Calling again
         // would crash it again, after every restart.
-        if recovery.attempts >= route.route.max_attempts {
+        if recovery.attempts >= route.route().max_attempts {
             recovery.last_error = Some(format!(
                 "gave up after {} attempts: the last one never returned (the gateway stopped during the \
                  handler call: did the plugin abort or crash?)",
@@ -349,18 +201,14 @@ impl Runner {
             return;
         }
         let context = context_of(&recovery);
-        let answer = match &route.handler {
-            Handler::Process(hosted) => hosted.recover(&context).await.map_err(|e| e.to_string()),
-            Handler::InProcess { .. } => match self.instance_of(route).await {
-                Ok(instance) => instance.recover(&context).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            },
-            Handler::Refused { message, .. } => Err(message.clone()),
-        };
+        let answer = route.recover(&context).await;
         let now = now_ms();
         recovery.acknowledged = false;
         recovery.acknowledgement = None;
-        match answer.and_then(|answer| check_actions(&recovery.thing_name, answer)) {
+        match answer
+            .map_err(|e| operator_error(route, &e))
+            .and_then(|answer| check_actions(&recovery.thing_name, answer))
+        {
             Ok(answer) => self.apply(&mut recovery, answer, route, now).await,
             Err(error) => {
                 tracing::warn!(
@@ -373,17 +221,18 @@ impl Runner {
                 );
                 recovery.failures += 1;
                 recovery.last_error = Some(error);
-                if recovery.failures >= route.route.max_failures {
+                if recovery.failures >= route.route().max_failures {
                     return self.finish(recovery, RecoveryState::Failed).await;
                 }
                 let backoff = route
-                    .route
+                    .route()
                     .retry_backoff_ms
                     .saturating_mul(1 << (recovery.failures - 1).min(16));
                 recovery.next_attempt_at = now + backoff as i64;
             }
         }
-        if recovery.state == RecoveryState::Pending && recovery.attempts >= route.route.max_attempts
+        if recovery.state == RecoveryState::Pending
+            && recovery.attempts >= route.route().max_attempts
         {
             recovery.last_error = Some(format!("gave up after {} attempts", recovery.attempts));
             return self.finish(recovery, RecoveryState::Failed).await;
@@ -397,7 +246,7 @@ impl Runner {
         &self,
         recovery: &mut RecoveryRecord,
         answer: sprig_sdk::Recovery,
-        route: &LoadedRoute,
+        route: &RouteHandler,
         now: i64,
     ) {
         for action in answer.actions {
@@ -436,47 +285,6 @@ impl Runner {
                 "recovery ended"
             );
         }
-    }
-
-    /// The in-process route's live instance, replacing a quarantined one a bounded number of times.
-    async fn instance_of<'a>(
-        &self,
-        route: &'a LoadedRoute,
-    ) -> Result<tokio::sync::MappedMutexGuard<'a, PluginInstance>, PluginError> {
-        let Handler::InProcess {
-            library,
-            config,
-            label,
-            instance,
-            replacements,
-        } = &route.handler
-        else {
-            unreachable!("only in-process routes have a PluginInstance");
-        };
-        let mut slot = instance.lock().await;
-        if slot.as_ref().is_none_or(PluginInstance::is_quarantined) {
-            let replaced = replacements.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if replaced >= MAX_REPLACEMENTS {
-                return Err(PluginError::Quarantined {
-                    plugin: library.name().to_owned(),
-                });
-            }
-            tracing::warn!(
-                plugin = library.name(),
-                "replacing a quarantined plugin instance"
-            );
-            let budget = Duration::from_millis(route.route.budget_ms);
-            let replacement = PluginInstance::for_route(
-                library.clone(),
-                config.clone(),
-                budget,
-                Some(label.clone()),
-            );
-            *slot = Some(replacement.await?);
-        }
-        Ok(tokio::sync::MutexGuard::map(slot, |s| {
-            s.as_mut().expect("just filled")
-        }))
     }
 
     async fn finish(&self, mut recovery: RecoveryRecord, state: RecoveryState) {
@@ -522,6 +330,19 @@ impl Runner {
                 None
             }
         }
+    }
+}
+
+/// A plugin failure as the recovery records it: a quarantined route's failure says how to clear it.
+fn operator_error(route: &RouteHandler, error: &crate::plugins::PluginError) -> String {
+    match error.kind() {
+        FailureKind::Quarantined => format!(
+            "{error} (route {route}: its instances were replaced {max} times; `sprig plugin reset {route}` \
+             makes a new one)",
+            route = route.route().name,
+            max = super::handlers::MAX_REPLACEMENTS
+        ),
+        _ => error.to_string(),
     }
 }
 

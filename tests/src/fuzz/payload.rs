@@ -310,6 +310,9 @@ pub const OPERATIONS: &[&str] = &[
     "ListJobExecutionsForJob",
     "ListRecoveries",
     "DescribeRecovery",
+    "ListPlugins",
+    "DescribePlugin",
+    "ResetPlugin",
 ];
 
 pub fn operation(rng: &mut Rng) -> String {
@@ -448,6 +451,21 @@ pub fn control_body(rng: &mut Rng, operation: &str) -> Vec<u8> {
                 "recoveryId",
                 95,
                 field(rng, |r| s(format!("{}", r.below(100)))),
+            )];
+            object(rng, fields)
+        }
+        "ListPlugins" => {
+            let fields = vec![
+                ("maxResults", 30, field(rng, max_results)),
+                ("nextToken", 20, field(rng, next_token)),
+            ];
+            object(rng, fields)
+        }
+        "DescribePlugin" | "ResetPlugin" => {
+            let fields = vec![(
+                "routeName",
+                95,
+                field(rng, |r| s(*r.pick(&["recovery-1", "pumps", "a b", ""]))),
             )];
             object(rng, fields)
         }

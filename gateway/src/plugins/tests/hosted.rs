@@ -255,3 +255,68 @@ fn status_of(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(") ")?.1.chars().next()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_interrupts_a_stuck_call_and_starts_a_new_host_at_once() {
+    let stuck = Arc::new(
+        hosted(
+            "misbehave",
+            json!({"mode": "hang", "hang_ms": 60_000}),
+            Duration::from_secs(60),
+        )
+        .await,
+    );
+    let HostPhase::Running { pid: first } = stuck.status().phase else {
+        panic!("{:?}", stuck.status())
+    };
+    let call = tokio::spawn({
+        let stuck = stuck.clone();
+        async move { stuck.recover(&context()).await }
+    });
+    // The call is in the host (the status is read without waiting for it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stuck.status().call_since.is_none() {
+        assert!(Instant::now() < deadline, "the call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stuck.status().phase, HostPhase::Running { pid: first });
+
+    let started = Instant::now();
+    stuck.restart_now().await.unwrap();
+    let error = call.await.unwrap().unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the 60 s call was cut short"
+    );
+    assert_eq!(error.kind(), FailureKind::Crashed, "{error}");
+    assert!(error.to_string().contains("sprig plugin reset"), "{error}");
+    let status = stuck.status();
+    let HostPhase::Running { pid: second } = status.phase else {
+        panic!("{status:?}")
+    };
+    assert_ne!(first, second);
+    assert!(!exists(first), "the old host was reaped");
+    // The reset forgot the loss: no restart delay, nothing lost in a row.
+    assert_eq!((status.restart_delay, status.lost_in_a_row), (None, 0));
+    assert_eq!(status.restarts, 1);
+    assert_eq!(status.call_since, None);
+}
+
+#[tokio::test]
+async fn the_status_shows_a_lost_host_backing_off_then_stopped() {
+    let crashy = hosted("misbehave", json!({"mode": "segfault"}), GENEROUS).await;
+    let error = crashy.recover(&context()).await.unwrap_err();
+    assert_eq!(error.kind(), FailureKind::Crashed, "{error}");
+    let status = crashy.status();
+    assert_eq!(status.phase, HostPhase::Down { start_error: None });
+    assert_eq!(status.lost_in_a_row, 1);
+    assert!(status
+        .restart_delay
+        .is_some_and(|d| d <= FIRST_RESTART_DELAY));
+    tokio::time::sleep(FIRST_RESTART_DELAY).await;
+    assert_eq!(crashy.status().restart_delay, None);
+
+    // A reset of a lost host starts one.
+    crashy.restart_now().await.unwrap();
+    assert!(matches!(crashy.status().phase, HostPhase::Running { .. }));
+}

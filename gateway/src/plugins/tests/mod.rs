@@ -283,6 +283,50 @@ async fn a_hang_times_out_within_the_budget_then_quarantines() {
 }
 
 #[tokio::test]
+async fn a_group_counts_its_instances_calls_and_the_threads_they_left_running() {
+    let group = Arc::new(InstanceGroup::default());
+    let config = json!({"mode": "hang", "hang_ms": 1_500});
+    let stuck =
+        PluginInstance::new_in_group(load("misbehave"), config, BUDGET, group.clone(), None)
+            .await
+            .unwrap();
+    assert_eq!(group.running_threads(), 1);
+    let error = stuck.recover(&context()).await.unwrap_err();
+    assert_eq!(error.kind(), FailureKind::TimedOut);
+    drop(stuck);
+    // The abandoned thread still sleeps in the plugin: it cannot be ended, only waited for.
+    assert_eq!(group.running_threads(), 1);
+    let fine = PluginInstance::new_in_group(
+        load("misbehave"),
+        json!({"mode": "ok"}),
+        GENEROUS,
+        group.clone(),
+        None,
+    )
+    .await
+    .unwrap();
+    fine.recover(&context()).await.unwrap();
+    assert_eq!(group.running_threads(), 2);
+    let stats = group.stats();
+    assert_eq!(
+        (stats.calls, stats.succeeded, stats.timed_out),
+        (4, 3, 1),
+        "two creates, two recovers: {stats:?}"
+    );
+    // Once its call returns, the abandoned thread ends; a dropped instance's thread ends at once.
+    drop(fine);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while group.running_threads() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} threads left",
+            group.running_threads()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_hang_does_not_stall_the_runtime() {
     // On a current-thread runtime, a blocking call would stop the ticker task below.
     let config = json!({"mode": "hang", "hang_ms": 60_000});
