@@ -299,6 +299,10 @@ enum Variant {
     Plain,
     /// sprig: the topic rule the slow readers need and a shorter `write_stall_timeout_ms`.
     SlowReaders,
+    /// sprig: no control request rate for its operators (1b's sessions are one operator's, as fast as
+    /// they come: the limit of 50 a second would refuse most of their requests, and the probe's, which
+    /// is not what 1b measures).
+    Sessions,
     /// mosquitto: a password file with the operator and no anonymous clients.
     Passwords,
 }
@@ -336,6 +340,13 @@ impl Broker {
             Kind::Sprig => {
                 let data_dir = dir.path().join("data");
                 let mut config = config_for(&addr.to_string(), &data_dir);
+                if variant == Variant::Sessions {
+                    config = with_setting(
+                        &config,
+                        "requests_per_second = 50",
+                        "requests_per_second = 100000",
+                    );
+                }
                 if variant == Variant::SlowReaders {
                     config = with_setting(
                         &config,
@@ -737,7 +748,7 @@ async fn run_attack(attack: Attack, kind: Kind, bins: &Bins, settings: &Settings
     let window = settings.window;
     match attack {
         Attack::Filters => {
-            let broker = Broker::start(kind, bins, "filters", Variant::Plain, settings);
+            let broker = Broker::start(kind, bins, "filters", Variant::Sessions, settings);
             let filters = measure(
                 &broker,
                 settings,
