@@ -7,18 +7,7 @@ use super::abi::{self, Bytes, Descriptor};
 use super::*;
 
 fn context() -> RecoveryContext {
-    RecoveryContext {
-        thing_name: "sensor-7".into(),
-        job_id: "fw-42".into(),
-        namespace_id: None,
-        job_document: json!({"operation": "update"}),
-        execution_status: "IN_PROGRESS".into(),
-        status_details: BTreeMap::from([("step".into(), "flashing".into())]),
-        reason: Reason::ForceDeleted,
-        attempt: 1,
-        acknowledged: false,
-        acknowledgement: None,
-    }
+    RecoveryContext::example()
 }
 
 #[test]

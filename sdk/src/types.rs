@@ -83,6 +83,24 @@ fn first_attempt() -> u32 {
 }
 
 impl RecoveryContext {
+    /// A plausible context, for a handler's unit tests and a dry run's starting point: device `sensor-7`,
+    /// whose job `fw-42` (document `{"operation": "update"}`) was force-deleted while it was
+    /// `IN_PROGRESS`, flashing; attempt 1, nothing acknowledged. Change the fields a test is about.
+    pub fn example() -> RecoveryContext {
+        RecoveryContext {
+            thing_name: "sensor-7".into(),
+            job_id: "fw-42".into(),
+            namespace_id: None,
+            job_document: serde_json::json!({"operation": "update"}),
+            execution_status: "IN_PROGRESS".into(),
+            status_details: BTreeMap::from([("step".into(), "flashing".into())]),
+            reason: Reason::ForceDeleted,
+            attempt: 1,
+            acknowledged: false,
+            acknowledgement: None,
+        }
+    }
+
     /// The device's reason, if it acknowledged negatively, by a simple convention: an acknowledgement
     /// that is a JSON object whose `status` is `"FAILED"` or `"REJECTED"` (any case; AWS IoT Jobs'
     /// terminal failure statuses) is negative; its reason is its `reason` string, else its

@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use sprig_tests::bench::{self, mib};
-use sprig_tests::device::{Device, Protocol};
 use sprig_tests::fuzz::{self, drive, Generator, Settings};
 use sprig_tests::Gateway;
 
@@ -55,7 +53,7 @@ fn main() {
         settings.replay(),
         settings.concurrency
     );
-    runtime.block_on(still_serves(&gateway, "fuzz-bench-0"));
+    runtime.block_on(fuzz::still_serves(&gateway, "fuzz-bench-0"));
     let rss_before = gateway.rss_kb();
     let generator = Arc::new(Generator::new(settings.seed, ids));
     let options = drive::Options {
@@ -114,7 +112,7 @@ fn main() {
         .into_iter()
         .map(str::to_owned)
         .collect::<Vec<_>>();
-    runtime.block_on(still_serves(&gateway, "fuzz-bench-1"));
+    runtime.block_on(fuzz::still_serves(&gateway, "fuzz-bench-1"));
     let (rss_after, peak) = (gateway.rss_kb(), gateway.peak_rss_kb());
     println!();
     println!("| measure | value |");
@@ -163,17 +161,4 @@ fn main() {
         "store check: {}",
         String::from_utf8_lossy(&check.stdout)
     );
-}
-
-/// A well-behaved device gets a Jobs API reply, and an operator a control reply.
-async fn still_serves(gateway: &Gateway, thing: &str) {
-    let mut device = Device::connect(gateway.addr, thing, Protocol::V5).await;
-    let (accepted, reply) = device.request("get", json!({})).await;
-    assert!(accepted, "{reply}");
-    device.disconnect().await;
-    let mut operator = gateway.operator().await;
-    operator
-        .request("ListJobs", json!({}))
-        .await
-        .expect("ListJobs is answered");
 }

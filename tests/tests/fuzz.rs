@@ -9,8 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
-use sprig_tests::device::{Device, Protocol};
 use sprig_tests::fuzz::{self, drive, Generator, Settings};
 use sprig_tests::Gateway;
 
@@ -122,15 +120,7 @@ async fn fuzzed_sessions_leave_the_gateway_serving_without_panics_or_growth() {
 
 /// A well-behaved device gets a Jobs API reply, an operator a control reply, and the CLI its answer.
 async fn still_serves(gateway: &Gateway, thing: &str) {
-    let mut device = Device::connect(gateway.addr, thing, Protocol::V5).await;
-    let (accepted, reply) = device.request("get", json!({})).await;
-    assert!(accepted, "{reply}");
-    device.disconnect().await;
-    let mut operator = gateway.operator().await;
-    operator
-        .request("ListJobs", json!({}))
-        .await
-        .expect("ListJobs is answered");
+    fuzz::still_serves(gateway, thing).await;
     let list = gateway.cli(&["list-jobs"]);
     assert!(
         list.status.success(),

@@ -194,19 +194,9 @@ fn setup_of(route: &RecoveryRoute, origin: &str, index: usize) -> Setup {
 }
 
 /// A context to start from: every field the gateway sends, with plausible values (a device whose firmware
-/// job was force-deleted mid-flash). Made by the sdk's own type, so it lists every field it knows.
+/// job was force-deleted mid-flash): the sdk's `RecoveryContext::example`, so it lists every field it knows.
 pub fn sample_context() -> Value {
-    let minimal = serde_json::json!({
-        "thingName": "sensor-7",
-        "jobId": "fw-42",
-        "jobDocument": {"operation": "update", "firmware": "2.1.0"},
-        "executionStatus": "IN_PROGRESS",
-        "statusDetails": {"step": "flashing"},
-        "reason": "forceDeleted",
-    });
-    let context: RecoveryContext =
-        serde_json::from_value(minimal).expect("the sample is a RecoveryContext");
-    serde_json::to_value(context).expect("a context serializes")
+    serde_json::to_value(RecoveryContext::example()).expect("a context serializes")
 }
 
 /// The context in `source` (a file, or `-` for standard input).

@@ -266,6 +266,20 @@ pub const JOB_IDS: usize = 12;
 /// Namespaces the jobs and requests use (the scoped operator is granted the first).
 pub const NAMESPACES: &[&str] = &["acme", "aws-gg-deployment", "fuzz"];
 
+/// After a run: a well-behaved device gets a Jobs API reply, and an operator a control reply.
+pub async fn still_serves(gateway: &Gateway, thing: &str) {
+    use crate::device::{Device, Protocol};
+    let mut device = Device::connect(gateway.addr, thing, Protocol::V5).await;
+    let (accepted, reply) = device.request("get", serde_json::json!({})).await;
+    assert!(accepted, "{reply}");
+    device.disconnect().await;
+    let mut operator = gateway.operator().await;
+    operator
+        .request("ListJobs", serde_json::json!({}))
+        .await
+        .expect("ListJobs is answered");
+}
+
 pub fn thing_name(i: usize) -> String {
     format!("fuzz-{i}")
 }

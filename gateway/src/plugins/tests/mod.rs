@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sprig_sdk::{Action, Outcome, Reason, RecoveryContext};
+use sprig_sdk::{Action, Outcome, RecoveryContext};
 
 use super::*;
 
@@ -87,18 +87,7 @@ fn load(name: &str) -> Arc<PluginLibrary> {
 }
 
 fn context() -> RecoveryContext {
-    RecoveryContext {
-        thing_name: "sensor-7".into(),
-        job_id: "fw-42".into(),
-        namespace_id: None,
-        job_document: json!({"operation": "update"}),
-        execution_status: "IN_PROGRESS".into(),
-        status_details: BTreeMap::from([("step".into(), "flashing".into())]),
-        reason: Reason::ForceDeleted,
-        attempt: 1,
-        acknowledged: false,
-        acknowledgement: None,
-    }
+    RecoveryContext::example()
 }
 
 async fn instance(name: &str, config: Value) -> Result<PluginInstance, PluginError> {
