@@ -61,6 +61,7 @@ pub async fn run(
         routes,
         handlers,
         sender,
+        unflushed: Default::default(),
     };
     // Device -> the connection that subscribed: a device listens until that connection ends.
     let mut listening = Listening::new();
@@ -111,6 +112,8 @@ struct Runner {
     routes: Arc<Routes>,
     handlers: Arc<Handlers>,
     sender: InternalSender,
+    /// An outcome was written and not flushed yet (see [`Runner::finish`]).
+    unflushed: std::sync::atomic::AtomicBool,
 }
 
 impl Runner {
@@ -165,6 +168,17 @@ impl Runner {
                 self.attempt(recovery).await;
             }
         }
+        self.flush_outcomes().await;
+    }
+
+    /// Makes the outcomes written since the last flush durable, if any.
+    async fn flush_outcomes(&self) {
+        if self
+            .unflushed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.blocking(|s| s.flush()).await;
+        }
     }
 
     /// One handler call for `recovery`, and its consequences recorded.
@@ -200,6 +214,9 @@ impl Runner {
         if !self.save(recovery.clone(), true).await {
             return;
         }
+        // That flush made every outcome written before it durable too.
+        self.unflushed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let context = context_of(&recovery);
         let answer = route.recover(&context).await;
         let now = now_ms();
@@ -287,11 +304,17 @@ impl Runner {
         }
     }
 
+    /// Records the attempt's outcome. Written at once, flushed with the next attempt's flush (before its
+    /// handler call) or at the end of the runner's pass, whichever comes first: one flush per recovery
+    /// rather than two. A crash in between leaves the recovery PENDING with its attempt counted, and its
+    /// handler is called again after the restart, as a crash during the call would.
     async fn finish(&self, mut recovery: RecoveryRecord, state: RecoveryState) {
         recovery.state = state;
         recovery.updated_at = now_ms();
-        // An outcome must not be lost: flushed before the runner moves on.
-        self.save(recovery, true).await;
+        if self.save(recovery, false).await {
+            self.unflushed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Writes a recovery (and makes it durable at once if `flush`); false if the store failed (logged; the
