@@ -106,6 +106,54 @@ async fn packets_only_a_server_sends_close_the_client_with_its_will_and_presence
     assert!(!gateway.log().contains("panicked"), "{}", gateway.log());
 }
 
+/// A PUBACK for nothing in flight (a duplicate, or made up) is ignored: passed to rumqttd's router it
+/// was taken for its oldest publish's acknowledgement, logged as an error and the client dropped, so a
+/// client could fill the log one connection at a time. A real acknowledgement still reaches the router:
+/// the next QoS 1 message flows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_puback_for_nothing_in_flight_is_ignored() {
+    let gateway = Gateway::start_with(|config| {
+        config + "\n[[auth.topic_rules]]\npublish = [\"dt/${thing}/#\"]\nsubscribe = [\"dt/${thing}/#\"]\n"
+    });
+    let mut stream = TcpStream::connect(gateway.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .write_all(&sprig_tests::raw::connect("stray-acker", None))
+        .unwrap();
+    assert_eq!(read_packet(&mut stream).0, 0x20, "CONNACK");
+    let mut subscribe = vec![0, 1];
+    put_str(&mut subscribe, b"dt/stray-acker/#");
+    subscribe.push(1);
+    stream.write_all(&packet(0x82, &subscribe)).unwrap();
+    assert_eq!(read_packet(&mut stream), (0x90, vec![0, 1, 1]), "SUBACK");
+    for pkid in [5u16, 1, 77, 300] {
+        stream
+            .write_all(&packet(0x40, &pkid.to_be_bytes()))
+            .unwrap();
+    }
+    // Two QoS 1 messages through the router, each acknowledged (the second comes only once the router
+    // had the first one's acknowledgement, its window being the client's), the first twice.
+    for n in 1..=2u16 {
+        let mut publish = Vec::new();
+        put_str(&mut publish, b"dt/stray-acker/x");
+        publish.extend_from_slice(&(10 + n).to_be_bytes());
+        publish.extend_from_slice(b"hello");
+        stream.write_all(&packet(0x32, &publish)).unwrap();
+        let mut got = [read_packet(&mut stream), read_packet(&mut stream)];
+        got.sort_by_key(|(header, _)| *header);
+        assert_eq!(got[1], (0x40, (10 + n).to_be_bytes().to_vec()), "PUBACK");
+        let (header, body) = &got[0];
+        assert_eq!(header & 0xf6, 0x32, "the message, at QoS 1: {got:?}");
+        let pkid = body[body.len() - 7..body.len() - 5].to_vec();
+        stream.write_all(&packet(0x40, &pkid)).unwrap();
+        stream.write_all(&packet(0x40, &pkid)).unwrap();
+    }
+    stream.write_all(&packet(0xC0, &[])).unwrap();
+    assert_eq!(read_packet(&mut stream), (0xD0, vec![]), "still connected");
+    let log = gateway.log();
+    assert!(!log.contains("Unsolicited"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wildcards_in_a_publish_topic_close_the_client_and_malformed_filters_are_refused() {
     let gateway = Gateway::start_with(|config| {

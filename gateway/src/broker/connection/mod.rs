@@ -33,7 +33,7 @@ use super::admission::Slot;
 use super::backlog::Waiting;
 use super::codec::{PacketReader, PacketWriter, ReadError, Version};
 use super::direct::{self, Resumed, SessionRequest};
-use super::inflight::{qos_and_pkid, Acked, Inflight, ROUTER_PKIDS};
+use super::inflight::{qos_and_pkid, Acked, Inflight};
 use super::internal::disconnect_now;
 use super::links::LinkName;
 use super::parking::{restore_filters, Link};
@@ -838,9 +838,17 @@ impl Client {
                 }
                 Packet::PubAck(ack, props) => match lock(&self.inflight).acknowledged(ack.pkid) {
                     Acked::Own => Inbound::default(),
-                    // An id sprig never gave is not passed on: the router would take it for one of its own.
-                    Acked::Unknown if ack.pkid > ROUTER_PKIDS => Inbound::default(),
-                    Acked::Router | Acked::Unknown => Inbound::forward(Packet::PubAck(ack, props)),
+                    Acked::Router => Inbound::forward(Packet::PubAck(ack, props)),
+                    // Nothing in flight has that id (a duplicate, or made up): not passed on, as the router
+                    // would take it for its oldest publish's ack, log an error and drop the connection.
+                    Acked::Unknown => {
+                        tracing::debug!(
+                            client_id = self.client_id,
+                            pkid = ack.pkid,
+                            "PUBACK for nothing in flight: ignored"
+                        );
+                        Inbound::default()
+                    }
                 },
                 Packet::PubRel(pubrel, props) => self.inbound_pubrel(pubrel, props),
                 p @ (Packet::PingReq(_) | Packet::PubRec(..) | Packet::PubComp(..)) => {
