@@ -1060,6 +1060,17 @@ mod tests {
     use super::*;
     use crate::jobs::model::{ExecutionStatus, JobStatus};
 
+    /// Commits a new job (or a new version of it) with `executions` added.
+    fn put_job(store: &Store, job: &Job, executions: &[Execution]) {
+        store
+            .commit(&Change {
+                job_after: Some(job),
+                put_executions: executions,
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
     fn job(id: &str, namespace: Option<&str>, things: &[&str]) -> (Job, Vec<Execution>) {
         let executions: Vec<Execution> =
             things.iter().map(|t| Execution::queued(id, t, 1)).collect();
@@ -1155,13 +1166,7 @@ mod tests {
         let mut done = store.execution("j1", "t1").unwrap().unwrap();
         done.status = ExecutionStatus::Succeeded;
         let (j1, _) = job("j1", None, &names);
-        store
-            .commit(&Change {
-                job_after: Some(&j1),
-                put_executions: std::slice::from_ref(&done),
-                ..Default::default()
-            })
-            .unwrap();
+        put_job(&store, &j1, std::slice::from_ref(&done));
 
         let asked = [
             "t199", "t1", "t10", "nobody", "t1", "t0", "t2", "t151", "t100",
@@ -1203,21 +1208,9 @@ mod tests {
     fn a_committed_job_is_found_by_id_status_namespace_and_thing() {
         let (_dir, store) = open();
         let (j, execs) = job("j1", Some("acme"), &["t1", "t2"]);
-        store
-            .commit(&Change {
-                job_after: Some(&j),
-                put_executions: &execs,
-                ..Default::default()
-            })
-            .unwrap();
+        put_job(&store, &j, &execs);
         let (other, other_execs) = job("j2", None, &["t1"]);
-        store
-            .commit(&Change {
-                job_after: Some(&other),
-                put_executions: &other_execs,
-                ..Default::default()
-            })
-            .unwrap();
+        put_job(&store, &other, &other_execs);
 
         assert_eq!(store.job("j1").unwrap(), Some(j.clone()));
         assert_eq!(
@@ -1248,13 +1241,7 @@ mod tests {
     fn status_changes_move_the_index_and_removal_clears_everything() {
         let (_dir, store) = open();
         let (j, execs) = job("j1", None, &["t1", "t2", "t3"]);
-        store
-            .commit(&Change {
-                job_after: Some(&j),
-                put_executions: &execs,
-                ..Default::default()
-            })
-            .unwrap();
+        put_job(&store, &j, &execs);
         let mut deleting = j.clone();
         deleting.status = JobStatus::DeletionInProgress;
         store
@@ -1307,13 +1294,7 @@ mod tests {
     fn check_reports_an_index_that_disagrees_with_its_record() {
         let (_dir, store) = open();
         let (j, mut execs) = job("j1", None, &["t1"]);
-        store
-            .commit(&Change {
-                job_after: Some(&j),
-                put_executions: &execs,
-                ..Default::default()
-            })
-            .unwrap();
+        put_job(&store, &j, &execs);
         execs[0].status = ExecutionStatus::Succeeded;
         // Write the record alone, bypassing commit: the thing index and the job counts are now stale.
         store
@@ -1335,13 +1316,7 @@ mod tests {
         let (j, execs) = job("j1", Some("ns"), &["t1"]);
         {
             let store = Store::open(dir.path(), 8 << 20).unwrap();
-            store
-                .commit(&Change {
-                    job_after: Some(&j),
-                    put_executions: &execs,
-                    ..Default::default()
-                })
-                .unwrap();
+            put_job(&store, &j, &execs);
             store.flush().unwrap();
         }
         let store = Store::open(dir.path(), 8 << 20).unwrap();
@@ -1388,13 +1363,7 @@ mod tests {
         let store = Store::open(dir, 8 << 20).unwrap();
         for i in store.summary().unwrap().jobs as usize..count {
             let (j, execs) = job(&format!("j{i}"), None, &["t1"]);
-            store
-                .commit(&Change {
-                    job_after: Some(&j),
-                    put_executions: &execs,
-                    ..Default::default()
-                })
-                .unwrap();
+            put_job(&store, &j, &execs);
         }
         store.close().unwrap();
     }
@@ -1474,13 +1443,7 @@ mod tests {
         {
             let store = Store::open(dir.path(), 8 << 20).unwrap();
             let (older, mut execs) = job("j1", None, &["t1", "t2"]);
-            store
-                .commit(&Change {
-                    job_after: Some(&older),
-                    put_executions: &execs,
-                    ..Default::default()
-                })
-                .unwrap();
+            put_job(&store, &older, &execs);
             let mut canceled = older.clone();
             canceled.status = JobStatus::Canceled;
             execs[0].status = ExecutionStatus::Canceled;
