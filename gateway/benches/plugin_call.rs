@@ -10,7 +10,6 @@
 //! Tokio runtime with two workers, as `sprig run` has on a 2-core machine. `SPRIG_BENCH_CALLS` (default
 //! 100000) changes the number of calls. Run with `cargo bench -p sprig-gateway --bench plugin_call`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use serde_json::json;
 use sprig_gateway::plugins::{
     DirectInstance, HostOptions, HostedInstance, PluginInstance, PluginLibrary,
 };
-use sprig_sdk::{Reason, RecoveryContext};
+use sprig_sdk::RecoveryContext;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -70,14 +69,8 @@ async fn main() {
     let ctx = RecoveryContext {
         thing_name: "sensor-0007".into(),
         job_id: "firmware-update-42".into(),
-        namespace_id: None,
         job_document: json!({"operation": "update", "url": "https://example.com/fw.bin"}),
-        execution_status: "IN_PROGRESS".into(),
-        status_details: BTreeMap::from([("step".into(), "flashing".into())]),
-        reason: Reason::ForceDeleted,
-        attempt: 1,
-        acknowledged: false,
-        acknowledgement: None,
+        ..RecoveryContext::example()
     };
     let context_json = serde_json::to_vec(&ctx).unwrap();
 

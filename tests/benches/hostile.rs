@@ -480,13 +480,12 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(dir) = std::env::var_os("SPRIG_HOSTILE_LOGS") {
-            let dir = PathBuf::from(dir);
-            let _ = std::fs::create_dir_all(&dir);
-            let _ = std::fs::copy(&self.log_path, dir.join(format!("{}.log", self.label)));
-        }
+        sprig_tests::bench::stop_broker(
+            &mut self.child,
+            &self.log_path,
+            &self.label,
+            "SPRIG_HOSTILE_LOGS",
+        );
         CHILDREN.lock().unwrap().retain(|&p| p != self.child.id());
     }
 }

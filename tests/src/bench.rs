@@ -106,6 +106,18 @@ pub fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
+/// Kills a broker the benchmark started and waits for it; if the environment variable `logs_var` names a
+/// directory, its log (`log_path`) is kept there as `{label}.log`.
+pub fn stop_broker(child: &mut std::process::Child, log_path: &Path, label: &str, logs_var: &str) {
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Some(dir) = std::env::var_os(logs_var) {
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::copy(log_path, dir.join(format!("{label}.log")));
+    }
+}
+
 /// KiB as MiB with one decimal, as the benchmarks' tables print memory.
 pub fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
