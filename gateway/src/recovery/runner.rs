@@ -84,7 +84,7 @@ pub async fn run(
             message = receiver.next() => acknowledgement = Some(message?),
         }
         let focus = match (acknowledgement, subscribed) {
-            (Some((topic, payload)), _) => runner.acknowledge(&topic, &payload).await,
+            (Some((topic, payload)), _) => runner.acknowledge(&topic, &payload, &listening).await,
             (None, Some((thing, connection))) => {
                 listening.insert(thing.clone(), connection);
                 Some(thing)
@@ -125,11 +125,23 @@ impl Runner {
 
     /// A message on an `ack_topic`: the device's PENDING recoveries are acknowledged and due, and keep what
     /// it said (durably, like the rest of the recovery) for the handler's next context. Returns the device.
-    async fn acknowledge(&self, topic: &str, payload: &[u8]) -> Option<String> {
+    ///
+    /// Flushed at once unless the device is listening: then its next attempt runs right after, and that
+    /// attempt's flush, before the handler call, makes the acknowledgement durable with it (one flush
+    /// fewer per acknowledged recovery).
+    async fn acknowledge(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        listening: &Listening,
+    ) -> Option<String> {
         let thing = self
             .handlers
             .iter()
             .find_map(|r| thing_in_topic(r.route().ack_topic.as_deref()?, topic))?;
+        let attempted_now = listening
+            .get(&thing)
+            .is_some_and(|&connection| self.is_listening(&thing, connection));
         let said = acknowledgement_of(payload);
         let now = now_ms();
         let of_thing = thing.clone();
@@ -142,8 +154,11 @@ impl Runner {
             recovery.acknowledgement = Some(said.clone());
             recovery.next_attempt_at = now;
             recovery.updated_at = now;
-            // Flushed: what the device said must reach its handler even if the gateway stops first.
-            self.save(recovery, true).await;
+            // What the device said must reach its handler even if the gateway stops first.
+            if self.save(recovery, !attempted_now).await && attempted_now {
+                self.unflushed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         Some(thing)
     }
