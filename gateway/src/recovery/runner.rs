@@ -22,6 +22,7 @@
 //! [`MAX_REPLACEMENTS`]: super::handlers::MAX_REPLACEMENTS
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,7 +114,7 @@ struct Runner {
     handlers: Arc<Handlers>,
     sender: InternalSender,
     /// An outcome was written and not flushed yet (see [`Runner::finish`]).
-    unflushed: std::sync::atomic::AtomicBool,
+    unflushed: AtomicBool,
 }
 
 impl Runner {
@@ -156,8 +157,7 @@ impl Runner {
             recovery.updated_at = now;
             // What the device said must reach its handler even if the gateway stops first.
             if self.save(recovery, !attempted_now).await && attempted_now {
-                self.unflushed
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.unflushed.store(true, Ordering::Relaxed);
             }
         }
         Some(thing)
@@ -188,10 +188,7 @@ impl Runner {
 
     /// Makes the outcomes written since the last flush durable, if any.
     async fn flush_outcomes(&self) {
-        if self
-            .unflushed
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
+        if self.unflushed.swap(false, Ordering::Relaxed) {
             self.blocking(|s| s.flush()).await;
         }
     }
@@ -230,8 +227,7 @@ impl Runner {
             return;
         }
         // That flush made every outcome written before it durable too.
-        self.unflushed
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.unflushed.store(false, Ordering::Relaxed);
         let context = context_of(&recovery);
         let answer = route.recover(&context).await;
         let now = now_ms();
@@ -327,8 +323,7 @@ impl Runner {
         recovery.state = state;
         recovery.updated_at = now_ms();
         if self.save(recovery, false).await {
-            self.unflushed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.unflushed.store(true, Ordering::Relaxed);
         }
     }
 
