@@ -405,6 +405,29 @@ pub struct Session {
     pub tail: Vec<u8>,
 }
 
+impl Session {
+    /// The session of these packets, ending with a DISCONNECT three times in ten.
+    fn ending(
+        rng: &mut Rng,
+        writer: &mqtt::Writer,
+        connect: Vec<u8>,
+        packets: Vec<Vec<u8>>,
+        replies: usize,
+    ) -> Session {
+        let tail = if rng.percent(30) {
+            writer.disconnect(rng)
+        } else {
+            Vec::new()
+        };
+        Session {
+            connect,
+            packets,
+            replies,
+            tail,
+        }
+    }
+}
+
 /// Makes case `i` of a run from its seed alone.
 #[derive(Debug, Clone)]
 pub struct Generator {
@@ -730,17 +753,7 @@ fn device_session(
             _ => packets.push(mqtt::PINGREQ.to_vec()),
         }
     }
-    let tail = if rng.percent(30) {
-        writer.disconnect(rng)
-    } else {
-        Vec::new()
-    };
-    Session {
-        connect,
-        packets,
-        replies,
-        tail,
-    }
+    Session::ending(rng, &writer, connect, packets, replies)
 }
 
 /// An operator's session: CONNECT with `cred`, subscriptions to its control replies, control requests.
@@ -804,17 +817,7 @@ fn operator_session(
             _ => packets.push(mqtt::PINGREQ.to_vec()),
         }
     }
-    let tail = if rng.percent(30) {
-        writer.disconnect(rng)
-    } else {
-        Vec::new()
-    };
-    Session {
-        connect,
-        packets,
-        replies,
-        tail,
-    }
+    Session::ending(rng, &writer, connect, packets, replies)
 }
 
 #[cfg(test)]
