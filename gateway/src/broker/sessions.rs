@@ -3,17 +3,21 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use crate::auth::Principal;
+use crate::auth::{Identity, Principal};
 
 /// The live client connections: client id -> who authenticated on it.
 ///
 /// A client id connects at most once at a time: a new connection with the same id replaces the entry and
 /// tells the old connection it was taken over (MQTT 3.1.2.4 / 3.1.4: the server closes it), through the
 /// signal [`Sessions::register`] gave it. Every entry carries a connection number, so the old connection's
-/// cleanup, which runs later, cannot remove its successor's entry.
+/// cleanup, which runs later, cannot remove its successor's entry. A newcomer of the same principal first
+/// waits, through [`Sessions::take_over`], for the old connection to finish what its client sent before
+/// and to leave the session: a client that sends DISCONNECT and connects again at once must find its
+/// session as that DISCONNECT left it.
 #[derive(Debug, Default)]
 pub struct Sessions {
     entries: Mutex<HashMap<String, Entry>>,
@@ -24,8 +28,10 @@ pub struct Sessions {
 struct Entry {
     number: u64,
     principal: Principal,
-    /// Fired when a newer connection of the same client id registers.
-    taken_over: oneshot::Sender<()>,
+    /// Fired when a newer connection of the same client id takes over (`None` once fired).
+    taken_over: Option<oneshot::Sender<()>>,
+    /// Dropped with the entry: its receivers learn that the connection has left.
+    left: watch::Sender<()>,
 }
 
 /// Resolves with `Ok(())` when a newer connection took the client id over (an `Err` when the entry went
@@ -69,12 +75,37 @@ impl Sessions {
         let entry = Entry {
             number,
             principal,
-            taken_over,
+            taken_over: Some(taken_over),
+            left: watch::Sender::new(()),
         };
-        if let Some(old) = self.lock().insert(client_id.to_owned(), entry) {
-            let _ = old.taken_over.send(());
+        if let Some(mut old) = self.lock().insert(client_id.to_owned(), entry) {
+            old.tell_taken_over();
         }
         signal
+    }
+
+    /// Tells `client_id`'s connection, if `owner` holds it, that a newer one takes over, and waits at
+    /// most `wait` for it to leave (it reads what its client sent before, then hands the session on).
+    /// A connection of another principal is left alone: the newcomer will be refused.
+    pub(crate) async fn take_over(&self, client_id: &str, owner: &Identity, wait: Duration) {
+        let mut left = {
+            let mut entries = self.lock();
+            let Some(entry) = entries.get_mut(client_id) else {
+                return;
+            };
+            if entry.principal.identity() != *owner {
+                return;
+            }
+            entry.tell_taken_over();
+            entry.left.subscribe()
+        };
+        // Resolves (with an error) once the entry, and so the sender, is dropped.
+        if tokio::time::timeout(wait, left.changed()).await.is_err() {
+            tracing::warn!(
+                client_id,
+                "the connection taken over did not leave within {wait:?}; going on"
+            );
+        }
     }
 
     /// Forgets connection `number` of `client_id`; true if it was still the current one.
@@ -97,6 +128,14 @@ impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // A panic while holding this lock cannot leave the map half-updated: recover it.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Entry {
+    fn tell_taken_over(&mut self) {
+        if let Some(taken_over) = self.taken_over.take() {
+            let _ = taken_over.send(());
+        }
     }
 }
 
@@ -126,5 +165,30 @@ mod tests {
             Err(oneshot::error::TryRecvError::Closed),
             "leaving is not a takeover"
         );
+    }
+
+    #[tokio::test]
+    async fn take_over_tells_only_the_same_principal_and_waits_for_it_to_leave() {
+        let sessions = std::sync::Arc::new(Sessions::default());
+        let device = Principal::Device {
+            thing_name: "d1".into(),
+        };
+        let number = sessions.next_number();
+        let mut taken_over = sessions.register("d1", number, device.clone());
+        let stranger = Identity::Device("d2".into());
+        sessions.take_over("d1", &stranger, Duration::from_secs(5)).await;
+        assert!(taken_over.try_recv().is_err(), "another principal is left alone");
+
+        let waiting = tokio::spawn({
+            let sessions = sessions.clone();
+            async move {
+                let owner = Identity::Device("d1".into());
+                sessions.take_over("d1", &owner, Duration::from_secs(5)).await;
+            }
+        });
+        (&mut taken_over).await.expect("told");
+        assert!(!waiting.is_finished(), "waits while the old connection is there");
+        assert!(sessions.remove("d1", number));
+        waiting.await.unwrap();
     }
 }

@@ -230,6 +230,11 @@ async fn accept(
     let (direct_tx, direct_rx) = mpsc::channel(direct::QUEUE);
     let asked = session_request(&request, version, &shared.config);
     let owner = principal.identity();
+    // MQTT 3.1.4: a client id in use ends its older connection first. That one reads what its client
+    // sent before this CONNECT (a DISCONNECT changes what the session is) and leaves the session to us.
+    (shared.sessions)
+        .take_over(&client_id, &owner, TAKEOVER_WAIT)
+        .await;
     // Before the session is opened, so that nothing the parked link takes in is left behind.
     let parked = shared.parked.unpark(&client_id, &owner).await;
     let resumed = match (shared.outlets).open(&client_id, number, &owner, asked, direct_tx) {
@@ -314,6 +319,21 @@ async fn accept(
         _slot: slot,
     };
     Some((client, writer, link_rx))
+}
+
+/// How long a connection that was taken over goes on reading what its client had sent before: enough for
+/// bytes already in the socket (a client sends DISCONNECT and connects again at once), not a wait for more.
+const TAKEOVER_DRAIN: Duration = Duration::from_millis(50);
+/// How long a newcomer waits for the connection it takes over to leave the session (its drain, then its
+/// writer's last words, at most a second).
+const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
+
+/// Why a connection's loops stopped.
+enum Ended {
+    Reader(ReaderEnd),
+    Writer(Result<(WriterEnd, LinkRx), tokio::task::JoinError>),
+    Shutdown,
+    TakenOver,
 }
 
 /// What a client whose login waits may send meanwhile before sprig stops reading from it.
@@ -631,23 +651,50 @@ impl Client {
         let mut link_rx = None;
         let mut writer_done = false;
         let mut taken_over = self.taken_over.take().expect("run once");
-        let (reason, last) = tokio::select! {
-            end = self.read_loop(&mut reader, &to_writer, &pending, version) => self.reader_ended(end, version),
-            joined = &mut writer_task => {
+        let ended = {
+            let read = self.read_loop(&mut reader, &to_writer, &pending, version);
+            tokio::pin!(read);
+            tokio::select! {
+                end = &mut read => Ended::Reader(end),
+                joined = &mut writer_task => Ended::Writer(joined),
+                () = super::stopped(&mut shutdown) => Ended::Shutdown,
+                Ok(()) = &mut taken_over => {
+                    // What the client sent before it connected again is still this connection's to act on.
+                    match tokio::time::timeout(TAKEOVER_DRAIN, &mut read).await {
+                        Ok(end) => Ended::Reader(end),
+                        Err(_) => Ended::TakenOver,
+                    }
+                }
+            }
+        };
+        let (reason, last) = match ended {
+            Ended::Reader(end) => self.reader_ended(end, version),
+            Ended::Writer(joined) => {
                 writer_done = true;
                 let end = match joined {
                     Ok((end, rx)) => {
                         link_rx = Some(rx);
                         end
                     }
-                    Err(e) => WriterEnd::Io(std::io::Error::other(format!("writer task failed: {e}"))),
+                    Err(e) => {
+                        WriterEnd::Io(std::io::Error::other(format!("writer task failed: {e}")))
+                    }
                 };
                 self.writer_ended(end)
             }
-            () = super::stopped(&mut shutdown) => (DisconnectReason::ServerInitiated, v5_disconnect(version, DisconnectReasonCode::ServerShuttingDown)),
-            Ok(()) = &mut taken_over => {
-                tracing::info!(client_id = self.client_id, "session taken over by a newer connection");
-                (DisconnectReason::DuplicateClientId, v5_disconnect(version, DisconnectReasonCode::SessionTakenOver))
+            Ended::Shutdown => (
+                DisconnectReason::ServerInitiated,
+                v5_disconnect(version, DisconnectReasonCode::ServerShuttingDown),
+            ),
+            Ended::TakenOver => {
+                tracing::info!(
+                    client_id = self.client_id,
+                    "session taken over by a newer connection"
+                );
+                (
+                    DisconnectReason::DuplicateClientId,
+                    v5_disconnect(version, DisconnectReasonCode::SessionTakenOver),
+                )
             }
         };
         if !writer_done {
