@@ -1,4 +1,11 @@
-//! The names clients' router links go by: a small pool of reusable names (`~link-N`), not the clients' ids.
+//! Router links: the thread that opens them, and the names clients' links go by (a small pool of reusable
+//! names, `~link-N`, not the clients' ids).
+//!
+//! rumqttd's `LinkBuilder::build` blocks until the router answers. Run through `spawn_blocking`, a burst of
+//! connections took a thread of the runtime's blocking pool each, and the pool keeps an idle thread for as
+//! long as other blocking work wakes it now and then (the step-timeout check, every second): 50
+//! connections at once left ~23 threads and ~1 MiB for good. The router opens links one after the other
+//! anyway, so [`LinkMaker`] opens them on one thread of its own, in turn.
 //!
 //! rumqttd's router remembers every client id it has seen: when a connection ends it keeps a record of
 //! that id's connection events (`Graveyard`, ~1 KiB each) and never drops it, so a gateway whose clients
@@ -13,6 +20,50 @@
 //! already) before its name is released, and the router handles its events in order.
 
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{BrokerError, LinkParts};
+
+/// Opens a router link under a name; blocks until the router answers.
+type Open = dyn Fn(&str) -> Result<LinkParts, String> + Send;
+/// A link to open, and where its outcome goes.
+type Request = (String, oneshot::Sender<Result<LinkParts, String>>);
+
+/// Opens router links on a thread of its own (`sprig-links`), one after the other.
+pub(crate) struct LinkMaker {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl LinkMaker {
+    /// Starts the thread; it ends when the maker is dropped.
+    pub(crate) fn start(
+        open: impl Fn(&str) -> Result<LinkParts, String> + Send + 'static,
+    ) -> std::io::Result<LinkMaker> {
+        let open: Box<Open> = Box::new(open);
+        let (requests, mut pending) = mpsc::unbounded_channel::<Request>();
+        std::thread::Builder::new()
+            .name("sprig-links".into())
+            .spawn(move || {
+                while let Some((name, reply)) = pending.blocking_recv() {
+                    // The asker may have gone (its client left): the link is dropped, as it was when
+                    // opened through `spawn_blocking`.
+                    let _ = reply.send(open(&name));
+                }
+            })?;
+        Ok(LinkMaker { requests })
+    }
+
+    /// Opens a clean router link named `name`, without blocking the runtime.
+    pub(crate) async fn open(&self, name: &str) -> Result<LinkParts, BrokerError> {
+        let stopped = || BrokerError::Link("the router link thread has stopped".into());
+        let (reply, outcome) = oneshot::channel();
+        (self.requests)
+            .send((name.to_owned(), reply))
+            .map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?.map_err(BrokerError::Link)
+    }
+}
 
 /// The prefix of every link name; `~` starts internal names, which no client may use.
 const PREFIX: &str = "~link-";

@@ -126,13 +126,11 @@ pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 type LinkParts = (LinkTx, LinkRx, Notification);
-/// Opens a router connection: (client id, clean session). Blocks until the router answers.
-/// (`LinkError` is large: errors are turned into text right there.)
-type MakeLink = dyn Fn(&str, bool) -> Result<LinkParts, String> + Send + Sync;
 
 /// State shared by the broker handle, the acceptors and the connections.
 pub(crate) struct Shared {
-    make_link: Arc<MakeLink>,
+    /// Opens router connections (see `links`).
+    link_maker: links::LinkMaker,
     /// The names client links go by in the router.
     link_names: Arc<links::LinkNames>,
     auth: Arc<Authenticator>,
@@ -179,7 +177,7 @@ impl Shared {
     /// blocking the runtime (`LinkBuilder::build` waits on a channel).
     async fn link(&self) -> Result<(LinkParts, LinkName), BrokerError> {
         let name = self.link_names.take();
-        let parts = open_link(&self.make_link, &name.to_router(), true).await?;
+        let parts = self.link_maker.open(&name.to_router()).await?;
         Ok((parts, name))
     }
 
@@ -197,19 +195,6 @@ impl Shared {
             );
         }
     }
-}
-
-async fn open_link(
-    make_link: &Arc<MakeLink>,
-    client_id: &str,
-    clean: bool,
-) -> Result<LinkParts, BrokerError> {
-    let make_link = make_link.clone();
-    let client_id = client_id.to_owned();
-    tokio::task::spawn_blocking(move || make_link(&client_id, clean))
-        .await
-        .map_err(|e| BrokerError::Link(e.to_string()))?
-        .map_err(BrokerError::Link)
 }
 
 /// The running broker. Cheap to share: [`Broker::start`] returns it in an `Arc`. Dropping the last handle
@@ -267,19 +252,22 @@ impl Broker {
         }
 
         let router_tx = Router::new(0, router_config(config)).spawn();
-        let make_link: Arc<MakeLink> = Arc::new(move |client_id: &str, clean: bool| {
+        let link_maker = links::LinkMaker::start(move |client_id: &str| {
+            // Always clean: the sessions are sprig's (see `direct`).
             let (link_tx, link_rx, ack) = LinkBuilder::new(client_id, router_tx.clone())
-                .clean_session(clean)
+                .clean_session(true)
                 .build()
+                // (`LinkError` is large: it is turned into text right here.)
                 .map_err(|e| e.to_string())?;
             // rumqttd gives every link an incoming buffer with room for 200 packets (78 KB) that a
             // connection almost never uses; it grows again on demand.
             link_tx.buffer().shrink_to_fit();
             Ok((link_tx, link_rx, ack))
-        });
+        })
+        .map_err(|e| BrokerError::Link(format!("cannot start the router link thread: {e}")))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            make_link,
+            link_maker,
             link_names: Arc::default(),
             auth,
             sessions: Arc::new(Sessions::default()),
@@ -366,7 +354,7 @@ impl Broker {
             .map(|c| if "+$#/".contains(c) { '_' } else { c })
             .collect();
         let client_id = format!("~sprig-{label}-{n}");
-        let (link_tx, link_rx, _ack) = open_link(&self.shared.make_link, &client_id, true).await?;
+        let (link_tx, link_rx, _ack) = self.shared.link_maker.open(&client_id).await?;
         Ok(InternalClient::new(link_tx, link_rx, self.shared.clone()))
     }
 
