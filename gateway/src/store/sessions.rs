@@ -91,7 +91,7 @@ impl SessionTree {
                 }
                 meta::record(account, &[&sessions])
             });
-            super::committed(outcome)
+            super::commit::committed(outcome)
         })
     }
 
