@@ -1,5 +1,5 @@
 //! The config checks that need the gateway's modules: password hashes and topic rules (which [`crate::auth`]
-//! understands) and the TLS keys and files (which [`crate::broker::tls`] reads). [`crate::config`] is plain
+//! understands) and the TLS keys and files (which `broker::tls` reads). [`crate::config`] is plain
 //! data that names no module, so these run here, on the loaded config, and fail with the same
 //! [`ConfigError::Invalid`] (the config's origin, the key, the reason) as the config's own checks.
 
