@@ -4,6 +4,11 @@
 //! default: `sprig run` without `--config` parses it exactly as it would parse a file. Every section rejects
 //! unknown keys (a typo must not silently fall back to a default), and [`Config::validate`] checks the rules
 //! that serde cannot express, so a bad file is refused at start-up with the file, the key and the reason.
+//!
+//! The config is plain data at the bottom of the module graph: it names no other module of the gateway.
+//! The checks that need one (password hashes and topic rules, which `auth` understands; the TLS keys and
+//! files, which `broker::tls` reads) are run by [`crate::daemon::config_checks`] on the loaded config, with
+//! the same error shape.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -154,8 +159,12 @@ fn default_session_queued_bytes() -> usize {
     256 * 1024
 }
 
+/// The engine's own default (`jobs::engine::CREATION_BATCH`, which a daemon test holds this to): the
+/// config is plain data and names no module of the gateway.
+pub const DEFAULT_CREATION_BATCH_SIZE: usize = 500;
+
 fn default_creation_batch_size() -> usize {
-    crate::jobs::engine::CREATION_BATCH
+    DEFAULT_CREATION_BATCH_SIZE
 }
 
 /// `[jobs]`: limits of the jobs engine.
@@ -470,7 +479,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks the rules serde cannot: non-empty lists, sane bounds, well-formed names and hashes.
+    /// Checks the rules serde cannot that need no other module: non-empty lists, sane bounds, well-formed
+    /// names.
     fn validate(&self) -> Result<(), (String, String)> {
         fn fail<T>(key: &str, reason: impl Into<String>) -> Result<T, (String, String)> {
             Err((key.to_owned(), reason.into()))
@@ -517,8 +527,6 @@ impl Config {
         if self.broker.max_segment_count == 0 {
             return fail("broker.max_segment_count", "must be at least 1");
         }
-        // The files themselves are read by `check_files` (`sprig run` only: the CLI may not read the key).
-        crate::broker::tls::check_keys(&self.broker)?;
         if self.jobs.max_concurrent_deletions == 0 {
             return fail("jobs.max_concurrent_deletions", "must be at least 1");
         }
@@ -556,9 +564,6 @@ impl Config {
             if op.username.is_empty() {
                 return fail(&key("username"), "must not be empty");
             }
-            if let Err(e) = crate::auth::check_hash_format(&op.password_hash) {
-                return fail(&key("password_hash"), e);
-            }
             for ns in &op.namespaces {
                 if ns != "*" && !is_namespace_id(ns) {
                     return fail(
@@ -575,53 +580,8 @@ impl Config {
                     "must not be empty",
                 );
             }
-            if let Err(e) = crate::auth::check_hash_format(&dev.password_hash) {
-                return fail(&format!("auth.devices[{i}].password_hash"), e);
-            }
         }
-        self.validate_topic_rules()?;
         validate_routes(&self.recovery)
-    }
-
-    /// `[[auth.topic_rules]]`: every glob and pattern compiles (the compiler names the key and the rule
-    /// broken), and every operator named is one that can log in.
-    fn validate_topic_rules(&self) -> Result<(), (String, String)> {
-        crate::auth::TopicRules::compile(&self.auth.topic_rules).map_err(|e| (e.key, e.reason))?;
-        let known = |username: &str| {
-            username == crate::auth::LOCAL_OPERATOR_USERNAME
-                || self.auth.operators.iter().any(|op| op.username == username)
-        };
-        for (i, rule) in self.auth.topic_rules.iter().enumerate() {
-            if let Some((j, unknown)) = rule.operators.iter().enumerate().find(|(_, u)| !known(u)) {
-                return Err((
-                    format!("auth.topic_rules[{i}].operators[{j}]"),
-                    format!(
-                        "no operator `{unknown}`: name the username of an [[auth.operators]] entry, or \
-                         `{}` (the local operator)",
-                        crate::auth::LOCAL_OPERATOR_USERNAME
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads the files the config names that `sprig run` needs before it starts: the TLS certificate, key
-    /// and client CA must be readable PEM that fit together. `origin` names the config in errors, like
-    /// [`Config::parse`]. (Not part of [`Config::load`]: the CLI loads the same file without the key.)
-    pub fn check_files(&self, origin: &str) -> Result<(), ConfigError> {
-        crate::broker::tls::server_config(&self.broker)
-            .map(drop)
-            .map_err(|(key, reason)| ConfigError::Invalid {
-                origin: origin.to_owned(),
-                key,
-                reason,
-            })
-    }
-
-    /// The path of the local operator credential that `sprig run` writes and the CLI reads.
-    pub fn local_operator_path(&self) -> PathBuf {
-        self.gateway.data_dir.join(crate::auth::LOCAL_OPERATOR_FILE)
     }
 }
 
@@ -676,16 +636,6 @@ mod tests {
         Config::parse(&format!("{DEFAULT_TOML}\n{rules}"), "test.toml").map_err(|e| e.to_string())
     }
 
-    /// The error for `rules`, which must name `key` and contain every one of `reason`.
-    fn refused(rules: &str, key: &str, reason: &[&str]) {
-        let err = with_rules(rules).unwrap_err();
-        assert!(err.contains("test.toml"), "{err}");
-        assert!(err.contains(&format!("key `{key}`")), "{err}");
-        for part in reason {
-            assert!(err.contains(part), "{err}");
-        }
-    }
-
     #[test]
     fn topic_rules_default_to_none_and_to_every_thing() {
         assert!(Config::default().auth.topic_rules.is_empty());
@@ -699,55 +649,6 @@ mod tests {
         assert!(rules[0].operators.is_empty() && rules[0].subscribe.is_empty());
         assert!(rules[1].things.is_empty(), "an explicit [] means no device");
         assert_eq!(rules[1].operators, ["sprig-local"]);
-    }
-
-    #[test]
-    fn bad_topic_rules_name_the_key_and_the_rule() {
-        refused(
-            "[[auth.topic_rules]]\npublish = [\"dt/${thing}/#\", \"dt/x${thing}\"]",
-            "auth.topic_rules[0].publish[1]",
-            &["dt/x${thing}", "whole level"],
-        );
-        refused(
-            "[[auth.topic_rules]]\n[[auth.topic_rules]]\nsubscribe = [\"a/#/b\"]",
-            "auth.topic_rules[1].subscribe[0]",
-            &["`#` must be alone in the last level"],
-        );
-        refused(
-            "[[auth.topic_rules]]\nsubscribe = [\"a/b+\"]",
-            "auth.topic_rules[0].subscribe[0]",
-            &["`+` must be alone in its level"],
-        );
-        refused(
-            "[[auth.topic_rules]]\npublish = [\"\"]",
-            "auth.topic_rules[0].publish[0]",
-            &["must not be empty"],
-        );
-        refused(
-            "[[auth.topic_rules]]\npublish = [\"a/\\u0000\"]",
-            "auth.topic_rules[0].publish[0]",
-            &["NUL"],
-        );
-        refused(
-            "[[auth.topic_rules]]\npublish = [\"dt/${device}/#\"]",
-            "auth.topic_rules[0].publish[0]",
-            &["unknown variable `${device}`", "${thing}", "${client_id}"],
-        );
-        refused(
-            "[[auth.topic_rules]]\nsubscribe = [\"$aws/things/${thing}/shadow/#\"]",
-            "auth.topic_rules[0].subscribe[0]",
-            &["may not start with `$`", "built-in", "cannot be granted"],
-        );
-        refused(
-            "[[auth.topic_rules]]\nthings = [\"pump-*\", \"[a-\"]",
-            "auth.topic_rules[0].things[1]",
-            &["not a glob"],
-        );
-        refused(
-            "[[auth.topic_rules]]\noperators = [\"sprig-local\", \"nobody\"]",
-            "auth.topic_rules[0].operators[1]",
-            &["no operator `nobody`", "[[auth.operators]]"],
-        );
     }
 
     #[test]
@@ -800,15 +701,5 @@ mod tests {
             err.contains("isolation") && err.contains("in-process") && err.contains("thread"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn topic_rules_may_name_configured_operators() {
-        let hash = crate::auth::hash_password("pw").unwrap();
-        let config = with_rules(&format!(
-            "[[auth.operators]]\nusername = \"fleet\"\npassword_hash = \"{hash}\"\n\
-             [[auth.topic_rules]]\nthings = []\noperators = [\"fleet\"]\npublish = [\"cmd/+/#\"]\n"
-        ));
-        assert!(config.is_ok(), "{config:?}");
     }
 }

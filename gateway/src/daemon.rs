@@ -9,6 +9,9 @@
 //!
 //! A store that cannot continue (it failed a write and cannot be reopened: see [`crate::store::Health`])
 //! shuts the gateway down the same way, and `sprig run` exits non-zero so that systemd restarts it.
+//!
+//! The daemon is where the config meets the modules: [`config_checks`] runs the checks on it that need
+//! `auth` and `broker::tls`, and `run` hands each module the settings it takes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +28,8 @@ use crate::recovery::Routes;
 use crate::store::{self, Health, Store, StoreError};
 use crate::{control, deletion, device_api, notify, recovery};
 
+pub mod config_checks;
+
 /// The store lives in this directory under the data dir.
 const STORE_DIR: &str = "store";
 
@@ -36,7 +41,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let local_operator = LocalOperator::load_or_create(&data_dir).with_context(|| {
         format!(
             "cannot read or create {}",
-            config.local_operator_path().display()
+            LocalOperator::path_in(&data_dir).display()
         )
     })?;
     let auth = Arc::new(

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use argon2::password_hash::{
@@ -23,6 +23,9 @@ use crate::config::{AuthConfig, OperatorConfig};
 
 pub mod rules;
 
+/// Whom a session belongs to. Defined with the stored session that persists it, so the store needs
+/// nothing of authentication; [`Principal::identity`] names a principal by it.
+pub use crate::store::sessions::Identity;
 pub use rules::{RuleError, TopicRules};
 
 /// File name of the local operator credential inside the data dir.
@@ -112,23 +115,6 @@ pub struct Operator {
 pub enum Principal {
     Device { thing_name: String },
     Operator(Arc<Operator>),
-}
-
-/// Whom a session belongs to: the same principal across connections and restarts (a device by its thing
-/// name, an operator by its username). Only the same identity may take a client id's session over.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Identity {
-    Device(String),
-    Operator(String),
-}
-
-impl std::fmt::Display for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Identity::Device(thing) => write!(f, "device {thing}"),
-            Identity::Operator(username) => write!(f, "operator {username}"),
-        }
-    }
 }
 
 /// Prefix of the control API's topics.
@@ -443,7 +429,7 @@ pub struct LocalOperator {
 impl LocalOperator {
     /// Reads the credential in `data_dir`, creating it (mode 0600, once) if it does not exist yet.
     pub fn load_or_create(data_dir: &Path) -> std::io::Result<LocalOperator> {
-        let path = data_dir.join(LOCAL_OPERATOR_FILE);
+        let path = LocalOperator::path_in(data_dir);
         if path.exists() {
             return LocalOperator::load(&path);
         }
@@ -460,6 +446,11 @@ impl LocalOperator {
         file.write_all(serde_json::to_string_pretty(&credential)?.as_bytes())?;
         file.sync_all()?;
         Ok(credential)
+    }
+
+    /// The path of the credential that `sprig run` writes in `data_dir` and the CLI reads.
+    pub fn path_in(data_dir: &Path) -> PathBuf {
+        data_dir.join(LOCAL_OPERATOR_FILE)
     }
 
     /// Reads a credential file.

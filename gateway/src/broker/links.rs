@@ -61,7 +61,10 @@ impl LinkMaker {
         (self.requests)
             .send((name.to_owned(), reply))
             .map_err(|_| stopped())?;
-        outcome.await.map_err(|_| stopped())?.map_err(BrokerError::Link)
+        outcome
+            .await
+            .map_err(|_| stopped())?
+            .map_err(BrokerError::Link)
     }
 }
 

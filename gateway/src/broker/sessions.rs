@@ -176,18 +176,28 @@ mod tests {
         let number = sessions.next_number();
         let mut taken_over = sessions.register("d1", number, device.clone());
         let stranger = Identity::Device("d2".into());
-        sessions.take_over("d1", &stranger, Duration::from_secs(5)).await;
-        assert!(taken_over.try_recv().is_err(), "another principal is left alone");
+        sessions
+            .take_over("d1", &stranger, Duration::from_secs(5))
+            .await;
+        assert!(
+            taken_over.try_recv().is_err(),
+            "another principal is left alone"
+        );
 
         let waiting = tokio::spawn({
             let sessions = sessions.clone();
             async move {
                 let owner = Identity::Device("d1".into());
-                sessions.take_over("d1", &owner, Duration::from_secs(5)).await;
+                sessions
+                    .take_over("d1", &owner, Duration::from_secs(5))
+                    .await;
             }
         });
         (&mut taken_over).await.expect("told");
-        assert!(!waiting.is_finished(), "waits while the old connection is there");
+        assert!(
+            !waiting.is_finished(),
+            "waits while the old connection is there"
+        );
         assert!(sessions.remove("d1", number));
         waiting.await.unwrap();
     }

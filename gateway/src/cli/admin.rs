@@ -14,6 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 use super::Failure;
 use crate::config::Config;
+use crate::daemon::config_checks;
 
 /// `--config FILE`.
 #[derive(Debug, Clone, Args)]
@@ -132,10 +133,7 @@ pub struct HashPasswordArgs {
 /// `sprig run`: the gateway, until SIGINT or SIGTERM.
 pub fn run(args: &ConfigArgs) -> Result<Option<String>, Failure> {
     let config = load_config(args.config.as_deref())?;
-    let origin = args.config.as_deref().map(|p| p.display().to_string());
-    config
-        .check_files(origin.as_deref().unwrap_or("built-in defaults"))
-        .map_err(|e| Failure::Fatal(e.to_string()))?;
+    config_checks::check_files(&config).map_err(|e| Failure::Fatal(e.to_string()))?;
     // rumqttd logs every connect and subscribe at info: keep its warnings, not its chatter.
     init_tracing("info,rumqttd=warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -239,10 +237,7 @@ fn strip_line_ending(line: &str) -> &str {
 
 /// The config at `path`, or the built-in defaults; a bad file is refused with its own message.
 fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
-    match path {
-        Some(path) => Config::load(path).map_err(|e| Failure::Fatal(e.to_string())),
-        None => Ok(Config::default()),
-    }
+    config_checks::load(path).map_err(|e| Failure::Fatal(e.to_string()))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: `default_level`); and counts the router's skipped

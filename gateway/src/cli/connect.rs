@@ -153,15 +153,12 @@ fn explicit_credentials(args: &ConnectionArgs) -> Result<Option<Credentials>, Fa
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
-    match path {
-        Some(path) => Config::load(path).map_err(|e| Failure::Other(e.to_string())),
-        None => Ok(Config::default()),
-    }
+    crate::daemon::config_checks::load(path).map_err(|e| Failure::Other(e.to_string()))
 }
 
 /// Reads the credential `sprig run` wrote into the config's data dir.
 fn local_operator(config: &Config, config_path: Option<&Path>) -> Result<Credentials, Failure> {
-    let path = config.local_operator_path();
+    let path = LocalOperator::path_in(&config.gateway.data_dir);
     match LocalOperator::load(&path) {
         Ok(local) => Ok(Credentials {
             username: local.username,
@@ -307,7 +304,7 @@ mod tests {
             "mqtt://127.0.0.1:1883"
         );
         assert_eq!(
-            config.local_operator_path(),
+            LocalOperator::path_in(&config.gateway.data_dir),
             Path::new("./sprig-data/local-operator.json")
         );
     }

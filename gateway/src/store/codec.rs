@@ -11,7 +11,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::jobs::model::{Execution, Job, JobStatus, RecoveryRecord};
+use crate::jobs::model::{Execution, ExecutionStatus, Job, JobStatus, RecoveryRecord};
 
 /// The format byte of records written by this release (recoveries excepted: [`RECOVERY_FORMAT_V2`]).
 pub const FORMAT_V1: u8 = 1;
@@ -166,6 +166,14 @@ impl Execution {
         self.step_deadline
             .map(|d| deadline_key(d, &self.job_id, &self.thing_name))
     }
+}
+
+/// Is a thing-index value (one status code byte) that of a pending (QUEUED or IN_PROGRESS) execution?
+pub(super) fn is_pending_status(value: &[u8]) -> bool {
+    value
+        .first()
+        .and_then(|&code| ExecutionStatus::ALL.iter().find(|s| s.index_code() == code))
+        .is_some_and(|status| !status.is_terminal())
 }
 
 #[cfg(test)]

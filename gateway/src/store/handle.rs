@@ -123,7 +123,7 @@ impl Trees {
             }
             Some(older) => {
                 if older == 1 {
-                    super::drop_finished_from_thing_index(&self.by_thing)?;
+                    super::upgrade::drop_finished_from_thing_index(&self.by_thing)?;
                 }
                 // The upgrade is a change of its own; an account already there keeps its store id.
                 let mut meta = Meta::new(self.walk_counts()?);

@@ -14,7 +14,24 @@ use super::codec;
 use super::handle::Handle;
 use super::meta::{self, Counted, TreeIx};
 use super::Result;
-use crate::auth::Identity;
+
+/// Whom a session belongs to: the same principal across connections and restarts (a device by its thing
+/// name, an operator by its username). Only the same identity may take a client id's session over. It is
+/// defined here, with the record that persists it, so the store depends on nothing of `auth`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Identity {
+    Device(String),
+    Operator(String),
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Device(thing) => write!(f, "device {thing}"),
+            Identity::Operator(username) => write!(f, "operator {username}"),
+        }
+    }
+}
 
 /// One persistent session as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +91,7 @@ impl SessionTree {
                 }
                 meta::record(account, &[&sessions])
             });
-            super::committed(outcome)
+            super::commit::committed(outcome)
         })
     }
 

@@ -1,0 +1,421 @@
+//! The handshake: a connection's CONNECT checked (client id, credentials, certificate), its session opened
+//! or resumed with its router link, and the CONNACK written, or a refusal with each version's code. It ends
+//! where the connection starts carrying packets ([`Client`]): kept apart because it is the one part that
+//! waits on authentication (argon2 on a blocking thread, a few at a time) and the one that decides who the
+//! client is, which everything after only reads.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttd::local::LinkRx;
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, Login, Packet,
+};
+use rumqttd::Notification;
+use tokio::sync::mpsc;
+
+use super::{Client, LinkGuard, SessionGuard, SharedInflight};
+use crate::auth::{AuthError, Principal, VerifiedCertificate};
+use crate::broker::admission::Slot;
+use crate::broker::codec::{PacketReader, PacketWriter, Version};
+use crate::broker::direct::{self, Resumed, SessionRequest};
+use crate::broker::internal::disconnect_now;
+use crate::broker::parking::{restore_filters, Link};
+use crate::broker::presence::PresenceInfo;
+use crate::broker::quota::PublishQuota;
+use crate::broker::topics::is_reserved;
+use crate::broker::{ReadHalf, Shared, WriteHalf};
+use crate::config::BrokerConfig;
+
+pub(super) struct ConnectRequest {
+    pub(super) connect: Connect,
+    /// MQTT 5's Session Expiry Interval (absent: 0, the session ends with the connection).
+    pub(super) session_expiry_s: Option<u32>,
+    pub(super) will: Option<LastWill>,
+    pub(super) login: Option<Login>,
+    pub(super) peer: SocketAddr,
+    pub(super) loopback: bool,
+    pub(super) certificate: Option<VerifiedCertificate>,
+}
+
+/// Why a CONNECT was refused, mapped to each version's CONNACK code.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Refusal {
+    BadCredentials,
+    NotAuthorized,
+    BadClientId,
+    Unavailable,
+}
+
+impl Refusal {
+    pub(super) fn code(self, version: Version) -> ConnectReturnCode {
+        match (self, version) {
+            (Refusal::BadCredentials, _) => ConnectReturnCode::BadUserNamePassword,
+            (Refusal::NotAuthorized, _) => ConnectReturnCode::NotAuthorized,
+            (Refusal::BadClientId, _) => ConnectReturnCode::ClientIdentifierNotValid,
+            (Refusal::Unavailable, Version::V311) => ConnectReturnCode::ServiceUnavailable,
+            (Refusal::Unavailable, Version::V5) => ConnectReturnCode::ServerUnavailable,
+        }
+    }
+}
+
+pub(super) fn connack(code: ConnectReturnCode) -> Packet {
+    Packet::ConnAck(
+        ConnAck {
+            session_present: false,
+            code,
+        },
+        None,
+    )
+}
+
+/// Authenticates a CONNECT, answers it, and on success returns the connected client.
+pub(super) async fn accept(
+    shared: &Arc<Shared>,
+    mut request: ConnectRequest,
+    mut writer: PacketWriter<WriteHalf>,
+    reader: &mut PacketReader<ReadHalf>,
+    slot: Slot,
+) -> Option<(Client, PacketWriter<WriteHalf>, LinkRx)> {
+    let version = writer.version();
+    let assigned = assign_client_id(&mut request);
+    let client_id = request.connect.client_id.clone();
+    let peer = request.peer;
+    let refuse = |refusal: Refusal, reason: String| {
+        // Failed passwords are logged per address and burst (see `admission`), not one by one.
+        if matches!(refusal, Refusal::BadCredentials) {
+            tracing::debug!(client_id, %peer, "refused a connection: {reason}");
+        } else {
+            tracing::warn!(client_id, %peer, "refused a connection: {reason}");
+        }
+        connack(refusal.code(version))
+    };
+    // A client that leaves while its login waits for its turn is not checked at all.
+    let checked = tokio::select! {
+        // A check that needs no wait (no password) is decided before the socket is looked at.
+        biased;
+        checked = check_connect(shared, &request) => checked,
+        () = reader.until_closed(WAITING_LOGIN_BUFFER) => {
+            shared.logins.abandoned(peer.ip());
+            return None;
+        }
+    };
+    let principal = match checked {
+        Ok(principal) => principal,
+        Err((refusal, reason)) => {
+            let _ = writer.send(refuse(refusal, reason)).await;
+            return None;
+        }
+    };
+    if slot.is_reserved() && matches!(principal, Principal::Device { .. }) {
+        let reason = "the remaining connections are kept for operators".to_owned();
+        let _ = writer.send(refuse(Refusal::Unavailable, reason)).await;
+        return None;
+    }
+    let number = shared.sessions.next_number();
+    let (direct_tx, direct_rx) = mpsc::channel(direct::QUEUE);
+    let asked = session_request(&request, version, &shared.config);
+    let owner = principal.identity();
+    // MQTT 3.1.4: a client id in use ends its older connection first. That one reads what its client
+    // sent before this CONNECT (a DISCONNECT changes what the session is) and leaves the session to us.
+    (shared.sessions)
+        .take_over(&client_id, &owner, TAKEOVER_WAIT)
+        .await;
+    // Before the session is opened, so that nothing the parked link takes in is left behind.
+    let parked = shared.parked.unpark(&client_id, &owner).await;
+    let resumed = match (shared.outlets).open(&client_id, number, &owner, asked, direct_tx) {
+        Ok(resumed) => resumed,
+        Err(holder) => {
+            let reason = format!("the client id is held by {holder}, not {owner}");
+            let _ = writer.send(refuse(Refusal::NotAuthorized, reason)).await;
+            return None;
+        }
+    };
+    let taken_over = shared
+        .sessions
+        .register(&client_id, number, principal.clone());
+    let session = SessionGuard {
+        shared: shared.clone(),
+        client_id: client_id.clone(),
+        number,
+    };
+    let (link, link_rx, mut ack, ack_props) = match router_session(shared, &resumed, parked).await {
+        Ok(parts) => parts,
+        Err(e) => {
+            let _ = writer
+                .send(refuse(Refusal::Unavailable, e.to_string()))
+                .await;
+            return None;
+        }
+    };
+    // The session is sprig's to judge (it survives restarts and expires; the router's does neither).
+    ack.session_present = resumed.filters.is_some();
+    let granted_s = asked.expiry.map_or(0, |e| e.as_secs() as u32);
+    let props = ack_props.map(|mut p| {
+        // MQTT 5: the server says so when it keeps a session for less than the client asked.
+        if request.session_expiry_s.is_some_and(|s| s != granted_s) {
+            p.session_expiry_interval = Some(granted_s);
+        }
+        p.assigned_client_identifier = assigned.then(|| client_id.clone());
+        // Clients must not use topic aliases: topics are authorized one by one, by name.
+        p.topic_alias_max = None;
+        p.max_packet_size = u32::try_from(shared.config.max_payload_size).ok();
+        // How many unacknowledged QoS 1/2 publishes the client may send (0 would be a protocol error).
+        p.receive_max = u16::try_from(shared.config.max_inflight_count)
+            .ok()
+            .filter(|n| *n > 0);
+        p
+    });
+    if writer.send(Packet::ConnAck(ack, props)).await.is_err() {
+        return None;
+    }
+    if let Some(filters) = &resumed.filters {
+        let waiting = resumed.backlog.len();
+        tracing::debug!(
+            client_id,
+            filters = filters.len(),
+            waiting,
+            "session resumed"
+        );
+    }
+    let presence = PresenceInfo::new(&client_id, &principal, peer.ip());
+    tracing::info!(client_id, %peer, principal = %presence.principal, "client connected");
+    let (topic, body) = presence.event(None);
+    shared.publish_presence(&topic, body);
+    let client = Client {
+        shared: shared.clone(),
+        client_id,
+        principal,
+        version,
+        keep_alive: request.connect.keep_alive,
+        direct: Some(direct_rx),
+        inflight: SharedInflight::default(),
+        resumed: Some(resumed),
+        will: request.will,
+        link,
+        gateway_qos2: HashSet::new(),
+        quota: PublishQuota::new(
+            shared.config.max_publishes_per_second,
+            shared.config.max_publish_bytes_per_second,
+            shared.config.max_payload_size,
+        ),
+        presence,
+        taken_over: Some(taken_over),
+        session,
+        _slot: slot,
+    };
+    Some((client, writer, link_rx))
+}
+
+/// How long a newcomer waits for the connection it takes over to leave the session (its drain, then its
+/// writer's last words, at most a second).
+const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
+
+/// What a client whose login waits may send meanwhile before sprig stops reading from it.
+const WAITING_LOGIN_BUFFER: usize = 64 * 1024;
+
+/// Gives a CONNECT with an empty client id and a clean session one of its own, as MQTT lets a server do
+/// (with a persistent session it is refused: there would be no way back to it): the thing name its client
+/// certificate certifies, else its username (a device's thing name, an operator's name), else a fresh one
+/// (a valid thing name, so an anonymous client becomes a device of that name). True when it assigned one.
+fn assign_client_id(request: &mut ConnectRequest) -> bool {
+    let connect = &mut request.connect;
+    if !connect.client_id.is_empty() || !connect.clean_session {
+        return false;
+    }
+    let username = request
+        .login
+        .as_ref()
+        .map(|l| crate::auth::connect_username(&l.username))
+        .filter(|u| !u.is_empty());
+    connect.client_id = match (&request.certificate, username) {
+        (Some(certificate), _) => certificate.common_name.clone(),
+        (None, Some(username)) => username.to_owned(),
+        (None, None) => format!("auto-{:016x}", rand::random::<u64>()),
+    };
+    true
+}
+
+/// The session a CONNECT asks for. MQTT 3.1.1: a persistent session unless `clean_session`, kept for
+/// `persistent_session_expiry_s`. MQTT 5: `clean_start` discards the old session, and the Session Expiry
+/// Interval (absent: 0) says how long the new one outlives the connection, at most that same setting.
+fn session_request(
+    request: &ConnectRequest,
+    version: Version,
+    config: &BrokerConfig,
+) -> SessionRequest {
+    let discard = request.connect.clean_session;
+    let most = config.persistent_session_expiry_s;
+    let asked_s = match version {
+        Version::V311 if discard => 0,
+        Version::V311 => most,
+        Version::V5 => request.session_expiry_s.unwrap_or(0).min(most),
+    };
+    SessionRequest {
+        discard,
+        expiry: (asked_s > 0).then(|| Duration::from_secs(asked_s.into())),
+    }
+}
+
+/// The client's router connection: the link its resumed session left parked, if any (the router has its
+/// filters and kept nothing else), else a fresh, clean one, given the resumed session's filters back. A
+/// parked link of a session that is not resumed (discarded, expired) is closed.
+async fn router_session(
+    shared: &Arc<Shared>,
+    resumed: &Resumed,
+    parked: Option<Link>,
+) -> Result<(LinkGuard, LinkRx, ConnAck, Option<ConnAckProperties>), crate::broker::BrokerError> {
+    match parked {
+        Some((tx, rx, name)) if resumed.filters.is_some() => {
+            let ack = ConnAck {
+                session_present: true,
+                code: ConnectReturnCode::Success,
+            };
+            let link = LinkGuard::new(tx, name);
+            return Ok((link, rx, ack, Some(ConnAckProperties::default())));
+        }
+        Some((mut tx, _, _name)) => disconnect_now(&mut tx),
+        None => {}
+    }
+    let ((tx, rx, ack), name) = shared.link().await?;
+    let (ack, props) = router_connack(ack)?;
+    let mut link = LinkGuard::new(tx, name);
+    if let Some(filters) = &resumed.filters {
+        restore_filters(link.tx(), filters, &shared.routed);
+    }
+    Ok((link, rx, ack, props))
+}
+
+/// The CONNACK the router answered a new link with.
+fn router_connack(
+    ack: Notification,
+) -> Result<(ConnAck, Option<ConnAckProperties>), crate::broker::BrokerError> {
+    match Option::<Packet>::from(ack) {
+        Some(Packet::ConnAck(ack, props)) => Ok((ack, props)),
+        other => Err(crate::broker::BrokerError::Link(format!(
+            "the router answered {other:?}, not a CONNACK"
+        ))),
+    }
+}
+
+/// Validates the client id and the credentials (a password with argon2, on a blocking thread, a few at a
+/// time).
+async fn check_connect(
+    shared: &Arc<Shared>,
+    request: &ConnectRequest,
+) -> Result<Principal, (Refusal, String)> {
+    let client_id = &request.connect.client_id;
+    // The router refuses these characters; `~` starts the gateway's own internal client ids.
+    if client_id.is_empty() || client_id.contains(['+', '$', '#', '/']) || is_reserved(client_id) {
+        return Err((Refusal::BadClientId, "invalid client id".into()));
+    }
+    if let Some(certificate) = &request.certificate {
+        return (shared.auth)
+            .authenticate_certificate(client_id, certificate)
+            .map_err(refusal);
+    }
+    let loopback = request.loopback;
+    let login = request.login.clone().map(|mut login| {
+        login.username = crate::auth::connect_username(&login.username).to_owned();
+        login
+    });
+    let Some(login) = login.filter(|l| !l.username.is_empty()) else {
+        // No username: an anonymous device, decided from the config alone (no hashing), in place.
+        return (shared.auth)
+            .authenticate(client_id, None, None, loopback)
+            .map_err(refusal);
+    };
+    let ip = request.peer.ip();
+    if shared.auth.checks_instantly(&login.username) {
+        // The local operator's generated token: compared in place, in microseconds (see `auth::Secret`).
+        let password = Some(login.password.as_bytes());
+        let verdict =
+            (shared.auth).authenticate(client_id, Some(&login.username), password, loopback);
+        if let Err(AuthError::BadCredentials) = &verdict {
+            shared.logins.failed(ip, &login.username);
+        }
+        return verdict.map_err(refusal);
+    }
+    // A password is checked with argon2, 19 MiB and ~50 ms each (see `PASSWORD_CHECKS`): wait for the
+    // address's turn (see `admission`), then for a check's, then check it on a blocking thread, which keeps
+    // the turns until it is done (this future may be dropped when the client leaves; the check may not).
+    let address_turn = shared.logins.turn(ip).await;
+    let turn = (shared.password_checks.clone().acquire_owned().await).expect("never closed");
+    let auth = shared.auth.clone();
+    let client_id = client_id.clone();
+    let username = login.username.clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        let _turns = (address_turn, turn);
+        let password = Some(login.password.as_bytes());
+        auth.authenticate(&client_id, Some(&login.username), password, loopback)
+    })
+    .await
+    .map_err(|e| (Refusal::Unavailable, format!("authentication failed: {e}")))?;
+    match &verdict {
+        Err(AuthError::BadCredentials) => shared.logins.failed(ip, &username),
+        Err(_) => {}
+        Ok(_) => shared.logins.succeeded(ip),
+    }
+    verdict.map_err(refusal)
+}
+
+fn refusal(e: AuthError) -> (Refusal, String) {
+    let refusal = match e {
+        AuthError::BadCredentials => Refusal::BadCredentials,
+        AuthError::InvalidClientId(_) => Refusal::BadClientId,
+        AuthError::PasswordRequired
+        | AuthError::ClientIdMismatch { .. }
+        | AuthError::InvalidCertificateName(_)
+        | AuthError::DeviceClientId { .. } => Refusal::NotAuthorized,
+    };
+    (refusal, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_client_id_is_assigned_from_the_certificate_the_username_or_afresh() {
+        let request =
+            |certificate: Option<&str>, username: Option<&str>, clean: bool| ConnectRequest {
+                connect: Connect {
+                    keep_alive: 30,
+                    client_id: String::new(),
+                    clean_session: clean,
+                },
+                session_expiry_s: None,
+                will: None,
+                login: username.map(|u| Login {
+                    username: u.into(),
+                    password: String::new(),
+                }),
+                peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+                loopback: true,
+                certificate: certificate.map(|cn| VerifiedCertificate {
+                    common_name: cn.into(),
+                }),
+            };
+        let assigned =
+            |mut r: ConnectRequest| assign_client_id(&mut r).then_some(r.connect.client_id);
+        let metrics = "?SDK=IoTDeviceSDK/Python";
+        let pump = Some("pump-1");
+        assert_eq!(
+            assigned(request(pump, Some(metrics), true)).as_deref(),
+            pump
+        );
+        let with_metrics = format!("valve-2{metrics}");
+        assert_eq!(
+            assigned(request(None, Some(&with_metrics), true)).as_deref(),
+            Some("valve-2")
+        );
+        let fresh = assigned(request(None, Some(metrics), true)).unwrap();
+        assert!(
+            fresh.starts_with("auto-") && crate::auth::is_thing_name(&fresh),
+            "{fresh}"
+        );
+        assert_eq!(assigned(request(pump, None, false)), None);
+    }
+}
