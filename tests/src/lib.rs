@@ -567,6 +567,31 @@ impl Operator {
         }
     }
 
+    /// Polls DescribeJob until the job satisfies `wanted`, for at most `within`, and returns its `job`.
+    pub async fn wait_for_job(
+        &mut self,
+        job_id: &str,
+        within: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let described = self
+                .request("DescribeJob", json!({ "jobId": job_id }))
+                .await;
+            if let Ok(described) = &described {
+                if wanted(&described["job"]) {
+                    return described["job"].clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id} not as expected within {within:?}: {described:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls until the job is gone (ResourceNotFoundException), for at most `within`.
     pub async fn wait_until_deleted(&mut self, job_id: &str, within: Duration) {
         let deadline = Instant::now() + within;
