@@ -18,13 +18,7 @@ use sprig_gateway::plugins::{
 };
 use sprig_sdk::RecoveryContext;
 use sprig_test_support::build::{plugin_path_in, Profile};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use sprig_test_support::settings::env_or;
 
 fn report(label: &str, calls: usize, elapsed: Duration) {
     let ns = elapsed.as_nanos() as f64 / calls as f64;

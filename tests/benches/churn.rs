@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use sprig_test_support::settings::env_or;
 use sprig_tests::bench::{mib, raise_nofile, rss_kb};
 use sprig_tests::raw::{self, read_packet_async as read_packet};
 use sprig_tests::{release_bin, with_setting, Gateway};
@@ -21,13 +22,6 @@ use tokio::task::JoinSet;
 /// How long the gateway is given, once a fleet has left, to end their sessions and give memory back
 /// before it is read (as the fan-out benchmark does).
 const SETTLE: Duration = Duration::from_secs(2);
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Connects `id`, subscribes to its notifications and returns the open socket.
 async fn device(addr: SocketAddr, id: &str) -> TcpStream {

@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use sprig_test_support::settings::env_or;
 use sprig_tests::bench::raise_nofile;
 use sprig_tests::raw::{self, read_packet_async as read_packet};
 use sprig_tests::{create_job, release_bin, with_setting, Gateway};
@@ -22,13 +23,6 @@ use tokio::task::JoinSet;
 const PATIENCE: Duration = Duration::from_secs(30);
 /// Messages each device must receive.
 const PER_DEVICE: usize = 2;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Connects `thing` and subscribes to its jobs topics; returns the open socket.
 async fn device(addr: SocketAddr, thing: String) -> TcpStream {

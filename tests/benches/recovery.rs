@@ -47,6 +47,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter};
 use serde_json::{json, Value};
 use sprig_test_support::build::{plugin_path_in, release_bin, Profile};
+use sprig_test_support::settings::env_or;
 use sprig_tests::{config_for, free_port, procfs, with_setting, Operator};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -55,13 +56,6 @@ const CONNECT_BATCH: usize = 100;
 const POLL: Duration = Duration::from_millis(50);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 const ACK_TOPIC: &str = "$aws/things/{thing}/rollback/ack";
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The release binary and plugins, built now (cargo makes this a no-op when they are fresh).
 struct Artifacts {
