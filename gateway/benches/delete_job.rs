@@ -12,14 +12,8 @@ use sprig_gateway::auth::Grants;
 use sprig_gateway::jobs::api::{CreateJobRequest, DeleteJobRequest, DescribeJobRequest};
 use sprig_gateway::jobs::{Engine, Limits};
 use sprig_gateway::store::Store;
+use sprig_test_support::settings::env_or;
 use tokio::sync::{mpsc, watch};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;

@@ -10,8 +10,6 @@
 //! Tokio runtime with two workers, as `sprig run` has on a 2-core machine. `SPRIG_BENCH_CALLS` (default
 //! 100000) changes the number of calls. Run with `cargo bench -p sprig-gateway --bench plugin_call`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -19,38 +17,8 @@ use sprig_gateway::plugins::{
     DirectInstance, HostOptions, HostedInstance, PluginInstance, PluginLibrary,
 };
 use sprig_sdk::RecoveryContext;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rollback_release_build() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "sprig-plugin-rollback",
-        ])
-        .current_dir(workspace)
-        .status()
-        .expect("run cargo build");
-    assert!(
-        status.success(),
-        "cargo build of the rollback plugin failed"
-    );
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"))
-        .join("release")
-        .join("libsprig_plugin_rollback.so")
-}
+use sprig_test_support::build::{plugin_path_in, Profile};
+use sprig_test_support::settings::env_or;
 
 fn report(label: &str, calls: usize, elapsed: Duration) {
     let ns = elapsed.as_nanos() as f64 / calls as f64;
@@ -60,7 +28,7 @@ fn report(label: &str, calls: usize, elapsed: Duration) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let calls = env_or("SPRIG_BENCH_CALLS", 100_000);
-    let path = rollback_release_build();
+    let path = plugin_path_in(Profile::Release, "sprig-plugin-rollback");
     let library = PluginLibrary::load(&path).unwrap();
     let config = json!({
         "topic": "$aws/things/{thing}/rollback",

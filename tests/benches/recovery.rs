@@ -38,7 +38,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,6 +46,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter};
 use serde_json::{json, Value};
+use sprig_test_support::build::{plugin_path_in, release_bin, Profile};
+use sprig_test_support::settings::env_or;
 use sprig_tests::{config_for, free_port, procfs, with_setting, Operator};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -55,20 +57,6 @@ const POLL: Duration = Duration::from_millis(50);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 const ACK_TOPIC: &str = "$aws/things/{thing}/rollback/ack";
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
-}
-
 /// The release binary and plugins, built now (cargo makes this a no-op when they are fresh).
 struct Artifacts {
     sprig: PathBuf,
@@ -77,28 +65,10 @@ struct Artifacts {
 }
 
 fn build_release() -> Artifacts {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // Two invocations: `--bin sprig` would also filter the plugin packages' targets down to nothing.
-    for args in [
-        &["-p", "sprig-gateway", "--bin", "sprig"][..],
-        &["-p", "sprig-plugin-reset", "-p", "sprig-plugin-rollback"][..],
-    ] {
-        let status = Command::new(&cargo)
-            .args(["build", "--release", "--quiet"])
-            .args(args)
-            .current_dir(workspace())
-            .status()
-            .expect("run cargo build --release");
-        assert!(status.success(), "cargo build --release {args:?} failed");
-    }
-    let release = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
-        .join("release");
     Artifacts {
-        sprig: release.join("sprig"),
-        reset: release.join("libsprig_plugin_reset.so"),
-        rollback: release.join("libsprig_plugin_rollback.so"),
+        sprig: release_bin().to_owned(),
+        reset: plugin_path_in(Profile::Release, "sprig-plugin-reset"),
+        rollback: plugin_path_in(Profile::Release, "sprig-plugin-rollback"),
     }
 }
 

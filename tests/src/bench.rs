@@ -3,9 +3,6 @@
 //! percentiles.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use crate::{target_dir, workspace};
 
 /// `SPRIG_BIN` (made absolute), else sprig's release binary, built now through cargo so it is never stale.
 pub fn sprig_release_bin() -> PathBuf {
@@ -14,22 +11,7 @@ pub fn sprig_release_bin() -> PathBuf {
         let bin = PathBuf::from(bin);
         return std::fs::canonicalize(&bin).unwrap_or(bin);
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "sprig-gateway",
-            "--bin",
-            "sprig",
-        ])
-        .current_dir(workspace())
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build --release of sprig failed");
-    target_dir().join("release").join("sprig")
+    crate::release_bin().to_owned()
 }
 
 /// `MOSQUITTO` if it is a file, else `mosquitto` on `PATH` or in the sbin directories (Debian installs it

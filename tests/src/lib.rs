@@ -9,14 +9,19 @@ pub mod bench;
 pub mod device;
 pub mod fuzz;
 pub mod procfs;
-pub mod raw;
 pub mod tmpfs;
+
+/// The build paths and raw MQTT packets live in `sprig-test-support`, which the gateway's unit tests and
+/// benchmarks use too; re-exported so that the end-to-end tests find everything here.
+pub use sprig_test_support::build::{
+    cargo_build, plugin_path, release_bin, sprig_bin, target_dir, workspace, wrong_abi_plugin,
+};
+pub use sprig_test_support::raw;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -24,66 +29,6 @@ use serde_json::{json, Value};
 
 /// The default configuration file of the repository.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/gateway.toml");
-
-/// The workspace's root directory.
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
-}
-
-/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
-}
-
-/// Runs `cargo build --quiet ARGS` in the workspace (the cargo running the tests, if any), panicking on
-/// failure. Cargo releases its build lock before it runs tests, so this works from inside a test.
-pub fn cargo_build(args: &[&str]) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet"])
-        .args(args)
-        .current_dir(workspace())
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build {args:?} failed");
-}
-
-/// Path of the `sprig` binary, built on first use (so it is never stale).
-pub fn sprig_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        cargo_build(&["-p", "sprig-gateway", "--bin", "sprig"]);
-        target_dir().join("debug").join("sprig")
-    })
-}
-
-/// Path of the RELEASE `sprig` binary, built on first use (for benchmarks).
-pub fn release_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        cargo_build(&["--release", "-p", "sprig-gateway", "--bin", "sprig"]);
-        target_dir().join("release").join("sprig")
-    })
-}
-
-/// Path of the shared library of the plugin crate `package` (e.g. `sprig-plugin-rollback`), built on first
-/// use like the binary.
-pub fn plugin_path(package: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|p| p == package) {
-        cargo_build(&["-p", package]);
-        built.push(package.to_owned());
-    }
-    target_dir()
-        .join("debug")
-        .join(format!("lib{}.so", package.replace('-', "_")))
-}
 
 /// The default config listening on `listen` only, with its data in `data_dir`.
 pub fn config_for(listen: &str, data_dir: &Path) -> String {
@@ -564,6 +509,31 @@ impl Operator {
         {
             Ok(v) => v["job"]["status"].as_str().unwrap().to_owned(),
             Err((code, _)) => code,
+        }
+    }
+
+    /// Polls DescribeJob until the job satisfies `wanted`, for at most `within`, and returns its `job`.
+    pub async fn wait_for_job(
+        &mut self,
+        job_id: &str,
+        within: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let described = self
+                .request("DescribeJob", json!({ "jobId": job_id }))
+                .await;
+            if let Ok(described) = &described {
+                if wanted(&described["job"]) {
+                    return described["job"].clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id} not as expected within {within:?}: {described:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -3,7 +3,7 @@
 use std::process::Output;
 
 use serde_json::{json, Value};
-use sprig_tests::{free_port, sprig_bin, Gateway};
+use sprig_tests::{create_job, free_port, sprig_bin, Gateway};
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -310,4 +310,138 @@ fn every_sibling_command_talks_to_the_gateway() {
     // Canceled is terminal: deletion without --force is accepted.
     let out = gateway.cli(&["delete-job", "--job-id", "j1"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// The CLI keeps its own copy of each response's shape (the AWS CLI's field order, for printing and for
+/// `--generate-cli-skeleton output`). Every field the gateway answers with must be in it: a field added to
+/// a response fails here until the CLI's shape has it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_field_the_gateway_answers_is_in_the_clis_output_shape() {
+    let reset = sprig_tests::plugin_path("sprig-plugin-reset");
+    let gateway = Gateway::start_with(|config| {
+        format!(
+            "{config}\n[[recovery]]\nname = \"resets\"\nthings = \"reset-*\"\nplugin = {reset:?}\n\
+             [recovery.config]\nstatus_details = {{ state = \"reset\" }}\n"
+        )
+    });
+    let mut op = gateway.operator().await;
+    let _device = sprig_tests::start_job(&gateway, &mut op, "reset-1", "running").await;
+    let spare = create_job("spare", Some("ns"), &["t1", "t2"]);
+    let before_the_deletion = [
+        ("create-job", "CreateJob", spare),
+        ("describe-job", "DescribeJob", json!({"jobId": "running"})),
+        ("list-jobs", "ListJobs", json!({})),
+        (
+            "describe-job-execution",
+            "DescribeJobExecution",
+            json!({"jobId": "running", "thingName": "reset-1"}),
+        ),
+        (
+            "list-job-executions-for-job",
+            "ListJobExecutionsForJob",
+            json!({"jobId": "running"}),
+        ),
+        (
+            "cancel-job",
+            "CancelJob",
+            json!({"jobId": "spare", "reasonCode": "OBSOLETE", "comment": "replaced"}),
+        ),
+    ];
+    for (command, operation, body) in before_the_deletion {
+        check_answer_against_shape(&gateway, &mut op, command, operation, body).await;
+    }
+
+    // The force-deletion leaves reset-1 a recovery, which its route's plugin runs at once.
+    check_answer_against_shape(
+        &gateway,
+        &mut op,
+        "delete-job",
+        "DeleteJob",
+        json!({"jobId": "running", "force": true}),
+    )
+    .await;
+    let recovery = sprig_tests::wait_for_recovery(
+        &mut op,
+        "reset-1",
+        std::time::Duration::from_secs(20),
+        |r| r["status"] == "RECOVERED",
+    )
+    .await;
+    let after_the_deletion = [
+        ("list-recoveries", "ListRecoveries", json!({})),
+        (
+            "describe-recovery",
+            "DescribeRecovery",
+            json!({ "recoveryId": recovery["recoveryId"] }),
+        ),
+        ("list-plugins", "ListPlugins", json!({})),
+        (
+            "describe-plugin",
+            "DescribePlugin",
+            json!({"routeName": "resets"}),
+        ),
+        (
+            "reset-plugin",
+            "ResetPlugin",
+            json!({"routeName": "resets"}),
+        ),
+    ];
+    for (command, operation, body) in after_the_deletion {
+        check_answer_against_shape(&gateway, &mut op, command, operation, body).await;
+    }
+}
+
+/// Sends `body` to `operation` and checks every field of the answer against the output shape of the
+/// CLI's `command` (its `--generate-cli-skeleton output`, given the same parameters).
+async fn check_answer_against_shape(
+    gateway: &Gateway,
+    op: &mut sprig_tests::Operator,
+    command: &str,
+    operation: &str,
+    body: Value,
+) {
+    let answer = op
+        .request(operation, body.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{operation}: {e:?}"));
+    let input = body.to_string();
+    let shape = json_out(&gateway.cli(&[
+        command,
+        "--cli-input-json",
+        &input,
+        "--generate-cli-skeleton",
+        "output",
+    ]));
+    let mut unknown = Vec::new();
+    fields_outside(&answer, &shape, command, &mut unknown);
+    assert!(
+        unknown.is_empty(),
+        "{command}: fields the CLI's output shape lacks: {unknown:?}\nanswer: {answer:#}\nshape: {shape:#}"
+    );
+}
+
+/// Collects the paths of the fields of `answer` that `skeleton` (a `--generate-cli-skeleton output`) does
+/// not have. A skeleton shows a list by one element and a map by one `"KeyName"` entry.
+fn fields_outside(answer: &Value, skeleton: &Value, path: &str, unknown: &mut Vec<String>) {
+    match (answer, skeleton) {
+        (Value::Object(fields), Value::Object(known)) => {
+            let map_of = known.len() == 1 && known.contains_key("KeyName");
+            for (name, value) in fields {
+                let path = format!("{path}.{name}");
+                match known
+                    .get(name)
+                    .or_else(|| map_of.then(|| &known["KeyName"]))
+                {
+                    Some(shape) => fields_outside(value, shape, &path, unknown),
+                    None => unknown.push(path),
+                }
+            }
+        }
+        (Value::Array(items), Value::Array(shape)) => {
+            for item in items {
+                fields_outside(item, &shape[0], &format!("{path}[]"), unknown);
+            }
+        }
+        _ => {}
+    }
 }

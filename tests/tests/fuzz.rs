@@ -128,3 +128,26 @@ async fn still_serves(gateway: &Gateway, thing: &str) {
         String::from_utf8_lossy(&list.stderr)
     );
 }
+
+/// The fuzzer's operations are the ones the gateway serves: the list in `fuzz::payload` is checked against
+/// the gateway's own (`control::OPERATIONS`, which its answer to an unknown operation names), so an
+/// operation added to the gateway is fuzzed too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fuzzer_plays_every_operation_the_gateway_serves() {
+    let gateway = Gateway::start();
+    let mut op = gateway.operator().await;
+    let (code, message) = op
+        .request("NoSuchOperation", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(code, "InvalidRequestException", "{message}");
+    let served = message
+        .split_once("sprig serves ")
+        .map(|(_, list)| list.split(", ").collect::<Vec<_>>())
+        .unwrap_or_else(|| panic!("no list of operations in {message:?}"));
+    let mut fuzzed = fuzz::payload::OPERATIONS.to_vec();
+    let mut served = served;
+    fuzzed.sort_unstable();
+    served.sort_unstable();
+    assert_eq!(fuzzed, served);
+}

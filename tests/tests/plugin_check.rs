@@ -2,29 +2,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-use sprig_tests::{cargo_build, sprig_bin, target_dir};
+use sprig_tests::{sprig_bin, target_dir, wrong_abi_plugin};
 
 fn rollback_plugin() -> PathBuf {
     sprig_tests::plugin_path("sprig-plugin-rollback")
-}
-
-/// misbehave built with `--features wrong-abi`, in its own target dir.
-fn wrong_abi_plugin() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let dir = target_dir().join("wrong-abi");
-        cargo_build(&[
-            "-p",
-            "sprig-plugin-misbehave",
-            "--features",
-            "wrong-abi",
-            "--target-dir",
-            dir.to_str().unwrap(),
-        ]);
-        dir.join("debug").join("libsprig_plugin_misbehave.so")
-    })
 }
 
 fn check(path: &Path) -> (Output, String, String) {

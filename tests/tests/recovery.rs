@@ -196,7 +196,19 @@ async fn an_offline_device_is_recovered_when_it_comes_back_even_after_a_sigkill(
         pending["attempts"], 0,
         "nothing runs while the device is away: {pending}"
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // And nothing runs later either: a witness proves the runner has since looked at every open recovery.
+    // Its handler (the `error-*` route) fails twice, 100 ms apart; only one of those attempts can follow
+    // the witness's subscription, so the other ran in a pass over all open recoveries, which takes them
+    // in id order: roll-2's, older, came first in it.
+    let _witness = start_job(&gateway, &mut op, "error-2", "witness").await;
+    op.request("DeleteJob", json!({"jobId": "witness", "force": true}))
+        .await
+        .unwrap();
+    let witness = wait_for_recovery(&mut op, "error-2", Duration::from_secs(20), |r| {
+        r["status"] != "PENDING"
+    })
+    .await;
+    assert_eq!(witness["failures"], 2, "{witness}");
     let still = wait_for_recovery(&mut op, "roll-2", Duration::from_secs(1), |_| true).await;
     assert_eq!(still["attempts"], 0, "{still}");
 

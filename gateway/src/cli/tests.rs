@@ -373,9 +373,11 @@ fn a_silent_gateway_times_out_with_exit_255() {
 /// plays broker and control handler at once. (The embedded rumqttd cannot stand in: its router refuses
 /// every subscription to a filter starting with `$` other than `$share/...`.)
 mod round_trip {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::{SocketAddr, TcpStream};
     use std::sync::OnceLock;
+
+    use sprig_test_support::raw;
 
     use super::*;
 
@@ -399,52 +401,12 @@ mod round_trip {
         })
     }
 
-    fn read_packet(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-        let mut header = [0u8; 1];
-        stream.read_exact(&mut header)?;
-        let (mut length, mut shift) = (0usize, 0);
-        loop {
-            let mut byte = [0u8; 1];
-            stream.read_exact(&mut byte)?;
-            length |= usize::from(byte[0] & 0x7f) << shift;
-            shift += 7;
-            if byte[0] & 0x80 == 0 {
-                break;
-            }
-        }
-        let mut body = vec![0u8; length];
-        stream.read_exact(&mut body)?;
-        Ok((header[0], body))
-    }
-
     fn write_packet(stream: &mut TcpStream, header: u8, body: &[u8]) -> std::io::Result<()> {
-        let mut packet = vec![header];
-        let mut length = body.len();
-        loop {
-            let byte = (length % 128) as u8;
-            length /= 128;
-            packet.push(if length > 0 { byte | 0x80 } else { byte });
-            if length == 0 {
-                break;
-            }
-        }
-        packet.extend_from_slice(body);
-        stream.write_all(&packet)
-    }
-
-    /// Reads a length-prefixed field at `*at`.
-    fn field<'a>(body: &'a [u8], at: &mut usize) -> &'a [u8] {
-        let len = usize::from(u16::from_be_bytes([body[*at], body[*at + 1]]));
-        let value = &body[*at + 2..*at + 2 + len];
-        *at += 2 + len;
-        value
+        stream.write_all(&raw::packet(header, body))
     }
 
     fn publish(stream: &mut TcpStream, topic: &str, payload: &Value) -> std::io::Result<()> {
-        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-        body.extend_from_slice(topic.as_bytes());
-        body.extend_from_slice(payload.to_string().as_bytes());
-        write_packet(stream, 0x30, &body)
+        stream.write_all(&raw::publish(topic, 0, 0, payload.to_string().as_bytes()))
     }
 
     /// One client: CONNACK (refused unless `ops`/`pw`), SUBACK (refused for DescribeJobExecution),
@@ -452,17 +414,18 @@ mod round_trip {
     /// after a decoy reply carrying another clientToken, which the CLI must ignore.
     fn serve(mut stream: TcpStream) -> std::io::Result<()> {
         loop {
-            let (header, body) = read_packet(&mut stream)?;
+            let (header, body) = raw::try_read_packet(&mut stream)?;
             match header >> 4 {
                 1 => {
                     let mut at = 0;
-                    field(&body, &mut at); // "MQTT"
+                    raw::take_str(&body, &mut at); // "MQTT"
                     let flags = body[at + 1];
                     at += 4;
-                    field(&body, &mut at); // client id
+                    raw::take_str(&body, &mut at); // client id
                     assert_eq!(flags & 0x04, 0, "no will expected");
-                    let user = (flags & 0x80 != 0).then(|| field(&body, &mut at).to_vec());
-                    let password = (flags & 0x40 != 0).then(|| field(&body, &mut at).to_vec());
+                    let user = (flags & 0x80 != 0).then(|| raw::take_str(&body, &mut at).to_vec());
+                    let password =
+                        (flags & 0x40 != 0).then(|| raw::take_str(&body, &mut at).to_vec());
                     if password.as_deref() == Some(b"hang-up") {
                         return Ok(()); // as rumqttd's own authentication does
                     }
@@ -477,7 +440,8 @@ mod round_trip {
                     let mut suback = body[..2].to_vec();
                     let mut at = 2;
                     while at < body.len() {
-                        let filter = String::from_utf8_lossy(field(&body, &mut at)).into_owned();
+                        let filter =
+                            String::from_utf8_lossy(raw::take_str(&body, &mut at)).into_owned();
                         at += 1;
                         let refused = filter.contains("/DescribeJobExecution/");
                         suback.push(if refused { 0x80 } else { 0x01 });
@@ -486,7 +450,7 @@ mod round_trip {
                 }
                 3 => {
                     let mut at = 0;
-                    let topic = String::from_utf8_lossy(field(&body, &mut at)).into_owned();
+                    let topic = String::from_utf8_lossy(raw::take_str(&body, &mut at)).into_owned();
                     let packet_id = &body[at..at + 2];
                     write_packet(&mut stream, 0x40, packet_id)?;
                     let request: Value = serde_json::from_slice(&body[at + 2..]).unwrap();

@@ -1,19 +1,15 @@
 //! Plugins in host processes (`sprig plugin-host`, the binary built by cargo on first use): answers as
 //! in-process, and crashes and overruns contained in the host, which is killed, reaped and restarted.
 
+use sprig_test_support::build::sprig_bin;
+
 use super::*;
 use crate::plugins::supervisor::FIRST_RESTART_DELAY;
 
-/// The `sprig` binary, which serves as the plugin host.
-fn sprig() -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| cargo_build(&["-p", "sprig-gateway", "--bin", "sprig"]));
-    target_dir().join("debug").join("sprig")
-}
-
 fn options(name: &str, config: Value, budget: Duration) -> HostOptions {
     HostOptions {
-        program: sprig(),
+        // The `sprig` binary serves as the plugin host.
+        program: sprig_bin().to_owned(),
         library: plugin(name),
         config,
         budget,
@@ -191,7 +187,7 @@ async fn an_overrun_kills_the_host_within_the_budget() {
 #[tokio::test]
 async fn a_library_the_host_refuses_or_a_config_the_plugin_refuses_fail_the_start() {
     let mut refused = options("misbehave", json!({"mode": "ok"}), GENEROUS);
-    refused.library = wrong_abi_plugin();
+    refused.library = wrong_abi_plugin().to_owned();
     let error = HostedInstance::start(refused).await.unwrap_err();
     let text = error.to_string();
     assert!(matches!(error, StartError::Load(_)), "{error:?}");

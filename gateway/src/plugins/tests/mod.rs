@@ -5,12 +5,12 @@ mod hosted;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sprig_sdk::{Action, Outcome, RecoveryContext};
+use sprig_test_support::build::{plugin_path, wrong_abi_plugin};
 
 use super::*;
 
@@ -20,66 +20,9 @@ const BUDGET: Duration = Duration::from_millis(200);
 /// of a debug build (hundreds of milliseconds), and builds may load the machine.
 const GENEROUS: Duration = Duration::from_secs(20);
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
-}
-
-fn cargo_build(args: &[&str]) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .arg("build")
-        .arg("--quiet")
-        .args(args)
-        .current_dir(workspace())
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build {args:?} failed");
-}
-
-/// The three plugins, built once per test process.
+/// A plugin of `plugins/` (`rollback`, `reset`, `misbehave`), built on first use.
 fn plugin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        cargo_build(&[
-            "-p",
-            "sprig-plugin-rollback",
-            "-p",
-            "sprig-plugin-reset",
-            "-p",
-            "sprig-plugin-misbehave",
-        ])
-    });
-    target_dir()
-        .join("debug")
-        .join(format!("libsprig_plugin_{name}.so"))
-}
-
-/// misbehave with `--features wrong-abi`, in its own target dir so it does not replace the good build.
-fn wrong_abi_plugin() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = target_dir().join("wrong-abi");
-            cargo_build(&[
-                "-p",
-                "sprig-plugin-misbehave",
-                "--features",
-                "wrong-abi",
-                "--target-dir",
-                dir.to_str().unwrap(),
-            ]);
-            dir.join("debug").join("libsprig_plugin_misbehave.so")
-        })
-        .clone()
+    plugin_path(&format!("sprig-plugin-{name}"))
 }
 
 fn load(name: &str) -> Arc<PluginLibrary> {
@@ -359,7 +302,7 @@ async fn counters_count_calls_by_kind() {
 #[test]
 fn the_wrong_abi_is_refused_naming_both_versions_and_the_file() {
     let path = wrong_abi_plugin();
-    let error = PluginLibrary::load(&path).unwrap_err();
+    let error = PluginLibrary::load(path).unwrap_err();
     assert!(
         matches!(error, LoadError::AbiMismatch { found, expected, .. }
             if found == sprig_sdk::ABI_VERSION + 1 && expected == sprig_sdk::ABI_VERSION),

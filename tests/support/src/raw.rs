@@ -90,20 +90,38 @@ where
 
 /// Reads one packet off a blocking stream: (fixed header byte, body). Panics on a read error or timeout.
 pub fn read_packet(stream: &mut impl std::io::Read) -> (u8, Vec<u8>) {
+    try_read_packet(stream).expect("read an MQTT packet")
+}
+
+/// Reads one packet off a blocking stream: (fixed header byte, body), or the read's error (for a fake
+/// server that must notice its client leaving).
+pub fn try_read_packet(stream: &mut impl std::io::Read) -> std::io::Result<(u8, Vec<u8>)> {
     let mut header = [0u8; 1];
-    stream.read_exact(&mut header).unwrap();
+    stream.read_exact(&mut header)?;
     let mut len = 0usize;
     for shift in 0..4 {
         let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).unwrap();
+        stream.read_exact(&mut byte)?;
         len |= usize::from(byte[0] & 0x7f) << (7 * shift);
         if byte[0] & 0x80 == 0 {
             break;
         }
+        if shift == 3 {
+            return Err(std::io::Error::other("malformed remaining length"));
+        }
     }
     let mut body = vec![0; len];
-    stream.read_exact(&mut body).unwrap();
-    (header[0], body)
+    stream.read_exact(&mut body)?;
+    Ok((header[0], body))
+}
+
+/// Reads the MQTT string (two bytes of length, then the bytes) at `*at` in `body`, and moves `*at` past
+/// it. Panics if `body` ends first.
+pub fn take_str<'a>(body: &'a [u8], at: &mut usize) -> &'a [u8] {
+    let len = usize::from(u16::from_be_bytes([body[*at], body[*at + 1]]));
+    let value = &body[*at + 2..*at + 2 + len];
+    *at += 2 + len;
+    value
 }
 
 #[cfg(test)]
@@ -121,6 +139,9 @@ mod tests {
         assert_eq!(long.len(), 3 + 321);
         let (header, body) = read_packet(&mut long.as_slice());
         assert_eq!((header, body.len()), (0x30, 321));
+        let mut at = 0;
+        assert_eq!(take_str(&name, &mut at), b"MQTT");
+        assert_eq!(at, name.len());
     }
 
     #[test]
