@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: a transport ([`broker`]) carries a command ([`control`]) to the jobs engine
 //! ([`jobs`]), which changes the store ([`store`]); devices speak the Jobs device API ([`device_api`]) to
-//! the same engine. Background work ([`deletion`]) finishes what the engine starts, and what changed is
+//! the same engine. Background work (`jobs::deletion`) finishes what the engine starts, and what changed is
 //! announced to devices ([`notify`]). The broker asks [`auth`] who a client is and which topics it may use
 //! (built-in rules and the configured topic rules, on MQTT's matching rules in [`topic_filter`]). [`daemon`]
 //! wires the pieces for `sprig run`; [`cli`] is the command line.
@@ -13,7 +13,6 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod deletion;
 pub mod device_api;
 pub mod jobs;
 pub mod notify;
