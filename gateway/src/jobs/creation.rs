@@ -281,6 +281,9 @@ mod tests {
         assert_eq!(stored(JobStatus::InProgress), [0]);
         assert_eq!(stored(JobStatus::DeletionInProgress), [3]);
         assert_eq!(stored(JobStatus::Creating), [4]);
-        assert_eq!(JobStatus::from_index_code(5), Some(JobStatus::Creating));
+        assert_eq!(
+            crate::store::codec::job_status_of_code(5),
+            Some(JobStatus::Creating)
+        );
     }
 }

@@ -11,7 +11,42 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::jobs::model::{Execution, Job, JobStatus, RecoveryRecord};
+use crate::jobs::model::{Execution, ExecutionStatus, Job, JobStatus, RecoveryRecord};
+
+/// The byte that stands for a status in the store's indexes (`by_status`, `by_thing`): store layout,
+/// so it lives here, not in the model. Never reuse a value.
+pub trait IndexCode {
+    fn index_code(self) -> u8;
+}
+
+impl IndexCode for JobStatus {
+    fn index_code(self) -> u8 {
+        match self {
+            JobStatus::InProgress => 1,
+            JobStatus::Canceled => 2,
+            JobStatus::Completed => 3,
+            JobStatus::DeletionInProgress => 4,
+            JobStatus::Creating => 5,
+        }
+    }
+}
+
+impl IndexCode for ExecutionStatus {
+    fn index_code(self) -> u8 {
+        ExecutionStatus::ALL
+            .iter()
+            .position(|s| *s == self)
+            .map_or(0, |i| i as u8 + 1)
+    }
+}
+
+/// The job status whose index code is `code`.
+pub fn job_status_of_code(code: u8) -> Option<JobStatus> {
+    JobStatus::ALL
+        .into_iter()
+        .chain([JobStatus::Creating])
+        .find(|status| status.index_code() == code)
+}
 
 /// The format byte of records written by this release (recoveries excepted: [`RECOVERY_FORMAT_V2`]).
 pub const FORMAT_V1: u8 = 1;

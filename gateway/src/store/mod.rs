@@ -33,7 +33,7 @@ use sled::{Transactional, Tree};
 use crate::jobs::model::{
     Execution, ExecutionCounts, ExecutionStatus, Job, JobStatus, RecoveryRecord, RecoveryState,
 };
-use codec::CodecError;
+use codec::{CodecError, IndexCode};
 use handle::{Background, Handle, Trees};
 use meta::{Counted, TreeIx};
 
@@ -786,7 +786,7 @@ impl Trees {
         for entry in self.by_status.iter() {
             let (key, _) = entry?;
             let job_id = String::from_utf8_lossy(&key[1..]).into_owned();
-            let indexed = JobStatus::from_index_code(key[0])
+            let indexed = codec::job_status_of_code(key[0])
                 .map_or_else(|| format!("code {}", key[0]), |s| s.as_str().to_owned());
             match self.job(&job_id)? {
                 Some(job) if job.status.index_code() == key[0] => {}
