@@ -15,6 +15,7 @@ pub mod control;
 pub mod daemon;
 pub mod device_api;
 pub mod jobs;
+pub mod model;
 pub mod notify;
 pub mod plugins;
 pub mod recovery;

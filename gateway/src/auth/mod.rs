@@ -23,6 +23,7 @@ use crate::config::{AuthConfig, OperatorConfig};
 // Grants are what the jobs engine checks and thing names what it validates; auth hands them out.
 pub use crate::jobs::validate::is_thing_name;
 pub use crate::jobs::Grants;
+pub use crate::store::sessions::Identity;
 
 pub mod rules;
 
@@ -83,23 +84,6 @@ pub struct Operator {
 pub enum Principal {
     Device { thing_name: String },
     Operator(Arc<Operator>),
-}
-
-/// Whom a session belongs to: the same principal across connections and restarts (a device by its thing
-/// name, an operator by its username). Only the same identity may take a client id's session over.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Identity {
-    Device(String),
-    Operator(String),
-}
-
-impl std::fmt::Display for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Identity::Device(thing) => write!(f, "device {thing}"),
-            Identity::Operator(username) => write!(f, "operator {username}"),
-        }
-    }
 }
 
 /// Prefix of the control API's topics.

@@ -1,5 +1,5 @@
 //! The wall clock, read at the edges only: the engine's commands, the device API's and the notifier's
-//! timestamps, the recovery runner. The rules ([`super::transitions`]) and the records ([`super::model`])
+//! timestamps, the recovery runner. The rules ([`super::transitions`]) and the records ([`crate::model`])
 //! are handed `now`, so tests give them any time they like.
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use super::api::{CancelJobRequest, CreateJobRequest, DeleteJobRequest, JobRef};
 use super::clock::now_ms;
 use super::engine::Engine;
-use super::model::{Job, JobStatus};
 use super::planning::{plan_create, CreatePlan};
 use super::transitions::{self, DeletionLoad};
 use super::{creation, validate, Grants, JobsError};
+use crate::model::{Job, JobStatus};
 
 type Result<T> = std::result::Result<T, JobsError>;
 
@@ -122,7 +122,7 @@ impl Engine {
         let _writer = self.store().lock_writes();
         let job = self.visible_job(grants, &request.job_id)?;
         let mut cancellation = transitions::cancel_job(&job, &request, now_ms())?;
-        let routed = |e: &super::model::Execution| {
+        let routed = |e: &crate::model::Execution| {
             let namespace = job.namespace_id.as_deref();
             self.routes.route_for(&e.thing_name, namespace).is_some()
         };

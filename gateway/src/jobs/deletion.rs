@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 
 use super::clock::now_ms;
 use super::engine::Engine;
-use super::model::JobStatus;
 use super::transitions;
+use crate::model::JobStatus;
 use crate::store::StoreError;
 
 /// What one step of a deletion did.
@@ -50,7 +50,7 @@ impl Engine {
         let count = executions.len();
         let namespace = job.namespace_id.as_deref();
         let routed =
-            |e: &super::model::Execution| self.routes.route_for(&e.thing_name, namespace).is_some();
+            |e: &crate::model::Execution| self.routes.route_for(&e.thing_name, namespace).is_some();
         let removed = transitions::delete_executions(&job, executions, now_ms(), routed);
         self.commit(&job, removed)?;
         Ok(Step::Removed { count })

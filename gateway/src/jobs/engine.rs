@@ -16,10 +16,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::Arns;
-use super::model::{Execution, Job, JobStatus};
 use super::routes::Routes;
 use super::transitions::{ExecutionChange, Limits, Transition};
 use super::{creation, Grants, JobEvent, JobEventKind, JobsError};
+use crate::model::{Execution, Job, JobStatus};
 use crate::store::{Change, Store, StoreError};
 
 type Result<T> = std::result::Result<T, JobsError>;

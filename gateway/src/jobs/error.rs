@@ -2,8 +2,8 @@
 //! the device API's rejections ([`DeviceError`]). Both are answers to a caller; a store failure becomes
 //! the one its caller can act on (retry later), logged once here.
 
-use super::model::Execution;
 use super::wire::ExecutionState;
+use crate::model::Execution;
 use crate::store::StoreError;
 
 /// An exception, named as AWS names it; the message says which field or rule was at fault.

@@ -1,5 +1,5 @@
 //! What an operator may see and change: which namespaces, and whether jobs without one. The engine
-//! checks every request against them; [`crate::auth`] gives each authenticated operator theirs.
+//! checks every request against them; the `auth` module gives each authenticated operator theirs.
 
 use std::collections::BTreeSet;
 

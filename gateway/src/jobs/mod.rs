@@ -1,8 +1,8 @@
 //! The jobs engine: AWS IoT Jobs semantics over the store, and the only writer to it.
 //!
-//! The records ([`model`]) and the rules ([`transitions`]) are pure: no store, no clock, no runtime; they
-//! are the leaf the rest builds on (the store keeps the records, so it depends on [`model`] and on nothing
-//! else here). [`engine`] is the edge: it reads the store, reads the clock ([`clock`]), applies a rule and
+//! The records ([`crate::model`]) and the rules ([`transitions`]) are pure: no store, no clock, no
+//! runtime. The records are a leaf module of their own, kept by the store, so the store depends on no part
+//! of the jobs engine and the engine depends on the store. [`engine`] is the edge: it reads the store, reads the clock ([`clock`]), applies a rule and
 //! commits, then announces the change ([`events`]). Around it: the operators' [`commands`] and
 //! [`queries`] (shapes in [`api`], checks in [`validate`] and [`planning`], errors in [`error`]),
 //! [`creation`] writing a large job in bounded transactions, the devices' side ([`device`], shapes in
@@ -20,7 +20,6 @@ pub mod engine;
 pub mod error;
 pub mod events;
 mod grants;
-pub mod model;
 mod planning;
 mod queries;
 mod recoveries;

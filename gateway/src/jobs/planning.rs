@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use super::api::{Arns, CreateJobRequest};
-use super::model::{ExecutionCounts, Job, JobStatus};
 use super::{validate, Grants, JobsError};
+use crate::model::{ExecutionCounts, Job, JobStatus};
 
 type Result<T> = std::result::Result<T, JobsError>;
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::api::*;
 use super::engine::{is_visible, Engine};
-use super::model::{ExecutionStatus, JobStatus, RecoveryRecord, RecoveryState};
 use super::{validate, Grants, JobsError};
+use crate::model::{ExecutionStatus, JobStatus, RecoveryRecord, RecoveryState};
 
 type Result<T> = std::result::Result<T, JobsError>;
 

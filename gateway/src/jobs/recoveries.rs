@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::engine::Engine;
-use super::model::RecoveryRecord;
+use crate::model::RecoveryRecord;
 use crate::store::{Store, StoreError};
 
 impl Engine {

@@ -2,10 +2,10 @@
 
 use super::api::*;
 use super::creation;
-use super::model::ExecutionStatus;
 use super::planning::plan_create;
 use super::test_fixture::{create, delete, finish_deletion, fixture, update};
 use super::Grants;
+use crate::model::ExecutionStatus;
 
 #[tokio::test]
 async fn delete_needs_force_unless_terminal_and_marks_deletion_in_progress() {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use super::api::{CancelJobRequest, DeleteJobRequest};
 use super::error::{DeviceError, DeviceErrorCode, JobsError};
 use super::events::{JobEvent, JobEventKind};
-use super::model::{
+use crate::model::{
     DeletionInfo, Execution, ExecutionStatus, Job, JobStatus, RecoveryReason, RecoveryRecord,
 };
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::model::{Execution, ExecutionStatus, Job};
+use crate::model::{Execution, ExecutionStatus, Job};
 
 /// AWS's `JobExecutionSummary` (device API): times in epoch seconds.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -33,8 +33,8 @@ use super::handlers::{Handlers, RouteHandler};
 use super::Routes;
 use crate::broker::{Broker, BrokerError, InternalSender};
 use crate::jobs::clock::now_ms;
-use crate::jobs::model::{RecoveryReason, RecoveryRecord, RecoveryState};
 use crate::jobs::{Engine, JobEvent};
+use crate::model::{RecoveryReason, RecoveryRecord, RecoveryState};
 use crate::plugins::FailureKind;
 
 const TICK: Duration = Duration::from_millis(500);

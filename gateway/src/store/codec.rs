@@ -11,7 +11,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::jobs::model::{Execution, ExecutionStatus, Job, JobStatus, RecoveryRecord};
+use crate::model::{Execution, ExecutionStatus, Job, JobStatus, RecoveryRecord};
 
 /// The byte that stands for a status in the store's indexes (`by_status`, `by_thing`): store layout,
 /// so it lives here, not in the model. Never reuse a value.
@@ -164,7 +164,7 @@ pub fn parse_deadline_key(key: &[u8]) -> Option<(i64, String, String)> {
 }
 
 /// `open_recoveries` tree: thing name, NUL, recovery id (8 bytes, big-endian).
-pub fn open_recovery_key(recovery: &crate::jobs::model::RecoveryRecord) -> Vec<u8> {
+pub fn open_recovery_key(recovery: &crate::model::RecoveryRecord) -> Vec<u8> {
     let mut key = thing_key(&recovery.thing_name, "");
     key.extend_from_slice(&recovery.id.to_be_bytes());
     key
@@ -206,7 +206,7 @@ impl Execution {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::model::{ExecutionStatus, JobStatus};
+    use crate::model::{ExecutionStatus, JobStatus};
 
     #[test]
     fn records_round_trip_and_carry_their_format() {
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn recoveries_of_format_1_read_as_having_no_acknowledgement() {
-        use crate::jobs::model::{RecoveryReason, RecoveryState};
+        use crate::model::{RecoveryReason, RecoveryState};
         let old = decode_recovery(&hex(RECOVERY_V1)).unwrap();
         assert_eq!(
             (old.id, old.thing_name.as_str(), old.namespace_id.as_deref()),

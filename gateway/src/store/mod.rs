@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
-use crate::jobs::model::{
+use crate::model::{
     Execution, ExecutionCounts, ExecutionStatus, Job, JobStatus, RecoveryRecord, RecoveryState,
 };
 use codec::{CodecError, IndexCode};
@@ -1058,7 +1058,7 @@ impl<'a> IndexWalk<'a> {
 mod tests {
     use super::handle::{FORMAT_KEY, STORE_FORMAT};
     use super::*;
-    use crate::jobs::model::{ExecutionStatus, JobStatus};
+    use crate::model::{ExecutionStatus, JobStatus};
 
     /// Commits a new job (or a new version of it) with `executions` added.
     fn put_job(store: &Store, job: &Job, executions: &[Execution]) {
@@ -1325,7 +1325,7 @@ mod tests {
 
     #[test]
     fn recoveries_are_indexed_while_pending() {
-        use crate::jobs::model::{RecoveryReason, RecoveryRecord, RecoveryState};
+        use crate::model::{RecoveryReason, RecoveryRecord, RecoveryState};
         let (_dir, store) = open();
         let (j, mut execs) = job("j1", None, &["t1", "t2"]);
         execs[0].status = ExecutionStatus::InProgress;

@@ -14,7 +14,23 @@ use super::codec;
 use super::handle::Handle;
 use super::meta::{self, Counted, TreeIx};
 use super::Result;
-use crate::auth::Identity;
+
+/// Whom a session belongs to (the `auth` module tells, the store keeps it with the session): the same principal across connections and restarts (a device by its thing
+/// name, an operator by its username). Only the same identity may take a client id's session over.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Identity {
+    Device(String),
+    Operator(String),
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Device(thing) => write!(f, "device {thing}"),
+            Identity::Operator(username) => write!(f, "operator {username}"),
+        }
+    }
+}
 
 /// One persistent session as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use crate::jobs::clock::now_ms;
 use crate::jobs::engine::Engine;
 use crate::jobs::error::DeviceError;
-use crate::jobs::model::{Execution, Job, JobStatus};
 use crate::jobs::wire::{
     device_execution, pick_next, snapshot_of, sort_oldest_first, DeviceExecution, Pending,
     ThingSnapshot,
 };
+use crate::model::{Execution, Job, JobStatus};
 use crate::store::{Store, StoreError};
 
 /// Jobs read for a batch of snapshots, each decoded once. A job record carries all its targets, so

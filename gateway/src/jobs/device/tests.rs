@@ -1,9 +1,9 @@
 //! The devices' commands through the engine, on a real store.
 
-use crate::auth::Grants;
-use crate::jobs::model::{ExecutionStatus, JobStatus};
 use crate::jobs::test_fixture::{create, delete, fixture, update};
+use crate::jobs::Grants;
 use crate::jobs::JobEventKind;
+use crate::model::{ExecutionStatus, JobStatus};
 
 #[tokio::test]
 async fn a_device_runs_its_job_to_completion_and_the_job_completes() {

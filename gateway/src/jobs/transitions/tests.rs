@@ -2,7 +2,7 @@
 //! sequences (property tests).
 
 use super::*;
-use crate::jobs::model::{ExecutionCounts, RecoveryState};
+use crate::model::{ExecutionCounts, RecoveryState};
 
 const T0: i64 = 1_000_000;
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::super::*;
-use crate::jobs::model::ExecutionCounts;
+use crate::model::ExecutionCounts;
 
 const JOBS: usize = 4;
 const THINGS: usize = 3;

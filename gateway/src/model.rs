@@ -1,7 +1,9 @@
 //! The records of the jobs store: a job, its executions (one per thing), and their statuses.
 //!
-//! These are sprig's own types, stored (see `store::codec`) and turned into AWS response shapes in
-//! [`super::api`]. Times are milliseconds since the Unix epoch.
+//! These are sprig's own types, stored (see `store::codec`) and turned into AWS response shapes by the
+//! jobs engine (`jobs::api`). A leaf: plain data depending on no other module of the gateway, so the store
+//! that keeps them and the engine that changes them both build on it. Times are milliseconds since the
+//! Unix epoch.
 
 use std::collections::BTreeMap;
 
