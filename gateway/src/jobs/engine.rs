@@ -1,14 +1,14 @@
 //! The jobs engine: the one writer to the jobs store, and the edge where the clock is read.
 //!
 //! Every command validates its input first (cheap, on the caller's task), then runs its store work on
-//! tokio's blocking pool ([`Engine::on_blocking_pool`]): sled does disk I/O and a CreateJob with thousands
+//! tokio's blocking pool (`Engine::on_blocking_pool`): sled does disk I/O and a CreateJob with thousands
 //! of targets is many transactions ([`super::creation`]). A writer holds the store's write lock from its
 //! first read to its commit, so checks such as "fewer than 10 deletions in progress" cannot race: it reads,
-//! asks [`super::transitions`] for the change, and commits it through [`Engine::commit`], which writes the
+//! asks [`super::transitions`] for the change, and commits it through `Engine::commit`, which writes the
 //! change and its recoveries in one transaction and then announces the [`JobEvent`]. The operators'
-//! commands are in [`super::commands`], their queries in [`super::queries`], the devices' in
+//! commands are in `commands`, their queries in `queries`, the devices' in
 //! [`super::device`], the deletion worker's steps in [`super::deletion`] and the recovery runner's records
-//! in [`super::recoveries`].
+//! in `recoveries`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -84,7 +84,7 @@ impl Engine {
         self
     }
 
-    /// The store, for the engine's reads (writes go through [`Engine::commit`]).
+    /// The store, for the engine's reads (writes go through `Engine::commit`).
     pub(super) fn store(&self) -> &Store {
         &self.store
     }

@@ -3,10 +3,10 @@
 //! The records ([`crate::model`]) and the rules ([`transitions`]) are pure: no store, no clock, no
 //! runtime. The records are a leaf module of their own, kept by the store, so the store depends on no part
 //! of the jobs engine and the engine depends on the store. [`engine`] is the edge: it reads the store, reads the clock ([`clock`]), applies a rule and
-//! commits, then announces the change ([`events`]). Around it: the operators' [`commands`] and
-//! [`queries`] (shapes in [`api`], checks in [`validate`] and [`planning`], errors in [`error`]),
+//! commits, then announces the change ([`events`]). Around it: the operators' `commands` and
+//! `queries` (shapes in [`api`], checks in [`validate`] and `planning`, errors in [`error`]),
 //! [`creation`] writing a large job in bounded transactions, the devices' side ([`device`], shapes in
-//! [`wire`]), the background [`deletion`] worker, the recovery runner's records ([`recoveries`]) and which
+//! [`wire`]), the background [`deletion`] worker, the recovery runner's records (`recoveries`) and which
 //! devices have a recovery route ([`routes`]). The engine never touches a transport: it is handed a typed
 //! request and the caller's [`Grants`] and answers a typed response or an exception.
 

@@ -4,8 +4,8 @@
 //! DescribeJobExecution, UpdateJobExecution): each command reads the device's execution in the request's
 //! scope, applies the rules of [`super::transitions`] and commits through the engine. A request is
 //! scoped: on the plain topics a device sees its jobs without a namespace, on the `namespace-{ns}` topics
-//! only that namespace's jobs; a job being deleted is invisible to devices, as AWS documents. [`snapshot`]
-//! reads what the notifier tells devices, and [`timer`] runs the step timeouts.
+//! only that namespace's jobs; a job being deleted is invisible to devices, as AWS documents. `snapshot`
+//! reads what the notifier tells devices, and `timer` runs the step timeouts.
 
 mod snapshot;
 mod timer;
