@@ -5,10 +5,11 @@
 //! deletion and CancelJob), for devices that a `[[recovery]]` route ([`Routes`]) gives a handler. The
 //! runner ([`runner`]) then calls that route's plugin (through the containment of [`crate::plugins`]) once
 //! the device is attached — at once, or when it next connects and subscribes — applies the actions it
-//! answers (MQTT messages to the device, status details to record) and records its outcome: RECOVERED,
-//! FAILED, or another attempt later. The attempt counter is written before each call, so a crash in the
-//! middle re-runs the attempt after the restart and the handler, told the attempt number, can be
-//! idempotent. Every recovery ends in exactly one recorded outcome.
+//! answers (MQTT messages to the device, status details to record) and records its outcome through the
+//! jobs engine, which writes it: RECOVERED, FAILED, or another attempt later. The attempt counter is
+//! written before each call, so a crash in the middle re-runs the attempt after the restart and the
+//! handler, told the attempt number, can be idempotent. Every recovery ends in exactly one recorded
+//! outcome.
 //!
 //! The routes' plugins, loaded, are [`Handlers`]: the runner calls them; operators see their state and
 //! reset them through the control API ([`status`] has the shapes and the rules that name a state).

@@ -1,7 +1,9 @@
 //! Runs PENDING recoveries through their plugins and records each outcome.
 //!
-//! The runner wakes every half second, when a device subscribes (it is attached and listening, so a
-//! command published to it now is received), and when a device publishes to its route's `ack_topic`. It
+//! The runner wakes every half second, when the engine reports a change that created recoveries (a
+//! `JobEvent`), when a device subscribes (it is attached and listening, so a command published to it now
+//! is received), and when a device publishes to its route's `ack_topic`. It reads and records recoveries
+//! through the jobs engine, the store's one writer. It
 //! runs the due recoveries of attached devices, one call at a time per route instance (plugin instances
 //! serialize their calls anyway). A handler failure (panic, error, garbage answer, overrun, crash) is
 //! recorded and retried after a backoff that doubles, up to the route's `max_failures`.
