@@ -29,7 +29,7 @@ use std::time::Instant;
 use sprig_gateway::auth::Grants;
 use sprig_gateway::control::parse_request;
 use sprig_gateway::jobs::api::CreateJobRequest;
-use sprig_gateway::jobs::{Engine, Limits};
+use sprig_gateway::jobs::Engine;
 use sprig_gateway::store::Store;
 use tokio::sync::mpsc;
 
@@ -168,7 +168,7 @@ fn child(targets: usize) {
     let engine = Arc::new(
         Engine::new(
             store,
-            Limits::from_config(&config.jobs),
+            sprig_gateway::daemon::engine_limits(&config.jobs),
             "bench",
             deletions,
             events_tx,

@@ -42,20 +42,12 @@ async fn main() {
     // Notifications are not measured here: their events are drained.
     let (events_tx, mut events) = mpsc::unbounded_channel();
     tokio::spawn(async move { while events.recv().await.is_some() {} });
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        limits,
-        "bench",
-        tx,
-        events_tx.clone(),
-    ));
+    let engine = Arc::new(Engine::new(store.clone(), limits, "bench", tx, events_tx));
     let (_stop, shutdown) = watch::channel(false);
-    tokio::spawn(sprig_gateway::deletion::run(
-        store.clone(),
-        Default::default(),
+    tokio::spawn(sprig_gateway::jobs::deletion::run(
+        engine.clone(),
         batch,
         rx,
-        events_tx,
         shutdown,
     ));
     let targets: Vec<String> = (0..executions).map(|i| format!("device-{i:06}")).collect();

@@ -1,5 +1,5 @@
 //! `sprig run`: wires the store, the jobs engine, the deletion worker, the broker and the control API
-//! together, and takes them down in order on SIGINT or SIGTERM.
+//! together (turning the configuration into the plain limits and routes the engine takes), and takes them down in order on SIGINT or SIGTERM.
 //!
 //! Start-up order matters: the store opens first (a second gateway on the same data dir fails here, on
 //! sled's lock), unfinished deletions are queued before any listener accepts a client, and the broker binds
@@ -22,11 +22,12 @@ use tokio::sync::{mpsc, watch};
 use crate::auth::{Authenticator, LocalOperator};
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::jobs::device;
+use crate::config::{JobsConfig, RecoveryRoute};
+use crate::jobs::routes::{Route, Routes};
+use crate::jobs::{deletion, device};
 use crate::jobs::{Engine, Limits};
-use crate::recovery::Routes;
 use crate::store::{self, Health, Store, StoreError};
-use crate::{control, deletion, device_api, notify, recovery};
+use crate::{control, device_api, notify, recovery};
 
 pub mod config_checks;
 
@@ -64,25 +65,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Plugins load before anything accepts work: a configured handler that cannot load refuses the start
     // (one that refuses its config leaves its route out of service, reported: `Handlers::load`).
     let handlers = Arc::new(recovery::Handlers::load(&config.recovery, &config.origin).await?);
-    let routes = Arc::new(Routes::new(&config.recovery));
+    let routes = Arc::new(recovery_routes(&config.recovery));
+    let (recoveries_tx, recoveries_rx) = mpsc::unbounded_channel();
     let engine = Arc::new(
         Engine::new(
             store.clone(),
-            Limits::from_config(&config.jobs),
+            engine_limits(&config.jobs),
             &config.gateway.id,
             deletions_tx,
-            events_tx.clone(),
+            events_tx,
         )
-        .with_recovery_routes(routes.clone())
+        .with_recovery_routes(routes.clone(), recoveries_tx)
         .with_creation_batch_size(config.jobs.creation_batch_size),
     );
     engine.undo_unfinished_creations().await?;
     let deleter = tokio::spawn(deletion::run(
-        store.clone(),
-        routes.clone(),
+        engine.clone(),
         config.jobs.deletion_batch_size,
         deletions_rx,
-        events_tx,
         shutdown.clone(),
     ));
     let resumed = engine.resume_deletions().await?;
@@ -107,9 +107,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (recoveries_subscribed, recoveries_ready) = tokio::sync::oneshot::channel();
     let recoveries = tokio::spawn(recovery::runner::run(
         broker.clone(),
-        store.clone(),
+        engine.clone(),
         routes,
         handlers.clone(),
+        recoveries_rx,
         shutdown.clone(),
         recoveries_subscribed,
     ));
@@ -183,6 +184,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// The engine's deletion limits, as the configuration sets them.
+pub fn engine_limits(jobs: &JobsConfig) -> Limits {
+    Limits {
+        max_concurrent_deletions: jobs.max_concurrent_deletions,
+        per_namespace: jobs
+            .namespaces
+            .iter()
+            .filter_map(|(ns, l)| l.max_concurrent_deletions.map(|n| (ns.clone(), n)))
+            .collect(),
+    }
+}
+
+/// Which devices the configured `[[recovery]]` routes cover.
+pub fn recovery_routes(config: &[RecoveryRoute]) -> Routes {
+    let routes: Vec<Route> = config
+        .iter()
+        .map(|r| Route {
+            name: r.name.clone(),
+            things: r.things.clone(),
+            namespace: r.namespace.clone(),
+        })
+        .collect();
+    Routes::new(&routes)
 }
 
 /// Resolves with the cause once the store reports that it cannot continue.

@@ -8,7 +8,7 @@
 //! `[[auth.topic_rules]]` in [`rules`]; [`Authenticator::may_publish`] and [`Authenticator::may_subscribe`]
 //! combine the two.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +20,9 @@ use argon2::Argon2;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthConfig, OperatorConfig};
+// Grants are what the jobs engine checks and thing names what it validates; auth hands them out.
+pub use crate::jobs::validate::is_thing_name;
+pub use crate::jobs::Grants;
 
 pub mod rules;
 
@@ -57,49 +60,17 @@ pub struct VerifiedCertificate {
     pub common_name: String,
 }
 
-/// What an operator may see: namespaces, and whether jobs without a namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Grants {
-    pub all_namespaces: bool,
-    pub namespaces: BTreeSet<String>,
-    pub standard_jobs: bool,
-}
-
-impl Grants {
-    /// Everything: the local operator's grants.
-    pub fn all() -> Grants {
-        Grants {
-            all_namespaces: true,
-            namespaces: BTreeSet::new(),
-            standard_jobs: true,
-        }
-    }
-
-    fn from_config(op: &OperatorConfig) -> Grants {
-        Grants {
-            all_namespaces: op.namespaces.iter().any(|n| n == "*"),
-            namespaces: op
-                .namespaces
-                .iter()
-                .filter(|n| *n != "*")
-                .cloned()
-                .collect(),
-            standard_jobs: op.standard_jobs,
-        }
-    }
-
-    /// Does this operator see every job, whatever its namespace (what gateway-wide operations, such as
-    /// resetting a recovery plugin, require)?
-    pub fn covers_everything(&self) -> bool {
-        self.all_namespaces && self.standard_jobs
-    }
-
-    /// May this operator see a job in `namespace` (`None`: a job without a namespace)?
-    pub fn may_see(&self, namespace: Option<&str>) -> bool {
-        match namespace {
-            None => self.standard_jobs,
-            Some(ns) => self.all_namespaces || self.namespaces.contains(ns),
-        }
+/// The operator's grants its config entry gives: `"*"` among its namespaces stands for all of them.
+fn grants_of(op: &OperatorConfig) -> Grants {
+    Grants {
+        all_namespaces: op.namespaces.iter().any(|n| n == "*"),
+        namespaces: op
+            .namespaces
+            .iter()
+            .filter(|n| *n != "*")
+            .cloned()
+            .collect(),
+        standard_jobs: op.standard_jobs,
     }
 }
 
@@ -188,13 +159,6 @@ pub fn connect_username(raw: &str) -> &str {
     }
 }
 
-/// True when `s` is a valid thing name: 1–128 characters of `[a-zA-Z0-9:_-]` (AWS IoT's pattern).
-pub fn is_thing_name(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-:".contains(&b))
-}
-
 struct Account {
     secret: Secret,
     principal: Principal,
@@ -250,7 +214,7 @@ impl Authenticator {
         for op in &config.operators {
             let operator = Operator {
                 username: op.username.clone(),
-                grants: Grants::from_config(op),
+                grants: grants_of(op),
             };
             accounts.insert(
                 op.username.clone(),

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::jobs::clock::now_ms;
 use crate::jobs::device::{DeviceError, DeviceErrorCode, UpdateExecution};
-use crate::jobs::model::now_ms;
 
 /// The largest request body accepted: AWS IoT's MQTT payload limit (128 KB).
 pub(super) const MAX_REQUEST_BYTES: usize = 128 * 1024;

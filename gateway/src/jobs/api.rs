@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{Execution, Job};
+use crate::model::{Execution, Job};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -243,7 +243,7 @@ impl Arns {
     }
 
     pub fn job_view(&self, job: &Job) -> JobView {
-        use super::model::ExecutionStatus as S;
+        use crate::model::ExecutionStatus as S;
         let n = |status| job.counts.get(status);
         JobView {
             job_arn: self.job(&job.job_id),
@@ -382,8 +382,8 @@ pub struct RecoveryView {
 }
 
 impl RecoveryView {
-    pub fn of(r: &super::model::RecoveryRecord, route_name: Option<&str>) -> RecoveryView {
-        let pending = r.state == super::model::RecoveryState::Pending;
+    pub fn of(r: &crate::model::RecoveryRecord, route_name: Option<&str>) -> RecoveryView {
+        let pending = r.state == crate::model::RecoveryState::Pending;
         RecoveryView {
             recovery_id: r.id.to_string(),
             thing_name: r.thing_name.clone(),

@@ -22,7 +22,7 @@
 //! lost, sled serves the CREATING version before it, and the store refuses to open (the status index says
 //! otherwise) rather than hide, or undo, a job whose CreateJob was answered.
 
-use crate::jobs::model::{Execution, ExecutionCounts, Job, JobStatus};
+use crate::model::{Execution, ExecutionCounts, Job, JobStatus};
 use crate::store::{Change, Store, StoreError};
 
 /// Writes `job` (IN_PROGRESS, with its targets) and one QUEUED execution per target, `batch` executions
@@ -155,7 +155,7 @@ pub fn undo(store: &Store, job_id: &str, batch: usize) -> Result<usize, StoreErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::model::ExecutionStatus;
+    use crate::model::ExecutionStatus;
     use crate::store::codec;
 
     fn job(id: &str, things: usize) -> Job {
@@ -281,6 +281,9 @@ mod tests {
         assert_eq!(stored(JobStatus::InProgress), [0]);
         assert_eq!(stored(JobStatus::DeletionInProgress), [3]);
         assert_eq!(stored(JobStatus::Creating), [4]);
-        assert_eq!(JobStatus::from_index_code(5), Some(JobStatus::Creating));
+        assert_eq!(
+            crate::store::codec::job_status_of_code(5),
+            Some(JobStatus::Creating)
+        );
     }
 }

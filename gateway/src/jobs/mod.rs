@@ -1,21 +1,41 @@
-//! The jobs engine: AWS IoT Jobs semantics over the store.
+//! The jobs engine: AWS IoT Jobs semantics over the store, and the only writer to it.
 //!
-//! [`model`] holds the records (job, execution, statuses), [`api`] the request and response shapes of the
-//! control plane (boto3's names), [`error`] AWS's exception vocabulary, [`engine`] the operators' rules
-//! (which state changes are allowed, for whom, within which limits), [`creation`] how CreateJob writes a
-//! large job in bounded transactions that nobody sees until the last, [`device`] the devices' rules, and
-//! [`events`] what the engine announces after a change. The engine never touches a transport;
-//! it is handed a typed request and the caller's grants and answers a typed response or an exception.
+//! The records ([`crate::model`]) and the rules ([`transitions`]) are pure: no store, no clock, no
+//! runtime. The records are a leaf module of their own, kept by the store, so the store depends on no part
+//! of the jobs engine and the engine depends on the store. [`engine`] is the edge: it reads the store, reads the clock ([`clock`]), applies a rule and
+//! commits, then announces the change ([`events`]). Around it: the operators' `commands` and
+//! `queries` (shapes in [`api`], checks in [`validate`] and `planning`, errors in [`error`]),
+//! [`creation`] writing a large job in bounded transactions, the devices' side ([`device`], shapes in
+//! [`wire`]), the background [`deletion`] worker, the recovery runner's records (`recoveries`) and which
+//! devices have a recovery route ([`routes`]). The engine never touches a transport: it is handed a typed
+//! request and the caller's [`Grants`] and answers a typed response or an exception.
 
 pub mod api;
+pub mod clock;
+mod commands;
 pub mod creation;
+pub mod deletion;
 pub mod device;
 pub mod engine;
 pub mod error;
 pub mod events;
-pub mod model;
+mod grants;
+mod planning;
+mod queries;
+mod recoveries;
+pub mod routes;
+pub mod transitions;
 pub mod validate;
+pub mod wire;
 
-pub use engine::{Engine, Limits};
+#[cfg(test)]
+mod test_fixture;
+#[cfg(test)]
+mod tests;
+
+pub use engine::Engine;
 pub use error::JobsError;
 pub use events::{JobEvent, JobEventKind};
+pub use grants::Grants;
+pub use planning::MAX_DOCUMENT_BYTES;
+pub use transitions::Limits;

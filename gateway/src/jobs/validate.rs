@@ -43,9 +43,16 @@ pub fn namespace_id(s: &str) -> Result<(), JobsError> {
     }
 }
 
+/// True when `s` is a valid thing name: 1–128 characters of `[a-zA-Z0-9:_-]` (AWS IoT's pattern).
+pub fn is_thing_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-:".contains(&b))
+}
+
 /// `thingName`: 1–128 characters of `[a-zA-Z0-9:_-]`.
 pub fn thing_name(field: &str, s: &str) -> Result<(), JobsError> {
-    if crate::auth::is_thing_name(s) {
+    if is_thing_name(s) {
         Ok(())
     } else {
         Err(invalid(

@@ -46,8 +46,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::{Broker, BrokerError, Deliveries};
+use crate::jobs::clock::now_ms;
 use crate::jobs::device::{DeviceExecution, JobCache, ThingSnapshot};
-use crate::jobs::model::now_ms;
 use crate::jobs::{Engine, JobEvent};
 use crate::store::StoreError;
 use memory::{Memory, Told};

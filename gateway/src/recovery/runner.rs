@@ -1,7 +1,9 @@
 //! Runs PENDING recoveries through their plugins and records each outcome.
 //!
-//! The runner wakes every half second, when a device subscribes (it is attached and listening, so a
-//! command published to it now is received), and when a device publishes to its route's `ack_topic`. It
+//! The runner wakes every half second, when the engine reports a change that created recoveries (a
+//! `JobEvent`), when a device subscribes (it is attached and listening, so a command published to it now
+//! is received), and when a device publishes to its route's `ack_topic`. It reads and records recoveries
+//! through the jobs engine, the store's one writer. It
 //! runs the due recoveries of attached devices, one call at a time per route instance (plugin instances
 //! serialize their calls anyway). A handler failure (panic, error, garbage answer, overrun, crash) is
 //! recorded and retried after a backoff that doubles, up to the route's `max_failures`.
@@ -27,23 +29,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sprig_sdk::{Action, Outcome, Reason, RecoveryContext, MAX_ACKNOWLEDGEMENT};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::handlers::{Handlers, RouteHandler};
 use super::Routes;
 use crate::broker::{Broker, BrokerError, InternalSender};
-use crate::jobs::model::{now_ms, RecoveryReason, RecoveryRecord, RecoveryState};
+use crate::jobs::clock::now_ms;
+use crate::jobs::{Engine, JobEvent};
+use crate::model::{RecoveryReason, RecoveryRecord, RecoveryState};
 use crate::plugins::FailureKind;
-use crate::store::Store;
 
 const TICK: Duration = Duration::from_millis(500);
 
 /// Runs recoveries until `shutdown` turns true; `subscribed` is told once acknowledgements are taken.
+/// `created` carries the engine's events of changes that created recoveries (see
+/// [`Engine::with_recovery_routes`]): they start at once rather than at the next tick.
 pub async fn run(
     broker: Arc<Broker>,
-    store: Arc<Store>,
+    engine: Arc<Engine>,
     routes: Arc<Routes>,
     handlers: Arc<Handlers>,
+    mut created: mpsc::UnboundedReceiver<JobEvent>,
     mut shutdown: watch::Receiver<bool>,
     subscribed: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), BrokerError> {
@@ -58,7 +64,7 @@ pub async fn run(
     let mut subscriptions = broker.subscriptions();
     let runner = Runner {
         broker,
-        store,
+        engine,
         routes,
         handlers,
         sender,
@@ -76,7 +82,10 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = tick.tick() => ticked = true,
-            _ = runner.routes.created() => {}
+            Some(_) = created.recv() => {
+                // One pass runs every recovery created so far: the events queued meanwhile add nothing.
+                while created.try_recv().is_ok() {}
+            }
             event = subscriptions.recv() => match event {
                 Ok(event) => subscribed = Some((event.client_id, event.connection)),
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -109,7 +118,7 @@ type Listening = HashMap<String, u64>;
 
 struct Runner {
     broker: Arc<Broker>,
-    store: Arc<Store>,
+    engine: Arc<Engine>,
     routes: Arc<Routes>,
     handlers: Arc<Handlers>,
     sender: InternalSender,
@@ -147,7 +156,8 @@ impl Runner {
         let now = now_ms();
         let of_thing = thing.clone();
         for mut recovery in self
-            .blocking(move |s| s.open_recoveries(Some(&of_thing)))
+            .engine
+            .open_recoveries(Some(of_thing))
             .await
             .unwrap_or_default()
         {
@@ -168,10 +178,7 @@ impl Runner {
     /// burst of N acknowledgements cost N²).
     async fn run_due(&self, listening: &Listening, focus: Option<String>) {
         let now = now_ms();
-        let Some(open) = self
-            .blocking(move |s| s.open_recoveries(focus.as_deref()))
-            .await
-        else {
+        let Some(open) = self.engine.open_recoveries(focus).await else {
             return;
         };
         for recovery in open {
@@ -189,7 +196,7 @@ impl Runner {
     /// Makes the outcomes written since the last flush durable, if any.
     async fn flush_outcomes(&self) {
         if self.unflushed.swap(false, Ordering::Relaxed) {
-            self.blocking(|s| s.flush()).await;
+            self.engine.flush_recoveries().await;
         }
     }
 
@@ -330,39 +337,7 @@ impl Runner {
     /// Writes a recovery (and makes it durable at once if `flush`); false if the store failed (logged; the
     /// recovery stays as it was).
     async fn save(&self, recovery: RecoveryRecord, flush: bool) -> bool {
-        let saved = self
-            .blocking(move |s| {
-                s.update_recovery(&recovery)?;
-                if flush {
-                    s.flush()?;
-                }
-                Ok(())
-            })
-            .await;
-        saved.is_some()
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
-    ) -> Option<T> {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || work(&store)).await {
-            Ok(Ok(value)) => Some(value),
-            // A store out of service logged why once; the runner's polling would repeat it.
-            Ok(Err(e)) if e.is_unavailable() => {
-                tracing::debug!(error = %e, "recovery store access failed");
-                None
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "recovery store access failed");
-                None
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "recovery store task failed");
-                None
-            }
-        }
+        self.engine.record_recovery(recovery, flush).await
     }
 }
 

@@ -218,7 +218,7 @@ fn files(what: String, source: std::io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::model::{ExecutionCounts, Job, JobStatus};
+    use crate::model::{ExecutionCounts, Job, JobStatus};
     use crate::store::Change;
 
     fn store_with_one_job(dir: &Path) {

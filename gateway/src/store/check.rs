@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::codec;
+use super::codec::IndexCode;
 use super::handle::Trees;
 use super::manifest;
 use super::Result;
-use crate::jobs::model::{Execution, ExecutionCounts, Job, JobStatus, RecoveryState};
+use crate::model::{Execution, ExecutionCounts, Job, RecoveryState};
 
 impl Trees {
     pub(super) fn check(&self, dir: &Path) -> Result<CheckReport> {
@@ -170,7 +171,7 @@ impl Trees {
         for entry in self.by_status.iter() {
             let (key, _) = entry?;
             let job_id = String::from_utf8_lossy(&key[1..]).into_owned();
-            let indexed = JobStatus::from_index_code(key[0])
+            let indexed = super::codec::job_status_of_code(key[0])
                 .map_or_else(|| format!("code {}", key[0]), |s| s.as_str().to_owned());
             match self.job(&job_id)? {
                 Some(job) if job.status.index_code() == key[0] => {}

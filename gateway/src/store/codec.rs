@@ -11,7 +11,50 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::jobs::model::{Execution, ExecutionStatus, Job, JobStatus, RecoveryRecord};
+use crate::model::{Execution, ExecutionStatus, Job, JobStatus, RecoveryRecord};
+
+/// The byte that stands for a status in the store's indexes (`by_status`, `by_thing`): store layout,
+/// so it lives here, not in the model. Never reuse a value.
+pub trait IndexCode {
+    fn index_code(self) -> u8;
+}
+
+impl IndexCode for JobStatus {
+    fn index_code(self) -> u8 {
+        match self {
+            JobStatus::InProgress => 1,
+            JobStatus::Canceled => 2,
+            JobStatus::Completed => 3,
+            JobStatus::DeletionInProgress => 4,
+            JobStatus::Creating => 5,
+        }
+    }
+}
+
+impl IndexCode for ExecutionStatus {
+    fn index_code(self) -> u8 {
+        ExecutionStatus::ALL
+            .iter()
+            .position(|s| *s == self)
+            .map_or(0, |i| i as u8 + 1)
+    }
+}
+
+/// The job status whose index code is `code`.
+pub fn job_status_of_code(code: u8) -> Option<JobStatus> {
+    JobStatus::ALL
+        .into_iter()
+        .chain([JobStatus::Creating])
+        .find(|status| status.index_code() == code)
+}
+
+/// Is a thing-index value (one status code byte) that of a pending (QUEUED or IN_PROGRESS) execution?
+pub(super) fn is_pending_status(value: &[u8]) -> bool {
+    value
+        .first()
+        .and_then(|&code| ExecutionStatus::ALL.iter().find(|s| s.index_code() == code))
+        .is_some_and(|status| !status.is_terminal())
+}
 
 /// The format byte of records written by this release (recoveries excepted: [`RECOVERY_FORMAT_V2`]).
 pub const FORMAT_V1: u8 = 1;
@@ -129,7 +172,7 @@ pub fn parse_deadline_key(key: &[u8]) -> Option<(i64, String, String)> {
 }
 
 /// `open_recoveries` tree: thing name, NUL, recovery id (8 bytes, big-endian).
-pub fn open_recovery_key(recovery: &crate::jobs::model::RecoveryRecord) -> Vec<u8> {
+pub fn open_recovery_key(recovery: &crate::model::RecoveryRecord) -> Vec<u8> {
     let mut key = thing_key(&recovery.thing_name, "");
     key.extend_from_slice(&recovery.id.to_be_bytes());
     key
@@ -168,18 +211,10 @@ impl Execution {
     }
 }
 
-/// Is a thing-index value (one status code byte) that of a pending (QUEUED or IN_PROGRESS) execution?
-pub(super) fn is_pending_status(value: &[u8]) -> bool {
-    value
-        .first()
-        .and_then(|&code| ExecutionStatus::ALL.iter().find(|s| s.index_code() == code))
-        .is_some_and(|status| !status.is_terminal())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::model::{ExecutionStatus, JobStatus};
+    use crate::model::{ExecutionStatus, JobStatus};
 
     #[test]
     fn records_round_trip_and_carry_their_format() {
@@ -207,7 +242,7 @@ mod tests {
 
     #[test]
     fn recoveries_of_format_1_read_as_having_no_acknowledgement() {
-        use crate::jobs::model::{RecoveryReason, RecoveryState};
+        use crate::model::{RecoveryReason, RecoveryState};
         let old = decode_recovery(&hex(RECOVERY_V1)).unwrap();
         assert_eq!(
             (old.id, old.thing_name.as_str(), old.namespace_id.as_deref()),

@@ -8,10 +8,11 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
 use super::codec;
+use super::codec::IndexCode;
 use super::handle::Trees;
 use super::meta::{self, Counted, TreeIx};
 use super::{Change, Result};
-use crate::jobs::model::{Execution, Job, RecoveryRecord, RecoveryState};
+use crate::model::{Execution, Job, RecoveryRecord, RecoveryState};
 
 impl Trees {
     pub(super) fn commit(&self, change: &Change<'_>) -> Result<()> {

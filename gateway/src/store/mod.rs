@@ -39,7 +39,7 @@ mod walk;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::jobs::model::{Execution, Job, JobStatus, RecoveryRecord};
+use crate::model::{Execution, Job, JobStatus, RecoveryRecord};
 use codec::CodecError;
 use handle::{Background, Handle, Trees};
 use meta::TreeIx;

@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
+use super::codec::IndexCode;
 use super::codec::{self, is_pending_status};
 use super::handle::Trees;
 use super::walk::{in_key_order, IndexWalk, SEEK_AFTER};
 use super::{Result, StoreError};
-use crate::jobs::model::{Execution, Job, JobStatus, RecoveryRecord};
+use crate::model::{Execution, Job, JobStatus, RecoveryRecord};
 
 impl Trees {
     pub(super) fn job(&self, job_id: &str) -> Result<Option<Job>> {

@@ -1,8 +1,9 @@
 //! The store end to end: commits and reads, the checks, damage refused at open, format upgrades.
 
+use super::codec::IndexCode;
 use super::handle::{FORMAT_KEY, STORE_FORMAT};
 use super::*;
-use crate::jobs::model::{ExecutionCounts, ExecutionStatus, JobStatus};
+use crate::model::{ExecutionCounts, ExecutionStatus, JobStatus};
 
 /// Commits a new job (or a new version of it) with `executions` added.
 fn put_job(store: &Store, job: &Job, executions: &[Execution]) {
@@ -268,7 +269,7 @@ fn data_survives_reopening() {
 
 #[test]
 fn recoveries_are_indexed_while_pending() {
-    use crate::jobs::model::{RecoveryReason, RecoveryRecord, RecoveryState};
+    use crate::model::{RecoveryReason, RecoveryRecord, RecoveryState};
     let (_dir, store) = open();
     let (j, mut execs) = job("j1", None, &["t1", "t2"]);
     execs[0].status = ExecutionStatus::InProgress;

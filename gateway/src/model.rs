@@ -1,20 +1,13 @@
 //! The records of the jobs store: a job, its executions (one per thing), and their statuses.
 //!
-//! These are sprig's own types, stored (see `store::codec`) and turned into AWS response shapes in
-//! [`super::api`]. Times are milliseconds since the Unix epoch.
+//! These are sprig's own types, stored (see `store::codec`) and turned into AWS response shapes by the
+//! jobs engine (`jobs::api`). A leaf: plain data depending on no other module of the gateway, so the store
+//! that keeps them and the engine that changes them both build on it. Times are milliseconds since the
+//! Unix epoch.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// A job's status, as AWS IoT names it, plus sprig's own `Creating`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,25 +51,6 @@ impl JobStatus {
     /// A terminal job may be deleted without `force`.
     pub fn is_terminal(self) -> bool {
         matches!(self, JobStatus::Canceled | JobStatus::Completed)
-    }
-
-    /// The byte that stands for this status in the store's status index; never reuse a value.
-    pub fn index_code(self) -> u8 {
-        match self {
-            JobStatus::InProgress => 1,
-            JobStatus::Canceled => 2,
-            JobStatus::Completed => 3,
-            JobStatus::DeletionInProgress => 4,
-            JobStatus::Creating => 5,
-        }
-    }
-
-    /// The status whose [`index_code`](Self::index_code) is `code`.
-    pub fn from_index_code(code: u8) -> Option<JobStatus> {
-        JobStatus::ALL
-            .into_iter()
-            .chain([JobStatus::Creating])
-            .find(|status| status.index_code() == code)
     }
 }
 
@@ -129,12 +103,12 @@ impl ExecutionStatus {
         !matches!(self, ExecutionStatus::Queued | ExecutionStatus::InProgress)
     }
 
-    /// The byte stored in the per-thing index; never reuse a value.
-    pub fn index_code(self) -> u8 {
+    /// This status's slot in [`ExecutionStatus::ALL`] (and in [`ExecutionCounts`]).
+    fn slot(self) -> usize {
         ExecutionStatus::ALL
             .iter()
             .position(|s| *s == self)
-            .map_or(0, |i| i as u8 + 1)
+            .unwrap_or_default()
     }
 }
 
@@ -144,15 +118,15 @@ pub struct ExecutionCounts([u64; 8]);
 
 impl ExecutionCounts {
     pub fn get(&self, status: ExecutionStatus) -> u64 {
-        self.0[status.index_code() as usize - 1]
+        self.0[status.slot()]
     }
 
     pub fn add(&mut self, status: ExecutionStatus) {
-        self.0[status.index_code() as usize - 1] += 1;
+        self.0[status.slot()] += 1;
     }
 
     pub fn remove(&mut self, status: ExecutionStatus) {
-        let slot = &mut self.0[status.index_code() as usize - 1];
+        let slot = &mut self.0[status.slot()];
         *slot = slot.saturating_sub(1);
     }
 

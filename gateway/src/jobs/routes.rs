@@ -1,38 +1,33 @@
 //! Which devices have a recovery handler: the `[[recovery]]` routes, matched by thing-name glob and
-//! namespace, first match wins.
+//! namespace, first match wins. The engine asks it which interrupted device gets a recovery; the recovery
+//! runner asks it which handler runs one. It lives with the jobs so both can use it, the jobs depending
+//! on no part of recovery.
 
-use crate::config::RecoveryRoute;
+/// One route as the matcher needs it: its name, its thing-name glob and its namespace (`None`: any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub things: String,
+    pub namespace: Option<String>,
+}
 
 /// The compiled routes. Cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct Routes {
     routes: Vec<(glob::Pattern, Option<String>)>,
     names: Vec<String>,
-    /// Rung by whoever commits new recoveries, so the runner starts them without waiting for its timer.
-    created: tokio::sync::Notify,
 }
 
 impl Routes {
-    /// Compiles the configured routes (the config was validated, so every glob compiles).
-    pub fn new(config: &[RecoveryRoute]) -> Routes {
+    /// Compiles the routes (the config was validated, so every glob compiles).
+    pub fn new(routes: &[Route]) -> Routes {
         Routes {
-            routes: config
+            routes: routes
                 .iter()
                 .filter_map(|r| Some((glob::Pattern::new(&r.things).ok()?, r.namespace.clone())))
                 .collect(),
-            names: config.iter().map(|r| r.name.clone()).collect(),
-            created: tokio::sync::Notify::new(),
+            names: routes.iter().map(|r| r.name.clone()).collect(),
         }
-    }
-
-    /// Tells the runner that new recoveries were committed.
-    pub fn announce(&self) {
-        self.created.notify_one();
-    }
-
-    /// Resolves when [`Routes::announce`] was called (a call before the wait counts too).
-    pub async fn created(&self) {
-        self.created.notified().await
     }
 
     /// The index of the first route for `thing` in `namespace` (`None`: a standard job).
@@ -56,19 +51,11 @@ impl Routes {
 mod tests {
     use super::*;
 
-    fn route(things: &str, namespace: Option<&str>) -> RecoveryRoute {
-        RecoveryRoute {
+    fn route(things: &str, namespace: Option<&str>) -> Route {
+        Route {
             name: things.into(),
             things: things.into(),
             namespace: namespace.map(str::to_owned),
-            plugin: "x.so".into(),
-            isolation: Default::default(),
-            budget_ms: 1,
-            max_failures: 1,
-            retry_backoff_ms: 1,
-            max_attempts: 1,
-            ack_topic: None,
-            config: Default::default(),
         }
     }
 

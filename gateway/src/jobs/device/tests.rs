@@ -1,0 +1,230 @@
+//! The devices' commands through the engine, on a real store.
+
+use crate::jobs::test_fixture::{create, delete, fixture, update};
+use crate::jobs::Grants;
+use crate::jobs::JobEventKind;
+use crate::model::{ExecutionStatus, JobStatus};
+
+#[tokio::test]
+async fn a_device_runs_its_job_to_completion_and_the_job_completes() {
+    use crate::jobs::device::JobTarget;
+    let mut f = fixture(10, &[]);
+    f.engine
+        .create_job(Grants::all(), create("j1", None, &["t1", "t2"]))
+        .await
+        .unwrap();
+    let created = f.events.recv().await.unwrap();
+    assert_eq!(
+        (created.kind, created.things.len()),
+        (JobEventKind::Created, 2)
+    );
+
+    let pending = f.engine.device_pending("t1".into(), None).await.unwrap();
+    assert_eq!(pending.queued_jobs.len(), 1);
+    let started = f
+        .engine
+        .device_start_next("t1".into(), None, None, Some(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((started.status, started.version_number), ("IN_PROGRESS", 2));
+    assert_eq!(
+        started.job_document.map(|d| d.value()),
+        Some(serde_json::json!({"op": "update"}))
+    );
+    assert!(started
+        .approximate_seconds_before_timed_out
+        .is_some_and(|s| s > 290 && s <= 300));
+    assert_eq!(
+        f.events.recv().await.unwrap().kind,
+        JobEventKind::ExecutionChanged
+    );
+
+    let mut stale = update("SUCCEEDED");
+    stale.expected_version = Some(1);
+    let err = f
+        .engine
+        .device_update("t1".into(), None, "j1".into(), stale)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code.as_str(), "VersionMismatch");
+    assert_eq!(err.execution_state.unwrap().version_number, 2);
+
+    let done = f
+        .engine
+        .device_update("t1".into(), None, "j1".into(), update("SUCCEEDED"))
+        .await
+        .unwrap();
+    assert_eq!(done.execution_state.unwrap().status, "SUCCEEDED");
+    let again = f
+        .engine
+        .device_update("t1".into(), None, "j1".into(), update("IN_PROGRESS"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code.as_str(), "InvalidStateTransition");
+    assert_eq!(again.execution_state.unwrap().status, "SUCCEEDED");
+    let described = f
+        .engine
+        .device_describe("t1".into(), None, JobTarget::Id("j1".into()), None, true)
+        .await;
+    assert_eq!(described.unwrap_err().code.as_str(), "TerminalStateReached");
+    assert_eq!(
+        f.engine
+            .device_describe("t1".into(), None, JobTarget::Next, None, true)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // QUEUED straight to a terminal status is allowed; the last one completes the job.
+    f.engine
+        .device_update("t2".into(), None, "j1".into(), update("REJECTED"))
+        .await
+        .unwrap();
+    let job = f.store.job("j1").unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert!(job.completed_at.is_some());
+    assert!(f.store.check().unwrap().is_consistent());
+    // A completed job deletes without force.
+    f.engine
+        .delete_job(Grants::all(), delete("j1", false, None))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn devices_see_only_their_scope_and_never_a_job_being_deleted() {
+    let f = fixture(10, &[]);
+    f.engine
+        .create_job(Grants::all(), create("plain", None, &["t1"]))
+        .await
+        .unwrap();
+    f.engine
+        .create_job(
+            Grants::all(),
+            create("gg", Some("aws-gg-deployment"), &["t1"]),
+        )
+        .await
+        .unwrap();
+    let plain = f.engine.device_pending("t1".into(), None).await.unwrap();
+    assert_eq!(
+        plain
+            .queued_jobs
+            .iter()
+            .map(|j| j.job_id.as_str())
+            .collect::<Vec<_>>(),
+        ["plain"]
+    );
+    let gg = f
+        .engine
+        .device_pending("t1".into(), Some("aws-gg-deployment".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        gg.queued_jobs
+            .iter()
+            .map(|j| j.job_id.as_str())
+            .collect::<Vec<_>>(),
+        ["gg"]
+    );
+    let wrong_scope = f
+        .engine
+        .device_update("t1".into(), None, "gg".into(), update("IN_PROGRESS"))
+        .await;
+    assert_eq!(wrong_scope.unwrap_err().code.as_str(), "ResourceNotFound");
+    let other_thing = f
+        .engine
+        .device_update("t2".into(), None, "plain".into(), update("IN_PROGRESS"))
+        .await;
+    assert_eq!(other_thing.unwrap_err().code.as_str(), "ResourceNotFound");
+
+    f.engine
+        .device_start_next("t1".into(), None, None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    f.engine
+        .delete_job(Grants::all(), delete("plain", true, None))
+        .await
+        .unwrap();
+    assert!(f
+        .engine
+        .device_pending("t1".into(), None)
+        .await
+        .unwrap()
+        .in_progress_jobs
+        .is_empty());
+    let gone = f
+        .engine
+        .device_update("t1".into(), None, "plain".into(), update("SUCCEEDED"))
+        .await;
+    assert_eq!(gone.unwrap_err().code.as_str(), "ResourceNotFound");
+}
+
+#[tokio::test]
+async fn a_step_timeout_times_the_execution_out() {
+    let mut f = fixture(10, &[]);
+    f.engine
+        .create_job(Grants::all(), create("j1", None, &["t1"]))
+        .await
+        .unwrap();
+    f.engine
+        .device_start_next("t1".into(), None, None, Some(1))
+        .await
+        .unwrap();
+    let now = crate::jobs::clock::now_ms();
+    assert_eq!(f.engine.expire_step_timeouts(now).unwrap(), 0);
+    assert_eq!(f.engine.expire_step_timeouts(now + 61_000).unwrap(), 1);
+    let execution = f.store.execution("j1", "t1").unwrap().unwrap();
+    assert_eq!(
+        (execution.status, execution.step_deadline),
+        (ExecutionStatus::TimedOut, None)
+    );
+    assert_eq!(
+        f.store.job("j1").unwrap().unwrap().status,
+        JobStatus::Completed
+    );
+    assert!(f.store.check().unwrap().is_consistent());
+    let kinds: Vec<_> = std::iter::from_fn(|| f.events.try_recv().ok())
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            JobEventKind::Created,
+            JobEventKind::ExecutionChanged,
+            JobEventKind::ExecutionChanged
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bad_device_input_is_an_invalid_request() {
+    let f = fixture(10, &[]);
+    f.engine
+        .create_job(Grants::all(), create("j1", None, &["t1"]))
+        .await
+        .unwrap();
+    for status in ["QUEUED", "CANCELED", "DONE"] {
+        let err = f
+            .engine
+            .device_update("t1".into(), None, "j1".into(), update(status))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code.as_str(), "InvalidRequest", "{status}");
+    }
+    let mut bad_details = update("IN_PROGRESS");
+    bad_details.status_details = Some([("bad key".to_owned(), "v".to_owned())].into());
+    let err = f
+        .engine
+        .device_update("t1".into(), None, "j1".into(), bad_details)
+        .await
+        .unwrap_err();
+    assert!(err.message.starts_with("statusDetails:"), "{err}");
+    let err = f
+        .engine
+        .device_start_next("t1".into(), None, None, Some(0))
+        .await
+        .unwrap_err();
+    assert!(err.message.starts_with("stepTimeoutInMinutes:"), "{err}");
+}

@@ -1,0 +1,275 @@
+//! The operators' reads: DescribeJob, ListJobs, DescribeJobExecution, ListJobExecutionsForJob and sprig's
+//! ListRecoveries and DescribeRecovery. Each answers only what the caller's grants let it see; the lists
+//! page as AWS's do (`maxResults`, and a `nextToken` naming the last item returned).
+
+use std::sync::Arc;
+
+use super::api::*;
+use super::engine::{is_visible, Engine};
+use super::{validate, Grants, JobsError};
+use crate::model::{ExecutionStatus, JobStatus, RecoveryRecord, RecoveryState};
+
+type Result<T> = std::result::Result<T, JobsError>;
+
+/// A request's `status` filter, parsed by `parse`; `names` lists the values allowed, for the error.
+fn status_filter<S>(
+    status: Option<&str>,
+    parse: impl Fn(&str) -> Option<S>,
+    names: &str,
+) -> Result<Option<S>> {
+    status
+        .map(|s| {
+            parse(s).ok_or_else(|| {
+                JobsError::InvalidRequest(format!("status: must be one of {names}; got \"{s}\""))
+            })
+        })
+        .transpose()
+}
+
+/// The first `limit` of `items` that pass `wanted`, and the `nextToken` (`token_of` the last one
+/// returned) if more follow. Reads at most one item past the page.
+fn page<T, E>(
+    items: impl IntoIterator<Item = std::result::Result<T, E>>,
+    limit: usize,
+    wanted: impl Fn(&T) -> bool,
+    token_of: impl Fn(&T) -> String,
+) -> std::result::Result<(Vec<T>, Option<String>), E> {
+    let mut found = Vec::new();
+    for item in items {
+        let item = item?;
+        if wanted(&item) {
+            found.push(item);
+            if found.len() > limit {
+                break;
+            }
+        }
+    }
+    let next_token = (found.len() > limit).then(|| token_of(&found[limit - 1]));
+    found.truncate(limit);
+    Ok((found, next_token))
+}
+
+impl Engine {
+    pub async fn describe_job(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: DescribeJobRequest,
+    ) -> Result<DescribeJobResponse> {
+        validate::job_id("jobId", &request.job_id)?;
+        self.blocking(move |engine| {
+            let job = engine.visible_job(&grants, &request.job_id)?;
+            Ok(DescribeJobResponse {
+                job: engine.arns.job_view(&job),
+            })
+        })
+        .await
+    }
+
+    pub async fn list_jobs(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: ListJobsRequest,
+    ) -> Result<ListJobsResponse> {
+        let limit = validate::max_results(request.max_results)?;
+        let status = status_filter(
+            request.status.as_deref(),
+            JobStatus::parse,
+            "IN_PROGRESS, CANCELED, COMPLETED, DELETION_IN_PROGRESS",
+        )?;
+        match request.target_selection.as_deref() {
+            None | Some("SNAPSHOT") => {}
+            Some("CONTINUOUS") => {
+                return Ok(ListJobsResponse {
+                    jobs: vec![],
+                    next_token: None,
+                })
+            }
+            Some(other) => {
+                return Err(JobsError::InvalidRequest(format!(
+                    "targetSelection: must be SNAPSHOT or CONTINUOUS; got \"{other}\""
+                )))
+            }
+        }
+        if request.thing_group_name.is_some() || request.thing_group_id.is_some() {
+            return Err(JobsError::InvalidRequest(
+                "thingGroupName/thingGroupId: sprig has no thing groups; jobs target things".into(),
+            ));
+        }
+        if let Some(ns) = &request.namespace_id {
+            validate::namespace_id(ns)?;
+            if !grants.may_see(Some(ns)) {
+                return Err(JobsError::ResourceNotFound(format!(
+                    "Namespace {ns} does not exist"
+                )));
+            }
+        }
+        if let Some(token) = &request.next_token {
+            validate::job_id("nextToken", token)?;
+        }
+        self.blocking(move |engine| {
+            let namespace = request.namespace_id.as_deref().map(Some);
+            let jobs = engine
+                .store()
+                .jobs_after(request.next_token.as_deref(), namespace);
+            let (jobs, next_token) = page(
+                jobs,
+                limit,
+                |job| is_visible(job, &grants) && status.is_none_or(|s| s == job.status),
+                |job| job.job_id.clone(),
+            )?;
+            Ok(ListJobsResponse {
+                jobs: jobs.iter().map(|j| engine.arns.job_summary(j)).collect(),
+                next_token,
+            })
+        })
+        .await
+    }
+
+    pub async fn describe_job_execution(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: DescribeJobExecutionRequest,
+    ) -> Result<DescribeJobExecutionResponse> {
+        validate::job_id("jobId", &request.job_id)?;
+        validate::thing_name("thingName", &request.thing_name)?;
+        self.blocking(move |engine| {
+            engine.visible_job(&grants, &request.job_id)?;
+            let execution = engine
+                .store()
+                .execution(&request.job_id, &request.thing_name)?
+                .filter(|e| {
+                    request
+                        .execution_number
+                        .is_none_or(|n| n == e.execution_number)
+                })
+                .ok_or_else(|| {
+                    JobsError::ResourceNotFound(format!(
+                        "Job execution {} for thing {} does not exist",
+                        request.job_id, request.thing_name
+                    ))
+                })?;
+            Ok(DescribeJobExecutionResponse {
+                execution: engine.arns.execution_view(&execution),
+            })
+        })
+        .await
+    }
+
+    pub async fn list_job_executions_for_job(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: ListJobExecutionsForJobRequest,
+    ) -> Result<ListJobExecutionsForJobResponse> {
+        validate::job_id("jobId", &request.job_id)?;
+        let limit = validate::max_results(request.max_results)?;
+        let status = status_filter(
+            request.status.as_deref(),
+            ExecutionStatus::parse,
+            "QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, TIMED_OUT, REJECTED, REMOVED, CANCELED",
+        )?;
+        if let Some(token) = &request.next_token {
+            validate::thing_name("nextToken", token)?;
+        }
+        self.blocking(move |engine| {
+            engine.visible_job(&grants, &request.job_id)?;
+            let executions = engine.executions_of(&request.job_id, request.next_token.clone());
+            let (found, next_token) = page(
+                executions,
+                limit,
+                |e| status.is_none_or(|s| s == e.status),
+                |e| e.thing_name.clone(),
+            )?;
+            Ok(ListJobExecutionsForJobResponse {
+                execution_summaries: found
+                    .iter()
+                    .map(|e| engine.arns.execution_summary(e))
+                    .collect(),
+                next_token,
+            })
+        })
+        .await
+    }
+
+    pub async fn list_recoveries(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: ListRecoveriesRequest,
+    ) -> Result<ListRecoveriesResponse> {
+        let limit = validate::max_results(request.max_results)?;
+        let state = status_filter(
+            request.status.as_deref(),
+            RecoveryState::parse,
+            "PENDING, RECOVERED, FAILED",
+        )?;
+        if let Some(thing) = &request.thing_name {
+            validate::thing_name("thingName", thing)?;
+        }
+        if let Some(job_id) = &request.job_id {
+            validate::job_id("jobId", job_id)?;
+        }
+        let after = request
+            .next_token
+            .as_deref()
+            .map(|t| {
+                t.parse::<u64>().map_err(|_| {
+                    JobsError::InvalidRequest(format!(
+                        "nextToken: not a token this gateway issued; got \"{t}\""
+                    ))
+                })
+            })
+            .transpose()?;
+        self.blocking(move |engine| {
+            let wanted = |recovery: &RecoveryRecord| {
+                grants.may_see(recovery.namespace_id.as_deref())
+                    && state.is_none_or(|s| s == recovery.state)
+                    && request
+                        .thing_name
+                        .as_ref()
+                        .is_none_or(|t| *t == recovery.thing_name)
+                    && request
+                        .job_id
+                        .as_ref()
+                        .is_none_or(|j| *j == recovery.job_id)
+            };
+            let recoveries = engine.store().recoveries_after(after);
+            let (found, next_token) = page(recoveries, limit, wanted, |r| r.id.to_string())?;
+            Ok(ListRecoveriesResponse {
+                recoveries: found.iter().map(|r| engine.recovery_view(r)).collect(),
+                next_token,
+            })
+        })
+        .await
+    }
+
+    pub async fn describe_recovery(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: DescribeRecoveryRequest,
+    ) -> Result<DescribeRecoveryResponse> {
+        let missing = || {
+            JobsError::ResourceNotFound(format!("Recovery {} does not exist", request.recovery_id))
+        };
+        let id: u64 = request.recovery_id.parse().map_err(|_| missing())?;
+        let not_found = missing();
+        self.blocking(move |engine| {
+            let recovery = engine
+                .store()
+                .recovery(id)?
+                .filter(|r| grants.may_see(r.namespace_id.as_deref()))
+                .ok_or(not_found)?;
+            Ok(DescribeRecoveryResponse {
+                recovery: engine.recovery_view(&recovery),
+            })
+        })
+        .await
+    }
+
+    /// A recovery as operators see it, with the route that runs it.
+    fn recovery_view(&self, recovery: &RecoveryRecord) -> RecoveryView {
+        let route = self
+            .routes
+            .route_for(&recovery.thing_name, recovery.namespace_id.as_deref())
+            .and_then(|index| self.routes.name(index));
+        RecoveryView::of(recovery, route)
+    }
+}

@@ -1,0 +1,63 @@
+//! The recovery runner's records, written through the engine like every other change to the store: the
+//! PENDING recoveries it runs, and each attempt and outcome it records. An outcome is written at once and
+//! made durable when the runner says (it batches flushes: one per pass, or the next attempt's).
+
+use std::sync::Arc;
+
+use super::engine::Engine;
+use crate::model::RecoveryRecord;
+use crate::store::{Store, StoreError};
+
+impl Engine {
+    /// The PENDING recoveries, of `thing` only if given; `None` if the store failed (logged).
+    pub async fn open_recoveries(
+        self: &Arc<Self>,
+        thing: Option<String>,
+    ) -> Option<Vec<RecoveryRecord>> {
+        self.recovery_work(move |store| store.open_recoveries(thing.as_deref()))
+            .await
+    }
+
+    /// Records `recovery` as it now stands, durable at once if `flush`; false if the store failed
+    /// (logged; the recovery stays as it was).
+    pub async fn record_recovery(self: &Arc<Self>, recovery: RecoveryRecord, flush: bool) -> bool {
+        self.recovery_work(move |store| {
+            store.update_recovery(&recovery)?;
+            if flush {
+                store.flush()?;
+            }
+            Ok(())
+        })
+        .await
+        .is_some()
+    }
+
+    /// Makes every recovery recorded so far durable; false if the store failed (logged).
+    pub async fn flush_recoveries(self: &Arc<Self>) -> bool {
+        self.recovery_work(|store| store.flush()).await.is_some()
+    }
+
+    /// Runs the runner's store work on the blocking pool. Not refused while the gateway shuts down: the
+    /// runner stops on its own, and an outcome it has is worth keeping.
+    async fn recovery_work<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Option<T> {
+        match self.on_blocking_pool(|engine| work(engine.store())).await {
+            Ok(Ok(value)) => Some(value),
+            // A store out of service logged why once; the runner's polling would repeat it.
+            Ok(Err(e)) if e.is_unavailable() => {
+                tracing::debug!(error = %e, "recovery store access failed");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "recovery store access failed");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recovery store task failed");
+                None
+            }
+        }
+    }
+}
