@@ -34,20 +34,37 @@ use crate::recovery::Handlers;
 /// The largest request body accepted. A CreateJob naming 20,000 things fits; a 1 MB body does not.
 pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
 
+/// The operations' names, as they appear in request topics: the one list of them in the gateway (the
+/// CLI's table of operations names each through these).
+pub mod op {
+    pub const CREATE_JOB: &str = "CreateJob";
+    pub const DELETE_JOB: &str = "DeleteJob";
+    pub const DESCRIBE_JOB: &str = "DescribeJob";
+    pub const LIST_JOBS: &str = "ListJobs";
+    pub const CANCEL_JOB: &str = "CancelJob";
+    pub const DESCRIBE_JOB_EXECUTION: &str = "DescribeJobExecution";
+    pub const LIST_JOB_EXECUTIONS_FOR_JOB: &str = "ListJobExecutionsForJob";
+    pub const LIST_RECOVERIES: &str = "ListRecoveries";
+    pub const DESCRIBE_RECOVERY: &str = "DescribeRecovery";
+    pub const LIST_PLUGINS: &str = "ListPlugins";
+    pub const DESCRIBE_PLUGIN: &str = "DescribePlugin";
+    pub const RESET_PLUGIN: &str = "ResetPlugin";
+}
+
 /// The operations served, as they appear in request topics.
 pub const OPERATIONS: [&str; 12] = [
-    "CreateJob",
-    "DeleteJob",
-    "DescribeJob",
-    "ListJobs",
-    "CancelJob",
-    "DescribeJobExecution",
-    "ListJobExecutionsForJob",
-    "ListRecoveries",
-    "DescribeRecovery",
-    "ListPlugins",
-    "DescribePlugin",
-    "ResetPlugin",
+    op::CREATE_JOB,
+    op::DELETE_JOB,
+    op::DESCRIBE_JOB,
+    op::LIST_JOBS,
+    op::CANCEL_JOB,
+    op::DESCRIBE_JOB_EXECUTION,
+    op::LIST_JOB_EXECUTIONS_FOR_JOB,
+    op::LIST_RECOVERIES,
+    op::DESCRIBE_RECOVERY,
+    op::LIST_PLUGINS,
+    op::DESCRIBE_PLUGIN,
+    op::RESET_PLUGIN,
 ];
 
 /// What the control API answers from: the jobs engine, and the routes' plugins.
@@ -157,25 +174,25 @@ impl Service {
         let engine = &self.engine;
         let grants = operator.grants.clone();
         match operation {
-            "CreateJob" => respond(engine.create_job(grants, typed(body)?).await),
-            "DeleteJob" => engine
+            op::CREATE_JOB => respond(engine.create_job(grants, typed(body)?).await),
+            op::DELETE_JOB => engine
                 .delete_job(grants, typed(body)?)
                 .await
                 .map(|()| Value::Object(Map::new())),
-            "DescribeJob" => respond(engine.describe_job(grants, typed(body)?).await),
-            "ListJobs" => respond(engine.list_jobs(grants, typed(body)?).await),
-            "CancelJob" => respond(engine.cancel_job(grants, typed(body)?).await),
-            "DescribeJobExecution" => {
+            op::DESCRIBE_JOB => respond(engine.describe_job(grants, typed(body)?).await),
+            op::LIST_JOBS => respond(engine.list_jobs(grants, typed(body)?).await),
+            op::CANCEL_JOB => respond(engine.cancel_job(grants, typed(body)?).await),
+            op::DESCRIBE_JOB_EXECUTION => {
                 respond(engine.describe_job_execution(grants, typed(body)?).await)
             }
-            "ListRecoveries" => respond(engine.list_recoveries(grants, typed(body)?).await),
-            "DescribeRecovery" => respond(engine.describe_recovery(grants, typed(body)?).await),
-            "ListJobExecutionsForJob" => respond(
+            op::LIST_RECOVERIES => respond(engine.list_recoveries(grants, typed(body)?).await),
+            op::DESCRIBE_RECOVERY => respond(engine.describe_recovery(grants, typed(body)?).await),
+            op::LIST_JOB_EXECUTIONS_FOR_JOB => respond(
                 engine
                     .list_job_executions_for_job(grants, typed(body)?)
                     .await,
             ),
-            "ListPlugins" | "DescribePlugin" | "ResetPlugin" => {
+            op::LIST_PLUGINS | op::DESCRIBE_PLUGIN | op::RESET_PLUGIN => {
                 may_operate_plugins(&operator, operation)?;
                 self.plugins(operation, body).await
             }
@@ -192,7 +209,7 @@ impl Service {
     async fn plugins(&self, operation: &str, body: Value) -> Result<Value, JobsError> {
         let handlers = &self.handlers;
         match operation {
-            "ListPlugins" => {
+            op::LIST_PLUGINS => {
                 let request: ListPluginsRequest = typed(body)?;
                 respond(
                     handlers
@@ -200,7 +217,7 @@ impl Service {
                         .map_err(plugins_error),
                 )
             }
-            "DescribePlugin" => {
+            op::DESCRIBE_PLUGIN => {
                 let request: RouteRequest = typed(body)?;
                 let described = handlers.describe(&request.route_name);
                 respond(

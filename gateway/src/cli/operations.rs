@@ -5,10 +5,12 @@
 //! response. Everything else is derived from the entry: the clap subcommand and its flags ([`super::args`]),
 //! the `--cli-input-json` validation ([`super::input`]), both `--generate-cli-skeleton` outputs and the
 //! field order of printed responses ([`super::json`]). Adding a sibling command is one more entry in
-//! [`OPERATIONS`].
+//! [`OPERATIONS`], named by its [`control::op`](crate::control::op) constant.
 //!
 //! Parameter names are the boto3 (camelCase) names; the CLI flag is their kebab-case form
 //! ([`Param::flag`]), as in the AWS CLI: `jobId` ↔ `--job-id`.
+
+use crate::control::op;
 
 /// The type of a value, in the vocabulary of botocore shapes; [`Shape::Struct`] and friends nest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +216,7 @@ const JOB_EXECUTION_SUMMARY: Shape = Shape::Struct(&[
 pub static OPERATIONS: &[Operation] = &[
     Operation {
         command: "create-job",
-        name: "CreateJob",
+        name: op::CREATE_JOB,
         about: "Creates a job that runs on the target things",
         params: &[
             JOB_ID,
@@ -244,7 +246,7 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         command: "delete-job",
-        name: "DeleteJob",
+        name: op::DELETE_JOB,
         about: "Deletes a job and its related job executions",
         params: &[
             JOB_ID,
@@ -259,7 +261,7 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         command: "describe-job",
-        name: "DescribeJob",
+        name: op::DESCRIBE_JOB,
         about: "Describes a job",
         params: &[JOB_ID],
         output: Some(Shape::Struct(&[
@@ -269,7 +271,7 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         command: "list-jobs",
-        name: "ListJobs",
+        name: op::LIST_JOBS,
         about: "Lists jobs",
         params: &[
             param(
@@ -289,7 +291,7 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         command: "cancel-job",
-        name: "CancelJob",
+        name: op::CANCEL_JOB,
         about: "Cancels a job",
         params: &[
             JOB_ID,
@@ -313,7 +315,7 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         command: "describe-job-execution",
-        name: "DescribeJobExecution",
+        name: op::DESCRIBE_JOB_EXECUTION,
         about: "Describes a job execution",
         params: &[
             JOB_ID,
@@ -332,7 +334,7 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         command: "list-job-executions-for-job",
-        name: "ListJobExecutionsForJob",
+        name: op::LIST_JOB_EXECUTIONS_FOR_JOB,
         about: "Lists the job executions of a job",
         params: &[
             JOB_ID,
@@ -357,7 +359,7 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         command: "list-recoveries",
-        name: "ListRecoveries",
+        name: op::LIST_RECOVERIES,
         about:
             "Lists the durable recoveries of devices whose job execution was interrupted (sprig)",
         params: &[
@@ -374,7 +376,7 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         command: "describe-recovery",
-        name: "DescribeRecovery",
+        name: op::DESCRIBE_RECOVERY,
         about: "Describes one durable recovery (sprig)",
         params: &[required(
             "recoveryId",
@@ -385,7 +387,7 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         command: "list-plugins",
-        name: "ListPlugins",
+        name: op::LIST_PLUGINS,
         about: "Lists the recovery routes' plugins and their state (sprig)",
         params: &[MAX_RESULTS, NEXT_TOKEN],
         output: Some(Shape::Struct(&[
@@ -395,14 +397,14 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         command: "describe-plugin",
-        name: "DescribePlugin",
+        name: op::DESCRIBE_PLUGIN,
         about: "Describes one recovery route's plugin (sprig)",
         params: &[ROUTE_NAME],
         output: Some(Shape::Struct(&[("plugin", PLUGIN)])),
     },
     Operation {
         command: "reset-plugin",
-        name: "ResetPlugin",
+        name: op::RESET_PLUGIN,
         about: "Resets a recovery route's plugin: a new host or instance, now (sprig)",
         params: &[ROUTE_NAME],
         output: Some(Shape::Struct(&[("plugin", PLUGIN)])),
