@@ -2,7 +2,7 @@
 //!
 //! `config/gateway.toml` in the repository is compiled into the binary and is, byte for byte, the built-in
 //! default: `sprig run` without `--config` parses it exactly as it would parse a file. Every section rejects
-//! unknown keys (a typo must not silently fall back to a default), and [`Config::validate`] checks the rules
+//! unknown keys (a typo must not silently fall back to a default), and `Config::validate` checks the rules
 //! that serde cannot express, so a bad file is refused at start-up with the file, the key and the reason.
 //!
 //! The config is plain data at the bottom of the module graph: it names no other module of the gateway.

@@ -2,32 +2,21 @@
 //! the clients' sessions, in front of a rumqttd `Router` that does the routing; plus direct delivery of the
 //! gateway's own messages to one client's connection.
 //!
-//! sprig owns the TCP listeners instead of using rumqttd's servers because rumqttd's router disconnects any
-//! client that subscribes to a filter starting with `$` (other than `$share/`), while every topic sprig
-//! serves does (`$aws/things/...`, `$sprig/control/...`). So each accepted connection speaks MQTT 3.1.1 or
-//! 5 with sprig's own reader and writer, is authenticated with [`crate::auth::Authenticator`], has every
-//! PUBLISH and SUBSCRIBE checked against its [`Principal`](crate::auth::Principal), and reaches the router through a local link
-//! with `$` topics rewritten to an internal form (see `topics`) and back. Gateway services talk to the
-//! same router through [`InternalClient`]s, with topics in the external (`$`) form.
-//!
-//! No `$` topic reaches the router. What clients publish on `$` topics goes to the gateway's services
-//! through `taps`, acknowledged by sprig; the gateway's own messages on `$` topics go to the one connection
-//! they are for (`direct`). rumqttd 0.20's router never forgets a filter or a topic it matched, so each CLI
-//! invocation and each (thing, job) request topic would stay in it for good; only topic-rule traffic,
-//! device to device, goes through it.
-//!
-//! Messages for one device (job notifications) bypass the router: [`Broker::deliver`] checks the topic
-//! against the filters the client was granted and queues the PUBLISH for that connection's writer. The
-//! router matches every topic it has not seen before against every filter it knows and keeps every topic
-//! forever, so per-(job, device) topics fanned out to N devices cost it N² matches (10,000 devices:
-//! 2×10⁸, about 10 s) and ever-growing memory; delivered directly they cost N lookups (see `direct`).
-//!
-//! Sessions are sprig's, not the router's (whose sessions neither expire nor survive a restart, and are
-//! handed to whoever presents the client id): `direct` keeps each client id's session (owner, filters,
-//! expiry, what waits for it, written to the store), `parking` holds an absent session's router link,
-//! `inflight` what a connection wrote at QoS 1 and is still owed an acknowledgement. Router links are
-//! always clean, and named from a pool (`links`), not after their client ids, which the router would
-//! remember for good; sprig ends a connection whose client id connects again.
+//! sprig owns the TCP listeners because rumqttd 0.20's router disconnects any client that subscribes to a
+//! filter starting with `$` (other than `$share/`), while every topic sprig serves does (`$aws/things/...`,
+//! `$sprig/control/...`): each connection speaks MQTT 3.1.1 or 5 with sprig's own reader and writer
+//! (`connection`, `codec`), is authenticated with [`crate::auth::Authenticator`], has every PUBLISH and
+//! SUBSCRIBE checked against its [`Principal`](crate::auth::Principal), and reaches the router through a
+//! local link with `$` topics rewritten to an internal form and back (`topics`). No `$` topic reaches the
+//! router, which never forgets a topic or a filter and matches each new topic against every filter (N² for
+//! per-device topics, see `direct`): what clients publish on `$` topics goes to the gateway's services
+//! ([`InternalClient`]s, through `taps`), and the gateway's own messages go to the one connection they are
+//! for ([`Broker::deliver`], `direct`); only topic-rule traffic, device to device, is routed. Sessions are
+//! sprig's too, since the router's neither expire nor survive a restart and go to whoever presents the
+//! client id: `direct` keeps each client id's session (owner, filters, expiry, what waits for it, written
+//! to the store), `parking` an absent session's router link, `inflight` what a connection wrote at QoS 1
+//! and is still owed; router links are always clean and named from a pool (`links`), not after client ids,
+//! which the router would remember for good.
 
 mod admission;
 mod backlog;
@@ -358,7 +347,7 @@ impl Broker {
         Ok(InternalClient::new(link_tx, link_rx, self.shared.clone()))
     }
 
-    /// The live client connections: client id -> [`Principal`].
+    /// The live client connections: client id -> [`Principal`](crate::auth::Principal).
     pub fn sessions(&self) -> Arc<Sessions> {
         self.shared.sessions.clone()
     }

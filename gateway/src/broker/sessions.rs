@@ -13,9 +13,9 @@ use crate::auth::{Identity, Principal};
 ///
 /// A client id connects at most once at a time: a new connection with the same id replaces the entry and
 /// tells the old connection it was taken over (MQTT 3.1.2.4 / 3.1.4: the server closes it), through the
-/// signal [`Sessions::register`] gave it. Every entry carries a connection number, so the old connection's
+/// signal `Sessions::register` gave it. Every entry carries a connection number, so the old connection's
 /// cleanup, which runs later, cannot remove its successor's entry. A newcomer of the same principal first
-/// waits, through [`Sessions::take_over`], for the old connection to finish what its client sent before
+/// waits, through `Sessions::take_over`, for the old connection to finish what its client sent before
 /// and to leave the session: a client that sends DISCONNECT and connects again at once must find its
 /// session as that DISCONNECT left it.
 #[derive(Debug, Default)]

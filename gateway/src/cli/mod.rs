@@ -2,11 +2,11 @@
 //!
 //! Two families of commands share one binary:
 //! - the gateway's own: `sprig run`, `sprig store check|backup|restore`, `sprig hash-password`,
-//!   `sprig plugin check` ([`admin`]; its dry run of a plugin: [`dry_run`]), `sprig plugin new`
-//!   ([`plugin_new`]); and `sprig plugin-host`, hidden from `--help`, which `sprig run` starts for each
+//!   `sprig plugin check` (`admin`; its dry run of a plugin: `dry_run`), `sprig plugin new`
+//!   (`plugin_new`); and `sprig plugin-host`, hidden from `--help`, which `sprig run` starts for each
 //!   `[[recovery]]` route whose plugin runs in a process of its own;
 //! - the operator's, shaped like the AWS CLI's `aws iot …` commands: `delete-job`, `create-job`, … Each
-//!   sends one control request to a running gateway over MQTT ([`client`]) and prints the response as
+//!   sends one control request to a running gateway over MQTT (`client`) and prints the response as
 //!   the AWS CLI would.
 //!
 //! How an operator command flows through the modules:
@@ -18,7 +18,7 @@
 //!      ──client──▶ MQTT request/reply ──json──▶ 4-space JSON on stdout
 //! ```
 //!
-//! [`operations`] is the single table every step reads, so a new command is one entry there.
+//! `operations` is the single table every step reads, so a new command is one entry there.
 //!
 //! Exit codes follow the AWS CLI: 0 success; 252 usage or parameter error (clap's too, except `--help`
 //! and `--version`); 254 the gateway answered with an error; 255 anything else (unreachable gateway,

@@ -2,8 +2,8 @@
 //! get AWS's payloads back on `{request topic}/accepted` or `{request topic}/rejected`, so a device written
 //! against AWS IoT Jobs (AWS IoT Device SDK, Greengrass nucleus) works unchanged. The broker's topic ACL
 //! lets only the client whose id is `{thing}` publish under `$aws/things/{thing}/`, so the thing in the
-//! topic is the caller. This module owns the transport side: topic routing ([`topic`]), body parsing and
-//! reply shapes ([`request`]), and the runtime that answers each thing's requests in the order sent while
+//! topic is the caller. This module owns the transport side: topic routing (`topic`), body parsing and
+//! reply shapes (`request`), and the runtime that answers each thing's requests in the order sent while
 //! different things proceed in parallel. The rules themselves are the engine's (`jobs::device`).
 
 mod request;

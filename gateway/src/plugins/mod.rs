@@ -20,7 +20,7 @@
 //!   of a plugin can disappear under a running or stuck call; loading the same file twice returns the
 //!   same library.
 //! - **Process isolation** ([`HostedInstance`], [`supervisor`]): the gateway runs its own binary as
-//!   `sprig plugin-host --library PATH` ([`host`]), which loads the library and serves `create` and
+//!   `sprig plugin-host --library PATH` (`host`), which loads the library and serves `create` and
 //!   `recover` over a pipe ([`wire`]); the gateway never maps the plugin's code. A segfault, an abort, an
 //!   exit or memory corruption ends only the host: the call fails naming the signal or exit status
 //!   ([`PluginError::Crashed`]) and a new host serves the next call, after a backoff. An overrun kills

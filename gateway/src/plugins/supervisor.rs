@@ -1,5 +1,5 @@
 //! The gateway's side of a plugin host: [`HostedInstance`] runs a plugin instance in a child process
-//! (`sprig plugin-host`, [`super::host`]) and calls it over the [`wire`](super::wire) protocol, with a
+//! (`sprig plugin-host`, `host`) and calls it over the [`wire`](super::wire) protocol, with a
 //! time budget per call.
 //!
 //! - **One host, one call at a time.** The host process is started when the instance is (its library

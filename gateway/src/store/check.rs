@@ -238,7 +238,7 @@ impl Trees {
 pub struct CheckReport {
     pub jobs: u64,
     pub executions: u64,
-    /// Changes the store has had ([`Meta::generation`](super::meta::Meta::generation)).
+    /// Changes the store has had (`Meta::generation`).
     pub generation: u64,
     /// How the store stands to its manifest, in words.
     pub manifest: String,

@@ -12,7 +12,7 @@
 //! putting scans inside transactions. All calls block (sled does I/O): run them off the async runtime.
 //!
 //! A write that fails (a full disk) takes the database out of service until it can be reopened from the
-//! disk, so that nothing written after the last flush is ever read ([`handle`]); [`Store::health`] tells
+//! disk, so that nothing written after the last flush is ever read (`handle`); [`Store::health`] tells
 //! the daemon.
 //!
 //! [`Store`] here is the facade, each call run on the database open at the time; the work is in one module
@@ -97,7 +97,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Is the store out of service (see [`handle`])? Its failure was logged once, when it happened.
+    /// Is the store out of service (see `handle`)? Its failure was logged once, when it happened.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable { .. })
     }
@@ -311,7 +311,7 @@ impl Store {
     /// Verifies that every index entry matches a record and every record has its index entries, and that
     /// each job's execution counts match its executions. Reads everything: for `sprig store check`.
     /// Also compares the entries of every tree with the store's account, and the account with the
-    /// manifest. A panic in sled is reported as damage (see [`damage::quietly`]).
+    /// manifest. A panic in sled is reported as damage (see `damage::quietly`).
     pub fn check(&self) -> Result<CheckReport> {
         let path = self.handle.path().to_owned();
         self.handle.run(|t| {
