@@ -25,6 +25,31 @@
 //!    the engine.
 //! 7. [`daemon`]: builds every module's settings from the config and wires the services together.
 //! 8. [`cli`]: the command line.
+//!
+//! # The path of a DeleteJob
+//!
+//! 1. `sprig delete-job --job-id j1 --force` ([`cli`]) connects as an operator and publishes the request
+//!    to `$sprig/control/{clientId}/DeleteJob` (the name from [`control::op`]).
+//! 2. [`broker`]: the listener has authenticated the connection ([`auth`]) and checks the topic against
+//!    its principal's rules; the publish goes to the control API's tap, not to rumqttd's router.
+//! 3. [`control`]: the client must be an operator within its request rate; the body becomes a typed
+//!    [`DeleteJobRequest`](jobs::api::DeleteJobRequest) and goes to
+//!    [`Engine::delete_job`](jobs::Engine::delete_job) with the operator's grants.
+//! 4. [`jobs`]: the engine checks the ids, then, on the blocking pool and under the store's write lock,
+//!    reads the job and how many jobs are being deleted and asks
+//!    [`transitions::start_deletion`](jobs::transitions::start_deletion) for the change (AWS's rules:
+//!    `force` unless terminal, the concurrent-deletion limits). It commits DELETION_IN_PROGRESS to the
+//!    [`store`] and flushes it, hands the job id to the deletion worker, and [`control`]'s `/accepted`
+//!    goes straight to the operator's connection.
+//! 5. The deletion worker ([`jobs::deletion`]) removes the executions in bounded batches: each step
+//!    reads a batch, asks [`transitions::delete_executions`](jobs::transitions::delete_executions) for the
+//!    change (the job's counts, a recovery for each IN_PROGRESS execution on a recovery route) and
+//!    commits it through the engine, which announces a [`JobEvent`](jobs::JobEvent) of kind `Deleted`;
+//!    the last step removes the job record.
+//! 6. [`notify`] turns each event into the devices' notifications, delivered straight to their
+//!    connections; when a step created recoveries, the same event wakes the [`recovery`] runner, which
+//!    calls each route's plugin ([`plugins`]) once the device is listening and records the outcome
+//!    through the engine.
 
 pub mod auth;
 pub mod broker;

@@ -13,7 +13,7 @@ fn rejected(reply: sprig_tests::Reply) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn delete_job_follows_every_rule_of_the_seeds() {
+async fn delete_job_follows_every_rule_aws_documents() {
     let gateway = Gateway::start();
     let mut op = gateway.operator().await;
 

@@ -1,38 +1,24 @@
 //! Direct delivery: gateway-originated messages handed straight to a client connection's writer, past the
-//! router.
+//! router, and the registry of sessions that makes it possible.
 //!
-//! The registry here keeps, per live client connection, the filters it was granted (external `$` form,
-//! added when the SUBACK is written, removed on UNSUBSCRIBE) and the sending end of a bounded queue that the
-//! connection's writer loop drains alongside the router's output. [`Broker::deliver`](super::Broker::deliver)
-//! looks the client up, checks its filters against the topic and queues a QoS 0 PUBLISH: O(1) per message
-//! (one map lookup and the client's handful of filters), where rumqttd 0.20's router matches every topic it
-//! has not seen before against every filter it knows and keeps every such topic forever. Per-(job, thing)
-//! topics fanned out to N devices therefore cost N² matches in the router (2×10⁸ at N = 10,000, seconds)
-//! and memory that only grows; delivered directly they cost N lookups and nothing is kept.
-//!
-//! Direct delivery reaches only the named client. That loses no one for topics under
-//! `$aws/things/{thing}/`: only the device `{thing}` may subscribe there (`Principal::may_subscribe`;
-//! operators may not), and a device's client id is its thing name; nor for an operator's
-//! `$sprig/control/{clientId}/` replies. The gateway's services that take what clients publish on `$`
-//! topics (see `taps`) never receive the gateway's own messages.
-//!
-//! The gateway's own events (presence: `$aws/events/presence/...`) go the same way, to the clients holding
-//! a filter under `$aws/events/` (operators; devices may not subscribe there), which the registry keeps
-//! apart so an event is matched against those few and not against every connection. Through the router,
-//! each client id's two presence topics were new topics matched against every device's filters: N² work
-//! whenever a fleet (re)connects.
-//!
-//! The gateway's messages are sent at QoS 0, as they were through the router; the QoS 1 messages a session
-//! holds for its client (from other clients, kept while it was away) go the same way, and the connection's
-//! writer gives them packet ids of its own (see `inflight`). The queue never blocks the caller: when a
-//! client's queue is full (a client that stopped reading), the message is dropped, counted and logged.
-//!
-//! Each entry is also the client id's session, as sprig sees it. It belongs to one principal ([`Identity`]):
-//! a connection of another principal presenting that client id is refused while the entry lives, so it can
-//! neither disconnect the holder nor inherit its subscriptions. A persistent session outlives its
-//! connection for its expiry: its filters stay, and what is delivered to it meanwhile waits in its
-//! [`Backlog`] (bounded; job notifications coalesced per topic) until a connection resumes it. A clean
-//! connection discards the session it finds.
+//! This module owns the decision to keep the gateway's `$` traffic out of rumqttd 0.20's router, which
+//! matches every topic it has not seen before against every filter it knows and keeps every such topic
+//! forever: per-(job, thing) notification topics fanned out to N devices, and each client id's presence
+//! topics when a fleet (re)connects, cost it N² matches and memory that only grows (README, "Notification
+//! fan-out and memory", for the figures). Here, per live client id, the registry keeps the filters it was
+//! granted (external `$` form, added when the SUBACK is written, removed on UNSUBSCRIBE) and the sending end
+//! of a bounded queue its connection's writer drains beside the router's output;
+//! [`Broker::deliver`](super::Broker::deliver) looks the client up, checks its filters and queues a QoS 0
+//! PUBLISH, one lookup per message and nothing kept. That loses no one: only the device `{thing}` may
+//! subscribe under `$aws/things/{thing}/` and its client id is its thing name, an operator's
+//! `$sprig/control/{clientId}/` replies are its own, and presence events go to the few clients holding a
+//! filter under `$aws/events/` (operators), kept apart. The queue never blocks the caller: a full one (a
+//! client that stopped reading) drops the message, counted and logged; the QoS 1 messages a session held
+//! for its client go the same way, given packet ids by the writer (`inflight`). Each entry is also the
+//! client id's session as sprig sees it, owned by one principal ([`Identity`]): another principal
+//! presenting that client id is refused while the entry lives; a persistent session outlives its connection
+//! for its expiry, keeping its filters and, in its [`Backlog`] (bounded; job notifications coalesced per
+//! topic), what is delivered meanwhile; a clean connection discards the session it finds.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -170,10 +170,7 @@ impl Shared {
         Ok((parts, name))
     }
 
-    /// Presence events go straight to the operators watching them, not through the router: every
-    /// client id makes two topics of its own, which the router would match against every filter it
-    /// knows (one per device), so a fleet connecting at once cost it N² matches (10,000 devices: the
-    /// router thread busy for seconds).
+    /// Presence events go straight to the operators watching them, not through the router (see `direct`).
     fn publish_presence(&self, topic: &str, body: Bytes) {
         let counts = self.outlets.publish_event(topic, body);
         if counts.dropped > 0 {

@@ -40,10 +40,8 @@ pub async fn serve(
     let mut client = broker.internal_client("device-api").await?;
     client.subscribe(topic::REQUEST_FILTER).await?;
     let _ = subscribed.send(());
-    // Replies go straight to the requesting device's connection (`Broker::deliver`), not through the
-    // router: only the device may subscribe to its own reply topics, and the router would match every new
-    // reply topic against every filter (N² for a fleet-wide round of requests); it never has those
-    // subscriptions anyway (see `broker::topics::served_directly`).
+    // Replies go straight to the requesting device's connection (`Broker::deliver`), never through the
+    // router (see `broker::direct`); only the device may subscribe to its own reply topics.
     let (_, mut receiver) = client.split();
     let service = Arc::new(Service { engine, broker });
     // Dropping the senders (when this returns) lets each worker finish its queue and stop.

@@ -70,7 +70,7 @@ fn route(topic: &str, path: &str) -> Option<Result<Api, DeviceError>> {
         ["get"] => Ok(Api::GetPending),
         ["start-next"] => Ok(Api::StartNext),
         [notification] if is_notification(notification) => return None,
-        // The seeds' job notification topic ends in a slash: `{jobId}/notify-namespace-{ns}/`.
+        // AWS documents the per-job notification topic with a trailing slash: `{jobId}/notify-namespace-{ns}/`.
         [_, notification] | [_, notification, ""]
             if notification.starts_with("notify-namespace-") =>
         {

@@ -1,4 +1,5 @@
-//! What each thing was last told, per scope, so only changes are notified.
+//! What each thing was last told, per scope (next job id, pending job ids and statuses), so only changes
+//! are notified; a thing's entry is dropped once nothing is pending.
 
 use std::collections::HashMap;
 

@@ -1,39 +1,16 @@
 //! Job notifications to devices: turns the engine's [`JobEvent`]s into AWS IoT's reserved notify topics.
 //!
 //! For each thing an event names, the notifier reads the thing's state in the event's scope
-//! ([`Engine::snapshot`]) and publishes: for standard jobs, `$aws/things/{thing}/jobs/notify`
-//! (JobExecutionsChanged, `{timestamp, jobs: {QUEUED?, IN_PROGRESS?}}`) when the pending list changed and
-//! `.../jobs/notify-next` (NextJobExecutionChanged, `{timestamp, execution?}`) when the next pending job
-//! changed; for a namespace's jobs never those, but `.../jobs/notify-next-namespace-{ns}` (same body as
-//! notify-next) when the next changed and, for every event, `.../jobs/{jobId}/notify-namespace-{ns}/`. AWS
-//! documents no body for the latter; sprig sends `{timestamp, jobId, event: CREATED|CANCELED|DELETED|
-//! EXECUTION_CHANGED, execution?: the thing's execution of that job while it is pending, jobs: {QUEUED?,
-//! IN_PROGRESS?} of the namespace}`. "Changed" is judged against a small memory of what each (thing, scope)
-//! was last told (next job id, pending job ids and statuses), dropped once nothing is pending; identical
-//! state is not sent twice. As in AWS IoT, nothing is sent when a device subscribes: a SUBSCRIBE changes no
-//! job, and a device that reacted to an unsolicited notify-next (AWS's jobs sample publishes `start-next`)
-//! could do so before it subscribed to the reply topics. A device that was away learns what it missed
-//! from its persistent session, where the broker keeps these notifications while it is offline (see
-//! `broker::direct`), or by asking (`jobs/get`).
-//!
-//! Every notification is delivered straight to the device's connection ([`Broker::deliver_many`]), not
-//! published through the router. rumqttd's router matches every topic it has not seen before against every
-//! filter it knows, and keeps every topic forever; the per-job topic names the job, so one job for N
-//! connected devices made N new topics × N filters = N² matches (10,000 devices: 2×10⁸; 9.9 s of a 16.5 s
-//! fan-out, release build) and memory that grows with every (job, thing). Direct delivery costs one lookup
-//! per message and keeps nothing (20,000 messages: 24 ms). It reaches everyone who could receive these
-//! topics: only the device `{thing}` may subscribe under `$aws/things/{thing}/` (operators may not), and its
-//! client id is its thing name; the device API's own `$aws/things/+/jobs/#` subscription only discarded them.
-//! Nothing goes through the router, as no other subscriber can exist for these topics. Messages are QoS 0, as
-//! they were through the router; a device that is not subscribed to a topic does not get it, and one that is
-//! offline gets it when it comes back if its session is persistent. Snapshots (sled reads) run in chunks of [`CHUNK`] things on the blocking pool, so
-//! notifying thousands of devices never stalls the runtime nor the requests that caused it; delivering a
-//! chunk never blocks (a full client queue drops, counted and logged by the broker) and takes about a
-//! millisecond, so it runs on the runtime. A chunk's snapshots are read in two ordered walks of the store
-//! (its things' pending job ids, then those executions: [`Engine::snapshots`]) and each job is decoded once
-//! per event (its record lists all its targets), so an event for N things costs O(N) store reads; 10,000
-//! things take about 25 ms of CPU here, about a sixth of what the broker spends on that fan-out (the rest
-//! is handing each message to its connection and the socket writes).
+//! ([`Engine::snapshots`]: chunks of [`CHUNK`] things on the blocking pool, two ordered store walks per
+//! chunk, each job decoded once per event, so an event for N things costs O(N) reads) and sends what
+//! changed since it last told that (thing, scope) (`memory`) on AWS's topics (`topics`) with AWS's bodies
+//! (`payload`). It owns "what a device is told, and when": identical state is never sent twice, and, as in
+//! AWS IoT, a SUBSCRIBE sends nothing (it changes no job; a device that was away learns what it missed from
+//! its persistent session or by asking, `jobs/get`). Notifications go straight to the device's connection
+//! at QoS 0 ([`Broker::deliver_many`]), not through rumqttd's router, whose per-topic matching made a
+//! fleet's fan-out cost N² (see `broker::direct`); only the device `{thing}` may subscribe under
+//! `$aws/things/{thing}/`, so no one else could receive them. Figures: README, "Notification fan-out and
+//! memory" and "Job notifications and connection churn".
 
 mod memory;
 mod payload;

@@ -1,4 +1,8 @@
-//! The JSON bodies of job notifications.
+//! The JSON bodies of job notifications: AWS's for `notify` (`{timestamp, jobs: {QUEUED?, IN_PROGRESS?}}`)
+//! and `notify-next` (`{timestamp, execution?}`, also the body of `notify-next-namespace-{ns}`). AWS
+//! documents none for `notify-namespace-{ns}/`; sprig sends `{timestamp, jobId, event: CREATED|CANCELED|
+//! DELETED|EXECUTION_CHANGED, execution?: the thing's execution of that job while it is pending, jobs:
+//! {QUEUED?, IN_PROGRESS?} of the namespace}`.
 
 use bytes::Bytes;
 use serde::Serialize;

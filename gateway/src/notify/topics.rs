@@ -1,4 +1,7 @@
-//! The notification topics of a thing.
+//! The notification topics of a thing. Standard jobs: `$aws/things/{thing}/jobs/notify`
+//! (JobExecutionsChanged) when the pending list changed and `.../jobs/notify-next` (NextJobExecutionChanged)
+//! when the next pending job changed. A namespace's jobs never those, but `.../jobs/notify-next-namespace-{ns}`
+//! when the next changed and, for every event, `.../jobs/{jobId}/notify-namespace-{ns}/`.
 
 const NEXT_IN_NAMESPACE: &str = "notify-next-namespace-";
 
