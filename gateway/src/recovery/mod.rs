@@ -10,7 +10,6 @@
 //! written before each call, so a crash in the middle re-runs the attempt after the restart and the
 //! handler, told the attempt number, can be idempotent. Every recovery ends in exactly one recorded
 //! outcome.
-//!
 //! The routes' plugins, loaded, are [`Handlers`]: the runner calls them; operators see their state and
 //! reset them through the control API ([`status`] has the shapes and the rules that name a state).
 

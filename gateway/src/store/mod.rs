@@ -10,11 +10,9 @@
 //! after the fact. sled transactions cannot scan, so callers find what to change first, under
 //! [`Store::lock_writes`], and commit after: the lock makes read-check-write sequences atomic without
 //! putting scans inside transactions. All calls block (sled does I/O): run them off the async runtime.
-//!
 //! A write that fails (a full disk) takes the database out of service until it can be reopened from the
 //! disk, so that nothing written after the last flush is ever read (`handle`); [`Store::health`] tells
 //! the daemon.
-//!
 //! [`Store`] here is the facade, each call run on the database open at the time; the work is in one module
 //! per concern: [`codec`] (the layout of records and keys), `commit` (the one write path), `reads`,
 //! `walk` (batched reads of an index), `check` (the consistency check), `upgrade` (older formats),
