@@ -4,16 +4,17 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
 use serde_json::{json, Value};
-use sprig_tests::{create_job, Gateway};
+use sprig_tests::{create_job, Gateway, Operator};
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(5);
-/// How long "nothing more arrives" is watched for.
-const QUIET: Duration = Duration::from_millis(400);
+/// Numbers the witness jobs (see [`Device::expect_nothing_before_a_witness`]).
+static WITNESSES: AtomicUsize = AtomicUsize::new(0);
 
 /// A device: its client and every publish it receives, as (topic, JSON body).
 struct Device {
@@ -94,7 +95,7 @@ impl Device {
         topic.strip_prefix(&prefix).unwrap_or(topic)
     }
 
-    /// Receives exactly the messages on `suffixes` (any order), then checks that nothing else arrives.
+    /// Receives exactly the messages on `suffixes` (any order); anything else that arrives first fails.
     async fn expect_exactly(&mut self, suffixes: &[&str]) -> Vec<Value> {
         let mut bodies: Vec<Option<Value>> = vec![None; suffixes.len()];
         while bodies.iter().any(Option::is_none) {
@@ -109,14 +110,31 @@ impl Device {
                 .unwrap_or_else(|| panic!("{}: unexpected {short}: {body}", self.name));
             bodies[slot] = Some(body);
         }
-        self.expect_nothing().await;
         bodies.into_iter().map(Option::unwrap).collect()
     }
 
-    async fn expect_nothing(&mut self) {
-        if let Some((topic, body)) = self.next(QUIET).await {
-            panic!("{}: unexpected {topic}: {body}", self.name);
-        }
+    /// Checks that nothing more is on its way to this device from what happened so far, without waiting
+    /// for a quiet spell: a witness job, created now for this device alone in `namespace`, must be the
+    /// next thing it is told, on `suffixes` (`{job}` stands for the witness's id). The notifier handles
+    /// the engine's events one at a time, in order, and a device's messages reach its connection in the
+    /// order they were queued, so a message still due from an earlier event would come first.
+    async fn expect_nothing_before_a_witness(
+        &mut self,
+        op: &mut Operator,
+        namespace: Option<&str>,
+        suffixes: &[&str],
+    ) {
+        let n = WITNESSES.fetch_add(1, Ordering::Relaxed);
+        let witness = format!("witness-{}-{n}", self.name);
+        op.request("CreateJob", create_job(&witness, namespace, &[&self.name]))
+            .await
+            .unwrap();
+        let suffixes: Vec<String> = suffixes
+            .iter()
+            .map(|s| s.replace("{job}", &witness))
+            .collect();
+        let suffixes: Vec<&str> = suffixes.iter().map(String::as_str).collect();
+        self.expect_exactly(&suffixes).await;
     }
 }
 
@@ -170,7 +188,10 @@ async fn namespaced_jobs_are_notified_on_their_namespace_topics_only() {
         assert_eq!(execution["status"], "QUEUED");
         assert_eq!(execution["jobDocument"], json!({"action": "update"}));
     }
-    devices[2].expect_nothing().await;
+    // d3's next message is its own witness job's: nothing of j1's came before it.
+    devices[2]
+        .expect_nothing_before_a_witness(&mut op, Some("w1"), WITNESS_TOPICS_W1)
+        .await;
 
     // CancelJob: CANCELED, and nothing is next any more.
     op.request("CancelJob", json!({"jobId": "j1"}))
@@ -199,8 +220,17 @@ async fn namespaced_jobs_are_notified_on_their_namespace_topics_only() {
         assert_job_event(&bodies[0], "j2", "DELETED", false);
         assert!(bodies[1].get("execution").is_none(), "{}", bodies[1]);
     }
-    devices[1].expect_nothing().await;
+    // Nothing more for anyone: each device's next message is its own witness job's.
+    for device in &mut devices {
+        device
+            .expect_nothing_before_a_witness(&mut op, Some("w2"), WITNESS_TOPICS_W2)
+            .await;
+    }
 }
+
+/// What a device subscribed to `#` under its jobs topics is told of a witness job in namespace w1 / w2.
+const WITNESS_TOPICS_W1: &[&str] = &["{job}/notify-namespace-w1/", "notify-next-namespace-w1"];
+const WITNESS_TOPICS_W2: &[&str] = &["{job}/notify-namespace-w2/", "notify-next-namespace-w2"];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn standard_jobs_are_notified_on_notify_and_notify_next() {
@@ -209,8 +239,10 @@ async fn standard_jobs_are_notified_on_notify_and_notify_next() {
     let mut d1 = Device::connect(gateway.addr, "d1").await;
     d1.subscribe(&["notify", "notify-next", "notify-next-namespace-acme"])
         .await;
-    // Subscribing changes no job: nothing is sent (as AWS IoT does).
-    d1.expect_nothing().await;
+    // Subscribing changes no job: nothing is sent (as AWS IoT does). The witness, acme's only job, is
+    // next on acme's notify-next.
+    d1.expect_nothing_before_a_witness(&mut op, Some("acme"), &["notify-next-namespace-acme"])
+        .await;
 
     op.request("CreateJob", create_job("s1", None, &["d1"]))
         .await
@@ -236,6 +268,9 @@ async fn standard_jobs_are_notified_on_notify_and_notify_next() {
         .map(|s| s["jobId"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["s1", "s2"]);
+    // A standard witness queues behind them: the list changes, the next (s1) does not.
+    d1.expect_nothing_before_a_witness(&mut op, None, &["notify"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -260,6 +295,8 @@ async fn a_device_update_is_notified_as_in_progress() {
     let bodies = d1.expect_exactly(&["notify"]).await;
     assert_eq!(bodies[0]["jobs"]["IN_PROGRESS"][0]["jobId"], "s1");
     assert!(bodies[0]["jobs"].get("QUEUED").is_none());
+    d1.expect_nothing_before_a_witness(&mut op, None, &["notify"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
