@@ -70,9 +70,7 @@ pub async fn serve(
     let (sender, mut receiver) = client.split();
     let service = Arc::new(Service {
         broker,
-        engine: services.engine,
-        handlers: services.handlers,
-        throttle: throttle(jobs),
+        requests: Requests::new(services, jobs),
         sender,
     });
     loop {
@@ -95,9 +93,7 @@ fn throttle(jobs: &JobsConfig) -> DefaultKeyedRateLimiter<String> {
 
 struct Service {
     broker: Arc<Broker>,
-    engine: Arc<Engine>,
-    handlers: Arc<Handlers>,
-    throttle: DefaultKeyedRateLimiter<String>,
+    requests: Requests,
     sender: InternalSender,
 }
 
@@ -106,40 +102,95 @@ impl Service {
         let Some((client_id, operation)) = parse_topic(&topic) else {
             return;
         };
+        let operator = match self.broker.sessions().principal(client_id) {
+            Some(Principal::Operator(operator)) => Some(operator),
+            _ => None,
+        };
+        let reply = self
+            .requests
+            .answer(operator, client_id, operation, &payload)
+            .await;
+        let suffix = if reply.accepted {
+            "accepted"
+        } else {
+            "rejected"
+        };
+        if let Err(e) = self
+            .sender
+            .publish(&format!("{topic}/{suffix}"), reply.body)
+            .await
+        {
+            tracing::warn!(client_id, operation, error = %e, "could not publish a control reply");
+        }
+    }
+}
+
+/// The answer to one control request: `accepted` (else rejected) and the JSON body, clientToken included.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub accepted: bool,
+    pub body: Bytes,
+}
+
+/// The control API without its transport: checks a request's body, its operator's request rate and
+/// grants, and has the engine (or the routes' plugins) answer it. The local listener's requests come
+/// through [`serve`]; the fleet's through the uplink, which acts as an operator of its own.
+pub struct Requests {
+    engine: Arc<Engine>,
+    handlers: Arc<Handlers>,
+    throttle: DefaultKeyedRateLimiter<String>,
+}
+
+impl Requests {
+    /// Requests answered from `services`, each operator within `jobs`' request rate.
+    pub fn new(services: Services, jobs: &JobsConfig) -> Requests {
+        Requests {
+            engine: services.engine,
+            handlers: services.handlers,
+            throttle: throttle(jobs),
+        }
+    }
+
+    /// Answers `payload` on `operation` for `operator` (`None`: the caller, named `caller` in the
+    /// rejection, is no authenticated operator).
+    pub async fn answer(
+        &self,
+        operator: Option<Arc<crate::auth::Operator>>,
+        caller: &str,
+        operation: &str,
+        payload: &[u8],
+    ) -> Reply {
         // The body is read first so that every reply, throttled or unauthorized too, echoes the clientToken.
-        let (token, outcome) = match parse_body(&payload) {
+        let (token, outcome) = match parse_body(payload) {
             Err(e) => (None, Err(e)),
-            Ok((token, body)) => match self.authorize(client_id) {
+            Ok((token, body)) => match self.authorize(operator, caller) {
                 Err(e) => (token, Err(e)),
                 Ok(operator) => (token, self.dispatch(operator, operation, body).await),
             },
         };
-        let (suffix, mut reply) = match outcome {
-            Ok(response) => ("accepted", response),
+        let (accepted, mut reply) = match outcome {
+            Ok(response) => (true, response),
             Err(e) => {
-                tracing::debug!(client_id, operation, code = e.code(), message = %e, "control request rejected");
-                ("rejected", rejection(&e))
+                tracing::debug!(caller, operation, code = e.code(), message = %e, "control request rejected");
+                (false, rejection(&e))
             }
         };
         if let (Some(token), Value::Object(map)) = (token, &mut reply) {
             map.insert("clientToken".into(), Value::String(token));
         }
         let body = Bytes::from(serde_json::to_vec(&reply).unwrap_or_default());
-        if let Err(e) = self
-            .sender
-            .publish(&format!("{topic}/{suffix}"), body)
-            .await
-        {
-            tracing::warn!(client_id, operation, error = %e, "could not publish a control reply");
-        }
+        Reply { accepted, body }
     }
 
-    /// The operator behind `client_id`, within its request rate.
-    fn authorize(&self, client_id: &str) -> Result<Arc<crate::auth::Operator>, JobsError> {
-        let Some(Principal::Operator(operator)) = self.broker.sessions().principal(client_id)
-        else {
+    /// The operator, within its request rate.
+    fn authorize(
+        &self,
+        operator: Option<Arc<crate::auth::Operator>>,
+        caller: &str,
+    ) -> Result<Arc<crate::auth::Operator>, JobsError> {
+        let Some(operator) = operator else {
             return Err(JobsError::Unauthorized(format!(
-                "client {client_id} is not an authenticated operator"
+                "client {caller} is not an authenticated operator"
             )));
         };
         if self.throttle.check_key(&operator.username).is_err() {
@@ -187,7 +238,7 @@ impl Service {
     }
 }
 
-impl Service {
+impl Requests {
     /// The operations on the routes' plugins, for an operator allowed them.
     async fn plugins(&self, operation: &str, body: Value) -> Result<Value, JobsError> {
         let handlers = &self.handlers;
