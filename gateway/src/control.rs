@@ -6,7 +6,8 @@
 //! id, so the id in the topic tells us who is asking: its session's principal must be an operator, whose
 //! grants bound what the engine shows it. This module owns the transport side only: topic parsing, body
 //! parsing into typed requests (unknown fields and wrong types are an `InvalidRequestException` naming the
-//! field), the per-operator request rate (`ThrottlingException`) and the replies.
+//! field), the per-operator request rate (`ThrottlingException`) and the replies. [`Requests`] is that
+//! handling without the listener: the fleet's requests through the uplink are answered by it too.
 //!
 //! Jobs and recoveries are the engine's; the routes' plugins (`ListPlugins`, `DescribePlugin`,
 //! `ResetPlugin`) are runtime state of the recovery side, asked of its [`Handlers`]. A route serves
