@@ -48,6 +48,8 @@ pub struct Config {
     /// `[[recovery]]`: which plugin recovers which devices.
     #[serde(default)]
     pub recovery: Vec<RecoveryRoute>,
+    /// `[uplink]`: the connection out to the fleet's MQTT broker; absent: no uplink.
+    pub uplink: Option<UplinkConfig>,
     /// Where this config was read from: the file's path as given, or "built-in defaults". Errors found
     /// after loading (a plugin refusing its route's config) point the operator there.
     #[serde(skip)]
@@ -380,6 +382,228 @@ fn default_max_attempts() -> u32 {
     20
 }
 
+/// `[uplink]`: the gateway connects out to the fleet's MQTT broker, takes control requests from it and
+/// sends its events there. Keys whose default depends on `[gateway] id` are `None` here; the uplink's
+/// settings fill them in ([`UplinkConfig::client_id_or`], [`UplinkConfig::prefix_or`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// `mqtt://host:port` or `mqtts://host:port` (default ports 1883 and 8883).
+    pub url: String,
+    /// The client id on the fleet broker; default: `gateway.id`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// CA certificates (PEM) the fleet broker's certificate must chain to (mqtts); default: the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// This gateway's client certificate (PEM), for mutual TLS (AWS IoT Core requires one).
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// ALPN protocols offered in the TLS handshake (`["x-amzn-mqtt-ca"]` for AWS IoT Core on port 443).
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    /// This gateway's topics on the fleet broker start with it; default: `sprig/{gateway.id}`.
+    pub prefix: Option<String>,
+    /// The namespaces the fleet may act on through the control API, as an operator's (`["*"]`: all).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Whether the fleet may act on jobs without a namespace.
+    #[serde(default)]
+    pub standard_jobs: bool,
+    /// The bound of the on-disk spool of what goes up, in MiB.
+    #[serde(default = "default_spool_mb")]
+    pub spool_mb: u64,
+    /// The longest wait between two connection attempts, in seconds (the wait doubles from 1 s).
+    #[serde(default = "default_reconnect_max_s")]
+    pub reconnect_max_s: u64,
+    /// MQTT keep-alive with the fleet broker, in seconds.
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// `[[uplink.topics]]`: topics bridged between the local broker and the fleet's.
+    #[serde(default)]
+    pub topics: Vec<UplinkTopic>,
+}
+
+/// `[[uplink.topics]]`: one bridged topic filter, in the shape of mosquitto's bridge `topic` lines.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkTopic {
+    /// An MQTT topic filter, matched after `local_prefix` (out) or `remote_prefix` (in) is taken off.
+    pub pattern: String,
+    /// `out`: local to fleet; `in`: fleet to local; `both`.
+    pub direction: Direction,
+    #[serde(default = "default_topic_qos")]
+    pub qos: u8,
+    #[serde(default)]
+    pub local_prefix: String,
+    #[serde(default)]
+    pub remote_prefix: String,
+}
+
+/// `[[uplink.topics]] direction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Out,
+    In,
+    Both,
+}
+
+/// The uplink's URL, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl UplinkConfig {
+    /// The client id on the fleet broker: the configured one, else the gateway's id.
+    pub fn client_id_or(&self, gateway_id: &str) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| gateway_id.to_owned())
+    }
+
+    /// The topic prefix on the fleet broker: the configured one, else `sprig/{gateway_id}`.
+    pub fn prefix_or(&self, gateway_id: &str) -> String {
+        self.prefix
+            .clone()
+            .unwrap_or_else(|| format!("sprig/{gateway_id}"))
+    }
+
+    /// `url` taken apart: scheme (`mqtt` or `mqtts`), host and port (default 1883, or 8883 with TLS).
+    pub fn parsed_url(&self) -> Result<UplinkUrl, String> {
+        let (tls, rest) = if let Some(rest) = self.url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = self.url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "`{}` is not an mqtt://host:port or mqtts://host:port URL",
+                self.url
+            ));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = match rest.rsplit_once(':') {
+            // An IPv6 literal is bracketed: [::1]:8883.
+            Some((host, port)) if !port.contains(']') => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("`{port}` in `{}` is not a port", self.url))?;
+                (host, port)
+            }
+            _ => (rest, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+            return Err(format!("`{}` names no host (mqtt://host:port)", self.url));
+        }
+        Ok(UplinkUrl {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// The rules serde cannot check.
+    fn validate(&self, gateway_id: &str) -> Result<(), (String, String)> {
+        fn fail<T>(key: &str, reason: impl Into<String>) -> Result<T, (String, String)> {
+            Err((format!("uplink.{key}"), reason.into()))
+        }
+        let url = match self.parsed_url() {
+            Ok(url) => url,
+            Err(reason) => return fail("url", reason),
+        };
+        let tls_files = [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ];
+        if !url.tls {
+            if let Some((key, _)) = tls_files.iter().find(|(_, file)| file.is_some()) {
+                return fail(key, "is for mqtts:// URLs; this url is mqtt:// (no TLS)");
+            }
+            if !self.alpn.is_empty() {
+                return fail("alpn", "is for mqtts:// URLs; this url is mqtt:// (no TLS)");
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return fail(
+                "cert_file",
+                "cert_file and key_file go together (a client certificate and its key)",
+            );
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return fail("password", "needs a username");
+        }
+        let client_id = self.client_id_or(gateway_id);
+        if client_id.is_empty() || client_id.len() > 128 {
+            return fail("client_id", "must be 1 to 128 characters");
+        }
+        let prefix = self.prefix_or(gateway_id);
+        if prefix.is_empty()
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+            || prefix.contains(['+', '#', '\0'])
+        {
+            return fail(
+                "prefix",
+                format!(
+                    "`{prefix}` must be a topic without wildcards, not starting or ending with /"
+                ),
+            );
+        }
+        for ns in &self.namespaces {
+            if ns != "*" && !is_namespace_id(ns) {
+                return fail(
+                    "namespaces",
+                    format!("`{ns}` is neither \"*\" nor a namespace id"),
+                );
+            }
+        }
+        if self.spool_mb == 0 {
+            return fail("spool_mb", "must be at least 1");
+        }
+        if !(1..=3600).contains(&self.reconnect_max_s) {
+            return fail("reconnect_max_s", "must be between 1 and 3600 seconds");
+        }
+        if !(5..=1200).contains(&self.keep_alive_s) {
+            return fail("keep_alive_s", "must be between 5 and 1200 seconds");
+        }
+        for (i, topic) in self.topics.iter().enumerate() {
+            let key = |field: &str| format!("topics[{i}].{field}");
+            if topic.pattern.is_empty() || topic.pattern.starts_with('$') {
+                return fail(
+                    &key("pattern"),
+                    "must be a topic filter not starting with $ (the $ topics are sprig's own)",
+                );
+            }
+            if topic.qos > 1 {
+                return fail(&key("qos"), "must be 0 or 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_spool_mb() -> u64 {
+    64
+}
+fn default_reconnect_max_s() -> u64 {
+    60
+}
+fn default_keep_alive_s() -> u64 {
+    30
+}
+fn default_topic_qos() -> u8 {
+    1
+}
+
 /// `[[auth.devices]]`: a device that authenticates with a password.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -458,6 +682,16 @@ impl Config {
             };
             for route in &mut config.recovery {
                 resolve(&mut route.plugin);
+            }
+            if let Some(uplink) = &mut config.uplink {
+                let files = [
+                    &mut uplink.ca_file,
+                    &mut uplink.cert_file,
+                    &mut uplink.key_file,
+                ];
+                for path in files.into_iter().flatten() {
+                    resolve(path);
+                }
             }
             let broker = &mut config.broker;
             let tls_files = [
@@ -581,7 +815,11 @@ impl Config {
                 );
             }
         }
-        validate_routes(&self.recovery)
+        validate_routes(&self.recovery)?;
+        match &self.uplink {
+            Some(uplink) => uplink.validate(&self.gateway.id),
+            None => Ok(()),
+        }
     }
 }
 
@@ -701,5 +939,79 @@ mod tests {
             err.contains("isolation") && err.contains("in-process") && err.contains("thread"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn no_uplink_by_default_and_its_defaults_follow_the_gateway_id() {
+        assert_eq!(Config::default().uplink, None);
+        let config = with_rules("[uplink]\nurl = \"mqtt://fleet.example.com\"\n").unwrap();
+        let uplink = config.uplink.unwrap();
+        assert_eq!(uplink.client_id_or("site-7"), "site-7");
+        assert_eq!(uplink.prefix_or("site-7"), "sprig/site-7");
+        assert_eq!((uplink.spool_mb, uplink.reconnect_max_s), (64, 60));
+        assert!(uplink.namespaces.is_empty() && !uplink.standard_jobs);
+        let url = uplink.parsed_url().unwrap();
+        assert_eq!(
+            (url.tls, url.host.as_str(), url.port),
+            (false, "fleet.example.com", 1883)
+        );
+    }
+
+    #[test]
+    fn uplink_urls_are_mqtt_or_mqtts_with_a_host_and_port() {
+        let url = |text: &str| {
+            with_rules(&format!("[uplink]\nurl = \"{text}\"\n"))
+                .map(|c| c.uplink.unwrap().parsed_url().unwrap())
+        };
+        let tls = url("mqtts://a.iot.eu-west-1.amazonaws.com:443").unwrap();
+        assert_eq!((tls.tls, tls.port), (true, 443));
+        assert_eq!(url("mqtts://h").unwrap().port, 8883);
+        assert_eq!(url("mqtt://[::1]:1884").unwrap().host, "::1");
+        for bad in ["http://h:80", "mqtt://:1883", "mqtt://h:x", "mqtt://h:0"] {
+            let err = url(bad).unwrap_err();
+            assert!(err.contains("uplink.url"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn uplink_tables_parse_and_bad_uplink_values_name_their_key() {
+        let config = with_rules(
+            "[uplink]\nurl = \"mqtts://fleet:8883\"\nclient_id = \"site-7\"\nprefix = \"sites/7\"\n\
+             namespaces = [\"*\"]\nstandard_jobs = true\nca_file = \"ca.pem\"\n\
+             cert_file = \"c.pem\"\nkey_file = \"k.pem\"\nalpn = [\"x-amzn-mqtt-ca\"]\n\
+             [[uplink.topics]]\npattern = \"dt/#\"\ndirection = \"out\"\nremote_prefix = \"sites/7/\"\n",
+        )
+        .unwrap();
+        let uplink = config.uplink.unwrap();
+        assert_eq!(uplink.prefix_or("gw"), "sites/7");
+        assert_eq!(uplink.topics[0].direction, Direction::Out);
+        assert_eq!(uplink.topics[0].qos, 1);
+        let cases = [
+            ("url = \"mqtt://h\"\nca_file = \"ca.pem\"", "uplink.ca_file"),
+            (
+                "url = \"mqtts://h\"\ncert_file = \"c.pem\"",
+                "uplink.cert_file",
+            ),
+            ("url = \"mqtt://h\"\nprefix = \"a/+/b\"", "uplink.prefix"),
+            (
+                "url = \"mqtt://h\"\nnamespaces = [\"a b\"]",
+                "uplink.namespaces",
+            ),
+            ("url = \"mqtt://h\"\npassword = \"p\"", "uplink.password"),
+            ("url = \"mqtt://h\"\nspool_mb = 0", "uplink.spool_mb"),
+            (
+                "url = \"mqtt://h\"\nreconnect_max_s = 0",
+                "uplink.reconnect_max_s",
+            ),
+            ("url = \"mqtt://h\"\nspool = 3", "spool"),
+            (
+                "url = \"mqtt://h\"\n[[uplink.topics]]\npattern = \"$aws/#\"\ndirection = \"in\"",
+                "uplink.topics[0].pattern",
+            ),
+        ];
+        for (body, key) in cases {
+            let err = with_rules(&format!("[uplink]\n{body}\n")).unwrap_err();
+            assert!(err.contains(key), "{body}: {err}");
+        }
     }
 }

@@ -6,7 +6,8 @@
 //! id, so the id in the topic tells us who is asking: its session's principal must be an operator, whose
 //! grants bound what the engine shows it. This module owns the transport side only: topic parsing, body
 //! parsing into typed requests (unknown fields and wrong types are an `InvalidRequestException` naming the
-//! field), the per-operator request rate (`ThrottlingException`) and the replies.
+//! field), the per-operator request rate (`ThrottlingException`) and the replies. [`Requests`] is that
+//! handling without the listener: the fleet's requests through the uplink are answered by it too.
 //!
 //! Jobs and recoveries are the engine's; the routes' plugins (`ListPlugins`, `DescribePlugin`,
 //! `ResetPlugin`) are runtime state of the recovery side, asked of its [`Handlers`]. A route serves
@@ -87,9 +88,7 @@ pub async fn serve(
     let (sender, mut receiver) = client.split();
     let service = Arc::new(Service {
         broker,
-        engine: services.engine,
-        handlers: services.handlers,
-        throttle: throttle(jobs),
+        requests: Requests::new(services, jobs),
         sender,
     });
     loop {
@@ -112,9 +111,7 @@ fn throttle(jobs: &JobsConfig) -> DefaultKeyedRateLimiter<String> {
 
 struct Service {
     broker: Arc<Broker>,
-    engine: Arc<Engine>,
-    handlers: Arc<Handlers>,
-    throttle: DefaultKeyedRateLimiter<String>,
+    requests: Requests,
     sender: InternalSender,
 }
 
@@ -123,40 +120,95 @@ impl Service {
         let Some((client_id, operation)) = parse_topic(&topic) else {
             return;
         };
+        let operator = match self.broker.sessions().principal(client_id) {
+            Some(Principal::Operator(operator)) => Some(operator),
+            _ => None,
+        };
+        let reply = self
+            .requests
+            .answer(operator, client_id, operation, &payload)
+            .await;
+        let suffix = if reply.accepted {
+            "accepted"
+        } else {
+            "rejected"
+        };
+        if let Err(e) = self
+            .sender
+            .publish(&format!("{topic}/{suffix}"), reply.body)
+            .await
+        {
+            tracing::warn!(client_id, operation, error = %e, "could not publish a control reply");
+        }
+    }
+}
+
+/// The answer to one control request: `accepted` (else rejected) and the JSON body, clientToken included.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub accepted: bool,
+    pub body: Bytes,
+}
+
+/// The control API without its transport: checks a request's body, its operator's request rate and
+/// grants, and has the engine (or the routes' plugins) answer it. The local listener's requests come
+/// through [`serve`]; the fleet's through the uplink, which acts as an operator of its own.
+pub struct Requests {
+    engine: Arc<Engine>,
+    handlers: Arc<Handlers>,
+    throttle: DefaultKeyedRateLimiter<String>,
+}
+
+impl Requests {
+    /// Requests answered from `services`, each operator within `jobs`' request rate.
+    pub fn new(services: Services, jobs: &JobsConfig) -> Requests {
+        Requests {
+            engine: services.engine,
+            handlers: services.handlers,
+            throttle: throttle(jobs),
+        }
+    }
+
+    /// Answers `payload` on `operation` for `operator` (`None`: the caller, named `caller` in the
+    /// rejection, is no authenticated operator).
+    pub async fn answer(
+        &self,
+        operator: Option<Arc<crate::auth::Operator>>,
+        caller: &str,
+        operation: &str,
+        payload: &[u8],
+    ) -> Reply {
         // The body is read first so that every reply, throttled or unauthorized too, echoes the clientToken.
-        let (token, outcome) = match parse_body(&payload) {
+        let (token, outcome) = match parse_body(payload) {
             Err(e) => (None, Err(e)),
-            Ok((token, body)) => match self.authorize(client_id) {
+            Ok((token, body)) => match self.authorize(operator, caller) {
                 Err(e) => (token, Err(e)),
                 Ok(operator) => (token, self.dispatch(operator, operation, body).await),
             },
         };
-        let (suffix, mut reply) = match outcome {
-            Ok(response) => ("accepted", response),
+        let (accepted, mut reply) = match outcome {
+            Ok(response) => (true, response),
             Err(e) => {
-                tracing::debug!(client_id, operation, code = e.code(), message = %e, "control request rejected");
-                ("rejected", rejection(&e))
+                tracing::debug!(caller, operation, code = e.code(), message = %e, "control request rejected");
+                (false, rejection(&e))
             }
         };
         if let (Some(token), Value::Object(map)) = (token, &mut reply) {
             map.insert("clientToken".into(), Value::String(token));
         }
         let body = Bytes::from(serde_json::to_vec(&reply).unwrap_or_default());
-        if let Err(e) = self
-            .sender
-            .publish(&format!("{topic}/{suffix}"), body)
-            .await
-        {
-            tracing::warn!(client_id, operation, error = %e, "could not publish a control reply");
-        }
+        Reply { accepted, body }
     }
 
-    /// The operator behind `client_id`, within its request rate.
-    fn authorize(&self, client_id: &str) -> Result<Arc<crate::auth::Operator>, JobsError> {
-        let Some(Principal::Operator(operator)) = self.broker.sessions().principal(client_id)
-        else {
+    /// The operator, within its request rate.
+    fn authorize(
+        &self,
+        operator: Option<Arc<crate::auth::Operator>>,
+        caller: &str,
+    ) -> Result<Arc<crate::auth::Operator>, JobsError> {
+        let Some(operator) = operator else {
             return Err(JobsError::Unauthorized(format!(
-                "client {client_id} is not an authenticated operator"
+                "client {caller} is not an authenticated operator"
             )));
         };
         if self.throttle.check_key(&operator.username).is_err() {
@@ -204,7 +256,7 @@ impl Service {
     }
 }
 
-impl Service {
+impl Requests {
     /// The operations on the routes' plugins, for an operator allowed them.
     async fn plugins(&self, operation: &str, body: Value) -> Result<Value, JobsError> {
         let handlers = &self.handlers;

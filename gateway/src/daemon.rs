@@ -27,7 +27,7 @@ use crate::jobs::routes::{Route, Routes};
 use crate::jobs::{deletion, device};
 use crate::jobs::{Engine, Limits};
 use crate::store::{self, Health, Store, StoreError};
-use crate::{control, device_api, notify, recovery};
+use crate::{auth, control, device_api, notify, recovery, uplink};
 
 pub mod config_checks;
 
@@ -67,17 +67,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let handlers = Arc::new(recovery::Handlers::load(&config.recovery, &config.origin).await?);
     let routes = Arc::new(recovery_routes(&config.recovery));
     let (recoveries_tx, recoveries_rx) = mpsc::unbounded_channel();
-    let engine = Arc::new(
-        Engine::new(
-            store.clone(),
-            engine_limits(&config.jobs),
-            &config.gateway.id,
-            deletions_tx,
-            events_tx,
-        )
-        .with_recovery_routes(routes.clone(), recoveries_tx)
-        .with_creation_batch_size(config.jobs.creation_batch_size),
-    );
+    // The uplink's settings and TLS files are read before anything starts: a bad one refuses the start.
+    let uplink = match &config.uplink {
+        Some(uplink) => {
+            let settings = uplink_settings(&config.gateway.id, uplink)?;
+            let options = uplink::mqtt_options(&settings)?;
+            Some((settings, options, mpsc::unbounded_channel()))
+        }
+        None => None,
+    };
+    let mut engine = Engine::new(
+        store.clone(),
+        engine_limits(&config.jobs),
+        &config.gateway.id,
+        deletions_tx,
+        events_tx,
+    )
+    .with_recovery_routes(routes.clone(), recoveries_tx)
+    .with_creation_batch_size(config.jobs.creation_batch_size);
+    if let Some((_, _, (changes, _))) = &uplink {
+        engine = engine.with_status_changes(changes.clone());
+    }
+    let engine = Arc::new(engine);
     engine.undo_unfinished_creations().await?;
     let deleter = tokio::spawn(deletion::run(
         engine.clone(),
@@ -117,12 +128,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (control_subscribed, control_ready) = tokio::sync::oneshot::channel();
     let control = {
         let (broker, engine, jobs) = (broker.clone(), engine.clone(), config.jobs.clone());
-        let shutdown = shutdown.clone();
+        let (handlers, shutdown) = (handlers.clone(), shutdown.clone());
         tokio::spawn(async move {
             let services = control::Services { engine, handlers };
             control::serve(broker, services, &jobs, shutdown, control_subscribed).await
         })
     };
+    let uplink = uplink.map(|(settings, options, (_, changes))| {
+        let sources = uplink::Sources {
+            changes,
+            presence: broker.presence_events(),
+        };
+        let services = control::Services {
+            engine: engine.clone(),
+            handlers: handlers.clone(),
+        };
+        let requests = control::Requests::new(services, &config.jobs);
+        tokio::spawn(uplink::run(
+            settings,
+            options,
+            requests,
+            sources,
+            shutdown.clone(),
+        ))
+    });
     // A service that failed to subscribe drops its sender; its task's error is reported at the end.
     let _ = tokio::join!(devices_ready, recoveries_ready, control_ready);
     let plain = broker
@@ -166,6 +195,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("the deletion worker did not stop within 5 s; its unfinished work resumes at the next start");
     }
+    if let Some(uplink) = uplink {
+        // It says offline to the fleet broker, if it is there, within its own 2 s.
+        let _ = tokio::time::timeout(Duration::from_secs(3), uplink).await;
+    }
     let store_path = data_dir.join(STORE_DIR);
     let closed = tokio::task::spawn_blocking(move || store.close()).await?;
     if let Some(cause) = store_lost {
@@ -197,6 +230,38 @@ pub fn engine_limits(jobs: &JobsConfig) -> Limits {
             .collect(),
     }
 }
+
+/// The uplink's settings from `[uplink]`: the defaults that follow the gateway's id filled in, the fleet's
+/// operator grants, the queue bound.
+pub fn uplink_settings(
+    gateway_id: &str,
+    config: &crate::config::UplinkConfig,
+) -> anyhow::Result<uplink::Settings> {
+    let url = config
+        .parsed_url()
+        .map_err(|reason| anyhow::anyhow!("uplink.url: {reason}"))?;
+    Ok(uplink::Settings {
+        url,
+        client_id: config.client_id_or(gateway_id),
+        username: config.username.clone(),
+        password: config.password.clone(),
+        ca_file: config.ca_file.clone(),
+        cert_file: config.cert_file.clone(),
+        key_file: config.key_file.clone(),
+        alpn: config.alpn.clone(),
+        prefix: config.prefix_or(gateway_id),
+        operator: Arc::new(auth::Operator {
+            username: UPLINK_OPERATOR.to_owned(),
+            grants: auth::grants(&config.namespaces, config.standard_jobs),
+        }),
+        reconnect_max: Duration::from_secs(config.reconnect_max_s),
+        keep_alive: Duration::from_secs(config.keep_alive_s),
+        queue_bytes: usize::try_from(config.spool_mb << 20).unwrap_or(usize::MAX),
+    })
+}
+
+/// The operator the fleet is, through the uplink, to the control API (in its messages and its rate).
+pub const UPLINK_OPERATOR: &str = "uplink";
 
 /// Which devices the configured `[[recovery]]` routes cover.
 pub fn recovery_routes(config: &[RecoveryRoute]) -> Routes {

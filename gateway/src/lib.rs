@@ -7,7 +7,8 @@
 //! starts, and what changed is announced to devices ([`notify`]) and to the recovery runner
 //! ([`recovery`]). The broker asks [`auth`] who a client is and which topics it may use (built-in rules
 //! and the configured topic rules, on MQTT's matching rules in [`topic_filter`]). [`daemon`] wires the
-//! pieces for `sprig run`; [`cli`] is the command line.
+//! pieces for `sprig run`; [`cli`] is the command line. [`uplink`] connects the gateway out to the
+//! fleet's MQTT broker: control requests come down, status changes and presence events go up.
 //!
 //! # The direction of dependencies
 //!
@@ -23,8 +24,10 @@
 //! 5. [`broker`]: the MQTT transport; it knows sessions and topic rules, not jobs.
 //! 6. [`recovery`], [`notify`], [`device_api`], [`control`]: the services that connect the broker and
 //!    the engine.
-//! 7. [`daemon`]: builds every module's settings from the config and wires the services together.
-//! 8. [`cli`]: the command line.
+//! 7. [`uplink`]: the connection out to the fleet's broker; it answers the fleet through [`control`] and
+//!    reports the engine's status changes and the broker's presence events.
+//! 8. [`daemon`]: builds every module's settings from the config and wires the services together.
+//! 9. [`cli`]: the command line.
 //!
 //! # The path of a DeleteJob
 //!
@@ -65,3 +68,4 @@ pub mod plugins;
 pub mod recovery;
 pub mod store;
 pub mod topic_filter;
+pub mod uplink;

@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["auth"],
     &["broker"],
     &["recovery", "notify", "device_api", "control"],
+    &["uplink"],
     &["daemon"],
     &["cli"],
 ];

@@ -60,17 +60,18 @@ pub struct VerifiedCertificate {
     pub common_name: String,
 }
 
-/// The operator's grants its config entry gives: `"*"` among its namespaces stands for all of them.
+/// The operator's grants its config entry gives.
 fn grants_of(op: &OperatorConfig) -> Grants {
+    grants(&op.namespaces, op.standard_jobs)
+}
+
+/// The grants of an operator given `namespaces` (`"*"` among them stands for all) and `standard_jobs`:
+/// a configured operator's, or the uplink's.
+pub fn grants(namespaces: &[String], standard_jobs: bool) -> Grants {
     Grants {
-        all_namespaces: op.namespaces.iter().any(|n| n == "*"),
-        namespaces: op
-            .namespaces
-            .iter()
-            .filter(|n| *n != "*")
-            .cloned()
-            .collect(),
-        standard_jobs: op.standard_jobs,
+        all_namespaces: namespaces.iter().any(|n| n == "*"),
+        namespaces: namespaces.iter().filter(|n| *n != "*").cloned().collect(),
+        standard_jobs,
     }
 }
 

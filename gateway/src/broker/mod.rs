@@ -69,6 +69,9 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 /// Subscription events a slow [`Broker::subscriptions`] receiver may fall behind by before it lags.
 const SUBSCRIPTION_EVENTS: usize = 4096;
 
+/// Presence events a slow [`Broker::presence_events`] receiver may fall behind by before it lags.
+const PRESENCE_EVENTS: usize = 4096;
+
 /// A client's SUBSCRIBE, reported once the router has acknowledged it (when its SUBACK is written), so a
 /// publish made after receiving this event reaches the new subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +142,9 @@ pub(crate) struct Shared {
     routed: routed::RoutedFilters,
     /// Granted subscriptions, for [`Broker::subscriptions`]; sending without receivers costs nothing.
     subscriptions: broadcast::Sender<SubscribeEvent>,
+    /// Presence events (topic, body), for [`Broker::presence_events`]; sending without receivers costs
+    /// nothing.
+    presence: broadcast::Sender<(String, Bytes)>,
     /// Password checks running at once (see [`PASSWORD_CHECKS`]).
     password_checks: Arc<Semaphore>,
     /// Password checks per address: a few at once, slower after failures (see `admission`).
@@ -172,6 +178,9 @@ impl Shared {
 
     /// Presence events go straight to the operators watching them, not through the router (see `direct`).
     fn publish_presence(&self, topic: &str, body: Bytes) {
+        if self.presence.receiver_count() > 0 {
+            let _ = self.presence.send((topic.to_owned(), body.clone()));
+        }
         let counts = self.outlets.publish_event(topic, body);
         if counts.dropped > 0 {
             tracing::debug!(
@@ -268,6 +277,7 @@ impl Broker {
             taps: taps::Taps::default(),
             routed: routed::RoutedFilters::new(config.max_router_filters),
             subscriptions: broadcast::channel(SUBSCRIPTION_EVENTS).0,
+            presence: broadcast::channel(PRESENCE_EVENTS).0,
             password_checks: Arc::new(Semaphore::new(password_check_permits())),
             logins: admission::Logins::default(),
             shutdown: shutdown_rx,
@@ -353,6 +363,13 @@ impl Broker {
     /// [`SubscribeEvent`]). A receiver that falls more than 4096 events behind gets `Lagged`.
     pub fn subscriptions(&self) -> broadcast::Receiver<SubscribeEvent> {
         self.shared.subscriptions.subscribe()
+    }
+
+    /// Every presence event from now on (`$aws/events/presence/{connected|disconnected}/{clientId}` and its
+    /// body), as the operators watching them get it. A receiver that falls more than 4096 events behind
+    /// gets `Lagged`.
+    pub fn presence_events(&self) -> broadcast::Receiver<(String, Bytes)> {
+        self.shared.presence.subscribe()
     }
 
     /// Sends `payload` on `topic` (external form, no wildcards) to the connection of `client_id`, if one of

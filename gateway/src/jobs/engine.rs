@@ -16,9 +16,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::Arns;
+use super::clock::now_ms;
 use super::routes::Routes;
 use super::transitions::{ExecutionChange, Limits, Transition};
-use super::{creation, Grants, JobEvent, JobEventKind, JobsError};
+use super::{creation, events, Grants, JobEvent, JobEventKind, JobsError, StatusChange};
 use crate::model::{Execution, Job, JobStatus};
 use crate::store::{Change, Store, StoreError};
 
@@ -39,6 +40,8 @@ pub struct Engine {
     events: UnboundedSender<JobEvent>,
     /// The events of changes that created recoveries, for the recovery runner.
     recovery_events: Option<UnboundedSender<JobEvent>>,
+    /// Every committed status change, for the uplink (see [`StatusChange`]).
+    status_changes: Option<UnboundedSender<StatusChange>>,
     pub(super) routes: Arc<Routes>,
     pub(super) creation_batch: usize,
     closing: AtomicBool,
@@ -60,6 +63,7 @@ impl Engine {
             deletions,
             events,
             recovery_events: None,
+            status_changes: None,
             routes: Arc::new(Routes::default()),
             creation_batch: CREATION_BATCH,
             closing: AtomicBool::new(false),
@@ -75,6 +79,12 @@ impl Engine {
     ) -> Engine {
         self.routes = routes;
         self.recovery_events = Some(created);
+        self
+    }
+
+    /// `changes` hears of every committed status change of a job or an execution, in commit order.
+    pub fn with_status_changes(mut self, changes: UnboundedSender<StatusChange>) -> Engine {
+        self.status_changes = Some(changes);
         self
     }
 
@@ -168,6 +178,14 @@ impl Engine {
             self.store.flush()?;
         }
         log_completion(before, transition.job.as_ref());
+        self.report(|| {
+            events::status_changes(
+                before,
+                transition.job.as_ref(),
+                &transition.put_executions,
+                now_ms(),
+            )
+        });
         self.announce(transition.event, !transition.recoveries.is_empty());
         Ok(transition.job)
     }
@@ -185,6 +203,14 @@ impl Engine {
             ..Default::default()
         })?;
         log_completion(before, Some(&change.job));
+        self.report(|| {
+            events::status_changes(
+                before,
+                Some(&change.job),
+                std::slice::from_ref(&change.execution),
+                now_ms(),
+            )
+        });
         self.announce(change.event, false);
         Ok((change.job, change.execution))
     }
@@ -200,8 +226,18 @@ impl Engine {
         let _ = self.events.send(event);
     }
 
+    /// Hands the status changes of a commit to whoever listens for them (computed only if someone does).
+    fn report(&self, changes: impl FnOnce() -> Vec<StatusChange>) {
+        if let Some(listener) = &self.status_changes {
+            for change in changes() {
+                let _ = listener.send(change);
+            }
+        }
+    }
+
     /// Announces a job's creation (its writes are [`creation`]'s, in steps).
     pub(super) fn announce_created(&self, job: &Job, things: Vec<String>) {
+        self.report(|| events::created(job, &things));
         if !things.is_empty() {
             self.announce(
                 Some(JobEvent {

@@ -1,5 +1,10 @@
 //! What the jobs engine tells the rest of the gateway after a change: which things' pending executions
 //! changed, and why. The notifier turns these into MQTT notifications; recovery builds on them too.
+//! And, for whoever reports the jobs' history outside the gateway (the uplink), each [`StatusChange`].
+
+use std::collections::BTreeMap;
+
+use crate::model::{Execution, ExecutionStatus, Job, JobStatus};
 
 /// Why things' executions changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,4 +37,145 @@ pub struct JobEvent {
     pub job_id: String,
     pub namespace_id: Option<String>,
     pub things: Vec<String>,
+}
+
+/// One status change as it is reported outside the gateway (the uplink's events): unlike a
+/// [`JobEvent`], which tells the notifier whom to ask, it carries the new status itself, and it is
+/// made for every committed change, including those that concern no device (a job completing, a job
+/// removed at the end of its deletion). Timestamps are epoch seconds, as AWS IoT's job events have them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusChange {
+    /// The job's status changed; `None`: the job is gone (its deletion finished).
+    Job {
+        job_id: String,
+        namespace_id: Option<String>,
+        status: Option<JobStatus>,
+        timestamp: i64,
+    },
+    /// An execution was written: its status, its details or its version changed.
+    Execution {
+        job_id: String,
+        namespace_id: Option<String>,
+        thing_name: String,
+        status: ExecutionStatus,
+        status_details: BTreeMap<String, String>,
+        version_number: i64,
+        timestamp: i64,
+    },
+}
+
+/// The status changes of a commit that turned `before` into `after` (`None`: removed) and wrote
+/// `executions`: the job's, if its status changed (first), then each execution's.
+pub fn status_changes(
+    before: &Job,
+    after: Option<&Job>,
+    executions: &[Execution],
+    now_ms: i64,
+) -> Vec<StatusChange> {
+    let mut changes = Vec::with_capacity(executions.len() + 1);
+    let status = after.map(|job| job.status);
+    if status != Some(before.status) {
+        let at = after.map_or(now_ms, |job| job.last_updated_at);
+        changes.push(StatusChange::Job {
+            job_id: before.job_id.clone(),
+            namespace_id: before.namespace_id.clone(),
+            status,
+            timestamp: at / 1000,
+        });
+    }
+    changes.extend(executions.iter().map(|execution| StatusChange::Execution {
+        job_id: execution.job_id.clone(),
+        namespace_id: before.namespace_id.clone(),
+        thing_name: execution.thing_name.clone(),
+        status: execution.status,
+        status_details: execution.status_details.clone(),
+        version_number: execution.version_number,
+        timestamp: execution.last_updated_at / 1000,
+    }));
+    changes
+}
+
+/// The status changes of a job's creation: the job, then each thing's QUEUED execution (version 1).
+pub fn created(job: &Job, things: &[String]) -> Vec<StatusChange> {
+    let timestamp = job.created_at / 1000;
+    let job_change = StatusChange::Job {
+        job_id: job.job_id.clone(),
+        namespace_id: job.namespace_id.clone(),
+        status: Some(job.status),
+        timestamp,
+    };
+    let executions = things.iter().map(|thing| StatusChange::Execution {
+        job_id: job.job_id.clone(),
+        namespace_id: job.namespace_id.clone(),
+        thing_name: thing.clone(),
+        status: ExecutionStatus::Queued,
+        status_details: BTreeMap::new(),
+        version_number: 1,
+        timestamp,
+    });
+    std::iter::once(job_change).chain(executions).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: JobStatus) -> Job {
+        Job {
+            job_id: "j1".into(),
+            namespace_id: Some("acme".into()),
+            status,
+            document: "{}".into(),
+            description: None,
+            targets: vec!["t1".into()],
+            created_at: 1_000,
+            last_updated_at: 5_000,
+            completed_at: None,
+            force_canceled: false,
+            reason_code: None,
+            comment: None,
+            counts: Default::default(),
+            deletion: None,
+        }
+    }
+
+    #[test]
+    fn a_job_change_is_reported_only_when_its_status_changes() {
+        let before = job(JobStatus::InProgress);
+        assert!(status_changes(&before, Some(&before), &[], 9_000).is_empty());
+        let deleting = job(JobStatus::DeletionInProgress);
+        let changes = status_changes(&before, Some(&deleting), &[], 9_000);
+        assert!(
+            matches!(
+                &changes[..],
+                [StatusChange::Job {
+                    status: Some(JobStatus::DeletionInProgress),
+                    timestamp: 5,
+                    ..
+                }]
+            ),
+            "{changes:?}"
+        );
+        let gone = status_changes(&deleting, None, &[], 9_000);
+        assert!(
+            matches!(
+                &gone[..],
+                [StatusChange::Job {
+                    status: None,
+                    timestamp: 9,
+                    ..
+                }]
+            ),
+            "{gone:?}"
+        );
+    }
+
+    #[test]
+    fn a_creation_reports_the_job_then_each_queued_execution() {
+        let changes = created(&job(JobStatus::InProgress), &["t1".into(), "t2".into()]);
+        assert_eq!(changes.len(), 3);
+        assert!(
+            matches!(&changes[2], StatusChange::Execution { thing_name, status: ExecutionStatus::Queued, version_number: 1, .. } if thing_name == "t2")
+        );
+    }
 }

@@ -35,7 +35,7 @@ mod tests;
 
 pub use engine::Engine;
 pub use error::JobsError;
-pub use events::{JobEvent, JobEventKind};
+pub use events::{JobEvent, JobEventKind, StatusChange};
 pub use grants::Grants;
 pub use planning::MAX_DOCUMENT_BYTES;
 pub use transitions::Limits;
