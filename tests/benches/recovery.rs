@@ -216,16 +216,17 @@ impl BenchGateway {
     }
 
     /// Log lines containing `needle`.
-    fn log_count(&self, needle: &str) -> usize {
+    /// The log lines that contain `needle`.
+    fn log_lines(&self, needle: &str) -> Vec<String> {
         std::fs::File::open(self.dir.path().join("sprig.log"))
             .map(|f| {
                 BufReader::new(f)
                     .lines()
                     .map_while(Result::ok)
                     .filter(|l| l.contains(needle))
-                    .count()
+                    .collect()
             })
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 
     fn fail(&self, why: &str) -> ! {
@@ -705,9 +706,13 @@ async fn main() {
             }
         }
         for (label, gateway, op, fleet) in sides {
-            let warnings = gateway.log_count("WARN");
-            if warnings > 0 {
-                println!("{label}: the gateway logged {warnings} warnings");
+            let warnings = gateway.log_lines("WARN");
+            if !warnings.is_empty() {
+                let n = warnings.len();
+                println!("{label}: the gateway logged {n} warnings, the first:");
+                for line in warnings.iter().take(3) {
+                    println!("  {line}");
+                }
             }
             fleet.disconnect().await;
             drop(op);
