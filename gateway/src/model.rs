@@ -193,6 +193,35 @@ pub struct Execution {
     pub step_deadline: Option<i64>,
 }
 
+impl Job {
+    /// A new job, IN_PROGRESS since `now`, with no description and no executions counted yet: what
+    /// CreateJob plans (the counts follow as its executions are written).
+    pub fn created(
+        job_id: &str,
+        namespace_id: Option<&str>,
+        document: String,
+        targets: Vec<String>,
+        now: i64,
+    ) -> Job {
+        Job {
+            job_id: job_id.to_owned(),
+            namespace_id: namespace_id.map(str::to_owned),
+            status: JobStatus::InProgress,
+            document,
+            description: None,
+            targets,
+            created_at: now,
+            last_updated_at: now,
+            completed_at: None,
+            force_canceled: false,
+            reason_code: None,
+            comment: None,
+            counts: ExecutionCounts::default(),
+            deletion: None,
+        }
+    }
+}
+
 impl Execution {
     /// A fresh QUEUED execution, as CreateJob makes one per target.
     pub fn queued(job_id: &str, thing_name: &str, now: i64) -> Execution {

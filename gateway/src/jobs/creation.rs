@@ -159,22 +159,8 @@ mod tests {
     use crate::store::codec;
 
     fn job(id: &str, things: usize) -> Job {
-        Job {
-            job_id: id.into(),
-            namespace_id: Some("acme".into()),
-            status: JobStatus::InProgress,
-            document: "{}".into(),
-            description: None,
-            targets: (0..things).map(|i| format!("t{i:03}")).collect(),
-            created_at: 7,
-            last_updated_at: 7,
-            completed_at: None,
-            force_canceled: false,
-            reason_code: None,
-            comment: None,
-            counts: ExecutionCounts::default(),
-            deletion: None,
-        }
+        let targets = (0..things).map(|i| format!("t{i:03}")).collect();
+        Job::created(id, Some("acme"), "{}".into(), targets, 7)
     }
 
     fn open() -> (tempfile::TempDir, Store) {

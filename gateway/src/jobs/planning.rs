@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use super::api::{Arns, CreateJobRequest};
 use super::{validate, Grants, JobsError};
-use crate::model::{ExecutionCounts, Job, JobStatus};
+use crate::model::Job;
 
 type Result<T> = std::result::Result<T, JobsError>;
 
@@ -83,20 +83,14 @@ pub(super) fn plan_create(
         }
     }
     let job = Job {
-        job_id: request.job_id.clone(),
-        namespace_id: request.namespace_id.clone(),
-        status: JobStatus::InProgress,
-        document,
         description: request.description.clone(),
-        targets,
-        created_at: now,
-        last_updated_at: now,
-        completed_at: None,
-        force_canceled: false,
-        reason_code: None,
-        comment: None,
-        counts: ExecutionCounts::default(),
-        deletion: None,
+        ..Job::created(
+            &request.job_id,
+            request.namespace_id.as_deref(),
+            document,
+            targets,
+            now,
+        )
     };
     Ok(CreatePlan { job })
 }

@@ -218,27 +218,12 @@ fn files(what: String, source: std::io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ExecutionCounts, Job, JobStatus};
+    use crate::model::Job;
     use crate::store::Change;
 
     fn store_with_one_job(dir: &Path) {
         let store = Store::open(dir, 1 << 20).unwrap();
-        let job = Job {
-            job_id: "j1".into(),
-            namespace_id: None,
-            status: JobStatus::InProgress,
-            document: "{}".into(),
-            description: None,
-            targets: vec![],
-            created_at: 1,
-            last_updated_at: 1,
-            completed_at: None,
-            force_canceled: false,
-            reason_code: None,
-            comment: None,
-            counts: ExecutionCounts::default(),
-            deletion: None,
-        };
+        let job = Job::created("j1", None, "{}".into(), vec![], 1);
         store
             .commit(&Change {
                 job_after: Some(&job),

@@ -20,21 +20,10 @@ fn job(id: &str, namespace: Option<&str>, things: &[&str]) -> (Job, Vec<Executio
     let executions: Vec<Execution> = things.iter().map(|t| Execution::queued(id, t, 1)).collect();
     let mut counts = ExecutionCounts::default();
     executions.iter().for_each(|e| counts.add(e.status));
+    let targets = things.iter().map(|t| t.to_string()).collect();
     let job = Job {
-        job_id: id.into(),
-        namespace_id: namespace.map(str::to_owned),
-        status: JobStatus::InProgress,
-        document: "{}".into(),
-        description: None,
-        targets: things.iter().map(|t| t.to_string()).collect(),
-        created_at: 1,
-        last_updated_at: 1,
-        completed_at: None,
-        force_canceled: false,
-        reason_code: None,
-        comment: None,
         counts,
-        deletion: None,
+        ..Job::created(id, namespace, "{}".into(), targets, 1)
     };
     (job, executions)
 }

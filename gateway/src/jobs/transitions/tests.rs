@@ -9,21 +9,12 @@ const T0: i64 = 1_000_000;
 fn job(status: JobStatus, namespace: Option<&str>, executions: &[&Execution]) -> Job {
     let mut counts = ExecutionCounts::default();
     executions.iter().for_each(|e| counts.add(e.status));
+    let targets = executions.iter().map(|e| e.thing_name.clone()).collect();
+    let document = r#"{"op":"update"}"#.into();
     Job {
-        job_id: "j1".into(),
-        namespace_id: namespace.map(str::to_owned),
         status,
-        document: r#"{"op":"update"}"#.into(),
-        description: None,
-        targets: executions.iter().map(|e| e.thing_name.clone()).collect(),
-        created_at: T0,
-        last_updated_at: T0,
-        completed_at: None,
-        force_canceled: false,
-        reason_code: None,
-        comment: None,
         counts,
-        deletion: None,
+        ..Job::created("j1", namespace, document, targets, T0)
     }
 }
 

@@ -148,22 +148,9 @@ impl World {
                 if self.jobs.contains_key(&id) {
                     return None;
                 }
-                let mut created = Job {
-                    job_id: id.clone(),
-                    namespace_id: NAMESPACES[namespace].map(str::to_owned),
-                    status: JobStatus::InProgress,
-                    document: "{}".into(),
-                    description: None,
-                    targets: (0..THINGS).map(thing).collect(),
-                    created_at: now,
-                    last_updated_at: now,
-                    completed_at: None,
-                    force_canceled: false,
-                    reason_code: None,
-                    comment: None,
-                    counts: ExecutionCounts::default(),
-                    deletion: None,
-                };
+                let targets = (0..THINGS).map(thing).collect();
+                let mut created =
+                    Job::created(&id, NAMESPACES[namespace], "{}".into(), targets, now);
                 let executions: Vec<Execution> = (0..THINGS)
                     .map(|t| Execution::queued(&id, &thing(t), now))
                     .collect();
