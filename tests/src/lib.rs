@@ -187,6 +187,7 @@ impl Gateway {
     /// Starts `sprig run` again on the same config and data dir.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
+        let readies_before = self.ready_lines();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -201,10 +202,13 @@ impl Gateway {
             .spawn()
             .expect("spawn sprig run");
         self.child = Some(child);
-        self.wait_until_ready();
+        self.wait_until_ready(readies_before);
     }
 
-    fn wait_until_ready(&mut self) {
+    /// Waits for this run's "ready" line (the log had `readies_before` of them): the log is appended to
+    /// across restarts, and a gateway listens before its services take requests (a request sent in
+    /// between is not answered).
+    fn wait_until_ready(&mut self, readies_before: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -213,8 +217,8 @@ impl Gateway {
                     self.log()
                 );
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok()
-                && self.log().contains("ready")
+            if self.ready_lines() > readies_before
+                && TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok()
             {
                 return;
             }
@@ -225,6 +229,14 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// How many times the gateway said it was ready (once per run).
+    fn ready_lines(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|line| line.contains(" ready ") && line.contains("sprig "))
+            .count()
     }
 
     /// Everything the gateway logged so far.
