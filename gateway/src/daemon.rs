@@ -154,6 +154,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     // A service that failed to subscribe drops its sender; its task's error is reported at the end.
     let _ = tokio::join!(devices_ready, recoveries_ready, control_ready);
+    // Clients are let in only now: a request sent earlier would find no service to answer it.
+    broker.accept_clients();
     let plain = broker
         .local_addrs()
         .into_iter()

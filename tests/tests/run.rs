@@ -68,3 +68,50 @@ fn a_taken_port_is_refused_with_the_address() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&gateway.addr.to_string()), "{err}");
 }
+
+/// A client that connects while the gateway starts is let in only once the gateway serves: its CONNACK
+/// comes after the "ready" line, so a request it sends then is answered, not lost to services that had
+/// not subscribed yet.
+#[test]
+fn a_client_connecting_during_start_up_is_answered_once_the_gateway_is_ready() {
+    use sprig_tests::raw::{connect, read_packet};
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let port = sprig_tests::free_port();
+    let config = dir.path().join("gateway.toml");
+    let data_dir = dir.path().join("data");
+    std::fs::write(&config, config_for(&format!("127.0.0.1:{port}"), &data_dir)).unwrap();
+    let log_path = dir.path().join("sprig.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(sprig_tests::sprig_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // As early as the listener exists: the kernel completes the TCP handshake from its backlog.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut stream = loop {
+        if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            break stream;
+        }
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(&connect("early-1", None)).unwrap();
+    let (header, _) = read_packet(&mut stream);
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(header, 0x20, "a CONNACK");
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("sprig ") && l.contains(" ready ")),
+        "CONNACK before the gateway was ready:\n{logged}"
+    );
+}

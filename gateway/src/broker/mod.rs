@@ -151,6 +151,8 @@ pub(crate) struct Shared {
     logins: admission::Logins,
     /// Becomes true at shutdown (and errs when the [`Broker`] is dropped).
     shutdown: watch::Receiver<bool>,
+    /// Becomes true once clients may be accepted (see [`Broker::accept_clients`]).
+    accepting: watch::Receiver<bool>,
     /// Where persistent sessions are kept across restarts (none: in memory only).
     session_tree: Option<SessionTree>,
     /// Held while changed sessions are written, so batches land in the order they were taken.
@@ -203,6 +205,8 @@ pub struct Broker {
     alive: Mutex<Option<mpsc::Sender<()>>>,
     all_closed: tokio::sync::Mutex<mpsc::Receiver<()>>,
     next_internal: AtomicU64,
+    /// Opens the listeners to clients ([`Broker::accept_clients`]).
+    accepting_tx: watch::Sender<bool>,
 }
 
 impl Broker {
@@ -224,6 +228,13 @@ impl Broker {
         sessions: SessionTree,
     ) -> Result<Arc<Broker>, BrokerError> {
         Broker::start_with(config, auth, Some(sessions)).await
+    }
+
+    /// Starts accepting clients. Until then the listeners are bound (a bad address fails the start) but
+    /// connections wait in the kernel's backlog: the gateway opens them once its services take requests,
+    /// so that a request sent while it starts is answered, not lost.
+    pub fn accept_clients(&self) {
+        self.accepting_tx.send_replace(true);
     }
 
     async fn start_with(
@@ -261,6 +272,8 @@ impl Broker {
         })
         .map_err(|e| BrokerError::Link(format!("cannot start the router link thread: {e}")))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // `Broker::start` (no stored sessions: tests, tools) accepts at once; the daemon opens later.
+        let (accepting_tx, accepting) = watch::channel(session_tree.is_none());
         let shared = Arc::new(Shared {
             link_maker,
             link_names: Arc::default(),
@@ -281,6 +294,7 @@ impl Broker {
             password_checks: Arc::new(Semaphore::new(password_check_permits())),
             logins: admission::Logins::default(),
             shutdown: shutdown_rx,
+            accepting,
             session_tree,
             persisting: tokio::sync::Mutex::new(()),
         });
@@ -325,6 +339,7 @@ impl Broker {
             alive: Mutex::new(Some(alive)),
             all_closed: tokio::sync::Mutex::new(all_closed),
             next_internal: AtomicU64::new(0),
+            accepting_tx,
         }))
     }
 
@@ -460,6 +475,11 @@ async fn accept_loop(
     // Anonymous devices are allowed only on loopback listeners (decided by the listener, not the peer).
     let loopback = local.ip().is_loopback();
     let mut shutdown = shared.shutdown.clone();
+    let mut accepting = shared.accepting.clone();
+    tokio::select! {
+        () = stopped(&mut shutdown) => return,
+        opened = accepting.wait_for(|open| *open) => if opened.is_err() { return },
+    }
     loop {
         tokio::select! {
             () = stopped(&mut shutdown) => break,
