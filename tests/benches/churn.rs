@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sprig_test_support::settings::env_or;
-use sprig_tests::bench::{mib, raise_nofile, rss_kb};
-use sprig_tests::raw::{self, read_packet_async as read_packet};
+use sprig_tests::bench::{mib, raise_nofile, rss_kb, subscribed_device};
+use sprig_tests::raw;
 use sprig_tests::{release_bin, with_setting, Gateway};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -25,18 +25,8 @@ const SETTLE: Duration = Duration::from_secs(2);
 
 /// Connects `id`, subscribes to its notifications and returns the open socket.
 async fn device(addr: SocketAddr, id: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(&raw::connect(id, None)).await.unwrap();
-    let (connack, _) = read_packet(&mut stream).await.unwrap();
-    assert_eq!(connack, 0x20, "{id}: CONNACK");
     let filter = format!("$aws/things/{id}/jobs/+/notify-namespace-bench/");
-    stream
-        .write_all(&raw::subscribe(1, &[filter], 1))
-        .await
-        .unwrap();
-    let (suback, _) = read_packet(&mut stream).await.unwrap();
-    assert_eq!(suback, 0x90, "{id}: SUBACK");
-    stream
+    subscribed_device(addr, id, &filter).await
 }
 
 /// Connects the whole fleet, 100 at a time.

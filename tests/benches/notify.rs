@@ -12,10 +12,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sprig_test_support::settings::env_or;
-use sprig_tests::bench::raise_nofile;
-use sprig_tests::raw::{self, read_packet_async as read_packet};
+use sprig_tests::bench::{raise_nofile, subscribed_device};
+use sprig_tests::raw::read_packet_async as read_packet;
 use sprig_tests::{create_job, release_bin, with_setting, Gateway};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -26,18 +25,8 @@ const PER_DEVICE: usize = 2;
 
 /// Connects `thing` and subscribes to its jobs topics; returns the open socket.
 async fn device(addr: SocketAddr, thing: String) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(&raw::connect(&thing, None)).await.unwrap();
-    let (connack, _) = read_packet(&mut stream).await.unwrap();
-    assert_eq!(connack, 0x20, "{thing}: CONNACK");
     let filter = format!("$aws/things/{thing}/jobs/#");
-    stream
-        .write_all(&raw::subscribe(1, &[filter], 1))
-        .await
-        .unwrap();
-    let (suback, _) = read_packet(&mut stream).await.unwrap();
-    assert_eq!(suback, 0x90, "{thing}: SUBACK");
-    stream
+    subscribed_device(addr, &thing, &filter).await
 }
 
 /// Waits for the device's notifications: how many of [`PER_DEVICE`] came, and when the last did.

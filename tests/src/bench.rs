@@ -114,6 +114,28 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank - 1])
 }
 
+/// Connects device `id` (anonymous, on loopback), subscribes it to `filter` at QoS 1 and returns the
+/// open socket, once both were acknowledged.
+pub async fn subscribed_device(
+    addr: std::net::SocketAddr,
+    id: &str,
+    filter: &str,
+) -> tokio::net::TcpStream {
+    use crate::raw::{self, read_packet_async};
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&raw::connect(id, None)).await.unwrap();
+    let (connack, _) = read_packet_async(&mut stream).await.unwrap();
+    assert_eq!(connack, 0x20, "{id}: CONNACK");
+    stream
+        .write_all(&raw::subscribe(1, &[filter], 1))
+        .await
+        .unwrap();
+    let (suback, _) = read_packet_async(&mut stream).await.unwrap();
+    assert_eq!(suback, 0x90, "{id}: SUBACK");
+    stream
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
