@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 
 use sprig_tests::bench::{
     find_mosquitto, find_program, mib, peak_rss_kb, percentile, raise_nofile, reset_peak_rss,
-    rss_kb, sprig_release_bin,
+    rss_kb, spawn_broker, sprig_release_bin,
 };
 use sprig_tests::raw::{self, read_packet_async as read_packet};
 use sprig_tests::{config_for, create_job, free_port, with_setting, Operator, DEFAULT_CONFIG};
@@ -392,13 +392,7 @@ impl Broker {
                 (command, config_path)
             }
         };
-        let child = command
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", kind.name()));
+        let child = spawn_broker(&mut command, dir.path(), log, kind.name());
         CHILDREN.lock().unwrap().push(child.id());
         let mut broker = Broker {
             kind,

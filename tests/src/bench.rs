@@ -136,6 +136,22 @@ pub async fn subscribed_device(
     stream
 }
 
+/// Starts a broker process in `dir`, its output appended to `log`; panics naming `name` if it cannot.
+pub fn spawn_broker(
+    command: &mut std::process::Command,
+    dir: &Path,
+    log: std::fs::File,
+    name: &str,
+) -> std::process::Child {
+    command
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

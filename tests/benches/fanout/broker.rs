@@ -4,6 +4,7 @@
 //! killed (its log kept if `SPRIG_FANOUT_LOGS` says so) when dropped.
 
 use super::*;
+use sprig_tests::bench::spawn_broker;
 
 #[derive(Clone)]
 pub(super) enum BrokerKind {
@@ -78,13 +79,7 @@ impl Broker {
                 command
             }
         };
-        let child = command
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", kind.name()));
+        let child = spawn_broker(&mut command, dir.path(), log, kind.name());
         CHILDREN.lock().unwrap().push(child.id());
         let mut broker = Broker {
             label: format!("{}-{n}", kind.name()),
