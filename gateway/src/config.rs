@@ -583,8 +583,22 @@ impl UplinkConfig {
                     "must be a topic filter not starting with $ (the $ topics are sprig's own)",
                 );
             }
+            if crate::topic_filter::check_filter(&topic.pattern).is_err() {
+                return fail(&key("pattern"), "must be an MQTT topic filter");
+            }
             if topic.qos > 1 {
                 return fail(&key("qos"), "must be 0 or 1");
+            }
+            for (field, prefix) in [
+                ("local_prefix", &topic.local_prefix),
+                ("remote_prefix", &topic.remote_prefix),
+            ] {
+                if prefix.contains(['+', '#', '\0']) || prefix.starts_with('$') {
+                    return fail(
+                        &key(field),
+                        "must be the start of a topic: no wildcards, not starting with $",
+                    );
+                }
             }
         }
         Ok(())

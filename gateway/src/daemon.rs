@@ -70,7 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The uplink's settings and TLS files are read before anything starts: a bad one refuses the start.
     let uplink = match &config.uplink {
         Some(uplink) => {
-            let settings = uplink_settings(&config.gateway.id, uplink)?;
+            let settings = uplink_settings(&config.gateway.id, &data_dir, uplink)?;
             let options = uplink::mqtt_options(&settings)?;
             Some((settings, options, mpsc::unbounded_channel()))
         }
@@ -134,24 +134,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             control::serve(broker, services, &jobs, shutdown, control_subscribed).await
         })
     };
-    let uplink = uplink.map(|(settings, options, (_, changes))| {
-        let sources = uplink::Sources {
-            changes,
-            presence: broker.presence_events(),
-        };
-        let services = control::Services {
-            engine: engine.clone(),
-            handlers: handlers.clone(),
-        };
-        let requests = control::Requests::new(services, &config.jobs);
-        tokio::spawn(uplink::run(
-            settings,
-            options,
-            requests,
-            sources,
-            shutdown.clone(),
-        ))
-    });
+    // Before clients are let in: the uplink's `out` topics are copied to its spool from the first one.
+    let uplink = match uplink {
+        Some((settings, options, (_, changes))) => {
+            let services = control::Services {
+                engine: engine.clone(),
+                handlers: handlers.clone(),
+            };
+            let requests = control::Requests::new(services, &config.jobs);
+            let started = uplink::start(
+                settings,
+                options,
+                requests,
+                changes,
+                &broker,
+                shutdown.clone(),
+            );
+            Some(started.await?)
+        }
+        None => None,
+    };
     // A service that failed to subscribe drops its sender; its task's error is reported at the end.
     let _ = tokio::join!(devices_ready, recoveries_ready, control_ready);
     // Clients are let in only now: a request sent earlier would find no service to answer it.
@@ -234,9 +236,10 @@ pub fn engine_limits(jobs: &JobsConfig) -> Limits {
 }
 
 /// The uplink's settings from `[uplink]`: the defaults that follow the gateway's id filled in, the fleet's
-/// operator grants, the queue bound.
+/// operator grants, the spool under `data_dir`.
 pub fn uplink_settings(
     gateway_id: &str,
+    data_dir: &std::path::Path,
     config: &crate::config::UplinkConfig,
 ) -> anyhow::Result<uplink::Settings> {
     let url = config
@@ -258,9 +261,14 @@ pub fn uplink_settings(
         }),
         reconnect_max: Duration::from_secs(config.reconnect_max_s),
         keep_alive: Duration::from_secs(config.keep_alive_s),
-        queue_bytes: usize::try_from(config.spool_mb << 20).unwrap_or(usize::MAX),
+        spool_dir: data_dir.join(UPLINK_SPOOL_DIR),
+        spool_bytes: config.spool_mb << 20,
+        bridge: uplink::bridge::Bridge::new(config.topics.clone()),
     })
 }
+
+/// The uplink's spool, under the data directory.
+pub const UPLINK_SPOOL_DIR: &str = "uplink";
 
 /// The operator the fleet is, through the uplink, to the control API (in its messages and its rate).
 pub const UPLINK_OPERATOR: &str = "uplink";

@@ -60,6 +60,7 @@ use links::LinkName;
 pub use direct::{Deliveries, Delivery};
 pub use internal::{InternalClient, InternalReceiver, InternalSender};
 pub use sessions::Sessions;
+pub use taps::Copied;
 pub use topics::matches as topic_matches;
 
 /// Router connections reserved beyond `max_connections` for internal clients and session takeovers.
@@ -367,6 +368,14 @@ impl Broker {
         let client_id = format!("~sprig-{label}-{n}");
         let (link_tx, link_rx, _ack) = self.shared.link_maker.open(&client_id).await?;
         Ok(InternalClient::new(link_tx, link_rx, self.shared.clone()))
+    }
+
+    /// From now on, what clients publish on routed topics (not `$`) matching `filter` is handed to `queue`
+    /// before the router has it, and the publisher's acknowledgement waits until the service confirms
+    /// through [`Copied::taken`] (the uplink's `out` topics: on disk before the device's PUBACK). Last
+    /// wills are copied too, without waiting. A full queue holds the publishers back.
+    pub fn copy_routed(&self, filter: &str, queue: mpsc::Sender<Copied>) {
+        self.shared.taps.add_copy(filter, queue);
     }
 
     /// The live client connections: client id -> [`Principal`](crate::auth::Principal).

@@ -9,11 +9,16 @@
 //! from the control API. Here a publish is matched against the handful of taps and handed to each match's
 //! queue; nothing is kept. A full queue makes the publisher wait (its connection's reader stops reading
 //! until the service caught up), which slows the client down instead of losing its request.
+//!
+//! Copies: a service may also want what clients publish on *routed* topics, before the router has it
+//! (the uplink's `out` topics, spooled to disk before the client's acknowledgement): a matching publish
+//! is handed to the service's queue as a [`Copied`], and the reader waits until the service confirms it
+//! took the message before the router (which acknowledges to the client) sees it.
 
 use std::sync::RwLock;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::topics::matches;
 
@@ -23,10 +28,25 @@ pub(crate) const TAP_QUEUE: usize = 1024;
 /// A message on its way to a tap: (external topic, payload).
 pub(crate) type Tapped = (String, Bytes);
 
-/// The registered taps: (filter, queue of the service that subscribed).
+/// A client's publish on a routed topic, copied to a service before it is routed (see the module's
+/// documentation).
+#[derive(Debug)]
+pub struct Copied {
+    /// The topic as the client published it.
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    /// Send `()` once the message is taken (the publisher's acknowledgement waits for it); `None` for a
+    /// last will, which nobody waits for.
+    pub taken: Option<oneshot::Sender<()>>,
+}
+
+/// The registered taps: (filter, queue of the service that subscribed); and the copies of routed topics.
 #[derive(Debug, Default)]
 pub(crate) struct Taps {
     entries: RwLock<Vec<(String, mpsc::Sender<Tapped>)>>,
+    copies: RwLock<Vec<(String, mpsc::Sender<Copied>)>>,
 }
 
 impl Taps {
@@ -72,6 +92,67 @@ impl Taps {
                 queue.try_send((topic.to_owned(), payload.clone()))
             {
                 tracing::warn!(topic, "a gateway service's queue is full: message dropped");
+            }
+        }
+    }
+}
+
+impl Taps {
+    /// From now on, what clients publish on routed topics matching `filter` is copied to `queue` first.
+    pub(crate) fn add_copy(&self, filter: &str, queue: mpsc::Sender<Copied>) {
+        let mut copies = self.copies.write().unwrap_or_else(|e| e.into_inner());
+        copies.retain(|(_, q)| !q.is_closed());
+        copies.push((filter.to_owned(), queue));
+    }
+
+    /// Whether a publish on `topic` is copied to some service (cheap when no copies are registered).
+    pub(crate) fn copies(&self, topic: &str) -> bool {
+        let copies = self.copies.read().unwrap_or_else(|e| e.into_inner());
+        copies.iter().any(|(filter, _)| matches(topic, filter))
+    }
+
+    fn copy_queues(&self, topic: &str) -> Vec<mpsc::Sender<Copied>> {
+        let copies = self.copies.read().unwrap_or_else(|e| e.into_inner());
+        copies
+            .iter()
+            .filter(|(filter, _)| matches(topic, filter))
+            .map(|(_, queue)| queue.clone())
+            .collect()
+    }
+
+    /// Copies a client's publish to every matching service and waits until each took it (a service that
+    /// ended is skipped).
+    pub(crate) async fn copy(&self, topic: &str, payload: &Bytes, qos: u8, retain: bool) {
+        for queue in self.copy_queues(topic) {
+            let (taken, confirmed) = oneshot::channel();
+            let copied = Copied {
+                topic: topic.to_owned(),
+                payload: payload.clone(),
+                qos,
+                retain,
+                taken: Some(taken),
+            };
+            if queue.send(copied).await.is_ok() {
+                let _ = confirmed.await;
+            }
+        }
+    }
+
+    /// [`Taps::copy`] for a last will, from code that cannot wait: a full queue drops it, logged.
+    pub(crate) fn copy_now(&self, topic: &str, payload: &Bytes, retain: bool) {
+        for queue in self.copy_queues(topic) {
+            let copied = Copied {
+                topic: topic.to_owned(),
+                payload: payload.clone(),
+                qos: 0,
+                retain,
+                taken: None,
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send(copied) {
+                tracing::warn!(
+                    topic,
+                    "a gateway service's queue is full: last will not copied"
+                );
             }
         }
     }
@@ -124,5 +205,41 @@ mod tests {
             1
         );
         assert!(live_rx.recv().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_routed_publish_is_copied_and_the_publisher_waits_until_it_is_taken() {
+        let taps = std::sync::Arc::new(Taps::default());
+        assert!(!taps.copies("dt/t1/temp"), "nothing registered");
+        let (queue, mut copies) = mpsc::channel(4);
+        taps.add_copy("dt/#", queue);
+        assert!(taps.copies("dt/t1/temp") && !taps.copies("cmd/t1"));
+
+        let publisher = tokio::spawn({
+            let taps = taps.clone();
+            async move {
+                let payload = Bytes::from_static(b"21.5");
+                taps.copy("dt/t1/temp", &payload, 1, true).await
+            }
+        });
+        let copied = copies.recv().await.unwrap();
+        assert_eq!(
+            (
+                copied.topic.as_str(),
+                &copied.payload[..],
+                copied.qos,
+                copied.retain
+            ),
+            ("dt/t1/temp", &b"21.5"[..], 1, true)
+        );
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !publisher.is_finished(),
+            "the publisher waits for the copy to be taken"
+        );
+        copied.taken.unwrap().send(()).unwrap();
+        publisher.await.unwrap();
     }
 }

@@ -1,34 +1,41 @@
 //! The fleet uplink: one MQTT connection out to the fleet's broker (rumqttc), owned here with what
 //! travels on it. Down come control requests on `{prefix}/control/{Operation}`, answered through the
 //! same [`control::Requests`] as the local listener's, the uplink acting as an operator with the
-//! configured grants and its own request rate; up go the engine's [`StatusChange`]s and the broker's
-//! presence events under `{prefix}/events/...`, and `{prefix}/status` (retained; the connection's will
-//! says offline). The uplink only reads: it never writes the jobs store. The link reconnects by itself
-//! with exponential backoff and jitter ([`backoff`]) on a task of its own, so a dead fleet broker never
-//! holds up local traffic: what goes up while the link is down waits in memory, bounded by `spool_mb`,
-//! oldest dropped first (the durable spool is not built yet: README, Uplink).
+//! configured grants and its own request rate, and the `in` topics of `[[uplink.topics]]`, published on
+//! the local broker ([`bridge`]). Up go the engine's [`StatusChange`]s and the broker's presence events
+//! under `{prefix}/events/...` and what local clients publish on the `out` topics, all through the
+//! durable [`spool`] (an `out` publish is on disk before the client's PUBACK), sent in order from the
+//! spool's cursor with a bounded [`window`] in flight; and `{prefix}/status` (retained; the connection's
+//! will says offline). The uplink only reads the jobs store, never writes it. The connection ([`link`])
+//! reconnects by itself with exponential backoff and jitter ([`backoff`]) on a task of its own, so a dead
+//! fleet broker never holds up local traffic.
 
 pub mod backoff;
+pub mod bridge;
 pub mod events;
+mod link;
+pub mod spool;
+pub mod window;
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
-    Packet, QoS, TlsConfiguration, Transport,
-};
+use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::auth::Operator;
+use crate::broker::{Broker, Copied, InternalSender};
 use crate::config::UplinkUrl;
 use crate::control;
 use crate::jobs::clock::now_ms;
 use crate::jobs::StatusChange;
 use backoff::Backoff;
+use bridge::Bridge;
+use link::LinkEvent;
+use spool::{Record, Spool, SpoolHandle};
+use window::Window;
 
 /// Where the system's CA certificates usually are, when `ca_file` is not given.
 const SYSTEM_CA_BUNDLES: [&str; 3] = [
@@ -37,8 +44,8 @@ const SYSTEM_CA_BUNDLES: [&str; 3] = [
     "/etc/ssl/cert.pem",
 ];
 
-/// Requests the rumqttc client queues before the eventloop takes them.
-const CLIENT_QUEUE: usize = 1024;
+/// Local `out` publishes the uplink may be behind by before their publishers wait.
+const COPY_QUEUE: usize = 1024;
 
 /// The uplink's settings, built by the daemon from `[uplink]`.
 #[derive(Debug, Clone)]
@@ -56,8 +63,12 @@ pub struct Settings {
     pub operator: Arc<Operator>,
     pub reconnect_max: Duration,
     pub keep_alive: Duration,
-    /// Bytes (topics and payloads) waiting to go up that are kept while the link is down.
-    pub queue_bytes: usize,
+    /// Where the spool's files are (`{data_dir}/uplink`).
+    pub spool_dir: PathBuf,
+    /// The bound of the spool's files, in bytes (`spool_mb`).
+    pub spool_bytes: u64,
+    /// `[[uplink.topics]]`.
+    pub bridge: Bridge,
 }
 
 /// Why the uplink cannot start.
@@ -74,6 +85,13 @@ pub enum UplinkError {
         SYSTEM_CA_BUNDLES.join(", ")
     )]
     NoCa,
+    #[error("uplink: cannot open the spool in {path}: {source}")]
+    Spool {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("uplink: the local broker refused the uplink's client: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
 }
 
 /// The rumqttc options for `settings`: identity, will, TLS (files read now).
@@ -83,6 +101,7 @@ pub fn mqtt_options(settings: &Settings) -> Result<MqttOptions, UplinkError> {
     options.set_keep_alive(settings.keep_alive);
     options.set_clean_session(true);
     options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_inflight(window::WINDOW as u16);
     if let Some(username) = &settings.username {
         options.set_credentials(username, settings.password.as_deref().unwrap_or(""));
     }
@@ -123,238 +142,327 @@ pub fn mqtt_options(settings: &Settings) -> Result<MqttOptions, UplinkError> {
     Ok(options)
 }
 
-/// What the uplink listens to locally.
-pub struct Sources {
-    pub changes: mpsc::UnboundedReceiver<StatusChange>,
-    pub presence: broadcast::Receiver<(String, Bytes)>,
-}
-
-/// Runs the uplink until `shutdown` turns true; then it says offline on `{prefix}/status` and disconnects.
-pub async fn run(
+/// Starts the uplink: opens the spool, has the broker copy the `out` topics to it (from the first client
+/// on, so call this before clients are let in), and runs until `shutdown` turns true; then it says
+/// offline on `{prefix}/status` and disconnects.
+pub async fn start(
     settings: Settings,
     options: MqttOptions,
     requests: control::Requests,
-    mut sources: Sources,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
-    let (link_tx, mut link) = mpsc::channel(64);
-    let driver = tokio::spawn(drive(
-        eventloop,
-        settings.url.clone(),
-        Backoff::new(settings.reconnect_max),
-        link_tx,
-    ));
-    let requests = Arc::new(requests);
-    let mut outbox = Outbox::new(settings.queue_bytes);
-    let mut connected = false;
-    // A client queue found full is tried again on this tick.
-    let mut retry = tokio::time::interval(Duration::from_millis(100));
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            _ = retry.tick(), if connected && !outbox.messages.is_empty() => {}
-            event = link.recv() => match event {
-                None => break,
-                Some(LinkEvent::Connected) => {
-                    connected = true;
-                    on_connect(&settings, &client);
-                }
-                Some(LinkEvent::Lost) => connected = false,
-                Some(LinkEvent::Request(topic, payload)) => {
-                    if let Some(operation) = events::control_operation(&settings.prefix, &topic) {
-                        let (client, requests) = (client.clone(), requests.clone());
-                        let operator = settings.operator.clone();
-                        let caller = settings.client_id.clone();
-                        let operation = operation.to_owned();
-                        tokio::spawn(async move {
-                            let reply = requests.answer(Some(operator), &caller, &operation, &payload).await;
-                            let suffix = if reply.accepted { "accepted" } else { "rejected" };
-                            let topic = format!("{topic}/{suffix}");
-                            if let Err(e) = client.publish_bytes(topic, QoS::AtLeastOnce, false, reply.body).await {
-                                tracing::warn!(operation, error = %e, "uplink: could not queue a control reply");
-                            }
-                        });
+    changes: mpsc::UnboundedReceiver<StatusChange>,
+    broker: &Broker,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, UplinkError> {
+    let (dir, bound) = (settings.spool_dir.clone(), settings.spool_bytes);
+    let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, bound)).await;
+    let spool_error = |source| UplinkError::Spool {
+        path: settings.spool_dir.clone(),
+        source,
+    };
+    let spool = opened
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .and_then(spool::spawn)
+        .map_err(spool_error)?;
+    let (copies_tx, copies) = mpsc::channel(COPY_QUEUE);
+    for filter in settings.bridge.local_filters() {
+        broker.copy_routed(&filter, copies_tx.clone());
+    }
+    let (local, _) = broker.internal_client("uplink").await?.split();
+    let sources = Sources {
+        changes,
+        presence: broker.presence_events(),
+        copies,
+    };
+    let (replies_tx, replies) = mpsc::channel(CLIENT_REPLIES);
+    let uplink = Uplink {
+        window: Window::default(),
+        client: None,
+        spool,
+        local,
+        requests: Arc::new(requests),
+        replies: replies_tx,
+        settings,
+    };
+    Ok(tokio::spawn(
+        uplink.run(options, sources, replies, shutdown),
+    ))
+}
+
+/// Control replies waiting to be handed to the connection.
+const CLIENT_REPLIES: usize = 256;
+
+/// What the uplink listens to locally.
+struct Sources {
+    changes: mpsc::UnboundedReceiver<StatusChange>,
+    presence: broadcast::Receiver<(String, Bytes)>,
+    copies: mpsc::Receiver<Copied>,
+}
+
+/// The uplink's state, owned by its task.
+struct Uplink {
+    settings: Settings,
+    spool: SpoolHandle,
+    window: Window,
+    /// The connected client; `None` while the link is down.
+    client: Option<AsyncClient>,
+    /// Publishes the `in` topics on the local broker.
+    local: InternalSender,
+    requests: Arc<control::Requests>,
+    replies: mpsc::Sender<(String, Bytes)>,
+}
+
+impl Uplink {
+    async fn run(
+        mut self,
+        options: MqttOptions,
+        mut sources: Sources,
+        mut replies: mpsc::Receiver<(String, Bytes)>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (link_tx, mut link) = mpsc::channel(256);
+        let backoff = Backoff::new(self.settings.reconnect_max);
+        let driver = tokio::spawn(link::drive(
+            options,
+            self.settings.url.clone(),
+            backoff,
+            link_tx,
+        ));
+        let mut position = self.spool.position();
+        loop {
+            tokio::select! {
+                // (The guard `wait_for` returns is dropped here: it may not live across an await.)
+                _ = async { shutdown.wait_for(|stop| *stop).await.is_ok() } => break,
+                event = link.recv() => match event {
+                    Some(event) => {
+                        let spool_cursor = position.borrow().acked;
+                        self.on_link(event, spool_cursor).await
                     }
+                    None => break,
+                },
+                // New records in the spool: sent below if the window has room.
+                Ok(()) = position.changed() => {}
+                Some(change) = sources.changes.recv() => {
+                    let (topic, payload) = events::status_change(&self.settings.prefix, &change);
+                    self.spool_event(topic, payload).await;
                 }
-            },
-            change = sources.changes.recv() => match change {
-                Some(change) => outbox.push(events::status_change(&settings.prefix, &change)),
-                None => break,
-            },
-            presence = sources.presence.recv() => match presence {
-                Ok((topic, body)) => {
-                    if let Some(topic) = events::presence(&settings.prefix, &topic) {
-                        outbox.push((topic, body));
+                presence = sources.presence.recv() => match presence {
+                    Ok((topic, body)) => {
+                        if let Some(topic) = events::presence(&self.settings.prefix, &topic) {
+                            self.spool_event(topic, body).await;
+                        }
                     }
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "uplink: presence events missed (the uplink fell behind)");
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "uplink: presence events missed (the uplink fell behind)");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {}
+                },
+                Some(copied) = sources.copies.recv() => self.spool_copy(copied).await,
+                Some((topic, body)) = replies.recv() => self.publish_own(topic, body, false),
+            }
+            let spooled = position.borrow_and_update().next_seq;
+            self.fill_window(spooled).await;
         }
-        if connected {
-            outbox.hand_to(&client);
+        self.say_offline_and_disconnect(driver, link).await;
+    }
+
+    async fn on_link(&mut self, event: LinkEvent, spool_cursor: u64) {
+        match event {
+            LinkEvent::Connected(client) => {
+                // Resent from the cursor: what the last connection had in flight may come twice.
+                self.window.reset(self.window.cursor().max(spool_cursor));
+                self.client = Some(client);
+                self.on_connect();
+            }
+            LinkEvent::Lost => self.client = None,
+            LinkEvent::Message(topic, payload) => self.on_message(topic, payload).await,
+            LinkEvent::WentOut(pkid) => {
+                if let Some(cursor) = self.window.went_out(pkid) {
+                    self.acknowledge(cursor).await;
+                }
+            }
+            LinkEvent::Acknowledged(pkid) => {
+                if let Some(cursor) = self.window.acknowledged(pkid) {
+                    self.acknowledge(cursor).await;
+                }
+            }
         }
     }
-    let (topic, offline) = events::status(&settings.prefix, &settings.client_id, false, now_ms());
-    let _ = client.try_publish(topic, QoS::AtLeastOnce, true, offline.to_vec());
-    let _ = client.try_disconnect();
-    // The eventloop sends both, then ends the connection; a dead link leaves it to the will.
-    if tokio::time::timeout(Duration::from_secs(2), driver)
-        .await
-        .is_err()
-    {
-        tracing::info!("uplink: the fleet broker did not take the offline status within 2 s");
-    }
-}
 
-/// On each (re)connection: take control requests, say online (retained).
-fn on_connect(settings: &Settings, client: &AsyncClient) {
-    let filter = format!("{}/control/+", settings.prefix);
-    if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
-        tracing::warn!(error = %e, "uplink: cannot subscribe to control requests");
+    /// On each connection: take control requests and the `in` topics, say online (retained).
+    fn on_connect(&mut self) {
+        let Some(client) = &self.client else { return };
+        let mut filters = vec![(format!("{}/control/+", self.settings.prefix), 1)];
+        filters.extend(self.settings.bridge.remote_filters());
+        let filters = filters
+            .into_iter()
+            .map(|(filter, qos)| rumqttc::SubscribeFilter::new(filter, qos_of(qos)));
+        if let Err(e) = client.try_subscribe_many(filters) {
+            tracing::warn!(error = %e, "uplink: cannot subscribe to control requests");
+        }
+        let (topic, online) = events::status(
+            &self.settings.prefix,
+            &self.settings.client_id,
+            true,
+            now_ms(),
+        );
+        self.publish_own(topic, online, true);
     }
-    let (topic, online) = events::status(&settings.prefix, &settings.client_id, true, now_ms());
-    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, true, online.to_vec()) {
-        tracing::warn!(error = %e, "uplink: cannot publish the online status");
-    }
-}
 
-/// What the connection's driver tells the uplink.
-enum LinkEvent {
-    Connected,
-    Lost,
-    Request(String, Bytes),
-}
-
-/// Polls the rumqttc eventloop, which reconnects on the poll after an error; waits the backoff between
-/// attempts, logging each failure once. Ends after a clean disconnect or when the uplink is gone.
-async fn drive(
-    mut eventloop: EventLoop,
-    url: UplinkUrl,
-    mut backoff: Backoff,
-    link: mpsc::Sender<LinkEvent>,
-) {
-    let endpoint = format!(
-        "{}://{}:{}",
-        if url.tls { "mqtts" } else { "mqtt" },
-        url.host,
-        url.port
-    );
-    let mut up = false;
-    loop {
-        let event = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
-                backoff.reset();
-                up = true;
-                tracing::info!(endpoint, "uplink: connected to the fleet broker");
-                LinkEvent::Connected
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                LinkEvent::Request(publish.topic, publish.payload)
-            }
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-            Ok(_) => continue,
-            Err(error) => {
-                let wait = backoff.failed(&mut rand::thread_rng());
-                let retry_in_ms = wait.as_millis() as u64;
-                match &error {
-                    ConnectionError::ConnectionRefused(code) => tracing::warn!(
-                        endpoint,
-                        refused = ?code,
-                        retry_in_ms,
-                        "uplink: the fleet broker refused the login; check uplink.client_id, \
-                         username/password or the client certificate"
-                    ),
-                    _ if up => {
-                        tracing::warn!(endpoint, error = %error, retry_in_ms, "uplink: lost the fleet broker")
-                    }
-                    _ => {
-                        tracing::warn!(endpoint, error = %error, retry_in_ms, "uplink: cannot reach the fleet broker")
-                    }
-                }
-                if up && link.send(LinkEvent::Lost).await.is_err() {
-                    return;
-                }
-                up = false;
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-        };
-        if link.send(event).await.is_err() {
+    /// A message from the fleet: a control request, answered on its own task, or an `in` topic.
+    async fn on_message(&mut self, topic: String, payload: Bytes) {
+        if let Some(operation) = events::control_operation(&self.settings.prefix, &topic) {
+            let (requests, replies) = (self.requests.clone(), self.replies.clone());
+            let operator = self.settings.operator.clone();
+            let caller = self.settings.client_id.clone();
+            let operation = operation.to_owned();
+            tokio::spawn(async move {
+                let reply = requests
+                    .answer(Some(operator), &caller, &operation, &payload)
+                    .await;
+                let suffix = if reply.accepted {
+                    "accepted"
+                } else {
+                    "rejected"
+                };
+                let _ = replies
+                    .send((format!("{topic}/{suffix}"), reply.body))
+                    .await;
+            });
             return;
         }
-    }
-}
-
-/// What waits to go up while the link is down (or the client's queue is full): in memory, bounded in
-/// bytes, oldest dropped first.
-struct Outbox {
-    messages: VecDeque<(String, Bytes)>,
-    bytes: usize,
-    limit: usize,
-    dropped: u64,
-}
-
-impl Outbox {
-    fn new(limit: usize) -> Outbox {
-        Outbox {
-            messages: VecDeque::new(),
-            bytes: 0,
-            limit,
-            dropped: 0,
-        }
-    }
-
-    fn push(&mut self, message: (String, Bytes)) {
-        self.bytes += message.0.len() + message.1.len();
-        self.messages.push_back(message);
-        while self.bytes > self.limit {
-            let Some((topic, body)) = self.messages.pop_front() else {
-                break;
-            };
-            self.bytes -= topic.len() + body.len();
-            self.dropped += 1;
-            if self.dropped.is_power_of_two() {
-                tracing::warn!(
-                    dropped = self.dropped,
-                    limit_bytes = self.limit,
-                    "uplink: the queue of messages to the fleet is full; dropped the oldest"
-                );
-            }
-        }
-    }
-
-    /// Hands messages to the client, in order, until its queue is full.
-    fn hand_to(&mut self, client: &AsyncClient) {
-        while let Some((topic, body)) = self.messages.pop_front() {
-            let size = topic.len() + body.len();
-            match client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, body.to_vec()) {
-                Ok(()) => self.bytes -= size,
-                Err(_) => {
-                    self.messages.push_front((topic, body));
-                    return;
+        match self.settings.bridge.incoming(&topic) {
+            Some(local) => {
+                if let Err(e) = self.local.publish(&local, payload).await {
+                    tracing::warn!(topic = local, error = %e, "uplink: cannot publish locally");
                 }
             }
+            None => tracing::debug!(topic, "uplink: a message on no bridged topic, ignored"),
+        }
+    }
+
+    /// An event for the fleet, into the spool (QoS 1, not retained).
+    async fn spool_event(&mut self, topic: String, payload: Bytes) {
+        let record = Record {
+            topic,
+            payload,
+            qos: 1,
+            retain: false,
+        };
+        if self.spool.push(record, None).await.is_err() {
+            tracing::warn!("uplink: the spool stopped; an event for the fleet is lost");
+        }
+    }
+
+    /// A local client's publish on an `out` topic, into the spool; its publisher is told once it is on
+    /// disk.
+    async fn spool_copy(&mut self, copied: Copied) {
+        let Copied {
+            topic,
+            payload,
+            retain,
+            taken,
+            ..
+        } = copied;
+        let Some((topic, qos)) = self.settings.bridge.outgoing(&topic) else {
+            if let Some(taken) = taken {
+                let _ = taken.send(());
+            }
+            return;
+        };
+        let record = Record {
+            topic,
+            payload,
+            qos,
+            retain,
+        };
+        // A stopped spool drops `taken` unanswered: the publisher goes on, the copy is lost (logged).
+        if self.spool.push(record, taken).await.is_err() {
+            tracing::warn!("uplink: the spool stopped; a message for the fleet is lost");
+        }
+    }
+
+    async fn acknowledge(&mut self, cursor: u64) {
+        if self.spool.acknowledge(cursor).await.is_err() {
+            tracing::warn!("uplink: the spool stopped; its cursor cannot move");
+        }
+    }
+
+    /// Hands spooled records to the connection while the window has room.
+    async fn fill_window(&mut self, spooled: u64) {
+        let room = self.window.room();
+        if self.client.is_none() || room == 0 || self.window.next() >= spooled {
+            return;
+        }
+        let Ok(records) = self.spool.read(self.window.next(), room).await else {
+            return;
+        };
+        let Some(client) = &self.client else { return };
+        for (seq, record) in records {
+            let sent = client.try_publish(
+                record.topic,
+                qos_of(record.qos),
+                record.retain,
+                record.payload.to_vec(),
+            );
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "uplink: the connection takes no more now");
+                break;
+            }
+            self.window.handed_record(seq, record.qos);
+        }
+    }
+
+    /// One of the uplink's own messages (status, control replies): QoS 1, not spooled.
+    fn publish_own(&mut self, topic: String, body: Bytes, retain: bool) {
+        let Some(client) = &self.client else {
+            tracing::debug!(
+                topic,
+                "uplink: not connected; a reply to the fleet is dropped"
+            );
+            return;
+        };
+        match client.try_publish(topic, QoS::AtLeastOnce, retain, body.to_vec()) {
+            Ok(()) => self.window.handed_own(),
+            Err(e) => tracing::warn!(error = %e, "uplink: could not queue a message to the fleet"),
+        }
+    }
+
+    async fn say_offline_and_disconnect(
+        self,
+        driver: tokio::task::JoinHandle<()>,
+        mut link: mpsc::Receiver<LinkEvent>,
+    ) {
+        if let Some(client) = &self.client {
+            let (topic, offline) = events::status(
+                &self.settings.prefix,
+                &self.settings.client_id,
+                false,
+                now_ms(),
+            );
+            let _ = client.try_publish(topic, QoS::AtLeastOnce, true, offline.to_vec());
+            let _ = client.try_disconnect();
+        }
+        drop(self);
+        // The eventloop sends both, then ends the connection (and the driver); a dead link leaves it to
+        // the will.
+        let drain = async { while link.recv().await.is_some() {} };
+        let abort = driver.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), async {
+            tokio::join!(driver, drain)
+        })
+        .await
+        .is_err()
+        {
+            abort.abort();
+            tracing::info!("uplink: the fleet broker did not take the offline status within 2 s");
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_outbox_drops_the_oldest_beyond_its_bound() {
-        let mut outbox = Outbox::new(30);
-        for i in 0..4 {
-            outbox.push((format!("t/{i}"), Bytes::from_static(b"0123456789")));
-        }
-        let topics: Vec<&str> = outbox.messages.iter().map(|(t, _)| t.as_str()).collect();
-        assert_eq!(topics, ["t/2", "t/3"]);
-        assert_eq!((outbox.dropped, outbox.bytes), (2, 26));
+fn qos_of(qos: u8) -> QoS {
+    match qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
     }
 }

@@ -456,6 +456,7 @@ impl Client {
             self.shared.taps.dispatch_now(topic, will.message);
             return;
         }
+        self.shared.taps.copy_now(topic, &will.message, will.retain);
         let publish = Publish::new(Bytes::from(to_internal(topic)), will.message, will.retain);
         send_now(self.link.tx(), Packet::Publish(publish, None));
     }
@@ -565,6 +566,7 @@ impl Client {
             let Inbound {
                 to_router,
                 to_taps,
+                copy,
                 reply,
                 granted,
                 denied,
@@ -589,6 +591,17 @@ impl Client {
                 if to_writer.send(reply).await.is_err() {
                     return ReaderEnd::Lost(DisconnectReason::ConnectionLost, "writer gone".into());
                 }
+            }
+            if let Some(Copy {
+                topic,
+                payload,
+                qos,
+                retain,
+            }) = copy
+            {
+                // Before the router has it, as the router acknowledges it: a client that got its
+                // PUBACK may count on the copy (the uplink's spool) having been taken.
+                self.shared.taps.copy(&topic, &payload, qos, retain).await;
             }
             if let Some(packet) = to_router {
                 if self.link.tx().send(packet).await.is_err() {
@@ -626,13 +639,22 @@ impl Client {
             return self.gateway_publish(topic, publish);
         }
         if !is_reserved(&topic) && self.may_publish(&topic) {
+            let copy = self.shared.taps.copies(&topic).then(|| Copy {
+                payload: publish.payload.clone(),
+                qos: qos_and_pkid(&publish).0,
+                retain: publish.retain,
+                topic: topic.clone(),
+            });
             publish.topic = Bytes::from(to_internal(&topic));
             // Topic aliases are not offered (CONNACK), so a client-sent alias is ignored, not recorded.
             let props = props.map(|mut p| {
                 p.topic_alias = None;
                 p
             });
-            return Inbound::forward(Packet::Publish(publish, props));
+            return Inbound {
+                copy,
+                ..Inbound::forward(Packet::Publish(publish, props))
+            };
         }
         tracing::warn!(client_id = self.client_id, topic, "publish denied");
         match qos_and_pkid(&publish) {
@@ -833,12 +855,22 @@ impl Client {
     }
 }
 
+/// A routed publish to be copied to the services that asked (see `taps`), in the client's form.
+struct Copy {
+    topic: String,
+    payload: Bytes,
+    qos: u8,
+    retain: bool,
+}
+
 /// What the reader does with one inbound packet: push it to the router, answer the client, or both.
 #[derive(Default)]
 struct Inbound {
     to_router: Option<Packet>,
     /// A client's publish for the gateway's services (see `taps`).
     to_taps: Option<(String, Bytes)>,
+    /// A routed publish that a service wants a copy of first (see `taps`).
+    copy: Option<Copy>,
     reply: Option<Packet>,
     /// The reply is a SUBACK granting these filters: reported once it is written.
     granted: Option<Vec<String>>,
