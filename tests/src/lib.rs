@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod device;
 pub mod fuzz;
+pub mod mosquitto;
 pub mod procfs;
 pub mod tmpfs;
 

@@ -111,13 +111,17 @@ impl Taps {
         copies.iter().any(|(filter, _)| matches(topic, filter))
     }
 
+    /// The queues of the copies whose filters match `topic`, each once (a service that registered
+    /// overlapping filters gets one copy).
     fn copy_queues(&self, topic: &str) -> Vec<mpsc::Sender<Copied>> {
         let copies = self.copies.read().unwrap_or_else(|e| e.into_inner());
-        copies
-            .iter()
-            .filter(|(filter, _)| matches(topic, filter))
-            .map(|(_, queue)| queue.clone())
-            .collect()
+        let mut queues: Vec<mpsc::Sender<Copied>> = Vec::new();
+        for (filter, queue) in copies.iter() {
+            if matches(topic, filter) && !queues.iter().any(|q| q.same_channel(queue)) {
+                queues.push(queue.clone());
+            }
+        }
+        queues
     }
 
     /// Copies a client's publish to every matching service and waits until each took it (a service that
@@ -212,7 +216,8 @@ mod tests {
         let taps = std::sync::Arc::new(Taps::default());
         assert!(!taps.copies("dt/t1/temp"), "nothing registered");
         let (queue, mut copies) = mpsc::channel(4);
-        taps.add_copy("dt/#", queue);
+        taps.add_copy("dt/#", queue.clone());
+        taps.add_copy("dt/+/temp", queue);
         assert!(taps.copies("dt/t1/temp") && !taps.copies("cmd/t1"));
 
         let publisher = tokio::spawn({
@@ -241,5 +246,6 @@ mod tests {
         );
         copied.taken.unwrap().send(()).unwrap();
         publisher.await.unwrap();
+        assert!(copies.try_recv().is_err(), "overlapping filters copy once");
     }
 }
