@@ -390,3 +390,59 @@ pub fn store_restore(
     }
     Ok(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::{TlsConfiguration, Transport};
+
+    use super::*;
+    use crate::config::DEFAULT_TOML;
+
+    /// The TLS part of the rumqttc options `[uplink]` (written after the defaults) makes, the files it
+    /// names written into a directory beside the config first.
+    fn uplink_tls(uplink: &str) -> Option<TlsConfiguration> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("ca.pem", "CA"),
+            ("site-7.pem", "CERT"),
+            ("site-7.key", "KEY"),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, format!("{DEFAULT_TOML}\n[uplink]\n{uplink}\n")).unwrap();
+        let config = Config::load(&path).unwrap();
+        let settings = uplink_settings("gw", config.uplink.as_ref().unwrap()).unwrap();
+        match uplink::mqtt_options(&settings).unwrap().transport() {
+            Transport::Tls(tls) => Some(tls),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_uplinks_alpn_and_client_certificate_reach_rumqttcs_tls_configuration() {
+        let files = "ca_file = \"ca.pem\"\ncert_file = \"site-7.pem\"\nkey_file = \"site-7.key\"";
+        let tls = uplink_tls(&format!(
+            "url = \"mqtts://fleet:443\"\n{files}\nalpn = [\"x-amzn-mqtt-ca\"]"
+        ));
+        let Some(TlsConfiguration::Simple {
+            ca,
+            alpn,
+            client_auth,
+        }) = tls
+        else {
+            panic!("not rustls with the given files: {tls:?}");
+        };
+        assert_eq!(ca, b"CA");
+        assert_eq!(alpn, Some(vec![b"x-amzn-mqtt-ca".to_vec()]));
+        assert_eq!(client_auth, Some((b"CERT".to_vec(), b"KEY".to_vec())));
+
+        // No alpn key: no protocol offered; a plain url: no TLS at all.
+        let tls = uplink_tls(&format!("url = \"mqtts://fleet:8883\"\n{files}"));
+        assert!(
+            matches!(tls, Some(TlsConfiguration::Simple { alpn: None, .. })),
+            "{tls:?}"
+        );
+        assert!(uplink_tls("url = \"mqtt://fleet\"").is_none());
+    }
+}

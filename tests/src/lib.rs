@@ -12,12 +12,13 @@ pub mod mosquitto;
 pub mod procfs;
 pub mod tmpfs;
 
-/// The build paths and raw MQTT packets live in `sprig-test-support`, which the gateway's unit tests and
-/// benchmarks use too; re-exported so that the end-to-end tests find everything here.
+/// The build paths, raw MQTT packets and test certificates live in `sprig-test-support`, which the
+/// gateway's unit tests and benchmarks use too; re-exported so that the end-to-end tests find everything
+/// here.
 pub use sprig_test_support::build::{
     cargo_build, plugin_path, release_bin, sprig_bin, target_dir, workspace, wrong_abi_plugin,
 };
-pub use sprig_test_support::raw;
+pub use sprig_test_support::{certs, raw};
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};

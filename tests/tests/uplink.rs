@@ -1,16 +1,18 @@
 //! The fleet uplink end to end: the real `sprig` binary connects out to a real mosquitto (Debian's, started
-//! here on a free port) playing the fleet's broker; rumqttc clients on mosquitto play the fleet backend.
-//! Skipped, saying so, when no mosquitto binary is installed (`apt-get install mosquitto`; `.ci/run` does).
+//! here on a free port) playing the fleet's broker, over plain MQTT or TLS with client certificates;
+//! rumqttc clients on mosquitto play the fleet backend. Skipped, saying so, when no mosquitto binary is
+//! installed (`apt-get install mosquitto`; `.ci/run` does).
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
+use sprig_tests::certs::{self, Issued};
 use sprig_tests::device::{Device, Protocol};
-use sprig_tests::{create_job, free_port, Gateway};
+use sprig_tests::{create_job, free_port, plugin_path, Gateway};
 
 const PREFIX: &str = "sprig/site-7";
 
@@ -26,22 +28,44 @@ fn mosquitto_bin() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
-/// A mosquitto broker on a loopback port, anonymous, without persistence; killed when dropped.
+/// A mosquitto broker on loopback ports, anonymous, without persistence; killed when dropped. Started
+/// with [`Mosquitto::start_tls`], it has a second listener, on TLS, that requires a client certificate.
 struct Mosquitto {
     bin: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
+    /// The TLS listener's port, if any; its CA and certificate are in `dir`.
+    tls_port: Option<u16>,
     child: Option<Child>,
 }
 
 impl Mosquitto {
     fn start(bin: PathBuf) -> Mosquitto {
+        Mosquitto::start_in(bin, tempfile::tempdir().unwrap(), None)
+    }
+
+    /// With a TLS listener too, whose certificate (for `localhost` and 127.0.0.1) `ca` signs and which
+    /// lets in only clients whose certificate `ca` signs: the fleet's backend stays on the plain one.
+    fn start_tls(bin: PathBuf, ca: &Issued) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        ca.write(dir.path(), "ca");
+        certs::server_cert(ca, &["localhost", "127.0.0.1"]).write(dir.path(), "server");
+        Mosquitto::start_in(bin, dir, Some(free_port()))
+    }
+
+    fn start_in(bin: PathBuf, dir: tempfile::TempDir, tls_port: Option<u16>) -> Mosquitto {
+        // Two free ports asked in turn may be the same one.
+        let port = loop {
+            let port = free_port();
+            if Some(port) != tls_port {
+                break port;
+            }
+        };
         let mut broker = Mosquitto {
             bin,
             dir,
             port,
+            tls_port,
             child: None,
         };
         broker.spawn();
@@ -52,17 +76,40 @@ impl Mosquitto {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// Starts mosquitto (again, on the same port) and waits until it accepts connections.
+    /// `mqtts://localhost:PORT`: the TLS listener.
+    fn tls_url(&self) -> String {
+        format!(
+            "mqtts://localhost:{}",
+            self.tls_port.expect("a TLS listener")
+        )
+    }
+
+    /// Its configuration: the plain listener, and the TLS one if any.
+    fn conf(&self) -> String {
+        let mut conf = format!(
+            "allow_anonymous true\npersistence false\nlog_dest stderr\nlistener {} 127.0.0.1\n",
+            self.port
+        );
+        if let Some(port) = self.tls_port {
+            let file = |name: &str| self.dir.path().join(name).display().to_string();
+            conf += &format!(
+                "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+                file("ca.pem"),
+                file("server.pem"),
+                file("server.key")
+            );
+        }
+        conf
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Starts mosquitto (again, on the same ports) and waits until every listener accepts connections.
     fn spawn(&mut self) {
         let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n",
-                self.port
-            ),
-        )
-        .unwrap();
+        std::fs::write(&conf, self.conf()).unwrap();
         let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
         let child = Command::new(&self.bin)
             .arg("-c")
@@ -73,14 +120,17 @@ impl Mosquitto {
             .expect("spawn mosquitto");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_err() {
-            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "mosquitto did not start; its log:\n{}",
-                std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let ports = std::iter::once(self.port).chain(self.tls_port);
+        for addr in ports.map(|port| SocketAddr::from(([127, 0, 0, 1], port))) {
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+                let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+                assert!(
+                    exited.is_none() && Instant::now() < deadline,
+                    "mosquitto did not start; its log:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
@@ -202,12 +252,52 @@ impl Fleet {
         );
         (accepted, body)
     }
+
+    /// Waits until everything mosquitto had for the fleet is in its inbox: it publishes a marker and waits
+    /// for it to come back, after whatever was published before it (mosquitto delivers in order).
+    async fn catch_up(&mut self, marker: &str) {
+        let topic = format!("{PREFIX}/test-marker");
+        self.client
+            .publish(&topic, QoS::AtLeastOnce, false, json!(marker).to_string())
+            .await
+            .unwrap();
+        self.expect(&topic, |body| body == marker).await;
+    }
+
+    /// Messages on `topic` received so far and not yet waited for.
+    fn received(&self, topic: &str) -> Vec<&Value> {
+        self.inbox
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, body)| body)
+            .collect()
+    }
 }
 
-fn uplink_config(port: u16) -> String {
+/// `[uplink]` to the fleet broker at `url`, as site-7, granted the namespace acme only.
+fn uplink_config(url: &str) -> String {
     format!(
-        "\n[uplink]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"site-7\"\nprefix = \"{PREFIX}\"\n\
+        "\n[uplink]\nurl = \"{url}\"\nclient_id = \"site-7\"\nprefix = \"{PREFIX}\"\n\
          namespaces = [\"acme\"]\nstandard_jobs = false\nreconnect_max_s = 1\n"
+    )
+}
+
+/// `[uplink]` keys for mutual TLS: the fleet broker's certificate must chain to `ca`, and the gateway
+/// presents `identity`; the files are written into `dir`.
+fn tls_keys(dir: &Path, ca: &Issued, identity: &Issued) -> String {
+    let ca_file = dir.join("fleet-ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let (cert_file, key_file) = identity.write(dir, "site-7");
+    format!("ca_file = {ca_file:?}\ncert_file = {cert_file:?}\nkey_file = {key_file:?}\n")
+}
+
+/// A `[[recovery]]` route: the reset plugin (it records status details and answers RECOVERED) for
+/// `reset-*`, in every namespace.
+fn reset_route() -> String {
+    let reset = plugin_path("sprig-plugin-reset");
+    format!(
+        "\n[[recovery]]\nthings = \"reset-*\"\nplugin = {reset:?}\n[recovery.config]\n\
+         status_details = {{ state = \"reset\", job = \"{{jobId}}\" }}\n"
     )
 }
 
@@ -232,8 +322,8 @@ async fn the_fleet_runs_jobs_through_the_uplink_and_hears_what_happens() {
     };
     let mut mosquitto = Mosquitto::start(bin);
     let mut fleet = Fleet::connect(mosquitto.addr(), "fleet-backend").await;
-    let port = mosquitto.port;
-    let mut gateway = Gateway::start_with(|config| config + &uplink_config(port));
+    let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
+    let mut gateway = Gateway::start_with(|config| config + &uplink_config(&url));
 
     let status = fleet
         .expect(&format!("{PREFIX}/status"), |b| b["status"] == "online")
@@ -334,4 +424,174 @@ async fn the_fleet_runs_jobs_through_the_uplink_and_hears_what_happens() {
     fleet
         .expect(&format!("{PREFIX}/status"), |b| b["status"] == "offline")
         .await;
+}
+
+/// Mutual TLS, as AWS IoT Core requires it: mosquitto's TLS listener lets in only clients with a
+/// certificate its CA signed; the gateway trusts that CA through `ca_file` and presents its own
+/// certificate (`cert_file`, `key_file`). It says online, and the fleet's control requests and the events
+/// they cause travel over that connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uplink_logs_in_over_tls_with_its_client_certificate() {
+    let Some(bin) = mosquitto_or_skip("the_uplink_logs_in_over_tls_with_its_client_certificate")
+    else {
+        return;
+    };
+    let ca = certs::ca("fleet CA");
+    let mosquitto = Mosquitto::start_tls(bin, &ca);
+    let mut fleet = Fleet::connect(mosquitto.addr(), "fleet-backend").await;
+    let files = tempfile::tempdir().unwrap();
+    let keys = tls_keys(files.path(), &ca, &certs::client_cert(&ca, "site-7"));
+    let url = mosquitto.tls_url();
+    let gateway = Gateway::start_with(|config| config + &uplink_config(&url) + &keys);
+
+    let status = fleet
+        .expect(&format!("{PREFIX}/status"), |b| b["status"] == "online")
+        .await;
+    assert_eq!(status["clientId"], "site-7");
+    let connected = gateway.log_lines("uplink: connected to the fleet broker");
+    assert!(
+        connected.iter().any(|line| line.contains(&url)),
+        "{}",
+        gateway.log()
+    );
+
+    let (accepted, reply) = fleet
+        .request("CreateJob", create_job("j1", Some("acme"), &["t1"]), "c1")
+        .await;
+    assert!(accepted, "{reply}");
+    fleet
+        .expect(&format!("{PREFIX}/events/jobs/j1"), |b| {
+            b["status"] == "IN_PROGRESS"
+        })
+        .await;
+    let (accepted, reply) = fleet
+        .request("ListJobs", json!({"namespaceId": "acme"}), "c2")
+        .await;
+    assert!(accepted, "{reply}");
+    assert_eq!(reply["jobs"][0]["jobId"], "j1", "{reply}");
+}
+
+/// A gateway whose client certificate another CA signed is refused by the TLS handshake: the uplink logs
+/// its failure to reach the fleet broker (and keeps trying), and the fleet never hears it say online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_certificate_the_fleet_broker_does_not_trust_is_refused() {
+    let Some(bin) =
+        mosquitto_or_skip("a_gateway_whose_certificate_the_fleet_broker_does_not_trust_is_refused")
+    else {
+        return;
+    };
+    let ca = certs::ca("fleet CA");
+    let mosquitto = Mosquitto::start_tls(bin, &ca);
+    let mut fleet = Fleet::connect(mosquitto.addr(), "fleet-backend").await;
+    let files = tempfile::tempdir().unwrap();
+    let rogue = certs::ca("rogue CA");
+    let keys = tls_keys(files.path(), &ca, &certs::client_cert(&rogue, "site-7"));
+    let url = mosquitto.tls_url();
+    let gateway = Gateway::start_with(|config| config + &uplink_config(&url) + &keys);
+
+    let failed = gateway.wait_for_log(
+        "uplink: cannot reach the fleet broker",
+        Duration::from_secs(30),
+    );
+    assert!(
+        failed.contains(&url),
+        "{failed}\nmosquitto's log:\n{}",
+        mosquitto.log()
+    );
+    // Whatever the gateway's attempt published would have reached mosquitto before the marker.
+    fleet.catch_up("after the refused attempt").await;
+    assert_eq!(
+        fleet.received(&format!("{PREFIX}/status")),
+        Vec::<&Value>::new(),
+        "{}",
+        gateway.log()
+    );
+    assert!(
+        gateway
+            .log_lines("uplink: connected to the fleet broker")
+            .is_empty(),
+        "{}",
+        gateway.log()
+    );
+}
+
+/// A device's execution is IN_PROGRESS when the fleet force-deletes its job; its `[[recovery]]` route's
+/// plugin (reset) brings it back, and the fleet hears the recovery end on
+/// `{prefix}/events/recoveries/{recoveryId}`, the same recovery ListRecoveries shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_hears_a_recovery_end() {
+    let Some(bin) = mosquitto_or_skip("the_fleet_hears_a_recovery_end") else {
+        return;
+    };
+    let mosquitto = Mosquitto::start(bin);
+    let mut fleet = Fleet::connect(mosquitto.addr(), "fleet-backend").await;
+    let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
+    let gateway = Gateway::start_with(|config| config + &uplink_config(&url) + &reset_route());
+    fleet
+        .expect(&format!("{PREFIX}/status"), |b| b["status"] == "online")
+        .await;
+
+    let (accepted, reply) = fleet
+        .request(
+            "CreateJob",
+            create_job("j1", Some("acme"), &["reset-1"]),
+            "c1",
+        )
+        .await;
+    assert!(accepted, "{reply}");
+    // Recoveries run for devices that subscribed since they connected.
+    let mut device = Device::connect(gateway.addr, "reset-1", Protocol::V311).await;
+    device
+        .subscribe(&["$aws/things/reset-1/jobs/j1/notify-namespace-acme/"])
+        .await;
+    // A namespaced job's execution is updated on its namespace's topic (CONTRACT).
+    let (accepted, body) = device
+        .request("j1/namespace-acme/update", json!({"status": "IN_PROGRESS"}))
+        .await;
+    assert!(accepted, "{body}");
+
+    let (accepted, reply) = fleet
+        .request(
+            "DeleteJob",
+            json!({"jobId": "j1", "namespaceId": "acme", "force": true}),
+            "c2",
+        )
+        .await;
+    assert!(accepted, "{reply}");
+    let recoveries = format!("{PREFIX}/events/recoveries/");
+    let (topic, ended) = fleet
+        .message(&format!("{recoveries}+"), |t, _| t.starts_with(&recoveries))
+        .await;
+    let id = ended["recoveryId"].as_str().expect("a recoveryId");
+    assert_eq!(topic, format!("{recoveries}{id}"));
+    assert_eq!(
+        (&ended["jobId"], &ended["thingName"], &ended["namespaceId"]),
+        (&json!("j1"), &json!("reset-1"), &json!("acme")),
+        "{ended}"
+    );
+    assert_eq!(
+        (&ended["reason"], &ended["status"], &ended["attempts"]),
+        (&json!("JOB_DELETED"), &json!("RECOVERED"), &json!(1)),
+        "{ended}"
+    );
+    assert!(ended["timestamp"].is_i64(), "{ended}");
+
+    let (accepted, listed) = fleet
+        .request("ListRecoveries", json!({"thingName": "reset-1"}), "c3")
+        .await;
+    assert!(accepted, "{listed}");
+    let recovery = &listed["recoveries"][0];
+    assert_eq!(
+        (&recovery["recoveryId"], &recovery["status"]),
+        (&ended["recoveryId"], &ended["status"]),
+        "{listed}"
+    );
+    // One event per recovery: none for its PENDING record before.
+    fleet.catch_up("after the recovery").await;
+    let more: Vec<_> = fleet
+        .inbox
+        .iter()
+        .filter(|(t, _)| t.starts_with(&recoveries))
+        .collect();
+    assert!(more.is_empty(), "{more:?}");
 }

@@ -82,7 +82,8 @@ impl Engine {
         self
     }
 
-    /// `changes` hears of every committed status change of a job or an execution, in commit order.
+    /// `changes` hears of every committed status change of a job or an execution, in commit order, and of
+    /// every recovery's end.
     pub fn with_status_changes(mut self, changes: UnboundedSender<StatusChange>) -> Engine {
         self.status_changes = Some(changes);
         self
@@ -227,7 +228,7 @@ impl Engine {
     }
 
     /// Hands the status changes of a commit to whoever listens for them (computed only if someone does).
-    fn report(&self, changes: impl FnOnce() -> Vec<StatusChange>) {
+    pub(super) fn report(&self, changes: impl FnOnce() -> Vec<StatusChange>) {
         if let Some(listener) = &self.status_changes {
             for change in changes() {
                 let _ = listener.send(change);

@@ -1,10 +1,13 @@
 //! What the jobs engine tells the rest of the gateway after a change: which things' pending executions
 //! changed, and why. The notifier turns these into MQTT notifications; recovery builds on them too.
-//! And, for whoever reports the jobs' history outside the gateway (the uplink), each [`StatusChange`].
+//! And, for whoever reports the jobs' history outside the gateway (the uplink), each [`StatusChange`],
+//! a recovery's end among them.
 
 use std::collections::BTreeMap;
 
-use crate::model::{Execution, ExecutionStatus, Job, JobStatus};
+use crate::model::{
+    Execution, ExecutionStatus, Job, JobStatus, RecoveryReason, RecoveryRecord, RecoveryState,
+};
 
 /// Why things' executions changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +65,20 @@ pub enum StatusChange {
         version_number: i64,
         timestamp: i64,
     },
+    /// A recovery ended: the runner recorded RECOVERED or FAILED (a PENDING recovery is never reported).
+    Recovery {
+        recovery_id: u64,
+        job_id: String,
+        namespace_id: Option<String>,
+        thing_name: String,
+        reason: RecoveryReason,
+        status: RecoveryState,
+        attempts: u32,
+        failures: u32,
+        /// The last failure, or why the recovery failed.
+        last_error: Option<String>,
+        timestamp: i64,
+    },
 }
 
 /// The status changes of a commit that turned `before` into `after` (`None`: removed) and wrote
@@ -116,6 +133,24 @@ pub fn created(job: &Job, things: &[String]) -> Vec<StatusChange> {
     std::iter::once(job_change).chain(executions).collect()
 }
 
+/// The status change of recording `recovery` as it now stands: `Some` once it has ended. A recovery ends
+/// once, but its end is flushed after it is reported: a crash in between runs its last attempt again
+/// after the restart, and reports its end again.
+pub fn recovery_ended(recovery: &RecoveryRecord) -> Option<StatusChange> {
+    (recovery.state != RecoveryState::Pending).then(|| StatusChange::Recovery {
+        recovery_id: recovery.id,
+        job_id: recovery.job_id.clone(),
+        namespace_id: recovery.namespace_id.clone(),
+        thing_name: recovery.thing_name.clone(),
+        reason: recovery.reason,
+        status: recovery.state,
+        attempts: recovery.attempts,
+        failures: recovery.failures,
+        last_error: recovery.last_error.clone(),
+        timestamp: recovery.updated_at / 1000,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +202,35 @@ mod tests {
                 }]
             ),
             "{gone:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_recovery_that_ended_is_reported() {
+        let job = job(JobStatus::DeletionInProgress);
+        let execution = Execution::queued("j1", "t1", 1_000);
+        let mut recovery =
+            RecoveryRecord::for_execution(&job, &execution, RecoveryReason::JobDeleted, 2_000);
+        recovery.id = 7;
+        recovery.attempts = 1;
+        assert_eq!(recovery_ended(&recovery), None);
+        recovery.state = RecoveryState::Failed;
+        recovery.last_error = Some("gave up after 1 attempts".into());
+        recovery.updated_at = 6_500;
+        assert_eq!(
+            recovery_ended(&recovery),
+            Some(StatusChange::Recovery {
+                recovery_id: 7,
+                job_id: "j1".into(),
+                namespace_id: Some("acme".into()),
+                thing_name: "t1".into(),
+                reason: RecoveryReason::JobDeleted,
+                status: RecoveryState::Failed,
+                attempts: 1,
+                failures: 0,
+                last_error: Some("gave up after 1 attempts".into()),
+                timestamp: 6,
+            })
         );
     }
 

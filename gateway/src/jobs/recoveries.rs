@@ -1,10 +1,12 @@
 //! The recovery runner's records, written through the engine like every other change to the store: the
 //! PENDING recoveries it runs, and each attempt and outcome it records. An outcome is written at once and
-//! made durable when the runner says (it batches flushes: one per pass, or the next attempt's).
+//! made durable when the runner says (it batches flushes: one per pass, or the next attempt's). A recovery's
+//! end, once written, is reported like the jobs' status changes ([`events::recovery_ended`]).
 
 use std::sync::Arc;
 
 use super::engine::Engine;
+use super::events;
 use crate::model::RecoveryRecord;
 use crate::store::{Store, StoreError};
 
@@ -18,18 +20,24 @@ impl Engine {
             .await
     }
 
-    /// Records `recovery` as it now stands, durable at once if `flush`; false if the store failed
-    /// (logged; the recovery stays as it was).
+    /// Records `recovery` as it now stands, durable at once if `flush`, and reports it if it ended; false
+    /// if the store failed (logged; the recovery stays as it was, and nothing is reported).
     pub async fn record_recovery(self: &Arc<Self>, recovery: RecoveryRecord, flush: bool) -> bool {
-        self.recovery_work(move |store| {
-            store.update_recovery(&recovery)?;
-            if flush {
-                store.flush()?;
-            }
-            Ok(())
-        })
-        .await
-        .is_some()
+        let ended = events::recovery_ended(&recovery);
+        let recorded = self
+            .recovery_work(move |store| {
+                store.update_recovery(&recovery)?;
+                if flush {
+                    store.flush()?;
+                }
+                Ok(())
+            })
+            .await
+            .is_some();
+        if recorded {
+            self.report(|| ended.into_iter().collect());
+        }
+        recorded
     }
 
     /// Makes every recovery recorded so far durable; false if the store failed (logged).
@@ -59,5 +67,43 @@ impl Engine {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_fixture::fixture;
+    use super::super::StatusChange;
+    use crate::model::{Execution, Job, RecoveryReason, RecoveryRecord, RecoveryState};
+
+    #[tokio::test]
+    async fn a_recovery_is_reported_once_its_end_is_recorded() {
+        let mut f = fixture(10, &[]);
+        let job = Job::created("j1", None, "{}".into(), vec!["t1".into()], 1_000);
+        let execution = Execution::queued("j1", "t1", 1_000);
+        let mut recovery =
+            RecoveryRecord::for_execution(&job, &execution, RecoveryReason::JobDeleted, 2_000);
+        recovery.id = 3;
+        recovery.attempts = 1;
+        assert!(f.engine.record_recovery(recovery.clone(), false).await);
+        recovery.state = RecoveryState::Recovered;
+        assert!(f.engine.record_recovery(recovery, true).await);
+        let reported = f.changes.try_recv().unwrap();
+        assert!(
+            matches!(
+                reported,
+                StatusChange::Recovery {
+                    recovery_id: 3,
+                    status: RecoveryState::Recovered,
+                    attempts: 1,
+                    ..
+                }
+            ),
+            "{reported:?}"
+        );
+        assert!(
+            f.changes.try_recv().is_err(),
+            "the PENDING record was reported"
+        );
     }
 }

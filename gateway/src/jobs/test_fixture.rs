@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use super::api::{CreateJobRequest, DeleteJobRequest};
 use super::deletion::Step;
-use super::{Engine, JobEvent, Limits};
+use super::{Engine, JobEvent, Limits, StatusChange};
 use crate::store::Store;
 
 pub(crate) struct Fixture {
@@ -16,6 +16,7 @@ pub(crate) struct Fixture {
     pub(crate) store: Arc<Store>,
     pub(crate) deletions: mpsc::UnboundedReceiver<String>,
     pub(crate) events: mpsc::UnboundedReceiver<JobEvent>,
+    pub(crate) changes: mpsc::UnboundedReceiver<StatusChange>,
 }
 
 pub(crate) fn fixture(limit: usize, per_namespace: &[(&str, usize)]) -> Fixture {
@@ -30,13 +31,16 @@ pub(crate) fn fixture(limit: usize, per_namespace: &[(&str, usize)]) -> Fixture 
             .collect(),
     };
     let (events_tx, events) = mpsc::unbounded_channel();
-    let engine = Arc::new(Engine::new(store.clone(), limits, "gw", tx, events_tx));
+    let (changes_tx, changes) = mpsc::unbounded_channel();
+    let engine = Engine::new(store.clone(), limits, "gw", tx, events_tx);
+    let engine = Arc::new(engine.with_status_changes(changes_tx));
     Fixture {
         _dir: dir,
         engine,
         store,
         deletions,
         events,
+        changes,
     }
 }
 

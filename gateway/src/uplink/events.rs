@@ -1,5 +1,6 @@
-//! What goes up to the fleet, as topics and JSON bodies: the jobs' and executions' status changes and the
-//! presence events, under this gateway's prefix. Pure: the connection is `super`'s.
+//! What goes up to the fleet, as topics and JSON bodies: the jobs' and executions' status changes, the
+//! recoveries' ends and the presence events, under this gateway's prefix. Pure: the connection is
+//! `super`'s.
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -10,7 +11,9 @@ use crate::jobs::StatusChange;
 /// A job that no longer exists (its deletion finished) is reported with this status.
 pub const DELETED: &str = "DELETED";
 
-/// `{prefix}/events/jobs/{jobId}` or `{prefix}/events/executions/{jobId}/{thingName}`, and its body.
+/// `{prefix}/events/jobs/{jobId}`, `{prefix}/events/executions/{jobId}/{thingName}` or
+/// `{prefix}/events/recoveries/{recoveryId}`, and its body. A recovery's fields are named as
+/// ListRecoveries names them (its id a string, as there).
 pub fn status_change(prefix: &str, change: &StatusChange) -> (String, Bytes) {
     let (topic, body) = match change {
         StatusChange::Job {
@@ -55,6 +58,35 @@ pub fn status_change(prefix: &str, change: &StatusChange) -> (String, Bytes) {
                 body,
             )
         }
+        StatusChange::Recovery {
+            recovery_id,
+            job_id,
+            namespace_id,
+            thing_name,
+            reason,
+            status,
+            attempts,
+            failures,
+            last_error,
+            timestamp,
+        } => {
+            let mut body = Map::new();
+            body.insert("recoveryId".into(), json!(recovery_id.to_string()));
+            body.insert("jobId".into(), json!(job_id));
+            body.insert("thingName".into(), json!(thing_name));
+            if let Some(ns) = namespace_id {
+                body.insert("namespaceId".into(), json!(ns));
+            }
+            body.insert("reason".into(), json!(reason.as_str()));
+            body.insert("status".into(), json!(status.as_str()));
+            body.insert("attempts".into(), json!(attempts));
+            body.insert("failures".into(), json!(failures));
+            if let Some(error) = last_error {
+                body.insert("lastError".into(), json!(error));
+            }
+            body.insert("timestamp".into(), json!(timestamp));
+            (format!("{prefix}/events/recoveries/{recovery_id}"), body)
+        }
     };
     let body = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
     (topic, Bytes::from(body))
@@ -87,7 +119,7 @@ pub fn control_operation<'t>(prefix: &str, topic: &'t str) -> Option<&'t str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ExecutionStatus, JobStatus};
+    use crate::model::{ExecutionStatus, JobStatus, RecoveryReason, RecoveryState};
 
     fn body(bytes: &Bytes) -> Value {
         serde_json::from_slice(bytes).unwrap()
@@ -137,6 +169,48 @@ mod tests {
             body(&payload),
             json!({"jobId": "j1", "thingName": "t1", "status": "IN_PROGRESS",
                    "statusDetails": {"step": "2"}, "versionNumber": 3, "timestamp": 5})
+        );
+    }
+
+    #[test]
+    fn a_recovery_that_ended_goes_to_its_own_topic_named_as_list_recoveries_names_it() {
+        let change = StatusChange::Recovery {
+            recovery_id: 12,
+            job_id: "j1".into(),
+            namespace_id: Some("acme".into()),
+            thing_name: "t1".into(),
+            reason: RecoveryReason::JobDeleted,
+            status: RecoveryState::Failed,
+            attempts: 3,
+            failures: 2,
+            last_error: Some("gave up after 3 attempts".into()),
+            timestamp: 9,
+        };
+        let (topic, payload) = status_change("p", &change);
+        assert_eq!(topic, "p/events/recoveries/12");
+        assert_eq!(
+            body(&payload),
+            json!({"recoveryId": "12", "jobId": "j1", "thingName": "t1", "namespaceId": "acme",
+                   "reason": "JOB_DELETED", "status": "FAILED", "attempts": 3, "failures": 2,
+                   "lastError": "gave up after 3 attempts", "timestamp": 9})
+        );
+        let recovered = StatusChange::Recovery {
+            recovery_id: 13,
+            job_id: "j2".into(),
+            namespace_id: None,
+            thing_name: "t2".into(),
+            reason: RecoveryReason::JobForceCanceled,
+            status: RecoveryState::Recovered,
+            attempts: 1,
+            failures: 0,
+            last_error: None,
+            timestamp: 10,
+        };
+        let (_, payload) = status_change("p", &recovered);
+        assert_eq!(
+            body(&payload),
+            json!({"recoveryId": "13", "jobId": "j2", "thingName": "t2", "reason": "JOB_FORCE_CANCELED",
+                   "status": "RECOVERED", "attempts": 1, "failures": 0, "timestamp": 10})
         );
     }
 

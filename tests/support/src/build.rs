@@ -23,15 +23,38 @@ pub fn target_dir() -> PathBuf {
 
 /// Runs `cargo build --quiet ARGS` in the workspace (the cargo running the tests, if any), panicking on
 /// failure. Cargo releases its build lock before it runs tests, so this works from inside a test.
+///
+/// Without the variables cargo sets for the test it runs (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...):
+/// ring's build script watches those, so a build seeing the test's values reran it, and the next
+/// `cargo test` rebuilt ring and everything above it.
 pub fn cargo_build(args: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        if is_set_for_the_crate_run(&name.to_string_lossy()) {
+            command.env_remove(name);
+        }
+    }
+    let status = command
         .args(["build", "--quiet"])
         .args(args)
         .current_dir(workspace())
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build {args:?} failed");
+}
+
+/// A variable cargo sets for the crate it builds or runs, rather than a setting of cargo's own.
+fn is_set_for_the_crate_run(name: &str) -> bool {
+    [
+        "CARGO_MANIFEST_",
+        "CARGO_PKG_",
+        "CARGO_BIN_",
+        "CARGO_CRATE_",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
+        || name == "CARGO_PRIMARY_PACKAGE"
 }
 
 /// Which of cargo's profiles a product is built with.

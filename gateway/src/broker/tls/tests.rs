@@ -1,19 +1,15 @@
-//! The TLS listener end to end: certificates made with rcgen, a small MQTT 3.1.1 client over
-//! `tokio_rustls::TlsConnector` and the broker's own codec.
+//! The TLS listener end to end: certificates made with rcgen (`sprig_test_support::certs`), a small
+//! MQTT 3.1.1 client over `tokio_rustls::TlsConnector` and the broker's own codec.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
 use rumqttd::protocol::{
     Connect, ConnectReturnCode, Filter, Login, Packet, QoS, RetainForwardRule, Subscribe,
     SubscribeReasonCode,
 };
+use sprig_test_support::certs::{ca, client_cert, server_cert, Issued};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -27,44 +23,9 @@ use crate::config::{Config, DEFAULT_TOML};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-struct Issued {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Issued {
-    fn write(&self, dir: &Path, name: &str) {
-        std::fs::write(dir.join(format!("{name}.pem")), self.cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), self.key.serialize_pem()).unwrap();
-    }
-
-    fn key_der(&self) -> PrivateKeyDer<'static> {
-        PrivatePkcs8KeyDer::from(self.key.serialize_der()).into()
-    }
-}
-
-fn ca(name: &str) -> Issued {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    Issued { cert, key }
-}
-
-fn issue(ca: &Issued, cn: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Issued {
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let mut params = CertificateParams::new(names).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![usage];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    Issued { cert, key }
-}
-
-fn client_cert(ca: &Issued, cn: &str) -> Issued {
-    issue(ca, cn, &[], ExtendedKeyUsagePurpose::ClientAuth)
+/// The key of `issued` as rustls takes it.
+fn key_der(issued: &Issued) -> PrivateKeyDer<'static> {
+    PrivatePkcs8KeyDer::from(issued.key.serialize_der()).into()
 }
 
 /// A CA, the server's certificate, and a broker with a TLS listener on a non-loopback address (so nobody
@@ -80,12 +41,7 @@ async fn start() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let ca = ca("sprig test CA");
     ca.write(dir.path(), "ca");
-    let server = issue(
-        &ca,
-        "localhost",
-        &["localhost", "127.0.0.1"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
+    let server = server_cert(&ca, &["localhost", "127.0.0.1"]);
     server.write(dir.path(), "server");
     let text = DEFAULT_TOML.replace(
         "listen = [\"127.0.0.1:1883\"]\n",
@@ -128,7 +84,7 @@ async fn tls_connect(
         .with_root_certificates(roots);
     let config = match identity {
         Some(id) => builder
-            .with_client_auth_cert(vec![id.cert.der().clone()], id.key_der())
+            .with_client_auth_cert(vec![id.cert.der().clone()], key_der(id))
             .unwrap(),
         None => builder.with_no_client_auth(),
     };
