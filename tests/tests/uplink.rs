@@ -3,150 +3,18 @@
 //! rumqttc clients on mosquitto play the fleet backend. Skipped, saying so, when no mosquitto binary is
 //! installed (`apt-get install mosquitto`; `.ci/run` does).
 
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use sprig_tests::certs::{self, Issued};
 use sprig_tests::device::{Device, Protocol};
-use sprig_tests::{create_job, free_port, plugin_path, Gateway};
+use sprig_tests::mosquitto::{self, Mosquitto};
+use sprig_tests::{create_job, plugin_path, Gateway};
 
 const PREFIX: &str = "sprig/site-7";
-
-/// The mosquitto binary, if installed.
-fn mosquitto_bin() -> Option<PathBuf> {
-    [
-        "/usr/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-}
-
-/// A mosquitto broker on loopback ports, anonymous, without persistence; killed when dropped. Started
-/// with [`Mosquitto::start_tls`], it has a second listener, on TLS, that requires a client certificate.
-struct Mosquitto {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    /// The TLS listener's port, if any; its CA and certificate are in `dir`.
-    tls_port: Option<u16>,
-    child: Option<Child>,
-}
-
-impl Mosquitto {
-    fn start(bin: PathBuf) -> Mosquitto {
-        Mosquitto::start_in(bin, tempfile::tempdir().unwrap(), None)
-    }
-
-    /// With a TLS listener too, whose certificate (for `localhost` and 127.0.0.1) `ca` signs and which
-    /// lets in only clients whose certificate `ca` signs: the fleet's backend stays on the plain one.
-    fn start_tls(bin: PathBuf, ca: &Issued) -> Mosquitto {
-        let dir = tempfile::tempdir().unwrap();
-        ca.write(dir.path(), "ca");
-        certs::server_cert(ca, &["localhost", "127.0.0.1"]).write(dir.path(), "server");
-        Mosquitto::start_in(bin, dir, Some(free_port()))
-    }
-
-    fn start_in(bin: PathBuf, dir: tempfile::TempDir, tls_port: Option<u16>) -> Mosquitto {
-        // Two free ports asked in turn may be the same one.
-        let port = loop {
-            let port = free_port();
-            if Some(port) != tls_port {
-                break port;
-            }
-        };
-        let mut broker = Mosquitto {
-            bin,
-            dir,
-            port,
-            tls_port,
-            child: None,
-        };
-        broker.spawn();
-        broker
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    /// `mqtts://localhost:PORT`: the TLS listener.
-    fn tls_url(&self) -> String {
-        format!(
-            "mqtts://localhost:{}",
-            self.tls_port.expect("a TLS listener")
-        )
-    }
-
-    /// Its configuration: the plain listener, and the TLS one if any.
-    fn conf(&self) -> String {
-        let mut conf = format!(
-            "allow_anonymous true\npersistence false\nlog_dest stderr\nlistener {} 127.0.0.1\n",
-            self.port
-        );
-        if let Some(port) = self.tls_port {
-            let file = |name: &str| self.dir.path().join(name).display().to_string();
-            conf += &format!(
-                "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
-                file("ca.pem"),
-                file("server.pem"),
-                file("server.key")
-            );
-        }
-        conf
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
-    }
-
-    /// Starts mosquitto (again, on the same ports) and waits until every listener accepts connections.
-    fn spawn(&mut self) {
-        let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, self.conf()).unwrap();
-        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
-        let child = Command::new(&self.bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn mosquitto");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let ports = std::iter::once(self.port).chain(self.tls_port);
-        for addr in ports.map(|port| SocketAddr::from(([127, 0, 0, 1], port))) {
-            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-                let exited = self.child.as_mut().unwrap().try_wait().unwrap();
-                assert!(
-                    exited.is_none() && Instant::now() < deadline,
-                    "mosquitto did not start; its log:\n{}",
-                    self.log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// A fleet backend on mosquitto: subscribed to everything under the gateway's prefix.
 struct Fleet {
@@ -301,22 +169,10 @@ fn reset_route() -> String {
     )
 }
 
-/// The mosquitto binary, or a loud skip: the test cannot run without a fleet broker.
-fn mosquitto_or_skip(test: &str) -> Option<PathBuf> {
-    let bin = mosquitto_bin();
-    if bin.is_none() {
-        eprintln!(
-            "SKIPPED {test}: no mosquitto binary (/usr/sbin/mosquitto); install it with \
-             `apt-get install mosquitto` (.ci/run does) to run the uplink's end-to-end tests"
-        );
-    }
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_runs_jobs_through_the_uplink_and_hears_what_happens() {
     let Some(bin) =
-        mosquitto_or_skip("the_fleet_runs_jobs_through_the_uplink_and_hears_what_happens")
+        mosquitto::bin_or_skip("the_fleet_runs_jobs_through_the_uplink_and_hears_what_happens")
     else {
         return;
     };
@@ -432,7 +288,8 @@ async fn the_fleet_runs_jobs_through_the_uplink_and_hears_what_happens() {
 /// they cause travel over that connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_uplink_logs_in_over_tls_with_its_client_certificate() {
-    let Some(bin) = mosquitto_or_skip("the_uplink_logs_in_over_tls_with_its_client_certificate")
+    let Some(bin) =
+        mosquitto::bin_or_skip("the_uplink_logs_in_over_tls_with_its_client_certificate")
     else {
         return;
     };
@@ -475,9 +332,9 @@ async fn the_uplink_logs_in_over_tls_with_its_client_certificate() {
 /// its failure to reach the fleet broker (and keeps trying), and the fleet never hears it say online.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_whose_certificate_the_fleet_broker_does_not_trust_is_refused() {
-    let Some(bin) =
-        mosquitto_or_skip("a_gateway_whose_certificate_the_fleet_broker_does_not_trust_is_refused")
-    else {
+    let Some(bin) = mosquitto::bin_or_skip(
+        "a_gateway_whose_certificate_the_fleet_broker_does_not_trust_is_refused",
+    ) else {
         return;
     };
     let ca = certs::ca("fleet CA");
@@ -520,7 +377,7 @@ async fn a_gateway_whose_certificate_the_fleet_broker_does_not_trust_is_refused(
 /// `{prefix}/events/recoveries/{recoveryId}`, the same recovery ListRecoveries shows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_hears_a_recovery_end() {
-    let Some(bin) = mosquitto_or_skip("the_fleet_hears_a_recovery_end") else {
+    let Some(bin) = mosquitto::bin_or_skip("the_fleet_hears_a_recovery_end") else {
         return;
     };
     let mosquitto = Mosquitto::start(bin);
