@@ -397,32 +397,65 @@ mod tests {
 
     use super::*;
     use crate::config::DEFAULT_TOML;
+    use sprig_test_support::certs;
+    use std::path::Path;
 
-    /// The TLS part of the rumqttc options `[uplink]` (written after the defaults) makes, the files it
-    /// names written into a directory beside the config first.
-    fn uplink_tls(uplink: &str) -> Option<TlsConfiguration> {
+    /// The rumqttc options `[uplink]` (written after the defaults) makes, in a directory holding a CA
+    /// (`ca.pem`) and a client certificate it signs (`site-7.pem`, `site-7.key`) beside the config,
+    /// after `damage` had its way with the directory.
+    fn uplink_options(
+        uplink: &str,
+        damage: impl FnOnce(&Path),
+    ) -> (
+        Result<rumqttc::MqttOptions, uplink::UplinkError>,
+        tempfile::TempDir,
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        for (name, text) in [
-            ("ca.pem", "CA"),
-            ("site-7.pem", "CERT"),
-            ("site-7.key", "KEY"),
-        ] {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
+        let ca = certs::ca("fleet CA");
+        ca.write(dir.path(), "ca");
+        certs::client_cert(&ca, "site-7").write(dir.path(), "site-7");
+        damage(dir.path());
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, format!("{DEFAULT_TOML}\n[uplink]\n{uplink}\n")).unwrap();
         let config = Config::load(&path).unwrap();
-        let settings = uplink_settings("gw", config.uplink.as_ref().unwrap()).unwrap();
-        match uplink::mqtt_options(&settings).unwrap().transport() {
+        let settings = uplink_settings("gw", dir.path(), config.uplink.as_ref().unwrap()).unwrap();
+        (uplink::mqtt_options(&settings), dir)
+    }
+
+    /// The TLS part of [`uplink_options`], undamaged.
+    fn uplink_tls(uplink: &str) -> (Option<TlsConfiguration>, tempfile::TempDir) {
+        let (options, dir) = uplink_options(uplink, |_| {});
+        let tls = match options.unwrap().transport() {
             Transport::Tls(tls) => Some(tls),
             _ => None,
+        };
+        (tls, dir)
+    }
+
+    #[test]
+    fn tls_files_that_do_not_parse_refuse_the_start_naming_their_key() {
+        let files = "url = \"mqtts://fleet\"\nca_file = \"ca.pem\"\ncert_file = \"site-7.pem\"\n\
+                     key_file = \"site-7.key\"";
+        for (file, key) in [
+            ("ca.pem", "uplink.ca_file"),
+            ("site-7.pem", "uplink.cert_file"),
+            ("site-7.key", "uplink.key_file"),
+        ] {
+            let (options, _dir) = uplink_options(files, |dir| {
+                std::fs::write(dir.join(file), "not PEM at all").unwrap()
+            });
+            let error = options.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                error.starts_with(key) && error.contains(file),
+                "{file}: {error}"
+            );
         }
     }
 
     #[test]
     fn the_uplinks_alpn_and_client_certificate_reach_rumqttcs_tls_configuration() {
         let files = "ca_file = \"ca.pem\"\ncert_file = \"site-7.pem\"\nkey_file = \"site-7.key\"";
-        let tls = uplink_tls(&format!(
+        let (tls, dir) = uplink_tls(&format!(
             "url = \"mqtts://fleet:443\"\n{files}\nalpn = [\"x-amzn-mqtt-ca\"]"
         ));
         let Some(TlsConfiguration::Simple {
@@ -433,16 +466,17 @@ mod tests {
         else {
             panic!("not rustls with the given files: {tls:?}");
         };
-        assert_eq!(ca, b"CA");
+        let file = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+        assert_eq!(ca, file("ca.pem"));
         assert_eq!(alpn, Some(vec![b"x-amzn-mqtt-ca".to_vec()]));
-        assert_eq!(client_auth, Some((b"CERT".to_vec(), b"KEY".to_vec())));
+        assert_eq!(client_auth, Some((file("site-7.pem"), file("site-7.key"))));
 
         // No alpn key: no protocol offered; a plain url: no TLS at all.
-        let tls = uplink_tls(&format!("url = \"mqtts://fleet:8883\"\n{files}"));
+        let (tls, _) = uplink_tls(&format!("url = \"mqtts://fleet:8883\"\n{files}"));
         assert!(
             matches!(tls, Some(TlsConfiguration::Simple { alpn: None, .. })),
             "{tls:?}"
         );
-        assert!(uplink_tls("url = \"mqtt://fleet\"").is_none());
+        assert!(uplink_tls("url = \"mqtt://fleet\"").0.is_none());
     }
 }

@@ -71,7 +71,7 @@ pub async fn drive(
         };
         let was_up = client.is_none();
         let wait = backoff.failed(&mut rand::thread_rng());
-        log_failure(&endpoint, &error, was_up, wait.as_millis() as u64);
+        log_failure(&endpoint, url.tls, &error, was_up, wait.as_millis() as u64);
         if was_up && link.send(LinkEvent::Lost).await.is_err() {
             return;
         }
@@ -80,7 +80,23 @@ pub async fn drive(
     }
 }
 
-fn log_failure(endpoint: &str, error: &ConnectionError, was_up: bool, retry_in_ms: u64) {
+/// A TLS failure, or a connection the other side reset or closed before answering (what a broker does
+/// with a client certificate it refuses, under TLS 1.3 after the client finished its handshake).
+fn tls_trouble(error: &ConnectionError) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, InvalidData, UnexpectedEof};
+    match error {
+        ConnectionError::Tls(_) => true,
+        // rustls reports a TLS alert from the broker (UnknownCA, ...) as invalid data.
+        ConnectionError::Io(e) => matches!(
+            e.kind(),
+            ConnectionReset | UnexpectedEof | BrokenPipe | InvalidData
+        ),
+        _ => false,
+    }
+}
+
+/// Logs a failed or lost connection once, with what to check.
+fn log_failure(endpoint: &str, tls: bool, error: &ConnectionError, was_up: bool, retry_in_ms: u64) {
     match error {
         ConnectionError::ConnectionRefused(code) => tracing::warn!(
             endpoint,
@@ -88,6 +104,14 @@ fn log_failure(endpoint: &str, error: &ConnectionError, was_up: bool, retry_in_m
             retry_in_ms,
             "uplink: the fleet broker refused the login; check uplink.client_id, \
              username/password or the client certificate"
+        ),
+        _ if tls && !was_up && tls_trouble(error) => tracing::warn!(
+            endpoint,
+            error = %error,
+            retry_in_ms,
+            "uplink: cannot reach the fleet broker; the TLS connection failed: check uplink.ca_file \
+             (the broker's CA), cert_file and key_file (a broker that does not accept the client \
+             certificate ends the connection)"
         ),
         _ if was_up => {
             tracing::warn!(endpoint, error = %error, retry_in_ms, "uplink: lost the fleet broker")

@@ -17,13 +17,15 @@ mod link;
 pub mod spool;
 pub mod window;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::auth::Operator;
 use crate::broker::{Broker, Copied, InternalSender};
@@ -85,6 +87,12 @@ pub enum UplinkError {
         SYSTEM_CA_BUNDLES.join(", ")
     )]
     NoCa,
+    #[error("uplink.{key}: {path}: {reason}")]
+    Pem {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("uplink: cannot open the spool in {path}: {source}")]
     Spool {
         path: PathBuf,
@@ -116,14 +124,23 @@ pub fn mqtt_options(settings: &Settings) -> Result<MqttOptions, UplinkError> {
             })
         };
         let ca = match &settings.ca_file {
-            Some(path) => read("ca_file", path)?,
+            Some(path) => {
+                let ca = read("ca_file", path)?;
+                check_certificates("ca_file", path, &ca)?;
+                ca
+            }
             None => SYSTEM_CA_BUNDLES
                 .iter()
                 .find_map(|path| std::fs::read(path).ok())
                 .ok_or(UplinkError::NoCa)?,
         };
         let client_auth = match (&settings.cert_file, &settings.key_file) {
-            (Some(cert), Some(key)) => Some((read("cert_file", cert)?, read("key_file", key)?)),
+            (Some(cert_path), Some(key_path)) => {
+                let (cert, key) = (read("cert_file", cert_path)?, read("key_file", key_path)?);
+                check_certificates("cert_file", cert_path, &cert)?;
+                check_key(key_path, &key)?;
+                Some((cert, key))
+            }
             _ => None,
         };
         let alpn = (!settings.alpn.is_empty()).then(|| {
@@ -140,6 +157,34 @@ pub fn mqtt_options(settings: &Settings) -> Result<MqttOptions, UplinkError> {
         }));
     }
     Ok(options)
+}
+
+/// Refuses a PEM file without certificates or with one that does not parse: rumqttc would skip it and
+/// every connection would fail later, far from the cause.
+fn check_certificates(key: &'static str, path: &Path, pem: &[u8]) -> Result<(), UplinkError> {
+    let bad = |reason: String| UplinkError::Pem {
+        key,
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("a certificate does not parse ({e})")))?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(())
+}
+
+/// Refuses a key file that holds no private key rumqttc can use (PKCS#8, RSA or SEC1 EC, in PEM).
+fn check_key(path: &Path, pem: &[u8]) -> Result<(), UplinkError> {
+    PrivateKeyDer::from_pem_slice(pem)
+        .map(drop)
+        .map_err(|e| UplinkError::Pem {
+            key: "key_file",
+            path: path.to_owned(),
+            reason: format!("holds no PEM private key ({e})"),
+        })
 }
 
 /// Starts the uplink: opens the spool, has the broker copy the `out` topics to it (from the first client
