@@ -50,6 +50,9 @@ pub struct Config {
     pub recovery: Vec<RecoveryRoute>,
     /// `[uplink]`: the connection out to the fleet's MQTT broker; absent: no uplink.
     pub uplink: Option<UplinkConfig>,
+    /// `[api]`: AWS IoT's HTTP API (the `aws iot` CLI, boto3); absent: on 127.0.0.1:8080.
+    #[serde(default)]
+    pub api: ApiConfig,
     /// Where this config was read from: the file's path as given, or "built-in defaults". Errors found
     /// after loading (a plugin refusing its route's config) point the operator there.
     #[serde(skip)]
@@ -119,6 +122,37 @@ pub struct BrokerConfig {
     /// CA certificates (PEM) that sign device certificates. When set, TLS clients are asked for a
     /// certificate; one that verifies authenticates the device whose thing name is its subject CN.
     pub tls_client_ca: Option<PathBuf>,
+}
+
+/// `[api]`: the HTTP listeners of AWS IoT's REST API (the jobs operations), for the AWS CLI and SDKs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Plain HTTP listeners (default: loopback port 8080, like the MQTT default); empty: none.
+    #[serde(default = "default_api_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners (default: none). Need `tls_cert` and `tls_key`.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
+    /// The server's certificate chain (PEM, leaf first). Relative: to the config file's directory.
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig {
+            listen: default_api_listen(),
+            tls_listen: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+fn default_api_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 8080))]
 }
 
 fn default_write_stall_timeout_ms() -> u64 {
@@ -707,11 +741,13 @@ impl Config {
                     resolve(path);
                 }
             }
-            let broker = &mut config.broker;
+            let (broker, api) = (&mut config.broker, &mut config.api);
             let tls_files = [
                 &mut broker.tls_cert,
                 &mut broker.tls_key,
                 &mut broker.tls_client_ca,
+                &mut api.tls_cert,
+                &mut api.tls_key,
             ];
             for path in tls_files.into_iter().flatten() {
                 resolve(path);
@@ -774,6 +810,16 @@ impl Config {
         }
         if self.broker.max_segment_count == 0 {
             return fail("broker.max_segment_count", "must be at least 1");
+        }
+        if !self.api.tls_listen.is_empty() {
+            for (key, file) in [
+                ("api.tls_cert", &self.api.tls_cert),
+                ("api.tls_key", &self.api.tls_key),
+            ] {
+                if file.is_none() {
+                    return fail(key, "required when api.tls_listen is set");
+                }
+            }
         }
         if self.jobs.max_concurrent_deletions == 0 {
             return fail("jobs.max_concurrent_deletions", "must be at least 1");
@@ -952,6 +998,29 @@ mod tests {
         assert!(
             err.contains("isolation") && err.contains("in-process") && err.contains("thread"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_http_api_listens_on_loopback_8080_by_default_and_tls_needs_its_files() {
+        let config = Config::default();
+        assert_eq!(config.api.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert!(config.api.tls_listen.is_empty());
+        let api = |lines: &str| {
+            let text = DEFAULT_TOML.replace("[api]\n", &format!("[api]\n{lines}\n"));
+            Config::parse(&text, "test.toml").map_err(|e| e.to_string())
+        };
+        let err = api("tls_listen = [\"127.0.0.1:8443\"]").unwrap_err();
+        assert!(err.contains("api.tls_cert"), "{err}");
+        let off = DEFAULT_TOML.replace("listen = [\"127.0.0.1:8080\"]", "listen = []");
+        assert!(Config::parse(&off, "t").unwrap().api.listen.is_empty());
+        // Without an [api] section: the default listener.
+        let start = DEFAULT_TOML.find("[api]\n").unwrap();
+        let end = start + DEFAULT_TOML[start..].find("\n\n").unwrap();
+        let without = format!("{}{}", &DEFAULT_TOML[..start], &DEFAULT_TOML[end..]);
+        assert_eq!(
+            Config::parse(&without, "t").unwrap().api,
+            ApiConfig::default()
         );
     }
 

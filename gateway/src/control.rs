@@ -50,6 +50,11 @@ pub mod op {
     pub const LIST_PLUGINS: &str = "ListPlugins";
     pub const DESCRIBE_PLUGIN: &str = "DescribePlugin";
     pub const RESET_PLUGIN: &str = "ResetPlugin";
+    pub const UPDATE_JOB: &str = "UpdateJob";
+    pub const GET_JOB_DOCUMENT: &str = "GetJobDocument";
+    pub const LIST_JOB_EXECUTIONS_FOR_THING: &str = "ListJobExecutionsForThing";
+    pub const CANCEL_JOB_EXECUTION: &str = "CancelJobExecution";
+    pub const DELETE_JOB_EXECUTION: &str = "DeleteJobExecution";
 }
 
 /// The operations served, as they appear in request topics.

@@ -9,6 +9,7 @@
 //! and the configured topic rules, on MQTT's matching rules in [`topic_filter`]). [`daemon`] wires the
 //! pieces for `sprig run`; [`cli`] is the command line. [`uplink`] connects the gateway out to the
 //! fleet's MQTT broker: control requests come down, status changes and presence events go up.
+//! [`http_api`] serves AWS IoT's REST API for the jobs operations (the `aws iot` CLI, boto3).
 //!
 //! # The direction of dependencies
 //!
@@ -26,6 +27,7 @@
 //!    the engine.
 //! 7. [`uplink`]: the connection out to the fleet's broker; it answers the fleet through [`control`] and
 //!    reports the engine's status changes and the broker's presence events.
+//!    [`http_api`]: AWS IoT's REST API over HTTP; it answers the AWS CLI and SDKs through [`control`].
 //! 8. [`daemon`]: builds every module's settings from the config and wires the services together.
 //! 9. [`cli`]: the command line.
 //!
@@ -61,6 +63,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod device_api;
+pub mod http_api;
 pub mod jobs;
 pub mod model;
 pub mod notify;

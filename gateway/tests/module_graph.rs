@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["auth"],
     &["broker"],
     &["recovery", "notify", "device_api", "control"],
-    &["uplink"],
+    &["uplink", "http_api"],
     &["daemon"],
     &["cli"],
 ];

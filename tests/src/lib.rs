@@ -32,17 +32,30 @@ use serde_json::{json, Value};
 /// The default configuration file of the repository.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/gateway.toml");
 
-/// The default config listening on `listen` only, with its data in `data_dir`.
+/// The default config listening on `listen` only, with its data in `data_dir`, and its HTTP API on a free
+/// loopback port (read it back with [`api_addr`]): many gateways run at once in the tests.
 pub fn config_for(listen: &str, data_dir: &Path) -> String {
+    let api = format!("127.0.0.1:{}", free_port());
     DEFAULT_CONFIG
         .replace(
             "listen = [\"127.0.0.1:1883\"]",
             &format!("listen = [\"{listen}\"]"),
         )
         .replace(
+            "listen = [\"127.0.0.1:8080\"]",
+            &format!("listen = [\"{api}\"]"),
+        )
+        .replace(
             "data_dir = \"./sprig-data\"",
             &format!("data_dir = {:?}", data_dir.display().to_string()),
         )
+}
+
+/// The first plain HTTP API listener of `config` (`[api] listen`), if any.
+pub fn api_addr(config: &str) -> Option<SocketAddr> {
+    let config: toml::Value = toml::from_str(config).ok()?;
+    let listen = config.get("api")?.get("listen")?.as_array()?;
+    listen.first()?.as_str()?.parse().ok()
 }
 
 /// `config` with the setting `from` (a line as `config/gateway.toml` writes it) changed to `to`. Panics when

@@ -64,16 +64,7 @@ pub(crate) fn server_config(config: &BrokerConfig) -> Result<Option<Arc<ServerCo
         )
     };
 
-    let certs = read_certificates(&cert_path).map_err(|e| invalid("tls_cert", &cert_path, e))?;
-    let key_pem = read(&key_path).map_err(|e| invalid("tls_key", &key_path, e))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        invalid(
-            "tls_key",
-            &key_path,
-            format!("no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
-        )
-    })?;
-
+    let (certs, key) = certificate_and_key("broker", &cert_path, &key_path)?;
     let provider = Arc::new(ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -98,6 +89,53 @@ pub(crate) fn server_config(config: &BrokerConfig) -> Result<Option<Arc<ServerCo
         .with_single_cert(certs, key)
         .map_err(|e| invalid("tls_key", &key_path, format!("unusable with tls_cert: {e}")))?;
     Ok(Some(Arc::new(server)))
+}
+
+/// A server's certificate chain and key from `{section}.tls_cert` and `{section}.tls_key`; errors name
+/// the key, the file and the reason.
+fn certificate_and_key(
+    section: &str,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), KeyError> {
+    let invalid = |key: &str, path: &Path, reason: String| {
+        (
+            format!("{section}.{key}"),
+            format!("{}: {reason}", path.display()),
+        )
+    };
+    let certs = read_certificates(cert_path).map_err(|e| invalid("tls_cert", cert_path, e))?;
+    let key_pem = read(key_path).map_err(|e| invalid("tls_key", key_path, e))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        invalid(
+            "tls_key",
+            key_path,
+            format!("no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
+        )
+    })?;
+    Ok((certs, key))
+}
+
+/// A TLS server configuration without client certificates (the HTTP API's), from
+/// `{section}.tls_cert` and `{section}.tls_key`.
+pub(crate) fn server_config_for(
+    section: &str,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Arc<ServerConfig>, KeyError> {
+    let (certs, key) = certificate_and_key(section, cert_path, key_path)?;
+    let server = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| (format!("{section}.tls_listen"), e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            (
+                format!("{section}.tls_key"),
+                format!("{}: unusable with tls_cert: {e}", key_path.display()),
+            )
+        })?;
+    Ok(Arc::new(server))
 }
 
 fn client_verifier(
