@@ -608,6 +608,8 @@ mod tests {
             password_hash: hash_password("secret").unwrap(),
             namespaces: Vec::new(),
             standard_jobs: true,
+            access_key_id: None,
+            secret_access_key: None,
         });
         let auth = Authenticator::new(&config, &local).unwrap();
         assert!(auth.checks_instantly(LOCAL_OPERATOR_USERNAME));
