@@ -6,7 +6,8 @@
 //! functions of the principal and the topic, so the broker's listener enforces them and tests can read them:
 //! the built-in ones in [`Principal::may_publish`] and [`Principal::may_subscribe`], the configured
 //! `[[auth.topic_rules]]` in [`rules`]; [`Authenticator::may_publish`] and [`Authenticator::may_subscribe`]
-//! combine the two.
+//! combine the two. HTTP API requests are authenticated by [`sigv4`]: an operator (the local one too) may
+//! have an AWS-style access key, and signs its requests with it as the AWS CLI and boto3 do.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -25,6 +26,7 @@ pub use crate::jobs::validate::is_thing_name;
 pub use crate::jobs::Grants;
 
 pub mod rules;
+pub mod sigv4;
 
 /// Whom a session belongs to. Defined with the stored session that persists it, so the store needs
 /// nothing of authentication; [`Principal::identity`] names a principal by it.
@@ -195,6 +197,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub enum SetupError {
     #[error(transparent)]
     TopicRules(#[from] RuleError),
+    #[error(
+        "auth.operators[{index}].access_key_id `{access_key_id}` is the local operator's access key \
+         (in {LOCAL_OPERATOR_FILE}): give the operator a key of its own"
+    )]
+    AccessKeyOfLocalOperator { index: usize, access_key_id: String },
 }
 
 /// Checks credentials at CONNECT against the configured operators and devices, and what a connected
@@ -203,10 +210,12 @@ pub struct Authenticator {
     accounts: HashMap<String, Account>,
     anonymous_devices_on_loopback: bool,
     topic_rules: TopicRules,
+    access_keys: sigv4::AccessKeys,
 }
 
 impl Authenticator {
-    /// Builds the authenticator from `[auth]` plus the local operator (username [`LOCAL_OPERATOR_USERNAME`]).
+    /// Builds the authenticator from `[auth]` plus the local operator (username [`LOCAL_OPERATOR_USERNAME`]),
+    /// with their access keys for the HTTP API.
     pub fn new(
         config: &AuthConfig,
         local_operator: &LocalOperator,
@@ -251,7 +260,13 @@ impl Authenticator {
             accounts,
             anonymous_devices_on_loopback: config.anonymous_devices_on_loopback,
             topic_rules: TopicRules::compile(&config.topic_rules)?,
+            access_keys: sigv4::AccessKeys::new(config, local_operator)?,
         })
+    }
+
+    /// The access keys that may sign HTTP API requests, for [`sigv4::verify`].
+    pub fn access_keys(&self) -> &sigv4::AccessKeys {
+        &self.access_keys
     }
 
     /// May `principal`, connected as `client_id`, publish to `topic`? By the built-in rules (its own
