@@ -807,6 +807,24 @@ mod tests {
     }
 
     #[test]
+    fn half_an_access_key_in_the_file_is_replaced_by_a_whole_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = LocalOperator::path_in(dir.path());
+        std::fs::write(
+            &path,
+            r#"{"username": "sprig-local", "password": "pw", "access_key_id": "SPRGHALF000000000000"}"#,
+        )
+        .unwrap();
+        assert_eq!(LocalOperator::load(&path).unwrap().access_key, None);
+        let key = LocalOperator::load_or_create(dir.path())
+            .unwrap()
+            .access_key
+            .unwrap();
+        assert_ne!(key.access_key_id, "SPRGHALF000000000000");
+        assert_eq!(LocalOperator::load(&path).unwrap().access_key, Some(key));
+    }
+
+    #[test]
     fn a_thing_with_a_password_cannot_connect_anonymously() {
         let local = LocalOperator {
             username: LOCAL_OPERATOR_USERNAME.into(),
