@@ -274,6 +274,23 @@ pub struct OperatorConfig {
     pub namespaces: Vec<String>,
     #[serde(default)]
     pub standard_jobs: bool,
+    /// The operator's AWS-style access key for the HTTP API (SigV4), with `secret_access_key`: both or
+    /// neither. `[A-Z0-9]{16,128}`, unique among the operators.
+    pub access_key_id: Option<String>,
+    /// The secret of `access_key_id`, kept as it is: SigV4 signs with the secret itself (an HMAC key), so
+    /// it cannot be stored hashed as a password is. At least 16 characters.
+    pub secret_access_key: Option<String>,
+}
+
+/// The shortest `secret_access_key` accepted (AWS's are 40 characters).
+pub const MIN_SECRET_ACCESS_KEY_LEN: usize = 16;
+
+/// True when `id` has the shape of an AWS access key id: 16 to 128 capital letters and digits.
+pub fn is_access_key_id(id: &str) -> bool {
+    (16..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 /// `[[recovery]]`: devices whose IN_PROGRESS execution is force-deleted or force-canceled are recovered by
@@ -328,6 +345,54 @@ pub enum Isolation {
     /// `"in-process"`: the library is loaded into the gateway and called on a thread of its own; cheaper
     /// per call, but a crash in the plugin is the gateway's crash.
     InProcess,
+}
+
+/// An operator's `access_key_id` and `secret_access_key`: both or neither, well-formed, the key id not
+/// one of the `earlier` operators'. The error names the field at fault.
+fn validate_access_key(
+    earlier: &[OperatorConfig],
+    op: &OperatorConfig,
+) -> Result<(), (&'static str, String)> {
+    let (id, secret) = match (&op.access_key_id, &op.secret_access_key) {
+        (None, None) => return Ok(()),
+        (Some(_), None) => {
+            return Err((
+                "secret_access_key",
+                "missing: an access_key_id needs its secret_access_key (or remove both)".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err((
+                "access_key_id",
+                "missing: a secret_access_key needs its access_key_id (or remove both)".into(),
+            ))
+        }
+        (Some(id), Some(secret)) => (id, secret),
+    };
+    if !is_access_key_id(id) {
+        return Err((
+            "access_key_id",
+            format!("`{id}` is not an access key id: 16 to 128 capital letters and digits ([A-Z0-9]{{16,128}}), as AWS's are"),
+        ));
+    }
+    if let Some(j) = earlier
+        .iter()
+        .position(|other| other.access_key_id.as_deref() == Some(id))
+    {
+        return Err((
+            "access_key_id",
+            format!(
+                "`{id}` is the access key of auth.operators[{j}] too: each operator needs its own"
+            ),
+        ));
+    }
+    if secret.chars().count() < MIN_SECRET_ACCESS_KEY_LEN {
+        return Err((
+            "secret_access_key",
+            format!("must be at least {MIN_SECRET_ACCESS_KEY_LEN} characters (AWS's are 40)"),
+        ));
+    }
+    Ok(())
 }
 
 /// `[[recovery]]`: the rules serde cannot check, route by route (named first: [`name_unnamed_routes`]).
@@ -866,6 +931,8 @@ impl Config {
                     );
                 }
             }
+            validate_access_key(&self.auth.operators[..i], op)
+                .map_err(|(field, reason)| (key(field), reason))?;
         }
         for (i, dev) in self.auth.devices.iter().enumerate() {
             if dev.thing_name.is_empty() {
@@ -947,6 +1014,85 @@ mod tests {
         assert!(rules[0].operators.is_empty() && rules[0].subscribe.is_empty());
         assert!(rules[1].things.is_empty(), "an explicit [] means no device");
         assert_eq!(rules[1].operators, ["sprig-local"]);
+    }
+
+    /// An `[[auth.operators]]` entry with `extra` (TOML lines) added.
+    fn operator(extra: &str) -> String {
+        format!(
+            "[[auth.operators]]\nusername = \"ops\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$x$y\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn operators_may_have_an_access_key_and_its_secret() {
+        let config = with_rules(&operator(
+            "access_key_id = \"AKIAIOSFODNN7EXAMPLE\"\n\
+             secret_access_key = \"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\"",
+        ))
+        .unwrap();
+        let op = &config.auth.operators[0];
+        assert_eq!(op.access_key_id.as_deref(), Some("AKIAIOSFODNN7EXAMPLE"));
+        assert_eq!(
+            op.secret_access_key.as_deref(),
+            Some("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+        );
+        let config = with_rules(&operator("")).unwrap();
+        assert_eq!(config.auth.operators[0].access_key_id, None);
+    }
+
+    #[test]
+    fn bad_access_keys_name_the_key_at_fault() {
+        let secret = "secret_access_key = \"0123456789abcdef\"";
+        let cases = [
+            (
+                "access_key_id = \"AKIAIOSFODNN7EXAMPLE\"".to_owned(),
+                "auth.operators[0].secret_access_key",
+                "missing",
+            ),
+            (
+                secret.to_owned(),
+                "auth.operators[0].access_key_id",
+                "missing",
+            ),
+            (
+                format!("access_key_id = \"akiaiosfodnn7example\"\n{secret}"),
+                "auth.operators[0].access_key_id",
+                "[A-Z0-9]{16,128}",
+            ),
+            (
+                format!("access_key_id = \"AKIA0123\"\n{secret}"),
+                "auth.operators[0].access_key_id",
+                "[A-Z0-9]{16,128}",
+            ),
+            (
+                "access_key_id = \"AKIAIOSFODNN7EXAMPLE\"\nsecret_access_key = \"short\""
+                    .to_owned(),
+                "auth.operators[0].secret_access_key",
+                "at least 16",
+            ),
+        ];
+        for (lines, key, reason) in cases {
+            let err = with_rules(&operator(&lines)).unwrap_err();
+            assert!(
+                err.contains(&format!("key `{key}`")) && err.contains(reason),
+                "{lines}: {err}"
+            );
+        }
+        let twice = format!(
+            "{}{}",
+            operator(&format!(
+                "access_key_id = \"AKIAIOSFODNN7EXAMPLE\"\n{secret}"
+            )),
+            operator(&format!(
+                "access_key_id = \"AKIAIOSFODNN7EXAMPLE\"\n{secret}"
+            )),
+        );
+        let err = with_rules(&twice).unwrap_err();
+        assert!(
+            err.contains("key `auth.operators[1].access_key_id`")
+                && err.contains("auth.operators[0] too"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! functions of the principal and the topic, so the broker's listener enforces them and tests can read them:
 //! the built-in ones in [`Principal::may_publish`] and [`Principal::may_subscribe`], the configured
 //! `[[auth.topic_rules]]` in [`rules`]; [`Authenticator::may_publish`] and [`Authenticator::may_subscribe`]
-//! combine the two.
+//! combine the two. HTTP API requests are authenticated by [`sigv4`]: an operator (the local one too) may
+//! have an AWS-style access key, and signs its requests with it as the AWS CLI and boto3 do.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -25,6 +26,7 @@ pub use crate::jobs::validate::is_thing_name;
 pub use crate::jobs::Grants;
 
 pub mod rules;
+pub mod sigv4;
 
 /// Whom a session belongs to. Defined with the stored session that persists it, so the store needs
 /// nothing of authentication; [`Principal::identity`] names a principal by it.
@@ -195,6 +197,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub enum SetupError {
     #[error(transparent)]
     TopicRules(#[from] RuleError),
+    #[error(
+        "auth.operators[{index}].access_key_id `{access_key_id}` is the local operator's access key \
+         (in {LOCAL_OPERATOR_FILE}): give the operator a key of its own"
+    )]
+    AccessKeyOfLocalOperator { index: usize, access_key_id: String },
 }
 
 /// Checks credentials at CONNECT against the configured operators and devices, and what a connected
@@ -203,10 +210,12 @@ pub struct Authenticator {
     accounts: HashMap<String, Account>,
     anonymous_devices_on_loopback: bool,
     topic_rules: TopicRules,
+    access_keys: sigv4::AccessKeys,
 }
 
 impl Authenticator {
-    /// Builds the authenticator from `[auth]` plus the local operator (username [`LOCAL_OPERATOR_USERNAME`]).
+    /// Builds the authenticator from `[auth]` plus the local operator (username [`LOCAL_OPERATOR_USERNAME`]),
+    /// with their access keys for the HTTP API.
     pub fn new(
         config: &AuthConfig,
         local_operator: &LocalOperator,
@@ -251,7 +260,13 @@ impl Authenticator {
             accounts,
             anonymous_devices_on_loopback: config.anonymous_devices_on_loopback,
             topic_rules: TopicRules::compile(&config.topic_rules)?,
+            access_keys: sigv4::AccessKeys::new(config, local_operator)?,
         })
+    }
+
+    /// The access keys that may sign HTTP API requests, for [`sigv4::verify`].
+    pub fn access_keys(&self) -> &sigv4::AccessKeys {
+        &self.access_keys
     }
 
     /// May `principal`, connected as `client_id`, publish to `topic`? By the built-in rules (its own
@@ -384,24 +399,68 @@ pub fn check_hash_format(hash: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The credential of the local operator, as stored in `{data_dir}/local-operator.json`.
+/// The credential of the local operator, as stored in `{data_dir}/local-operator.json`: its MQTT login and
+/// its access key for the HTTP API (`"access_key_id"` and `"secret_access_key"` beside the username and
+/// password; files written before the HTTP API have none until `sprig run` adds one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalOperator {
     pub username: String,
     pub password: String,
+    #[serde(flatten)]
+    pub access_key: Option<AccessKey>,
+}
+
+/// An AWS-style access key: the id a SigV4 request names and the secret it is signed with.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccessKey {
+    /// A new random key pair: the id `SPRG` and 16 capital letters and digits (20 characters, AWS's
+    /// shape), the secret 40 letters and digits (~238 bits; AWS's are 40 characters too).
+    pub fn generate() -> AccessKey {
+        use rand::Rng;
+        const ID_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let mut rng = rand::thread_rng();
+        let id: String = (0..16)
+            .map(|_| char::from(ID_CHARS[rng.gen_range(0..ID_CHARS.len())]))
+            .collect();
+        AccessKey {
+            access_key_id: format!("SPRG{id}"),
+            secret_access_key: random_secret(40),
+        }
+    }
 }
 
 impl LocalOperator {
-    /// Reads the credential in `data_dir`, creating it (mode 0600, once) if it does not exist yet.
+    /// Reads the credential in `data_dir`, creating it (mode 0600, once) if it does not exist yet. A
+    /// credential without an access key (written before the HTTP API) gets one, written back in place of
+    /// the file with the file's permissions kept.
     pub fn load_or_create(data_dir: &Path) -> std::io::Result<LocalOperator> {
         let path = LocalOperator::path_in(data_dir);
         if path.exists() {
-            return LocalOperator::load(&path);
+            let mut credential = LocalOperator::load(&path)?;
+            if credential.access_key.is_none() {
+                credential.access_key = Some(AccessKey::generate());
+                credential.replace(&path)?;
+            }
+            return Ok(credential);
         }
         std::fs::create_dir_all(data_dir)?;
         let credential = LocalOperator {
             username: LOCAL_OPERATOR_USERNAME.to_owned(),
-            password: random_password(),
+            password: random_secret(32),
+            access_key: Some(AccessKey::generate()),
         };
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -411,6 +470,35 @@ impl LocalOperator {
         file.write_all(serde_json::to_string_pretty(&credential)?.as_bytes())?;
         file.sync_all()?;
         Ok(credential)
+    }
+
+    /// Writes this credential over the file at `path`, atomically (a new file renamed over it, so a crash
+    /// leaves the old file or the new one, never half of one) and with the old file's permissions.
+    fn replace(&self, path: &Path) -> std::io::Result<()> {
+        let permissions = std::fs::metadata(path)?.permissions();
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".new");
+        let temporary = PathBuf::from(temporary);
+        // A leftover of a crash in this very step holds nothing the file does not.
+        match std::fs::remove_file(&temporary) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        // Never readable by others, not even for the moment before its permissions are set.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temporary)?;
+        file.set_permissions(permissions)?;
+        file.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&temporary, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// The path of the credential that `sprig run` writes in `data_dir` and the CLI reads.
@@ -430,9 +518,10 @@ impl LocalOperator {
     }
 }
 
-fn random_password() -> String {
+/// `len` random letters and digits.
+fn random_secret(len: usize) -> String {
     use rand::distributions::{Alphanumeric, DistString};
-    Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
+    Alphanumeric.sample_string(&mut rand::thread_rng(), len)
 }
 
 #[cfg(test)]
@@ -479,6 +568,7 @@ mod tests {
         let local = LocalOperator {
             username: LOCAL_OPERATOR_USERNAME.into(),
             password: "pw".into(),
+            access_key: None,
         };
         let mut config = crate::config::Config::default().auth;
         config.topic_rules.push(crate::config::TopicRuleConfig {
@@ -541,6 +631,7 @@ mod tests {
         let local = LocalOperator {
             username: LOCAL_OPERATOR_USERNAME.into(),
             password: "pw".into(),
+            access_key: None,
         };
         let config = crate::config::Config::default().auth;
         let auth = Authenticator::new(&config, &local).unwrap();
@@ -571,6 +662,7 @@ mod tests {
         let local = LocalOperator {
             username: LOCAL_OPERATOR_USERNAME.into(),
             password: "pw".into(),
+            access_key: None,
         };
         let mut config = crate::config::Config::default().auth;
         config.devices.push(crate::config::DeviceConfig {
@@ -601,6 +693,7 @@ mod tests {
         let local = LocalOperator {
             username: LOCAL_OPERATOR_USERNAME.into(),
             password: "Zq3tZq3tZq3tZq3tZq3tZq3tZq3tZq3t".into(),
+            access_key: None,
         };
         let mut config = crate::config::Config::default().auth;
         config.operators.push(crate::config::OperatorConfig {
@@ -608,6 +701,8 @@ mod tests {
             password_hash: hash_password("secret").unwrap(),
             namespaces: Vec::new(),
             standard_jobs: true,
+            access_key_id: None,
+            secret_access_key: None,
         });
         let auth = Authenticator::new(&config, &local).unwrap();
         assert!(auth.checks_instantly(LOCAL_OPERATOR_USERNAME));
@@ -637,10 +732,104 @@ mod tests {
     }
 
     #[test]
+    fn the_local_operator_credential_is_created_once_with_an_access_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let created = LocalOperator::load_or_create(dir.path()).unwrap();
+        let key = created
+            .access_key
+            .clone()
+            .expect("a new credential has a key");
+        assert!(
+            crate::config::is_access_key_id(&key.access_key_id),
+            "{key:?}"
+        );
+        assert!(key.access_key_id.starts_with("SPRG"));
+        assert_eq!(key.secret_access_key.len(), 40);
+        assert!(key
+            .secret_access_key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric()));
+        assert!(!format!("{key:?}").contains(&key.secret_access_key));
+        let path = LocalOperator::path_in(dir.path());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\"access_key_id\"") && text.contains("\"secret_access_key\""),
+            "{text}"
+        );
+        assert_eq!(LocalOperator::load_or_create(dir.path()).unwrap(), created);
+        assert_eq!(LocalOperator::load(&path).unwrap(), created);
+    }
+
+    #[test]
+    fn a_credential_written_before_access_keys_gets_one_and_keeps_its_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = LocalOperator::path_in(dir.path());
+        std::fs::write(
+            &path,
+            r#"{"username": "sprig-local", "password": "Zq3tZq3tZq3tZq3tZq3tZq3tZq3tZq3t"}"#,
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let permissions = std::fs::Permissions::from_mode(0o640);
+            std::fs::set_permissions(&path, permissions).unwrap();
+        }
+        assert_eq!(LocalOperator::load(&path).unwrap().access_key, None);
+
+        let upgraded = LocalOperator::load_or_create(dir.path()).unwrap();
+        assert_eq!(upgraded.username, LOCAL_OPERATOR_USERNAME);
+        assert_eq!(upgraded.password, "Zq3tZq3tZq3tZq3tZq3tZq3tZq3tZq3t");
+        assert!(upgraded.access_key.is_some());
+        assert_eq!(
+            LocalOperator::load(&path).unwrap(),
+            upgraded,
+            "written back"
+        );
+        assert_eq!(LocalOperator::load_or_create(dir.path()).unwrap(), upgraded);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o640, "the file's permissions are kept");
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [LOCAL_OPERATOR_FILE], "no temporary file left");
+    }
+
+    #[test]
+    fn half_an_access_key_in_the_file_is_replaced_by_a_whole_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = LocalOperator::path_in(dir.path());
+        std::fs::write(
+            &path,
+            r#"{"username": "sprig-local", "password": "pw", "access_key_id": "SPRGHALF000000000000"}"#,
+        )
+        .unwrap();
+        assert_eq!(LocalOperator::load(&path).unwrap().access_key, None);
+        let key = LocalOperator::load_or_create(dir.path())
+            .unwrap()
+            .access_key
+            .unwrap();
+        assert_ne!(key.access_key_id, "SPRGHALF000000000000");
+        assert_eq!(LocalOperator::load(&path).unwrap().access_key, Some(key));
+    }
+
+    #[test]
     fn a_thing_with_a_password_cannot_connect_anonymously() {
         let local = LocalOperator {
             username: LOCAL_OPERATOR_USERNAME.into(),
             password: "pw".into(),
+            access_key: None,
         };
         let mut config = crate::config::Config::default().auth;
         config.devices.push(crate::config::DeviceConfig {

@@ -30,6 +30,7 @@ async fn start() -> Arc<Broker> {
     let local = LocalOperator {
         username: LOCAL_OPERATOR_USERNAME.into(),
         password: "pw".into(),
+        access_key: None,
     };
     let auth = Authenticator::new(&config.auth, &local).unwrap();
     Broker::start(&config.broker, Arc::new(auth)).await.unwrap()
@@ -393,6 +394,7 @@ async fn a_busy_address_is_an_error_naming_it() {
     let local = LocalOperator {
         username: LOCAL_OPERATOR_USERNAME.into(),
         password: "pw".into(),
+        access_key: None,
     };
     let auth = Authenticator::new(&Config::default().auth, &local).unwrap();
     let err = Broker::start(&config, Arc::new(auth)).await.err().unwrap();

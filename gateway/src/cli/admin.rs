@@ -1,6 +1,6 @@
 //! The commands that run on the gateway's own machine: `run`, `store check|backup|restore`,
-//! `hash-password` and `plugin check` (`plugin reset`, beside them, is an operator command: see
-//! [`super::plugin_reset`]).
+//! `hash-password`, `credentials` and `plugin check` (`plugin reset`, beside them, is an operator command:
+//! see [`super::plugin_reset`]).
 //!
 //! They are thin: load the config, set up logging and a runtime, hand over to [`crate::daemon`] or
 //! [`crate::auth`], and turn the outcome into an exit code (1 for a refused config or a failed daemon,
@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use super::Failure;
+use crate::auth::LocalOperator;
 use crate::config::Config;
 use crate::daemon::config_checks;
 
@@ -130,6 +131,16 @@ pub struct HashPasswordArgs {
     pub password: Option<String>,
 }
 
+/// `sprig credentials [--config FILE] [--export]`.
+#[derive(Debug, Clone, Args)]
+pub struct CredentialsArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Start each line with `export `, for `eval "$(sprig credentials --export)"`
+    #[arg(long)]
+    pub export: bool,
+}
+
 /// `sprig run`: the gateway, until SIGINT or SIGTERM.
 pub fn run(args: &ConfigArgs) -> Result<Option<String>, Failure> {
     let config = load_config(args.config.as_deref())?;
@@ -189,6 +200,45 @@ pub fn hash_password(args: &HashPasswordArgs) -> Result<Option<String>, Failure>
     let hash = crate::auth::hash_password(&password)
         .map_err(|e| Failure::Fatal(format!("sprig: cannot hash the password: {e}")))?;
     Ok(Some(hash))
+}
+
+/// `sprig credentials`: the local operator's access key for the HTTP API, as the two environment variables
+/// the AWS CLI and boto3 read, one `NAME=VALUE` line each (the values need no quoting: letters and
+/// digits). It reads the file `sprig run` writes in the config's data dir, and never writes it: a key
+/// added here would not be the running gateway's.
+pub fn credentials(args: &CredentialsArgs) -> Result<Option<String>, Failure> {
+    let config_path = args.config.config.as_deref();
+    let config = load_config(config_path)?;
+    let path = LocalOperator::path_in(&config.gateway.data_dir);
+    let run = match config_path {
+        Some(config) => format!("`sprig run --config {}`", config.display()),
+        None => "`sprig run` in this directory".to_owned(),
+    };
+    let local = LocalOperator::load(&path).map_err(|e| {
+        Failure::Fatal(if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "sprig: no local operator credential yet: run {run} first (looked for {})",
+                path.display()
+            )
+        } else {
+            format!(
+                "sprig: cannot read the local operator credential {}: {e}",
+                path.display()
+            )
+        })
+    })?;
+    let Some(key) = local.access_key else {
+        return Err(Failure::Fatal(format!(
+            "sprig: {} has no access key yet (an older sprig wrote it): restart the gateway, {run} \
+             adds one",
+            path.display()
+        )));
+    };
+    let export = if args.export { "export " } else { "" };
+    Ok(Some(format!(
+        "{export}AWS_ACCESS_KEY_ID={}\n{export}AWS_SECRET_ACCESS_KEY={}",
+        key.access_key_id, key.secret_access_key
+    )))
 }
 
 /// `sprig plugin check PATH`: loads the plugin as the gateway would (no plugin function is called) and
@@ -303,6 +353,65 @@ mod tests {
         .unwrap_err();
         assert_eq!(failure.exit_code(), 1);
         assert!(failure.to_string().contains("libnothing.so"), "{failure}");
+    }
+
+    #[test]
+    fn credentials_print_the_local_operators_access_key_once_sprig_run_made_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let config_path = dir.path().join("gateway.toml");
+        let toml =
+            crate::config::DEFAULT_TOML.replace("./sprig-data", &data_dir.display().to_string());
+        std::fs::write(&config_path, toml).unwrap();
+        let args = |export| CredentialsArgs {
+            config: ConfigArgs {
+                config: Some(config_path.clone()),
+            },
+            export,
+        };
+
+        let failure = credentials(&args(false)).unwrap_err();
+        assert_eq!(failure.exit_code(), 1);
+        let text = failure.to_string();
+        assert!(
+            text.contains("sprig run --config") && text.contains("local-operator.json"),
+            "{text}"
+        );
+
+        let local = LocalOperator::load_or_create(&data_dir).unwrap();
+        let key = local.access_key.clone().unwrap();
+        assert_eq!(
+            credentials(&args(false)).unwrap().unwrap(),
+            format!(
+                "AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}",
+                key.access_key_id, key.secret_access_key
+            )
+        );
+        let exported = credentials(&args(true)).unwrap().unwrap();
+        assert_eq!(
+            exported.lines().collect::<Vec<_>>(),
+            [
+                format!("export AWS_ACCESS_KEY_ID={}", key.access_key_id),
+                format!("export AWS_SECRET_ACCESS_KEY={}", key.secret_access_key),
+            ]
+        );
+
+        let keyless = LocalOperator {
+            access_key: None,
+            ..local
+        };
+        let path = LocalOperator::path_in(&data_dir);
+        std::fs::write(&path, serde_json::to_string(&keyless).unwrap()).unwrap();
+        let text = credentials(&args(false)).unwrap_err().to_string();
+        assert!(
+            text.contains("no access key yet") && text.contains("restart"),
+            "{text}"
+        );
+        assert_eq!(
+            LocalOperator::load(&path).unwrap(),
+            keyless,
+            "the file is only read"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Two families of commands share one binary:
 //! - the gateway's own: `sprig run`, `sprig store check|backup|restore`, `sprig hash-password`,
-//!   `sprig plugin check` (`admin`; its dry run of a plugin: `dry_run`), `sprig plugin new`
+//!   `sprig credentials` (the local operator's access key for the HTTP API), `sprig plugin check` (`admin`; its dry run of a plugin: `dry_run`), `sprig plugin new`
 //!   (`plugin_new`); and `sprig plugin-host`, hidden from `--help`, which `sprig run` starts for each
 //!   `[[recovery]]` route whose plugin runs in a process of its own;
 //! - the operator's, shaped like the AWS CLI's `aws iot …` commands: `delete-job`, `create-job`, … Each
@@ -22,7 +22,8 @@
 //!
 //! Exit codes follow the AWS CLI: 0 success; 252 usage or parameter error (clap's too, except `--help`
 //! and `--version`); 254 the gateway answered with an error; 255 anything else (unreachable gateway,
-//! refused credentials, timeout). `run`, `store …` and `plugin check` exit 1 on failure, as daemons do.
+//! refused credentials, timeout). `run`, `store …`, `credentials` and `plugin check` exit 1 on failure, as
+//! daemons do.
 
 mod admin;
 mod args;
@@ -68,6 +69,16 @@ enum Command {
     Store(admin::StoreCommand),
     /// Print an argon2 hash of a password, for `password_hash` in [[auth.operators]] or [[auth.devices]]
     HashPassword(admin::HashPasswordArgs),
+    /// Print the local operator's access key for the HTTP API, as AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY lines
+    #[command(
+        after_help = "The key of the local operator credential `sprig run` writes to \
+                      {data_dir}/local-operator.json (all namespaces). For the AWS CLI or boto3 on this \
+                      machine: `eval \"$(sprig credentials --export)\"`, or \
+                      `env $(sprig credentials) aws iot list-jobs --endpoint-url http://127.0.0.1:8080 \
+                      --region local`."
+    )]
+    Credentials(admin::CredentialsArgs),
     /// Check, dry-run and create recovery-handler plugins, or reset a route's plugin in the running gateway
     #[command(subcommand)]
     Plugin(admin::PluginCommand),
@@ -180,6 +191,7 @@ fn execute(command: &Command) -> Result<Option<String>, Failure> {
         Command::Store(admin::StoreCommand::Backup(args)) => admin::store_backup(args),
         Command::Store(admin::StoreCommand::Restore(args)) => admin::store_restore(args),
         Command::HashPassword(args) => admin::hash_password(args),
+        Command::Credentials(args) => admin::credentials(args),
         Command::Plugin(admin::PluginCommand::Check(args)) => admin::plugin_check(args),
         Command::Plugin(admin::PluginCommand::New(args)) => plugin_new::run(args),
         Command::Plugin(admin::PluginCommand::Reset(args)) => plugin_reset(args),

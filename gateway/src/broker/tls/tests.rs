@@ -55,6 +55,7 @@ async fn start() -> Setup {
     let local = LocalOperator {
         username: LOCAL_OPERATOR_USERNAME.into(),
         password: "pw".into(),
+        access_key: None,
     };
     let auth = Authenticator::new(&config.auth, &local).unwrap();
     let broker = Broker::start(&config.broker, Arc::new(auth)).await.unwrap();
