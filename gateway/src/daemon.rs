@@ -27,7 +27,7 @@ use crate::jobs::routes::{Route, Routes};
 use crate::jobs::{deletion, device};
 use crate::jobs::{Engine, Limits};
 use crate::store::{self, Health, Store, StoreError};
-use crate::{auth, control, device_api, notify, recovery, uplink};
+use crate::{auth, control, device_api, http_api, notify, recovery, uplink};
 
 pub mod config_checks;
 
@@ -99,7 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let resumed = engine.resume_deletions().await?;
     tokio::spawn(device::run_step_timeouts(engine.clone(), shutdown.clone()));
 
-    let broker = Broker::start_persistent(&config.broker, auth, store.sessions()).await?;
+    let broker = Broker::start_persistent(&config.broker, auth.clone(), store.sessions()).await?;
     let notifier = tokio::spawn(notify::run(
         broker.clone(),
         engine.clone(),
@@ -154,6 +154,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // AWS IoT's HTTP API: its listeners bound now (a port in use refuses the start), served from here on
+    // (a request needs no broker service).
+    let api = {
+        let services = control::Services {
+            engine: engine.clone(),
+            handlers: handlers.clone(),
+        };
+        let requests = Arc::new(control::Requests::new(services, &config.jobs));
+        let authenticate = http_api::sigv4_authenticator(auth.clone());
+        http_api::Api::bind(&config.api, requests, authenticate).await?
+    };
+    let api_addrs: Vec<String> = (api.local_addrs().into_iter().map(|a| format!("http://{a}")))
+        .chain(
+            api.tls_local_addrs()
+                .into_iter()
+                .map(|a| format!("https://{a}")),
+        )
+        .collect();
+    let api = tokio::spawn(api.serve(shutdown.clone()));
     // A service that failed to subscribe drops its sender; its task's error is reported at the end.
     let _ = tokio::join!(devices_ready, recoveries_ready, control_ready);
     // Clients are let in only now: a request sent earlier would find no service to answer it.
@@ -169,6 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let addrs: Vec<String> = plain.chain(tls).collect();
     tracing::info!(
         listen = %addrs.join(", "),
+        api = %api_addrs.join(", "),
         data_dir = %config.gateway.data_dir.display(),
         resumed_deletions = resumed,
         "sprig {} ready",
@@ -199,6 +219,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("the deletion worker did not stop within 5 s; its unfinished work resumes at the next start");
     }
+    // Requests in progress are answered (the engine refuses new work once closed) within 2 s.
+    let _ = tokio::time::timeout(Duration::from_secs(3), api).await;
     if let Some(uplink) = uplink {
         // It says offline to the fleet broker, if it is there, within its own 2 s.
         let _ = tokio::time::timeout(Duration::from_secs(3), uplink).await;

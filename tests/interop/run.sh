@@ -19,7 +19,7 @@ python=${PYTHON:-python3}
 # The virtualenv: made once, reinstalled when requirements.txt changes (its hash is kept in the venv).
 want=$(sha256sum "$requirements" | cut -d' ' -f1)
 if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ] \
-    || ! "$venv/bin/python" -c 'import awsiot, awscrt, paho.mqtt' 2>/dev/null; then
+    || ! "$venv/bin/python" -c 'import awsiot, awscrt, paho.mqtt, boto3' 2>/dev/null; then
     echo "interop: installing $(grep -v '^#' "$requirements" | xargs) into $venv" >&2
     rm -rf "$venv"
     if ! "$python" -m venv "$venv"; then

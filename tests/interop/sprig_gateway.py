@@ -183,6 +183,9 @@ class Gateway:
         self.config_path = self.dir / "gateway.toml"
         self.log_path = self.dir / "sprig.log"
         config = config_for(f"127.0.0.1:{self.port}", self.data_dir)
+        # The HTTP API's port, as config_for chose it.
+        api = config[config.index("\n[api]\n"):]
+        self.api_port = int(re.search(r'\nlisten = \["127\.0\.0\.1:(\d+)"\]', api).group(1))
         if pki:
             config = with_setting(config, '# tls_listen = ["0.0.0.0:8883"]', f'tls_listen = ["127.0.0.1:{self.tls_port}"]')
             config = with_setting(config, '# tls_cert = "tls/server.pem"', f"tls_cert = {json.dumps(str(pki.server_cert))}")

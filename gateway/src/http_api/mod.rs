@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::Operator;
+use crate::auth::{sigv4, Authenticator, Operator};
 use crate::config::ApiConfig;
 use crate::control::{self, MAX_REQUEST_BYTES};
 use reply::HttpReply;
@@ -50,6 +50,25 @@ pub struct Refusal {
 /// Who sent a request (its SigV4 signature's operator), given its head and its body.
 pub type Authenticate =
     Arc<dyn Fn(&Parts, &[u8]) -> Result<Arc<Operator>, Refusal> + Send + Sync + 'static>;
+
+/// Requests signed with AWS Signature Version 4 by an operator's access key (`auth::sigv4`), checked
+/// against the clock now.
+pub fn sigv4_authenticator(auth: Arc<Authenticator>) -> Authenticate {
+    Arc::new(move |parts: &Parts, body: &[u8]| {
+        let request = sigv4::RequestParts::from_http(parts);
+        let keys = auth.access_keys();
+        sigv4::verify(
+            &request,
+            sigv4::Payload::Bytes(body),
+            keys,
+            SystemTime::now(),
+        )
+        .map_err(|e| Refusal {
+            code: e.code().to_owned(),
+            message: e.message(),
+        })
+    })
+}
 
 /// Why the API cannot start.
 #[derive(Debug, thiserror::Error)]
