@@ -45,6 +45,7 @@ pub mod op {
     pub const CANCEL_JOB: &str = "CancelJob";
     pub const DESCRIBE_JOB_EXECUTION: &str = "DescribeJobExecution";
     pub const LIST_JOB_EXECUTIONS_FOR_JOB: &str = "ListJobExecutionsForJob";
+    pub const LIST_JOB_EXECUTIONS_FOR_THING: &str = "ListJobExecutionsForThing";
     pub const LIST_RECOVERIES: &str = "ListRecoveries";
     pub const DESCRIBE_RECOVERY: &str = "DescribeRecovery";
     pub const LIST_PLUGINS: &str = "ListPlugins";
@@ -53,7 +54,7 @@ pub mod op {
 }
 
 /// The operations served, as they appear in request topics.
-pub const OPERATIONS: [&str; 12] = [
+pub const OPERATIONS: [&str; 13] = [
     op::CREATE_JOB,
     op::DELETE_JOB,
     op::DESCRIBE_JOB,
@@ -61,6 +62,7 @@ pub const OPERATIONS: [&str; 12] = [
     op::CANCEL_JOB,
     op::DESCRIBE_JOB_EXECUTION,
     op::LIST_JOB_EXECUTIONS_FOR_JOB,
+    op::LIST_JOB_EXECUTIONS_FOR_THING,
     op::LIST_RECOVERIES,
     op::DESCRIBE_RECOVERY,
     op::LIST_PLUGINS,
@@ -242,6 +244,11 @@ impl Requests {
             op::LIST_JOB_EXECUTIONS_FOR_JOB => respond(
                 engine
                     .list_job_executions_for_job(grants, typed(body)?)
+                    .await,
+            ),
+            op::LIST_JOB_EXECUTIONS_FOR_THING => respond(
+                engine
+                    .list_job_executions_for_thing(grants, typed(body)?)
                     .await,
             ),
             op::LIST_PLUGINS | op::DESCRIBE_PLUGIN | op::RESET_PLUGIN => {

@@ -358,6 +358,33 @@ pub static OPERATIONS: &[Operation] = &[
         ])),
     },
     Operation {
+        command: "list-job-executions-for-thing",
+        name: op::LIST_JOB_EXECUTIONS_FOR_THING,
+        about: "Lists the job executions of a thing",
+        params: &[
+            required("thingName", Shape::String, "The thing name."),
+            param(
+                "status",
+                Shape::String,
+                "QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, TIMED_OUT, REJECTED, REMOVED or CANCELED.",
+            ),
+            NAMESPACE_ID,
+            MAX_RESULTS,
+            NEXT_TOKEN,
+            param("jobId", Shape::String, "Only the execution of this job."),
+        ],
+        output: Some(Shape::Struct(&[
+            (
+                "executionSummaries",
+                Shape::List(&Shape::Struct(&[
+                    ("jobId", Shape::String),
+                    ("jobExecutionSummary", JOB_EXECUTION_SUMMARY),
+                ])),
+            ),
+            ("nextToken", Shape::String),
+        ])),
+    },
+    Operation {
         command: "list-recoveries",
         name: op::LIST_RECOVERIES,
         about:

@@ -77,6 +77,17 @@ pub struct ListJobExecutionsForJobRequest {
     pub next_token: Option<String>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListJobExecutionsForThingRequest {
+    pub thing_name: String,
+    pub status: Option<String>,
+    pub namespace_id: Option<String>,
+    pub max_results: Option<u32>,
+    pub next_token: Option<String>,
+    pub job_id: Option<String>,
+}
+
 /// CreateJob's and CancelJob's response.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -199,6 +210,23 @@ pub struct ExecutionSummaryForJob {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+pub struct ListJobExecutionsForThingResponse {
+    pub execution_summaries: Vec<ExecutionSummaryForThing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// AWS's `JobExecutionSummaryForThing`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionSummaryForThing {
+    pub job_id: String,
+    pub job_execution_summary: ExecutionSummary,
+}
+
+/// AWS's `JobExecutionSummary` (sprig has no retry configuration, so never a `retryAttempt`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExecutionSummary {
     pub status: &'static str,
     pub queued_at: f64,
@@ -206,6 +234,27 @@ pub struct ExecutionSummary {
     pub started_at: Option<f64>,
     pub last_updated_at: f64,
     pub execution_number: i64,
+}
+
+impl ExecutionSummary {
+    pub fn of(execution: &Execution) -> ExecutionSummary {
+        ExecutionSummary {
+            status: execution.status.as_str(),
+            queued_at: seconds(execution.queued_at),
+            started_at: execution.started_at.map(seconds),
+            last_updated_at: seconds(execution.last_updated_at),
+            execution_number: execution.execution_number,
+        }
+    }
+}
+
+impl ExecutionSummaryForThing {
+    pub fn of(execution: &Execution) -> ExecutionSummaryForThing {
+        ExecutionSummaryForThing {
+            job_id: execution.job_id.clone(),
+            job_execution_summary: ExecutionSummary::of(execution),
+        }
+    }
 }
 
 /// Epoch milliseconds as AWS's epoch seconds.
@@ -304,13 +353,7 @@ impl Arns {
     pub fn execution_summary(&self, execution: &Execution) -> ExecutionSummaryForJob {
         ExecutionSummaryForJob {
             thing_arn: self.thing(&execution.thing_name),
-            job_execution_summary: ExecutionSummary {
-                status: execution.status.as_str(),
-                queued_at: seconds(execution.queued_at),
-                started_at: execution.started_at.map(seconds),
-                last_updated_at: seconds(execution.last_updated_at),
-                execution_number: execution.execution_number,
-            },
+            job_execution_summary: ExecutionSummary::of(execution),
         }
     }
 

@@ -1,0 +1,166 @@
+//! The operators' job execution operations as AWS IoT has them (ListJobExecutionsForThing,
+//! CancelJobExecution, DeleteJobExecution), through raw MQTT control requests against the real gateway,
+//! with real devices on the other side.
+
+use serde_json::{json, Value};
+use sprig_tests::device::{Device, Protocol};
+use sprig_tests::{create_job, hash_password, Gateway, Operator};
+
+fn rejected(reply: sprig_tests::Reply) -> String {
+    match reply {
+        Ok(body) => panic!("expected a rejection, got {body}"),
+        Err((code, _)) => code,
+    }
+}
+
+/// `(jobId, status)` of each summary of a ListJobExecutionsForThing answer, and its nextToken.
+fn listed(answer: &Value) -> (Vec<(String, String)>, Option<String>) {
+    let summaries = answer["executionSummaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let status = &s["jobExecutionSummary"]["status"];
+            (
+                s["jobId"].as_str().unwrap().to_owned(),
+                status.as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (summaries, answer["nextToken"].as_str().map(str::to_owned))
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(job, status)| (job.to_string(), status.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_job_executions_for_thing_lists_finished_and_pending_executions_the_caller_may_see() {
+    let acme_hash = hash_password("acme-pw");
+    let gateway = Gateway::start_with(|c| {
+        format!(
+            "{c}\n[[auth.operators]]\nusername = \"acme\"\npassword_hash = \"{acme_hash}\"\nnamespaces = [\"acme\"]\n"
+        )
+    });
+    let mut op = gateway.operator().await;
+    op.request("CreateJob", create_job("j1", None, &["t1", "t2"]))
+        .await
+        .unwrap();
+    op.request("CreateJob", create_job("j2", Some("acme"), &["t1"]))
+        .await
+        .unwrap();
+    op.request("CreateJob", create_job("j3", None, &["t2"]))
+        .await
+        .unwrap();
+    // t1 runs j1 to the end: no longer pending, still listed.
+    let mut t1 = Device::connect(gateway.addr, "t1", Protocol::V311).await;
+    let (accepted, body) = t1.request("start-next", json!({})).await;
+    assert!(accepted && body["execution"]["jobId"] == "j1", "{body}");
+    let (accepted, body) = t1
+        .request("j1/update", json!({"status": "SUCCEEDED"}))
+        .await;
+    assert!(accepted, "{body}");
+
+    let all = op
+        .request("ListJobExecutionsForThing", json!({"thingName": "t1"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(&all),
+        (pairs(&[("j1", "SUCCEEDED"), ("j2", "QUEUED")]), None)
+    );
+    let done = &all["executionSummaries"][0]["jobExecutionSummary"];
+    assert_eq!(done["executionNumber"], 1);
+    assert!(done["startedAt"].is_number() && done["queuedAt"].is_number());
+    assert!(done["lastUpdatedAt"].as_f64() >= done["startedAt"].as_f64());
+    assert!(all["executionSummaries"][1]["jobExecutionSummary"]
+        .get("startedAt")
+        .is_none());
+
+    // Filters: status, namespace, job.
+    for (filter, expected) in [
+        (json!({"status": "QUEUED"}), vec![("j2", "QUEUED")]),
+        (json!({"status": "FAILED"}), vec![]),
+        (json!({"namespaceId": "acme"}), vec![("j2", "QUEUED")]),
+        (json!({"jobId": "j1"}), vec![("j1", "SUCCEEDED")]),
+        (json!({"jobId": "j3"}), vec![]),
+    ] {
+        let mut request = filter.clone();
+        request["thingName"] = json!("t1");
+        let answer = op
+            .request("ListJobExecutionsForThing", request)
+            .await
+            .unwrap();
+        assert_eq!(listed(&answer), (pairs(&expected), None), "{filter}");
+    }
+
+    // Pages: maxResults, and nextToken naming the last job of the page.
+    let first = op
+        .request(
+            "ListJobExecutionsForThing",
+            json!({"thingName": "t1", "maxResults": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(&first),
+        (pairs(&[("j1", "SUCCEEDED")]), Some("j1".into()))
+    );
+    let second = op
+        .request(
+            "ListJobExecutionsForThing",
+            json!({"thingName": "t1", "maxResults": 1, "nextToken": "j1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed(&second), (pairs(&[("j2", "QUEUED")]), None));
+
+    // Another thing, and a thing with no executions (sprig has no thing registry: an empty list).
+    let t2 = op
+        .request("ListJobExecutionsForThing", json!({"thingName": "t2"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(&t2),
+        (pairs(&[("j1", "QUEUED"), ("j3", "QUEUED")]), None)
+    );
+    let nobody = op
+        .request("ListJobExecutionsForThing", json!({"thingName": "nobody"}))
+        .await
+        .unwrap();
+    assert_eq!(listed(&nobody), (vec![], None));
+
+    // An operator sees the executions of its namespaces' jobs only; another namespace does not exist.
+    let mut acme = Operator::connect(gateway.addr, "acme", "acme-pw")
+        .await
+        .unwrap();
+    let theirs = acme
+        .request("ListJobExecutionsForThing", json!({"thingName": "t1"}))
+        .await
+        .unwrap();
+    assert_eq!(listed(&theirs), (pairs(&[("j2", "QUEUED")]), None));
+    let other = acme
+        .request(
+            "ListJobExecutionsForThing",
+            json!({"thingName": "t1", "namespaceId": "globex"}),
+        )
+        .await;
+    assert_eq!(rejected(other), "ResourceNotFoundException");
+
+    // Malformed requests name the field.
+    for bad in [
+        json!({}),
+        json!({"thingName": "a/b"}),
+        json!({"thingName": "t1", "maxResults": 0}),
+        json!({"thingName": "t1", "maxResults": 251}),
+        json!({"thingName": "t1", "status": "DONE"}),
+        json!({"thingName": "t1", "jobId": "a b"}),
+        json!({"thingName": "t1", "thingGroupName": "g"}),
+    ] {
+        let reply = op.request("ListJobExecutionsForThing", bad.clone()).await;
+        assert_eq!(rejected(reply), "InvalidRequestException", "{bad}");
+    }
+}
