@@ -43,6 +43,7 @@ pub mod op {
     pub const DESCRIBE_JOB: &str = "DescribeJob";
     pub const LIST_JOBS: &str = "ListJobs";
     pub const CANCEL_JOB: &str = "CancelJob";
+    pub const CANCEL_JOB_EXECUTION: &str = "CancelJobExecution";
     pub const DESCRIBE_JOB_EXECUTION: &str = "DescribeJobExecution";
     pub const LIST_JOB_EXECUTIONS_FOR_JOB: &str = "ListJobExecutionsForJob";
     pub const LIST_JOB_EXECUTIONS_FOR_THING: &str = "ListJobExecutionsForThing";
@@ -54,12 +55,13 @@ pub mod op {
 }
 
 /// The operations served, as they appear in request topics.
-pub const OPERATIONS: [&str; 13] = [
+pub const OPERATIONS: [&str; 14] = [
     op::CREATE_JOB,
     op::DELETE_JOB,
     op::DESCRIBE_JOB,
     op::LIST_JOBS,
     op::CANCEL_JOB,
+    op::CANCEL_JOB_EXECUTION,
     op::DESCRIBE_JOB_EXECUTION,
     op::LIST_JOB_EXECUTIONS_FOR_JOB,
     op::LIST_JOB_EXECUTIONS_FOR_THING,
@@ -236,6 +238,10 @@ impl Requests {
             op::DESCRIBE_JOB => respond(engine.describe_job(grants, typed(body)?).await),
             op::LIST_JOBS => respond(engine.list_jobs(grants, typed(body)?).await),
             op::CANCEL_JOB => respond(engine.cancel_job(grants, typed(body)?).await),
+            op::CANCEL_JOB_EXECUTION => engine
+                .cancel_job_execution(grants, typed(body)?)
+                .await
+                .map(|()| Value::Object(Map::new())),
             op::DESCRIBE_JOB_EXECUTION => {
                 respond(engine.describe_job_execution(grants, typed(body)?).await)
             }

@@ -2,9 +2,13 @@
 //! CancelJobExecution, DeleteJobExecution), through raw MQTT control requests against the real gateway,
 //! with real devices on the other side.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use sprig_tests::device::{Device, Protocol};
 use sprig_tests::{create_job, hash_password, Gateway, Operator};
+
+const WAIT: Duration = Duration::from_secs(5);
 
 fn rejected(reply: sprig_tests::Reply) -> String {
     match reply {
@@ -162,5 +166,122 @@ async fn list_job_executions_for_thing_lists_finished_and_pending_executions_the
     ] {
         let reply = op.request("ListJobExecutionsForThing", bad.clone()).await;
         assert_eq!(rejected(reply), "InvalidRequestException", "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_job_execution_follows_the_rules_aws_documents() {
+    let gateway = Gateway::start();
+    let mut op = gateway.operator().await;
+    op.request("CreateJob", create_job("j1", None, &["t1", "t2"]))
+        .await
+        .unwrap();
+    let mut t1 = Device::connect(gateway.addr, "t1", Protocol::V311).await;
+    t1.subscribe(&["$aws/things/t1/jobs/notify"]).await;
+
+    // QUEUED: canceled without force, with the status details given; the device is told.
+    let canceled = op
+        .request(
+            "CancelJobExecution",
+            json!({"jobId": "j1", "thingName": "t1", "expectedVersion": 1,
+                   "statusDetails": {"reason": "superseded"}}),
+        )
+        .await;
+    assert_eq!(canceled, Ok(json!({})));
+    let told = t1.expect_message("$aws/things/t1/jobs/notify", WAIT).await;
+    assert_eq!(told["jobs"], json!({}), "{told}");
+    let described = op
+        .request(
+            "DescribeJobExecution",
+            json!({"jobId": "j1", "thingName": "t1"}),
+        )
+        .await
+        .unwrap();
+    let execution = &described["execution"];
+    assert_eq!(
+        (
+            &execution["status"],
+            &execution["versionNumber"],
+            &execution["forceCanceled"]
+        ),
+        (&json!("CANCELED"), &json!(2), &json!(false))
+    );
+    assert_eq!(
+        execution["statusDetails"]["detailsMap"],
+        json!({"reason": "superseded"})
+    );
+    // A terminal execution cannot be canceled, even with force.
+    let again = op
+        .request(
+            "CancelJobExecution",
+            json!({"jobId": "j1", "thingName": "t1", "force": true}),
+        )
+        .await;
+    assert_eq!(rejected(again), "InvalidStateTransitionException");
+
+    // IN_PROGRESS: only with force, and only at the version the caller expects.
+    let mut t2 = Device::connect(gateway.addr, "t2", Protocol::V311).await;
+    let (accepted, body) = t2.request("start-next", json!({})).await;
+    assert!(accepted, "{body}");
+    let gentle = op
+        .request(
+            "CancelJobExecution",
+            json!({"jobId": "j1", "thingName": "t2"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(gentle.0, "InvalidStateTransitionException");
+    assert!(gentle.1.contains("force"), "{}", gentle.1);
+    let stale = op
+        .request(
+            "CancelJobExecution",
+            json!({"jobId": "j1", "thingName": "t2", "force": true, "expectedVersion": 1}),
+        )
+        .await;
+    assert_eq!(rejected(stale), "VersionConflictException");
+    let forced = op
+        .request(
+            "CancelJobExecution",
+            json!({"jobId": "j1", "thingName": "t2", "force": true, "expectedVersion": 2}),
+        )
+        .await;
+    assert_eq!(forced, Ok(json!({})));
+    // The device can no longer report on it; the job's last pending execution ended: COMPLETED.
+    let (accepted, body) = t2
+        .request("j1/update", json!({"status": "SUCCEEDED"}))
+        .await;
+    assert!(
+        !accepted && body["code"] == "InvalidStateTransition",
+        "{body}"
+    );
+    let job = op
+        .request("DescribeJob", json!({"jobId": "j1"}))
+        .await
+        .unwrap();
+    assert_eq!(job["job"]["status"], "COMPLETED");
+    assert_eq!(job["job"]["jobProcessDetails"]["numberOfCanceledThings"], 2);
+
+    // Unknown job or thing, and malformed input.
+    for (body, code) in [
+        (
+            json!({"jobId": "nope", "thingName": "t1"}),
+            "ResourceNotFoundException",
+        ),
+        (
+            json!({"jobId": "j1", "thingName": "t9"}),
+            "ResourceNotFoundException",
+        ),
+        (json!({"jobId": "j1"}), "InvalidRequestException"),
+        (
+            json!({"jobId": "j1", "thingName": "t1", "statusDetails": {"k": ""}}),
+            "InvalidRequestException",
+        ),
+        (
+            json!({"jobId": "j1", "thingName": "t1", "expectedVersion": "1"}),
+            "InvalidRequestException",
+        ),
+    ] {
+        let reply = op.request("CancelJobExecution", body.clone()).await;
+        assert_eq!(rejected(reply), code, "{body}");
     }
 }

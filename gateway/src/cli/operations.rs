@@ -129,6 +129,11 @@ const NAMESPACE_ID: Param = param(
     Shape::String,
     "The namespace of the job ([a-zA-Z0-9_-]+), for example aws-gg-deployment.",
 );
+const THING_NAME: Param = required(
+    "thingName",
+    Shape::String,
+    "The name of the thing the job runs on.",
+);
 const MAX_RESULTS: Param = param(
     "maxResults",
     Shape::Integer,
@@ -314,16 +319,37 @@ pub static OPERATIONS: &[Operation] = &[
         output: Some(JOB_REF),
     },
     Operation {
+        command: "cancel-job-execution",
+        name: op::CANCEL_JOB_EXECUTION,
+        about: "Cancels the execution of a job for a given thing",
+        params: &[
+            JOB_ID,
+            THING_NAME,
+            param(
+                "force",
+                Shape::Boolean,
+                "Also cancel an IN_PROGRESS execution (default: only a QUEUED one).",
+            ),
+            param(
+                "expectedVersion",
+                Shape::Integer,
+                "The execution's current version; refused if it has changed.",
+            ),
+            param(
+                "statusDetails",
+                Shape::Map(&Shape::String),
+                "Status details to record, JSON: {\"key\": \"value\"} (at most 10).",
+            ),
+        ],
+        output: None,
+    },
+    Operation {
         command: "describe-job-execution",
         name: op::DESCRIBE_JOB_EXECUTION,
         about: "Describes a job execution",
         params: &[
             JOB_ID,
-            required(
-                "thingName",
-                Shape::String,
-                "The name of the thing the job runs on.",
-            ),
+            THING_NAME,
             param(
                 "executionNumber",
                 Shape::Integer,

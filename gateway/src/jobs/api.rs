@@ -60,6 +60,17 @@ pub struct CancelJobRequest {
     pub force: bool,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CancelJobExecutionRequest {
+    pub job_id: String,
+    pub thing_name: String,
+    #[serde(default)]
+    pub force: bool,
+    pub expected_version: Option<i64>,
+    pub status_details: Option<BTreeMap<String, String>>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DescribeJobExecutionRequest {

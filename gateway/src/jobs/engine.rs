@@ -330,6 +330,14 @@ impl Engine {
         })
     }
 
+    /// Does the device of `execution` (of `job`) have a recovery route (a recovery when it is interrupted)?
+    pub(super) fn is_routed(&self, job: &Job, execution: &Execution) -> bool {
+        let namespace = job.namespace_id.as_deref();
+        self.routes
+            .route_for(&execution.thing_name, namespace)
+            .is_some()
+    }
+
     /// The job, if it exists (is not still being created) and the caller may see its namespace; otherwise
     /// ResourceNotFoundException, the same answer for all so a caller never learns of another tenant's jobs.
     pub(super) fn visible_job(&self, grants: &Grants, job_id: &str) -> Result<Job> {

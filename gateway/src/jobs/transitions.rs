@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use super::api::{CancelJobRequest, DeleteJobRequest};
+use super::api::{CancelJobExecutionRequest, CancelJobRequest, DeleteJobRequest};
 use super::error::{DeviceError, DeviceErrorCode, JobsError};
 use super::events::{JobEvent, JobEventKind};
 use crate::model::{
@@ -297,6 +297,84 @@ impl Cancellation {
         self.transition.job = Some(self.canceled);
         self.transition
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Operators, one execution: CancelJobExecution.
+// ---------------------------------------------------------------------------------------------------
+
+/// CancelJobExecution of the thing's `execution` of `job` (one the caller may see), or the exception AWS
+/// raises: a QUEUED execution is CANCELED; an IN_PROGRESS one only with `force`, and then its device gets
+/// a recovery if `routed` gives it a route; a terminal one cannot be canceled; `expectedVersion`, if
+/// given, must be the execution's version. `statusDetails`, if given, replace the execution's. The
+/// execution's device is told; the last pending execution of an IN_PROGRESS job completes it.
+pub fn cancel_execution(
+    job: &Job,
+    execution: &Execution,
+    request: &CancelJobExecutionRequest,
+    routed: impl Fn(&Execution) -> bool,
+    now: i64,
+) -> Result<Transition, JobsError> {
+    let refuse = |why: String| {
+        Err(JobsError::InvalidStateTransition(format!(
+            "Job execution {} for thing {} {why}",
+            execution.job_id, execution.thing_name
+        )))
+    };
+    if job.status == JobStatus::DeletionInProgress {
+        return refuse(format!(
+            "cannot be canceled: job {} is being deleted (DELETION_IN_PROGRESS)",
+            job.job_id
+        ));
+    }
+    if let Some(expected) = request
+        .expected_version
+        .filter(|v| *v != execution.version_number)
+    {
+        return Err(JobsError::VersionConflict(format!(
+            "expectedVersion {expected} does not match the current version {} of job execution {} for thing {}",
+            execution.version_number, execution.job_id, execution.thing_name
+        )));
+    }
+    let interrupted = match execution.status {
+        ExecutionStatus::Queued => false,
+        ExecutionStatus::InProgress if request.force => true,
+        ExecutionStatus::InProgress => {
+            return refuse(
+                "is IN_PROGRESS; only a QUEUED execution can be canceled unless force is true"
+                    .into(),
+            )
+        }
+        ended => return refuse(format!("is {} and cannot be canceled", ended.as_str())),
+    };
+    let mut canceled = execution.clone();
+    canceled.status = ExecutionStatus::Canceled;
+    canceled.force_canceled = interrupted;
+    canceled.step_deadline = None;
+    canceled.last_updated_at = now;
+    canceled.version_number += 1;
+    if let Some(details) = &request.status_details {
+        canceled.status_details = details.clone();
+    }
+    let recoveries = (interrupted && routed(execution))
+        .then(|| {
+            let reason = RecoveryReason::ExecutionForceCanceled;
+            RecoveryRecord::for_execution(job, execution, reason, now)
+        })
+        .into_iter()
+        .collect();
+    let change = execution_changed(job, execution, canceled, now);
+    Ok(Transition {
+        event: event(
+            JobEventKind::Canceled,
+            &change.job,
+            vec![execution.thing_name.clone()],
+        ),
+        job: Some(change.job),
+        put_executions: vec![change.execution],
+        recoveries,
+        ..Default::default()
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------

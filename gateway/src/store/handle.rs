@@ -52,7 +52,9 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// could not decode, so it refuses format 4; a format 3 store needs no rewrite (its recoveries read as
 /// having no acknowledgement payload). Format 5 indexes every execution by thing (`thing_executions`,
 /// for ListJobExecutionsForThing) and counts that tree in its account: opening an older store builds the
-/// index from the executions and carries its account over (`upgrade`).
+/// index from the executions and carries its account over (`upgrade`); its recoveries may have the
+/// reasons of CancelJobExecution and DeleteJobExecution, which a release reading format 4 could not
+/// decode.
 pub(super) const STORE_FORMAT: u8 = 5;
 pub(super) const FORMAT_KEY: &[u8] = b"sprig-store-format";
 

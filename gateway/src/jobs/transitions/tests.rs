@@ -339,6 +339,171 @@ fn a_cancel_that_changes_no_execution_tells_no_device() {
     assert_eq!(transition.job.unwrap().status, JobStatus::Canceled);
 }
 
+// --- CancelJobExecution ------------------------------------------------------------------------------
+
+fn cancel_execution_request(
+    force: bool,
+    expected_version: Option<i64>,
+) -> CancelJobExecutionRequest {
+    CancelJobExecutionRequest {
+        job_id: "j1".into(),
+        thing_name: "t1".into(),
+        force,
+        expected_version,
+        status_details: None,
+    }
+}
+
+#[test]
+fn cancel_execution_cancels_a_queued_execution_and_tells_its_device() {
+    let queued = execution("t1", ExecutionStatus::Queued);
+    let other = execution("t2", ExecutionStatus::Queued);
+    let before = job(JobStatus::InProgress, Some("acme"), &[&queued, &other]);
+    let mut request = cancel_execution_request(false, Some(1));
+    let details: BTreeMap<String, String> = [("why".to_owned(), "replaced".to_owned())].into();
+    request.status_details = Some(details.clone());
+    let canceled = cancel_execution(&before, &queued, &request, |_| true, T0 + 3).unwrap();
+    let [execution] = &canceled.put_executions[..] else {
+        panic!("{canceled:?}")
+    };
+    assert_eq!(
+        (
+            execution.status,
+            execution.version_number,
+            execution.force_canceled,
+            execution.last_updated_at
+        ),
+        (ExecutionStatus::Canceled, 2, false, T0 + 3)
+    );
+    assert_eq!(execution.status_details, details);
+    let job = canceled.job.as_ref().unwrap();
+    assert_eq!(job.status, JobStatus::InProgress);
+    assert_eq!(
+        (
+            job.counts.get(ExecutionStatus::Canceled),
+            job.counts.get(ExecutionStatus::Queued)
+        ),
+        (1, 1)
+    );
+    let event = canceled.event.unwrap();
+    assert_eq!(
+        (event.kind, event.things, event.namespace_id.as_deref()),
+        (JobEventKind::Canceled, vec!["t1".to_owned()], Some("acme"))
+    );
+    assert!(canceled.recoveries.is_empty() && canceled.delete_executions.is_empty());
+}
+
+#[test]
+fn cancel_execution_needs_force_for_an_in_progress_execution_and_recovers_its_device() {
+    let mut running = execution("t1", ExecutionStatus::InProgress);
+    running.step_deadline = Some(T0 + 60_000);
+    running.status_details = [("step".to_owned(), "flashing".to_owned())].into();
+    let before = job(JobStatus::InProgress, None, &[&running]);
+    let refused = cancel_execution(
+        &before,
+        &running,
+        &cancel_execution_request(false, None),
+        |_| true,
+        T0,
+    )
+    .unwrap_err();
+    assert_eq!(code(refused.clone()), "InvalidStateTransitionException");
+    assert!(
+        refused.to_string().contains("unless force is true"),
+        "{refused}"
+    );
+
+    let forced = cancel_execution(
+        &before,
+        &running,
+        &cancel_execution_request(true, None),
+        |_| true,
+        T0 + 1,
+    )
+    .unwrap();
+    let canceled = &forced.put_executions[0];
+    assert!(canceled.force_canceled);
+    assert_eq!(canceled.step_deadline, None);
+    // Without new status details, the device's last ones stay.
+    assert_eq!(canceled.status_details, running.status_details);
+    // Its last pending execution ended: the job is COMPLETED.
+    let job = forced.job.unwrap();
+    assert_eq!(
+        (job.status, job.completed_at),
+        (JobStatus::Completed, Some(T0 + 1))
+    );
+    let [recovery] = &forced.recoveries[..] else {
+        panic!("{:?}", forced.recoveries)
+    };
+    assert_eq!(
+        (
+            recovery.reason,
+            recovery.execution_status,
+            &recovery.status_details
+        ),
+        (
+            RecoveryReason::ExecutionForceCanceled,
+            ExecutionStatus::InProgress,
+            &running.status_details
+        )
+    );
+    let unrouted = cancel_execution(
+        &before,
+        &running,
+        &cancel_execution_request(true, None),
+        |_| false,
+        T0 + 1,
+    );
+    assert!(unrouted.unwrap().recoveries.is_empty());
+}
+
+#[test]
+fn what_cancel_execution_refuses() {
+    let queued = execution("t1", ExecutionStatus::Queued);
+    let refused = |job: &Job, execution: &Execution, request| {
+        code(cancel_execution(job, execution, &request, |_| true, T0).unwrap_err())
+    };
+    // Every terminal status, even with force.
+    for status in ExecutionStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+        let ended = execution("t1", status);
+        let before = job(JobStatus::InProgress, None, &[&ended, &queued]);
+        assert_eq!(
+            refused(&before, &ended, cancel_execution_request(true, None)),
+            "InvalidStateTransitionException",
+            "{status:?}"
+        );
+    }
+    // The version the caller expects must be the execution's.
+    let before = job(JobStatus::InProgress, None, &[&queued]);
+    let stale = cancel_execution(
+        &before,
+        &queued,
+        &cancel_execution_request(false, Some(2)),
+        |_| true,
+        T0,
+    )
+    .unwrap_err();
+    assert_eq!(code(stale.clone()), "VersionConflictException");
+    assert!(stale.to_string().contains("current version 1"), "{stale}");
+    // A job being deleted.
+    let deleting = job(JobStatus::DeletionInProgress, None, &[&queued]);
+    assert_eq!(
+        refused(&deleting, &queued, cancel_execution_request(true, None)),
+        "InvalidStateTransitionException"
+    );
+    // A canceled job's IN_PROGRESS execution is canceled with force; the job stays CANCELED.
+    let running = execution("t1", ExecutionStatus::InProgress);
+    let canceled = job(JobStatus::Canceled, None, &[&running]);
+    let forced = cancel_execution(
+        &canceled,
+        &running,
+        &cancel_execution_request(true, None),
+        |_| true,
+        T0,
+    );
+    assert_eq!(forced.unwrap().job.unwrap().status, JobStatus::Canceled);
+}
+
 // --- Devices -----------------------------------------------------------------------------------------
 
 #[test]

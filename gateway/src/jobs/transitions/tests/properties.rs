@@ -47,6 +47,12 @@ enum Command {
     Tick {
         ms: i64,
     },
+    CancelExecution {
+        job: usize,
+        thing: usize,
+        force: bool,
+        expected_version: Option<i64>,
+    },
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -72,6 +78,20 @@ fn command() -> impl Strategy<Value = Command> {
             }
         ),
         (0..200_000i64).prop_map(|ms| Command::Tick { ms }),
+        (
+            0..JOBS,
+            0..THINGS,
+            any::<bool>(),
+            proptest::option::of(1..5i64)
+        )
+            .prop_map(|(job, thing, force, expected_version)| {
+                Command::CancelExecution {
+                    job,
+                    thing,
+                    force,
+                    expected_version,
+                }
+            }),
     ]
 }
 
@@ -121,6 +141,15 @@ impl World {
                 .filter(|j| j.namespace_id.as_deref() == namespace)
                 .count(),
         }
+    }
+
+    /// The job and the thing's execution of it, as an operator finds them.
+    fn operator_view(&self, job: usize, thing_index: usize) -> Option<(Job, Execution)> {
+        let job = self.jobs.get(&job_id(job))?;
+        let execution = self
+            .executions
+            .get(&(job.job_id.clone(), thing(thing_index)))?;
+        Some((job.clone(), execution.clone()))
     }
 
     /// The job and the thing's execution of it, if devices see the job (the engine's scope rule).
@@ -233,6 +262,23 @@ impl World {
                 };
                 let updated = update_execution(&before, &execution, &update, now).ok()?;
                 Some((before.job_id, updated.into()))
+            }
+            Command::CancelExecution {
+                job,
+                thing,
+                force,
+                expected_version,
+            } => {
+                let (before, execution) = self.operator_view(job, thing)?;
+                let request = CancelJobExecutionRequest {
+                    job_id: before.job_id.clone(),
+                    thing_name: execution.thing_name.clone(),
+                    force,
+                    expected_version,
+                    status_details: None,
+                };
+                let canceled = cancel_execution(&before, &execution, &request, routed, now).ok()?;
+                Some((before.job_id, canceled))
             }
         }
     }
