@@ -40,6 +40,7 @@ pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
 pub mod op {
     pub const CREATE_JOB: &str = "CreateJob";
     pub const DELETE_JOB: &str = "DeleteJob";
+    pub const DELETE_JOB_EXECUTION: &str = "DeleteJobExecution";
     pub const DESCRIBE_JOB: &str = "DescribeJob";
     pub const LIST_JOBS: &str = "ListJobs";
     pub const CANCEL_JOB: &str = "CancelJob";
@@ -55,9 +56,10 @@ pub mod op {
 }
 
 /// The operations served, as they appear in request topics.
-pub const OPERATIONS: [&str; 14] = [
+pub const OPERATIONS: [&str; 15] = [
     op::CREATE_JOB,
     op::DELETE_JOB,
+    op::DELETE_JOB_EXECUTION,
     op::DESCRIBE_JOB,
     op::LIST_JOBS,
     op::CANCEL_JOB,
@@ -233,6 +235,10 @@ impl Requests {
             op::CREATE_JOB => respond(engine.create_job(grants, typed(body)?).await),
             op::DELETE_JOB => engine
                 .delete_job(grants, typed(body)?)
+                .await
+                .map(|()| Value::Object(Map::new())),
+            op::DELETE_JOB_EXECUTION => engine
+                .delete_job_execution(grants, typed(body)?)
                 .await
                 .map(|()| Value::Object(Map::new())),
             op::DESCRIBE_JOB => respond(engine.describe_job(grants, typed(body)?).await),

@@ -285,3 +285,124 @@ async fn cancel_job_execution_follows_the_rules_aws_documents() {
         assert_eq!(rejected(reply), code, "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_job_execution_follows_the_rules_aws_documents() {
+    let mut gateway = Gateway::start();
+    let mut op = gateway.operator().await;
+    op.request("CreateJob", create_job("j1", None, &["t1", "t2", "t3"]))
+        .await
+        .unwrap();
+    let mut t1 = Device::connect(gateway.addr, "t1", Protocol::V311).await;
+    let (accepted, body) = t1.request("start-next", json!({})).await;
+    assert!(accepted, "{body}");
+    let (accepted, body) = t1
+        .request("j1/update", json!({"status": "SUCCEEDED"}))
+        .await;
+    assert!(accepted, "{body}");
+    let mut t2 = Device::connect(gateway.addr, "t2", Protocol::V311).await;
+    let (accepted, body) = t2.request("start-next", json!({})).await;
+    assert!(accepted, "{body}");
+    let mut t3 = Device::connect(gateway.addr, "t3", Protocol::V311).await;
+    t3.subscribe(&["$aws/things/t3/jobs/notify-next"]).await;
+    let delete = |thing: &str, number: i64, extra: Value| {
+        let mut body = json!({"jobId": "j1", "thingName": thing, "executionNumber": number});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+
+    // A terminal execution: removed, and uncounted.
+    let deleted = op
+        .request("DeleteJobExecution", delete("t1", 1, json!({})))
+        .await;
+    assert_eq!(deleted, Ok(json!({})));
+    let gone = op
+        .request(
+            "DescribeJobExecution",
+            json!({"jobId": "j1", "thingName": "t1"}),
+        )
+        .await;
+    assert_eq!(rejected(gone), "ResourceNotFoundException");
+    let listed_for_t1 = op
+        .request("ListJobExecutionsForThing", json!({"thingName": "t1"}))
+        .await
+        .unwrap();
+    assert_eq!(listed(&listed_for_t1), (vec![], None));
+    let job = op
+        .request("DescribeJob", json!({"jobId": "j1"}))
+        .await
+        .unwrap();
+    let counts = &job["job"]["jobProcessDetails"];
+    assert_eq!(
+        (
+            &counts["numberOfSucceededThings"],
+            &counts["numberOfInProgressThings"],
+            &counts["numberOfQueuedThings"]
+        ),
+        (&json!(0), &json!(1), &json!(1))
+    );
+    let again = op
+        .request("DeleteJobExecution", delete("t1", 1, json!({})))
+        .await;
+    assert_eq!(rejected(again), "ResourceNotFoundException");
+
+    // Another execution number or another namespace: not found.
+    for extra in [json!({}), json!({"namespaceId": "acme", "force": true})] {
+        let number = if extra.as_object().unwrap().is_empty() {
+            2
+        } else {
+            1
+        };
+        let reply = op
+            .request("DeleteJobExecution", delete("t3", number, extra.clone()))
+            .await;
+        assert_eq!(rejected(reply), "ResourceNotFoundException", "{extra}");
+    }
+    // Pending executions only with force; the device is told it has nothing left.
+    let queued = op
+        .request("DeleteJobExecution", delete("t3", 1, json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(queued.0, "InvalidStateTransitionException");
+    assert!(queued.1.contains("unless force is true"), "{}", queued.1);
+    op.request(
+        "DeleteJobExecution",
+        delete("t3", 1, json!({"force": true})),
+    )
+    .await
+    .unwrap();
+    let told = t3
+        .expect_message("$aws/things/t3/jobs/notify-next", WAIT)
+        .await;
+    assert!(told.get("execution").is_none(), "{told}");
+    let running = op
+        .request("DeleteJobExecution", delete("t2", 1, json!({})))
+        .await;
+    assert_eq!(rejected(running), "InvalidStateTransitionException");
+    op.request(
+        "DeleteJobExecution",
+        delete("t2", 1, json!({"force": true})),
+    )
+    .await
+    .unwrap();
+    // Its device can no longer read or report on it; the job has nothing pending: COMPLETED.
+    let (accepted, body) = t2
+        .request("j1/update", json!({"status": "SUCCEEDED"}))
+        .await;
+    assert!(!accepted && body["code"] == "ResourceNotFound", "{body}");
+    assert_eq!(op.job_status("j1").await, "COMPLETED");
+
+    // Malformed requests.
+    for bad in [
+        json!({"jobId": "j1", "thingName": "t1"}),
+        json!({"jobId": "j1", "thingName": "t1", "executionNumber": "1"}),
+        json!({"jobId": "j1", "thingName": "t1", "executionNumber": 1, "namespaceId": "a/b"}),
+    ] {
+        let reply = op.request("DeleteJobExecution", bad.clone()).await;
+        assert_eq!(rejected(reply), "InvalidRequestException", "{bad}");
+    }
+    drop(op);
+    gateway.stop_and_check_store("1 jobs, 0 executions");
+}

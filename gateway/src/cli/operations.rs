@@ -265,6 +265,27 @@ pub static OPERATIONS: &[Operation] = &[
         output: None,
     },
     Operation {
+        command: "delete-job-execution",
+        name: op::DELETE_JOB_EXECUTION,
+        about: "Deletes a job execution",
+        params: &[
+            JOB_ID,
+            THING_NAME,
+            required(
+                "executionNumber",
+                Shape::Integer,
+                "The execution to delete, as describe-job-execution shows it.",
+            ),
+            param(
+                "force",
+                Shape::Boolean,
+                "Delete an execution that is QUEUED or IN_PROGRESS (default: only a terminal one).",
+            ),
+            NAMESPACE_ID,
+        ],
+        output: None,
+    },
+    Operation {
         command: "describe-job",
         name: op::DESCRIBE_JOB,
         about: "Describes a job",

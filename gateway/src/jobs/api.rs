@@ -73,6 +73,17 @@ pub struct CancelJobExecutionRequest {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteJobExecutionRequest {
+    pub job_id: String,
+    pub thing_name: String,
+    pub execution_number: i64,
+    #[serde(default)]
+    pub force: bool,
+    pub namespace_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DescribeJobExecutionRequest {
     pub job_id: String,
     pub thing_name: String,

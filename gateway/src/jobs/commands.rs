@@ -1,12 +1,13 @@
 //! The operators' commands that change jobs: CreateJob, DeleteJob and CancelJob, and of one execution,
-//! CancelJobExecution. Each validates its input, then, under the store's write lock, reads the job (and
+//! CancelJobExecution and DeleteJobExecution. Each validates its input, then, under the store's write lock, reads the job (and
 //! the execution), asks [`super::transitions`] for the change and commits it through the engine, durably
 //! before it answers.
 
 use std::sync::Arc;
 
 use super::api::{
-    CancelJobExecutionRequest, CancelJobRequest, CreateJobRequest, DeleteJobRequest, JobRef,
+    CancelJobExecutionRequest, CancelJobRequest, CreateJobRequest, DeleteJobExecutionRequest,
+    DeleteJobRequest, JobRef,
 };
 use super::clock::now_ms;
 use super::engine::Engine;
@@ -68,6 +69,20 @@ impl Engine {
             validate::status_details(details)?;
         }
         self.blocking(move |engine| engine.cancel_job_execution_blocking(&grants, request))
+            .await
+    }
+
+    pub async fn delete_job_execution(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: DeleteJobExecutionRequest,
+    ) -> Result<()> {
+        validate::job_id("jobId", &request.job_id)?;
+        validate::thing_name("thingName", &request.thing_name)?;
+        if let Some(ns) = &request.namespace_id {
+            validate::namespace_id(ns)?;
+        }
+        self.blocking(move |engine| engine.delete_job_execution_blocking(&grants, request))
             .await
     }
 
@@ -162,6 +177,21 @@ impl Engine {
         let canceled = transitions::cancel_execution(&job, &execution, &request, routed, now_ms())?;
         self.commit_durably(&job, canceled)?;
         tracing::info!(job_id = %job.job_id, thing = %execution.thing_name, force = request.force, "job execution canceled");
+        Ok(())
+    }
+
+    fn delete_job_execution_blocking(
+        &self,
+        grants: &Grants,
+        request: DeleteJobExecutionRequest,
+    ) -> Result<()> {
+        let _writer = self.store().lock_writes();
+        let job = self.visible_job(grants, &request.job_id)?;
+        let execution = self.execution_of(&job, &request.thing_name)?;
+        let routed = |e: &Execution| self.is_routed(&job, e);
+        let deleted = transitions::delete_execution(&job, &execution, &request, routed, now_ms())?;
+        self.commit_durably(&job, deleted)?;
+        tracing::info!(job_id = %job.job_id, thing = %execution.thing_name, status = execution.status.as_str(), force = request.force, "job execution deleted");
         Ok(())
     }
 

@@ -184,6 +184,7 @@ impl Engine {
                 before,
                 transition.job.as_ref(),
                 &transition.put_executions,
+                &transition.delete_executions,
                 now_ms(),
             )
         });
@@ -209,6 +210,7 @@ impl Engine {
                 before,
                 Some(&change.job),
                 std::slice::from_ref(&change.execution),
+                &[],
                 now_ms(),
             )
         });

@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use super::api::{CancelJobExecutionRequest, CancelJobRequest, DeleteJobRequest};
+use super::api::{
+    CancelJobExecutionRequest, CancelJobRequest, DeleteJobExecutionRequest, DeleteJobRequest,
+};
 use super::error::{DeviceError, DeviceErrorCode, JobsError};
 use super::events::{JobEvent, JobEventKind};
 use crate::model::{
@@ -300,7 +302,7 @@ impl Cancellation {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Operators, one execution: CancelJobExecution.
+// Operators, one execution: CancelJobExecution and DeleteJobExecution.
 // ---------------------------------------------------------------------------------------------------
 
 /// CancelJobExecution of the thing's `execution` of `job` (one the caller may see), or the exception AWS
@@ -372,6 +374,81 @@ pub fn cancel_execution(
         ),
         job: Some(change.job),
         put_executions: vec![change.execution],
+        recoveries,
+        ..Default::default()
+    })
+}
+
+/// DeleteJobExecution of the thing's `execution` of `job` (one the caller may see), or the exception AWS
+/// raises: an execution in a terminal state is removed; a pending one only with `force`, and then, if it
+/// was IN_PROGRESS, its device gets a recovery if `routed` gives it a route (it can no longer read or
+/// report on it, as when its job is deleted). The job uncounts it, and completes if it was its last
+/// pending execution; a pending execution's device is told. `executionNumber` must be the execution's,
+/// and a `namespaceId` the job's, else the execution does not exist for the caller.
+pub fn delete_execution(
+    job: &Job,
+    execution: &Execution,
+    request: &DeleteJobExecutionRequest,
+    routed: impl Fn(&Execution) -> bool,
+    now: i64,
+) -> Result<Transition, JobsError> {
+    let named = || {
+        format!(
+            "Job execution {} for thing {}",
+            execution.job_id, execution.thing_name
+        )
+    };
+    if request.namespace_id.is_some() && request.namespace_id != job.namespace_id {
+        return Err(JobsError::ResourceNotFound(format!(
+            "Job {} does not exist in namespace {}",
+            job.job_id,
+            request.namespace_id.as_deref().unwrap_or_default()
+        )));
+    }
+    if request.execution_number != execution.execution_number {
+        return Err(JobsError::ResourceNotFound(format!(
+            "{} with execution number {} does not exist",
+            named(),
+            request.execution_number
+        )));
+    }
+    if job.status == JobStatus::DeletionInProgress {
+        return Err(JobsError::InvalidStateTransition(format!(
+            "{} is being removed with its job {} (DELETION_IN_PROGRESS)",
+            named(),
+            job.job_id
+        )));
+    }
+    let pending = !execution.status.is_terminal();
+    if pending && !request.force {
+        return Err(JobsError::InvalidStateTransition(format!(
+            "{} is {}; only an execution in a terminal state (SUCCEEDED, FAILED, TIMED_OUT, REJECTED, \
+             REMOVED or CANCELED) can be deleted unless force is true",
+            named(),
+            execution.status.as_str()
+        )));
+    }
+    let mut remaining = job.clone();
+    remaining.counts.remove(execution.status);
+    remaining.last_updated_at = now;
+    complete_if_done(&mut remaining, now);
+    let interrupted = execution.status == ExecutionStatus::InProgress;
+    let recoveries = (interrupted && routed(execution))
+        .then(|| {
+            let reason = RecoveryReason::ExecutionDeleted;
+            RecoveryRecord::for_execution(job, execution, reason, now)
+        })
+        .into_iter()
+        .collect();
+    let told = pending.then(|| execution.thing_name.clone());
+    Ok(Transition {
+        event: event(
+            JobEventKind::Deleted,
+            &remaining,
+            told.into_iter().collect(),
+        ),
+        job: Some(remaining),
+        delete_executions: vec![execution.clone()],
         recoveries,
         ..Default::default()
     })
@@ -522,16 +599,21 @@ pub fn time_out(job: &Job, execution: &Execution, now: i64) -> Option<ExecutionC
     Some(execution_changed(job, execution, timed_out, now))
 }
 
+/// An IN_PROGRESS job with no pending execution left is COMPLETED, from `now`.
+fn complete_if_done(job: &mut Job, now: i64) {
+    if job.status == JobStatus::InProgress && job.counts.pending() == 0 {
+        job.status = JobStatus::Completed;
+        job.completed_at = Some(now);
+    }
+}
+
 /// One execution's change with its job's counts; when the last pending execution of an IN_PROGRESS job
 /// ends, the job is COMPLETED. Devices hear of it only if the status changed.
 fn execution_changed(job: &Job, before: &Execution, after: Execution, now: i64) -> ExecutionChange {
     let mut updated = job.clone();
     updated.counts.shift(before.status, after.status);
     updated.last_updated_at = now;
-    if updated.status == JobStatus::InProgress && updated.counts.pending() == 0 {
-        updated.status = JobStatus::Completed;
-        updated.completed_at = Some(now);
-    }
+    complete_if_done(&mut updated, now);
     let things = if before.status != after.status {
         vec![after.thing_name.clone()]
     } else {

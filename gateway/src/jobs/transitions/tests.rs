@@ -504,6 +504,134 @@ fn what_cancel_execution_refuses() {
     assert_eq!(forced.unwrap().job.unwrap().status, JobStatus::Canceled);
 }
 
+// --- DeleteJobExecution ------------------------------------------------------------------------------
+
+fn delete_execution_request(force: bool, namespace: Option<&str>) -> DeleteJobExecutionRequest {
+    DeleteJobExecutionRequest {
+        job_id: "j1".into(),
+        thing_name: "t1".into(),
+        execution_number: 1,
+        force,
+        namespace_id: namespace.map(str::to_owned),
+    }
+}
+
+#[test]
+fn delete_execution_removes_a_terminal_execution_and_uncounts_it() {
+    for status in ExecutionStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+        let ended = execution("t1", status);
+        let queued = execution("t2", ExecutionStatus::Queued);
+        let before = job(JobStatus::InProgress, Some("acme"), &[&ended, &queued]);
+        let request = delete_execution_request(false, Some("acme"));
+        let deleted = delete_execution(&before, &ended, &request, |_| true, T0 + 4).unwrap();
+        assert_eq!(
+            deleted.delete_executions,
+            std::slice::from_ref(&ended),
+            "{status:?}"
+        );
+        assert!(deleted.put_executions.is_empty() && deleted.recoveries.is_empty());
+        let job = deleted.job.unwrap();
+        assert_eq!(
+            (
+                job.status,
+                job.counts.total(),
+                job.counts.get(status),
+                job.last_updated_at
+            ),
+            (JobStatus::InProgress, 1, 0, T0 + 4)
+        );
+        // Its device had nothing pending to lose: it is not told.
+        assert_eq!(deleted.event, None);
+    }
+}
+
+#[test]
+fn delete_execution_needs_force_for_a_pending_execution_and_recovers_an_interrupted_device() {
+    for status in [ExecutionStatus::Queued, ExecutionStatus::InProgress] {
+        let pending = execution("t1", status);
+        let before = job(JobStatus::InProgress, None, &[&pending]);
+        let refused = delete_execution(
+            &before,
+            &pending,
+            &delete_execution_request(false, None),
+            |_| true,
+            T0,
+        )
+        .unwrap_err();
+        assert_eq!(code(refused.clone()), "InvalidStateTransitionException");
+        assert!(
+            refused.to_string().contains("unless force is true"),
+            "{refused}"
+        );
+
+        let forced = delete_execution(
+            &before,
+            &pending,
+            &delete_execution_request(true, None),
+            |_| true,
+            T0 + 2,
+        )
+        .unwrap();
+        let event = forced.event.unwrap();
+        assert_eq!(
+            (event.kind, event.things),
+            (JobEventKind::Deleted, vec!["t1".to_owned()])
+        );
+        // The job's last pending execution is gone: COMPLETED.
+        let job = forced.job.unwrap();
+        assert_eq!(
+            (job.status, job.completed_at, job.counts.total()),
+            (JobStatus::Completed, Some(T0 + 2), 0)
+        );
+        let reasons: Vec<_> = forced.recoveries.iter().map(|r| r.reason).collect();
+        let expected = match status {
+            ExecutionStatus::InProgress => vec![RecoveryReason::ExecutionDeleted],
+            _ => vec![],
+        };
+        assert_eq!(reasons, expected, "{status:?}");
+    }
+    let running = execution("t1", ExecutionStatus::InProgress);
+    let before = job(JobStatus::InProgress, None, &[&running]);
+    let unrouted = delete_execution(
+        &before,
+        &running,
+        &delete_execution_request(true, None),
+        |_| false,
+        T0,
+    );
+    assert!(unrouted.unwrap().recoveries.is_empty());
+}
+
+#[test]
+fn what_delete_execution_does_not_find_or_refuses() {
+    let done = execution("t1", ExecutionStatus::Succeeded);
+    let acme = job(JobStatus::Completed, Some("acme"), &[&done]);
+    let outcome = |job: &Job, request: DeleteJobExecutionRequest| {
+        delete_execution(job, &done, &request, |_| true, T0).map_err(code)
+    };
+    // Another namespace than the job's, or another execution number: not found.
+    let other = outcome(&acme, delete_execution_request(true, Some("other")));
+    assert_eq!(other.unwrap_err(), "ResourceNotFoundException");
+    let plain = job(JobStatus::Completed, None, &[&done]);
+    let named = outcome(&plain, delete_execution_request(true, Some("acme")));
+    assert_eq!(named.unwrap_err(), "ResourceNotFoundException");
+    let mut second = delete_execution_request(true, None);
+    second.execution_number = 2;
+    assert_eq!(
+        outcome(&acme, second).unwrap_err(),
+        "ResourceNotFoundException"
+    );
+    // Naming no namespace finds the execution of a job of any; a COMPLETED job stays so.
+    let deleted = outcome(&acme, delete_execution_request(false, None)).unwrap();
+    assert_eq!(deleted.job.unwrap().status, JobStatus::Completed);
+    // A job being deleted: its executions go with it.
+    let deleting = job(JobStatus::DeletionInProgress, None, &[&done]);
+    assert_eq!(
+        outcome(&deleting, delete_execution_request(true, None)).unwrap_err(),
+        "InvalidStateTransitionException"
+    );
+}
+
 // --- Devices -----------------------------------------------------------------------------------------
 
 #[test]

@@ -53,6 +53,11 @@ enum Command {
         force: bool,
         expected_version: Option<i64>,
     },
+    DeleteExecution {
+        job: usize,
+        thing: usize,
+        force: bool,
+    },
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -92,6 +97,8 @@ fn command() -> impl Strategy<Value = Command> {
                     expected_version,
                 }
             }),
+        (0..JOBS, 0..THINGS, any::<bool>())
+            .prop_map(|(job, thing, force)| Command::DeleteExecution { job, thing, force }),
     ]
 }
 
@@ -279,6 +286,18 @@ impl World {
                 };
                 let canceled = cancel_execution(&before, &execution, &request, routed, now).ok()?;
                 Some((before.job_id, canceled))
+            }
+            Command::DeleteExecution { job, thing, force } => {
+                let (before, execution) = self.operator_view(job, thing)?;
+                let request = DeleteJobExecutionRequest {
+                    job_id: before.job_id.clone(),
+                    thing_name: execution.thing_name.clone(),
+                    execution_number: execution.execution_number,
+                    force,
+                    namespace_id: None,
+                };
+                let deleted = delete_execution(&before, &execution, &request, routed, now).ok()?;
+                Some((before.job_id, deleted))
             }
         }
     }
