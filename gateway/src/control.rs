@@ -42,6 +42,8 @@ pub mod op {
     pub const DELETE_JOB: &str = "DeleteJob";
     pub const DELETE_JOB_EXECUTION: &str = "DeleteJobExecution";
     pub const DESCRIBE_JOB: &str = "DescribeJob";
+    pub const GET_JOB_DOCUMENT: &str = "GetJobDocument";
+    pub const UPDATE_JOB: &str = "UpdateJob";
     pub const LIST_JOBS: &str = "ListJobs";
     pub const CANCEL_JOB: &str = "CancelJob";
     pub const CANCEL_JOB_EXECUTION: &str = "CancelJobExecution";
@@ -56,11 +58,13 @@ pub mod op {
 }
 
 /// The operations served, as they appear in request topics.
-pub const OPERATIONS: [&str; 15] = [
+pub const OPERATIONS: [&str; 17] = [
     op::CREATE_JOB,
     op::DELETE_JOB,
     op::DELETE_JOB_EXECUTION,
     op::DESCRIBE_JOB,
+    op::GET_JOB_DOCUMENT,
+    op::UPDATE_JOB,
     op::LIST_JOBS,
     op::CANCEL_JOB,
     op::CANCEL_JOB_EXECUTION,
@@ -242,6 +246,11 @@ impl Requests {
                 .await
                 .map(|()| Value::Object(Map::new())),
             op::DESCRIBE_JOB => respond(engine.describe_job(grants, typed(body)?).await),
+            op::GET_JOB_DOCUMENT => respond(engine.get_job_document(grants, typed(body)?).await),
+            op::UPDATE_JOB => engine
+                .update_job(grants, typed(body)?)
+                .await
+                .map(|()| Value::Object(Map::new())),
             op::LIST_JOBS => respond(engine.list_jobs(grants, typed(body)?).await),
             op::CANCEL_JOB => respond(engine.cancel_job(grants, typed(body)?).await),
             op::CANCEL_JOB_EXECUTION => engine

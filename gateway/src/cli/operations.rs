@@ -296,6 +296,35 @@ pub static OPERATIONS: &[Operation] = &[
         ])),
     },
     Operation {
+        command: "get-job-document",
+        name: op::GET_JOB_DOCUMENT,
+        about: "Gets a job document",
+        params: &[
+            JOB_ID,
+            param(
+                "beforeSubstitution",
+                Shape::Boolean,
+                "The document before substitution (sprig's documents have none: the same document).",
+            ),
+        ],
+        output: Some(Shape::Struct(&[("document", Shape::String)])),
+    },
+    Operation {
+        command: "update-job",
+        name: op::UPDATE_JOB,
+        about: "Updates supported fields of the specified job",
+        params: &[
+            JOB_ID,
+            param(
+                "description",
+                Shape::String,
+                "A short description of the job.",
+            ),
+            NAMESPACE_ID,
+        ],
+        output: None,
+    },
+    Operation {
         command: "list-jobs",
         name: op::LIST_JOBS,
         about: "Lists jobs",

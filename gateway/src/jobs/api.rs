@@ -38,6 +38,72 @@ pub struct DescribeJobRequest {
     pub before_substitution: Option<bool>,
 }
 
+/// UpdateJob. The configurations sprig has no model for are read so that they can be refused by name
+/// ([`UpdateJobRequest::unsupported`]); a JSON `null` is as good as leaving one out.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateJobRequest {
+    pub job_id: String,
+    pub description: Option<String>,
+    pub namespace_id: Option<String>,
+    pub timeout_config: Option<serde_json::Value>,
+    pub presigned_url_config: Option<serde_json::Value>,
+    pub job_executions_rollout_config: Option<serde_json::Value>,
+    pub abort_config: Option<serde_json::Value>,
+    pub job_executions_retry_config: Option<serde_json::Value>,
+}
+
+impl UpdateJobRequest {
+    /// The first configuration given that sprig's jobs do not have, and why.
+    pub fn unsupported(&self) -> Option<(&'static str, &'static str)> {
+        [
+            (
+                "timeoutConfig",
+                self.timeout_config.is_some(),
+                "sprig's jobs have no in-progress timer (CreateJob takes none); a device sets a step \
+                 timer with stepTimeoutInMinutes",
+            ),
+            (
+                "presignedUrlConfig",
+                self.presigned_url_config.is_some(),
+                "the gateway presigns no S3 URLs",
+            ),
+            (
+                "jobExecutionsRolloutConfig",
+                self.job_executions_rollout_config.is_some(),
+                "sprig queues every execution at once and has no rollout configuration",
+            ),
+            (
+                "abortConfig",
+                self.abort_config.is_some(),
+                "sprig has no abort configuration",
+            ),
+            (
+                "jobExecutionsRetryConfig",
+                self.job_executions_retry_config.is_some(),
+                "sprig has no retry configuration",
+            ),
+        ]
+        .into_iter()
+        .find(|(_, given, _)| *given)
+        .map(|(field, _, why)| (field, why))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GetJobDocumentRequest {
+    pub job_id: String,
+    /// sprig's documents have no substitution parameters: the document is the same either way.
+    pub before_substitution: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetJobDocumentResponse {
+    pub document: String,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListJobsRequest {

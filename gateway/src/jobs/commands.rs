@@ -1,5 +1,5 @@
-//! The operators' commands that change jobs: CreateJob, DeleteJob and CancelJob, and of one execution,
-//! CancelJobExecution and DeleteJobExecution. Each validates its input, then, under the store's write lock, reads the job (and
+//! The operators' commands that change jobs: CreateJob, DeleteJob, CancelJob and UpdateJob, and of one
+//! execution, CancelJobExecution and DeleteJobExecution. Each validates its input, then, under the store's write lock, reads the job (and
 //! the execution), asks [`super::transitions`] for the change and commits it through the engine, durably
 //! before it answers.
 
@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::api::{
     CancelJobExecutionRequest, CancelJobRequest, CreateJobRequest, DeleteJobExecutionRequest,
-    DeleteJobRequest, JobRef,
+    DeleteJobRequest, JobRef, UpdateJobRequest,
 };
 use super::clock::now_ms;
 use super::engine::Engine;
@@ -55,6 +55,27 @@ impl Engine {
             validate::text("comment", comment, 2028)?;
         }
         self.blocking(move |engine| engine.cancel_job_blocking(&grants, request))
+            .await
+    }
+
+    pub async fn update_job(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: UpdateJobRequest,
+    ) -> Result<()> {
+        validate::job_id("jobId", &request.job_id)?;
+        if let Some(ns) = &request.namespace_id {
+            validate::namespace_id(ns)?;
+        }
+        if let Some(description) = &request.description {
+            validate::text("description", description, 2028)?;
+        }
+        if let Some((field, why)) = request.unsupported() {
+            return Err(JobsError::InvalidRequest(format!(
+                "{field}: not supported: {why}"
+            )));
+        }
+        self.blocking(move |engine| engine.update_job_blocking(&grants, request))
             .await
     }
 
@@ -163,6 +184,16 @@ impl Engine {
         let canceled = self.commit_durably(&job, canceled)?.unwrap_or(job);
         tracing::info!(job_id = %canceled.job_id, force = request.force, executions, "job canceled");
         Ok(self.arns.job_ref(&canceled))
+    }
+
+    fn update_job_blocking(&self, grants: &Grants, request: UpdateJobRequest) -> Result<()> {
+        let _writer = self.store().lock_writes();
+        let job = self.visible_job(grants, &request.job_id)?;
+        if let Some(updated) = transitions::update_job(&job, &request, now_ms())? {
+            self.commit_durably(&job, updated)?;
+            tracing::info!(job_id = %job.job_id, "job updated");
+        }
+        Ok(())
     }
 
     fn cancel_job_execution_blocking(

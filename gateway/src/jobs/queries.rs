@@ -1,5 +1,5 @@
-//! The operators' reads: DescribeJob, ListJobs, DescribeJobExecution, ListJobExecutionsForJob,
-//! ListJobExecutionsForThing and sprig's ListRecoveries and DescribeRecovery. Each answers only what the caller's grants let it see; the lists
+//! The operators' reads: DescribeJob, GetJobDocument, ListJobs, DescribeJobExecution,
+//! ListJobExecutionsForJob, ListJobExecutionsForThing and sprig's ListRecoveries and DescribeRecovery. Each answers only what the caller's grants let it see; the lists
 //! page as AWS's do (`maxResults`, and a `nextToken` naming the last item returned).
 
 use std::sync::Arc;
@@ -60,6 +60,22 @@ impl Engine {
             let job = engine.visible_job(&grants, &request.job_id)?;
             Ok(DescribeJobResponse {
                 job: engine.arns.job_view(&job),
+            })
+        })
+        .await
+    }
+
+    /// The job's document, as CreateJob was given it.
+    pub async fn get_job_document(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: GetJobDocumentRequest,
+    ) -> Result<GetJobDocumentResponse> {
+        validate::job_id("jobId", &request.job_id)?;
+        self.blocking(move |engine| {
+            let job = engine.visible_job(&grants, &request.job_id)?;
+            Ok(GetJobDocumentResponse {
+                document: job.document,
             })
         })
         .await

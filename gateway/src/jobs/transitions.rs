@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use super::api::{
     CancelJobExecutionRequest, CancelJobRequest, DeleteJobExecutionRequest, DeleteJobRequest,
+    UpdateJobRequest,
 };
 use super::error::{DeviceError, DeviceErrorCode, JobsError};
 use super::events::{JobEvent, JobEventKind};
@@ -95,8 +96,40 @@ pub fn execution_may_move(from: ExecutionStatus, to: ExecutionStatus) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Operators: DeleteJob and CancelJob.
+// Operators: DeleteJob, CancelJob and UpdateJob.
 // ---------------------------------------------------------------------------------------------------
+
+/// A request that names a namespace finds only a job of that namespace: to the caller, `job` of another
+/// does not exist (DeleteJob, UpdateJob, DeleteJobExecution).
+fn in_named_namespace(job: &Job, namespace_id: Option<&str>) -> Result<(), JobsError> {
+    match namespace_id {
+        Some(ns) if job.namespace_id.as_deref() != Some(ns) => Err(JobsError::ResourceNotFound(
+            format!("Job {} does not exist in namespace {ns}", job.job_id),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// UpdateJob of `job` (one the caller may see): its new description, or the exception AWS raises;
+/// `None` when the request changes nothing. UpdateJob has no state exception in AWS's model: a job in any
+/// state may be updated (its devices are not told: nothing they see changes).
+pub fn update_job(
+    job: &Job,
+    request: &UpdateJobRequest,
+    now: i64,
+) -> Result<Option<Transition>, JobsError> {
+    in_named_namespace(job, request.namespace_id.as_deref())?;
+    let Some(description) = &request.description else {
+        return Ok(None);
+    };
+    let mut updated = job.clone();
+    updated.description = Some(description.clone());
+    updated.last_updated_at = now;
+    Ok(Some(Transition {
+        job: Some(updated),
+        ..Default::default()
+    }))
+}
 
 /// How many jobs are in DELETION_IN_PROGRESS when a DeleteJob arrives: in all, and in the job's
 /// namespace (counted only when [`Limits::of_namespace`] gives it a limit; otherwise 0).
@@ -114,14 +147,7 @@ pub fn start_deletion(
     limits: &Limits,
     now: i64,
 ) -> Result<Transition, JobsError> {
-    if request.namespace_id.is_some() && request.namespace_id != job.namespace_id {
-        // The job exists, but not in the namespace the caller named: to that caller it does not exist.
-        return Err(JobsError::ResourceNotFound(format!(
-            "Job {} does not exist in namespace {}",
-            request.job_id,
-            request.namespace_id.as_deref().unwrap_or_default()
-        )));
-    }
+    in_named_namespace(job, request.namespace_id.as_deref())?;
     if job.status == JobStatus::DeletionInProgress {
         return Err(JobsError::InvalidStateTransition(format!(
             "Job {} is already being deleted (DELETION_IN_PROGRESS)",
@@ -398,13 +424,7 @@ pub fn delete_execution(
             execution.job_id, execution.thing_name
         )
     };
-    if request.namespace_id.is_some() && request.namespace_id != job.namespace_id {
-        return Err(JobsError::ResourceNotFound(format!(
-            "Job {} does not exist in namespace {}",
-            job.job_id,
-            request.namespace_id.as_deref().unwrap_or_default()
-        )));
-    }
+    in_named_namespace(job, request.namespace_id.as_deref())?;
     if request.execution_number != execution.execution_number {
         return Err(JobsError::ResourceNotFound(format!(
             "{} with execution number {} does not exist",

@@ -339,6 +339,70 @@ fn a_cancel_that_changes_no_execution_tells_no_device() {
     assert_eq!(transition.job.unwrap().status, JobStatus::Canceled);
 }
 
+// --- UpdateJob ---------------------------------------------------------------------------------------
+
+fn update_job_request(description: Option<&str>, namespace: Option<&str>) -> UpdateJobRequest {
+    UpdateJobRequest {
+        job_id: "j1".into(),
+        description: description.map(str::to_owned),
+        namespace_id: namespace.map(str::to_owned),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn update_job_sets_the_description_of_a_job_in_any_state() {
+    let queued = execution("t1", ExecutionStatus::Queued);
+    for status in [
+        JobStatus::InProgress,
+        JobStatus::Completed,
+        JobStatus::Canceled,
+        JobStatus::DeletionInProgress,
+    ] {
+        let before = job(status, Some("acme"), &[&queued]);
+        let request = update_job_request(Some("new firmware"), Some("acme"));
+        let updated = update_job(&before, &request, T0 + 8).unwrap().unwrap();
+        let job = updated.job.unwrap();
+        assert_eq!(
+            (job.description.as_deref(), job.last_updated_at, job.status),
+            (Some("new firmware"), T0 + 8, status)
+        );
+        assert_eq!(job.counts, before.counts);
+        // No device sees a description: none is told.
+        assert_eq!(updated.event, None);
+        assert!(updated.put_executions.is_empty() && updated.recoveries.is_empty());
+    }
+}
+
+#[test]
+fn update_job_without_a_change_changes_nothing_and_another_namespace_finds_nothing() {
+    let acme = job(JobStatus::InProgress, Some("acme"), &[]);
+    assert_eq!(
+        update_job(&acme, &update_job_request(None, None), T0),
+        Ok(None)
+    );
+    let other = update_job(&acme, &update_job_request(Some("d"), Some("other")), T0);
+    assert_eq!(code(other.unwrap_err()), "ResourceNotFoundException");
+    let plain = job(JobStatus::InProgress, None, &[]);
+    let named = update_job(&plain, &update_job_request(Some("d"), Some("acme")), T0);
+    assert_eq!(code(named.unwrap_err()), "ResourceNotFoundException");
+}
+
+#[test]
+fn update_job_names_the_configuration_sprig_does_not_have() {
+    assert_eq!(update_job_request(Some("d"), None).unsupported(), None);
+    let with_timeout = UpdateJobRequest {
+        timeout_config: Some(serde_json::json!({"inProgressTimeoutInMinutes": 5})),
+        ..update_job_request(None, None)
+    };
+    assert_eq!(with_timeout.unsupported().unwrap().0, "timeoutConfig");
+    let with_abort = UpdateJobRequest {
+        abort_config: Some(serde_json::json!({})),
+        ..update_job_request(None, None)
+    };
+    assert_eq!(with_abort.unsupported().unwrap().0, "abortConfig");
+}
+
 // --- CancelJobExecution ------------------------------------------------------------------------------
 
 fn cancel_execution_request(

@@ -58,6 +58,9 @@ enum Command {
         thing: usize,
         force: bool,
     },
+    UpdateJob {
+        job: usize,
+    },
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -99,6 +102,7 @@ fn command() -> impl Strategy<Value = Command> {
             }),
         (0..JOBS, 0..THINGS, any::<bool>())
             .prop_map(|(job, thing, force)| Command::DeleteExecution { job, thing, force }),
+        (0..JOBS).prop_map(|job| Command::UpdateJob { job }),
     ]
 }
 
@@ -298,6 +302,16 @@ impl World {
                 };
                 let deleted = delete_execution(&before, &execution, &request, routed, now).ok()?;
                 Some((before.job_id, deleted))
+            }
+            Command::UpdateJob { job } => {
+                let before = self.jobs.get(&job_id(job))?.clone();
+                let request = UpdateJobRequest {
+                    job_id: before.job_id.clone(),
+                    description: Some(format!("updated at {now}")),
+                    ..Default::default()
+                };
+                let updated = update_job(&before, &request, now).ok()??;
+                Some((before.job_id, updated))
             }
         }
     }
