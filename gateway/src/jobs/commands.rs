@@ -1,7 +1,7 @@
 //! The operators' commands that change jobs: CreateJob, DeleteJob, CancelJob and UpdateJob, and of one
-//! execution, CancelJobExecution and DeleteJobExecution. Each validates its input, then, under the store's write lock, reads the job (and
-//! the execution), asks [`super::transitions`] for the change and commits it through the engine, durably
-//! before it answers.
+//! execution, CancelJobExecution and DeleteJobExecution. Each validates its input, then, under the
+//! store's write lock, reads the job (and the execution), asks [`super::transitions`] for the change and
+//! commits it through the engine, durably before it answers.
 
 use std::sync::Arc;
 

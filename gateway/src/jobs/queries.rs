@@ -1,6 +1,7 @@
 //! The operators' reads: DescribeJob, GetJobDocument, ListJobs, DescribeJobExecution,
-//! ListJobExecutionsForJob, ListJobExecutionsForThing and sprig's ListRecoveries and DescribeRecovery. Each answers only what the caller's grants let it see; the lists
-//! page as AWS's do (`maxResults`, and a `nextToken` naming the last item returned).
+//! ListJobExecutionsForJob, ListJobExecutionsForThing and sprig's ListRecoveries and DescribeRecovery.
+//! Each answers only what the caller's grants let it see; the lists page as AWS's do (`maxResults`, and
+//! a `nextToken` naming the last item returned).
 
 use std::sync::Arc;
 

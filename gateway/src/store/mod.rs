@@ -5,9 +5,8 @@
 //! their pending work, and a thing's history of finished executions only grows), `thing_executions`
 //! (thing ∖0 job id, for every execution: an operator's ListJobExecutionsForThing, kept apart so that the
 //! devices' walks never step over a thing's history; written when an execution is created or removed,
-//! never when it changes), `by_status` (status
-//! byte, job id), `by_namespace` (namespace ∖0 job id) and `by_deadline` (step deadline, job id ∖0 thing); plus `recoveries` (id → durable
-//! recovery) and `open_recoveries` (thing ∖0 id of those still PENDING); and, apart, the broker's persistent
+//! never when it changes), `by_status` (status byte, job id), `by_namespace` (namespace ∖0 job id) and
+//! `by_deadline` (step deadline, job id ∖0 thing); plus `recoveries` (id → durable recovery) and `open_recoveries` (thing ∖0 id of those still PENDING); and, apart, the broker's persistent
 //! MQTT sessions ([`sessions`]). Every state change is one
 //! [`Change`], applied as one sled transaction over all the trees, so a crash at any moment leaves records and indexes agreeing; [`Store::check`] proves it
 //! after the fact. sled transactions cannot scan, so callers find what to change first, under
