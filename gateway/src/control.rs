@@ -40,32 +40,37 @@ pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
 pub mod op {
     pub const CREATE_JOB: &str = "CreateJob";
     pub const DELETE_JOB: &str = "DeleteJob";
+    pub const DELETE_JOB_EXECUTION: &str = "DeleteJobExecution";
     pub const DESCRIBE_JOB: &str = "DescribeJob";
+    pub const GET_JOB_DOCUMENT: &str = "GetJobDocument";
+    pub const UPDATE_JOB: &str = "UpdateJob";
     pub const LIST_JOBS: &str = "ListJobs";
     pub const CANCEL_JOB: &str = "CancelJob";
+    pub const CANCEL_JOB_EXECUTION: &str = "CancelJobExecution";
     pub const DESCRIBE_JOB_EXECUTION: &str = "DescribeJobExecution";
     pub const LIST_JOB_EXECUTIONS_FOR_JOB: &str = "ListJobExecutionsForJob";
+    pub const LIST_JOB_EXECUTIONS_FOR_THING: &str = "ListJobExecutionsForThing";
     pub const LIST_RECOVERIES: &str = "ListRecoveries";
     pub const DESCRIBE_RECOVERY: &str = "DescribeRecovery";
     pub const LIST_PLUGINS: &str = "ListPlugins";
     pub const DESCRIBE_PLUGIN: &str = "DescribePlugin";
     pub const RESET_PLUGIN: &str = "ResetPlugin";
-    pub const UPDATE_JOB: &str = "UpdateJob";
-    pub const GET_JOB_DOCUMENT: &str = "GetJobDocument";
-    pub const LIST_JOB_EXECUTIONS_FOR_THING: &str = "ListJobExecutionsForThing";
-    pub const CANCEL_JOB_EXECUTION: &str = "CancelJobExecution";
-    pub const DELETE_JOB_EXECUTION: &str = "DeleteJobExecution";
 }
 
 /// The operations served, as they appear in request topics.
-pub const OPERATIONS: [&str; 12] = [
+pub const OPERATIONS: [&str; 17] = [
     op::CREATE_JOB,
     op::DELETE_JOB,
+    op::DELETE_JOB_EXECUTION,
     op::DESCRIBE_JOB,
+    op::GET_JOB_DOCUMENT,
+    op::UPDATE_JOB,
     op::LIST_JOBS,
     op::CANCEL_JOB,
+    op::CANCEL_JOB_EXECUTION,
     op::DESCRIBE_JOB_EXECUTION,
     op::LIST_JOB_EXECUTIONS_FOR_JOB,
+    op::LIST_JOB_EXECUTIONS_FOR_THING,
     op::LIST_RECOVERIES,
     op::DESCRIBE_RECOVERY,
     op::LIST_PLUGINS,
@@ -236,9 +241,22 @@ impl Requests {
                 .delete_job(grants, typed(body)?)
                 .await
                 .map(|()| Value::Object(Map::new())),
+            op::DELETE_JOB_EXECUTION => engine
+                .delete_job_execution(grants, typed(body)?)
+                .await
+                .map(|()| Value::Object(Map::new())),
             op::DESCRIBE_JOB => respond(engine.describe_job(grants, typed(body)?).await),
+            op::GET_JOB_DOCUMENT => respond(engine.get_job_document(grants, typed(body)?).await),
+            op::UPDATE_JOB => engine
+                .update_job(grants, typed(body)?)
+                .await
+                .map(|()| Value::Object(Map::new())),
             op::LIST_JOBS => respond(engine.list_jobs(grants, typed(body)?).await),
             op::CANCEL_JOB => respond(engine.cancel_job(grants, typed(body)?).await),
+            op::CANCEL_JOB_EXECUTION => engine
+                .cancel_job_execution(grants, typed(body)?)
+                .await
+                .map(|()| Value::Object(Map::new())),
             op::DESCRIBE_JOB_EXECUTION => {
                 respond(engine.describe_job_execution(grants, typed(body)?).await)
             }
@@ -247,6 +265,11 @@ impl Requests {
             op::LIST_JOB_EXECUTIONS_FOR_JOB => respond(
                 engine
                     .list_job_executions_for_job(grants, typed(body)?)
+                    .await,
+            ),
+            op::LIST_JOB_EXECUTIONS_FOR_THING => respond(
+                engine
+                    .list_job_executions_for_thing(grants, typed(body)?)
                     .await,
             ),
             op::LIST_PLUGINS | op::DESCRIBE_PLUGIN | op::RESET_PLUGIN => {

@@ -241,13 +241,17 @@ impl Execution {
     }
 }
 
-/// Why a device needs recovering.
+/// Why a device needs recovering. Records store a variant's position: new ones go last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecoveryReason {
     /// Its IN_PROGRESS execution was removed by a deletion of the job.
     JobDeleted,
     /// Its IN_PROGRESS execution was canceled by a forced CancelJob.
     JobForceCanceled,
+    /// Its IN_PROGRESS execution alone was canceled, by a forced CancelJobExecution.
+    ExecutionForceCanceled,
+    /// Its IN_PROGRESS execution alone was removed, by a forced DeleteJobExecution.
+    ExecutionDeleted,
 }
 
 impl RecoveryReason {
@@ -255,6 +259,8 @@ impl RecoveryReason {
         match self {
             RecoveryReason::JobDeleted => "JOB_DELETED",
             RecoveryReason::JobForceCanceled => "JOB_FORCE_CANCELED",
+            RecoveryReason::ExecutionForceCanceled => "EXECUTION_FORCE_CANCELED",
+            RecoveryReason::ExecutionDeleted => "EXECUTION_DELETED",
         }
     }
 }

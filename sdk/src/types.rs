@@ -15,7 +15,7 @@ use serde_json::Value;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Reason {
-    /// The job was deleted with `force`, while this device's execution was still in progress.
+    /// The job (or this execution) was deleted with `force`, while the execution was in progress.
     ForceDeleted,
     /// The job (or this execution) was canceled with `force`, while the execution was in progress.
     ForceCanceled,

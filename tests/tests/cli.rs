@@ -342,6 +342,16 @@ async fn every_field_the_gateway_answers_is_in_the_clis_output_shape() {
             json!({"jobId": "running"}),
         ),
         (
+            "list-job-executions-for-thing",
+            "ListJobExecutionsForThing",
+            json!({"thingName": "reset-1"}),
+        ),
+        (
+            "get-job-document",
+            "GetJobDocument",
+            json!({"jobId": "running"}),
+        ),
+        (
             "cancel-job",
             "CancelJob",
             json!({"jobId": "spare", "reasonCode": "OBSOLETE", "comment": "replaced"}),

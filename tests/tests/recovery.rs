@@ -255,6 +255,46 @@ async fn a_force_canceled_device_has_its_state_reset() {
     );
 }
 
+/// CancelJobExecution and DeleteJobExecution with force leave one device unable to report on its job,
+/// as CancelJob and DeleteJob do: its handler runs the same way, with the operation's own reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_whose_execution_alone_is_force_canceled_or_deleted_has_its_state_reset() {
+    let gateway = Gateway::start_with(config_with_routes);
+    let mut op = gateway.operator().await;
+    let _canceled = start_job(&gateway, &mut op, "reset-1", "cfg-1").await;
+    let _deleted = start_job(&gateway, &mut op, "reset-2", "cfg-2").await;
+    op.request(
+        "CancelJobExecution",
+        json!({"jobId": "cfg-1", "thingName": "reset-1", "force": true}),
+    )
+    .await
+    .unwrap();
+    op.request(
+        "DeleteJobExecution",
+        json!({"jobId": "cfg-2", "thingName": "reset-2", "executionNumber": 1, "force": true}),
+    )
+    .await
+    .unwrap();
+    for (thing, job, reason) in [
+        ("reset-1", "cfg-1", "EXECUTION_FORCE_CANCELED"),
+        ("reset-2", "cfg-2", "EXECUTION_DELETED"),
+    ] {
+        let done = wait_for_recovery(&mut op, thing, Duration::from_secs(10), |r| {
+            r["status"] != "PENDING"
+        })
+        .await;
+        assert_eq!(
+            (&done["status"], &done["reason"], &done["executionStatus"]),
+            (&json!("RECOVERED"), &json!(reason), &json!("IN_PROGRESS")),
+            "{done}"
+        );
+        assert_eq!(
+            done["recordedStatusDetails"],
+            json!({"state": "reset", "job": job})
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn misbehaving_handlers_are_contained_and_the_gateway_keeps_serving() {
     let gateway = Gateway::start_with(config_with_routes);

@@ -247,6 +247,27 @@ async fn the_fleet_runs_jobs_through_the_uplink_and_hears_what_happens() {
     assert!(!accepted, "{reply}");
     assert_eq!(reply["code"], "ResourceNotFoundException", "{reply}");
 
+    // One execution removed on its own: its events topic says DELETED, and its job, left with nothing
+    // pending, COMPLETED.
+    let (accepted, reply) = fleet
+        .request("CreateJob", create_job("j3", Some("acme"), &["t1"]), "c6")
+        .await;
+    assert!(accepted, "{reply}");
+    let delete = json!({"jobId": "j3", "thingName": "t1", "executionNumber": 1, "force": true});
+    let (accepted, reply) = fleet.request("DeleteJobExecution", delete, "c7").await;
+    assert!(accepted, "{reply}");
+    let removed = fleet
+        .expect(&format!("{PREFIX}/events/executions/j3/t1"), |b| {
+            b["status"] == "DELETED"
+        })
+        .await;
+    assert_eq!(removed["versionNumber"], 1, "{removed}");
+    fleet
+        .expect(&format!("{PREFIX}/events/jobs/j3"), |b| {
+            b["status"] == "COMPLETED"
+        })
+        .await;
+
     // The fleet broker dies and comes back: the uplink reconnects and says online again (mosquitto kept
     // nothing: no persistence).
     mosquitto.kill();

@@ -129,6 +129,11 @@ const NAMESPACE_ID: Param = param(
     Shape::String,
     "The namespace of the job ([a-zA-Z0-9_-]+), for example aws-gg-deployment.",
 );
+const THING_NAME: Param = required(
+    "thingName",
+    Shape::String,
+    "The name of the thing the job runs on.",
+);
 const MAX_RESULTS: Param = param(
     "maxResults",
     Shape::Integer,
@@ -260,6 +265,27 @@ pub static OPERATIONS: &[Operation] = &[
         output: None,
     },
     Operation {
+        command: "delete-job-execution",
+        name: op::DELETE_JOB_EXECUTION,
+        about: "Deletes a job execution",
+        params: &[
+            JOB_ID,
+            THING_NAME,
+            required(
+                "executionNumber",
+                Shape::Integer,
+                "The execution to delete, as describe-job-execution shows it.",
+            ),
+            param(
+                "force",
+                Shape::Boolean,
+                "Delete an execution that is QUEUED or IN_PROGRESS (default: only a terminal one).",
+            ),
+            NAMESPACE_ID,
+        ],
+        output: None,
+    },
+    Operation {
         command: "describe-job",
         name: op::DESCRIBE_JOB,
         about: "Describes a job",
@@ -268,6 +294,35 @@ pub static OPERATIONS: &[Operation] = &[
             ("documentSource", Shape::String),
             ("job", JOB),
         ])),
+    },
+    Operation {
+        command: "get-job-document",
+        name: op::GET_JOB_DOCUMENT,
+        about: "Gets a job document",
+        params: &[
+            JOB_ID,
+            param(
+                "beforeSubstitution",
+                Shape::Boolean,
+                "The document before substitution (sprig's documents have none: the same document).",
+            ),
+        ],
+        output: Some(Shape::Struct(&[("document", Shape::String)])),
+    },
+    Operation {
+        command: "update-job",
+        name: op::UPDATE_JOB,
+        about: "Updates supported fields of the specified job",
+        params: &[
+            JOB_ID,
+            param(
+                "description",
+                Shape::String,
+                "A short description of the job.",
+            ),
+            NAMESPACE_ID,
+        ],
+        output: None,
     },
     Operation {
         command: "list-jobs",
@@ -314,16 +369,37 @@ pub static OPERATIONS: &[Operation] = &[
         output: Some(JOB_REF),
     },
     Operation {
+        command: "cancel-job-execution",
+        name: op::CANCEL_JOB_EXECUTION,
+        about: "Cancels the execution of a job for a given thing",
+        params: &[
+            JOB_ID,
+            THING_NAME,
+            param(
+                "force",
+                Shape::Boolean,
+                "Also cancel an IN_PROGRESS execution (default: only a QUEUED one).",
+            ),
+            param(
+                "expectedVersion",
+                Shape::Integer,
+                "The execution's current version; refused if it has changed.",
+            ),
+            param(
+                "statusDetails",
+                Shape::Map(&Shape::String),
+                "Status details to record, JSON: {\"key\": \"value\"} (at most 10).",
+            ),
+        ],
+        output: None,
+    },
+    Operation {
         command: "describe-job-execution",
         name: op::DESCRIBE_JOB_EXECUTION,
         about: "Describes a job execution",
         params: &[
             JOB_ID,
-            required(
-                "thingName",
-                Shape::String,
-                "The name of the thing the job runs on.",
-            ),
+            THING_NAME,
             param(
                 "executionNumber",
                 Shape::Integer,
@@ -351,6 +427,33 @@ pub static OPERATIONS: &[Operation] = &[
                 "executionSummaries",
                 Shape::List(&Shape::Struct(&[
                     ("thingArn", Shape::String),
+                    ("jobExecutionSummary", JOB_EXECUTION_SUMMARY),
+                ])),
+            ),
+            ("nextToken", Shape::String),
+        ])),
+    },
+    Operation {
+        command: "list-job-executions-for-thing",
+        name: op::LIST_JOB_EXECUTIONS_FOR_THING,
+        about: "Lists the job executions of a thing",
+        params: &[
+            required("thingName", Shape::String, "The thing name."),
+            param(
+                "status",
+                Shape::String,
+                "QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, TIMED_OUT, REJECTED, REMOVED or CANCELED.",
+            ),
+            NAMESPACE_ID,
+            MAX_RESULTS,
+            NEXT_TOKEN,
+            param("jobId", Shape::String, "Only the execution of this job."),
+        ],
+        output: Some(Shape::Struct(&[
+            (
+                "executionSummaries",
+                Shape::List(&Shape::Struct(&[
+                    ("jobId", Shape::String),
                     ("jobExecutionSummary", JOB_EXECUTION_SUMMARY),
                 ])),
             ),

@@ -38,6 +38,72 @@ pub struct DescribeJobRequest {
     pub before_substitution: Option<bool>,
 }
 
+/// UpdateJob. The configurations sprig has no model for are read so that they can be refused by name
+/// ([`UpdateJobRequest::unsupported`]); a JSON `null` is as good as leaving one out.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateJobRequest {
+    pub job_id: String,
+    pub description: Option<String>,
+    pub namespace_id: Option<String>,
+    pub timeout_config: Option<serde_json::Value>,
+    pub presigned_url_config: Option<serde_json::Value>,
+    pub job_executions_rollout_config: Option<serde_json::Value>,
+    pub abort_config: Option<serde_json::Value>,
+    pub job_executions_retry_config: Option<serde_json::Value>,
+}
+
+impl UpdateJobRequest {
+    /// The first configuration given that sprig's jobs do not have, and why.
+    pub fn unsupported(&self) -> Option<(&'static str, &'static str)> {
+        [
+            (
+                "timeoutConfig",
+                self.timeout_config.is_some(),
+                "sprig's jobs have no in-progress timer (CreateJob takes none); a device sets a step \
+                 timer with stepTimeoutInMinutes",
+            ),
+            (
+                "presignedUrlConfig",
+                self.presigned_url_config.is_some(),
+                "the gateway presigns no S3 URLs",
+            ),
+            (
+                "jobExecutionsRolloutConfig",
+                self.job_executions_rollout_config.is_some(),
+                "sprig queues every execution at once and has no rollout configuration",
+            ),
+            (
+                "abortConfig",
+                self.abort_config.is_some(),
+                "sprig has no abort configuration",
+            ),
+            (
+                "jobExecutionsRetryConfig",
+                self.job_executions_retry_config.is_some(),
+                "sprig has no retry configuration",
+            ),
+        ]
+        .into_iter()
+        .find(|(_, given, _)| *given)
+        .map(|(field, _, why)| (field, why))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GetJobDocumentRequest {
+    pub job_id: String,
+    /// sprig's documents have no substitution parameters: the document is the same either way.
+    pub before_substitution: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetJobDocumentResponse {
+    pub document: String,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListJobsRequest {
@@ -60,6 +126,28 @@ pub struct CancelJobRequest {
     pub force: bool,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CancelJobExecutionRequest {
+    pub job_id: String,
+    pub thing_name: String,
+    #[serde(default)]
+    pub force: bool,
+    pub expected_version: Option<i64>,
+    pub status_details: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteJobExecutionRequest {
+    pub job_id: String,
+    pub thing_name: String,
+    pub execution_number: i64,
+    #[serde(default)]
+    pub force: bool,
+    pub namespace_id: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DescribeJobExecutionRequest {
@@ -75,6 +163,17 @@ pub struct ListJobExecutionsForJobRequest {
     pub status: Option<String>,
     pub max_results: Option<u32>,
     pub next_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListJobExecutionsForThingRequest {
+    pub thing_name: String,
+    pub status: Option<String>,
+    pub namespace_id: Option<String>,
+    pub max_results: Option<u32>,
+    pub next_token: Option<String>,
+    pub job_id: Option<String>,
 }
 
 /// CreateJob's and CancelJob's response.
@@ -199,6 +298,23 @@ pub struct ExecutionSummaryForJob {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+pub struct ListJobExecutionsForThingResponse {
+    pub execution_summaries: Vec<ExecutionSummaryForThing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// AWS's `JobExecutionSummaryForThing`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionSummaryForThing {
+    pub job_id: String,
+    pub job_execution_summary: ExecutionSummary,
+}
+
+/// AWS's `JobExecutionSummary` (sprig has no retry configuration, so never a `retryAttempt`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExecutionSummary {
     pub status: &'static str,
     pub queued_at: f64,
@@ -206,6 +322,27 @@ pub struct ExecutionSummary {
     pub started_at: Option<f64>,
     pub last_updated_at: f64,
     pub execution_number: i64,
+}
+
+impl ExecutionSummary {
+    pub fn of(execution: &Execution) -> ExecutionSummary {
+        ExecutionSummary {
+            status: execution.status.as_str(),
+            queued_at: seconds(execution.queued_at),
+            started_at: execution.started_at.map(seconds),
+            last_updated_at: seconds(execution.last_updated_at),
+            execution_number: execution.execution_number,
+        }
+    }
+}
+
+impl ExecutionSummaryForThing {
+    pub fn of(execution: &Execution) -> ExecutionSummaryForThing {
+        ExecutionSummaryForThing {
+            job_id: execution.job_id.clone(),
+            job_execution_summary: ExecutionSummary::of(execution),
+        }
+    }
 }
 
 /// Epoch milliseconds as AWS's epoch seconds.
@@ -304,13 +441,7 @@ impl Arns {
     pub fn execution_summary(&self, execution: &Execution) -> ExecutionSummaryForJob {
         ExecutionSummaryForJob {
             thing_arn: self.thing(&execution.thing_name),
-            job_execution_summary: ExecutionSummary {
-                status: execution.status.as_str(),
-                queued_at: seconds(execution.queued_at),
-                started_at: execution.started_at.map(seconds),
-                last_updated_at: seconds(execution.last_updated_at),
-                execution_number: execution.execution_number,
-            },
+            job_execution_summary: ExecutionSummary::of(execution),
         }
     }
 

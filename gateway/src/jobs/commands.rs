@@ -1,16 +1,20 @@
-//! The operators' commands that change jobs: CreateJob, DeleteJob and CancelJob. Each validates its
-//! input, then, under the store's write lock, reads the job, asks [`super::transitions`] for the change
-//! and commits it through the engine, durably before it answers.
+//! The operators' commands that change jobs: CreateJob, DeleteJob, CancelJob and UpdateJob, and of one
+//! execution, CancelJobExecution and DeleteJobExecution. Each validates its input, then, under the
+//! store's write lock, reads the job (and the execution), asks [`super::transitions`] for the change and
+//! commits it through the engine, durably before it answers.
 
 use std::sync::Arc;
 
-use super::api::{CancelJobRequest, CreateJobRequest, DeleteJobRequest, JobRef};
+use super::api::{
+    CancelJobExecutionRequest, CancelJobRequest, CreateJobRequest, DeleteJobExecutionRequest,
+    DeleteJobRequest, JobRef, UpdateJobRequest,
+};
 use super::clock::now_ms;
 use super::engine::Engine;
 use super::planning::{plan_create, CreatePlan};
 use super::transitions::{self, DeletionLoad};
 use super::{creation, validate, Grants, JobsError};
-use crate::model::{Job, JobStatus};
+use crate::model::{Execution, Job, JobStatus};
 
 type Result<T> = std::result::Result<T, JobsError>;
 
@@ -51,6 +55,55 @@ impl Engine {
             validate::text("comment", comment, 2028)?;
         }
         self.blocking(move |engine| engine.cancel_job_blocking(&grants, request))
+            .await
+    }
+
+    pub async fn update_job(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: UpdateJobRequest,
+    ) -> Result<()> {
+        validate::job_id("jobId", &request.job_id)?;
+        if let Some(ns) = &request.namespace_id {
+            validate::namespace_id(ns)?;
+        }
+        if let Some(description) = &request.description {
+            validate::text("description", description, 2028)?;
+        }
+        if let Some((field, why)) = request.unsupported() {
+            return Err(JobsError::InvalidRequest(format!(
+                "{field}: not supported: {why}"
+            )));
+        }
+        self.blocking(move |engine| engine.update_job_blocking(&grants, request))
+            .await
+    }
+
+    pub async fn cancel_job_execution(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: CancelJobExecutionRequest,
+    ) -> Result<()> {
+        validate::job_id("jobId", &request.job_id)?;
+        validate::thing_name("thingName", &request.thing_name)?;
+        if let Some(details) = &request.status_details {
+            validate::status_details(details)?;
+        }
+        self.blocking(move |engine| engine.cancel_job_execution_blocking(&grants, request))
+            .await
+    }
+
+    pub async fn delete_job_execution(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: DeleteJobExecutionRequest,
+    ) -> Result<()> {
+        validate::job_id("jobId", &request.job_id)?;
+        validate::thing_name("thingName", &request.thing_name)?;
+        if let Some(ns) = &request.namespace_id {
+            validate::namespace_id(ns)?;
+        }
+        self.blocking(move |engine| engine.delete_job_execution_blocking(&grants, request))
             .await
     }
 
@@ -122,10 +175,7 @@ impl Engine {
         let _writer = self.store().lock_writes();
         let job = self.visible_job(grants, &request.job_id)?;
         let mut cancellation = transitions::cancel_job(&job, &request, now_ms())?;
-        let routed = |e: &crate::model::Execution| {
-            let namespace = job.namespace_id.as_deref();
-            self.routes.route_for(&e.thing_name, namespace).is_some()
-        };
+        let routed = |e: &Execution| self.is_routed(&job, e);
         for execution in self.executions_of(&job.job_id, None) {
             cancellation.execution(execution?, routed);
         }
@@ -134,5 +184,57 @@ impl Engine {
         let canceled = self.commit_durably(&job, canceled)?.unwrap_or(job);
         tracing::info!(job_id = %canceled.job_id, force = request.force, executions, "job canceled");
         Ok(self.arns.job_ref(&canceled))
+    }
+
+    fn update_job_blocking(&self, grants: &Grants, request: UpdateJobRequest) -> Result<()> {
+        let _writer = self.store().lock_writes();
+        let job = self.visible_job(grants, &request.job_id)?;
+        if let Some(updated) = transitions::update_job(&job, &request, now_ms())? {
+            self.commit_durably(&job, updated)?;
+            tracing::info!(job_id = %job.job_id, "job updated");
+        }
+        Ok(())
+    }
+
+    fn cancel_job_execution_blocking(
+        &self,
+        grants: &Grants,
+        request: CancelJobExecutionRequest,
+    ) -> Result<()> {
+        let _writer = self.store().lock_writes();
+        let job = self.visible_job(grants, &request.job_id)?;
+        let execution = self.execution_of(&job, &request.thing_name)?;
+        let routed = |e: &Execution| self.is_routed(&job, e);
+        let canceled = transitions::cancel_execution(&job, &execution, &request, routed, now_ms())?;
+        self.commit_durably(&job, canceled)?;
+        tracing::info!(job_id = %job.job_id, thing = %execution.thing_name, force = request.force, "job execution canceled");
+        Ok(())
+    }
+
+    fn delete_job_execution_blocking(
+        &self,
+        grants: &Grants,
+        request: DeleteJobExecutionRequest,
+    ) -> Result<()> {
+        let _writer = self.store().lock_writes();
+        let job = self.visible_job(grants, &request.job_id)?;
+        let execution = self.execution_of(&job, &request.thing_name)?;
+        let routed = |e: &Execution| self.is_routed(&job, e);
+        let deleted = transitions::delete_execution(&job, &execution, &request, routed, now_ms())?;
+        self.commit_durably(&job, deleted)?;
+        tracing::info!(job_id = %job.job_id, thing = %execution.thing_name, status = execution.status.as_str(), force = request.force, "job execution deleted");
+        Ok(())
+    }
+
+    /// The thing's execution of `job`; ResourceNotFoundException if it has none.
+    fn execution_of(&self, job: &Job, thing_name: &str) -> Result<Execution> {
+        self.store()
+            .execution(&job.job_id, thing_name)?
+            .ok_or_else(|| {
+                JobsError::ResourceNotFound(format!(
+                    "Job execution {} for thing {thing_name} does not exist",
+                    job.job_id
+                ))
+            })
     }
 }

@@ -48,9 +48,7 @@ impl Engine {
             return Ok(Step::Finished);
         }
         let count = executions.len();
-        let namespace = job.namespace_id.as_deref();
-        let routed =
-            |e: &crate::model::Execution| self.routes.route_for(&e.thing_name, namespace).is_some();
+        let routed = |e: &crate::model::Execution| self.is_routed(&job, e);
         let removed = transitions::delete_executions(&job, executions, now_ms(), routed);
         self.commit(&job, removed)?;
         Ok(Step::Removed { count })

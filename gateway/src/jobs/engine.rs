@@ -184,6 +184,7 @@ impl Engine {
                 before,
                 transition.job.as_ref(),
                 &transition.put_executions,
+                &transition.delete_executions,
                 now_ms(),
             )
         });
@@ -209,6 +210,7 @@ impl Engine {
                 before,
                 Some(&change.job),
                 std::slice::from_ref(&change.execution),
+                &[],
                 now_ms(),
             )
         });
@@ -328,6 +330,14 @@ impl Engine {
                 }
             }
         })
+    }
+
+    /// Does the device of `execution` (of `job`) have a recovery route (a recovery when it is interrupted)?
+    pub(super) fn is_routed(&self, job: &Job, execution: &Execution) -> bool {
+        let namespace = job.namespace_id.as_deref();
+        self.routes
+            .route_for(&execution.thing_name, namespace)
+            .is_some()
     }
 
     /// The job, if it exists (is not still being created) and the caller may see its namespace; otherwise

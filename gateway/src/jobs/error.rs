@@ -24,6 +24,9 @@ pub enum JobsError {
     /// Too many deletions in progress.
     #[error("{0}")]
     LimitExceeded(String),
+    /// `expectedVersion` is not the execution's current version.
+    #[error("{0}")]
+    VersionConflict(String),
     /// Over the caller's request rate.
     #[error("{0}")]
     Throttling(String),
@@ -44,6 +47,7 @@ impl JobsError {
             JobsError::ResourceNotFound(_) => "ResourceNotFoundException",
             JobsError::ResourceAlreadyExists(_) => "ResourceAlreadyExistsException",
             JobsError::LimitExceeded(_) => "LimitExceededException",
+            JobsError::VersionConflict(_) => "VersionConflictException",
             JobsError::Throttling(_) => "ThrottlingException",
             JobsError::ServiceUnavailable(_) => "ServiceUnavailableException",
             JobsError::Unauthorized(_) => "UnauthorizedException",

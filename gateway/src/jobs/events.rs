@@ -14,9 +14,10 @@ use crate::model::{
 pub enum JobEventKind {
     /// CreateJob queued an execution for each thing.
     Created,
-    /// CancelJob canceled the things' executions.
+    /// CancelJob (or CancelJobExecution) canceled the things' executions.
     Canceled,
-    /// The job was deleted: the things' pending executions are gone.
+    /// The job was deleted (or DeleteJobExecution removed one thing's execution of it): the things'
+    /// pending executions are gone.
     Deleted,
     /// A device (or a step timeout) changed the status of its execution.
     ExecutionChanged,
@@ -55,12 +56,14 @@ pub enum StatusChange {
         status: Option<JobStatus>,
         timestamp: i64,
     },
-    /// An execution was written: its status, its details or its version changed.
+    /// An execution was written: its status, its details or its version changed; `status: None`: it was
+    /// removed on its own (DeleteJobExecution), as it last was. The executions a job's deletion removes
+    /// are not reported one by one: the job's end says it.
     Execution {
         job_id: String,
         namespace_id: Option<String>,
         thing_name: String,
-        status: ExecutionStatus,
+        status: Option<ExecutionStatus>,
         status_details: BTreeMap<String, String>,
         version_number: i64,
         timestamp: i64,
@@ -81,12 +84,14 @@ pub enum StatusChange {
     },
 }
 
-/// The status changes of a commit that turned `before` into `after` (`None`: removed) and wrote
-/// `executions`: the job's, if its status changed (first), then each execution's.
+/// The status changes of a commit that turned `before` into `after` (`None`: removed), wrote `executions`
+/// and removed `removed`: the job's, if its status changed (first), then each execution's, then each
+/// removed one's unless the job is being deleted (or is gone).
 pub fn status_changes(
     before: &Job,
     after: Option<&Job>,
     executions: &[Execution],
+    removed: &[Execution],
     now_ms: i64,
 ) -> Vec<StatusChange> {
     let mut changes = Vec::with_capacity(executions.len() + 1);
@@ -100,15 +105,25 @@ pub fn status_changes(
             timestamp: at / 1000,
         });
     }
-    changes.extend(executions.iter().map(|execution| StatusChange::Execution {
+    let execution_change = |execution: &Execution, status, at: i64| StatusChange::Execution {
         job_id: execution.job_id.clone(),
         namespace_id: before.namespace_id.clone(),
         thing_name: execution.thing_name.clone(),
-        status: execution.status,
+        status,
         status_details: execution.status_details.clone(),
         version_number: execution.version_number,
-        timestamp: execution.last_updated_at / 1000,
-    }));
+        timestamp: at / 1000,
+    };
+    changes.extend(
+        executions
+            .iter()
+            .map(|e| execution_change(e, Some(e.status), e.last_updated_at)),
+    );
+    let job_goes_on = after.is_some_and(|job| job.status != JobStatus::DeletionInProgress);
+    if job_goes_on {
+        let at = after.map_or(now_ms, |job| job.last_updated_at);
+        changes.extend(removed.iter().map(|e| execution_change(e, None, at)));
+    }
     changes
 }
 
@@ -125,7 +140,7 @@ pub fn created(job: &Job, things: &[String]) -> Vec<StatusChange> {
         job_id: job.job_id.clone(),
         namespace_id: job.namespace_id.clone(),
         thing_name: thing.clone(),
-        status: ExecutionStatus::Queued,
+        status: Some(ExecutionStatus::Queued),
         status_details: BTreeMap::new(),
         version_number: 1,
         timestamp,
@@ -177,9 +192,9 @@ mod tests {
     #[test]
     fn a_job_change_is_reported_only_when_its_status_changes() {
         let before = job(JobStatus::InProgress);
-        assert!(status_changes(&before, Some(&before), &[], 9_000).is_empty());
+        assert!(status_changes(&before, Some(&before), &[], &[], 9_000).is_empty());
         let deleting = job(JobStatus::DeletionInProgress);
-        let changes = status_changes(&before, Some(&deleting), &[], 9_000);
+        let changes = status_changes(&before, Some(&deleting), &[], &[], 9_000);
         assert!(
             matches!(
                 &changes[..],
@@ -191,7 +206,7 @@ mod tests {
             ),
             "{changes:?}"
         );
-        let gone = status_changes(&deleting, None, &[], 9_000);
+        let gone = status_changes(&deleting, None, &[], &[], 9_000);
         assert!(
             matches!(
                 &gone[..],
@@ -202,6 +217,32 @@ mod tests {
                 }]
             ),
             "{gone:?}"
+        );
+    }
+
+    #[test]
+    fn an_execution_removed_on_its_own_is_reported_and_those_of_a_deletion_are_not() {
+        let execution = Execution::queued("j1", "t1", 1_000);
+        let before = job(JobStatus::InProgress);
+        let removed = std::slice::from_ref(&execution);
+        let changes = status_changes(&before, Some(&before), &[], removed, 9_000);
+        assert_eq!(
+            changes,
+            [StatusChange::Execution {
+                job_id: "j1".into(),
+                namespace_id: Some("acme".into()),
+                thing_name: "t1".into(),
+                status: None,
+                status_details: BTreeMap::new(),
+                version_number: 1,
+                timestamp: 5,
+            }]
+        );
+        let deleting = job(JobStatus::DeletionInProgress);
+        assert!(status_changes(&deleting, Some(&deleting), &[], removed, 9_000).is_empty());
+        assert_eq!(
+            status_changes(&deleting, None, &[], removed, 9_000).len(),
+            1
         );
     }
 
@@ -239,7 +280,7 @@ mod tests {
         let changes = created(&job(JobStatus::InProgress), &["t1".into(), "t2".into()]);
         assert_eq!(changes.len(), 3);
         assert!(
-            matches!(&changes[2], StatusChange::Execution { thing_name, status: ExecutionStatus::Queued, version_number: 1, .. } if thing_name == "t2")
+            matches!(&changes[2], StatusChange::Execution { thing_name, status: Some(ExecutionStatus::Queued), version_number: 1, .. } if thing_name == "t2")
         );
     }
 }

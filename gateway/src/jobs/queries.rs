@@ -1,6 +1,7 @@
-//! The operators' reads: DescribeJob, ListJobs, DescribeJobExecution, ListJobExecutionsForJob and sprig's
-//! ListRecoveries and DescribeRecovery. Each answers only what the caller's grants let it see; the lists
-//! page as AWS's do (`maxResults`, and a `nextToken` naming the last item returned).
+//! The operators' reads: DescribeJob, GetJobDocument, ListJobs, DescribeJobExecution,
+//! ListJobExecutionsForJob, ListJobExecutionsForThing and sprig's ListRecoveries and DescribeRecovery.
+//! Each answers only what the caller's grants let it see; the lists page as AWS's do (`maxResults`, and
+//! a `nextToken` naming the last item returned).
 
 use std::sync::Arc;
 
@@ -60,6 +61,22 @@ impl Engine {
             let job = engine.visible_job(&grants, &request.job_id)?;
             Ok(DescribeJobResponse {
                 job: engine.arns.job_view(&job),
+            })
+        })
+        .await
+    }
+
+    /// The job's document, as CreateJob was given it.
+    pub async fn get_job_document(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: GetJobDocumentRequest,
+    ) -> Result<GetJobDocumentResponse> {
+        validate::job_id("jobId", &request.job_id)?;
+        self.blocking(move |engine| {
+            let job = engine.visible_job(&grants, &request.job_id)?;
+            Ok(GetJobDocumentResponse {
+                document: job.document,
             })
         })
         .await
@@ -184,6 +201,78 @@ impl Engine {
                     .iter()
                     .map(|e| engine.arns.execution_summary(e))
                     .collect(),
+                next_token,
+            })
+        })
+        .await
+    }
+
+    /// The thing's executions, pending or finished, of the jobs the caller may see (of `namespaceId`'s
+    /// only, if given), in job id order; `nextToken` names the last job returned. sprig keeps no registry
+    /// of things: a thing without executions has an empty list, not a ResourceNotFoundException.
+    pub async fn list_job_executions_for_thing(
+        self: &Arc<Self>,
+        grants: Grants,
+        request: ListJobExecutionsForThingRequest,
+    ) -> Result<ListJobExecutionsForThingResponse> {
+        validate::thing_name("thingName", &request.thing_name)?;
+        let limit = validate::max_results(request.max_results)?;
+        let status = status_filter(
+            request.status.as_deref(),
+            ExecutionStatus::parse,
+            "QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, TIMED_OUT, REJECTED, REMOVED, CANCELED",
+        )?;
+        if let Some(ns) = &request.namespace_id {
+            validate::namespace_id(ns)?;
+            if !grants.may_see(Some(ns)) {
+                return Err(JobsError::ResourceNotFound(format!(
+                    "Namespace {ns} does not exist"
+                )));
+            }
+        }
+        if let Some(job_id) = &request.job_id {
+            validate::job_id("jobId", job_id)?;
+        }
+        if let Some(token) = &request.next_token {
+            validate::job_id("nextToken", token)?;
+        }
+        self.blocking(move |engine| {
+            let store = engine.store();
+            let thing = request.thing_name.as_str();
+            let after = request.next_token.as_deref();
+            let job_ids = match request.job_id.as_deref() {
+                // One job: its execution, unless the token is past it.
+                Some(job_id) => Box::new(
+                    after
+                        .is_none_or(|after| after < job_id)
+                        .then(|| Ok(job_id.to_owned()))
+                        .into_iter(),
+                ),
+                None => store.job_ids_of_thing_after(thing, after),
+            };
+            let namespace = request.namespace_id.as_deref();
+            let executions = job_ids
+                .map(|job_id| {
+                    let job_id = job_id?;
+                    let Some(job) = store.job(&job_id)? else {
+                        return Ok(None);
+                    };
+                    let in_scope =
+                        namespace.is_none_or(|ns| job.namespace_id.as_deref() == Some(ns));
+                    if !is_visible(&job, &grants) || !in_scope {
+                        return Ok(None);
+                    }
+                    store.execution(&job_id, thing)
+                })
+                .filter_map(std::result::Result::transpose);
+            let (found, next_token) = page(
+                executions,
+                limit,
+                |e| status.is_none_or(|s| s == e.status),
+                |e| e.job_id.clone(),
+            )?;
+            Ok(ListJobExecutionsForThingResponse {
+                execution_summaries: found.iter().map(ExecutionSummaryForThing::of).collect(),
                 next_token,
             })
         })

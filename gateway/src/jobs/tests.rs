@@ -4,7 +4,7 @@ use super::api::*;
 use super::creation;
 use super::planning::plan_create;
 use super::test_fixture::{create, delete, finish_deletion, fixture, update};
-use super::Grants;
+use super::{Grants, JobEventKind};
 use crate::model::ExecutionStatus;
 
 #[tokio::test]
@@ -329,6 +329,89 @@ async fn a_job_being_created_is_seen_by_no_one_and_undone_at_start_up() {
         .collect();
     assert_eq!(kinds, [("done".into(), 1), ("half".into(), 3)]);
     assert!(f.store.check().unwrap().is_consistent());
+}
+
+/// CancelJobExecution and DeleteJobExecution change one execution: the device is told, the fleet hears
+/// of the execution's new status (DeleteJobExecution's as none: it is gone) and of the job's completion,
+/// and the store agrees with itself; a caller without the job's namespace finds nothing.
+#[tokio::test]
+async fn one_execution_is_canceled_then_deleted_and_each_change_is_announced() {
+    use super::StatusChange;
+    use crate::model::JobStatus;
+    let mut f = fixture(10, &[]);
+    let all = Grants::all();
+    f.engine
+        .create_job(all.clone(), create("j1", Some("acme"), &["t1"]))
+        .await
+        .unwrap();
+    while f.changes.try_recv().is_ok() {}
+    while f.events.try_recv().is_ok() {}
+    let cancel = CancelJobExecutionRequest {
+        job_id: "j1".into(),
+        thing_name: "t1".into(),
+        ..Default::default()
+    };
+    let stranger = Grants {
+        namespaces: ["other".to_owned()].into(),
+        ..Default::default()
+    };
+    let hidden = f.engine.cancel_job_execution(stranger, cancel.clone());
+    assert_eq!(
+        hidden.await.unwrap_err().code(),
+        "ResourceNotFoundException"
+    );
+    f.engine
+        .cancel_job_execution(all.clone(), cancel)
+        .await
+        .unwrap();
+    let changes: Vec<_> = std::iter::from_fn(|| f.changes.try_recv().ok()).collect();
+    assert!(
+        matches!(
+            &changes[..],
+            [
+                StatusChange::Job {
+                    status: Some(JobStatus::Completed),
+                    ..
+                },
+                StatusChange::Execution {
+                    status: Some(ExecutionStatus::Canceled),
+                    version_number: 2,
+                    ..
+                },
+            ]
+        ),
+        "{changes:?}"
+    );
+    let event = f.events.try_recv().unwrap();
+    assert_eq!(
+        (event.kind, event.things),
+        (JobEventKind::Canceled, vec!["t1".into()])
+    );
+
+    let delete = DeleteJobExecutionRequest {
+        job_id: "j1".into(),
+        thing_name: "t1".into(),
+        execution_number: 1,
+        force: false,
+        namespace_id: Some("acme".into()),
+    };
+    f.engine
+        .delete_job_execution(all.clone(), delete)
+        .await
+        .unwrap();
+    let changes: Vec<_> = std::iter::from_fn(|| f.changes.try_recv().ok()).collect();
+    assert!(
+        matches!(
+            &changes[..],
+            [StatusChange::Execution { status: None, thing_name, .. }] if thing_name == "t1"
+        ),
+        "{changes:?}"
+    );
+    // A canceled execution was not pending: its device is not told again.
+    assert!(f.events.try_recv().is_err());
+    let report = f.store.check().unwrap();
+    assert!(report.is_consistent(), "{report}");
+    assert_eq!((report.jobs, report.executions), (1, 0));
 }
 
 #[tokio::test]

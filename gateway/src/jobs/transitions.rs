@@ -9,7 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use super::api::{CancelJobRequest, DeleteJobRequest};
+use super::api::{
+    CancelJobExecutionRequest, CancelJobRequest, DeleteJobExecutionRequest, DeleteJobRequest,
+    UpdateJobRequest,
+};
 use super::error::{DeviceError, DeviceErrorCode, JobsError};
 use super::events::{JobEvent, JobEventKind};
 use crate::model::{
@@ -93,8 +96,40 @@ pub fn execution_may_move(from: ExecutionStatus, to: ExecutionStatus) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Operators: DeleteJob and CancelJob.
+// Operators: DeleteJob, CancelJob and UpdateJob.
 // ---------------------------------------------------------------------------------------------------
+
+/// A request that names a namespace finds only a job of that namespace: to the caller, `job` of another
+/// does not exist (DeleteJob, UpdateJob, DeleteJobExecution).
+fn in_named_namespace(job: &Job, namespace_id: Option<&str>) -> Result<(), JobsError> {
+    match namespace_id {
+        Some(ns) if job.namespace_id.as_deref() != Some(ns) => Err(JobsError::ResourceNotFound(
+            format!("Job {} does not exist in namespace {ns}", job.job_id),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// UpdateJob of `job` (one the caller may see): its new description, or the exception AWS raises;
+/// `None` when the request changes nothing. UpdateJob has no state exception in AWS's model: a job in any
+/// state may be updated (its devices are not told: nothing they see changes).
+pub fn update_job(
+    job: &Job,
+    request: &UpdateJobRequest,
+    now: i64,
+) -> Result<Option<Transition>, JobsError> {
+    in_named_namespace(job, request.namespace_id.as_deref())?;
+    let Some(description) = &request.description else {
+        return Ok(None);
+    };
+    let mut updated = job.clone();
+    updated.description = Some(description.clone());
+    updated.last_updated_at = now;
+    Ok(Some(Transition {
+        job: Some(updated),
+        ..Default::default()
+    }))
+}
 
 /// How many jobs are in DELETION_IN_PROGRESS when a DeleteJob arrives: in all, and in the job's
 /// namespace (counted only when [`Limits::of_namespace`] gives it a limit; otherwise 0).
@@ -112,14 +147,7 @@ pub fn start_deletion(
     limits: &Limits,
     now: i64,
 ) -> Result<Transition, JobsError> {
-    if request.namespace_id.is_some() && request.namespace_id != job.namespace_id {
-        // The job exists, but not in the namespace the caller named: to that caller it does not exist.
-        return Err(JobsError::ResourceNotFound(format!(
-            "Job {} does not exist in namespace {}",
-            request.job_id,
-            request.namespace_id.as_deref().unwrap_or_default()
-        )));
-    }
+    in_named_namespace(job, request.namespace_id.as_deref())?;
     if job.status == JobStatus::DeletionInProgress {
         return Err(JobsError::InvalidStateTransition(format!(
             "Job {} is already being deleted (DELETION_IN_PROGRESS)",
@@ -300,6 +328,153 @@ impl Cancellation {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Operators, one execution: CancelJobExecution and DeleteJobExecution.
+// ---------------------------------------------------------------------------------------------------
+
+/// CancelJobExecution of the thing's `execution` of `job` (one the caller may see), or the exception AWS
+/// raises: a QUEUED execution is CANCELED; an IN_PROGRESS one only with `force`, and then its device gets
+/// a recovery if `routed` gives it a route; a terminal one cannot be canceled; `expectedVersion`, if
+/// given, must be the execution's version. `statusDetails`, if given, replace the execution's. The
+/// execution's device is told; the last pending execution of an IN_PROGRESS job completes it.
+pub fn cancel_execution(
+    job: &Job,
+    execution: &Execution,
+    request: &CancelJobExecutionRequest,
+    routed: impl Fn(&Execution) -> bool,
+    now: i64,
+) -> Result<Transition, JobsError> {
+    let refuse = |why: String| {
+        Err(JobsError::InvalidStateTransition(format!(
+            "Job execution {} for thing {} {why}",
+            execution.job_id, execution.thing_name
+        )))
+    };
+    if job.status == JobStatus::DeletionInProgress {
+        return refuse(format!(
+            "cannot be canceled: job {} is being deleted (DELETION_IN_PROGRESS)",
+            job.job_id
+        ));
+    }
+    if let Some(expected) = request
+        .expected_version
+        .filter(|v| *v != execution.version_number)
+    {
+        return Err(JobsError::VersionConflict(format!(
+            "expectedVersion {expected} does not match the current version {} of job execution {} for thing {}",
+            execution.version_number, execution.job_id, execution.thing_name
+        )));
+    }
+    let interrupted = match execution.status {
+        ExecutionStatus::Queued => false,
+        ExecutionStatus::InProgress if request.force => true,
+        ExecutionStatus::InProgress => {
+            return refuse(
+                "is IN_PROGRESS; only a QUEUED execution can be canceled unless force is true"
+                    .into(),
+            )
+        }
+        ended => return refuse(format!("is {} and cannot be canceled", ended.as_str())),
+    };
+    let mut canceled = execution.clone();
+    canceled.status = ExecutionStatus::Canceled;
+    canceled.force_canceled = interrupted;
+    canceled.step_deadline = None;
+    canceled.last_updated_at = now;
+    canceled.version_number += 1;
+    if let Some(details) = &request.status_details {
+        canceled.status_details = details.clone();
+    }
+    let recoveries = (interrupted && routed(execution))
+        .then(|| {
+            let reason = RecoveryReason::ExecutionForceCanceled;
+            RecoveryRecord::for_execution(job, execution, reason, now)
+        })
+        .into_iter()
+        .collect();
+    let change = execution_changed(job, execution, canceled, now);
+    Ok(Transition {
+        event: event(
+            JobEventKind::Canceled,
+            &change.job,
+            vec![execution.thing_name.clone()],
+        ),
+        job: Some(change.job),
+        put_executions: vec![change.execution],
+        recoveries,
+        ..Default::default()
+    })
+}
+
+/// DeleteJobExecution of the thing's `execution` of `job` (one the caller may see), or the exception AWS
+/// raises: an execution in a terminal state is removed; a pending one only with `force`, and then, if it
+/// was IN_PROGRESS, its device gets a recovery if `routed` gives it a route (it can no longer read or
+/// report on it, as when its job is deleted). The job uncounts it, and completes if it was its last
+/// pending execution; a pending execution's device is told. `executionNumber` must be the execution's,
+/// and a `namespaceId` the job's, else the execution does not exist for the caller.
+pub fn delete_execution(
+    job: &Job,
+    execution: &Execution,
+    request: &DeleteJobExecutionRequest,
+    routed: impl Fn(&Execution) -> bool,
+    now: i64,
+) -> Result<Transition, JobsError> {
+    let named = || {
+        format!(
+            "Job execution {} for thing {}",
+            execution.job_id, execution.thing_name
+        )
+    };
+    in_named_namespace(job, request.namespace_id.as_deref())?;
+    if request.execution_number != execution.execution_number {
+        return Err(JobsError::ResourceNotFound(format!(
+            "{} with execution number {} does not exist",
+            named(),
+            request.execution_number
+        )));
+    }
+    if job.status == JobStatus::DeletionInProgress {
+        return Err(JobsError::InvalidStateTransition(format!(
+            "{} is being removed with its job {} (DELETION_IN_PROGRESS)",
+            named(),
+            job.job_id
+        )));
+    }
+    let pending = !execution.status.is_terminal();
+    if pending && !request.force {
+        return Err(JobsError::InvalidStateTransition(format!(
+            "{} is {}; only an execution in a terminal state (SUCCEEDED, FAILED, TIMED_OUT, REJECTED, \
+             REMOVED or CANCELED) can be deleted unless force is true",
+            named(),
+            execution.status.as_str()
+        )));
+    }
+    let mut remaining = job.clone();
+    remaining.counts.remove(execution.status);
+    remaining.last_updated_at = now;
+    complete_if_done(&mut remaining, now);
+    let interrupted = execution.status == ExecutionStatus::InProgress;
+    let recoveries = (interrupted && routed(execution))
+        .then(|| {
+            let reason = RecoveryReason::ExecutionDeleted;
+            RecoveryRecord::for_execution(job, execution, reason, now)
+        })
+        .into_iter()
+        .collect();
+    let told = pending.then(|| execution.thing_name.clone());
+    Ok(Transition {
+        event: event(
+            JobEventKind::Deleted,
+            &remaining,
+            told.into_iter().collect(),
+        ),
+        job: Some(remaining),
+        delete_executions: vec![execution.clone()],
+        recoveries,
+        ..Default::default()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Devices: StartNextPendingJobExecution, UpdateJobExecution, and the step timer.
 // ---------------------------------------------------------------------------------------------------
 
@@ -444,16 +619,21 @@ pub fn time_out(job: &Job, execution: &Execution, now: i64) -> Option<ExecutionC
     Some(execution_changed(job, execution, timed_out, now))
 }
 
+/// An IN_PROGRESS job with no pending execution left is COMPLETED, from `now`.
+fn complete_if_done(job: &mut Job, now: i64) {
+    if job.status == JobStatus::InProgress && job.counts.pending() == 0 {
+        job.status = JobStatus::Completed;
+        job.completed_at = Some(now);
+    }
+}
+
 /// One execution's change with its job's counts; when the last pending execution of an IN_PROGRESS job
 /// ends, the job is COMPLETED. Devices hear of it only if the status changed.
 fn execution_changed(job: &Job, before: &Execution, after: Execution, now: i64) -> ExecutionChange {
     let mut updated = job.clone();
     updated.counts.shift(before.status, after.status);
     updated.last_updated_at = now;
-    if updated.status == JobStatus::InProgress && updated.counts.pending() == 0 {
-        updated.status = JobStatus::Completed;
-        updated.completed_at = Some(now);
-    }
+    complete_if_done(&mut updated, now);
     let things = if before.status != after.status {
         vec![after.thing_name.clone()]
     } else {

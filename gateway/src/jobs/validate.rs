@@ -92,6 +92,14 @@ pub fn reason_code(s: &str) -> Result<(), JobsError> {
     }
 }
 
+/// `statusDetails`: the rules AWS IoT Jobs applies (the sdk's, which devices and plugins meet too).
+pub fn status_details(
+    details: &std::collections::BTreeMap<String, String>,
+) -> Result<(), JobsError> {
+    sprig_sdk::validate_status_details(details)
+        .map_err(|why| JobsError::InvalidRequest(format!("statusDetails: {why}")))
+}
+
 /// `maxResults`: 1–250, default 50.
 pub fn max_results(n: Option<u32>) -> Result<usize, JobsError> {
     match n {

@@ -365,8 +365,10 @@ fn context_of(recovery: &RecoveryRecord) -> RecoveryContext {
         execution_status: recovery.execution_status.as_str().to_owned(),
         status_details: recovery.status_details.clone(),
         reason: match recovery.reason {
-            RecoveryReason::JobDeleted => Reason::ForceDeleted,
-            RecoveryReason::JobForceCanceled => Reason::ForceCanceled,
+            RecoveryReason::JobDeleted | RecoveryReason::ExecutionDeleted => Reason::ForceDeleted,
+            RecoveryReason::JobForceCanceled | RecoveryReason::ExecutionForceCanceled => {
+                Reason::ForceCanceled
+            }
         },
         attempt: recovery.attempts,
         acknowledged: recovery.acknowledged,

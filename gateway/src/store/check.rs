@@ -37,21 +37,31 @@ impl Trees {
             if indexed.as_deref() != expected.as_ref().map(std::slice::from_ref) {
                 report.problem(format!("execution {name}: thing index missing or stale"));
             }
+            if !self.thing_executions.contains_key(execution.thing_key())? {
+                report.problem(format!(
+                    "execution {name}: missing from its thing's executions"
+                ));
+            }
             if let Some(key) = execution.deadline_key() {
                 if !self.by_deadline.contains_key(key)? {
                     report.problem(format!("execution {name}: missing from the deadline index"));
                 }
             }
         }
-        for entry in self.by_thing.iter() {
-            let (key, _) = entry?;
-            let job_id = String::from_utf8_lossy(codec::last_part(&key)).into_owned();
-            let thing = String::from_utf8_lossy(&key[..key.len() - job_id.len() - 1]).into_owned();
-            if !self
-                .executions
-                .contains_key(codec::execution_key(&job_id, &thing))?
-            {
-                report.problem(format!("thing index: {thing}/{job_id} has no execution"));
+        for (tree, index) in [
+            (&self.by_thing, "thing index"),
+            (&self.thing_executions, "things' executions"),
+        ] {
+            for entry in tree.iter() {
+                let (key, _) = entry?;
+                let job_id = String::from_utf8_lossy(codec::last_part(&key)).into_owned();
+                let thing = String::from_utf8_lossy(&key[..key.len() - job_id.len() - 1]);
+                if !self
+                    .executions
+                    .contains_key(codec::execution_key(&job_id, &thing))?
+                {
+                    report.problem(format!("{index}: {thing}/{job_id} has no execution"));
+                }
             }
         }
         for entry in self.recoveries.iter() {

@@ -26,6 +26,7 @@ impl Trees {
             &self.by_deadline,
             &self.recoveries,
             &self.open_recoveries,
+            &self.thing_executions,
             account,
         );
         let outcome = trees.transaction(
@@ -38,6 +39,7 @@ impl Trees {
                 by_deadline,
                 recoveries,
                 open,
+                thing_executions,
                 account,
             )| {
                 let jobs = Counted::new(jobs, TreeIx::Jobs);
@@ -48,6 +50,7 @@ impl Trees {
                 let by_deadline = Counted::new(by_deadline, TreeIx::ByDeadline);
                 let recoveries = Counted::new(recoveries, TreeIx::Recoveries);
                 let open = Counted::new(open, TreeIx::OpenRecoveries);
+                let thing_executions = Counted::new(thing_executions, TreeIx::ThingExecutions);
                 if let Some(after) = change.job_after {
                     jobs.insert(after.key(), codec::encode(after))?;
                 }
@@ -60,6 +63,9 @@ impl Trees {
                 for execution in change.put_executions {
                     // A transaction may read (not scan): the old record says which deadline entry to drop.
                     let old = executions.insert(execution.key(), codec::encode(execution))?;
+                    if old.is_none() {
+                        thing_executions.insert(execution.thing_key(), &[])?;
+                    }
                     let old_deadline = old
                         .and_then(|bytes| codec::decode::<Execution>(&bytes).ok()?.deadline_key());
                     if old_deadline != execution.deadline_key() {
@@ -79,6 +85,7 @@ impl Trees {
                 for execution in change.delete_executions {
                     executions.remove(execution.key())?;
                     by_thing.remove(execution.thing_key())?;
+                    thing_executions.remove(execution.thing_key())?;
                     if let Some(key) = execution.deadline_key() {
                         by_deadline.remove(key)?;
                     }
@@ -100,6 +107,7 @@ impl Trees {
                         &by_deadline,
                         &recoveries,
                         &open,
+                        &thing_executions,
                     ],
                 )
             },

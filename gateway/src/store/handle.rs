@@ -50,8 +50,12 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// reads format 2 only would not keep the account, so it refuses format 3. Format 4 writes recovery
 /// records of record format 2 (with the acknowledgement's payload), which a release reading format 3
 /// could not decode, so it refuses format 4; a format 3 store needs no rewrite (its recoveries read as
-/// having no acknowledgement payload).
-pub(super) const STORE_FORMAT: u8 = 4;
+/// having no acknowledgement payload). Format 5 indexes every execution by thing (`thing_executions`,
+/// for ListJobExecutionsForThing) and counts that tree in its account: opening an older store builds the
+/// index from the executions and carries its account over (`upgrade`); its recoveries may have the
+/// reasons of CancelJobExecution and DeleteJobExecution, which a release reading format 4 could not
+/// decode.
+pub(super) const STORE_FORMAT: u8 = 5;
 pub(super) const FORMAT_KEY: &[u8] = b"sprig-store-format";
 
 /// Whether the store can serve, as the daemon watches it.
@@ -77,6 +81,7 @@ pub(super) struct Trees {
     pub recoveries: Tree,
     pub open_recoveries: Tree,
     pub sessions: Tree,
+    pub thing_executions: Tree,
 }
 
 impl Trees {
@@ -98,6 +103,7 @@ impl Trees {
             recoveries: db.open_tree(TREES[6])?,
             open_recoveries: db.open_tree(TREES[7])?,
             sessions: db.open_tree(TREES[8])?,
+            thing_executions: db.open_tree(TREES[9])?,
             db,
         };
         trees.bring_up_to_date(dir)?;
@@ -125,9 +131,15 @@ impl Trees {
                 if older == 1 {
                     super::upgrade::drop_finished_from_thing_index(&self.by_thing)?;
                 }
+                if older <= 4 {
+                    super::upgrade::index_executions_by_thing(
+                        &self.executions,
+                        &self.thing_executions,
+                    )?;
+                }
                 // The upgrade is a change of its own; an account already there keeps its store id.
                 let mut meta = Meta::new(self.walk_counts()?);
-                if let Ok(kept) = self.meta() {
+                if let Some(kept) = super::upgrade::kept_meta(&self.db)? {
                     meta.store_id = kept.store_id;
                     meta.generation = kept.generation + 1;
                 }
@@ -151,6 +163,7 @@ impl Trees {
             &self.recoveries,
             &self.open_recoveries,
             &self.sessions,
+            &self.thing_executions,
         ]
     }
 

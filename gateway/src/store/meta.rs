@@ -19,7 +19,7 @@ use super::codec;
 pub const META_KEY: &[u8] = b"sprig-meta";
 
 /// The trees that hold sprig's data, in the order of [`Counts`].
-pub const TREES: [&str; 9] = [
+pub const TREES: [&str; 10] = [
     "jobs",
     "executions",
     "by_thing",
@@ -29,6 +29,7 @@ pub const TREES: [&str; 9] = [
     "recoveries",
     "open_recoveries",
     "mqtt_sessions",
+    "thing_executions",
 ];
 
 /// A tree, by its place in [`TREES`].
@@ -43,6 +44,7 @@ pub enum TreeIx {
     Recoveries,
     OpenRecoveries,
     Sessions,
+    ThingExecutions,
 }
 
 /// Entries per tree, in the order of [`TREES`].

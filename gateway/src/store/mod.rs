@@ -1,10 +1,12 @@
 //! The jobs store: jobs and their executions in a sled database on disk, with the indexes the engine needs.
 //!
-//! Six trees: `jobs` (job id → job), `executions` (job id ∖0 thing → execution), and four indexes,
+//! Seven trees: `jobs` (job id → job), `executions` (job id ∖0 thing → execution), and five indexes,
 //! `by_thing` (thing ∖0 job id → execution status, for pending executions only: what devices ask for is
-//! their pending work, and a thing's history of finished executions only grows), `by_status` (status
-//! byte, job id), `by_namespace` (namespace ∖0 job id) and `by_deadline` (step deadline, job id ∖0 thing); plus `recoveries` (id → durable
-//! recovery) and `open_recoveries` (thing ∖0 id of those still PENDING); and, apart, the broker's persistent
+//! their pending work, and a thing's history of finished executions only grows), `thing_executions`
+//! (thing ∖0 job id, for every execution: an operator's ListJobExecutionsForThing, kept apart so that the
+//! devices' walks never step over a thing's history; written when an execution is created or removed,
+//! never when it changes), `by_status` (status byte, job id), `by_namespace` (namespace ∖0 job id) and
+//! `by_deadline` (step deadline, job id ∖0 thing); plus `recoveries` (id → durable recovery) and `open_recoveries` (thing ∖0 id of those still PENDING); and, apart, the broker's persistent
 //! MQTT sessions ([`sessions`]). Every state change is one
 //! [`Change`], applied as one sled transaction over all the trees, so a crash at any moment leaves records and indexes agreeing; [`Store::check`] proves it
 //! after the fact. sled transactions cannot scan, so callers find what to change first, under
@@ -271,6 +273,22 @@ impl Store {
     /// for lie between two asked ones: never much worse than one scan per thing.
     pub fn pending_job_ids_of_things(&self, things: &[&str]) -> Result<Vec<Vec<String>>> {
         self.handle.run(|t| t.pending_job_ids_of_things(things))
+    }
+
+    /// The job ids of every execution of `thing_name`, pending or finished, in job id order, starting
+    /// after `after` (from the `thing_executions` index: no execution is read).
+    pub fn job_ids_of_thing_after<'a>(
+        &'a self,
+        thing_name: &str,
+        after: Option<&str>,
+    ) -> Box<dyn Iterator<Item = Result<String>> + 'a> {
+        match self.handle.trees() {
+            Ok(trees) => {
+                let ids = trees.job_ids_of_thing_after(thing_name, after);
+                Box::new(ids.map(move |id| self.handle.checked(&trees, id)))
+            }
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
     }
 
     /// A fresh, never reused recovery id.

@@ -164,6 +164,32 @@ impl Trees {
         })
     }
 
+    /// The job ids of every execution of `thing_name` (pending or not), in job id order, after `after`.
+    pub(super) fn job_ids_of_thing_after(
+        &self,
+        thing_name: &str,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<String>> {
+        let prefix = codec::thing_key(thing_name, "");
+        let start = match after {
+            Some(job_id) => {
+                let mut key = codec::thing_key(thing_name, job_id);
+                key.push(0); // the smallest key greater than `key`
+                key
+            }
+            None => prefix.clone(),
+        };
+        let skip = prefix.len();
+        self.thing_executions
+            .range(start..)
+            .take_while(move |entry| {
+                entry
+                    .as_ref()
+                    .map_or(true, |(key, _)| key.starts_with(&prefix))
+            })
+            .map(move |entry| Ok(String::from_utf8_lossy(&entry?.0[skip..]).into_owned()))
+    }
+
     pub(super) fn next_recovery_id(&self) -> Result<u64> {
         Ok(self.db.generate_id()? + 1)
     }

@@ -223,6 +223,98 @@ fn status_changes_move_the_index_and_removal_clears_everything() {
     assert_eq!((report.jobs, report.executions), (0, 0));
 }
 
+fn job_ids_of_thing(store: &Store, thing: &str, after: Option<&str>) -> Vec<String> {
+    store
+        .job_ids_of_thing_after(thing, after)
+        .collect::<Result<_>>()
+        .unwrap()
+}
+
+#[test]
+fn a_things_executions_are_listed_whatever_their_status_until_removed() {
+    let (_dir, store) = open();
+    let (j1, mut e1) = job("j1", None, &["t1", "t10"]);
+    put_job(&store, &j1, &e1);
+    let (j2, e2) = job("j2", None, &["t1"]);
+    put_job(&store, &j2, &e2);
+    let (j0, e0) = job("j0", None, &["t2"]);
+    put_job(&store, &j0, &e0);
+    // Finished: out of the pending index, still among the thing's executions.
+    e1[0].status = ExecutionStatus::Succeeded;
+    put_job(&store, &j1, &e1[..1]);
+    assert_eq!(store.pending_job_ids_of_thing("t1").unwrap(), vec!["j2"]);
+    assert_eq!(job_ids_of_thing(&store, "t1", None), vec!["j1", "j2"]);
+    assert_eq!(job_ids_of_thing(&store, "t1", Some("j1")), vec!["j2"]);
+    assert_eq!(
+        job_ids_of_thing(&store, "t1", Some("j2")),
+        Vec::<String>::new()
+    );
+    assert_eq!(job_ids_of_thing(&store, "t10", None), vec!["j1"]);
+    assert_eq!(job_ids_of_thing(&store, "t", None), Vec::<String>::new());
+
+    store
+        .commit(&Change {
+            job_before: Some(&j1),
+            job_after: Some(&j1),
+            delete_executions: &e1[..1],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(job_ids_of_thing(&store, "t1", None), vec!["j2"]);
+    store
+        .trees()
+        .thing_executions
+        .remove(e2[0].thing_key())
+        .unwrap();
+    let report = store.check().unwrap();
+    assert!(
+        report
+            .to_string()
+            .contains("execution j2/t1: missing from its thing's executions"),
+        "{report}"
+    );
+}
+
+/// A format 4 store (no `thing_executions`, an account of nine trees) opens as format 5: every
+/// execution indexed by thing, its account carried over, so that its manifest still names it.
+#[test]
+fn a_format_4_store_indexes_every_execution_by_thing_and_keeps_its_account() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_jobs(dir.path(), 3);
+    let before = {
+        let store = Store::open_for_maintenance(dir.path(), 8 << 20).unwrap();
+        let trees = store.trees();
+        trees.thing_executions.clear().unwrap();
+        let meta = trees.meta().unwrap();
+        let old = upgrade::MetaOfFormat4 {
+            store_id: meta.store_id,
+            generation: meta.generation,
+            counts: meta.counts.0[..9].try_into().unwrap(),
+        };
+        trees
+            .db
+            .insert(meta::META_KEY, codec::encode(&old))
+            .unwrap();
+        trees.db.insert(FORMAT_KEY, &[4]).unwrap();
+        trees.db.flush().unwrap();
+        meta
+    };
+    let store = Store::open(dir.path(), 8 << 20).unwrap();
+    assert_eq!(
+        store.trees().db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
+        &[STORE_FORMAT]
+    );
+    let after = store.trees().meta().unwrap();
+    assert_eq!(
+        (after.store_id, after.generation),
+        (before.store_id, before.generation + 1)
+    );
+    assert_eq!(after.counts.get(meta::TreeIx::ThingExecutions), 3);
+    assert_eq!(job_ids_of_thing(&store, "t1", None), vec!["j0", "j1", "j2"]);
+    let report = store.check().unwrap();
+    assert!(report.is_consistent(), "{report}");
+}
+
 #[test]
 fn check_reports_an_index_that_disagrees_with_its_record() {
     let (_dir, store) = open();

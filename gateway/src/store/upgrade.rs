@@ -3,9 +3,11 @@
 //! idempotent, so a crash part-way through runs it again on the next open. Kept apart so that the code of
 //! the current layout does not carry the history of the old ones.
 
+use serde::{Deserialize, Serialize};
 use sled::Tree;
 
-use super::codec::is_pending_status;
+use super::codec::{self, is_pending_status};
+use super::meta::{Counts, Meta, META_KEY};
 use super::Result;
 
 /// Format 1 → 2: the thing index keeps pending executions only. Idempotent, so a crash part-way through
@@ -18,4 +20,52 @@ pub(super) fn drop_finished_from_thing_index(by_thing: &Tree) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Format 4 → 5: every execution (job id ∖0 thing) gets its entry in `thing_executions` (thing ∖0 job
+/// id). Idempotent: an entry written twice is the same entry.
+pub(super) fn index_executions_by_thing(executions: &Tree, thing_executions: &Tree) -> Result<()> {
+    for entry in executions.iter() {
+        let (key, _) = entry?;
+        // Ids never hold a NUL: the first one ends the job id.
+        let Some(at) = key.iter().position(|b| *b == 0) else {
+            continue; // not an execution's key: the walk at open names it
+        };
+        let (job_id, thing) = (&key[..at], &key[at + 1..]);
+        let indexed = codec::thing_key(
+            &String::from_utf8_lossy(thing),
+            &String::from_utf8_lossy(job_id),
+        );
+        thing_executions.insert(indexed, &[])?;
+    }
+    Ok(())
+}
+
+/// The account of formats 3 and 4, which had one tree fewer (no `thing_executions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct MetaOfFormat4 {
+    pub store_id: u64,
+    pub generation: u64,
+    pub counts: [u64; 9],
+}
+
+/// The account an older store kept, in this format or the one before (`None` if it has none, as
+/// formats 1 and 2 had not): its store id and generation carry over the upgrade, so that the manifest
+/// still names this store.
+pub(super) fn kept_meta(db: &sled::Db) -> Result<Option<Meta>> {
+    let Some(bytes) = db.get(META_KEY)? else {
+        return Ok(None);
+    };
+    if let Ok(meta) = Meta::decode(&bytes) {
+        return Ok(Some(meta));
+    }
+    Ok(codec::decode::<MetaOfFormat4>(&bytes).ok().map(|old| {
+        let mut counts = Counts::default();
+        counts.0[..old.counts.len()].copy_from_slice(&old.counts);
+        Meta {
+            store_id: old.store_id,
+            generation: old.generation,
+            counts,
+        }
+    }))
 }

@@ -8,7 +8,8 @@ use serde_json::{json, Map, Value};
 use crate::auth::PRESENCE_PREFIX;
 use crate::jobs::StatusChange;
 
-/// A job that no longer exists (its deletion finished) is reported with this status.
+/// A job that no longer exists (its deletion finished), or an execution removed on its own
+/// (DeleteJobExecution), is reported with this status.
 pub const DELETED: &str = "DELETED";
 
 /// `{prefix}/events/jobs/{jobId}`, `{prefix}/events/executions/{jobId}/{thingName}` or
@@ -46,7 +47,10 @@ pub fn status_change(prefix: &str, change: &StatusChange) -> (String, Bytes) {
             let mut body = Map::new();
             body.insert("jobId".into(), json!(job_id));
             body.insert("thingName".into(), json!(thing_name));
-            body.insert("status".into(), json!(status.as_str()));
+            body.insert(
+                "status".into(),
+                json!(status.map_or(DELETED, |s| s.as_str())),
+            );
             body.insert("statusDetails".into(), json!(status_details));
             body.insert("versionNumber".into(), json!(version_number));
             if let Some(ns) = namespace_id {
@@ -158,7 +162,7 @@ mod tests {
             job_id: "j1".into(),
             namespace_id: None,
             thing_name: "t1".into(),
-            status: ExecutionStatus::InProgress,
+            status: Some(ExecutionStatus::InProgress),
             status_details: [("step".to_owned(), "2".to_owned())].into(),
             version_number: 3,
             timestamp: 5,
@@ -170,6 +174,18 @@ mod tests {
             json!({"jobId": "j1", "thingName": "t1", "status": "IN_PROGRESS",
                    "statusDetails": {"step": "2"}, "versionNumber": 3, "timestamp": 5})
         );
+        let removed = StatusChange::Execution {
+            job_id: "j1".into(),
+            namespace_id: None,
+            thing_name: "t1".into(),
+            status: None,
+            status_details: Default::default(),
+            version_number: 3,
+            timestamp: 5,
+        };
+        let (topic, payload) = status_change("p", &removed);
+        assert_eq!(topic, "p/events/executions/j1/t1");
+        assert_eq!(body(&payload)["status"], "DELETED");
     }
 
     #[test]

@@ -308,6 +308,11 @@ pub const OPERATIONS: &[&str] = &[
     "CancelJob",
     "DescribeJobExecution",
     "ListJobExecutionsForJob",
+    "ListJobExecutionsForThing",
+    "CancelJobExecution",
+    "DeleteJobExecution",
+    "UpdateJob",
+    "GetJobDocument",
     "ListRecoveries",
     "DescribeRecovery",
     "ListPlugins",
@@ -427,6 +432,58 @@ pub fn control_body(rng: &mut Rng, operation: &str) -> Vec<u8> {
                 ("status", 30, field(rng, status_of_execution)),
                 ("maxResults", 40, field(rng, max_results)),
                 ("nextToken", 20, field(rng, next_token)),
+            ];
+            object(rng, fields)
+        }
+        "ListJobExecutionsForThing" => {
+            let fields = vec![
+                ("thingName", 95, field(rng, |r| s(thing(r)))),
+                ("status", 30, field(rng, status_of_execution)),
+                ("namespaceId", 30, field(rng, |r| s(namespace(r)))),
+                ("jobId", 20, field(rng, |r| s(job_id(r)))),
+                ("maxResults", 40, field(rng, max_results)),
+                ("nextToken", 20, field(rng, next_token)),
+            ];
+            object(rng, fields)
+        }
+        "CancelJobExecution" => {
+            let details = Json::Obj(vec![("step".into(), field(rng, text))]);
+            let fields = vec![
+                ("jobId", 97, field(rng, |r| s(job_id(r)))),
+                ("thingName", 95, field(rng, |r| s(thing(r)))),
+                ("force", 50, field(rng, |r| Json::Bool(r.percent(60)))),
+                ("expectedVersion", 30, field(rng, |r| num(r.range(0, 4)))),
+                ("statusDetails", 30, field(rng, |_| details)),
+            ];
+            object(rng, fields)
+        }
+        "DeleteJobExecution" => {
+            let fields = vec![
+                ("jobId", 97, field(rng, |r| s(job_id(r)))),
+                ("thingName", 95, field(rng, |r| s(thing(r)))),
+                ("executionNumber", 90, field(rng, |r| num(r.range(0, 3)))),
+                ("force", 50, field(rng, |r| Json::Bool(r.percent(60)))),
+                ("namespaceId", 30, field(rng, |r| s(namespace(r)))),
+            ];
+            object(rng, fields)
+        }
+        "UpdateJob" => {
+            let fields = vec![
+                ("jobId", 97, field(rng, |r| s(job_id(r)))),
+                ("description", 70, field(rng, text)),
+                ("namespaceId", 30, field(rng, |r| s(namespace(r)))),
+                ("timeoutConfig", 5, field(rng, |_| Json::Obj(vec![]))),
+            ];
+            object(rng, fields)
+        }
+        "GetJobDocument" => {
+            let fields = vec![
+                ("jobId", 97, field(rng, |r| s(job_id(r)))),
+                (
+                    "beforeSubstitution",
+                    10,
+                    field(rng, |r| Json::Bool(r.percent(50))),
+                ),
             ];
             object(rng, fields)
         }

@@ -339,6 +339,363 @@ fn a_cancel_that_changes_no_execution_tells_no_device() {
     assert_eq!(transition.job.unwrap().status, JobStatus::Canceled);
 }
 
+// --- UpdateJob ---------------------------------------------------------------------------------------
+
+fn update_job_request(description: Option<&str>, namespace: Option<&str>) -> UpdateJobRequest {
+    UpdateJobRequest {
+        job_id: "j1".into(),
+        description: description.map(str::to_owned),
+        namespace_id: namespace.map(str::to_owned),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn update_job_sets_the_description_of_a_job_in_any_state() {
+    let queued = execution("t1", ExecutionStatus::Queued);
+    for status in [
+        JobStatus::InProgress,
+        JobStatus::Completed,
+        JobStatus::Canceled,
+        JobStatus::DeletionInProgress,
+    ] {
+        let before = job(status, Some("acme"), &[&queued]);
+        let request = update_job_request(Some("new firmware"), Some("acme"));
+        let updated = update_job(&before, &request, T0 + 8).unwrap().unwrap();
+        let job = updated.job.unwrap();
+        assert_eq!(
+            (job.description.as_deref(), job.last_updated_at, job.status),
+            (Some("new firmware"), T0 + 8, status)
+        );
+        assert_eq!(job.counts, before.counts);
+        // No device sees a description: none is told.
+        assert_eq!(updated.event, None);
+        assert!(updated.put_executions.is_empty() && updated.recoveries.is_empty());
+    }
+}
+
+#[test]
+fn update_job_without_a_change_changes_nothing_and_another_namespace_finds_nothing() {
+    let acme = job(JobStatus::InProgress, Some("acme"), &[]);
+    assert_eq!(
+        update_job(&acme, &update_job_request(None, None), T0),
+        Ok(None)
+    );
+    let other = update_job(&acme, &update_job_request(Some("d"), Some("other")), T0);
+    assert_eq!(code(other.unwrap_err()), "ResourceNotFoundException");
+    let plain = job(JobStatus::InProgress, None, &[]);
+    let named = update_job(&plain, &update_job_request(Some("d"), Some("acme")), T0);
+    assert_eq!(code(named.unwrap_err()), "ResourceNotFoundException");
+}
+
+#[test]
+fn update_job_names_the_configuration_sprig_does_not_have() {
+    assert_eq!(update_job_request(Some("d"), None).unsupported(), None);
+    let with_timeout = UpdateJobRequest {
+        timeout_config: Some(serde_json::json!({"inProgressTimeoutInMinutes": 5})),
+        ..update_job_request(None, None)
+    };
+    assert_eq!(with_timeout.unsupported().unwrap().0, "timeoutConfig");
+    let with_abort = UpdateJobRequest {
+        abort_config: Some(serde_json::json!({})),
+        ..update_job_request(None, None)
+    };
+    assert_eq!(with_abort.unsupported().unwrap().0, "abortConfig");
+}
+
+// --- CancelJobExecution ------------------------------------------------------------------------------
+
+fn cancel_execution_request(
+    force: bool,
+    expected_version: Option<i64>,
+) -> CancelJobExecutionRequest {
+    CancelJobExecutionRequest {
+        job_id: "j1".into(),
+        thing_name: "t1".into(),
+        force,
+        expected_version,
+        status_details: None,
+    }
+}
+
+#[test]
+fn cancel_execution_cancels_a_queued_execution_and_tells_its_device() {
+    let queued = execution("t1", ExecutionStatus::Queued);
+    let other = execution("t2", ExecutionStatus::Queued);
+    let before = job(JobStatus::InProgress, Some("acme"), &[&queued, &other]);
+    let mut request = cancel_execution_request(false, Some(1));
+    let details: BTreeMap<String, String> = [("why".to_owned(), "replaced".to_owned())].into();
+    request.status_details = Some(details.clone());
+    let canceled = cancel_execution(&before, &queued, &request, |_| true, T0 + 3).unwrap();
+    let [execution] = &canceled.put_executions[..] else {
+        panic!("{canceled:?}")
+    };
+    assert_eq!(
+        (
+            execution.status,
+            execution.version_number,
+            execution.force_canceled,
+            execution.last_updated_at
+        ),
+        (ExecutionStatus::Canceled, 2, false, T0 + 3)
+    );
+    assert_eq!(execution.status_details, details);
+    let job = canceled.job.as_ref().unwrap();
+    assert_eq!(job.status, JobStatus::InProgress);
+    assert_eq!(
+        (
+            job.counts.get(ExecutionStatus::Canceled),
+            job.counts.get(ExecutionStatus::Queued)
+        ),
+        (1, 1)
+    );
+    let event = canceled.event.unwrap();
+    assert_eq!(
+        (event.kind, event.things, event.namespace_id.as_deref()),
+        (JobEventKind::Canceled, vec!["t1".to_owned()], Some("acme"))
+    );
+    assert!(canceled.recoveries.is_empty() && canceled.delete_executions.is_empty());
+}
+
+#[test]
+fn cancel_execution_needs_force_for_an_in_progress_execution_and_recovers_its_device() {
+    let mut running = execution("t1", ExecutionStatus::InProgress);
+    running.step_deadline = Some(T0 + 60_000);
+    running.status_details = [("step".to_owned(), "flashing".to_owned())].into();
+    let before = job(JobStatus::InProgress, None, &[&running]);
+    let refused = cancel_execution(
+        &before,
+        &running,
+        &cancel_execution_request(false, None),
+        |_| true,
+        T0,
+    )
+    .unwrap_err();
+    assert_eq!(code(refused.clone()), "InvalidStateTransitionException");
+    assert!(
+        refused.to_string().contains("unless force is true"),
+        "{refused}"
+    );
+
+    let forced = cancel_execution(
+        &before,
+        &running,
+        &cancel_execution_request(true, None),
+        |_| true,
+        T0 + 1,
+    )
+    .unwrap();
+    let canceled = &forced.put_executions[0];
+    assert!(canceled.force_canceled);
+    assert_eq!(canceled.step_deadline, None);
+    // Without new status details, the device's last ones stay.
+    assert_eq!(canceled.status_details, running.status_details);
+    // Its last pending execution ended: the job is COMPLETED.
+    let job = forced.job.unwrap();
+    assert_eq!(
+        (job.status, job.completed_at),
+        (JobStatus::Completed, Some(T0 + 1))
+    );
+    let [recovery] = &forced.recoveries[..] else {
+        panic!("{:?}", forced.recoveries)
+    };
+    assert_eq!(
+        (
+            recovery.reason,
+            recovery.execution_status,
+            &recovery.status_details
+        ),
+        (
+            RecoveryReason::ExecutionForceCanceled,
+            ExecutionStatus::InProgress,
+            &running.status_details
+        )
+    );
+    let unrouted = cancel_execution(
+        &before,
+        &running,
+        &cancel_execution_request(true, None),
+        |_| false,
+        T0 + 1,
+    );
+    assert!(unrouted.unwrap().recoveries.is_empty());
+}
+
+#[test]
+fn what_cancel_execution_refuses() {
+    let queued = execution("t1", ExecutionStatus::Queued);
+    let refused = |job: &Job, execution: &Execution, request| {
+        code(cancel_execution(job, execution, &request, |_| true, T0).unwrap_err())
+    };
+    // Every terminal status, even with force.
+    for status in ExecutionStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+        let ended = execution("t1", status);
+        let before = job(JobStatus::InProgress, None, &[&ended, &queued]);
+        assert_eq!(
+            refused(&before, &ended, cancel_execution_request(true, None)),
+            "InvalidStateTransitionException",
+            "{status:?}"
+        );
+    }
+    // The version the caller expects must be the execution's.
+    let before = job(JobStatus::InProgress, None, &[&queued]);
+    let stale = cancel_execution(
+        &before,
+        &queued,
+        &cancel_execution_request(false, Some(2)),
+        |_| true,
+        T0,
+    )
+    .unwrap_err();
+    assert_eq!(code(stale.clone()), "VersionConflictException");
+    assert!(stale.to_string().contains("current version 1"), "{stale}");
+    // A job being deleted.
+    let deleting = job(JobStatus::DeletionInProgress, None, &[&queued]);
+    assert_eq!(
+        refused(&deleting, &queued, cancel_execution_request(true, None)),
+        "InvalidStateTransitionException"
+    );
+    // A canceled job's IN_PROGRESS execution is canceled with force; the job stays CANCELED.
+    let running = execution("t1", ExecutionStatus::InProgress);
+    let canceled = job(JobStatus::Canceled, None, &[&running]);
+    let forced = cancel_execution(
+        &canceled,
+        &running,
+        &cancel_execution_request(true, None),
+        |_| true,
+        T0,
+    );
+    assert_eq!(forced.unwrap().job.unwrap().status, JobStatus::Canceled);
+}
+
+// --- DeleteJobExecution ------------------------------------------------------------------------------
+
+fn delete_execution_request(force: bool, namespace: Option<&str>) -> DeleteJobExecutionRequest {
+    DeleteJobExecutionRequest {
+        job_id: "j1".into(),
+        thing_name: "t1".into(),
+        execution_number: 1,
+        force,
+        namespace_id: namespace.map(str::to_owned),
+    }
+}
+
+#[test]
+fn delete_execution_removes_a_terminal_execution_and_uncounts_it() {
+    for status in ExecutionStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+        let ended = execution("t1", status);
+        let queued = execution("t2", ExecutionStatus::Queued);
+        let before = job(JobStatus::InProgress, Some("acme"), &[&ended, &queued]);
+        let request = delete_execution_request(false, Some("acme"));
+        let deleted = delete_execution(&before, &ended, &request, |_| true, T0 + 4).unwrap();
+        assert_eq!(
+            deleted.delete_executions,
+            std::slice::from_ref(&ended),
+            "{status:?}"
+        );
+        assert!(deleted.put_executions.is_empty() && deleted.recoveries.is_empty());
+        let job = deleted.job.unwrap();
+        assert_eq!(
+            (
+                job.status,
+                job.counts.total(),
+                job.counts.get(status),
+                job.last_updated_at
+            ),
+            (JobStatus::InProgress, 1, 0, T0 + 4)
+        );
+        // Its device had nothing pending to lose: it is not told.
+        assert_eq!(deleted.event, None);
+    }
+}
+
+#[test]
+fn delete_execution_needs_force_for_a_pending_execution_and_recovers_an_interrupted_device() {
+    for status in [ExecutionStatus::Queued, ExecutionStatus::InProgress] {
+        let pending = execution("t1", status);
+        let before = job(JobStatus::InProgress, None, &[&pending]);
+        let refused = delete_execution(
+            &before,
+            &pending,
+            &delete_execution_request(false, None),
+            |_| true,
+            T0,
+        )
+        .unwrap_err();
+        assert_eq!(code(refused.clone()), "InvalidStateTransitionException");
+        assert!(
+            refused.to_string().contains("unless force is true"),
+            "{refused}"
+        );
+
+        let forced = delete_execution(
+            &before,
+            &pending,
+            &delete_execution_request(true, None),
+            |_| true,
+            T0 + 2,
+        )
+        .unwrap();
+        let event = forced.event.unwrap();
+        assert_eq!(
+            (event.kind, event.things),
+            (JobEventKind::Deleted, vec!["t1".to_owned()])
+        );
+        // The job's last pending execution is gone: COMPLETED.
+        let job = forced.job.unwrap();
+        assert_eq!(
+            (job.status, job.completed_at, job.counts.total()),
+            (JobStatus::Completed, Some(T0 + 2), 0)
+        );
+        let reasons: Vec<_> = forced.recoveries.iter().map(|r| r.reason).collect();
+        let expected = match status {
+            ExecutionStatus::InProgress => vec![RecoveryReason::ExecutionDeleted],
+            _ => vec![],
+        };
+        assert_eq!(reasons, expected, "{status:?}");
+    }
+    let running = execution("t1", ExecutionStatus::InProgress);
+    let before = job(JobStatus::InProgress, None, &[&running]);
+    let unrouted = delete_execution(
+        &before,
+        &running,
+        &delete_execution_request(true, None),
+        |_| false,
+        T0,
+    );
+    assert!(unrouted.unwrap().recoveries.is_empty());
+}
+
+#[test]
+fn what_delete_execution_does_not_find_or_refuses() {
+    let done = execution("t1", ExecutionStatus::Succeeded);
+    let acme = job(JobStatus::Completed, Some("acme"), &[&done]);
+    let outcome = |job: &Job, request: DeleteJobExecutionRequest| {
+        delete_execution(job, &done, &request, |_| true, T0).map_err(code)
+    };
+    // Another namespace than the job's, or another execution number: not found.
+    let other = outcome(&acme, delete_execution_request(true, Some("other")));
+    assert_eq!(other.unwrap_err(), "ResourceNotFoundException");
+    let plain = job(JobStatus::Completed, None, &[&done]);
+    let named = outcome(&plain, delete_execution_request(true, Some("acme")));
+    assert_eq!(named.unwrap_err(), "ResourceNotFoundException");
+    let mut second = delete_execution_request(true, None);
+    second.execution_number = 2;
+    assert_eq!(
+        outcome(&acme, second).unwrap_err(),
+        "ResourceNotFoundException"
+    );
+    // Naming no namespace finds the execution of a job of any; a COMPLETED job stays so.
+    let deleted = outcome(&acme, delete_execution_request(false, None)).unwrap();
+    assert_eq!(deleted.job.unwrap().status, JobStatus::Completed);
+    // A job being deleted: its executions go with it.
+    let deleting = job(JobStatus::DeletionInProgress, None, &[&done]);
+    assert_eq!(
+        outcome(&deleting, delete_execution_request(true, None)).unwrap_err(),
+        "InvalidStateTransitionException"
+    );
+}
+
 // --- Devices -----------------------------------------------------------------------------------------
 
 #[test]

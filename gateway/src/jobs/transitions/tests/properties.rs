@@ -47,6 +47,20 @@ enum Command {
     Tick {
         ms: i64,
     },
+    CancelExecution {
+        job: usize,
+        thing: usize,
+        force: bool,
+        expected_version: Option<i64>,
+    },
+    DeleteExecution {
+        job: usize,
+        thing: usize,
+        force: bool,
+    },
+    UpdateJob {
+        job: usize,
+    },
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -72,6 +86,23 @@ fn command() -> impl Strategy<Value = Command> {
             }
         ),
         (0..200_000i64).prop_map(|ms| Command::Tick { ms }),
+        (
+            0..JOBS,
+            0..THINGS,
+            any::<bool>(),
+            proptest::option::of(1..5i64)
+        )
+            .prop_map(|(job, thing, force, expected_version)| {
+                Command::CancelExecution {
+                    job,
+                    thing,
+                    force,
+                    expected_version,
+                }
+            }),
+        (0..JOBS, 0..THINGS, any::<bool>())
+            .prop_map(|(job, thing, force)| Command::DeleteExecution { job, thing, force }),
+        (0..JOBS).prop_map(|job| Command::UpdateJob { job }),
     ]
 }
 
@@ -121,6 +152,15 @@ impl World {
                 .filter(|j| j.namespace_id.as_deref() == namespace)
                 .count(),
         }
+    }
+
+    /// The job and the thing's execution of it, as an operator finds them.
+    fn operator_view(&self, job: usize, thing_index: usize) -> Option<(Job, Execution)> {
+        let job = self.jobs.get(&job_id(job))?;
+        let execution = self
+            .executions
+            .get(&(job.job_id.clone(), thing(thing_index)))?;
+        Some((job.clone(), execution.clone()))
     }
 
     /// The job and the thing's execution of it, if devices see the job (the engine's scope rule).
@@ -233,6 +273,45 @@ impl World {
                 };
                 let updated = update_execution(&before, &execution, &update, now).ok()?;
                 Some((before.job_id, updated.into()))
+            }
+            Command::CancelExecution {
+                job,
+                thing,
+                force,
+                expected_version,
+            } => {
+                let (before, execution) = self.operator_view(job, thing)?;
+                let request = CancelJobExecutionRequest {
+                    job_id: before.job_id.clone(),
+                    thing_name: execution.thing_name.clone(),
+                    force,
+                    expected_version,
+                    status_details: None,
+                };
+                let canceled = cancel_execution(&before, &execution, &request, routed, now).ok()?;
+                Some((before.job_id, canceled))
+            }
+            Command::DeleteExecution { job, thing, force } => {
+                let (before, execution) = self.operator_view(job, thing)?;
+                let request = DeleteJobExecutionRequest {
+                    job_id: before.job_id.clone(),
+                    thing_name: execution.thing_name.clone(),
+                    execution_number: execution.execution_number,
+                    force,
+                    namespace_id: None,
+                };
+                let deleted = delete_execution(&before, &execution, &request, routed, now).ok()?;
+                Some((before.job_id, deleted))
+            }
+            Command::UpdateJob { job } => {
+                let before = self.jobs.get(&job_id(job))?.clone();
+                let request = UpdateJobRequest {
+                    job_id: before.job_id.clone(),
+                    description: Some(format!("updated at {now}")),
+                    ..Default::default()
+                };
+                let updated = update_job(&before, &request, now).ok()??;
+                Some((before.job_id, updated))
             }
         }
     }
