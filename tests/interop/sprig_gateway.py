@@ -191,7 +191,11 @@ class Gateway:
             config = with_setting(config, '# tls_cert = "tls/server.pem"', f"tls_cert = {json.dumps(str(pki.server_cert))}")
             config = with_setting(config, '# tls_key = "tls/server.key"', f"tls_key = {json.dumps(str(pki.server_key))}")
             config = with_setting(config, '# tls_client_ca = "tls/devices-ca.pem"', f"tls_client_ca = {json.dumps(str(pki.ca))}")
-        self.config_path.write_text(edit(config))
+        config = edit(config)
+        self.config_path.write_text(config)
+        # The API's TLS listener, if the edit gave it one.
+        tls = re.search(r'\ntls_listen = \["127\.0\.0\.1:(\d+)"\]', config[config.index("\n[api]\n"):])
+        self.api_tls_port = int(tls.group(1)) if tls else None
         self._process: Optional[subprocess.Popen] = None
         self._lines: list[str] = []
         self._eof = False

@@ -13,7 +13,8 @@ Scenarios (each on the gateway of the run unless it needs a config of its own):
 - `--cli-input-json` and `--generate-cli-skeleton` of the real CLI;
 - botocore's paginators (`list_jobs`, `list_job_executions_for_job`, `list_job_executions_for_thing`)
   walked to the end in pages of 10;
-- a wrong secret and an unknown access key refused with 403 and AWS's codes.
+- a wrong secret and an unknown access key refused with 403 and AWS's codes;
+- the API's TLS listener, its certificate verified by boto3 and the CLI against the test CA.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from sprig_gateway import Gateway, with_setting
+from sprig_gateway import Gateway, Pki, free_port, with_setting
 
 NAME = "test_aws_cli"
 REGION = "eu-west-1"
@@ -44,9 +45,9 @@ GONE_TIMEOUT_S = 60
 class Api:
     """The gateway's HTTP API as AWS's clients see it: its endpoint and the local operator's keys."""
 
-    def __init__(self, gateway: Gateway):
+    def __init__(self, gateway: Gateway, endpoint: str | None = None):
         self.gateway = gateway
-        self.endpoint = f"http://127.0.0.1:{gateway.api_port}"
+        self.endpoint = endpoint or f"http://127.0.0.1:{gateway.api_port}"
         self.keys = credentials(gateway)
 
     def env(self, **overrides: str) -> dict:
@@ -71,10 +72,10 @@ class Api:
         return subprocess.run([str(cli), "iot", *args, "--endpoint-url", self.endpoint],
                               env=self.env(**env), capture_output=True, text=True, timeout=AWS_TIMEOUT_S)
 
-    def client(self, secret: str | None = None, key: str | None = None):
+    def client(self, secret: str | None = None, key: str | None = None, verify: str | None = None):
         """boto3's `iot` client on the gateway (no retries: a refusal is seen as it is)."""
         return boto3.client(
-            "iot", endpoint_url=self.endpoint, region_name=REGION,
+            "iot", endpoint_url=self.endpoint, region_name=REGION, verify=verify,
             aws_access_key_id=key or self.keys["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=secret or self.keys["AWS_SECRET_ACCESS_KEY"],
             config=botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}),
@@ -260,6 +261,28 @@ def wrong_keys_are_refused(api: Api) -> None:
     assert done.returncode == 255 and refused, done.stderr
 
 
+def over_https(pki: Pki) -> Callable[[Api], None]:
+    """The API's TLS listener: boto3 and the CLI verify its certificate against the test CA."""
+    def scenario(api: Api) -> None:
+        https = Api(api.gateway, endpoint=f"https://localhost:{api.gateway.api_tls_port}")
+        iot = https.client(verify=str(pki.ca))
+        create_job(iot, "tls-1", ["tls-thing"])
+        assert iot.describe_job(jobId="tls-1")["job"]["status"] == "IN_PROGRESS"
+        done = https.aws("delete-job", "--job-id", "tls-1", "--force", AWS_CA_BUNDLE=str(pki.ca))
+        assert done.returncode == 0, done.stderr
+        wait_until_gone(iot, "tls-1")
+    return scenario
+
+
+def with_api_tls(pki: Pki) -> Callable[[str], str]:
+    def edit(config: str) -> str:
+        config = with_setting(config, '# tls_listen = ["0.0.0.0:8443"]',
+                              f'tls_listen = ["127.0.0.1:{free_port()}"]')
+        config = with_setting(config, '# tls_cert = "api-cert.pem"', f"tls_cert = {json.dumps(str(pki.server_cert))}")
+        return with_setting(config, '# tls_key = "api-key.pem"', f"tls_key = {json.dumps(str(pki.server_key))}")
+    return edit
+
+
 # -- running them ---------------------------------------------------------------------------------------
 
 SCENARIOS: list[tuple[str, Callable[[Api], None], Callable[[str], str]]] = [
@@ -310,6 +333,9 @@ def full_disk_scenario() -> bool | None:
 
 def main() -> int:
     results = [run(name, scenario, edit) for name, scenario, edit in SCENARIOS]
+    with tempfile.TemporaryDirectory(prefix="sprig-interop-pki-") as directory:
+        pki = Pki(Path(directory))
+        results.append(run("over_https", over_https(pki), with_api_tls(pki)))
     full_disk = full_disk_scenario()
     if full_disk is not None:
         results.append(full_disk)
