@@ -53,6 +53,9 @@ pub struct Config {
     /// `[api]`: AWS IoT's HTTP API (the `aws iot` CLI, boto3); absent: on 127.0.0.1:8080.
     #[serde(default)]
     pub api: ApiConfig,
+    /// `[metrics]`: Prometheus metrics and the health check; absent: on 127.0.0.1:9464.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Where this config was read from: the file's path as given, or "built-in defaults". Errors found
     /// after loading (a plugin refusing its route's config) point the operator there.
     #[serde(skip)]
@@ -149,6 +152,27 @@ impl Default for ApiConfig {
             tls_key: None,
         }
     }
+}
+
+/// `[metrics]`: `GET /metrics` (Prometheus' text format) and `GET /healthz` over plain HTTP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Listeners (default: loopback port 9464, Prometheus' usual exporter port); empty: none.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> MetricsConfig {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 9464))]
 }
 
 fn default_api_listen() -> Vec<SocketAddr> {

@@ -98,7 +98,7 @@ pub async fn serve(
     let (sender, mut receiver) = client.split();
     let service = Arc::new(Service {
         broker,
-        requests: Requests::new(services, jobs),
+        requests: Requests::new(services, jobs, "mqtt"),
         sender,
     });
     loop {
@@ -167,15 +167,19 @@ pub struct Requests {
     engine: Arc<Engine>,
     handlers: Arc<Handlers>,
     throttle: DefaultKeyedRateLimiter<String>,
+    /// Which API the requests come through (`mqtt`, `http`, `uplink`), for the metrics.
+    api: &'static str,
 }
 
 impl Requests {
-    /// Requests answered from `services`, each operator within `jobs`' request rate.
-    pub fn new(services: Services, jobs: &JobsConfig) -> Requests {
+    /// Requests that come through `api` (`mqtt`, `http`, `uplink`), answered from `services`, each
+    /// operator within `jobs`' request rate.
+    pub fn new(services: Services, jobs: &JobsConfig, api: &'static str) -> Requests {
         Requests {
             engine: services.engine,
             handlers: services.handlers,
             throttle: throttle(jobs),
+            api,
         }
     }
 
@@ -188,6 +192,7 @@ impl Requests {
         operation: &str,
         payload: &[u8],
     ) -> Reply {
+        let started = std::time::Instant::now();
         // The body is read first so that every reply, throttled or unauthorized too, echoes the clientToken.
         let (token, outcome) = match parse_body(payload) {
             Err(e) => (None, Err(e)),
@@ -196,6 +201,17 @@ impl Requests {
                 Ok(operator) => (token, self.dispatch(operator, operation, body).await),
             },
         };
+        let outcome_label = match &outcome {
+            Ok(_) => "accepted",
+            Err(e) => e.code(),
+        };
+        // Only the operations served are labels: any name a client makes up would be a new series.
+        let operation_label = OPERATIONS
+            .iter()
+            .find(|op| **op == operation)
+            .map_or("unknown", |op| op);
+        let seconds = started.elapsed().as_secs_f64();
+        crate::metrics::get().request(self.api, operation_label, outcome_label, seconds);
         let (accepted, mut reply) = match outcome {
             Ok(response) => (true, response),
             Err(e) => {

@@ -30,6 +30,7 @@ use crate::store::{self, Health, Store, StoreError};
 use crate::{auth, control, device_api, http_api, notify, recovery, uplink};
 
 pub mod config_checks;
+mod exporter;
 
 /// The store lives in this directory under the data dir.
 const STORE_DIR: &str = "store";
@@ -141,7 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 engine: engine.clone(),
                 handlers: handlers.clone(),
             };
-            let requests = control::Requests::new(services, &config.jobs);
+            let requests = control::Requests::new(services, &config.jobs, "uplink");
             let started = uplink::start(
                 settings,
                 options,
@@ -161,7 +162,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             engine: engine.clone(),
             handlers: handlers.clone(),
         };
-        let requests = Arc::new(control::Requests::new(services, &config.jobs));
+        let requests = Arc::new(control::Requests::new(services, &config.jobs, "http"));
         let authenticate = http_api::sigv4_authenticator(auth.clone());
         http_api::Api::bind(&config.api, requests, authenticate).await?
     };
@@ -173,6 +174,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .collect();
     let api = tokio::spawn(api.serve(shutdown.clone()));
+    let metrics_listeners = exporter::bind(&config.metrics.listen).await?;
+    let metrics_addrs: Vec<String> = metrics_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| format!("http://{a}/metrics"))
+        .collect();
+    tokio::spawn(exporter::serve(
+        metrics_listeners,
+        store.health(),
+        shutdown.clone(),
+    ));
     // A service that failed to subscribe drops its sender; its task's error is reported at the end.
     let _ = tokio::join!(devices_ready, recoveries_ready, control_ready);
     // Clients are let in only now: a request sent earlier would find no service to answer it.
@@ -189,6 +201,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         listen = %addrs.join(", "),
         api = %api_addrs.join(", "),
+        metrics = %metrics_addrs.join(", "),
         data_dir = %config.gateway.data_dir.display(),
         resumed_deletions = resumed,
         "sprig {} ready",

@@ -16,7 +16,7 @@
 //! A module uses modules of its own layer or of a lower one, never of a higher one, and no two modules
 //! use each other (`tests/module_graph.rs` checks both):
 //!
-//! 1. [`topic_filter`], [`config`], [`model`]: leaves. The config is plain data; the checks on it that
+//! 1. [`topic_filter`], [`config`], [`model`], [`metrics`]: leaves. The config is plain data; the checks on it that
 //!    need another module run in [`daemon`]. The model is the records the store keeps.
 //! 2. [`plugins`], [`store`]: the plugin containment, and the persisted shapes and their commits.
 //! 3. [`jobs`]: the jobs rules (pure) and the engine, the one writer of the jobs store; its deletion
@@ -65,6 +65,7 @@ pub mod daemon;
 pub mod device_api;
 pub mod http_api;
 pub mod jobs;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod plugins;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// The layers of `src/lib.rs`, lowest first: a module may use modules of its own layer or of a lower one,
 /// never of a higher one. Keep in step with the list in `src/lib.rs`.
 const LAYERS: &[&[&str]] = &[
-    &["topic_filter", "config", "model"],
+    &["topic_filter", "config", "model", "metrics"],
     &["plugins", "store"],
     &["jobs"],
     &["auth"],

@@ -85,6 +85,7 @@ def config_for(listen: str, data_dir: Path) -> str:
     config = with_setting(config, 'listen = ["127.0.0.1:1883"]', f'listen = ["{listen}"]')
     # The HTTP API on a free port too: tests run gateways side by side.
     config = with_setting(config, 'listen = ["127.0.0.1:8080"]', f'listen = ["127.0.0.1:{free_port()}"]')
+    config = with_setting(config, 'listen = ["127.0.0.1:9464"]', f'listen = ["127.0.0.1:{free_port()}"]')
     return with_setting(config, 'data_dir = "./sprig-data"', f"data_dir = {json.dumps(str(data_dir))}")
 
 

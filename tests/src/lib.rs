@@ -36,6 +36,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/gateway.toml");
 /// loopback port (read it back with [`api_addr`]): many gateways run at once in the tests.
 pub fn config_for(listen: &str, data_dir: &Path) -> String {
     let api = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
     DEFAULT_CONFIG
         .replace(
             "listen = [\"127.0.0.1:1883\"]",
@@ -46,6 +47,10 @@ pub fn config_for(listen: &str, data_dir: &Path) -> String {
             &format!("listen = [\"{api}\"]"),
         )
         .replace(
+            "listen = [\"127.0.0.1:9464\"]",
+            &format!("listen = [\"{metrics}\"]"),
+        )
+        .replace(
             "data_dir = \"./sprig-data\"",
             &format!("data_dir = {:?}", data_dir.display().to_string()),
         )
@@ -53,8 +58,17 @@ pub fn config_for(listen: &str, data_dir: &Path) -> String {
 
 /// The first plain HTTP API listener of `config` (`[api] listen`), if any.
 pub fn api_addr(config: &str) -> Option<SocketAddr> {
+    first_listener(config, "api")
+}
+
+/// The first metrics listener of `config` (`[metrics] listen`), if any.
+pub fn metrics_addr(config: &str) -> Option<SocketAddr> {
+    first_listener(config, "metrics")
+}
+
+fn first_listener(config: &str, section: &str) -> Option<SocketAddr> {
     let config: toml::Value = toml::from_str(config).ok()?;
-    let listen = config.get("api")?.get("listen")?.as_array()?;
+    let listen = config.get(section)?.get("listen")?.as_array()?;
     listen.first()?.as_str()?.parse().ok()
 }
 
@@ -390,6 +404,26 @@ impl Gateway {
     }
 
     /// An operator client logged in as the local operator.
+    /// `GET path` on the gateway's `[metrics]` listener: (status line, body).
+    pub fn metrics_get(&self, path: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let config = std::fs::read_to_string(&self.config_path).unwrap();
+        let addr = metrics_addr(&config).expect("a [metrics] listener");
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        (
+            head.lines().next().unwrap_or("").to_owned(),
+            body.to_owned(),
+        )
+    }
+
     pub async fn operator(&self) -> Operator {
         let (username, password) = self.local_credential();
         Operator::connect(self.addr, &username, &password)

@@ -54,6 +54,12 @@ async fn a_refused_write_leaves_no_trace_and_writes_succeed_once_there_is_room()
     let mut op = gateway.operator().await;
     let (accepted, refused) = fill(&mut op).await;
 
+    // The health check says so, with the reason.
+    let (status, body) = gateway.metrics_get("/healthz");
+    assert!(
+        status.contains("503") && body.contains("out of service"),
+        "{status} {body}"
+    );
     // No phantom: the refused job is not described or listed while the store is out of service.
     assert_ne!(op.job_status(&refused).await, "IN_PROGRESS");
     if let Ok(ids) = listed(&mut op).await {
@@ -62,6 +68,8 @@ async fn a_refused_write_leaves_no_trace_and_writes_succeed_once_there_is_room()
 
     disk.resize("16m");
     gateway.wait_for_log("back in service", Duration::from_secs(30));
+    let (status, _) = gateway.metrics_get("/healthz");
+    assert!(status.contains("200"), "{status}");
     op.request("CreateJob", create_job("after", None, &["t1"]))
         .await
         .expect("a write succeeds once there is room, without a restart");

@@ -21,7 +21,8 @@ pub(crate) enum DisconnectReason {
 }
 
 impl DisconnectReason {
-    fn as_aws(self) -> &'static str {
+    /// AWS's name for the reason (the presence event's `disconnectReason`).
+    pub(crate) fn as_aws(self) -> &'static str {
         match self {
             DisconnectReason::ClientInitiated => "CLIENT_INITIATED_DISCONNECT",
             DisconnectReason::ConnectionLost => "CONNECTION_LOST",

@@ -128,6 +128,8 @@ impl Service {
             request,
             payload,
         } = incoming;
+        let started = std::time::Instant::now();
+        let operation = request.api.as_ref().map_or("unknown", Api::operation);
         let (token, outcome) = match request::parse_body(&payload) {
             Err(e) => (None, Err(e)),
             Ok((token, body)) => match request.api {
@@ -135,6 +137,12 @@ impl Service {
                 Ok(api) => (token, self.call(request.thing, api, body).await),
             },
         };
+        let outcome_label = match &outcome {
+            Ok(_) => "accepted",
+            Err(e) => e.code.as_str(),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        crate::metrics::get().request("device", operation, outcome_label, seconds);
         self.reply(&topic, token, outcome).await;
     }
 

@@ -28,6 +28,18 @@ pub(super) enum Api {
     },
 }
 
+impl Api {
+    /// AWS's name for the operation (the metrics' label).
+    pub(super) fn operation(&self) -> &'static str {
+        match self {
+            Api::GetPending => "GetPendingJobExecutions",
+            Api::StartNext => "StartNextPendingJobExecution",
+            Api::Describe { .. } => "DescribeJobExecution",
+            Api::Update { .. } => "UpdateJobExecution",
+        }
+    }
+}
+
 /// A message that must be answered: whose it is, and the API it names or why it names none.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Request {

@@ -74,10 +74,12 @@ pub async fn run(
                 if !active.lock().unwrap_or_else(|p| p.into_inner()).insert(job_id.clone()) {
                     continue;
                 }
+                crate::metrics::get().deletions_in_progress.inc();
                 let (engine, active, shutdown) = (engine.clone(), active.clone(), shutdown.clone());
                 tasks.spawn(async move {
                     delete_job(engine, &job_id, batch, shutdown).await;
                     active.lock().unwrap_or_else(|p| p.into_inner()).remove(&job_id);
+                    crate::metrics::get().deletions_in_progress.dec();
                 });
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -103,6 +105,9 @@ async fn delete_job(
         match step {
             Ok(Ok(Step::Removed { count })) => {
                 removed += count;
+                crate::metrics::get()
+                    .executions_removed
+                    .inc_by(count as u64);
                 // Let other work use the store and the blocking pool between batches.
                 tokio::task::yield_now().await;
             }

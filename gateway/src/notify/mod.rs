@@ -145,6 +145,8 @@ impl Notifier {
     /// Hands the messages, in order, to their devices' connections. Never blocks (see the module doc).
     fn deliver(&self, messages: Vec<Message>) -> Deliveries {
         let counts = self.broker.deliver_many(messages);
+        let sent = counts.delivered + counts.queued;
+        crate::metrics::get().notifications_sent.inc_by(sent as u64);
         if counts.invalid > 0 {
             tracing::error!(count = counts.invalid, "notifications with invalid topics");
         }

@@ -313,12 +313,16 @@ impl Uplink {
     async fn on_link(&mut self, event: LinkEvent, spool_cursor: u64) {
         match event {
             LinkEvent::Connected(client) => {
+                crate::metrics::get().uplink_connected.set(1);
                 // Resent from the cursor: what the last connection had in flight may come twice.
                 self.window.reset(self.window.cursor().max(spool_cursor));
                 self.client = Some(client);
                 self.on_connect();
             }
-            LinkEvent::Lost => self.client = None,
+            LinkEvent::Lost => {
+                crate::metrics::get().uplink_connected.set(0);
+                self.client = None;
+            }
             LinkEvent::Message(topic, payload) => self.on_message(topic, payload).await,
             LinkEvent::WentOut(pkid) => {
                 if let Some(cursor) = self.window.went_out(pkid) {

@@ -229,6 +229,7 @@ impl Spool {
         if upto <= self.acked {
             return Ok(());
         }
+        crate::metrics::get().uplink_sent.inc_by(upto - self.acked);
         self.acked = upto;
         self.cursor_file.write_all_at(&encode_cursor(upto), 0)?;
         self.unsynced = true;
@@ -344,6 +345,7 @@ impl Spool {
             let next_first = *self.segments.keys().next().unwrap_or(&self.next_seq);
             let lost = next_first.saturating_sub(self.acked.max(first));
             self.dropped += lost;
+            crate::metrics::get().uplink_spool_dropped.inc_by(lost);
             self.bytes -= segment.bytes;
             fs::remove_file(&segment.path)?;
             tracing::warn!(
@@ -565,6 +567,10 @@ pub fn spawn(spool: Spool) -> io::Result<SpoolHandle> {
 }
 
 fn position_of(spool: &Spool) -> Position {
+    let metrics = crate::metrics::get();
+    let waiting = spool.next_seq().saturating_sub(spool.acked());
+    metrics.uplink_spool_messages.set(waiting as i64);
+    metrics.uplink_spool_bytes.set(spool.bytes() as i64);
     Position {
         next_seq: spool.next_seq(),
         acked: spool.acked(),

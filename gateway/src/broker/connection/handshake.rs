@@ -50,6 +50,16 @@ pub(super) enum Refusal {
 }
 
 impl Refusal {
+    /// Its name in the refused-logins metric.
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::BadCredentials => "bad_credentials",
+            Refusal::NotAuthorized => "not_authorized",
+            Refusal::BadClientId => "bad_client_id",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+
     pub(super) fn code(self, version: Version) -> ConnectReturnCode {
         match (self, version) {
             (Refusal::BadCredentials, _) => ConnectReturnCode::BadUserNamePassword,
@@ -84,6 +94,7 @@ pub(super) async fn accept(
     let client_id = request.connect.client_id.clone();
     let peer = request.peer;
     let refuse = |refusal: Refusal, reason: String| {
+        crate::metrics::get().refused(refusal.label());
         // Failed passwords are logged per address and burst (see `admission`), not one by one.
         if matches!(refusal, Refusal::BadCredentials) {
             tracing::debug!(client_id, %peer, "refused a connection: {reason}");
@@ -184,6 +195,10 @@ pub(super) async fn accept(
     tracing::info!(client_id, %peer, principal = %presence.principal, "client connected");
     let (topic, body) = presence.event(None);
     shared.publish_presence(&topic, body);
+    let kind = match principal {
+        Principal::Operator(_) => "operator",
+        Principal::Device { .. } => "device",
+    };
     let client = Client {
         shared: shared.clone(),
         client_id,
@@ -201,6 +216,7 @@ pub(super) async fn accept(
             shared.config.max_publish_bytes_per_second,
             shared.config.max_payload_size,
         ),
+        _counted: crate::metrics::get().connection_opened(kind),
         presence,
         taken_over: Some(taken_over),
         session,

@@ -133,6 +133,8 @@ struct Client {
     /// How fast the client may publish (see `quota`).
     quota: PublishQuota,
     presence: PresenceInfo,
+    /// Counts it in `sprig_connections` while it lives.
+    _counted: crate::metrics::OpenConnection,
     /// Fires when a newer connection of the same client id took over, until `run` takes it.
     taken_over: Option<TakenOver>,
     // Dropped last: they free the client's slot and its `Sessions` entry even if this task panics.
@@ -463,6 +465,7 @@ impl Client {
 
     async fn finish(mut self, reason: DisconnectReason, link_rx: Option<LinkRx>) {
         tracing::info!(client_id = self.client_id, reason = ?reason, "client disconnected");
+        crate::metrics::get().disconnected(reason.as_aws());
         self.leave_session(link_rx);
         let (topic, body) = self.presence.event(Some(reason));
         let shared = self.shared.clone();
@@ -524,6 +527,9 @@ impl Client {
             let forward = match packet {
                 Packet::Publish(publish, props) => {
                     let size = publish.topic.len() + publish.payload.len();
+                    let metrics = crate::metrics::get();
+                    metrics.messages_received.inc();
+                    metrics.bytes_received.inc_by(size as u64);
                     self.quota.admit(&self.client_id, size).await;
                     self.inbound_publish(publish, props, version)
                 }
