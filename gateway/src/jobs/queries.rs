@@ -27,6 +27,15 @@ fn status_filter<S>(
         .transpose()
 }
 
+/// The `status` filter of the execution listings.
+fn execution_status_filter(status: Option<&str>) -> Result<Option<ExecutionStatus>> {
+    status_filter(
+        status,
+        ExecutionStatus::parse,
+        "QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, TIMED_OUT, REJECTED, REMOVED, CANCELED",
+    )
+}
+
 /// The first `limit` of `items` that pass `wanted`, and the `nextToken` (`token_of` the last one
 /// returned) if more follow. Reads at most one item past the page.
 fn page<T, E>(
@@ -179,11 +188,7 @@ impl Engine {
     ) -> Result<ListJobExecutionsForJobResponse> {
         validate::job_id("jobId", &request.job_id)?;
         let limit = validate::max_results(request.max_results)?;
-        let status = status_filter(
-            request.status.as_deref(),
-            ExecutionStatus::parse,
-            "QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, TIMED_OUT, REJECTED, REMOVED, CANCELED",
-        )?;
+        let status = execution_status_filter(request.status.as_deref())?;
         if let Some(token) = &request.next_token {
             validate::thing_name("nextToken", token)?;
         }
@@ -217,11 +222,7 @@ impl Engine {
     ) -> Result<ListJobExecutionsForThingResponse> {
         validate::thing_name("thingName", &request.thing_name)?;
         let limit = validate::max_results(request.max_results)?;
-        let status = status_filter(
-            request.status.as_deref(),
-            ExecutionStatus::parse,
-            "QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, TIMED_OUT, REJECTED, REMOVED, CANCELED",
-        )?;
+        let status = execution_status_filter(request.status.as_deref())?;
         if let Some(ns) = &request.namespace_id {
             validate::namespace_id(ns)?;
             if !grants.may_see(Some(ns)) {
