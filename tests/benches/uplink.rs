@@ -26,7 +26,7 @@
 //!
 //! `cargo bench -p sprig-tests --bench uplink` (needs Debian's `mosquitto`). Environment:
 //! `SPRIG_UPLINK_MESSAGES=20000`, `SPRIG_UPLINK_RUNS=3`, `SPRIG_UPLINK_OUTAGE=100000`,
-//! `SPRIG_UPLINK_PUBLISHERS=4`, `SPRIG_UPLINK_WINDOW=100`, `SPRIG_UPLINK_PATIENCE_S=10`,
+//! `SPRIG_UPLINK_PUBLISHERS=4`, `SPRIG_UPLINK_WINDOW=100`, `SPRIG_UPLINK_PATIENCE_S=5`,
 //! `SPRIG_UPLINK_SIDES=sprig,mosquitto,mosquitto-default` (which local sides, in that order),
 //! `SPRIG_UPLINK_LOGS=DIR` (keep the local sides' and the fleet broker's logs there), `SPRIG_BIN` (a prebuilt sprig instead of `cargo build --release`), `MOSQUITTO` (the mosquitto binary).
 
@@ -88,7 +88,7 @@ impl Settings {
             outage: env_or("SPRIG_UPLINK_OUTAGE", 100_000),
             publishers: env_or("SPRIG_UPLINK_PUBLISHERS", 4).max(1),
             window: env_or("SPRIG_UPLINK_WINDOW", 100).max(1),
-            patience: Duration::from_secs(env_or("SPRIG_UPLINK_PATIENCE_S", 10) as u64),
+            patience: Duration::from_secs(env_or("SPRIG_UPLINK_PATIENCE_S", 5) as u64),
             sides: sides.split(',').map(Kind::parse).collect(),
         }
     }
