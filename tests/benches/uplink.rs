@@ -19,7 +19,8 @@
 //!    acknowledged locally: what that cost on disk (the spool's files, and the `write_bytes` of the
 //!    process, per message) and in resident memory. Then the fleet broker starts again, the sink
 //!    resumes its session, and the sink counts what arrives: how many, duplicates, the drain rate
-//!    (first to last arrival) and the time from the restart to the last arrival.
+//!    (first to last arrival), and the time from the restart until the local side said it was connected
+//!    again and until the last arrival.
 //!
 //! A wait for arrivals ends when all arrived, or when nothing arrived for `SPRIG_UPLINK_PATIENCE_S`
 //! seconds; the table then says "X of N".
@@ -28,7 +29,8 @@
 //! `SPRIG_UPLINK_MESSAGES=20000`, `SPRIG_UPLINK_RUNS=3`, `SPRIG_UPLINK_OUTAGE=100000`,
 //! `SPRIG_UPLINK_PUBLISHERS=4`, `SPRIG_UPLINK_WINDOW=100`, `SPRIG_UPLINK_PATIENCE_S=5`,
 //! `SPRIG_UPLINK_SIDES=sprig,mosquitto,mosquitto-default` (which local sides, in that order),
-//! `SPRIG_UPLINK_LOGS=DIR` (keep the local sides' and the fleet broker's logs there), `SPRIG_BIN` (a prebuilt sprig instead of `cargo build --release`), `MOSQUITTO` (the mosquitto binary).
+//! `SPRIG_UPLINK_LOGS=DIR` (keep the local sides' and the fleet broker's logs there), `SPRIG_BIN` (a
+//! prebuilt sprig instead of `cargo build --release`), `MOSQUITTO` (the mosquitto binary).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
