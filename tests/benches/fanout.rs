@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sprig_tests::bench::{find_mosquitto, mib, percentile, raise_nofile, sprig_release_bin};
-use sprig_tests::raw::{packet, publish, put_str, read_packet_async as read_packet};
+use sprig_tests::raw::{packet, parse_publish, publish, put_str, read_packet_async as read_packet};
 use sprig_tests::{config_for, free_port, with_setting, Operator};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

@@ -121,19 +121,50 @@ pub async fn subscribed_device(
     id: &str,
     filter: &str,
 ) -> tokio::net::TcpStream {
-    use crate::raw::{self, read_packet_async};
-    use tokio::io::AsyncWriteExt;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(&raw::connect(id, None)).await.unwrap();
-    let (connack, _) = read_packet_async(&mut stream).await.unwrap();
-    assert_eq!(connack, 0x20, "{id}: CONNACK");
-    stream
-        .write_all(&raw::subscribe(1, &[filter], 1))
+    let mut stream = connected(addr, &crate::raw::connect(id, None))
         .await
-        .unwrap();
-    let (suback, _) = read_packet_async(&mut stream).await.unwrap();
-    assert_eq!(suback, 0x90, "{id}: SUBACK");
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
+    subscribe(&mut stream, &[filter])
+        .await
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
     stream
+}
+
+/// Opens a connection to `addr` (without Nagle's delay: the benchmarks' clients write small packets and
+/// wait for answers), sends `connect` (a CONNECT from [`crate::raw`]) and returns the socket once the
+/// broker accepted it; `Err` saying why not.
+pub async fn connected(
+    addr: std::net::SocketAddr,
+    connect: &[u8],
+) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(connect).await?;
+    let (header, body) = crate::raw::read_packet_async(&mut stream).await?;
+    if header != 0x20 || body.get(1) != Some(&0) {
+        let refused = format!("CONNACK {header:#04x} {body:?}, not accepted");
+        return Err(std::io::Error::other(refused));
+    }
+    Ok(stream)
+}
+
+/// Subscribes to `filters` at QoS 1 and waits for the SUBACK (the next packet: call it before anything
+/// else can arrive); `Err` if a filter was refused.
+pub async fn subscribe(
+    stream: &mut tokio::net::TcpStream,
+    filters: &[&str],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(&crate::raw::subscribe(1, filters, 1))
+        .await?;
+    let (header, body) = crate::raw::read_packet_async(stream).await?;
+    if header != 0x90 || body.len() != 2 + filters.len() || body[2..].iter().any(|&c| c > 2) {
+        let refused = format!("SUBACK {header:#04x} {body:?} for {filters:?}");
+        return Err(std::io::Error::other(refused));
+    }
+    Ok(())
 }
 
 /// Starts a broker process in `dir`, its output appended to `log`; panics naming `name` if it cannot.

@@ -131,6 +131,11 @@ impl Mosquitto {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// The running broker's process id; `None` while it is stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }

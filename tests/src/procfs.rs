@@ -30,6 +30,16 @@ pub fn stat(pid: u32) -> Option<Stat> {
     })
 }
 
+/// Bytes `pid` has caused to be written to storage so far (`write_bytes` of `/proc/PID/io`: counted when
+/// it dirties a page of a file, so a rewrite of a page not yet written back counts once, and a tmpfs
+/// counts nothing). `None` once the process is gone, or where `/proc/PID/io` may not be read.
+pub fn write_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Whether `pid` is a live process: it exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
     stat(pid).is_some_and(|s| s.state != 'Z')

@@ -436,9 +436,10 @@ impl Uplink {
         }
     }
 
-    /// Hands spooled records to the connection while the window has room.
+    /// Hands spooled records to the connection while the window has room (a batch of it: see
+    /// [`window::REFILL`]).
     async fn fill_window(&mut self, spooled: u64) {
-        let room = self.window.room();
+        let room = self.window.refill();
         if self.client.is_none() || room == 0 || self.window.next() >= spooled {
             return;
         }

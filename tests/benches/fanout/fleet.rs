@@ -190,17 +190,3 @@ pub(super) async fn connect_client(
     }
     Ok((reader, write))
 }
-
-/// (topic, QoS, packet id, payload) of a PUBLISH body.
-pub(super) fn parse_publish(header: u8, body: &[u8]) -> Option<(&[u8], u8, u16, &[u8])> {
-    let qos = (header >> 1) & 0x03;
-    let topic_len = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
-    let topic = body.get(2..2 + topic_len)?;
-    let mut at = 2 + topic_len;
-    let mut pkid = 0;
-    if qos > 0 {
-        pkid = u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]);
-        at += 2;
-    }
-    Some((topic, qos, pkid, body.get(at..)?))
-}

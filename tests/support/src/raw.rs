@@ -27,13 +27,24 @@ pub fn packet(header: u8, body: &[u8]) -> Vec<u8> {
 
 /// An MQTT 3.1.1 CONNECT: clean session, keep-alive 30 s, with a username and password if given.
 pub fn connect(client_id: &str, credentials: Option<(&str, &str)>) -> Vec<u8> {
+    connect_with(client_id, credentials, true)
+}
+
+/// An anonymous MQTT 3.1.1 CONNECT without clean session: the broker keeps the session (subscriptions,
+/// and the QoS 1 messages for it) while the client is away. Keep-alive 30 s.
+pub fn connect_keeping_session(client_id: &str) -> Vec<u8> {
+    connect_with(client_id, None, false)
+}
+
+fn connect_with(client_id: &str, credentials: Option<(&str, &str)>, clean: bool) -> Vec<u8> {
     let mut body = Vec::new();
     put_str(&mut body, b"MQTT");
     body.push(4);
+    let clean_flag = if clean { 0x02 } else { 0 };
     body.push(if credentials.is_some() {
-        0x02 | 0x80 | 0x40
+        clean_flag | 0x80 | 0x40
     } else {
-        0x02
+        clean_flag
     });
     body.extend_from_slice(&30u16.to_be_bytes());
     put_str(&mut body, client_id.as_bytes());
@@ -63,6 +74,21 @@ pub fn publish(topic: &str, qos: u8, pkid: u16, payload: &[u8]) -> Vec<u8> {
     }
     body.extend_from_slice(payload);
     packet(0x30 | (qos << 1), &body)
+}
+
+/// (topic, QoS, packet id, payload) of a PUBLISH's fixed header byte and body; the packet id is 0 for
+/// QoS 0. `None` if the body is too short for what the header says.
+pub fn parse_publish(header: u8, body: &[u8]) -> Option<(&[u8], u8, u16, &[u8])> {
+    let qos = (header >> 1) & 0x03;
+    let topic_len = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+    let topic = body.get(2..2 + topic_len)?;
+    let mut at = 2 + topic_len;
+    let mut pkid = 0;
+    if qos > 0 {
+        pkid = u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]);
+        at += 2;
+    }
+    Some((topic, qos, pkid, body.get(at..)?))
 }
 
 /// Reads one packet off a tokio stream: (fixed header byte, body).
@@ -152,6 +178,7 @@ mod tests {
         let with_password = connect("d1", Some(("u", "p")));
         assert_eq!(with_password[9], 0xC2);
         assert!(with_password.ends_with(&[0, 1, b'u', 0, 1, b'p']));
+        assert_eq!(connect_keeping_session("d1")[9], 0x00, "no clean session");
         assert_eq!(
             subscribe(7, &["a", "b"], 1),
             [0x82, 0x0A, 0, 7, 0, 1, b'a', 1, 0, 1, b'b', 1]
@@ -161,6 +188,15 @@ mod tests {
             publish("t", 1, 9, b"x"),
             [0x32, 0x06, 0, 1, b't', 0, 9, b'x']
         );
+        assert_eq!(
+            parse_publish(0x32, &[0, 1, b't', 0, 9, b'x']),
+            Some((&b"t"[..], 1, 9, &b"x"[..]))
+        );
+        assert_eq!(
+            parse_publish(0x30, &[0, 1, b't', b'x']),
+            Some((&b"t"[..], 0, 0, &b"x"[..]))
+        );
+        assert_eq!(parse_publish(0x32, &[0, 1, b't']), None, "no packet id");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
