@@ -12,8 +12,9 @@
 //!
 //! Copies: a service may also want what clients publish on *routed* topics, before the router has it
 //! (the uplink's `out` topics, spooled to disk before the client's acknowledgement): a matching publish
-//! is handed to the service's queue as a [`Copied`], and the reader waits until the service confirms it
-//! took the message before the router (which acknowledges to the client) sees it.
+//! is handed to the service's queue as a [`Copied`] before the router sees it, and the connection's
+//! writer holds the client's PUBACK (or PUBREC) until the service confirms it took the message. The
+//! reader goes on meanwhile, so a service takes a publisher's messages in batches.
 
 use std::sync::RwLock;
 
@@ -124,22 +125,30 @@ impl Taps {
         queues
     }
 
-    /// Copies a client's publish to every matching service and waits until each took it (a service that
-    /// ended is skipped).
-    pub(crate) async fn copy(&self, topic: &str, payload: &Bytes, qos: u8, retain: bool) {
+    /// Copies a client's publish to every matching service (waiting only while a queue is full); the
+    /// returned receivers fire once each service took it (a service that ended drops its sender).
+    pub(crate) async fn copy(
+        &self,
+        topic: &str,
+        payload: &Bytes,
+        qos: u8,
+        retain: bool,
+    ) -> Vec<oneshot::Receiver<()>> {
+        let mut taken = Vec::new();
         for queue in self.copy_queues(topic) {
-            let (taken, confirmed) = oneshot::channel();
+            let (sender, confirmed) = oneshot::channel();
             let copied = Copied {
                 topic: topic.to_owned(),
                 payload: payload.clone(),
                 qos,
                 retain,
-                taken: Some(taken),
+                taken: Some(sender),
             };
             if queue.send(copied).await.is_ok() {
-                let _ = confirmed.await;
+                taken.push(confirmed);
             }
         }
+        taken
     }
 
     /// [`Taps::copy`] for a last will, from code that cannot wait: a full queue drops it, logged.
@@ -212,21 +221,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_routed_publish_is_copied_and_the_publisher_waits_until_it_is_taken() {
-        let taps = std::sync::Arc::new(Taps::default());
+    async fn a_routed_publish_is_copied_and_confirmed_once_it_is_taken() {
+        let taps = Taps::default();
         assert!(!taps.copies("dt/t1/temp"), "nothing registered");
         let (queue, mut copies) = mpsc::channel(4);
         taps.add_copy("dt/#", queue.clone());
         taps.add_copy("dt/+/temp", queue);
         assert!(taps.copies("dt/t1/temp") && !taps.copies("cmd/t1"));
 
-        let publisher = tokio::spawn({
-            let taps = taps.clone();
-            async move {
-                let payload = Bytes::from_static(b"21.5");
-                taps.copy("dt/t1/temp", &payload, 1, true).await
-            }
-        });
+        let payload = Bytes::from_static(b"21.5");
+        let mut taken = taps.copy("dt/t1/temp", &payload, 1, true).await;
+        assert_eq!(
+            taken.len(),
+            1,
+            "overlapping filters of one service copy once"
+        );
         let copied = copies.recv().await.unwrap();
         assert_eq!(
             (
@@ -237,15 +246,13 @@ mod tests {
             ),
             ("dt/t1/temp", &b"21.5"[..], 1, true)
         );
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        let mut confirmed = taken.pop().unwrap();
         assert!(
-            !publisher.is_finished(),
-            "the publisher waits for the copy to be taken"
+            confirmed.try_recv().is_err(),
+            "not confirmed before it is taken"
         );
         copied.taken.unwrap().send(()).unwrap();
-        publisher.await.unwrap();
+        confirmed.await.unwrap();
         assert!(copies.try_recv().is_err(), "overlapping filters copy once");
     }
 }

@@ -16,7 +16,7 @@ use rumqttd::protocol::{
 use rumqttd::Notification;
 use tokio::sync::mpsc;
 
-use super::{Client, LinkGuard, SessionGuard, SharedInflight};
+use super::{Client, LinkGuard, SessionGuard, SharedCopies, SharedInflight};
 use crate::auth::{AuthError, Principal, VerifiedCertificate};
 use crate::broker::admission::Slot;
 use crate::broker::codec::{PacketReader, PacketWriter, Version};
@@ -216,6 +216,7 @@ pub(super) async fn accept(
             shared.config.max_publish_bytes_per_second,
             shared.config.max_payload_size,
         ),
+        copies: SharedCopies::default(),
         _counted: crate::metrics::get().connection_opened(kind),
         presence,
         taken_over: Some(taken_over),

@@ -22,7 +22,7 @@ use rumqttd::protocol::{
     PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelProperties, Publish, QoS, SubAck,
     Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 mod handshake;
 mod writer;
@@ -133,6 +133,8 @@ struct Client {
     /// How fast the client may publish (see `quota`).
     quota: PublishQuota,
     presence: PresenceInfo,
+    /// Copies of its publishes whose acknowledgement waits for them (see [`SharedCopies`]).
+    copies: SharedCopies,
     /// Counts it in `sprig_connections` while it lives.
     _counted: crate::metrics::OpenConnection,
     /// Fires when a newer connection of the same client id took over, until `run` takes it.
@@ -290,6 +292,7 @@ impl Client {
         let outgoing = Outgoing {
             writer,
             inflight: self.inflight.clone(),
+            copies: self.copies.clone(),
             budget: self.shared.config.max_queued_bytes,
             dropped: 0,
         };
@@ -602,12 +605,17 @@ impl Client {
                 topic,
                 payload,
                 qos,
+                pkid,
                 retain,
             }) = copy
             {
-                // Before the router has it, as the router acknowledges it: a client that got its
-                // PUBACK may count on the copy (the uplink's spool) having been taken.
-                self.shared.taps.copy(&topic, &payload, qos, retain).await;
+                // Handed over before the router has the publish; the router's acknowledgement waits in
+                // the writer until the copy (the uplink's spool) is taken, so a client that got its
+                // PUBACK may count on it. QoS 0 promises nothing to wait for.
+                let taken = self.shared.taps.copy(&topic, &payload, qos, retain).await;
+                if qos > 0 && !taken.is_empty() {
+                    lock(&self.copies).insert(pkid, taken);
+                }
             }
             if let Some(packet) = to_router {
                 if self.link.tx().send(packet).await.is_err() {
@@ -645,11 +653,15 @@ impl Client {
             return self.gateway_publish(topic, publish);
         }
         if !is_reserved(&topic) && self.may_publish(&topic) {
-            let copy = self.shared.taps.copies(&topic).then(|| Copy {
-                payload: publish.payload.clone(),
-                qos: qos_and_pkid(&publish).0,
-                retain: publish.retain,
-                topic: topic.clone(),
+            let copy = self.shared.taps.copies(&topic).then(|| {
+                let (qos, pkid) = qos_and_pkid(&publish);
+                Copy {
+                    payload: publish.payload.clone(),
+                    qos,
+                    pkid,
+                    retain: publish.retain,
+                    topic: topic.clone(),
+                }
             });
             publish.topic = Bytes::from(to_internal(&topic));
             // Topic aliases are not offered (CONNACK), so a client-sent alias is ignored, not recorded.
@@ -866,8 +878,13 @@ struct Copy {
     topic: String,
     payload: Bytes,
     qos: u8,
+    pkid: u16,
     retain: bool,
 }
+
+/// The copies (see `taps`) of the client's QoS 1 and 2 publishes not yet confirmed, by packet id: the
+/// writer holds each one's PUBACK (PUBREC) until its copy is taken. The reader adds, the writer removes.
+pub(super) type SharedCopies = Arc<Mutex<HashMap<u16, Vec<oneshot::Receiver<()>>>>>;
 
 /// What the reader does with one inbound packet: push it to the router, answer the client, or both.
 #[derive(Default)]

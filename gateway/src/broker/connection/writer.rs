@@ -5,7 +5,7 @@ use bytes::Bytes;
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::{Packet, Publish, SubscribeReasonCode};
 use rumqttd::Notification;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Duration, Instant};
 
 use super::super::backlog::Waiting;
@@ -15,7 +15,9 @@ use super::super::inflight::{qos1_publish, qos_and_pkid};
 use super::super::parking::RESTORE_PKID;
 use super::super::topics::to_external;
 use super::super::{Shared, SubscribeEvent, WriteHalf};
-use super::{denied_code, lock, Answer, PendingSubacks, SharedInflight, ToWriter, WriterEnd};
+use super::{
+    denied_code, lock, Answer, PendingSubacks, SharedCopies, SharedInflight, ToWriter, WriterEnd,
+};
 use std::sync::Arc;
 
 /// Where the writer records granted subscriptions: the connection's direct outlet, and the reports of
@@ -59,6 +61,8 @@ const DIRECT_BATCH: usize = 64;
 pub(super) struct Outgoing {
     pub(super) writer: PacketWriter<WriteHalf>,
     pub(super) inflight: SharedInflight,
+    /// Copies whose publish's acknowledgement must wait for them (see [`SharedCopies`]).
+    pub(super) copies: SharedCopies,
     /// Bytes that may wait for the client (`broker.max_queued_bytes`): beyond them QoS 0 messages are
     /// dropped, not queued.
     pub(super) budget: usize,
@@ -98,6 +102,16 @@ impl Outgoing {
             }
         }
         self.writer.encode(packet).map(|()| true)
+    }
+
+    /// The copies that `packet`, the router's acknowledgement of a client's publish, must wait for.
+    fn copies_acknowledged_by(&self, packet: &Packet) -> Vec<oneshot::Receiver<()>> {
+        let pkid = match packet {
+            Packet::PubAck(ack, _) => ack.pkid,
+            Packet::PubRec(rec, _) => rec.pkid,
+            _ => return Vec::new(),
+        };
+        lock(&self.copies).remove(&pkid).unwrap_or_default()
     }
 
     /// Counts and logs (the first, then every power of two) a QoS 0 message dropped for this client.
@@ -267,6 +281,10 @@ async fn write_until_end(
                 }
                 let packet: Option<Packet> = notification.into();
                 let Some(packet) = packet else { continue };
+                for taken in out.copies_acknowledged_by(&packet) {
+                    // A service that ended dropped its sender: nothing more to wait for.
+                    let _ = taken.await;
+                }
                 match outbound(packet, pending, subscribed, version) {
                     Outbound::Write(packet) => {
                         let topic = match &packet {
