@@ -31,6 +31,7 @@ use crate::{auth, control, device_api, http_api, notify, recovery, uplink};
 
 pub mod config_checks;
 mod exporter;
+mod service_manager;
 
 /// The store lives in this directory under the data dir.
 const STORE_DIR: &str = "store";
@@ -207,6 +208,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "sprig {} ready",
         env!("CARGO_PKG_VERSION")
     );
+    service_manager::ready();
+    tokio::spawn(service_manager::watchdog(store.clone(), shutdown.clone()));
 
     let mut store_lost = None;
     let reason = tokio::select! {
