@@ -27,6 +27,17 @@ impl HttpReply {
     /// The control API's reply (`accepted`: the response; else `{code, message}`) as botocore expects
     /// it. The control API's `clientToken` echo is not part of the REST responses.
     pub fn from_control(accepted: bool, body: &[u8]) -> HttpReply {
+        // A response without the echo (a REST request has none unless its JSON body carries a
+        // clientToken) is passed on as serde_json wrote it: parsing and writing it again gives the same
+        // bytes, at a cost the HTTP API benchmark sees. serde_json writes a `clientToken` key as these
+        // bytes (a string that merely contains the word has its quotes escaped).
+        if accepted && !contains(body, br#""clientToken""#) {
+            return HttpReply {
+                status: 200,
+                error_type: None,
+                body: Bytes::copy_from_slice(body),
+            };
+        }
         let mut value: Value = serde_json::from_slice(body).unwrap_or_else(|_| json!({}));
         if let Value::Object(members) = &mut value {
             members.remove("clientToken");
@@ -42,6 +53,13 @@ impl HttpReply {
         let message = value["message"].as_str().unwrap_or("");
         HttpReply::error(code, message)
     }
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }
 
 /// The HTTP status of each exception, as botocore's `iot` model (2015-05-28) gives it (its
@@ -94,6 +112,17 @@ mod tests {
         let ok = HttpReply::from_control(true, br#"{"jobId":"j1","clientToken":"t"}"#);
         assert_eq!((ok.status, ok.error_type.as_deref()), (200, None));
         assert_eq!(&ok.body[..], br#"{"jobId":"j1"}"#);
+        // Without the echo, the response is the control API's, byte for byte: the same bytes a parse and
+        // a rewrite give.
+        let response =
+            br#"{"job":{"document":"{\"clientToken\":1}","jobId":"j1","status":"IN_PROGRESS"}}"#;
+        let ok = HttpReply::from_control(true, response);
+        assert_eq!((ok.status, ok.error_type.as_deref()), (200, None));
+        assert_eq!(&ok.body[..], &response[..]);
+        let rewritten = serde_json::from_slice::<Value>(response)
+            .unwrap()
+            .to_string();
+        assert_eq!(&ok.body[..], rewritten.as_bytes());
 
         let refused = HttpReply::from_control(
             false,
