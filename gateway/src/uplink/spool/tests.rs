@@ -23,6 +23,18 @@ fn segment_files(dir: &Path) -> usize {
         .count()
 }
 
+/// A spool holding records 0, 1 and 2, closed; its directory and its one segment's path.
+fn three_records_closed() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    spool
+        .append(&(0..3).map(record).collect::<Vec<_>>())
+        .unwrap();
+    drop(spool);
+    let segment = segment_path(dir.path(), 0);
+    (dir, segment)
+}
+
 #[test]
 fn records_read_back_as_written_and_survive_a_reopen_from_the_cursor_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,13 +88,7 @@ fn reads_continue_where_the_last_one_ended_across_segments() {
 
 #[test]
 fn a_torn_last_record_is_cut_off_and_appending_goes_on_after_the_last_whole_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
-    spool
-        .append(&(0..3).map(record).collect::<Vec<_>>())
-        .unwrap();
-    drop(spool);
-    let segment = segment_path(dir.path(), 0);
+    let (dir, segment) = three_records_closed();
     let len = fs::metadata(&segment).unwrap().len();
     OpenOptions::new()
         .write(true)
@@ -101,13 +107,7 @@ fn a_torn_last_record_is_cut_off_and_appending_goes_on_after_the_last_whole_one(
 
 #[test]
 fn a_damaged_record_ends_what_is_trusted_of_its_segment() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
-    spool
-        .append(&(0..3).map(record).collect::<Vec<_>>())
-        .unwrap();
-    drop(spool);
-    let segment = segment_path(dir.path(), 0);
+    let (dir, segment) = three_records_closed();
     let mut bytes = fs::read(&segment).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
