@@ -13,6 +13,8 @@ Scenarios (each on the gateway of the run unless it needs a config of its own):
 - `--cli-input-json` and `--generate-cli-skeleton` of the real CLI;
 - botocore's paginators (`list_jobs`, `list_job_executions_for_job`, `list_job_executions_for_thing`)
   walked to the end in pages of 10;
+- UpdateJob, GetJobDocument, DescribeJobExecution, CancelJobExecution and DeleteJobExecution through
+  boto3;
 - a wrong secret and an unknown access key refused with 403 and AWS's codes;
 - the API's TLS listener, its certificate verified by boto3 and the CLI against the test CA.
 """
@@ -244,6 +246,24 @@ def paginators_walk_to_the_end(api: Api) -> None:
     assert sorted(jobs) == [f"page{i:02}" for i in range(25)], jobs
 
 
+def the_other_operations_answer_as_botocore_models_them(api: Api) -> None:
+    """UpdateJob, GetJobDocument, DescribeJobExecution, CancelJobExecution and DeleteJobExecution."""
+    iot = api.client()
+    create_job(iot, "ops-1", ["ops-a", "ops-b"])
+    iot.update_job(jobId="ops-1", description="firmware 42")
+    assert iot.describe_job(jobId="ops-1")["job"]["description"] == "firmware 42"
+    assert json.loads(iot.get_job_document(jobId="ops-1")["document"]) == {"action": "update"}
+    execution = iot.describe_job_execution(jobId="ops-1", thingName="ops-a")["execution"]
+    assert (execution["status"], execution["executionNumber"]) == ("QUEUED", 1), execution
+    iot.cancel_job_execution(jobId="ops-1", thingName="ops-a")
+    assert iot.describe_job_execution(jobId="ops-1", thingName="ops-a")["execution"]["status"] == "CANCELED"
+    expect_error(lambda: iot.delete_job_execution(jobId="ops-1", thingName="ops-b", executionNumber=1),
+                 "InvalidStateTransitionException", 409)
+    iot.delete_job_execution(jobId="ops-1", thingName="ops-a", executionNumber=1)
+    expect_error(lambda: iot.describe_job_execution(jobId="ops-1", thingName="ops-a"),
+                 "ResourceNotFoundException", 404)
+
+
 def wrong_keys_are_refused(api: Api) -> None:
     wrong = api.client(secret="x" * 40)
     try:
@@ -295,6 +315,8 @@ SCENARIOS: list[tuple[str, Callable[[Api], None], Callable[[str], str]]] = [
                             "request_burst = 100", "request_burst = 1")),
     ("cli_input_json_and_skeleton", cli_input_json_and_skeleton, lambda c: c),
     ("paginators_walk_to_the_end", paginators_walk_to_the_end, lambda c: c),
+    ("the_other_operations_answer_as_botocore_models_them",
+     the_other_operations_answer_as_botocore_models_them, lambda c: c),
     ("wrong_keys_are_refused", wrong_keys_are_refused, lambda c: c),
 ]
 
