@@ -28,7 +28,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::auth::Operator;
-use crate::broker::{Broker, Copied, InternalSender};
+use crate::broker::{Broker, InternalSender};
 use crate::config::UplinkUrl;
 use crate::control;
 use crate::jobs::clock::now_ms;
@@ -204,11 +204,16 @@ pub async fn start(
         path: settings.spool_dir.clone(),
         source,
     };
+    // The `out` topics' copies go straight to the spool's thread.
+    let (copies_tx, copies) = mpsc::channel(COPY_QUEUE);
+    let copies = spool::Copies {
+        queue: copies,
+        bridge: settings.bridge.clone(),
+    };
     let spool = opened
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        .and_then(spool::spawn)
+        .and_then(|spool| spool::spawn(spool, Some(copies)))
         .map_err(spool_error)?;
-    let (copies_tx, copies) = mpsc::channel(COPY_QUEUE);
     for filter in settings.bridge.local_filters() {
         broker.copy_routed(&filter, copies_tx.clone());
     }
@@ -216,7 +221,6 @@ pub async fn start(
     let sources = Sources {
         changes,
         presence: broker.presence_events(),
-        copies,
     };
     let (replies_tx, replies) = mpsc::channel(CLIENT_REPLIES);
     let uplink = Uplink {
@@ -240,7 +244,6 @@ const CLIENT_REPLIES: usize = 256;
 struct Sources {
     changes: mpsc::UnboundedReceiver<StatusChange>,
     presence: broadcast::Receiver<(String, Bytes)>,
-    copies: mpsc::Receiver<Copied>,
 }
 
 /// The uplink's state, owned by its task.
@@ -301,7 +304,6 @@ impl Uplink {
                     }
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
-                Some(copied) = sources.copies.recv() => self.spool_copy(copied).await,
                 Some((topic, body)) = replies.recv() => self.publish_own(topic, body, false),
             }
             let spooled = position.borrow_and_update().next_seq;
@@ -399,34 +401,6 @@ impl Uplink {
         };
         if self.spool.push(record, None).await.is_err() {
             tracing::warn!("uplink: the spool stopped; an event for the fleet is lost");
-        }
-    }
-
-    /// A local client's publish on an `out` topic, into the spool; its publisher is told once it is on
-    /// disk.
-    async fn spool_copy(&mut self, copied: Copied) {
-        let Copied {
-            topic,
-            payload,
-            retain,
-            taken,
-            ..
-        } = copied;
-        let Some((topic, qos)) = self.settings.bridge.outgoing(&topic) else {
-            if let Some(taken) = taken {
-                let _ = taken.send(());
-            }
-            return;
-        };
-        let record = Record {
-            topic,
-            payload,
-            qos,
-            retain,
-        };
-        // A stopped spool drops `taken` unanswered: the publisher goes on, the copy is lost (logged).
-        if self.spool.push(record, taken).await.is_err() {
-            tracing::warn!("uplink: the spool stopped; a message for the fleet is lost");
         }
     }
 

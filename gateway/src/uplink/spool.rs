@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::bridge::Bridge;
+use crate::broker::Copied;
+
 /// How often appended records are made durable against a power cut (a process crash loses nothing).
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 /// Commands the spool's thread may be behind by before appenders wait.
@@ -479,8 +482,69 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// What the spool's thread takes: its handles' commands, and the broker's copies.
+struct Inputs {
+    commands: mpsc::Receiver<Command>,
+    copies: Option<Copies>,
+}
+
+impl Inputs {
+    /// The next command, waiting for one; `None` once every handle is gone.
+    async fn next(&mut self) -> Option<Command> {
+        let Some(copies) = &mut self.copies else {
+            return self.commands.recv().await;
+        };
+        tokio::select! {
+            command = self.commands.recv() => command,
+            Some(copied) = copies.queue.recv() => Some(copies.append(copied)),
+        }
+    }
+
+    /// The next command already queued, if any.
+    fn try_next(&mut self) -> Option<Command> {
+        self.commands.try_recv().ok().or_else(|| {
+            let copies = self.copies.as_mut()?;
+            let copied = copies.queue.try_recv().ok()?;
+            Some(copies.append(copied))
+        })
+    }
+}
+
+impl Copies {
+    /// The append of a copied publish, under its fleet topic; one on no `out` topic is confirmed at
+    /// once and goes nowhere (an append of nothing).
+    fn append(&self, copied: Copied) -> Command {
+        let Copied {
+            topic,
+            payload,
+            retain,
+            taken,
+            ..
+        } = copied;
+        match self.bridge.outgoing(&topic) {
+            Some((topic, qos)) => Command::Append(
+                Record {
+                    topic,
+                    payload,
+                    qos,
+                    retain,
+                },
+                taken,
+            ),
+            None => {
+                if let Some(taken) = taken {
+                    let _ = taken.send(());
+                }
+                Command::Nothing
+            }
+        }
+    }
+}
+
 /// A command to the spool's thread.
 enum Command {
+    /// Nothing to do (a copy that goes nowhere).
+    Nothing,
     /// Append; `taken` is told once the record is in the file.
     Append(Record, Option<oneshot::Sender<()>>),
     Acknowledge(u64),
@@ -552,14 +616,26 @@ impl SpoolHandle {
     }
 }
 
-/// Runs `spool` on a thread of its own (`sprig-spool`).
-pub fn spawn(spool: Spool) -> io::Result<SpoolHandle> {
+/// Local clients' publishes on the `out` topics, as the broker copies them (see
+/// [`Broker::copy_routed`](crate::broker::Broker::copy_routed)), and how they go up: the spool's thread
+/// takes them straight from the broker, so a publisher's PUBACK waits for one hand-off only.
+pub struct Copies {
+    pub queue: mpsc::Receiver<Copied>,
+    pub bridge: Bridge,
+}
+
+/// Runs `spool` on a thread of its own (`sprig-spool`), taking `copies` too.
+pub fn spawn(spool: Spool, copies: Option<Copies>) -> io::Result<SpoolHandle> {
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
     let (tail, position) = watch::channel(position_of(&spool));
     let runtime = tokio::runtime::Handle::current();
+    let inputs = Inputs {
+        commands: receiver,
+        copies,
+    };
     std::thread::Builder::new()
         .name("sprig-spool".into())
-        .spawn(move || serve(spool, receiver, tail, runtime))?;
+        .spawn(move || serve(spool, inputs, tail, runtime))?;
     Ok(SpoolHandle {
         commands,
         tail: position,
@@ -583,17 +659,17 @@ fn position_of(spool: &Spool) -> Position {
 /// [`SpoolStopped`].
 fn serve(
     mut spool: Spool,
-    mut commands: mpsc::Receiver<Command>,
+    mut inputs: Inputs,
     tail: watch::Sender<Position>,
     runtime: tokio::runtime::Handle,
 ) {
     let mut last_sync = Instant::now();
     loop {
         let wait = SYNC_INTERVAL.saturating_sub(last_sync.elapsed());
-        let first = runtime.block_on(async { tokio::time::timeout(wait, commands.recv()).await });
+        let first = runtime.block_on(async { tokio::time::timeout(wait, inputs.next()).await });
         let result = match first {
             Ok(None) => break,
-            Ok(Some(command)) => serve_batch(&mut spool, command, &mut commands),
+            Ok(Some(command)) => serve_batch(&mut spool, command, &mut inputs),
             Err(_elapsed) => Ok(()),
         };
         let result = result.and_then(|()| {
@@ -620,16 +696,12 @@ fn serve(
 
 /// Serves `first` and the commands already queued behind it (at most [`BATCH`], so syncs keep their
 /// pace under a steady stream).
-fn serve_batch(
-    spool: &mut Spool,
-    first: Command,
-    commands: &mut mpsc::Receiver<Command>,
-) -> io::Result<()> {
+fn serve_batch(spool: &mut Spool, first: Command, inputs: &mut Inputs) -> io::Result<()> {
     let mut appends = Vec::new();
     let mut taken = Vec::new();
     let mut next = Some(first);
     for _ in 0..BATCH {
-        let Some(command) = next.take().or_else(|| commands.try_recv().ok()) else {
+        let Some(command) = next.take().or_else(|| inputs.try_next()) else {
             break;
         };
         match command {
@@ -637,6 +709,7 @@ fn serve_batch(
                 appends.push(record);
                 taken.extend(confirm);
             }
+            Command::Nothing => {}
             Command::Acknowledge(upto) => {
                 flush_appends(spool, &mut appends, &mut taken)?;
                 spool.acknowledge(upto)?;

@@ -174,7 +174,7 @@ fn a_damaged_cursor_resends_from_the_oldest_record() {
 #[tokio::test]
 async fn the_spool_thread_confirms_appends_and_reports_its_position() {
     let dir = tempfile::tempdir().unwrap();
-    let handle = spawn(Spool::open(dir.path(), 1 << 20).unwrap()).unwrap();
+    let handle = spawn(Spool::open(dir.path(), 1 << 20).unwrap(), None).unwrap();
     let mut position = handle.position();
     handle.append(record(0)).await.unwrap();
     handle.push(record(1), None).await.unwrap();
