@@ -1,24 +1,20 @@
 //! The `[metrics]` listeners: `GET /metrics` answers [`crate::metrics::encode`] (Prometheus' text
-//! format), `GET /healthz` 200 while the jobs store takes writes and 503 with the reason otherwise. Plain
-//! HTTP/1.1 with hyper, one task per connection; anything else is 404.
+//! format), `GET /healthz` 200 while the jobs store takes writes and 503 with the reason otherwise; anything
+//! else is 404. Plain HTTP/1.1, served as the HTTP API's listeners are (`http_api::serve_listeners`).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::http_api;
 use crate::store::Health;
-
-/// A client must send a request's headers within this time.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the listeners now (a port in use refuses the start).
 pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
@@ -38,44 +34,19 @@ pub async fn serve(
     store: watch::Receiver<Health>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for listener in listeners {
-        tasks.spawn(accept(listener, store.clone(), shutdown.clone()));
-    }
-    while tasks.join_next().await.is_some() {}
+    let listeners = listeners.into_iter().map(|l| (l, None)).collect();
+    let exporter = Arc::new(Exporter { store });
+    http_api::serve_listeners(listeners, exporter, shutdown).await;
 }
 
-async fn accept(
-    listener: TcpListener,
+/// What answers the metrics listeners.
+struct Exporter {
     store: watch::Receiver<Health>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let stream = tokio::select! {
-            _ = async { shutdown.wait_for(|stop| *stop).await.is_ok() } => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    continue;
-                }
-            },
-        };
-        let store = store.clone();
-        tokio::spawn(async move {
-            let handler = hyper::service::service_fn(move |request| {
-                let store = store.clone();
-                async move { Ok::<_, Infallible>(answer(&request, &store)) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), handler)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "metrics: connection ended");
-            }
-        });
+}
+
+impl http_api::Handler for Exporter {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        answer(&request, &self.store)
     }
 }
 

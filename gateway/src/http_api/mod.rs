@@ -154,19 +154,12 @@ impl Api {
 
     /// Serves every listener until `shutdown` turns true.
     pub async fn serve(self, shutdown: watch::Receiver<bool>) {
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut tasks = tokio::task::JoinSet::new();
-        for listener in self.plain {
-            let (service, slots, shutdown) =
-                (self.service.clone(), slots.clone(), shutdown.clone());
-            tasks.spawn(accept(listener, None, service, slots, shutdown));
-        }
-        for (listener, acceptor) in self.tls {
-            let (service, slots, shutdown) =
-                (self.service.clone(), slots.clone(), shutdown.clone());
-            tasks.spawn(accept(listener, Some(acceptor), service, slots, shutdown));
-        }
-        while tasks.join_next().await.is_some() {}
+        let listeners = self.plain.into_iter().map(|l| (l, None));
+        let tls = self
+            .tls
+            .into_iter()
+            .map(|(l, acceptor)| (l, Some(acceptor)));
+        serve_listeners(listeners.chain(tls).collect(), self.service, shutdown).await;
     }
 }
 
@@ -176,11 +169,36 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ApiErr
         .map_err(|source| ApiError::Bind { key, addr, source })
 }
 
+/// What answers the requests of a server run by [`serve_listeners`].
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send;
+}
+
+/// Serves HTTP/1.1 (keep-alive) on `listeners` (TLS where an acceptor is given) with `handler`, at most
+/// [`MAX_CONNECTIONS`] connections at once, request headers within [`HEADER_TIMEOUT`], until `shutdown`
+/// turns true (requests in progress get [`SHUTDOWN_WAIT`]). The HTTP API's and the metrics' listeners.
+pub async fn serve_listeners<H: Handler>(
+    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
+    handler: Arc<H>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listener, tls) in listeners {
+        let (handler, slots, shutdown) = (handler.clone(), slots.clone(), shutdown.clone());
+        tasks.spawn(accept(listener, tls, handler, slots, shutdown));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
 /// Accepts connections on one listener until shutdown, each served on a task of its own.
-async fn accept(
+async fn accept<H: Handler>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    service: Arc<Service>,
+    handler: Arc<H>,
     slots: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -190,28 +208,28 @@ async fn accept(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "api: accept failed");
+                    tracing::warn!(error = %e, "http: accept failed");
                     continue;
                 }
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "api: too many connections; closed");
+            tracing::warn!(%peer, "http: too many connections; closed");
             continue;
         };
-        let (service, tls, shutdown) = (service.clone(), tls.clone(), shutdown.clone());
+        let (handler, tls, shutdown) = (handler.clone(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _slot = slot;
             match tls {
-                None => serve_connection(stream, service, shutdown).await,
+                None => serve_connection(stream, handler, shutdown).await,
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream));
                     match handshake.await {
-                        Ok(Ok(stream)) => serve_connection(stream, service, shutdown).await,
+                        Ok(Ok(stream)) => serve_connection(stream, handler, shutdown).await,
                         Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "api: TLS handshake failed")
+                            tracing::debug!(%peer, error = %e, "http: TLS handshake failed")
                         }
-                        Err(_) => tracing::debug!(%peer, "api: TLS handshake timed out"),
+                        Err(_) => tracing::debug!(%peer, "http: TLS handshake timed out"),
                     }
                 }
             }
@@ -220,23 +238,24 @@ async fn accept(
 }
 
 /// Serves one connection's requests (HTTP/1.1, keep-alive) until it closes or the gateway stops.
-async fn serve_connection<S>(stream: S, service: Arc<Service>, mut shutdown: watch::Receiver<bool>)
+async fn serve_connection<S, H>(stream: S, handler: Arc<H>, mut shutdown: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
 {
-    let handler = hyper::service::service_fn(move |request| {
-        let service = service.clone();
-        async move { Ok::<_, Infallible>(service.handle(request).await) }
+    let service = hyper::service::service_fn(move |request| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.handle(request).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), handler);
+        .serve_connection(TokioIo::new(stream), service);
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "api: connection ended");
+                tracing::debug!(error = %e, "http: connection ended");
             }
         }
         _ = stopped(&mut shutdown) => {
@@ -251,7 +270,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-impl Service {
+impl Handler for Service {
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = request.into_parts();
@@ -267,7 +286,9 @@ impl Service {
         }
         response(reply, id)
     }
+}
 
+impl Service {
     /// Authenticates, routes and answers one request.
     async fn answer(&self, parts: &Parts, body: &[u8]) -> HttpReply {
         let operator = match (self.authenticate)(parts, body) {
