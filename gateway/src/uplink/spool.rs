@@ -562,13 +562,12 @@ pub struct SpoolHandle {
     tail: watch::Receiver<Position>,
 }
 
-/// Where the spool stands: the next sequence number to be appended, the first not acknowledged, and how
-/// many records were dropped to keep the bound.
+/// Where the spool stands: the next sequence number to be appended, and the first not acknowledged (or
+/// dropped to keep the bound).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Position {
     pub next_seq: u64,
     pub acked: u64,
-    pub dropped: u64,
 }
 
 /// Why the spool's thread no longer answers.
@@ -577,13 +576,6 @@ pub struct Position {
 pub struct SpoolStopped;
 
 impl SpoolHandle {
-    /// Appends a record; returns once it is in the file (and so survives the process).
-    pub async fn append(&self, record: Record) -> Result<(), SpoolStopped> {
-        let (taken, confirmed) = oneshot::channel();
-        self.send(Command::Append(record, Some(taken))).await?;
-        confirmed.await.map_err(|_| SpoolStopped)
-    }
-
     /// Appends a record without waiting for the file (order with other appends is kept); `taken`, if
     /// given, is told once it is in the file.
     pub async fn push(
@@ -650,7 +642,6 @@ fn position_of(spool: &Spool) -> Position {
     Position {
         next_seq: spool.next_seq(),
         acked: spool.acked(),
-        dropped: spool.dropped(),
     }
 }
 

@@ -176,7 +176,9 @@ async fn the_spool_thread_confirms_appends_and_reports_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let handle = spawn(Spool::open(dir.path(), 1 << 20).unwrap(), None).unwrap();
     let mut position = handle.position();
-    handle.append(record(0)).await.unwrap();
+    let (taken, confirmed) = oneshot::channel();
+    handle.push(record(0), Some(taken)).await.unwrap();
+    confirmed.await.expect("confirmed once in the file");
     handle.push(record(1), None).await.unwrap();
     let read = handle.read(0, 10).await.unwrap();
     assert_eq!(
