@@ -13,10 +13,31 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// A connection's kind: `device`, `operator`.
+/// A connection's kind (`device`, `operator`, `uplink`) and the listener it came through (its address;
+/// the fleet broker's URL for the uplink).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
+pub struct ConnectionLabels {
     pub kind: String,
+    pub listener: String,
+}
+
+/// A plugin library (its `[[plugins]]` name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    pub plugin: String,
+}
+
+/// A plugin call: its library, and its outcome (`succeeded` or the failure's kind).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginCallLabels {
+    pub plugin: String,
+    pub outcome: String,
+}
+
+/// A recovery's end state (`RECOVERED`, `FAILED`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
 }
 
 /// Why something was refused or ended.
@@ -44,8 +65,8 @@ pub struct OperationLabels {
 /// The metric families.
 pub struct Metrics {
     registry: Registry,
-    /// Client connections open now, by kind.
-    pub connections: Family<KindLabel, Gauge>,
+    /// Connections open now, by kind and listener.
+    pub connections: Family<ConnectionLabels, Gauge>,
     /// Logins accepted.
     pub connects: Counter,
     /// Logins refused, by reason (CONNACK's).
@@ -55,6 +76,17 @@ pub struct Metrics {
     /// PUBLISH packets received from clients, and their topic and payload bytes.
     pub messages_received: Counter,
     pub bytes_received: Counter,
+    /// PUBLISH packets written to clients, and their topic and payload bytes.
+    pub messages_sent: Counter,
+    pub bytes_sent: Counter,
+    /// Messages not delivered, by reason: a connection's queue was full (`queue_full`), a disconnected
+    /// session's backlog was full (`backlog_full`), a QoS 0 message for a client that reads too slowly
+    /// (`slow_reader`).
+    pub messages_dropped: Family<ReasonLabel, Counter>,
+    /// Messages kept for a disconnected persistent session.
+    pub messages_queued: Counter,
+    /// Times rumqttd's router moved a subscriber that fell behind past messages its log no longer had.
+    pub router_skips: Counter,
     /// Job notifications delivered to devices' connections.
     pub notifications_sent: Counter,
     /// Control and device API requests answered, by API, operation and outcome.
@@ -65,6 +97,20 @@ pub struct Metrics {
     pub deletions_in_progress: Gauge,
     /// Executions removed by deletions.
     pub executions_removed: Counter,
+    /// Recoveries that ended, by state.
+    pub recoveries_ended: Family<StateLabel, Counter>,
+    /// Plugin calls (`create` and recoveries), by plugin and outcome.
+    pub plugin_calls: Family<PluginCallLabels, Counter>,
+    /// How long recovery calls took, by plugin.
+    pub plugin_call_duration: Family<PluginLabel, Histogram>,
+    /// Plugin host processes started again after one was lost or reset, by plugin.
+    pub plugin_restarts: Family<PluginLabel, Counter>,
+    /// The jobs store's files, in bytes.
+    pub store_size: Gauge,
+    /// Bytes the store's flushes wrote to its log.
+    pub store_flushed_bytes: Counter,
+    /// How long the store's flushes that wrote something took.
+    pub store_flush_duration: Histogram,
     /// 1 while the uplink is connected to the fleet broker.
     pub uplink_connected: Gauge,
     /// Messages in the uplink's spool not yet acknowledged by the fleet broker.
@@ -111,6 +157,12 @@ impl Metrics {
             // 100 µs to ~13 s.
             Histogram::new(exponential_buckets(0.0001, 2.0, 18))
         });
+        let plugin_call_duration = Family::<PluginLabel, Histogram>::new_with_constructor(|| {
+            // 100 µs to ~13 s (a call's budget is seconds).
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        // 100 µs to ~3 s: an fsync on an SD card takes milliseconds, a stalled one seconds.
+        let store_flush_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let metrics = Metrics {
             registry: Registry::default(),
             connections: Family::default(),
@@ -119,11 +171,23 @@ impl Metrics {
             disconnects: Family::default(),
             messages_received: Counter::default(),
             bytes_received: Counter::default(),
+            messages_sent: Counter::default(),
+            bytes_sent: Counter::default(),
+            messages_dropped: Family::default(),
+            messages_queued: Counter::default(),
+            router_skips: Counter::default(),
             notifications_sent: Counter::default(),
             requests: Family::default(),
             request_duration,
             deletions_in_progress: Gauge::default(),
             executions_removed: Counter::default(),
+            recoveries_ended: Family::default(),
+            plugin_calls: Family::default(),
+            plugin_call_duration,
+            plugin_restarts: Family::default(),
+            store_size: Gauge::default(),
+            store_flushed_bytes: Counter::default(),
+            store_flush_duration,
             uplink_connected: Gauge::default(),
             uplink_spool_messages: Gauge::default(),
             uplink_spool_bytes: Gauge::default(),
@@ -133,7 +197,7 @@ impl Metrics {
         let m = &metrics;
         registry.register(
             "connections",
-            "Client connections open now, by kind",
+            "Connections open now, by kind and listener",
             m.connections.clone(),
         );
         registry.register("connects", "Logins accepted", m.connects.clone());
@@ -156,6 +220,31 @@ impl Metrics {
             "received_bytes",
             "Topic and payload bytes of the PUBLISH packets received from clients",
             m.bytes_received.clone(),
+        );
+        registry.register(
+            "messages_sent",
+            "PUBLISH packets written to clients",
+            m.messages_sent.clone(),
+        );
+        registry.register(
+            "sent_bytes",
+            "Topic and payload bytes of the PUBLISH packets written to clients",
+            m.bytes_sent.clone(),
+        );
+        registry.register(
+            "messages_dropped",
+            "Messages not delivered, by reason (queue_full, backlog_full, slow_reader)",
+            m.messages_dropped.clone(),
+        );
+        registry.register(
+            "messages_queued",
+            "Messages kept for disconnected persistent sessions",
+            m.messages_queued.clone(),
+        );
+        registry.register(
+            "router_skips",
+            "Times the router moved a subscriber that fell behind past messages its log no longer had",
+            m.router_skips.clone(),
         );
         registry.register(
             "job_notifications_sent",
@@ -181,6 +270,43 @@ impl Metrics {
             "executions_removed",
             "Executions removed by job deletions",
             m.executions_removed.clone(),
+        );
+        registry.register(
+            "recoveries_ended",
+            "Recoveries that ended, by state",
+            m.recoveries_ended.clone(),
+        );
+        registry.register(
+            "plugin_calls",
+            "Plugin calls, by plugin and outcome (succeeded, panicked, failed, garbage, timed_out, crashed, quarantined)",
+            m.plugin_calls.clone(),
+        );
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Time a plugin took to answer a recovery, by plugin",
+            m.plugin_call_duration.clone(),
+        );
+        registry.register(
+            "plugin_restarts",
+            "Plugin host processes started again after one was lost or reset, by plugin",
+            m.plugin_restarts.clone(),
+        );
+        registry.register_with_unit(
+            "store_size",
+            "The jobs store's files",
+            prometheus_client::registry::Unit::Bytes,
+            m.store_size.clone(),
+        );
+        registry.register_with_unit(
+            "store_flushed",
+            "Bytes the jobs store's flushes wrote to its log",
+            prometheus_client::registry::Unit::Bytes,
+            m.store_flushed_bytes.clone(),
+        );
+        registry.register(
+            "store_flush_duration_seconds",
+            "Time a flush of the jobs store that wrote something took",
+            m.store_flush_duration.clone(),
         );
         registry.register(
             "uplink_connected",
@@ -230,21 +356,65 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The gauge of connections of `kind`.
-    pub fn connections_of(&self, kind: &str) -> Gauge {
+    /// The gauge of connections of `kind` on `listener`.
+    pub fn connections_of(&self, kind: &str, listener: &str) -> Gauge {
         self.connections
-            .get_or_create(&KindLabel {
+            .get_or_create(&ConnectionLabels {
                 kind: kind.to_owned(),
+                listener: listener.to_owned(),
             })
             .clone()
     }
 
-    /// Counts a connection of `kind` as open until the returned guard is dropped (and a login accepted).
-    pub fn connection_opened(&self, kind: &str) -> OpenConnection {
-        let gauge = self.connections_of(kind);
+    /// Counts a client's connection of `kind` on `listener` as open until the returned guard is dropped
+    /// (and a login accepted).
+    pub fn connection_opened(&self, kind: &str, listener: &str) -> OpenConnection {
+        let gauge = self.connections_of(kind, listener);
         gauge.inc();
         self.connects.inc();
         OpenConnection(gauge)
+    }
+
+    /// Counts a message not delivered for `reason` (see [`Metrics::messages_dropped`]).
+    pub fn dropped(&self, reason: &str) {
+        self.messages_dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a call of `plugin` that ended with `outcome`, and how long it took.
+    pub fn plugin_call(&self, plugin: &str, outcome: &str, seconds: f64) {
+        let labels = PluginCallLabels {
+            plugin: plugin.to_owned(),
+            outcome: outcome.to_owned(),
+        };
+        self.plugin_calls.get_or_create(&labels).inc();
+        let labels = PluginLabel {
+            plugin: plugin.to_owned(),
+        };
+        self.plugin_call_duration
+            .get_or_create(&labels)
+            .observe(seconds);
+    }
+
+    /// Counts a restart of `plugin`'s host process.
+    pub fn plugin_restarted(&self, plugin: &str) {
+        self.plugin_restarts
+            .get_or_create(&PluginLabel {
+                plugin: plugin.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a recovery that ended in `state`.
+    pub fn recovery_ended(&self, state: &str) {
+        self.recoveries_ended
+            .get_or_create(&StateLabel {
+                state: state.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a login refused for `reason`.
@@ -274,7 +444,7 @@ mod tests {
     fn recorded_values_appear_in_the_exposition_under_sprigs_names() {
         let metrics = get();
         metrics.request("mqtt", "DeleteJob", "accepted", 0.002);
-        metrics.connections_of("device").inc();
+        metrics.connections_of("device", "127.0.0.1:1883").inc();
         metrics.refused("bad_credentials");
         let text = encode();
         assert!(
@@ -288,7 +458,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"sprig_connections{kind="device"}"#),
+            text.contains(r#"sprig_connections{kind="device",listener="127.0.0.1:1883"}"#),
             "{text}"
         );
         assert!(

@@ -403,7 +403,6 @@ impl Gateway {
             .unwrap()
     }
 
-    /// An operator client logged in as the local operator.
     /// `GET path` on the gateway's `[metrics]` listener: (status line, body).
     pub fn metrics_get(&self, path: &str) -> (String, String) {
         use std::io::{Read, Write};
@@ -424,6 +423,15 @@ impl Gateway {
         )
     }
 
+    /// `/metrics`, parsed as Prometheus parses its text format.
+    pub fn scrape(&self) -> prometheus_parse::Scrape {
+        let (status, body) = self.metrics_get("/metrics");
+        assert!(status.contains("200"), "{status}");
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+            .expect("Prometheus text format")
+    }
+
+    /// An operator client logged in as the local operator.
     pub async fn operator(&self) -> Operator {
         let (username, password) = self.local_credential();
         Operator::connect(self.addr, &username, &password)
@@ -681,4 +689,19 @@ pub fn create_job(job_id: &str, namespace: Option<&str>, things: &[&str]) -> Val
         body["namespaceId"] = json!(ns);
     }
     body
+}
+
+/// The sum of `metric`'s samples in `scrape` whose labels include `labels` (0 if there are none).
+pub fn metric(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }

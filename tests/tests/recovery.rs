@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use sprig_tests::device::{Device, Protocol};
-use sprig_tests::{plugin_path, run_a_job_end_to_end, start_job, wait_for_recovery, Gateway};
+use sprig_tests::{
+    metric, plugin_path, run_a_job_end_to_end, start_job, wait_for_recovery, Gateway,
+};
 
 /// `[[recovery]]` routes: rollback for `roll-*`, reset for `reset-*` (in host processes), and the
 /// misbehaving plugin, in-process, for `panic-*`, `hang-*`, `garbage-*`, `error-*`.
@@ -342,6 +344,23 @@ async fn misbehaving_handlers_are_contained_and_the_gateway_keeps_serving() {
 
     // Throughout, the gateway serves devices: a fresh device runs a whole job.
     run_a_job_end_to_end(&gateway, &mut op, "ok-1", "after").await;
+
+    // And `/metrics` counted each failure by its kind, the calls' latencies, and the recoveries' ends.
+    let scrape = gateway.scrape();
+    let misbehave = "sprig-plugin-misbehave";
+    for outcome in ["panicked", "timed_out", "garbage", "failed"] {
+        let labels = [("plugin", misbehave), ("outcome", outcome)];
+        let calls = metric(&scrape, "sprig_plugin_calls_total", &labels);
+        assert!(calls >= 1.0, "{outcome}: {calls}");
+    }
+    let timed = metric(
+        &scrape,
+        "sprig_plugin_call_duration_seconds_count",
+        &[("plugin", misbehave)],
+    );
+    assert!(timed >= 8.0, "{timed}");
+    let failed = [("state", "FAILED")];
+    assert!(metric(&scrape, "sprig_recoveries_ended_total", &failed) >= 4.0);
 }
 
 /// A plugin loaded in-process that aborts the process (what a panic does in a plugin built with

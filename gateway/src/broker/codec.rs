@@ -280,6 +280,13 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
 
     /// Encodes one packet into the write buffer (call [`PacketWriter::flush`] to send).
     pub(crate) fn encode(&mut self, packet: Packet) -> io::Result<()> {
+        if let Packet::Publish(publish, _) = &packet {
+            let metrics = crate::metrics::get();
+            metrics.messages_sent.inc();
+            metrics
+                .bytes_sent
+                .inc_by((publish.topic.len() + publish.payload.len()) as u64);
+        }
         let result = match self.version {
             Version::V311 => V4.write(strip_properties(packet), &mut self.buf),
             Version::V5 => V5.write(complete_disconnect(packet), &mut self.buf),

@@ -33,6 +33,35 @@ use super::topics::matches;
 use crate::auth::Identity;
 use crate::store::sessions::{StoredMessage, StoredSession};
 
+/// Why a message was dropped: its metric label and its log line.
+#[derive(Debug, Clone, Copy)]
+enum Dropped {
+    /// A connected client's direct queue was full.
+    QueueFull,
+    /// A disconnected session's backlog was full.
+    BacklogFull,
+    /// A QoS 0 message for a client that reads too slowly (its writer's budget was spent).
+    SlowReader,
+}
+
+impl Dropped {
+    fn label(self) -> &'static str {
+        match self {
+            Dropped::QueueFull => "queue_full",
+            Dropped::BacklogFull => "backlog_full",
+            Dropped::SlowReader => "slow_reader",
+        }
+    }
+
+    fn explanation(self) -> &'static str {
+        match self {
+            Dropped::QueueFull => "client's direct queue is full",
+            Dropped::BacklogFull => "session's backlog is full",
+            Dropped::SlowReader => "the client reads too slowly",
+        }
+    }
+}
+
 /// Messages a connection's direct queue holds before further ones are dropped. Devices subscribe only under
 /// their own thing, so a burst for one connection is a few messages per job event: this is far above it.
 pub(crate) const QUEUE: usize = 256;
@@ -303,7 +332,7 @@ impl Outlets {
                 Some(queue) => {
                     let topic = message.topic.clone();
                     if queue.try_send(message).is_err() {
-                        self.count_drop(outlet, client_id, &topic, "client's direct queue is full");
+                        self.count_drop(outlet, client_id, &topic, Dropped::QueueFull);
                     }
                 }
                 None => queued |= self.backlog_push(outlet, client_id, message, Keep::Each),
@@ -326,9 +355,10 @@ impl Outlets {
     ) -> bool {
         let topic = message.topic.clone();
         if outlet.left_at.is_some() && outlet.backlog.push(message, keep, self.limits) {
+            crate::metrics::get().messages_queued.inc();
             return true;
         }
-        self.count_drop(outlet, client_id, &topic, "session's backlog is full");
+        self.count_drop(outlet, client_id, &topic, Dropped::BacklogFull);
         false
     }
 
@@ -574,15 +604,16 @@ impl Outlets {
             Ok(()) => Delivery::Delivered,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Offline,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.count_drop(outlet, client_id, topic, "client's direct queue is full");
+                self.count_drop(outlet, client_id, topic, Dropped::QueueFull);
                 Delivery::Dropped
             }
         }
     }
 
-    fn count_drop(&self, outlet: &mut Outlet, client_id: &str, topic: &str, why: &str) {
+    fn count_drop(&self, outlet: &mut Outlet, client_id: &str, topic: &str, why: Dropped) {
         outlet.dropped += 1;
         let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::get().dropped(why.label());
         // The first drop of a connection, then every power of two: visible, never a flood.
         if outlet.dropped.is_power_of_two() {
             tracing::warn!(
@@ -590,7 +621,8 @@ impl Outlets {
                 topic,
                 dropped = outlet.dropped,
                 dropped_all_clients = total,
-                "{why}: message dropped"
+                "{}: message dropped",
+                why.explanation()
             );
         }
     }
@@ -598,6 +630,7 @@ impl Outlets {
     /// Counts a message a connection's writer dropped for a client that reads too slowly; the total of
     /// all drops since the broker started.
     pub(crate) fn count_dropped(&self) -> u64 {
+        crate::metrics::get().dropped(Dropped::SlowReader.label());
         self.dropped.fetch_add(1, Ordering::Relaxed) + 1
     }
 

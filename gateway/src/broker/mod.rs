@@ -481,8 +481,6 @@ async fn accept_loop(
     tls: Option<tls::TlsAcceptor>,
     alive: mpsc::Sender<()>,
 ) {
-    // Anonymous devices are allowed only on loopback listeners (decided by the listener, not the peer).
-    let loopback = local.ip().is_loopback();
     let mut shutdown = shared.shutdown.clone();
     let mut accepting = shared.accepting.clone();
     tokio::select! {
@@ -496,7 +494,7 @@ async fn accept_loop(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     if let Some(acceptor) = &tls {
-                        let connection = tls::serve(acceptor.clone(), shared.clone(), stream, peer, loopback, alive.clone());
+                        let connection = tls::serve(acceptor.clone(), shared.clone(), stream, peer, local, alive.clone());
                         tokio::spawn(connection);
                         continue;
                     }
@@ -506,7 +504,7 @@ async fn accept_loop(
                         Box::new(read_half),
                         Box::new(write_half),
                         peer,
-                        loopback,
+                        local,
                         None,
                         alive.clone(),
                     );

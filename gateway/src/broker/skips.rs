@@ -58,6 +58,7 @@ impl<S: Subscriber> Layer<S> for CursorJumps {
         // The jump warning is the router's only one that carries a `start_cursor` field.
         if event.metadata().fields().field("start_cursor").is_some() {
             JUMPS.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::get().router_skips.inc();
             wake().notify_one();
         }
     }

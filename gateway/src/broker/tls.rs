@@ -181,7 +181,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    loopback: bool,
+    listener: SocketAddr,
     alive: mpsc::Sender<()>,
 ) {
     let limit = Duration::from_millis(shared.config.connection_timeout_ms.into());
@@ -213,7 +213,7 @@ pub(crate) async fn serve(
         Box::new(read_half),
         Box::new(write_half),
         peer,
-        loopback,
+        listener,
         certificate,
         alive,
     )

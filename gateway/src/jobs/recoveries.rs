@@ -20,10 +20,11 @@ impl Engine {
             .await
     }
 
-    /// Records `recovery` as it now stands, durable at once if `flush`, and reports it if it ended; false
-    /// if the store failed (logged; the recovery stays as it was, and nothing is reported).
+    /// Records `recovery` as it now stands, durable at once if `flush`, and reports (and counts) it if it
+    /// ended; false if the store failed (logged; the recovery stays as it was, and nothing is reported).
     pub async fn record_recovery(self: &Arc<Self>, recovery: RecoveryRecord, flush: bool) -> bool {
         let ended = events::recovery_ended(&recovery);
+        let state = recovery.state;
         let recorded = self
             .recovery_work(move |store| {
                 store.update_recovery(&recovery)?;
@@ -35,6 +36,9 @@ impl Engine {
             .await
             .is_some();
         if recorded {
+            if ended.is_some() {
+                crate::metrics::get().recovery_ended(state.as_str());
+            }
             self.report(|| ended.into_iter().collect());
         }
         recorded

@@ -81,6 +81,20 @@ impl FailureKind {
     }
 }
 
+/// Counts a recovery call of `plugin` in the process's metrics: its outcome and how long it took.
+pub(super) fn record_call(
+    plugin: &str,
+    outcome: Result<(), FailureKind>,
+    started: std::time::Instant,
+) {
+    let outcome = match outcome {
+        Ok(()) => "succeeded",
+        Err(kind) => kind.as_str(),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    crate::metrics::get().plugin_call(plugin, outcome, seconds);
+}
+
 impl PluginError {
     /// Which kind of failure.
     pub fn kind(&self) -> FailureKind {
@@ -450,11 +464,11 @@ impl PluginInstance {
     /// Never blocks the async runtime. On overrun the instance is quarantined: this call returns
     /// [`PluginError::TimedOut`] and every later one [`PluginError::Quarantined`], at once.
     pub async fn recover(&self, ctx: &RecoveryContext) -> Result<Recovery, PluginError> {
+        let started = std::time::Instant::now();
         let result = self.call(ctx).await;
-        self.group.record(
-            &self.library,
-            result.as_ref().map(|_| ()).map_err(PluginError::kind),
-        );
+        let outcome = result.as_ref().map(|_| ()).map_err(PluginError::kind);
+        self.group.record(&self.library, outcome);
+        record_call(self.library.name(), outcome, started);
         result
     }
 

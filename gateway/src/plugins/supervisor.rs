@@ -215,9 +215,11 @@ impl HostedInstance {
     /// Runs one recovery in the host and judges the answer like an in-process call. Starts a new host
     /// first if the last one was lost, once its restart delay has passed (waiting for it).
     pub async fn recover(&self, ctx: &RecoveryContext) -> Result<Recovery, PluginError> {
+        let started = std::time::Instant::now();
         let result = self.call(ctx).await;
-        self.counters
-            .record(result.as_ref().map(|_| ()).map_err(PluginError::kind));
+        let outcome = result.as_ref().map(|_| ()).map_err(PluginError::kind);
+        self.counters.record(outcome);
+        super::instance::record_call(self.name(), outcome, started);
         result
     }
 
@@ -307,6 +309,7 @@ impl HostedInstance {
             .restarts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
+        crate::metrics::get().plugin_restarted(self.name());
         tracing::warn!(
             route = %self.options.label,
             plugin = self.name(),

@@ -151,6 +151,21 @@ impl Trees {
         }
     }
 
+    /// Makes every committed change durable (fsync), counting what the flush wrote and how long it took
+    /// in the process's metrics.
+    pub fn flush(&self) -> Result<()> {
+        let started = Instant::now();
+        let written = self.db.flush()?;
+        if written > 0 {
+            let metrics = crate::metrics::get();
+            metrics.store_flushed_bytes.inc_by(written as u64);
+            metrics
+                .store_flush_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
     /// sprig's trees, in the order of [`TREES`].
     pub fn all(&self) -> [&Tree; TREES.len()] {
         [
@@ -320,7 +335,7 @@ impl Handle {
 
     /// Makes every committed change durable (fsync).
     pub fn flush(&self) -> Result<()> {
-        self.run(|trees| Ok(trees.db.flush().map(drop)?))
+        self.run(|trees| trees.flush())
     }
 
     /// Makes every committed change durable, then records the store's account in the manifest. The
@@ -328,7 +343,7 @@ impl Handle {
     pub fn checkpoint(&self) -> Result<()> {
         self.run(|trees| {
             let meta = trees.meta()?;
-            trees.db.flush()?;
+            trees.flush()?;
             self.write_manifest(&meta)
         })
     }
@@ -369,6 +384,9 @@ impl Handle {
             // it); it is written again at the next tick.
             if let Err(e) = self.checkpoint() {
                 tracing::debug!(error = %e, "periodic flush failed");
+            }
+            if let Ok(bytes) = self.run(|trees| Ok(trees.db.size_on_disk()?)) {
+                crate::metrics::get().store_size.set(bytes as i64);
             }
             return;
         }

@@ -36,7 +36,9 @@ pub(super) struct ConnectRequest {
     pub(super) will: Option<LastWill>,
     pub(super) login: Option<Login>,
     pub(super) peer: SocketAddr,
-    pub(super) loopback: bool,
+    /// The listener's address. Anonymous devices are allowed only on loopback listeners (decided by the
+    /// listener, not the peer).
+    pub(super) listener: SocketAddr,
     pub(super) certificate: Option<VerifiedCertificate>,
 }
 
@@ -217,7 +219,7 @@ pub(super) async fn accept(
             shared.config.max_payload_size,
         ),
         copies: SharedCopies::default(),
-        _counted: crate::metrics::get().connection_opened(kind),
+        _counted: crate::metrics::get().connection_opened(kind, &request.listener.to_string()),
         presence,
         taken_over: Some(taken_over),
         session,
@@ -333,7 +335,7 @@ async fn check_connect(
             .authenticate_certificate(client_id, certificate)
             .map_err(refusal);
     }
-    let loopback = request.loopback;
+    let loopback = request.listener.ip().is_loopback();
     let login = request.login.clone().map(|mut login| {
         login.username = crate::auth::connect_username(&login.username).to_owned();
         login
@@ -410,7 +412,7 @@ mod tests {
                     password: String::new(),
                 }),
                 peer: SocketAddr::from(([127, 0, 0, 1], 1)),
-                loopback: true,
+                listener: SocketAddr::from(([127, 0, 0, 1], 1883)),
                 certificate: certificate.map(|cn| VerifiedCertificate {
                     common_name: cn.into(),
                 }),

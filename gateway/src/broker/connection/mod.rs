@@ -44,14 +44,14 @@ use super::topics::{is_reserved, served_directly, to_internal};
 use super::{ReadHalf, Shared, WriteHalf};
 use crate::auth::{Principal, VerifiedCertificate};
 
-/// Serves one accepted connection (TCP, or TLS with the client `certificate` it verified, if any) until it
-/// closes. `_alive` is held until the end so shutdown can wait for it.
+/// Serves one connection accepted on `listener` (TCP, or TLS with the client `certificate` it verified, if
+/// any) until it closes. `_alive` is held until the end so shutdown can wait for it.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     read_half: ReadHalf,
     write_half: WriteHalf,
     peer: SocketAddr,
-    loopback: bool,
+    listener: SocketAddr,
     certificate: Option<VerifiedCertificate>,
     _alive: mpsc::Sender<()>,
 ) {
@@ -102,7 +102,7 @@ pub(crate) async fn serve(
         will,
         login,
         peer,
-        loopback,
+        listener,
         certificate,
     };
     if let Some((client, writer, link_rx)) =
