@@ -152,7 +152,8 @@ read -ra argv <<<"$exec_start"
 # Emptied here, not by the background job's redirection, which may come after the first look at it.
 mkdir -p "$(dirname "$log")"
 : >"$log"
-(cd "$workdir" && exec setpriv --reuid="$user" --regid="$group" --init-groups -- \
+# --pdeathsig: a test killed midway (a CI timeout) takes its sprig with it.
+(cd "$workdir" && exec setpriv --reuid="$user" --regid="$group" --init-groups --pdeathsig KILL -- \
     env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${argv[@]}") >"$log" 2>&1 &
 sprig_pid=$!
 
