@@ -8,6 +8,8 @@
 # --target: cross-build (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf); the build command is
 # $SPRIG_BUILD, default `cargo build` (for instance SPRIG_BUILD="cargo zigbuild" or "cross build").
 # --no-build: package what target/ already holds.
+# --profile dev: package the debug build (what `cargo test` already built; cargo-deb warns that it is
+# meant for releases): CI's package test uses it to check the packaging without a release build.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -15,12 +17,13 @@ cd "$(dirname "$0")/../.."
 # misbehave plugin is for tests only and stays out.
 packages=(-p sprig-gateway -p sprig-plugin-rollback -p sprig-plugin-reset)
 
-target=() build=1 deb_args=()
+target=() build=1 deb_args=() profile=(--release)
 while [ $# -gt 0 ]; do
     case $1 in
         --target) target=(--target "$2"); deb_args+=("$1" "$2"); shift 2 ;;
         --target=*) target=("$1"); deb_args+=("$1"); shift ;;
         --no-build) build=0; shift ;;
+        --profile) profile=(--profile "$2"); deb_args+=("$1" "$2"); shift 2 ;;
         *) deb_args+=("$1"); shift ;;
     esac
 done
@@ -34,7 +37,7 @@ if [ "$build" = 1 ]; then
     # One build for all of them: cargo-deb alone would build the whole workspace to get the plugins, which
     # belong to other packages than sprig-gateway.
     read -ra build_command <<< "${SPRIG_BUILD:-cargo build}"
-    "${build_command[@]}" --release --locked "${target[@]}" "${packages[@]}"
+    "${build_command[@]}" "${profile[@]}" --locked "${target[@]}" "${packages[@]}"
 fi
 
 # /etc/sprig/gateway.toml: config/gateway.toml (the documented defaults, the one source of truth) with the

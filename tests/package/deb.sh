@@ -9,7 +9,8 @@
 # It installs and purges the package `sprig` on this machine, as root: run it on a CI or development
 # machine, never on a gateway in service. A package left installed by an earlier run is purged first;
 # cargo-deb is installed (the pinned version) if missing. Environment: SPRIG_PACKAGE_TIMEOUT_S (60), how
-# long sprig may take to become ready and to stop.
+# long sprig may take to become ready and to stop; SPRIG_PACKAGE_PROFILE (release), the cargo profile
+# packaged (`.ci/run` packages `dev`, which its `cargo test` has built, to spare CI a release build).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 
@@ -83,7 +84,7 @@ if known_to_dpkg; then
 fi
 
 # The build's progress goes to stderr; its last line on stdout is the package's path.
-deb=$(bash gateway/debian/build-deb.sh | tail -1)
+deb=$(bash gateway/debian/build-deb.sh --profile "${SPRIG_PACKAGE_PROFILE:-release}" | tail -1)
 build_status=$?
 if [ "$build_status" != 0 ] || [ ! -f "$deb" ]; then
     fail "build the package" "exit $build_status"
