@@ -21,16 +21,21 @@ use tikv_jemalloc_sys as _;
 ///   opened on one worker thread and closed on another leaves memory behind in two. The gateway's
 ///   allocations come from a few threads (two runtime workers, the router, blocking calls): two arenas
 ///   keep lock contention low and fragmentation lower.
-/// - `tcache:false`: per-thread caches hold freed blocks of every size class for reuse by the same
-///   thread, and the blocking pool's threads (hundreds during a connect storm) would each keep one full
-///   of blocks they no longer use. Measured at 10,000 devices: with caches the fan-out costs 15–20 %
-///   less CPU, but RSS after the connect/disconnect cycles is 11 MiB higher, and at 1,000 devices it
-///   kept growing; caches on the runtime's worker and store threads only saved too little to keep.
-///   `MALLOC_CONF=tcache:true` trades the memory for the speed.
+/// - `tcache_max:1024,tcache_nslots_small_max:16`: per-thread caches, small ones. Without a cache every
+///   allocation and free takes its arena's lock: forwarding messages to the uplink, a quarter of the
+///   gateway's CPU went to those locks (15.5 instead of 22 µs per QoS 1 message, 7.5 instead of 9.5 at
+///   QoS 0; README, "The uplink"). Caches as jemalloc sizes them by default (up to 200 blocks of each
+///   size class up to 32 KiB per thread) were what kept memory: the blocking pool's threads (hundreds
+///   during a connect storm) each held one full of blocks they no longer used, and RSS after the
+///   connect/disconnect cycles of 10,000 devices was 11 MiB higher. Capped at 16 blocks of each class up
+///   to 1 KiB (a thread holds at most a few hundred KiB, given back when the pool ends the thread after
+///   10 s idle), the fan-out benchmark measured the same idle RSS, RSS per device (40.8 KiB) and growth
+///   over the cycles as without caches. `MALLOC_CONF=narenas:2,tcache:false` turns them off.
 #[cfg(target_os = "linux")]
 #[no_mangle]
 #[allow(non_upper_case_globals)]
-pub static malloc_conf: MallocConf = MallocConf(c"narenas:2,tcache:false".as_ptr());
+pub static malloc_conf: MallocConf =
+    MallocConf(c"narenas:2,tcache_max:1024,tcache_nslots_small_max:16".as_ptr());
 
 /// jemalloc reads `malloc_conf` as a C `const char *`.
 #[repr(transparent)]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 use tracing::{Level, Subscriber};
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{FilterExt as _, Targets};
 use tracing_subscriber::layer::{Context, Filter, Layer};
 
 /// The least time between two reports.
@@ -44,7 +44,15 @@ pub fn layer<S>() -> impl Layer<S>
 where
     S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    CursorJumps.with_filter(router_warnings::<S>())
+    CursorJumps.with_filter(router_warnings::<S>().and(no_router_spans()))
+}
+
+/// A filter that refuses rumqttd's spans (and lets everything else through): see
+/// `cli::admin::init_tracing`.
+pub fn no_router_spans<S>() -> impl Filter<S> + Clone {
+    tracing_subscriber::filter::filter_fn(|metadata| {
+        !(metadata.is_span() && metadata.target().starts_with("rumqttd"))
+    })
 }
 
 fn router_warnings<S>() -> impl Filter<S> {
