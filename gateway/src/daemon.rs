@@ -92,6 +92,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let engine = Arc::new(engine);
     engine.undo_unfinished_creations().await?;
+    engine.count().await?;
+    tokio::spawn(engine.clone().keep_count(shutdown.clone()));
     let deleter = tokio::spawn(deletion::run(
         engine.clone(),
         config.jobs.deletion_batch_size,

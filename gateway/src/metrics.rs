@@ -25,6 +25,19 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// A job's status and namespace (`""` for a job without one).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub status: String,
+    pub namespace: String,
+}
+
+/// A status (of job executions).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
 /// A request: which API it came through (`mqtt`, `http`, `uplink`), its operation, and its outcome
 /// (`accepted` or the exception's code).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +78,10 @@ pub struct Metrics {
     pub deletions_in_progress: Gauge,
     /// Executions removed by deletions.
     pub executions_removed: Counter,
+    /// Jobs now, by status and namespace (set by the jobs engine from its counts).
+    pub jobs: Family<JobLabels, Gauge>,
+    /// Job executions now, by status (set by the jobs engine from its counts).
+    pub job_executions: Family<StatusLabel, Gauge>,
     /// 1 while the uplink is connected to the fleet broker.
     pub uplink_connected: Gauge,
     /// Messages in the uplink's spool not yet acknowledged by the fleet broker.
@@ -124,6 +141,8 @@ impl Metrics {
             request_duration,
             deletions_in_progress: Gauge::default(),
             executions_removed: Counter::default(),
+            jobs: Family::default(),
+            job_executions: Family::default(),
             uplink_connected: Gauge::default(),
             uplink_spool_messages: Gauge::default(),
             uplink_spool_bytes: Gauge::default(),
@@ -181,6 +200,16 @@ impl Metrics {
             "executions_removed",
             "Executions removed by job deletions",
             m.executions_removed.clone(),
+        );
+        registry.register(
+            "jobs",
+            "Jobs, by status and namespace (\"\" for jobs without one)",
+            m.jobs.clone(),
+        );
+        registry.register(
+            "job_executions",
+            "Job executions, by status",
+            m.job_executions.clone(),
         );
         registry.register(
             "uplink_connected",
@@ -247,6 +276,25 @@ impl Metrics {
         OpenConnection(gauge)
     }
 
+    /// The gauge of jobs in `status` of `namespace` (`None`: jobs without one).
+    pub fn jobs_of(&self, status: &str, namespace: Option<&str>) -> Gauge {
+        self.jobs
+            .get_or_create(&JobLabels {
+                status: status.to_owned(),
+                namespace: namespace.unwrap_or_default().to_owned(),
+            })
+            .clone()
+    }
+
+    /// The gauge of job executions in `status`.
+    pub fn job_executions_of(&self, status: &str) -> Gauge {
+        self.job_executions
+            .get_or_create(&StatusLabel {
+                status: status.to_owned(),
+            })
+            .clone()
+    }
+
     /// Counts a login refused for `reason`.
     pub fn refused(&self, reason: &str) {
         self.refused_logins
@@ -293,6 +341,17 @@ mod tests {
         );
         assert!(
             text.contains(r#"sprig_refused_logins_total{reason="bad_credentials"}"#),
+            "{text}"
+        );
+        metrics.jobs_of("IN_PROGRESS", Some("acme")).set(2);
+        metrics.job_executions_of("QUEUED").set(7);
+        let text = encode();
+        assert!(
+            text.contains(r#"sprig_jobs{status="IN_PROGRESS",namespace="acme"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sprig_job_executions{status="QUEUED"} 7"#),
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");

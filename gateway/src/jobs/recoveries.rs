@@ -1,7 +1,8 @@
 //! The recovery runner's records, written through the engine like every other change to the store: the
 //! PENDING recoveries it runs, and each attempt and outcome it records. An outcome is written at once and
 //! made durable when the runner says (it batches flushes: one per pass, or the next attempt's). A recovery's
-//! end, once written, is reported like the jobs' status changes ([`events::recovery_ended`]).
+//! end, once written, is reported like the jobs' status changes ([`events::recovery_ended`]) and counted
+//! ([`super::tally`]).
 
 use std::sync::Arc;
 
@@ -24,20 +25,23 @@ impl Engine {
     /// if the store failed (logged; the recovery stays as it was, and nothing is reported).
     pub async fn record_recovery(self: &Arc<Self>, recovery: RecoveryRecord, flush: bool) -> bool {
         let ended = events::recovery_ended(&recovery);
+        let state = recovery.state;
         let recorded = self
             .recovery_work(move |store| {
+                let before = store.recovery(recovery.id)?.map(|stored| stored.state);
                 store.update_recovery(&recovery)?;
                 if flush {
                     store.flush()?;
                 }
-                Ok(())
+                Ok(before)
             })
-            .await
-            .is_some();
-        if recorded {
-            self.report(|| ended.into_iter().collect());
-        }
-        recorded
+            .await;
+        let Some(before) = recorded else {
+            return false;
+        };
+        self.counted_recovery(before, state);
+        self.report(|| ended.into_iter().collect());
+        true
     }
 
     /// Makes every recovery recorded so far durable; false if the store failed (logged).
