@@ -85,6 +85,12 @@ impl Operation {
     pub fn param(&self, name: &str) -> Option<&'static Param> {
         self.params.iter().find(|p| p.name == name)
     }
+
+    /// Whether the command takes `--wait` (not a request parameter): DeleteJob's waits, once the request
+    /// is accepted, until the job is gone (see `super::wait`).
+    pub fn waits(&self) -> bool {
+        self.name == op::DELETE_JOB
+    }
 }
 
 /// `jobId` → `job-id`.
