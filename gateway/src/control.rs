@@ -13,7 +13,8 @@
 //! `ResetPlugin`) are runtime state of the recovery side, asked of its [`Handlers`]. A route serves
 //! every namespace, so only an operator granted everything (`namespaces = ["*"]` and
 //! `standard_jobs = true`, as the local operator is) may see or reset plugins; any other operator gets
-//! `UnauthorizedException`.
+//! `UnauthorizedException`. sprig's `DescribeGateway` ([`describe`]) is the gateway's state in one
+//! answer, for `sprig status`; gateway-wide too, so for the same operators only.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ use crate::jobs::{Engine, JobsError};
 use crate::recovery::handlers::HandlersError;
 use crate::recovery::status::{ListPluginsRequest, PluginResponse, RouteRequest};
 use crate::recovery::Handlers;
+
+pub mod describe;
 
 /// The largest request body accepted. A CreateJob naming 20,000 things fits; a 1 MB body does not.
 pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
@@ -55,10 +58,11 @@ pub mod op {
     pub const LIST_PLUGINS: &str = "ListPlugins";
     pub const DESCRIBE_PLUGIN: &str = "DescribePlugin";
     pub const RESET_PLUGIN: &str = "ResetPlugin";
+    pub const DESCRIBE_GATEWAY: &str = "DescribeGateway";
 }
 
 /// The operations served, as they appear in request topics.
-pub const OPERATIONS: [&str; 17] = [
+pub const OPERATIONS: [&str; 18] = [
     op::CREATE_JOB,
     op::DELETE_JOB,
     op::DELETE_JOB_EXECUTION,
@@ -76,12 +80,15 @@ pub const OPERATIONS: [&str; 17] = [
     op::LIST_PLUGINS,
     op::DESCRIBE_PLUGIN,
     op::RESET_PLUGIN,
+    op::DESCRIBE_GATEWAY,
 ];
 
-/// What the control API answers from: the jobs engine, and the routes' plugins.
+/// What the control API answers from: the jobs engine, the routes' plugins, and what the gateway says of
+/// itself (for DescribeGateway).
 pub struct Services {
     pub engine: Arc<Engine>,
     pub handlers: Arc<Handlers>,
+    pub about: Arc<describe::About>,
 }
 
 /// Serves control requests until `shutdown` turns true; `subscribed` is told once requests are taken.
@@ -166,6 +173,7 @@ pub struct Reply {
 pub struct Requests {
     engine: Arc<Engine>,
     handlers: Arc<Handlers>,
+    about: Arc<describe::About>,
     throttle: DefaultKeyedRateLimiter<String>,
     /// Which API the requests come through (`mqtt`, `http`, `uplink`), for the metrics.
     api: &'static str,
@@ -178,6 +186,7 @@ impl Requests {
         Requests {
             engine: services.engine,
             handlers: services.handlers,
+            about: services.about,
             throttle: throttle(jobs),
             api,
         }
@@ -288,6 +297,10 @@ impl Requests {
                     .list_job_executions_for_thing(grants, typed(body)?)
                     .await,
             ),
+            op::DESCRIBE_GATEWAY => {
+                let _: describe::DescribeGatewayRequest = typed(body)?;
+                respond(describe::describe_gateway(&self.about, engine, &operator).await)
+            }
             op::LIST_PLUGINS | op::DESCRIBE_PLUGIN | op::RESET_PLUGIN => {
                 may_operate_plugins(&operator, operation)?;
                 self.plugins(operation, body).await

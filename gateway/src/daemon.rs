@@ -38,6 +38,11 @@ const STORE_DIR: &str = "store";
 
 /// Runs the gateway until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // The uptime DescribeGateway reports counts from here.
+    let about = Arc::new(control::describe::About::starting_now(
+        &config.gateway.id,
+        config.uplink.is_some(),
+    ));
     let data_dir = config.gateway.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -92,6 +97,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let engine = Arc::new(engine);
     engine.undo_unfinished_creations().await?;
+    engine.count().await?;
+    tokio::spawn(engine.clone().keep_count(shutdown.clone()));
     let deleter = tokio::spawn(deletion::run(
         engine.clone(),
         config.jobs.deletion_batch_size,
@@ -130,9 +137,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (control_subscribed, control_ready) = tokio::sync::oneshot::channel();
     let control = {
         let (broker, engine, jobs) = (broker.clone(), engine.clone(), config.jobs.clone());
-        let (handlers, shutdown) = (handlers.clone(), shutdown.clone());
+        let (handlers, shutdown, about) = (handlers.clone(), shutdown.clone(), about.clone());
         tokio::spawn(async move {
-            let services = control::Services { engine, handlers };
+            let services = control::Services {
+                engine,
+                handlers,
+                about,
+            };
             control::serve(broker, services, &jobs, shutdown, control_subscribed).await
         })
     };
@@ -142,6 +153,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let services = control::Services {
                 engine: engine.clone(),
                 handlers: handlers.clone(),
+                about: about.clone(),
             };
             let requests = control::Requests::new(services, &config.jobs, "uplink");
             let started = uplink::start(
@@ -162,6 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let services = control::Services {
             engine: engine.clone(),
             handlers: handlers.clone(),
+            about,
         };
         let requests = Arc::new(control::Requests::new(services, &config.jobs, "http"));
         let authenticate = http_api::sigv4_authenticator(auth.clone());

@@ -21,6 +21,12 @@ pub struct ConnectionLabels {
     pub listener: String,
 }
 
+/// A connection's kind alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
 /// A plugin library (its `[[plugins]]` name).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabel {
@@ -46,6 +52,19 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// A job's status and namespace (`""` for a job without one).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub status: String,
+    pub namespace: String,
+}
+
+/// A status (of job executions).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
 /// A request: which API it came through (`mqtt`, `http`, `uplink`), its operation, and its outcome
 /// (`accepted` or the exception's code).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +86,8 @@ pub struct Metrics {
     registry: Registry,
     /// Connections open now, by kind and listener.
     pub connections: Family<ConnectionLabels, Gauge>,
+    /// The same by kind alone, for `sprig status` (not exported: Prometheus sums the labels itself).
+    connections_by_kind: Family<KindLabel, Gauge>,
     /// Logins accepted.
     pub connects: Counter,
     /// Logins refused, by reason (CONNACK's).
@@ -111,6 +132,10 @@ pub struct Metrics {
     pub store_flushed_bytes: Counter,
     /// How long the store's flushes that wrote something took.
     pub store_flush_duration: Histogram,
+    /// Jobs now, by status and namespace (set by the jobs engine from its counts).
+    pub jobs: Family<JobLabels, Gauge>,
+    /// Job executions now, by status (set by the jobs engine from its counts).
+    pub job_executions: Family<StatusLabel, Gauge>,
     /// 1 while the uplink is connected to the fleet broker.
     pub uplink_connected: Gauge,
     /// Messages in the uplink's spool not yet acknowledged by the fleet broker.
@@ -123,13 +148,14 @@ pub struct Metrics {
     pub uplink_sent: Counter,
 }
 
-/// A connection counted in `sprig_connections` while this lives.
+/// A connection counted in `sprig_connections` (by listener, and by kind) while this lives.
 #[derive(Debug)]
-pub struct OpenConnection(Gauge);
+pub struct OpenConnection(Gauge, Gauge);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
+        self.1.dec();
     }
 }
 
@@ -166,6 +192,7 @@ impl Metrics {
         let metrics = Metrics {
             registry: Registry::default(),
             connections: Family::default(),
+            connections_by_kind: Family::default(),
             connects: Counter::default(),
             refused_logins: Family::default(),
             disconnects: Family::default(),
@@ -188,6 +215,8 @@ impl Metrics {
             store_size: Gauge::default(),
             store_flushed_bytes: Counter::default(),
             store_flush_duration,
+            jobs: Family::default(),
+            job_executions: Family::default(),
             uplink_connected: Gauge::default(),
             uplink_spool_messages: Gauge::default(),
             uplink_spool_bytes: Gauge::default(),
@@ -309,6 +338,16 @@ impl Metrics {
             m.store_flush_duration.clone(),
         );
         registry.register(
+            "jobs",
+            "Jobs, by status and namespace (\"\" for jobs without one)",
+            m.jobs.clone(),
+        );
+        registry.register(
+            "job_executions",
+            "Job executions, by status",
+            m.job_executions.clone(),
+        );
+        registry.register(
             "uplink_connected",
             "1 while the uplink is connected to the fleet broker",
             m.uplink_connected.clone(),
@@ -370,9 +409,32 @@ impl Metrics {
     /// (and a login accepted).
     pub fn connection_opened(&self, kind: &str, listener: &str) -> OpenConnection {
         let gauge = self.connections_of(kind, listener);
+        let of_kind = self.kind_gauge(kind);
         gauge.inc();
+        of_kind.inc();
         self.connects.inc();
-        OpenConnection(gauge)
+        OpenConnection(gauge, of_kind)
+    }
+
+    /// The uplink's connection to the fleet broker at `url` is up, or not.
+    pub fn uplink_link(&self, url: &str, up: bool) {
+        let up = i64::from(up);
+        self.connections_of("uplink", url).set(up);
+        self.kind_gauge("uplink").set(up);
+        self.uplink_connected.set(up);
+    }
+
+    /// Connections of `kind` open now, on every listener.
+    pub fn open_connections(&self, kind: &str) -> i64 {
+        self.kind_gauge(kind).get()
+    }
+
+    fn kind_gauge(&self, kind: &str) -> Gauge {
+        self.connections_by_kind
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .clone()
     }
 
     /// Counts a message not delivered for `reason` (see [`Metrics::messages_dropped`]).
@@ -415,6 +477,25 @@ impl Metrics {
                 state: state.to_owned(),
             })
             .inc();
+    }
+
+    /// The gauge of jobs in `status` of `namespace` (`None`: jobs without one).
+    pub fn jobs_of(&self, status: &str, namespace: Option<&str>) -> Gauge {
+        self.jobs
+            .get_or_create(&JobLabels {
+                status: status.to_owned(),
+                namespace: namespace.unwrap_or_default().to_owned(),
+            })
+            .clone()
+    }
+
+    /// The gauge of job executions in `status`.
+    pub fn job_executions_of(&self, status: &str) -> Gauge {
+        self.job_executions
+            .get_or_create(&StatusLabel {
+                status: status.to_owned(),
+            })
+            .clone()
     }
 
     /// Counts a login refused for `reason`.
@@ -463,6 +544,17 @@ mod tests {
         );
         assert!(
             text.contains(r#"sprig_refused_logins_total{reason="bad_credentials"}"#),
+            "{text}"
+        );
+        metrics.jobs_of("IN_PROGRESS", Some("acme")).set(2);
+        metrics.job_executions_of("QUEUED").set(7);
+        let text = encode();
+        assert!(
+            text.contains(r#"sprig_jobs{status="IN_PROGRESS",namespace="acme"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sprig_job_executions{status="QUEUED"} 7"#),
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");

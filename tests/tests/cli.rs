@@ -356,6 +356,7 @@ async fn every_field_the_gateway_answers_is_in_the_clis_output_shape() {
             "CancelJob",
             json!({"jobId": "spare", "reasonCode": "OBSOLETE", "comment": "replaced"}),
         ),
+        ("describe-gateway", "DescribeGateway", json!({})),
     ];
     for (command, operation, body) in before_the_deletion {
         check_answer_against_shape(&gateway, &mut op, command, operation, body).await;

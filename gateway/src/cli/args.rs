@@ -8,7 +8,7 @@
 //! integers, `--targets A B C` for lists, `--force` / `--no-force` for booleans. None is `required` for
 //! clap: a required parameter may also come from `--cli-input-json`, so [`super::input`] checks it after
 //! the merge. Each operation also takes `--cli-input-json`, `--generate-cli-skeleton [input|output]` and
-//! the [`ConnectionArgs`].
+//! the [`ConnectionArgs`]; `delete-job` also `--wait` ([`Operation::waits`]), which is no request parameter.
 
 use std::path::PathBuf;
 
@@ -52,6 +52,8 @@ pub struct Invocation {
     pub operation: &'static Operation,
     pub cli_input_json: Option<String>,
     pub skeleton: Option<SkeletonKind>,
+    /// `--wait`: once the request is accepted, wait until the job is gone.
+    pub wait: bool,
     pub connection: ConnectionArgs,
     /// The subcommand's matches, read by [`Invocation::flag_values`].
     matches: ArgMatches,
@@ -59,6 +61,7 @@ pub struct Invocation {
 
 const CLI_INPUT_JSON: &str = "cli_input_json";
 const GENERATE_CLI_SKELETON: &str = "generate_cli_skeleton";
+const WAIT: &str = "wait";
 
 impl Invocation {
     /// The request parameters given as flags (reading `file://` values), keyed by boto3 name.
@@ -141,6 +144,16 @@ pub fn command(op: &'static Operation) -> Command {
                 .value_parser(["input", "output"])
                 .help("Print a JSON skeleton of the request (input, the default) or of the response (output), without connecting"),
         );
+    let cmd = if op.waits() {
+        cmd.arg(
+            Arg::new(WAIT)
+                .long("wait")
+                .action(ArgAction::SetTrue)
+                .help("Once the deletion is accepted, wait until the job is gone (DescribeJob says it does not exist), with a progress bar on a terminal"),
+        )
+    } else {
+        cmd
+    };
     let prints = match op.output {
         Some(_) => "prints the response as JSON",
         None => "prints nothing on success",
@@ -214,6 +227,7 @@ impl FromArgMatches for Invocation {
             operation,
             cli_input_json: sub.get_one::<String>(CLI_INPUT_JSON).cloned(),
             skeleton,
+            wait: operation.waits() && sub.get_flag(WAIT),
             connection: ConnectionArgs::from_arg_matches(sub)?,
             matches: sub.clone(),
         })

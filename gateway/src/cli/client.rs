@@ -10,7 +10,9 @@
 //! 5. DISCONNECT politely.
 //!
 //! The whole exchange runs under one deadline, so a silent gateway costs at most `--timeout-secs`; every
-//! way it can fail maps to one [`Failure`] line, never a panic or a hang.
+//! way it can fail maps to one [`Failure`] line, never a panic or a hang. A [`Session`] does the same for
+//! many requests over one connection (`--wait` asks again and again, and logs in once), each request
+//! under its own deadline.
 
 use std::time::Duration;
 
@@ -35,7 +37,7 @@ pub async fn call(
     request: Request,
     timeout: Duration,
 ) -> Result<Value, Failure> {
-    let exchange = Exchange::new(op, request);
+    let exchange = Exchange::new(new_client_id(), op, request);
     let (client, mut events) = connect(target, &exchange.client_id, timeout);
     let outcome = tokio::time::timeout(timeout, exchange.run(target, &client, &mut events)).await;
     match outcome {
@@ -45,10 +47,131 @@ pub async fn call(
             }
             result
         }
-        Err(_elapsed) => Err(Failure::Other(format!(
-            "no reply from the gateway within {} s",
-            timeout.as_secs()
-        ))),
+        Err(_elapsed) => Err(no_reply(timeout)),
+    }
+}
+
+/// `sprig-cli-{pid}-{random hex}`.
+fn new_client_id() -> String {
+    format!(
+        "sprig-cli-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+fn no_reply(timeout: Duration) -> Failure {
+    Failure::Other(format!(
+        "no reply from the gateway within {} s",
+        timeout.as_secs()
+    ))
+}
+
+/// One operator connection for requests sent one after another.
+pub struct Session<'t> {
+    target: &'t Target,
+    client_id: String,
+    client: AsyncClient,
+    events: EventLoop,
+    timeout: Duration,
+    /// The operations whose reply topics are subscribed to.
+    subscribed: Vec<&'static str>,
+}
+
+impl<'t> Session<'t> {
+    /// Connects and logs in (within `timeout`).
+    pub async fn connect(target: &'t Target, timeout: Duration) -> Result<Session<'t>, Failure> {
+        let client_id = new_client_id();
+        let (client, mut events) = connect(target, &client_id, timeout);
+        let connected = async {
+            loop {
+                let event = events
+                    .poll()
+                    .await
+                    .map_err(|e| connection_failure(e, target, false))?;
+                if let Event::Incoming(Packet::ConnAck(_)) = event {
+                    return Ok(());
+                }
+            }
+        };
+        tokio::time::timeout(timeout, connected)
+            .await
+            .map_err(|_| no_reply(timeout))??;
+        Ok(Session {
+            target,
+            client_id,
+            client,
+            events,
+            timeout,
+            subscribed: Vec::new(),
+        })
+    }
+
+    /// Sends `request` as operation `op` and returns the response body (without `clientToken`).
+    pub async fn call(
+        &mut self,
+        op: &'static Operation,
+        request: Request,
+    ) -> Result<Value, Failure> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.exchange(op, request))
+            .await
+            .map_err(|_| no_reply(timeout))?
+    }
+
+    async fn exchange(
+        &mut self,
+        op: &'static Operation,
+        request: Request,
+    ) -> Result<Value, Failure> {
+        let exchange = Exchange::new(self.client_id.clone(), op, request);
+        if !self.subscribed.contains(&op.name) {
+            let filters = exchange
+                .reply_topics()
+                .map(|topic| SubscribeFilter::new(topic, QoS::AtLeastOnce));
+            self.client
+                .try_subscribe_many(filters)
+                .map_err(client_failure)?;
+            loop {
+                if let Event::Incoming(Packet::SubAck(ack)) = self.poll().await? {
+                    if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                        return Err(Failure::Other(format!(
+                            "the gateway refused the subscription to {}/accepted|rejected",
+                            exchange.request_topic
+                        )));
+                    }
+                    break;
+                }
+            }
+            self.subscribed.push(op.name);
+        }
+        self.client
+            .try_publish(
+                &exchange.request_topic,
+                QoS::AtLeastOnce,
+                false,
+                exchange.body.clone(),
+            )
+            .map_err(client_failure)?;
+        loop {
+            if let Event::Incoming(Packet::Publish(publish)) = self.poll().await? {
+                if let Some(reply) = exchange.reply(&publish) {
+                    return reply;
+                }
+            }
+        }
+    }
+
+    async fn poll(&mut self) -> Result<Event, Failure> {
+        self.events
+            .poll()
+            .await
+            .map_err(|e| connection_failure(e, self.target, true))
+    }
+
+    /// Says goodbye (DISCONNECT).
+    pub async fn close(mut self) {
+        disconnect(&self.client, &mut self.events).await;
     }
 }
 
@@ -77,12 +200,7 @@ struct Exchange<'a> {
 }
 
 impl<'a> Exchange<'a> {
-    fn new(op: &'a Operation, mut request: Request) -> Exchange<'a> {
-        let client_id = format!(
-            "sprig-cli-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
+    fn new(client_id: String, op: &'a Operation, mut request: Request) -> Exchange<'a> {
         let client_token = format!("{:016x}", rand::random::<u64>());
         request.insert(
             "clientToken".to_owned(),

@@ -7,7 +7,8 @@
 //!   `[[recovery]]` route whose plugin runs in a process of its own;
 //! - the operator's, shaped like the AWS CLI's `aws iot …` commands: `delete-job`, `create-job`, … Each
 //!   sends one control request to a running gateway over MQTT (`client`) and prints the response as
-//!   the AWS CLI would.
+//!   the AWS CLI would; `delete-job --wait` then waits until the job is gone (`wait`), and
+//!   `sprig status` prints sprig's DescribeGateway as a screen for a person (`status`).
 //!
 //! How an operator command flows through the modules:
 //!
@@ -34,6 +35,8 @@ mod input;
 mod json;
 mod operations;
 mod plugin_new;
+mod status;
+mod wait;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -82,6 +85,13 @@ enum Command {
     /// Check, dry-run and create recovery-handler plugins, or reset a route's plugin in the running gateway
     #[command(subcommand)]
     Plugin(admin::PluginCommand),
+    /// Show the running gateway on one screen: uptime, connections, jobs, deletions, recoveries, store,
+    /// uplink
+    #[command(
+        after_help = "Sends DescribeGateway to the gateway (its JSON: `sprig describe-gateway`). Needs an \
+                      operator granted every namespace, as the local operator is."
+    )]
+    Status(status::StatusArgs),
     /// Serve one recovery-handler plugin to the gateway over stdin/stdout (started by `sprig run`)
     #[command(name = "plugin-host", hide = true)]
     PluginHost(admin::PluginHostArgs),
@@ -196,6 +206,7 @@ fn execute(command: &Command) -> Result<Option<String>, Failure> {
         Command::Plugin(admin::PluginCommand::New(args)) => plugin_new::run(args),
         Command::Plugin(admin::PluginCommand::Reset(args)) => plugin_reset(args),
         Command::PluginHost(args) => admin::plugin_host(args),
+        Command::Status(args) => status::run(args),
         Command::Operation(invocation) => operate(invocation),
     }
 }
@@ -211,7 +222,22 @@ fn operate(invocation: &Invocation) -> Result<Option<String>, Failure> {
     if invocation.skeleton == Some(SkeletonKind::Output) {
         return Ok(Some(json::output_skeleton(op)));
     }
+    if invocation.wait {
+        return delete_and_wait(op, request, &invocation.connection);
+    }
     send(op, request, &invocation.connection)
+}
+
+/// `delete-job --wait`: the request, then the wait until the job is gone; prints nothing on stdout.
+fn delete_and_wait(
+    op: &'static operations::Operation,
+    request: input::Request,
+    connection: &args::ConnectionArgs,
+) -> Result<Option<String>, Failure> {
+    with_gateway(connection, |target, timeout| async move {
+        wait::delete_and_wait(&target, op, request, timeout).await
+    })?;
+    Ok(None)
 }
 
 /// `sprig plugin reset ROUTE`: `sprig reset-plugin --route-name ROUTE`, said the way `plugin check` is.
@@ -231,14 +257,34 @@ fn send(
     request: input::Request,
     connection: &args::ConnectionArgs,
 ) -> Result<Option<String>, Failure> {
+    let response = call(op, request, connection)?;
+    Ok(op.output.map(|_| json::response(op, &response)))
+}
+
+/// Sends one control request and returns the response.
+fn call(
+    op: &'static operations::Operation,
+    request: input::Request,
+    connection: &args::ConnectionArgs,
+) -> Result<serde_json::Value, Failure> {
+    with_gateway(connection, |target, timeout| async move {
+        client::call(&target, op, request, timeout).await
+    })
+}
+
+/// Runs `exchange` with the gateway `connection` names and its `--timeout-secs`, on a runtime of its own.
+fn with_gateway<T, F, E>(connection: &args::ConnectionArgs, exchange: E) -> Result<T, Failure>
+where
+    E: FnOnce(connect::Target, Duration) -> F,
+    F: std::future::Future<Output = Result<T, Failure>>,
+{
     let target = connect::resolve(connection)?;
     let timeout = Duration::from_secs(connection.timeout_secs);
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::Other(format!("cannot start the async runtime: {e}")))?;
-    let response = runtime.block_on(client::call(&target, op, request, timeout))?;
-    Ok(op.output.map(|_| json::response(op, &response)))
+        .map_err(|e| Failure::Other(format!("cannot start the async runtime: {e}")))?
+        .block_on(exchange(target, timeout))
 }
 
 /// The request body: `--cli-input-json`, overridden by the flags, with every required parameter.

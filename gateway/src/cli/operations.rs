@@ -85,6 +85,12 @@ impl Operation {
     pub fn param(&self, name: &str) -> Option<&'static Param> {
         self.params.iter().find(|p| p.name == name)
     }
+
+    /// Whether the command takes `--wait` (not a request parameter): DeleteJob's waits, once the request
+    /// is accepted, until the job is gone (see `super::wait`).
+    pub fn waits(&self) -> bool {
+        self.name == op::DELETE_JOB
+    }
 }
 
 /// `jobId` → `job-id`.
@@ -512,7 +518,62 @@ pub static OPERATIONS: &[Operation] = &[
         params: &[ROUTE_NAME],
         output: Some(Shape::Struct(&[("plugin", PLUGIN)])),
     },
+    Operation {
+        command: "describe-gateway",
+        name: op::DESCRIBE_GATEWAY,
+        about: "Describes the gateway: uptime, connections, jobs, deletions, recoveries, store, uplink (sprig; `sprig status` prints it as a table)",
+        params: &[],
+        output: Some(GATEWAY),
+    },
 ];
+
+/// Counts by status (or kind, or state): `{"IN_PROGRESS": 2, …}`.
+const COUNTS: Shape = Shape::Map(&Shape::Integer);
+
+/// DescribeGateway's response, as `sprig describe-gateway` prints it (`sprig status` makes a table of it).
+const GATEWAY: Shape = Shape::Struct(&[
+    ("gatewayId", Shape::String),
+    ("version", Shape::String),
+    ("startedAt", Shape::Timestamp),
+    ("uptimeSeconds", Shape::Integer),
+    ("connections", COUNTS),
+    ("jobs", COUNTS),
+    (
+        "jobsByNamespace",
+        Shape::List(&Shape::Struct(&[
+            ("namespaceId", Shape::String),
+            ("jobs", COUNTS),
+        ])),
+    ),
+    ("executions", COUNTS),
+    (
+        "deletions",
+        Shape::List(&Shape::Struct(&[
+            ("jobId", Shape::String),
+            ("namespaceId", Shape::String),
+            ("requestedAt", Shape::Timestamp),
+            ("executionsRemoved", Shape::Integer),
+            ("executionsRemaining", Shape::Integer),
+        ])),
+    ),
+    ("recoveries", COUNTS),
+    (
+        "store",
+        Shape::Struct(&[
+            ("sizeBytes", Shape::Integer),
+            ("jobs", Shape::Integer),
+            ("executions", Shape::Integer),
+        ]),
+    ),
+    (
+        "uplink",
+        Shape::Struct(&[
+            ("connected", Shape::Boolean),
+            ("spoolMessages", Shape::Integer),
+            ("spoolBytes", Shape::Integer),
+        ]),
+    ),
+]);
 
 const ROUTE_NAME: Param = Param {
     alias: Some("route"),

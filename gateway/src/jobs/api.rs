@@ -534,3 +534,97 @@ impl RecoveryView {
         }
     }
 }
+
+/// The part of sprig's DescribeGateway that the engine answers: its counts ([`super::tally`]) and its
+/// store. Statuses are keys (`IN_PROGRESS`, …), every status present, zeros included.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayJobs {
+    /// Jobs by status, of every namespace.
+    pub jobs: BTreeMap<&'static str, u64>,
+    /// Jobs by status in each namespace that has jobs (jobs without a namespace first, without
+    /// `namespaceId`).
+    pub jobs_by_namespace: Vec<NamespaceJobs>,
+    /// Job executions by status.
+    pub executions: BTreeMap<&'static str, u64>,
+    /// The jobs in DELETION_IN_PROGRESS, by job id.
+    pub deletions: Vec<DeletionProgress>,
+    /// Recoveries by state.
+    pub recoveries: BTreeMap<&'static str, u64>,
+    pub store: StoreStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceJobs {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace_id: Option<String>,
+    pub jobs: BTreeMap<&'static str, u64>,
+}
+
+/// A deletion under way: executions removed since it started (or since the gateway resumed it after a
+/// restart) and still to remove.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletionProgress {
+    pub job_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace_id: Option<String>,
+    pub requested_at: f64,
+    pub executions_removed: u64,
+    pub executions_remaining: u64,
+}
+
+/// The jobs store: its files' bytes on disk, and the jobs and executions its account counts (CREATING
+/// jobs and their executions included).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreStatus {
+    pub size_bytes: u64,
+    pub jobs: u64,
+    pub executions: u64,
+}
+
+impl GatewayJobs {
+    /// The counts of `tally`, with `store`.
+    pub fn of(tally: &super::tally::Tally, store: StoreStatus) -> GatewayJobs {
+        use crate::model::JobStatus;
+        let mut jobs: BTreeMap<&'static str, u64> =
+            JobStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        let mut by_namespace: Vec<NamespaceJobs> = Vec::new();
+        for (namespace, status, count) in tally.jobs() {
+            *jobs.entry(status.as_str()).or_default() += count;
+            if by_namespace.last().map(|n| n.namespace_id.as_deref()) != Some(namespace) {
+                by_namespace.push(NamespaceJobs {
+                    namespace_id: namespace.map(str::to_owned),
+                    jobs: BTreeMap::new(),
+                });
+            }
+            if let Some(entry) = by_namespace.last_mut() {
+                entry.jobs.insert(status.as_str(), count);
+            }
+        }
+        // A namespace whose jobs are all gone is still counted (at zero); not worth a line.
+        by_namespace.retain(|n| n.jobs.values().any(|count| *count > 0));
+        let executions = tally.executions().map(|(s, n)| (s.as_str(), n)).collect();
+        let deletions = tally
+            .deletions()
+            .iter()
+            .map(|(job_id, d)| DeletionProgress {
+                job_id: job_id.clone(),
+                namespace_id: d.namespace_id.clone(),
+                requested_at: seconds(d.requested_at),
+                executions_removed: d.executions_removed(),
+                executions_remaining: d.executions_remaining,
+            })
+            .collect();
+        GatewayJobs {
+            jobs,
+            jobs_by_namespace: by_namespace,
+            executions,
+            deletions,
+            recoveries: tally.recoveries().map(|(s, n)| (s.as_str(), n)).collect(),
+            store,
+        }
+    }
+}

@@ -118,7 +118,10 @@ impl Engine {
         }
         let started = std::time::Instant::now();
         let mut job = match creation::write(store, plan.job, self.creation_batch) {
-            Ok(job) => job,
+            Ok(job) => {
+                self.counted(None, Some(&job), 0);
+                job
+            }
             Err(e) => {
                 if let Err(undo) = creation::undo(store, &job_id, self.creation_batch) {
                     tracing::error!(job_id, error = %undo, "cannot undo a failed creation; it is undone at the next start");

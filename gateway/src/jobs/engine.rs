@@ -8,20 +8,22 @@
 //! change and its recoveries in one transaction and then announces the [`JobEvent`]. The operators'
 //! commands are in `commands`, their queries in `queries`, the devices' in
 //! [`super::device`], the deletion worker's steps in [`super::deletion`] and the recovery runner's records
-//! in `recoveries`.
+//! in `recoveries`. Each commit also moves the engine's counts ([`super::tally`]), which the gateway's
+//! status and gauges read.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::Arns;
 use super::clock::now_ms;
 use super::routes::Routes;
+use super::tally::{Gauges, Tally};
 use super::transitions::{ExecutionChange, Limits, Transition};
 use super::{creation, events, Grants, JobEvent, JobEventKind, JobsError, StatusChange};
-use crate::model::{Execution, Job, JobStatus};
-use crate::store::{Change, Store, StoreError};
+use crate::model::{Execution, Job, JobStatus, RecoveryState};
+use crate::store::{Change, Health, Store, StoreError};
 
 type Result<T> = std::result::Result<T, JobsError>;
 
@@ -45,6 +47,9 @@ pub struct Engine {
     pub(super) routes: Arc<Routes>,
     pub(super) creation_batch: usize,
     closing: AtomicBool,
+    /// Jobs, executions, deletions and recoveries counted (see [`super::tally`]).
+    tally: Mutex<Tally>,
+    gauges: Gauges,
 }
 
 impl Engine {
@@ -67,6 +72,8 @@ impl Engine {
             routes: Arc::new(Routes::default()),
             creation_batch: CREATION_BATCH,
             closing: AtomicBool::new(false),
+            tally: Mutex::new(Tally::default()),
+            gauges: Gauges::new(),
         }
     }
 
@@ -175,6 +182,11 @@ impl Engine {
             delete_executions: &transition.delete_executions,
             put_recoveries: &transition.recoveries,
         })?;
+        self.counted(
+            Some(before),
+            transition.job.as_ref(),
+            transition.recoveries.len(),
+        );
         if flush {
             self.store.flush()?;
         }
@@ -204,6 +216,7 @@ impl Engine {
             put_executions: std::slice::from_ref(&change.execution),
             ..Default::default()
         })?;
+        self.counted(Some(before), Some(&change.job), 0);
         log_completion(before, Some(&change.job));
         self.report(|| {
             events::status_changes(
@@ -251,6 +264,70 @@ impl Engine {
                 }),
                 false,
             );
+        }
+    }
+
+    /// Moves the counts by a change just committed: `before` to `after`, with `recoveries` new ones.
+    pub(super) fn counted(&self, before: Option<&Job>, after: Option<&Job>, recoveries: usize) {
+        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        tally.apply(before, after);
+        if recoveries > 0 {
+            tally.recoveries_created(recoveries);
+        }
+        self.gauges.publish_change(&tally, before, after);
+    }
+
+    /// Moves the counts by a recovery's state just recorded (`before`: as it was stored, if it was).
+    pub(super) fn counted_recovery(&self, before: Option<RecoveryState>, after: RecoveryState) {
+        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        tally.recovery_recorded(before, after);
+    }
+
+    /// The counts as they stand (see [`super::tally`]).
+    pub fn tally(&self) -> Tally {
+        self.tally.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Counts the jobs, executions and recoveries in the store afresh, under the write lock: at start-up,
+    /// before anything is served, and when the store is back in service ([`Engine::keep_count`]).
+    pub async fn count(self: &Arc<Self>) -> Result<()> {
+        self.blocking(|engine| {
+            let started = std::time::Instant::now();
+            let _writer = engine.store.lock_writes();
+            let counted = Tally::of_store(&engine.store)?;
+            let mut tally = engine.tally.lock().unwrap_or_else(|p| p.into_inner());
+            *tally = counted;
+            engine.gauges.publish_all(&tally);
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "jobs and recoveries counted"
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    /// Counts afresh each time the store comes back into service (it lost what it had not flushed, which
+    /// the counts had counted), until the gateway shuts down.
+    pub async fn keep_count(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut health = self.store.health();
+        let mut serving = *health.borrow_and_update() == Health::Serving;
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            let now_serving = *health.borrow_and_update() == Health::Serving;
+            if now_serving && !serving {
+                if let Err(e) = self.count().await {
+                    tracing::warn!(error = %e, "cannot count the jobs again after the store was reopened");
+                }
+            }
+            serving = now_serving;
         }
     }
 

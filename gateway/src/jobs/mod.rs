@@ -7,7 +7,8 @@
 //! `queries` (shapes in [`api`], checks in [`validate`] and `planning`, errors in [`error`]),
 //! [`creation`] writing a large job in bounded transactions, the devices' side ([`device`], shapes in
 //! [`wire`]), the background [`deletion`] worker, the recovery runner's records (`recoveries`) and which
-//! devices have a recovery route ([`routes`]). The engine never touches a transport: it is handed a typed
+//! devices have a recovery route ([`routes`]), and the counts of jobs, executions, deletions and recoveries
+//! that the engine keeps as it commits ([`tally`]). The engine never touches a transport: it is handed a typed
 //! request and the caller's [`Grants`] and answers a typed response or an exception.
 
 pub mod api;
@@ -24,6 +25,7 @@ mod planning;
 mod queries;
 mod recoveries;
 pub mod routes;
+pub mod tally;
 pub mod transitions;
 pub mod validate;
 pub mod wire;

@@ -1,5 +1,6 @@
 //! The operators' reads: DescribeJob, GetJobDocument, ListJobs, DescribeJobExecution,
-//! ListJobExecutionsForJob, ListJobExecutionsForThing and sprig's ListRecoveries and DescribeRecovery.
+//! ListJobExecutionsForJob, ListJobExecutionsForThing and sprig's ListRecoveries, DescribeRecovery and the
+//! jobs' part of DescribeGateway.
 //! Each answers only what the caller's grants let it see; the lists page as AWS's do (`maxResults`, and
 //! a `nextToken` naming the last item returned).
 
@@ -352,6 +353,23 @@ impl Engine {
             })
         })
         .await
+    }
+
+    /// DescribeGateway's counts (the engine's own, no walk) and its store's size and account. Counts of
+    /// every namespace: the caller lets only an operator granted everything ask.
+    pub async fn describe_gateway_jobs(self: &Arc<Self>) -> Result<GatewayJobs> {
+        let store = self
+            .blocking(|engine| {
+                let store = engine.store();
+                let summary = store.summary()?;
+                Ok(StoreStatus {
+                    size_bytes: store.size_on_disk()?,
+                    jobs: summary.jobs,
+                    executions: summary.executions,
+                })
+            })
+            .await?;
+        Ok(GatewayJobs::of(&self.tally(), store))
     }
 
     /// A recovery as operators see it, with the route that runs it.

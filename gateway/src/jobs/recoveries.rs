@@ -1,7 +1,8 @@
 //! The recovery runner's records, written through the engine like every other change to the store: the
 //! PENDING recoveries it runs, and each attempt and outcome it records. An outcome is written at once and
 //! made durable when the runner says (it batches flushes: one per pass, or the next attempt's). A recovery's
-//! end, once written, is reported like the jobs' status changes ([`events::recovery_ended`]).
+//! end, once written, is reported like the jobs' status changes ([`events::recovery_ended`]) and counted
+//! ([`super::tally`]).
 
 use std::sync::Arc;
 
@@ -27,21 +28,23 @@ impl Engine {
         let state = recovery.state;
         let recorded = self
             .recovery_work(move |store| {
+                let before = store.recovery(recovery.id)?.map(|stored| stored.state);
                 store.update_recovery(&recovery)?;
                 if flush {
                     store.flush()?;
                 }
-                Ok(())
+                Ok(before)
             })
-            .await
-            .is_some();
-        if recorded {
-            if ended.is_some() {
-                crate::metrics::get().recovery_ended(state.as_str());
-            }
-            self.report(|| ended.into_iter().collect());
+            .await;
+        let Some(before) = recorded else {
+            return false;
+        };
+        if ended.is_some() && before != Some(state) {
+            crate::metrics::get().recovery_ended(state.as_str());
         }
-        recorded
+        self.counted_recovery(before, state);
+        self.report(|| ended.into_iter().collect());
+        true
     }
 
     /// Makes every recovery recorded so far durable; false if the store failed (logged).

@@ -425,3 +425,144 @@ async fn a_closing_engine_answers_service_unavailable() {
         .unwrap_err();
     assert_eq!(err.code(), "ServiceUnavailableException");
 }
+
+/// The counts a tally holds, less where each deletion started (a fresh count starts it from what is left).
+fn counted(tally: &super::tally::Tally) -> String {
+    let jobs: Vec<_> = tally.jobs().filter(|(_, _, n)| *n > 0).collect();
+    let executions: Vec<_> = tally.executions().filter(|(_, n)| *n > 0).collect();
+    let deletions: Vec<_> = tally
+        .deletions()
+        .iter()
+        .map(|(id, d)| (id, d.executions_remaining))
+        .collect();
+    let recoveries: Vec<_> = tally.recoveries().collect();
+    format!("jobs {jobs:?}; executions {executions:?}; deletions {deletions:?}; recoveries {recoveries:?}")
+}
+
+/// After every kind of change the engine's counts are what a count of the store finds, and an engine
+/// started again on the same store (a restart) counts the same.
+#[tokio::test]
+async fn the_counts_follow_every_change_and_survive_a_restart() {
+    use super::routes::{Route, Routes};
+    use super::tally::Tally;
+    use super::Engine;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::Store::open(dir.path(), 8 << 20).unwrap());
+    let engine_on = |store: &Arc<crate::store::Store>| {
+        let (deletions, _) = tokio::sync::mpsc::unbounded_channel();
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let (recoveries, _) = tokio::sync::mpsc::unbounded_channel();
+        let route = Route {
+            name: "all".into(),
+            things: "*".into(),
+            namespace: None,
+        };
+        let limits = super::Limits {
+            max_concurrent_deletions: 10,
+            per_namespace: Default::default(),
+        };
+        let engine = Engine::new(store.clone(), limits, "gw", deletions, events);
+        Arc::new(engine.with_recovery_routes(Arc::new(Routes::new(&[route])), recoveries))
+    };
+    let engine = engine_on(&store);
+    let all = Grants::all();
+    let agrees = |engine: &Engine, step: &str| {
+        let fresh = Tally::of_store(&store).unwrap();
+        assert_eq!(counted(&engine.tally()), counted(&fresh), "after {step}");
+    };
+
+    engine
+        .create_job(all.clone(), create("std", None, &["t1", "t2", "t3"]))
+        .await
+        .unwrap();
+    engine
+        .create_job(all.clone(), create("a1", Some("acme"), &["t1", "t2"]))
+        .await
+        .unwrap();
+    engine
+        .create_job(all.clone(), create("a2", Some("acme"), &["t3"]))
+        .await
+        .unwrap();
+    agrees(&engine, "create");
+    let tally = engine.tally();
+    assert_eq!(tally.jobs_in(crate::model::JobStatus::InProgress), 3);
+    assert_eq!(
+        tally
+            .executions()
+            .find(|(s, _)| *s == ExecutionStatus::Queued),
+        Some((ExecutionStatus::Queued, 6))
+    );
+
+    engine
+        .device_start_next("t1".into(), None, None, None)
+        .await
+        .unwrap();
+    engine
+        .device_update("t2".into(), None, "std".into(), update("IN_PROGRESS"))
+        .await
+        .unwrap();
+    engine
+        .device_update("t2".into(), None, "std".into(), update("SUCCEEDED"))
+        .await
+        .unwrap();
+    agrees(&engine, "device updates");
+
+    let cancel = |job_id: &str, force| CancelJobRequest {
+        job_id: job_id.into(),
+        reason_code: None,
+        comment: None,
+        force,
+    };
+    engine
+        .cancel_job(all.clone(), cancel("a2", false))
+        .await
+        .unwrap();
+    agrees(&engine, "cancel");
+    engine
+        .delete_job(all.clone(), delete("a2", false, Some("acme")))
+        .await
+        .unwrap();
+    agrees(&engine, "delete");
+    finish_deletion(&engine, "a2");
+    agrees(&engine, "the deletion's end");
+
+    // A forced deletion of a job with an IN_PROGRESS execution on a route: a recovery is created.
+    engine
+        .delete_job(all.clone(), delete("std", true, None))
+        .await
+        .unwrap();
+    let deletion = engine.tally().deletions()["std"].clone();
+    assert_eq!(
+        (deletion.executions_at_start, deletion.executions_removed()),
+        (3, 0)
+    );
+    assert_eq!(
+        engine.delete_step("std", 2).unwrap(),
+        super::deletion::Step::Removed { count: 2 }
+    );
+    agrees(&engine, "a batch of a forced deletion");
+    let deletion = engine.tally().deletions()["std"].clone();
+    assert_eq!(
+        (deletion.executions_removed(), deletion.executions_remaining),
+        (2, 1)
+    );
+    let pending = engine.open_recoveries(None).await.unwrap();
+    assert_eq!(pending.len(), 1, "t1's IN_PROGRESS execution was removed");
+    let mut recovery = pending[0].clone();
+    recovery.state = crate::model::RecoveryState::Recovered;
+    assert!(engine.record_recovery(recovery, false).await);
+    agrees(&engine, "a recovery's outcome");
+
+    // A restart: another engine on the same store counts what the first one kept.
+    let before = counted(&engine.tally());
+    drop(engine);
+    let restarted = engine_on(&store);
+    restarted.count().await.unwrap();
+    assert_eq!(counted(&restarted.tally()), before);
+    assert!(before.contains("deletions [(\"std\", 1)]"), "{before}");
+    assert!(before.contains("(Recovered, 1)"), "{before}");
+    finish_deletion(&restarted, "std");
+    agrees(&restarted, "the resumed deletion's end");
+}

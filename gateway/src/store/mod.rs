@@ -188,6 +188,11 @@ impl Store {
         })
     }
 
+    /// The bytes of the store's files on disk (as sled counts them: its log, snapshots and blobs).
+    pub fn size_on_disk(&self) -> Result<u64> {
+        self.handle.run(|t| Ok(t.db.size_on_disk()?))
+    }
+
     /// Stops the background work and makes everything durable, for shutdown. A store out of service is
     /// reopened first if it can be; if it cannot, the error says why.
     pub fn close(&self) -> Result<()> {

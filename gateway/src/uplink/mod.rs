@@ -312,27 +312,25 @@ impl Uplink {
         self.say_offline_and_disconnect(driver, link).await;
     }
 
-    /// The uplink's connection, in `sprig_connections` (kind `uplink`, the fleet broker's URL).
-    fn connection_gauge(&self) -> prometheus_client::metrics::gauge::Gauge {
+    /// The link's state in the metrics (`sprig_connections` of kind `uplink`, by the fleet broker's URL).
+    fn count_link(&self, up: bool) {
         let url = &self.settings.url;
         let scheme = if url.tls { "mqtts" } else { "mqtt" };
         let listener = format!("{scheme}://{}:{}", url.host, url.port);
-        crate::metrics::get().connections_of("uplink", &listener)
+        crate::metrics::get().uplink_link(&listener, up);
     }
 
     async fn on_link(&mut self, event: LinkEvent, spool_cursor: u64) {
         match event {
             LinkEvent::Connected(client) => {
-                self.connection_gauge().set(1);
-                crate::metrics::get().uplink_connected.set(1);
+                self.count_link(true);
                 // Resent from the cursor: what the last connection had in flight may come twice.
                 self.window.reset(self.window.cursor().max(spool_cursor));
                 self.client = Some(client);
                 self.on_connect();
             }
             LinkEvent::Lost => {
-                self.connection_gauge().set(0);
-                crate::metrics::get().uplink_connected.set(0);
+                self.count_link(false);
                 self.client = None;
             }
             LinkEvent::Message(topic, payload) => self.on_message(topic, payload).await,

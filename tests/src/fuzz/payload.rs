@@ -318,6 +318,7 @@ pub const OPERATIONS: &[&str] = &[
     "ListPlugins",
     "DescribePlugin",
     "ResetPlugin",
+    "DescribeGateway",
 ];
 
 pub fn operation(rng: &mut Rng) -> String {
@@ -524,6 +525,11 @@ pub fn control_body(rng: &mut Rng, operation: &str) -> Vec<u8> {
                 95,
                 field(rng, |r| s(*r.pick(&["recovery-1", "pumps", "a b", ""]))),
             )];
+            object(rng, fields)
+        }
+        "DescribeGateway" => {
+            // It takes no parameters: one given now and then is refused by name.
+            let fields = vec![("jobId", 5, field(rng, |r| s(job_id(r))))];
             object(rng, fields)
         }
         _ => {
