@@ -48,6 +48,8 @@ const SYSTEM_CA_BUNDLES: [&str; 3] = [
 
 /// Local `out` publishes the uplink may be behind by before their publishers wait.
 const COPY_QUEUE: usize = 1024;
+/// Events of the link handled before the spool's cursor moves (see `Uplink::run`): at most a window's worth.
+const LINK_BURST: usize = 100;
 
 /// The uplink's settings, built by the daemon from `[uplink]`.
 #[derive(Debug, Clone)]
@@ -283,7 +285,16 @@ impl Uplink {
                 event = link.recv() => match event {
                     Some(event) => {
                         let spool_cursor = position.borrow().acked;
-                        self.on_link(event, spool_cursor).await
+                        let mut cursor = self.on_link(event, spool_cursor).await;
+                        // Acknowledgements come in bursts: those already here move the spool's cursor
+                        // once (one write of it), not once each.
+                        for _ in 0..LINK_BURST {
+                            let Ok(event) = link.try_recv() else { break };
+                            cursor = cursor.max(self.on_link(event, spool_cursor).await);
+                        }
+                        if let Some(cursor) = cursor {
+                            self.acknowledge(cursor).await;
+                        }
                     }
                     None => break,
                 },
@@ -320,7 +331,8 @@ impl Uplink {
         crate::metrics::get().uplink_link(&listener, up);
     }
 
-    async fn on_link(&mut self, event: LinkEvent, spool_cursor: u64) {
+    /// Handles one event of the link; returns the spool's new cursor when the event moved it.
+    async fn on_link(&mut self, event: LinkEvent, spool_cursor: u64) -> Option<u64> {
         match event {
             LinkEvent::Connected(client) => {
                 self.count_link(true);
@@ -334,17 +346,10 @@ impl Uplink {
                 self.client = None;
             }
             LinkEvent::Message(topic, payload) => self.on_message(topic, payload).await,
-            LinkEvent::WentOut(pkid) => {
-                if let Some(cursor) = self.window.went_out(pkid) {
-                    self.acknowledge(cursor).await;
-                }
-            }
-            LinkEvent::Acknowledged(pkid) => {
-                if let Some(cursor) = self.window.acknowledged(pkid) {
-                    self.acknowledge(cursor).await;
-                }
-            }
+            LinkEvent::WentOut(pkid) => return self.window.went_out(pkid),
+            LinkEvent::Acknowledged(pkid) => return self.window.acknowledged(pkid),
         }
+        None
     }
 
     /// On each connection: take control requests and the `in` topics, say online (retained).

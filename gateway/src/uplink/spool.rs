@@ -28,6 +28,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::bridge::Bridge;
 use crate::broker::Copied;
+use recent::Recent;
+
+mod recent;
 
 /// How often appended records are made durable against a power cut (a process crash loses nothing).
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
@@ -560,6 +563,7 @@ enum Command {
 pub struct SpoolHandle {
     commands: mpsc::Sender<Command>,
     tail: watch::Receiver<Position>,
+    recent: Recent,
 }
 
 /// Where the spool stands: the next sequence number to be appended, and the first not acknowledged (or
@@ -591,8 +595,14 @@ impl SpoolHandle {
         self.send(Command::Acknowledge(upto)).await
     }
 
-    /// Up to `max` records from `from` on.
+    /// Up to `max` records from `from` on, of those appended so far (that [`position`](Self::position)
+    /// counts; appends still on their way may be missing): from those appended last, in memory, when they
+    /// hold `from` (the tail of a spool that the link keeps up with), else read back from the files by the
+    /// thread.
     pub async fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Record)>, SpoolStopped> {
+        if let Some(records) = self.recent.read(from, max) {
+            return Ok(records);
+        }
         let (reply, records) = oneshot::channel();
         self.send(Command::Read { from, max, reply }).await?;
         records.await.map_err(|_| SpoolStopped)
@@ -625,12 +635,15 @@ pub fn spawn(spool: Spool, copies: Option<Copies>) -> io::Result<SpoolHandle> {
         commands: receiver,
         copies,
     };
+    let recent = Recent::new(spool.segment_limit);
+    let appended = recent.clone();
     std::thread::Builder::new()
         .name("sprig-spool".into())
-        .spawn(move || serve(spool, inputs, tail, runtime))?;
+        .spawn(move || serve(spool, inputs, tail, appended, runtime))?;
     Ok(SpoolHandle {
         commands,
         tail: position,
+        recent,
     })
 }
 
@@ -652,6 +665,7 @@ fn serve(
     mut spool: Spool,
     mut inputs: Inputs,
     tail: watch::Sender<Position>,
+    recent: Recent,
     runtime: tokio::runtime::Handle,
 ) {
     let mut last_sync = Instant::now();
@@ -660,7 +674,7 @@ fn serve(
         let first = runtime.block_on(async { tokio::time::timeout(wait, inputs.next()).await });
         let result = match first {
             Ok(None) => break,
-            Ok(Some(command)) => serve_batch(&mut spool, command, &mut inputs),
+            Ok(Some(command)) => serve_batch(&mut spool, command, &mut inputs, &recent),
             Err(_elapsed) => Ok(()),
         };
         let result = result.and_then(|()| {
@@ -687,9 +701,16 @@ fn serve(
 
 /// Serves `first` and the commands already queued behind it (at most [`BATCH`], so syncs keep their
 /// pace under a steady stream).
-fn serve_batch(spool: &mut Spool, first: Command, inputs: &mut Inputs) -> io::Result<()> {
+fn serve_batch(
+    spool: &mut Spool,
+    first: Command,
+    inputs: &mut Inputs,
+    recent: &Recent,
+) -> io::Result<()> {
     let mut appends = Vec::new();
     let mut taken = Vec::new();
+    // The cursor moves once per batch, to the furthest acknowledgement in it: one write, not one each.
+    let mut acknowledged = None;
     let mut next = Some(first);
     for _ in 0..BATCH {
         let Some(command) = next.take().or_else(|| inputs.try_next()) else {
@@ -701,27 +722,30 @@ fn serve_batch(spool: &mut Spool, first: Command, inputs: &mut Inputs) -> io::Re
                 taken.extend(confirm);
             }
             Command::Nothing => {}
-            Command::Acknowledge(upto) => {
-                flush_appends(spool, &mut appends, &mut taken)?;
-                spool.acknowledge(upto)?;
-            }
+            Command::Acknowledge(upto) => acknowledged = acknowledged.max(Some(upto)),
             Command::Read { from, max, reply } => {
-                flush_appends(spool, &mut appends, &mut taken)?;
+                flush_appends(spool, &mut appends, &mut taken, recent)?;
                 let _ = reply.send(spool.read(from, max)?);
             }
         }
     }
-    flush_appends(spool, &mut appends, &mut taken)
+    flush_appends(spool, &mut appends, &mut taken, recent)?;
+    match acknowledged {
+        Some(upto) => spool.acknowledge(upto),
+        None => Ok(()),
+    }
 }
 
+/// Writes `appends` to the spool (and hands them to `recent`), then confirms what `taken` waits for.
 fn flush_appends(
     spool: &mut Spool,
     appends: &mut Vec<Record>,
     taken: &mut Vec<oneshot::Sender<()>>,
+    recent: &Recent,
 ) -> io::Result<()> {
     if !appends.is_empty() {
-        spool.append(appends)?;
-        appends.clear();
+        let first = spool.append(appends)?;
+        recent.push(first, appends.drain(..));
     }
     for confirm in taken.drain(..) {
         let _ = confirm.send(());

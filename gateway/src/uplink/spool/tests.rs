@@ -180,12 +180,17 @@ async fn the_spool_thread_confirms_appends_and_reports_its_position() {
     handle.push(record(0), Some(taken)).await.unwrap();
     confirmed.await.expect("confirmed once in the file");
     handle.push(record(1), None).await.unwrap();
+    position
+        .wait_for(|p| p.next_seq == 2)
+        .await
+        .expect("the thread runs");
     let read = handle.read(0, 10).await.unwrap();
     assert_eq!(
         numbers(&read),
         [0, 1],
-        "a read sees the appends sent before it"
+        "a read sees what the position says was appended"
     );
+    assert_eq!(numbers(&handle.read(1, 10).await.unwrap()), [1]);
     handle.acknowledge(1).await.unwrap();
     let now = *position
         .wait_for(|p| p.acked == 1)
