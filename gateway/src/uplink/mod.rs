@@ -17,6 +17,7 @@ mod link;
 pub mod spool;
 pub mod window;
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,8 @@ const SYSTEM_CA_BUNDLES: [&str; 3] = [
 
 /// Local `out` publishes the uplink may be behind by before their publishers wait.
 const COPY_QUEUE: usize = 1024;
+/// Records the uplink reads from the spool at once when it is behind (see `Uplink::next_records`).
+const READ_AHEAD: usize = 500;
 /// Events of the link handled before the spool's cursor moves (see `Uplink::run`): at most a window's worth.
 const LINK_BURST: usize = 100;
 
@@ -233,6 +236,7 @@ pub async fn start(
         requests: Arc::new(requests),
         replies: replies_tx,
         settings,
+        ahead: VecDeque::new(),
     };
     Ok(tokio::spawn(
         uplink.run(options, sources, replies, shutdown),
@@ -259,6 +263,8 @@ struct Uplink {
     local: InternalSender,
     requests: Arc<control::Requests>,
     replies: mpsc::Sender<(String, Bytes)>,
+    /// Records read from the spool beyond what the window took (see [`Uplink::next_records`]).
+    ahead: VecDeque<(u64, Record)>,
 }
 
 impl Uplink {
@@ -430,9 +436,7 @@ impl Uplink {
         if self.client.is_none() || room == 0 || self.window.next() >= spooled {
             return;
         }
-        let Ok(records) = self.spool.read(self.window.next(), room).await else {
-            return;
-        };
+        let records = self.next_records(room).await;
         let Some(client) = &self.client else { return };
         for (seq, record) in records {
             let sent = client.try_publish(
@@ -447,6 +451,26 @@ impl Uplink {
             }
             self.window.handed_record(seq, record.qos);
         }
+    }
+
+    /// Up to `room` records from the window's next on. A backlog (after an outage) is read from the spool's
+    /// files [`READ_AHEAD`] records at a time, not a refill's worth per round trip to the spool's thread;
+    /// what was read ahead is dropped when the window starts elsewhere (a new connection resends from the
+    /// cursor).
+    async fn next_records(&mut self, room: usize) -> Vec<(u64, Record)> {
+        let next = self.window.next();
+        if self.ahead.front().map(|(seq, _)| *seq) != Some(next) {
+            self.ahead.clear();
+        }
+        if self.ahead.len() < room {
+            let from = next + self.ahead.len() as u64;
+            match self.spool.read(from, READ_AHEAD.max(room)).await {
+                Ok(records) => self.ahead.extend(records),
+                Err(_) => return Vec::new(),
+            }
+        }
+        let taken = room.min(self.ahead.len());
+        self.ahead.drain(..taken).collect()
     }
 
     /// One of the uplink's own messages (status, control replies): QoS 1, not spooled.

@@ -7,8 +7,8 @@
 //! cover what follows them), and a `cursor` file holding the first sequence number not yet acknowledged.
 //! A record is written to the file (the kernel's page cache) before its writer is told it was taken, so
 //! a process that dies loses nothing it confirmed; the files are fsync'd every [`SYNC_INTERVAL`] while
-//! records arrive, so a power cut loses at most that window. At start-up a torn last record (a write the
-//! crash cut short) is cut off. The bound (`spool_mb`) is kept a segment at a time: when the files
+//! records arrive (on a thread of their own: [`syncer`]), so a power cut loses at most that window. At
+//! start-up a torn last record (a write the crash cut short) is cut off. The bound (`spool_mb`) is kept a segment at a time: when the files
 //! exceed it the oldest segment goes, its unacknowledged records counted as dropped and logged. Sending
 //! reads from the cursor on; a reconnect or a restart resends from it, so the fleet sees duplicates only
 //! of what was in flight.
@@ -29,8 +29,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::bridge::Bridge;
 use crate::broker::Copied;
 use recent::Recent;
+use syncer::Syncer;
 
 mod recent;
+mod syncer;
 
 /// How often appended records are made durable against a power cut (a process crash loses nothing).
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
@@ -277,6 +279,23 @@ impl Spool {
     }
 
     /// Makes what was appended and acknowledged durable (fsync), if anything changed since the last time.
+    /// Duplicates of the handles of the files to sync, when there were changes since the last sync:
+    /// for a sync on another thread ([`Syncer`]); [`Spool::synced`] once it is taken.
+    fn to_sync(&self) -> io::Result<Option<Vec<File>>> {
+        if !self.unsynced {
+            return Ok(None);
+        }
+        Ok(Some(vec![
+            self.head.try_clone()?,
+            self.cursor_file.try_clone()?,
+        ]))
+    }
+
+    /// The files handed out by [`Spool::to_sync`] are being synced.
+    fn synced(&mut self) {
+        self.unsynced = false;
+    }
+
     pub fn sync(&mut self) -> io::Result<()> {
         if self.unsynced {
             self.head.sync_data()?;
@@ -658,9 +677,9 @@ fn position_of(spool: &Spool) -> Position {
     }
 }
 
-/// The spool's thread: takes commands in batches (consecutive appends become one write), syncs every
-/// [`SYNC_INTERVAL`] while there are changes. A disk error stops the spool (logged): appenders then see
-/// [`SpoolStopped`].
+/// The spool's thread: takes commands in batches (consecutive appends become one write), has its files
+/// synced every [`SYNC_INTERVAL`] while there are changes (by [`Syncer`]'s thread, so that confirmations do
+/// not wait for the disk). A disk error stops the spool (logged): appenders then see [`SpoolStopped`].
 fn serve(
     mut spool: Spool,
     mut inputs: Inputs,
@@ -668,6 +687,13 @@ fn serve(
     recent: Recent,
     runtime: tokio::runtime::Handle,
 ) {
+    let syncer = match Syncer::start() {
+        Ok(syncer) => syncer,
+        Err(e) => {
+            tracing::error!(error = %e, "uplink: cannot start the spool's sync thread; the spool stops");
+            return;
+        }
+    };
     let mut last_sync = Instant::now();
     loop {
         let wait = SYNC_INTERVAL.saturating_sub(last_sync.elapsed());
@@ -678,12 +704,18 @@ fn serve(
             Err(_elapsed) => Ok(()),
         };
         let result = result.and_then(|()| {
+            if let Some(failed) = syncer.failure() {
+                return Err(failed);
+            }
             if last_sync.elapsed() >= SYNC_INTERVAL {
                 last_sync = Instant::now();
-                spool.sync()
-            } else {
-                Ok(())
+                if let Some(files) = spool.to_sync()? {
+                    if syncer.request(files) {
+                        spool.synced();
+                    }
+                }
             }
+            Ok(())
         });
         if let Err(e) = result {
             tracing::error!(error = %e, dir = %spool.dir.display(), "uplink: the spool cannot write; it stops");
@@ -694,6 +726,7 @@ fn serve(
             std::mem::replace(p, now) != now
         });
     }
+    drop(syncer);
     if let Err(e) = spool.sync() {
         tracing::error!(error = %e, "uplink: the spool's last sync failed");
     }
