@@ -178,8 +178,9 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Serves HTTP/1.1 (keep-alive) on `listeners` (TLS where an acceptor is given) with `handler`, at most
-/// [`MAX_CONNECTIONS`] connections at once, request headers within [`HEADER_TIMEOUT`], until `shutdown`
-/// turns true (requests in progress get [`SHUTDOWN_WAIT`]). The HTTP API's and the metrics' listeners.
+/// `MAX_CONNECTIONS` (256) connections at once, request headers within `HEADER_TIMEOUT` (10 s), until
+/// `shutdown` turns true (requests in progress get `SHUTDOWN_WAIT`, 2 s). The HTTP API's and the metrics'
+/// listeners.
 pub async fn serve_listeners<H: Handler>(
     listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
     handler: Arc<H>,

@@ -6,7 +6,7 @@
 //! under `{prefix}/events/...` and what local clients publish on the `out` topics, all through the
 //! durable [`spool`] (an `out` publish is on disk before the client's PUBACK), sent in order from the
 //! spool's cursor with a bounded [`window`] in flight; and `{prefix}/status` (retained; the connection's
-//! will says offline). The uplink only reads the jobs store, never writes it. The connection ([`link`])
+//! will says offline). The uplink only reads the jobs store, never writes it. The connection (`link`)
 //! reconnects by itself with exponential backoff and jitter ([`backoff`]) on a task of its own, so a dead
 //! fleet broker never holds up local traffic.
 

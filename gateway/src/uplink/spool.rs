@@ -7,7 +7,7 @@
 //! cover what follows them), and a `cursor` file holding the first sequence number not yet acknowledged.
 //! A record is written to the file (the kernel's page cache) before its writer is told it was taken, so
 //! a process that dies loses nothing it confirmed; the files are fsync'd every [`SYNC_INTERVAL`] while
-//! records arrive (on a thread of their own: [`syncer`]), so a power cut loses at most that window. At
+//! records arrive (on a thread of their own, `syncer`), so a power cut loses at most that window. At
 //! start-up a torn last record (a write the crash cut short) is cut off. The bound (`spool_mb`) is kept a segment at a time: when the files
 //! exceed it the oldest segment goes, its unacknowledged records counted as dropped and logged. Sending
 //! reads from the cursor on; a reconnect or a restart resends from it, so the fleet sees duplicates only
