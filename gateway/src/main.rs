@@ -76,7 +76,9 @@ mod tests {
             return; // an operator's override wins, by design
         }
         assert_eq!(option::<u32>(c"opt.narenas"), 2);
-        assert!(!option::<bool>(c"opt.tcache"));
+        assert!(option::<bool>(c"opt.tcache"));
+        assert_eq!(option::<usize>(c"opt.tcache_max"), 1024);
+        assert_eq!(option::<u32>(c"opt.tcache_nslots_small_max"), 16);
         // The C allocator is jemalloc's: a block from libc's `malloc` is one jemalloc knows.
         // SAFETY: malloc/free of a small block; `malloc_usable_size` reads only the allocator's metadata.
         unsafe {
