@@ -5,24 +5,13 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::{json, Value};
-use sprig_tests::{create_job, hash_password, Gateway};
+use sprig_tests::{create_job, hash_password, metric, Gateway};
 
 /// DescribeJob requests the gateway has answered.
 fn describe_jobs(gateway: &Gateway) -> f64 {
-    let (_, body) = gateway.metrics_get("/metrics");
-    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == "sprig_requests_total")
-        .filter(|s| s.labels.get("operation") == Some("DescribeJob"))
-        .map(|s| match s.value {
-            Sample::Counter(v) | Sample::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
+    let operation = [("operation", "DescribeJob")];
+    metric(&gateway.scrape(), "sprig_requests_total", &operation)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -96,21 +85,8 @@ fn describe_gateway_counts_what_the_gauges_count() {
     assert_eq!(described["connections"]["operator"], 1, "the CLI itself");
     assert!(described.get("uplink").is_none(), "no [uplink] configured");
 
-    let (status, body) = gateway.metrics_get("/metrics");
-    assert!(status.contains("200"), "{status}");
-    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    let gauge = |metric: &str, labels: &[(&str, &str)]| {
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == metric)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                Sample::Gauge(v) | Sample::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum::<f64>()
-    };
+    let scrape = gateway.scrape();
+    let gauge = |name: &str, labels: &[(&str, &str)]| metric(&scrape, name, labels);
     let acme = |status| [("status", status), ("namespace", "acme")];
     assert_eq!(gauge("sprig_jobs", &acme("IN_PROGRESS")), 1.0);
     assert_eq!(gauge("sprig_jobs", &acme("CANCELED")), 1.0);
