@@ -136,6 +136,8 @@ pub struct Metrics {
     pub jobs: Family<JobLabels, Gauge>,
     /// Job executions now, by status (set by the jobs engine from its counts).
     pub job_executions: Family<StatusLabel, Gauge>,
+    /// Recoveries now, by state (set by the jobs engine from its counts).
+    pub recoveries: Family<StateLabel, Gauge>,
     /// 1 while the uplink is connected to the fleet broker.
     pub uplink_connected: Gauge,
     /// Messages in the uplink's spool not yet acknowledged by the fleet broker.
@@ -217,6 +219,7 @@ impl Metrics {
             store_flush_duration,
             jobs: Family::default(),
             job_executions: Family::default(),
+            recoveries: Family::default(),
             uplink_connected: Gauge::default(),
             uplink_spool_messages: Gauge::default(),
             uplink_spool_bytes: Gauge::default(),
@@ -346,6 +349,11 @@ impl Metrics {
             "job_executions",
             "Job executions, by status",
             m.job_executions.clone(),
+        );
+        registry.register(
+            "recoveries",
+            "Recoveries, by state (PENDING, RECOVERED, FAILED)",
+            m.recoveries.clone(),
         );
         registry.register(
             "uplink_connected",
@@ -485,6 +493,15 @@ impl Metrics {
             .get_or_create(&JobLabels {
                 status: status.to_owned(),
                 namespace: namespace.unwrap_or_default().to_owned(),
+            })
+            .clone()
+    }
+
+    /// The gauge of recoveries in `state`.
+    pub fn recoveries_of(&self, state: &str) -> Gauge {
+        self.recoveries
+            .get_or_create(&StateLabel {
+                state: state.to_owned(),
             })
             .clone()
     }

@@ -361,6 +361,7 @@ async fn misbehaving_handlers_are_contained_and_the_gateway_keeps_serving() {
     assert!(timed >= 8.0, "{timed}");
     let failed = [("state", "FAILED")];
     assert!(metric(&scrape, "sprig_recoveries_ended_total", &failed) >= 4.0);
+    assert!(metric(&scrape, "sprig_recoveries", &failed) >= 4.0);
 }
 
 /// A plugin loaded in-process that aborts the process (what a panic does in a plugin built with

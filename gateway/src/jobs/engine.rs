@@ -281,6 +281,7 @@ impl Engine {
     pub(super) fn counted_recovery(&self, before: Option<RecoveryState>, after: RecoveryState) {
         let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
         tally.recovery_recorded(before, after);
+        self.gauges.publish_recoveries(&tally);
     }
 
     /// The counts as they stand (see [`super::tally`]).

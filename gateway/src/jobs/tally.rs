@@ -194,9 +194,11 @@ fn recovery_slot(state: RecoveryState) -> usize {
         .unwrap_or_default()
 }
 
-/// The tally's gauges (`sprig_jobs`, `sprig_job_executions`), set from it after each change.
+/// The tally's gauges (`sprig_jobs`, `sprig_job_executions`, `sprig_recoveries`), set from it after each
+/// change.
 pub struct Gauges {
     executions: [Gauge; ExecutionStatus::ALL.len()],
+    recoveries: [Gauge; RECOVERY_STATES.len()],
 }
 
 impl Gauges {
@@ -204,6 +206,7 @@ impl Gauges {
         let metrics = crate::metrics::get();
         Gauges {
             executions: ExecutionStatus::ALL.map(|s| metrics.job_executions_of(s.as_str())),
+            recoveries: RECOVERY_STATES.map(|s| metrics.recoveries_of(s.as_str())),
         }
     }
 
@@ -216,6 +219,14 @@ impl Gauges {
                 .set(count as i64);
         }
         self.publish_executions(tally);
+        self.publish_recoveries(tally);
+    }
+
+    /// Sets the recoveries' gauges (after a recovery's state was recorded).
+    pub fn publish_recoveries(&self, tally: &Tally) {
+        for (gauge, count) in self.recoveries.iter().zip(tally.recoveries) {
+            gauge.set(count as i64);
+        }
     }
 
     /// Sets the gauges a change from `before` to `after` may have moved.
@@ -234,6 +245,7 @@ impl Gauges {
             }
         }
         self.publish_executions(tally);
+        self.publish_recoveries(tally);
     }
 
     fn publish_executions(&self, tally: &Tally) {
