@@ -38,36 +38,9 @@ build_args=()
 [ "${1:-}" = --no-build ] && build_args=(--no-build)
 timeout_s=${SPRIG_CROSS_TIMEOUT_S:-120}
 
-passed=0
-failed=()
-ok() { passed=$((passed + 1)); echo "cross: $1 ... ok"; }
-fail() { failed+=("$1"); echo "cross: $1 ... FAILED${2:+ ($2)}"; }
-check() {
-    local name=$1
-    shift
-    if "$@"; then ok "$name"; else fail "$name"; fi
-}
-finish() {
-    for name in "${failed[@]}"; do echo "cross: failed: $name"; done
-    echo "cross: $passed passed, ${#failed[@]} failed"
-    [ "${#failed[@]}" = 0 ]
-    exit
-}
-require() {
-    local name=$1
-    shift
-    if "$@"; then ok "$name"; else fail "$name"; finish; fi
-}
-# quietly COMMAND...: runs it without input, showing its output only if it fails.
-quietly() {
-    local out status
-    out=$("$@" </dev/null 2>&1)
-    status=$?
-    [ "$status" = 0 ] || printf '%s\n    (exit %s)\n' "$out" "$status"
-    return "$status"
-}
-is() { [ "$1" = "$2" ] || { echo "    expected '$2', found '$1'"; false; }; }
-matches() { grep -Eq "$2" <<<"$1" || { echo "    expected /$2/, found '$1'"; false; }; }
+suite=cross
+# shellcheck source=tests/package/checks.sh
+source tests/package/checks.sh # (from the repository's root, where the script runs)
 
 # The emulator and `file`, from Debian's packages qemu-user and file.
 missing=()

@@ -21,42 +21,13 @@ timeout_s=${SPRIG_PACKAGE_TIMEOUT_S:-60}
 target=${CARGO_TARGET_DIR:-target}
 log=$target/package-test/sprig.log
 
-passed=0
-failed=()
-ok() { passed=$((passed + 1)); echo "package: $1 ... ok"; }
-fail() { failed+=("$1"); echo "package: $1 ... FAILED${2:+ ($2)}"; }
-# check NAME COMMAND...: the check passes when the command does.
-check() {
-    local name=$1
-    shift
-    if "$@"; then ok "$name"; else fail "$name"; fi
-}
-finish() {
-    for name in "${failed[@]}"; do echo "package: failed: $name"; done
-    echo "package: $passed passed, ${#failed[@]} failed"
-    [ "${#failed[@]}" = 0 ]
-    exit
-}
-# A check that the rest depends on: on failure, the result so far.
-require() {
-    local name=$1
-    shift
-    if "$@"; then ok "$name"; else fail "$name"; finish; fi
-}
-
-# quietly COMMAND...: runs it without input, showing its output only if it fails.
-quietly() {
-    local out status
-    out=$("$@" </dev/null 2>&1)
-    status=$?
-    [ "$status" = 0 ] || printf '%s\n    (exit %s)\n' "$out" "$status"
-    return "$status"
-}
+suite=package
+# shellcheck source=tests/package/checks.sh
+source tests/package/checks.sh # (from the repository's root, where the script runs)
 installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null)" = installed ]; }
 known_to_dpkg() { dpkg-query -W "$package" >/dev/null 2>&1; }
 # owner_mode PATH: `user:group mode` of PATH.
 owner_mode() { stat -c '%U:%G %a' "$1" 2>/dev/null; }
-is() { [ "$1" = "$2" ] || { echo "    expected '$2', found '$1'"; false; }; }
 not() { ! "$@"; }
 # The value of KEY= in the installed unit (the last one, as systemd takes it).
 unit_value() { sed -n "s/^$1=//p" "$unit" | tail -1; }
