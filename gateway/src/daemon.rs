@@ -86,7 +86,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         events_tx,
     )
     .with_recovery_routes(routes.clone(), recoveries_tx)
-    .with_creation_batch_size(config.jobs.creation_batch_size);
+    .with_creation_batch_size(config.jobs.creation_batch_size)
+    .with_device_write_window(Duration::from_millis(config.jobs.device_write_window_ms));
     if let Some((_, _, (changes, _))) = &uplink {
         engine = engine.with_status_changes(changes.clone());
     }
