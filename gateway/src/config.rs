@@ -228,7 +228,7 @@ fn default_creation_batch_size() -> usize {
 }
 
 /// The default of `jobs.device_write_window_ms` (configs older than the key have it).
-pub const DEFAULT_DEVICE_WRITE_WINDOW_MS: u64 = 20;
+pub const DEFAULT_DEVICE_WRITE_WINDOW_MS: u64 = 50;
 
 fn default_device_write_window_ms() -> u64 {
     DEFAULT_DEVICE_WRITE_WINDOW_MS

@@ -13,20 +13,24 @@
 //!   `SPRIG_WEAR_RATE` updates a second in all), then DeleteJob until the job is gone: bytes per execution,
 //!   each phase apart. Target: at most 4 KiB per execution.
 //! - **notify**: the same CreateJob for devices that listen to `$aws/things/{thing}/jobs/notify`, against
-//!   one for devices that do not, in turn, `SPRIG_WEAR_ROUNDS` each: the difference per notification.
+//!   one for devices that do not, in turn, `SPRIG_WEAR_ROUNDS` each; what is written from the CreateJob's
+//!   reply (its writes are on disk by then) until the counter stands still: the difference per
+//!   notification.
 //! - **session**: a subscriber with a persistent session (clean_session = false) goes away;
 //!   `SPRIG_WEAR_MESSAGES` QoS 1 messages are published for it (all at once, then again at
 //!   `SPRIG_WEAR_MESSAGE_RATE` a second) and it comes back for them: bytes per message.
 //! - **uplink**: the same messages on a bridged `out` topic, with the fleet broker (Debian's mosquitto) up,
 //!   then down (spooled, then sent when it is back): bytes per message.
-//! - **idle**: a gateway with devices connected (clean and persistent sessions, a pending job each) and
-//!   its uplink up, and no traffic, for `SPRIG_WEAR_IDLE_S` seconds, extrapolated to an hour. Target: 0.
+//! - **idle**: a gateway that has created and deleted a job of `SPRIG_WEAR_EXECUTIONS` targets, with
+//!   devices connected (clean and persistent sessions, a pending job each, pinging every 20 s) and its
+//!   uplink up, and no traffic, for `SPRIG_WEAR_IDLE_S` seconds, extrapolated to an hour. Target: 0.
 //!
 //! `cargo bench -p sprig-tests --bench wear`. Environment: `SPRIG_WEAR_EXECUTIONS=1000`,
 //! `SPRIG_WEAR_RATE=0`, `SPRIG_WEAR_ROUNDS=3`, `SPRIG_WEAR_MESSAGES=100` (the default bound of a
 //! session's backlog), `SPRIG_WEAR_MESSAGE_RATE=10`, `SPRIG_WEAR_IDLE_S=60`,
-//! `SPRIG_WEAR_SCENARIOS=lifecycle,notify,session,uplink,idle`, `SPRIG_WEAR_WINDOW_MS` (the gateway's
-//! `jobs.device_write_window_ms`, 20 by default), `SPRIG_BIN` (a prebuilt sprig instead of
+//! `SPRIG_WEAR_SCENARIOS=lifecycle,notify,session,uplink,idle`, `SPRIG_WEAR_WINDOW_MS` and
+//! `SPRIG_WEAR_CACHE_MB` (the gateway's `jobs.device_write_window_ms` and `jobs.store_cache_mb`, 50 and 32
+//! by default), `SPRIG_BIN` (a prebuilt sprig instead of
 //! `cargo build --release`), `MOSQUITTO`, `TMPDIR`. The README's Benchmarks section has the figures.
 
 use std::net::SocketAddr;
@@ -90,7 +94,8 @@ struct Row {
     scenario: String,
     ops: f64,
     unit: &'static str,
-    bytes: u64,
+    /// Signed: a difference of two measurements may come out below zero.
+    bytes: i64,
     /// Most bytes per operation allowed, if the issue sets a target.
     target: Option<f64>,
     /// Every wait for the counter ended with it standing still.
@@ -141,12 +146,22 @@ impl Meter {
     }
 
     /// Bytes written since the last call (or the start), once the counter settled.
-    async fn phase(&mut self) -> u64 {
+    async fn phase(&mut self) -> i64 {
         let now = settle(self.pid).await;
         self.settled &= now.settled;
-        let bytes = now.bytes.saturating_sub(self.last);
-        self.last = now.bytes;
-        bytes
+        self.since(now.bytes)
+    }
+
+    /// Bytes written since the last call (or the start), as the counter stands now.
+    fn now(&mut self) -> i64 {
+        let now = procfs::write_bytes(self.pid).unwrap_or(self.last);
+        self.since(now)
+    }
+
+    fn since(&mut self, now: u64) -> i64 {
+        let bytes = now.saturating_sub(self.last);
+        self.last = now;
+        bytes as i64
     }
 }
 
@@ -162,15 +177,29 @@ fn generation(data_dir: &Path) -> u64 {
 
 /// The default config with `edit` applied, room for `clients` connections, and the per-connection
 /// publish quotas lifted (the benchmark's publishers go as fast as the gateway takes them).
-fn gateway(bin: &Path, clients: usize, extra: &str) -> Gateway {
+fn gateway(bin: &Path, clients: usize, extra: &str) -> Site {
     let extra = extra.to_owned();
     let window = std::env::var("SPRIG_WEAR_WINDOW_MS").ok();
-    Gateway::start_bin_with(bin, move |config| {
+    let cache = std::env::var("SPRIG_WEAR_CACHE_MB").ok();
+    let data = tempfile::tempdir().unwrap();
+    // The log (and config) on a tmpfs, if there is one: under systemd the log goes to journald, whose
+    // writes are not the gateway's.
+    let logs = tempfile::tempdir_in(LOG_DIR).unwrap_or_else(|_| tempfile::tempdir().unwrap());
+    let data_dir = data.path().join("data");
+    let gateway = Gateway::start_in(bin, logs, data_dir, move |config| {
         let config = match window {
             Some(ms) => with_setting(
                 &config,
-                "device_write_window_ms = 20",
+                "device_write_window_ms = 50",
                 &format!("device_write_window_ms = {ms}"),
+            ),
+            None => config,
+        };
+        let config = match cache {
+            Some(mb) => with_setting(
+                &config,
+                "store_cache_mb = 32",
+                &format!("store_cache_mb = {mb}"),
             ),
             None => config,
         };
@@ -190,7 +219,28 @@ fn gateway(bin: &Path, clients: usize, extra: &str) -> Gateway {
             "max_publish_bytes_per_second = 0",
         );
         config + &extra
-    })
+    });
+    Site {
+        gateway,
+        _data: data,
+    }
+}
+
+/// Where the gateways' logs go: a tmpfs, whose writes the kernel does not count.
+const LOG_DIR: &str = "/dev/shm";
+
+/// A gateway and its data dir, removed after the gateway is stopped.
+struct Site {
+    gateway: Gateway,
+    _data: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Site {
+    type Target = Gateway;
+
+    fn deref(&self) -> &Gateway {
+        &self.gateway
+    }
 }
 
 /// Devices may publish and subscribe under `dt/`.
@@ -228,6 +278,7 @@ async fn lifecycle(bin: &Path, settings: &Settings) -> Vec<Row> {
         .expect("CreateJob");
     let created = meter.phase().await;
     let created_tx = meter.transactions();
+    let timer = Instant::now();
     let devices = every_device(
         devices,
         "wear/update",
@@ -235,8 +286,10 @@ async fn lifecycle(bin: &Path, settings: &Settings) -> Vec<Row> {
         settings.rate,
     )
     .await;
+    let started_in = timer.elapsed();
     let started = meter.phase().await;
     let started_tx = meter.transactions();
+    let timer = Instant::now();
     let devices = every_device(
         devices,
         "wear/update",
@@ -244,6 +297,11 @@ async fn lifecycle(bin: &Path, settings: &Settings) -> Vec<Row> {
         settings.rate,
     )
     .await;
+    let succeeded_in = timer.elapsed();
+    // A fresh operator: the first one pings only while it is polled, and the updates may take longer
+    // than its keep-alive.
+    drop(op);
+    let mut op = gateway.operator().await;
     assert_eq!(op.job_status("wear").await, "COMPLETED");
     let succeeded = meter.phase().await;
     let succeeded_tx = meter.transactions();
@@ -260,7 +318,7 @@ async fn lifecycle(bin: &Path, settings: &Settings) -> Vec<Row> {
         0 => "all devices at once".to_owned(),
         rate => format!("{rate} updates/s"),
     };
-    let row = |scenario: String, bytes: u64, target: Option<f64>| Row {
+    let row = |scenario: String, bytes: i64, target: Option<f64>| Row {
         scenario,
         ops: n as f64,
         unit: "executions",
@@ -280,12 +338,18 @@ async fn lifecycle(bin: &Path, settings: &Settings) -> Vec<Row> {
             None,
         ),
         row(
-            format!("· IN_PROGRESS ({started_tx} store transactions)"),
+            format!(
+                "· IN_PROGRESS ({started_tx} store transactions, all answered in {:.1} s)",
+                started_in.as_secs_f64()
+            ),
             started,
             None,
         ),
         row(
-            format!("· SUCCEEDED ({succeeded_tx} store transactions)"),
+            format!(
+                "· SUCCEEDED ({succeeded_tx} store transactions, all answered in {:.1} s)",
+                succeeded_in.as_secs_f64()
+            ),
             succeeded,
             None,
         ),
@@ -297,7 +361,9 @@ async fn lifecycle(bin: &Path, settings: &Settings) -> Vec<Row> {
     ]
 }
 
-/// (b) Notifications: CreateJob for devices that listen, against the same for devices that do not.
+/// (b) Notifications: what the gateway writes from a CreateJob's reply (which follows the fsync of its
+/// writes) until it stands still again, for devices that listen to `…/jobs/notify` and for devices that
+/// do not, in turn; the difference is what the notifications wrote.
 async fn notify(bin: &Path, settings: &Settings) -> Vec<Row> {
     let n = settings.executions;
     let gateway = gateway(bin, 2 * n, "");
@@ -309,7 +375,9 @@ async fn notify(bin: &Path, settings: &Settings) -> Vec<Row> {
     .await;
     let mut op = gateway.operator().await;
     let mut meter = Meter::start(&gateway).await;
-    let (mut unheard, mut heard, mut notifications) = (0, 0, 0);
+    // [deaf, listening]: bytes up to the reply, and after it.
+    let (mut created, mut after) = ([0i64; 2], [0i64; 2]);
+    let mut notifications = 0;
     for round in 0..settings.rounds {
         // Each round in the other order, so that neither kind always meets the larger store.
         for listen in [round % 2 == 0, round % 2 == 1] {
@@ -327,23 +395,21 @@ async fn notify(bin: &Path, settings: &Settings) -> Vec<Row> {
                     });
                 }
             }
+            meter.phase().await;
             op.request("CreateJob", create_job(&job, None, &targets))
                 .await
                 .expect("CreateJob");
+            created[listen as usize] += meter.now();
             while let Some(done) = waiting.join_next().await {
                 let (device, got) = done.unwrap();
                 notifications += got;
                 listeners.push(device);
             }
-            let bytes = meter.phase().await;
-            match listen {
-                true => heard += bytes,
-                false => unheard += bytes,
-            }
+            after[listen as usize] += meter.phase().await;
         }
     }
     deaf_devices.clear();
-    let rounds = settings.rounds as f64;
+    let rounds = settings.rounds as i64;
     let row = |scenario: String, ops: f64, unit, bytes| Row {
         scenario,
         ops,
@@ -354,22 +420,30 @@ async fn notify(bin: &Path, settings: &Settings) -> Vec<Row> {
     };
     vec![
         row(
-            format!("notification (CreateJob N = {n}, devices listening − not listening)"),
+            format!(
+                "notification (N = {n}: from CreateJob's reply on, devices listening − not listening)"
+            ),
             notifications as f64,
             "notifications",
-            heard.saturating_sub(unheard),
+            after[1] - after[0],
         ),
         row(
-            format!("· CreateJob, N devices listening ({rounds} rounds, mean)"),
+            format!("· from the reply on, N devices listening ({rounds} rounds, mean)"),
             n as f64,
             "executions",
-            (heard as f64 / rounds) as u64,
+            after[1] / rounds,
         ),
         row(
-            format!("· CreateJob, N devices not listening ({rounds} rounds, mean)"),
+            format!("· from the reply on, N devices not listening ({rounds} rounds, mean)"),
             n as f64,
             "executions",
-            (unheard as f64 / rounds) as u64,
+            after[0] / rounds,
+        ),
+        row(
+            format!("· CreateJob up to its reply ({rounds} × 2 rounds, mean)"),
+            n as f64,
+            "executions",
+            (created[0] + created[1]) / (2 * rounds),
         ),
     ]
 }
@@ -497,37 +571,56 @@ async fn idle(bin: &Path, mosquitto: Option<&Path>, settings: &Settings) -> Row 
         );
     }
     let (clean, kept) = (names("idle", 10), names("kept", 10));
-    let _clean = connect_devices(gateway.addr, &clean, |thing| {
-        vec![format!("$aws/things/{thing}/jobs/notify-next")]
-    })
-    .await;
-    let mut _kept = Vec::new();
+    let mut devices = Vec::new();
+    for thing in &clean {
+        let mut device = Client::connect_pinging(gateway.addr, thing, true).await;
+        device
+            .subscribe(&[format!("$aws/things/{thing}/jobs/notify-next")])
+            .await;
+        devices.push(device);
+    }
     for thing in &kept {
-        let mut device = Client::connect_keeping_session(gateway.addr, thing).await;
+        let mut device = Client::connect_pinging(gateway.addr, thing, false).await;
         device
             .subscribe(&[
                 format!("$aws/things/{thing}/jobs/notify-next"),
                 "dt/#".to_owned(),
             ])
             .await;
-        _kept.push(device);
+        devices.push(device);
     }
+    let pinging: Vec<_> = devices
+        .into_iter()
+        .map(|device| device.keep_alive(Duration::from_secs(20)))
+        .collect();
     let mut op = gateway.operator().await;
+    // Work before the quiet: a job of `executions` targets created and deleted leaves sled segments to
+    // clean, which it does on its flusher's ticks.
+    let gone = names("gone", settings.executions);
+    let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+    op.request("CreateJob", create_job("gone", None, &gone))
+        .await
+        .expect("CreateJob");
+    op.request("DeleteJob", json!({"jobId": "gone", "force": true}))
+        .await
+        .expect("DeleteJob");
+    op.wait_until_deleted("gone", Duration::from_secs(120))
+        .await;
     let targets: Vec<&str> = clean.iter().chain(&kept).map(String::as_str).collect();
     op.request("CreateJob", create_job("pending", None, &targets))
         .await
         .expect("CreateJob");
+    // The operator's client pings only while it is polled: it leaves now, not in the window.
+    drop(op);
     let mut meter = Meter::start(&gateway).await;
     tokio::time::sleep(settings.idle).await;
-    let pid = gateway.pid();
-    let now = procfs::write_bytes(pid).unwrap_or(meter.last);
-    let bytes = now.saturating_sub(meter.last);
-    meter.last = now;
+    let bytes = meter.now();
+    pinging.iter().for_each(|task| task.abort());
     let hours = settings.idle.as_secs_f64() / 3600.0;
     let uplink = if fleet.is_some() { ", uplink up" } else { "" };
     Row {
         scenario: format!(
-            "idle, 20 devices connected (10 persistent sessions){uplink}, {} s window, per hour",
+            "idle, 20 devices connected (10 persistent sessions){uplink}, {} s window, per hour (extrapolated)",
             settings.idle.as_secs()
         ),
         ops: hours,

@@ -190,7 +190,9 @@ impl Gateway {
         )
     }
 
-    fn start_in(
+    /// Starts `bin` with its config and log in `dir` and its data in `data_dir` (which may be on another
+    /// file system: a benchmark measuring the data dir's writes keeps the log apart).
+    pub fn start_in(
         bin: &Path,
         dir: tempfile::TempDir,
         data_dir: PathBuf,

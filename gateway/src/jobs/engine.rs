@@ -132,9 +132,10 @@ impl Engine {
     }
 
     /// Devices' writes wait up to `window` for others to share their store transaction with
-    /// (`jobs.device_write_window_ms`; see [`super::device`]).
-    pub fn with_device_write_window(mut self, window: std::time::Duration) -> Engine {
-        self.device_writes = DeviceWrites::new(window);
+    /// (`jobs.device_write_window_ms`), or until `writers` of them (as many as can be in flight at once)
+    /// are waiting; see [`super::device`].
+    pub fn with_device_writes(mut self, window: std::time::Duration, writers: usize) -> Engine {
+        self.device_writes = DeviceWrites::new(window, writers);
         self
     }
 

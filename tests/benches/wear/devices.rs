@@ -15,14 +15,24 @@ pub(super) struct Client {
 }
 
 impl Client {
-    /// Connects `name` with a clean session.
+    /// Connects `name` with a clean session and no keep-alive (the benchmark's clients may stay silent
+    /// longer than a keep-alive allows; pings would cost the disk nothing).
     pub async fn connect(addr: SocketAddr, name: &str) -> Client {
-        Client::connect_with(addr, name, &raw::connect(name, None)).await
+        let connect = raw::connect_keeping_alive(name, true, 0);
+        Client::connect_with(addr, name, &connect).await
     }
 
-    /// Connects `name` with a persistent session (clean_session = false).
+    /// Connects `name` with a persistent session (clean_session = false) and no keep-alive.
     pub async fn connect_keeping_session(addr: SocketAddr, name: &str) -> Client {
-        Client::connect_with(addr, name, &raw::connect_keeping_session(name)).await
+        let connect = raw::connect_keeping_alive(name, false, 0);
+        Client::connect_with(addr, name, &connect).await
+    }
+
+    /// Connects `name` with a clean session (or a persistent one: `clean` false) and a keep-alive of
+    /// 30 s, which [`Client::keep_alive`] keeps.
+    pub async fn connect_pinging(addr: SocketAddr, name: &str, clean: bool) -> Client {
+        let connect = raw::connect_keeping_alive(name, clean, 30);
+        Client::connect_with(addr, name, &connect).await
     }
 
     async fn connect_with(addr: SocketAddr, name: &str, connect: &[u8]) -> Client {
@@ -104,6 +114,25 @@ impl Client {
             }
         }
         got
+    }
+
+    /// Pings every `period` on a task of its own, as a client library does (the gateway ends a connection
+    /// silent for one and a half times its keep-alive, 30 s), acknowledging what arrives meanwhile; the
+    /// connection closes when the task is aborted.
+    pub fn keep_alive(mut self, period: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                self.send(&[0xC0, 0x00]).await;
+                loop {
+                    let (header, body) = self.read().await;
+                    if header == 0xD0 {
+                        break;
+                    }
+                    self.acknowledge(header, &body).await;
+                }
+            }
+        })
     }
 
     /// Sends DISCONNECT and closes the socket.

@@ -1,23 +1,24 @@
 //! Devices' writes (StartNextPendingJobExecution, UpdateJobExecution) committed in groups: the requests
-//! that arrive while the store is busy with a write share the next transaction.
+//! that arrive together share one store transaction.
 //!
 //! Every sled 0.34 transaction writes the log to the disk twice, at once (`pin_log` rolls the log buffer
 //! before and after its batch marker, and each buffer write is followed by `sync_file_range`), so one
-//! costs at least two pages of the SD card however small it is: a 1,000-device job whose devices each
-//! wrote IN_PROGRESS then SUCCEEDED in transactions of their own cost ~16 KiB per execution from that
-//! alone (README, Benchmarks: "SD-card wear"). So a request does not commit by itself. It joins a queue
-//! and takes the store's write lock; whoever gets the lock first with its request still queued (the
-//! leader) takes every queued request, applies them one after the other (each sees the job as the ones
-//! before it left it), and commits the executions of each job with the job's record in one transaction
-//! (`Engine::commit_execution_group`), then hands each request its answer. The others find their
-//! answer once they have the lock. Nothing waits for company: a lone request is its own group, as
-//! before, and a group is answered only once it is committed, as a single request was.
+//! costs at least two pages of the SD card however small it is (README, Benchmarks: "SD-card wear").
+//! So a request does not commit by itself. It joins a queue and waits until its group closes: when the
+//! group is as large as the writers that can be in flight at once (the device API's workers, each
+//! answering its things' requests in order), or `window` after the group's first request, whichever
+//! comes first. Then it takes the store's write lock; whoever gets the lock first with its request still
+//! queued (the leader) takes every queued request, applies them one after the other (each sees the job
+//! as the ones before it left it), and commits the executions of each job with the job's record in one
+//! transaction (`Engine::commit_execution_group`), then hands each request its answer. The others find
+//! their answer once they have the lock. A group is answered only once it is committed, as a single
+//! request was.
 //!
 //! A group holds at most one request per thing (the thing index and the execution a request reads are
 //! then the store's, untouched by the group); a thing's second request waits for the next group.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::Result;
@@ -63,17 +64,24 @@ pub(super) type Written = Result<Option<(Execution, Arc<Job>)>>;
 
 type Answer = Arc<Mutex<Option<Written>>>;
 
-/// The devices' writes waiting for the store's write lock, and how long a group stays open.
+/// The devices' writes waiting for their group to close and for the store's write lock.
 #[derive(Debug, Default)]
 pub(crate) struct DeviceWrites {
     queue: Mutex<Queue>,
+    /// Rung when a group closes early (it is full) or is taken.
+    closed: Condvar,
+    /// How long a group stays open after its first write.
     window: Duration,
+    /// A group this large closes at once: no more writers can be in flight.
+    writers: usize,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     writes: Vec<Queued>,
-    /// When the writes queued now stop waiting for company.
+    /// The group the queued writes belong to (counted from the first).
+    group: u64,
+    /// When it closes.
     closes: Option<Instant>,
 }
 
@@ -91,10 +99,12 @@ impl std::fmt::Debug for Queued {
 }
 
 impl DeviceWrites {
-    /// A group takes the writes that arrive within `window` of its first (`jobs.device_write_window_ms`).
-    pub(crate) fn new(window: Duration) -> DeviceWrites {
+    /// A group takes the writes that arrive within `window` of its first (`jobs.device_write_window_ms`),
+    /// and closes at once when it has `writers` of them (as many as can be in flight at once).
+    pub(crate) fn new(window: Duration, writers: usize) -> DeviceWrites {
         DeviceWrites {
             window,
+            writers: writers.max(1),
             ..DeviceWrites::default()
         }
     }
@@ -105,21 +115,43 @@ impl DeviceWrites {
         self.queue().writes.len()
     }
 
-    /// Queues a write; returns when its group closes.
-    fn push(&self, queued: Queued) -> Instant {
+    /// Queues a write and waits until its group closes.
+    fn join(&self, queued: Queued) {
         let mut queue = self.queue();
-        let closes = match queue.closes {
-            Some(closes) if !queue.writes.is_empty() => closes,
-            _ => Instant::now() + self.window,
-        };
-        queue.closes = Some(closes);
+        if queue.writes.is_empty() {
+            queue.group += 1;
+            queue.closes = Some(Instant::now() + self.window);
+        }
+        let group = queue.group;
         queue.writes.push(queued);
-        closes
+        if queue.writes.len() >= self.writers {
+            queue.closes = Some(Instant::now());
+            self.closed.notify_all();
+        }
+        loop {
+            let open_for = match queue.closes {
+                Some(closes) if queue.group == group => {
+                    closes.saturating_duration_since(Instant::now())
+                }
+                _ => Duration::ZERO,
+            };
+            if open_for.is_zero() {
+                return;
+            }
+            queue = self
+                .closed
+                .wait_timeout(queue, open_for)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Every write queued, for the group that takes them.
     fn take_all(&self) -> Vec<Queued> {
-        std::mem::take(&mut self.queue().writes)
+        let mut queue = self.queue();
+        queue.closes = None;
+        self.closed.notify_all();
+        std::mem::take(&mut queue.writes)
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -147,11 +179,10 @@ impl Engine {
     /// Applies `write` with the others queued meanwhile, in one transaction per job (blocking).
     pub(super) fn device_write(&self, write: Write) -> Written {
         let answer: Answer = Arc::default();
-        let closes = self.device_writes.push(Queued {
+        self.device_writes.join(Queued {
             write,
             answer: answer.clone(),
         });
-        std::thread::sleep(closes.saturating_duration_since(Instant::now()));
         let _writer = self.store().lock_writes();
         if let Some(written) = take(&answer) {
             return written;
@@ -311,4 +342,46 @@ enum Found {
     Unchanged(Execution, Arc<Job>),
     /// A change, with the job's record as the group starts from it.
     Change(Arc<Job>, Box<ExecutionChange>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(thing: &str) -> Queued {
+        Queued {
+            write: Write::StartNext {
+                thing: thing.into(),
+                namespace: None,
+                status_details: None,
+                step_deadline: None,
+            },
+            answer: Answer::default(),
+        }
+    }
+
+    #[test]
+    fn a_group_closes_when_it_is_full_or_when_its_window_ends() {
+        let writes = Arc::new(DeviceWrites::new(Duration::from_secs(30), 3));
+        let started = Instant::now();
+        let joining: Vec<_> = (0..3)
+            .map(|i| {
+                let writes = writes.clone();
+                std::thread::spawn(move || writes.join(queued(&format!("t{i}"))))
+            })
+            .collect();
+        joining.into_iter().for_each(|j| j.join().unwrap());
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(writes.take_all().len(), 3);
+
+        let writes = DeviceWrites::new(Duration::from_millis(50), 3);
+        let started = Instant::now();
+        writes.join(queued("t0"));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        // A write that comes while a closed group waits for the lock joins it without waiting.
+        let started = Instant::now();
+        writes.join(queued("t1"));
+        assert!(started.elapsed() < Duration::from_millis(50));
+        assert_eq!(writes.take_all().len(), 2);
+    }
 }
