@@ -6,8 +6,9 @@
 //! `len u32 | crc32 u32 | flags u8 | topic_len u16 | topic | payload` (little-endian; `len` and the CRC
 //! cover what follows them), and a `cursor` file holding the first sequence number not yet acknowledged.
 //! A record is written to the file (the kernel's page cache) before its writer is told it was taken, so
-//! a process that dies loses nothing it confirmed; the files are fsync'd every [`SYNC_INTERVAL`] while
-//! records arrive, so a power cut loses at most that window. At start-up a torn last record (a write the
+//! a process that dies loses nothing it confirmed; the segments are fsync'd every [`SYNC_INTERVAL`] while
+//! records arrive, so a power cut loses at most that window (the cursor is written back by the kernel:
+//! a power cut may resend, never lose). At start-up a torn last record (a write the
 //! crash cut short) is cut off. The bound (`spool_mb`) is kept a segment at a time: when the files
 //! exceed it the oldest segment goes, its unacknowledged records counted as dropped and logged. Sending
 //! reads from the cursor on; a reconnect or a restart resends from it, so the fleet sees duplicates only
@@ -144,7 +145,10 @@ pub struct Spool {
     limit: u64,
     segment_limit: u64,
     dropped: u64,
+    /// Records appended since the last sync.
     unsynced: bool,
+    /// The cursor moved since it was last synced (at the end only: see [`Spool::sync`]).
+    cursor_unsynced: bool,
     reader: Option<Cursor>,
 }
 
@@ -198,6 +202,7 @@ impl Spool {
             segment_limit: (limit / 8).clamp(SEGMENT_MIN, SEGMENT_MAX),
             dropped: 0,
             unsynced: false,
+            cursor_unsynced: false,
             reader: None,
         };
         spool.remove_acknowledged_segments()?;
@@ -235,7 +240,7 @@ impl Spool {
         crate::metrics::get().uplink_sent.inc_by(upto - self.acked);
         self.acked = upto;
         self.cursor_file.write_all_at(&encode_cursor(upto), 0)?;
-        self.unsynced = true;
+        self.cursor_unsynced = true;
         self.remove_acknowledged_segments()
     }
 
@@ -273,12 +278,24 @@ impl Spool {
         Ok(out)
     }
 
-    /// Makes what was appended and acknowledged durable (fsync), if anything changed since the last time.
+    /// Makes what was appended durable (fsync), if anything was since the last time. The cursor is left to
+    /// the kernel's writeback: a power cut before it wrote the cursor resends what the fleet had
+    /// acknowledged (duplicates, never a loss), and an fsync of the cursor at every sync would rewrite
+    /// its page as often as the records' (the SD card's wear: README, Benchmarks).
     pub fn sync(&mut self) -> io::Result<()> {
         if self.unsynced {
             self.head.sync_data()?;
-            self.cursor_file.sync_data()?;
             self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// [`Spool::sync`], and the cursor too: for the end.
+    pub fn sync_all(&mut self) -> io::Result<()> {
+        self.sync()?;
+        if self.cursor_unsynced {
+            self.cursor_file.sync_data()?;
+            self.cursor_unsynced = false;
         }
         Ok(())
     }
@@ -680,7 +697,7 @@ fn serve(
             std::mem::replace(p, now) != now
         });
     }
-    if let Err(e) = spool.sync() {
+    if let Err(e) = spool.sync_all() {
         tracing::error!(error = %e, "uplink: the spool's last sync failed");
     }
 }
