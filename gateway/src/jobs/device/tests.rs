@@ -373,3 +373,31 @@ async fn futures_versions(
     }
     versions
 }
+
+#[tokio::test]
+async fn step_timeouts_of_one_job_are_written_in_one_transaction() {
+    let f = fixture(10, &[]);
+    for (job, things) in [("j1", &["t1", "t2", "t3"][..]), ("j2", &["t4"][..])] {
+        f.engine
+            .create_job(Grants::all(), create(job, None, things))
+            .await
+            .unwrap();
+    }
+    for thing in ["t1", "t2", "t3", "t4"] {
+        f.engine
+            .device_start_next(thing.into(), None, None, Some(1))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let changes_before = f.store.summary().unwrap().generation;
+    let later = crate::jobs::clock::now_ms() + 61_000;
+    assert_eq!(f.engine.expire_step_timeouts(later).unwrap(), 4);
+    assert_eq!(f.store.summary().unwrap().generation - changes_before, 2);
+    let job = f.store.job("j1").unwrap().unwrap();
+    assert_eq!(
+        (job.counts.get(ExecutionStatus::TimedOut), job.status),
+        (3, JobStatus::Completed)
+    );
+    assert!(f.store.check().unwrap().is_consistent());
+}
