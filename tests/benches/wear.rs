@@ -42,7 +42,7 @@ use sprig_test_support::settings::env_or;
 use sprig_tests::bench::{connected, find_mosquitto, raise_nofile, sprig_release_bin, subscribe};
 use sprig_tests::mosquitto::Mosquitto;
 use sprig_tests::raw::{self, read_packet_async};
-use sprig_tests::{create_job, procfs, with_setting, Gateway};
+use sprig_tests::{create_job, procfs, with_setting, without_publish_quotas, Gateway};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -210,17 +210,7 @@ fn gateway(bin: &Path, clients: usize, extra: &str) -> Site {
             "max_connections = 1024",
             &format!("max_connections = {}", clients.max(1024) + 64),
         );
-        let config = with_setting(
-            &config,
-            "max_publishes_per_second = 100",
-            "max_publishes_per_second = 0",
-        );
-        let config = with_setting(
-            &config,
-            "max_publish_bytes_per_second = 524288",
-            "max_publish_bytes_per_second = 0",
-        );
-        config + &extra
+        without_publish_quotas(&config) + &extra
     });
     Site {
         gateway,
@@ -267,53 +257,49 @@ async fn lifecycle(bin: &Path, settings: &Settings) -> Vec<Row> {
     let n = settings.executions;
     let gateway = gateway(bin, n, "");
     let things = names("wear", n);
-    let devices = connect_devices(gateway.addr, &things, |thing| {
+    let mut devices = connect_devices(gateway.addr, &things, |thing| {
         vec![format!("$aws/things/{thing}/jobs/wear/update/+")]
     })
     .await;
     let mut op = gateway.operator().await;
     let mut meter = Meter::start(&gateway).await;
+    // (phase, bytes, store transactions)
+    let mut phases: Vec<(String, i64, u64)> = Vec::new();
 
     let targets: Vec<&str> = things.iter().map(String::as_str).collect();
     op.request("CreateJob", create_job("wear", None, &targets))
         .await
         .expect("CreateJob");
-    let created = meter.phase().await;
-    let created_tx = meter.transactions();
-    let timer = Instant::now();
-    let devices = every_device(
-        devices,
-        "wear/update",
-        json!({"status": "IN_PROGRESS"}),
-        settings.rate,
-    )
-    .await;
-    let started_in = timer.elapsed();
-    let started = meter.phase().await;
-    let started_tx = meter.transactions();
-    let timer = Instant::now();
-    let devices = every_device(
-        devices,
-        "wear/update",
-        json!({"status": "SUCCEEDED"}),
-        settings.rate,
-    )
-    .await;
-    let succeeded_in = timer.elapsed();
+    phases.push((
+        "CreateJob".into(),
+        meter.phase().await,
+        meter.transactions(),
+    ));
+    for status in ["IN_PROGRESS", "SUCCEEDED"] {
+        let timer = Instant::now();
+        let body = json!({ "status": status });
+        devices = every_device(devices, "wear/update", body, settings.rate).await;
+        let answered = format!(
+            "{status}, all answered in {:.1} s",
+            timer.elapsed().as_secs_f64()
+        );
+        phases.push((answered, meter.phase().await, meter.transactions()));
+    }
     // A fresh operator: the first one pings only while it is polled, and the updates may take longer
     // than its keep-alive.
     drop(op);
     let mut op = gateway.operator().await;
     assert_eq!(op.job_status("wear").await, "COMPLETED");
-    let succeeded = meter.phase().await;
-    let succeeded_tx = meter.transactions();
     op.request("DeleteJob", json!({"jobId": "wear"}))
         .await
         .expect("DeleteJob");
     op.wait_until_deleted("wear", Duration::from_secs(120))
         .await;
-    let deleted = meter.phase().await;
-    let deleted_tx = meter.transactions();
+    phases.push((
+        "DeleteJob".into(),
+        meter.phase().await,
+        meter.transactions(),
+    ));
     drop(devices);
 
     let paced = match settings.rate {
@@ -328,39 +314,20 @@ async fn lifecycle(bin: &Path, settings: &Settings) -> Vec<Row> {
         target,
         settled: meter.settled,
     };
-    vec![
-        row(
-            format!("job lifecycle, N = {n} ({paced}): whole life"),
-            created + started + succeeded + deleted,
-            Some(4096.0),
-        ),
-        row(
-            format!("· CreateJob ({created_tx} store transactions)"),
-            created,
+    let whole = phases.iter().map(|(_, bytes, _)| bytes).sum();
+    let mut rows = vec![row(
+        format!("job lifecycle, N = {n} ({paced}): whole life"),
+        whole,
+        Some(4096.0),
+    )];
+    for (phase, bytes, transactions) in phases {
+        rows.push(row(
+            format!("· {phase} ({transactions} store transactions)"),
+            bytes,
             None,
-        ),
-        row(
-            format!(
-                "· IN_PROGRESS ({started_tx} store transactions, all answered in {:.1} s)",
-                started_in.as_secs_f64()
-            ),
-            started,
-            None,
-        ),
-        row(
-            format!(
-                "· SUCCEEDED ({succeeded_tx} store transactions, all answered in {:.1} s)",
-                succeeded_in.as_secs_f64()
-            ),
-            succeeded,
-            None,
-        ),
-        row(
-            format!("· DeleteJob ({deleted_tx} store transactions)"),
-            deleted,
-            None,
-        ),
-    ]
+        ));
+    }
+    rows
 }
 
 /// (b) Notifications: what the gateway writes from a CreateJob's reply (which follows the fsync of its
