@@ -227,6 +227,13 @@ fn default_creation_batch_size() -> usize {
     DEFAULT_CREATION_BATCH_SIZE
 }
 
+/// The default of `jobs.device_write_window_ms` (configs older than the key have it).
+pub const DEFAULT_DEVICE_WRITE_WINDOW_MS: u64 = 50;
+
+fn default_device_write_window_ms() -> u64 {
+    DEFAULT_DEVICE_WRITE_WINDOW_MS
+}
+
 /// `[jobs]`: limits of the jobs engine.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -236,6 +243,9 @@ pub struct JobsConfig {
     /// Executions CreateJob writes per store transaction (optional: configs older than the key have it).
     #[serde(default = "default_creation_batch_size")]
     pub creation_batch_size: usize,
+    /// How long a device's execution write waits for others to share its store transaction with.
+    #[serde(default = "default_device_write_window_ms")]
+    pub device_write_window_ms: u64,
     pub requests_per_second: u32,
     pub request_burst: u32,
     pub store_cache_mb: u64,
@@ -918,6 +928,9 @@ impl Config {
         }
         if !(1..=10_000).contains(&self.jobs.creation_batch_size) {
             return fail("jobs.creation_batch_size", "must be between 1 and 10000");
+        }
+        if self.jobs.device_write_window_ms > 1000 {
+            return fail("jobs.device_write_window_ms", "must be at most 1000");
         }
         if self.jobs.requests_per_second == 0 {
             return fail("jobs.requests_per_second", "must be at least 1");

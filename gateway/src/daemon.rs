@@ -91,7 +91,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         events_tx,
     )
     .with_recovery_routes(routes.clone(), recoveries_tx)
-    .with_creation_batch_size(config.jobs.creation_batch_size);
+    .with_creation_batch_size(config.jobs.creation_batch_size)
+    .with_device_writes(
+        Duration::from_millis(config.jobs.device_write_window_ms),
+        device_api::WORKERS,
+    );
     if let Some((_, _, (changes, _))) = &uplink {
         engine = engine.with_status_changes(changes.clone());
     }

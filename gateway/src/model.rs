@@ -155,7 +155,8 @@ pub struct Job {
     /// The job document, JSON text as the caller gave it.
     pub document: String,
     pub description: Option<String>,
-    /// Thing names, in the order given.
+    /// Thing names, in the order given. Empty in a job read from the store, which keeps them apart from
+    /// the record (`Store::job_targets`).
     pub targets: Vec<String>,
     pub created_at: i64,
     pub last_updated_at: i64,

@@ -44,7 +44,7 @@ use sprig_tests::bench::{connected, find_mosquitto, mib, percentile, rss_kb};
 use sprig_tests::bench::{sprig_release_bin, subscribe};
 use sprig_tests::mosquitto::Mosquitto;
 use sprig_tests::raw::{self, read_packet_async};
-use sprig_tests::{procfs, with_setting, Gateway};
+use sprig_tests::{procfs, without_publish_quotas, Gateway};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;

@@ -79,6 +79,21 @@ pub fn with_setting(config: &str, from: &str, to: &str) -> String {
     config.replace(from, to)
 }
 
+/// `config` with the per-connection publish quotas lifted (`max_publishes_per_second` and
+/// `max_publish_bytes_per_second` 0): a benchmark's publishers go as fast as the gateway takes them.
+pub fn without_publish_quotas(config: &str) -> String {
+    let config = with_setting(
+        config,
+        "max_publishes_per_second = 100",
+        "max_publishes_per_second = 0",
+    );
+    with_setting(
+        &config,
+        "max_publish_bytes_per_second = 524288",
+        "max_publish_bytes_per_second = 0",
+    )
+}
+
 /// Writes `config` to `path` and runs `sprig run --config path` to its end (for configs it must refuse).
 pub fn run_refusing(path: &Path, config: &str) -> Output {
     std::fs::write(path, config).unwrap();
@@ -190,7 +205,9 @@ impl Gateway {
         )
     }
 
-    fn start_in(
+    /// Starts `bin` with its config and log in `dir` and its data in `data_dir` (which may be on another
+    /// file system: a benchmark measuring the data dir's writes keeps the log apart).
+    pub fn start_in(
         bin: &Path,
         dir: tempfile::TempDir,
         data_dir: PathBuf,

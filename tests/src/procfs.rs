@@ -40,6 +40,43 @@ pub fn write_bytes(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// [`write_bytes`] of `pid` once it has stopped moving: polled every 100 ms until it has not changed for
+/// `quiet`, for at most `within` (then `settled` is false: something kept writing). The gateway writes
+/// behind its requests (sled's flush every half second, the manifest after it, the spool's fsync), so a
+/// measurement reads the counter once those have run, not after a fixed sleep.
+pub fn settled_write_bytes(pid: u32, quiet: Duration, within: Duration) -> Settled {
+    let started = Instant::now();
+    let mut bytes = write_bytes(pid).unwrap_or(0);
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = write_bytes(pid).unwrap_or(bytes);
+        if now != bytes {
+            bytes = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return Settled {
+                bytes,
+                settled: true,
+            };
+        }
+        if started.elapsed() >= within {
+            return Settled {
+                bytes,
+                settled: false,
+            };
+        }
+    }
+}
+
+/// What [`settled_write_bytes`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub bytes: u64,
+    /// The counter stood still for the whole quiet window.
+    pub settled: bool,
+}
+
 /// Whether `pid` is a live process: it exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
     stat(pid).is_some_and(|s| s.state != 'Z')

@@ -23,8 +23,10 @@ use crate::jobs::Engine;
 use request::{DescribeRequest, StartNextRequest, UpdateRequest};
 use topic::{Api, Request};
 
-/// Worker tasks; each thing's requests always go to the same one, which answers them one at a time.
-const SHARDS: usize = 8;
+/// Worker tasks; each thing's requests always go to the same one, which answers them one at a time. As
+/// many things' requests are in flight at once, and their writes share a store transaction
+/// (`jobs::device`, which is told this number): enough that a fleet's updates make large groups.
+pub const WORKERS: usize = 64;
 
 /// Requests waiting per worker. Beyond that a request is answered `RequestThrottled` at once rather than
 /// leaving the router's log for our subscription to overflow (it would silently skip requests).
@@ -45,7 +47,7 @@ pub async fn serve(
     let (_, mut receiver) = client.split();
     let service = Arc::new(Service { engine, broker });
     // Dropping the senders (when this returns) lets each worker finish its queue and stop.
-    let shards: Vec<mpsc::Sender<Incoming>> = (0..SHARDS)
+    let shards: Vec<mpsc::Sender<Incoming>> = (0..WORKERS)
         .map(|_| {
             let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
             tokio::spawn(work(service.clone(), rx));
@@ -84,7 +86,7 @@ async fn work(service: Arc<Service>, mut queue: mpsc::Receiver<Incoming>) {
 fn shard_of(thing: &str) -> usize {
     let mut hasher = DefaultHasher::new();
     thing.hash(&mut hasher);
-    (hasher.finish() % SHARDS as u64) as usize
+    (hasher.finish() % WORKERS as u64) as usize
 }
 
 impl Service {
@@ -251,11 +253,12 @@ mod tests {
     #[test]
     fn a_thing_always_lands_on_the_same_worker() {
         let first = shard_of("pump-1");
-        assert!(first < SHARDS);
+        assert!(first < WORKERS);
         assert!((0..100).all(|_| shard_of("pump-1") == first));
         // Different things spread over the workers.
-        let used: std::collections::HashSet<usize> =
-            (0..64).map(|i| shard_of(&format!("t-{i}"))).collect();
-        assert!(used.len() > SHARDS / 2, "{used:?}");
+        let used: std::collections::HashSet<usize> = (0..4 * WORKERS)
+            .map(|i| shard_of(&format!("t-{i}")))
+            .collect();
+        assert!(used.len() > WORKERS / 2, "{used:?}");
     }
 }

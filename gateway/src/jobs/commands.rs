@@ -157,7 +157,7 @@ impl Engine {
         let deleting = store.job_ids_with_status(JobStatus::DeletionInProgress)?;
         let namespace = job.namespace_id.as_deref();
         let mut deleting_in_namespace = 0;
-        // Job records carry their targets: read them only when the namespace's limit needs counting.
+        // Read the jobs only when the namespace's limit needs counting.
         if self.limits.of_namespace(namespace).is_some() {
             for id in &deleting {
                 if store

@@ -18,9 +18,10 @@
 //! answers only after step 3 is on disk, so an undone job is a request that was never answered and did not
 //! happen; retrying it with the same job id succeeds. The engine undoes at once on a store error, and at
 //! start-up, before anything is served, whatever a crash left ([`super::Engine::undo_unfinished_creations`]).
-//! The record of step 3 is large (the targets), so sled may keep it in a blob file; should that file be
-//! lost, sled serves the CREATING version before it, and the store refuses to open (the status index says
-//! otherwise) rather than hide, or undo, a job whose CreateJob was answered.
+//! Step 3 writes the targets apart from the record (the store keeps them so): large, so sled may keep
+//! them in a blob file; should that file be lost, sled serves the store without them, and the store
+//! refuses to open (its account and the job's status say otherwise) rather than hide, or undo, a job
+//! whose CreateJob was answered.
 
 use crate::model::{Execution, ExecutionCounts, Job, JobStatus};
 use crate::store::{Change, Store, StoreError};
@@ -182,7 +183,15 @@ mod tests {
         assert_eq!(written.status, JobStatus::InProgress);
         assert_eq!(written.targets.len(), 25);
         assert_eq!(written.counts.get(ExecutionStatus::Queued), 25);
-        assert_eq!(store.job("j").unwrap(), Some(written));
+        assert_eq!(
+            store.job_targets("j").unwrap().as_ref(),
+            Some(&written.targets)
+        );
+        let record = Job {
+            targets: Vec::new(),
+            ..written
+        };
+        assert_eq!(store.job("j").unwrap(), Some(record));
         let executions = store.executions_of_job("j", None, 100).unwrap();
         assert_eq!(executions.len(), 25);
         assert!(executions
@@ -224,11 +233,11 @@ mod tests {
         assert_eq!(store.executions_of_job("other", None, 10).unwrap().len(), 3);
     }
 
-    /// The record of a job this large is a blob file of sled's, and its earlier, small versions (in
-    /// CREATING) were written inline: with its blobs lost, sled serves the last of those. The store is
-    /// refused as damaged, naming the blob, instead of opening with a job its indexes call IN_PROGRESS.
+    /// The targets of a job this large are a blob file of sled's: with its blobs lost, sled serves the
+    /// store as it was before they were written. The store is refused as damaged, naming the blob,
+    /// instead of opening with an IN_PROGRESS job that has no targets.
     #[test]
-    fn a_created_job_whose_blob_is_lost_is_refused_not_taken_for_one_being_created() {
+    fn a_created_job_whose_targets_blob_is_lost_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8 << 20).unwrap();
         let mut big = job("big", 0);
@@ -242,7 +251,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
-        assert!(!blobs.is_empty(), "the job record is not a blob");
+        assert!(!blobs.is_empty(), "the job's targets are not a blob");
         blobs.iter().for_each(|b| std::fs::remove_file(b).unwrap());
 
         let text = match Store::open(dir.path(), 8 << 20) {
@@ -251,8 +260,7 @@ mod tests {
             Ok(_) => panic!("the store opened without the blob"),
         };
         assert!(
-            text.contains("job big: its record says CREATING")
-                && text.contains("status index: big is IN_PROGRESS")
+            text.contains("job_targets: 0 entries, 1 counted")
                 && text.contains("blobs/")
                 && text.contains("is missing")
                 && text.contains("sprig store restore --from"),

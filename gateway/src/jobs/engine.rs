@@ -18,6 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::Arns;
 use super::clock::now_ms;
+use super::device::DeviceWrites;
 use super::routes::Routes;
 use super::tally::{Gauges, Tally};
 use super::transitions::{ExecutionChange, Limits, Transition};
@@ -46,10 +47,44 @@ pub struct Engine {
     status_changes: Option<UnboundedSender<StatusChange>>,
     pub(super) routes: Arc<Routes>,
     pub(super) creation_batch: usize,
+    /// Devices' writes waiting to be committed together ([`super::device`]).
+    pub(super) device_writes: DeviceWrites,
     closing: AtomicBool,
     /// Jobs, executions, deletions and recoveries counted (see [`super::tally`]).
     tally: Mutex<Tally>,
     gauges: Gauges,
+}
+
+/// Changes of executions of one job, of distinct things, each made from the job as the one before it
+/// left it: committed in one transaction by [`Engine::commit_execution_group`].
+#[derive(Debug)]
+pub(super) struct ExecutionGroup {
+    /// The job after the last change.
+    pub job: Job,
+    pub executions: Vec<Execution>,
+    pub events: Vec<JobEvent>,
+}
+
+impl ExecutionGroup {
+    /// No change yet of `before`.
+    pub fn new(before: &Job) -> ExecutionGroup {
+        ExecutionGroup {
+            job: before.clone(),
+            executions: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Adds a change made from [`ExecutionGroup::job`].
+    pub fn push(&mut self, change: ExecutionChange) {
+        self.job = change.job;
+        self.executions.push(change.execution);
+        self.events.extend(change.event);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.executions.is_empty()
+    }
 }
 
 impl Engine {
@@ -71,6 +106,7 @@ impl Engine {
             status_changes: None,
             routes: Arc::new(Routes::default()),
             creation_batch: CREATION_BATCH,
+            device_writes: DeviceWrites::default(),
             closing: AtomicBool::new(false),
             tally: Mutex::new(Tally::default()),
             gauges: Gauges::new(),
@@ -99,6 +135,14 @@ impl Engine {
     /// CreateJob writes `batch` executions per store transaction (and undoes as many per transaction).
     pub fn with_creation_batch_size(mut self, batch: usize) -> Engine {
         self.creation_batch = batch.max(1);
+        self
+    }
+
+    /// Devices' writes wait up to `window` for others to share their store transaction with
+    /// (`jobs.device_write_window_ms`), or until `writers` of them (as many as can be in flight at once)
+    /// are waiting; see [`super::device`].
+    pub fn with_device_writes(mut self, window: std::time::Duration, writers: usize) -> Engine {
+        self.device_writes = DeviceWrites::new(window, writers);
         self
     }
 
@@ -204,31 +248,31 @@ impl Engine {
         Ok(transition.job)
     }
 
-    /// [`commit`](Self::commit) of one execution's change; returns the job and the execution as stored.
-    pub(super) fn commit_execution(
+    /// Commits `group`, the changes of executions of the job `before`, in one transaction, then announces
+    /// their events in their order. Returns the job and the executions as stored.
+    pub(super) fn commit_execution_group(
         &self,
         before: &Job,
-        change: ExecutionChange,
-    ) -> std::result::Result<(Job, Execution), StoreError> {
+        group: ExecutionGroup,
+    ) -> std::result::Result<(Job, Vec<Execution>), StoreError> {
+        let ExecutionGroup {
+            job,
+            executions,
+            events: announced,
+        } = group;
         self.store.commit(&Change {
             job_before: Some(before),
-            job_after: Some(&change.job),
-            put_executions: std::slice::from_ref(&change.execution),
+            job_after: Some(&job),
+            put_executions: &executions,
             ..Default::default()
         })?;
-        self.counted(Some(before), Some(&change.job), 0);
-        log_completion(before, Some(&change.job));
-        self.report(|| {
-            events::status_changes(
-                before,
-                Some(&change.job),
-                std::slice::from_ref(&change.execution),
-                &[],
-                now_ms(),
-            )
-        });
-        self.announce(change.event, false);
-        Ok((change.job, change.execution))
+        self.counted(Some(before), Some(&job), 0);
+        log_completion(before, Some(&job));
+        self.report(|| events::status_changes(before, Some(&job), &executions, &[], now_ms()));
+        for event in announced {
+            self.announce(Some(event), false);
+        }
+        Ok((job, executions))
     }
 
     /// Tells the notifier, and the recovery runner if the change created recoveries.

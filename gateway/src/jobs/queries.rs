@@ -68,7 +68,8 @@ impl Engine {
     ) -> Result<DescribeJobResponse> {
         validate::job_id("jobId", &request.job_id)?;
         self.blocking(move |engine| {
-            let job = engine.visible_job(&grants, &request.job_id)?;
+            let mut job = engine.visible_job(&grants, &request.job_id)?;
+            job.targets = engine.store().job_targets(&job.job_id)?.unwrap_or_default();
             Ok(DescribeJobResponse {
                 job: engine.arns.job_view(&job),
             })

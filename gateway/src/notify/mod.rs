@@ -84,8 +84,7 @@ impl Notifier {
         let started = Instant::now();
         let event = Arc::new(event);
         let mut total = Batch::default();
-        // One cache for the whole event: its job (whose record lists all its targets) is decoded once,
-        // not once per chunk.
+        // One cache for the whole event: its job is read and decoded once, not once per chunk.
         let mut jobs = JobCache::default();
         for start in (0..event.things.len()).step_by(CHUNK) {
             let end = (start + CHUNK).min(event.things.len());

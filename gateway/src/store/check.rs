@@ -11,7 +11,7 @@ use super::codec::IndexCode;
 use super::handle::Trees;
 use super::manifest;
 use super::Result;
-use crate::model::{Execution, ExecutionCounts, Job, RecoveryState};
+use crate::model::{Execution, ExecutionCounts, Job, JobStatus, RecoveryState};
 
 impl Trees {
     pub(super) fn check(&self, dir: &Path) -> Result<CheckReport> {
@@ -115,12 +115,13 @@ impl Trees {
     }
 
     /// Every job record against what the transactions that wrote it wrote beside it: its entries in the
-    /// status and namespace indexes and its executions' counts; and every entry of those indexes, and
-    /// every execution, against a job. Also run whenever the store is opened ([`super::damage`]): the record
-    /// of a job with many targets is large enough for sled to keep in a blob file, and sled reads a lost
-    /// blob as a write torn by a crash, falling back to the record's earlier version (another status,
-    /// older counts) without a word; the account counts the same entries, and only the indexes and
-    /// executions written with the later version tell. One walk of the executions, a count per job.
+    /// status and namespace indexes, its executions' counts and its targets; and every entry of those
+    /// indexes, every execution and every job's targets, against a job. Also run whenever the store is
+    /// opened ([`super::damage`]): the targets of a job with many of them are large enough for sled to
+    /// keep in a blob file, and sled reads a lost blob as a write torn by a crash, falling back to the
+    /// earlier version of what it held without a word (here: no targets; in stores of format 5 and
+    /// before, which kept them in the record, an older record: another status, older counts). One walk
+    /// of the executions, a count per job.
     pub(super) fn check_jobs(&self, report: &mut CheckReport) -> Result<()> {
         let mut counted: BTreeMap<Vec<u8>, ExecutionCounts> = BTreeMap::new();
         for entry in self.executions.iter() {
@@ -169,6 +170,25 @@ impl Trees {
                     "job {name}: counts {:?} but executions {:?}",
                     job.counts, executions
                 ));
+            }
+            // Targets are written with the step that ends a creation, never before.
+            let has_targets = self.job_targets.contains_key(&key)?;
+            if has_targets != (job.status != JobStatus::Creating) {
+                report.problem(format!(
+                    "job {name}: its record says {}, but its targets are {}",
+                    job.status.as_str(),
+                    if has_targets { "there" } else { "missing" }
+                ));
+            }
+        }
+        for entry in self.job_targets.iter() {
+            let (key, value) = entry?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            if let Err(e) = codec::decode::<Vec<String>>(&value) {
+                report.problem(format!("the targets of job {name}: {e}"));
+            }
+            if !self.jobs.contains_key(&key)? {
+                report.problem(format!("the targets of job {name}, which does not exist"));
             }
         }
         for (job_key, executions) in counted {

@@ -88,6 +88,18 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
 }
 
+/// A job's record, without its targets (kept apart: see `commit`).
+pub fn encode_job(job: &Job) -> Vec<u8> {
+    if job.targets.is_empty() {
+        return encode(job);
+    }
+    let record = Job {
+        targets: Vec::new(),
+        ..job.clone()
+    };
+    encode(&record)
+}
+
 /// A recovery record, in [`RECOVERY_FORMAT_V2`].
 pub fn encode_recovery(recovery: &RecoveryRecord) -> Vec<u8> {
     let mut bytes = vec![RECOVERY_FORMAT_V2];

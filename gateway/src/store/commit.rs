@@ -12,7 +12,7 @@ use super::codec::IndexCode;
 use super::handle::Trees;
 use super::meta::{self, Counted, TreeIx};
 use super::{Change, Result};
-use crate::model::{Execution, Job, RecoveryRecord, RecoveryState};
+use crate::model::{Execution, Job, JobStatus, RecoveryRecord, RecoveryState};
 
 impl Trees {
     pub(super) fn commit(&self, change: &Change<'_>) -> Result<()> {
@@ -27,6 +27,7 @@ impl Trees {
             &self.recoveries,
             &self.open_recoveries,
             &self.thing_executions,
+            &self.job_targets,
             account,
         );
         let outcome = trees.transaction(
@@ -40,6 +41,7 @@ impl Trees {
                 recoveries,
                 open,
                 thing_executions,
+                job_targets,
                 account,
             )| {
                 let jobs = Counted::new(jobs, TreeIx::Jobs);
@@ -51,8 +53,10 @@ impl Trees {
                 let recoveries = Counted::new(recoveries, TreeIx::Recoveries);
                 let open = Counted::new(open, TreeIx::OpenRecoveries);
                 let thing_executions = Counted::new(thing_executions, TreeIx::ThingExecutions);
+                let job_targets = Counted::new(job_targets, TreeIx::JobTargets);
                 if let Some(after) = change.job_after {
-                    jobs.insert(after.key(), codec::encode(after))?;
+                    jobs.insert(after.key(), codec::encode_job(after))?;
+                    write_targets(&job_targets, change.job_before, after)?;
                 }
                 write_job_indexes(
                     &by_status,
@@ -92,6 +96,7 @@ impl Trees {
                 }
                 if let (Some(before), None) = (change.job_before, change.job_after) {
                     jobs.remove(before.key())?;
+                    job_targets.remove(before.key())?;
                 }
                 for recovery in change.put_recoveries {
                     write_recovery(&recoveries, &open, recovery)?;
@@ -108,6 +113,7 @@ impl Trees {
                         &recoveries,
                         &open,
                         &thing_executions,
+                        &job_targets,
                     ],
                 )
             },
@@ -149,6 +155,22 @@ pub(super) fn write_recovery(
     } else {
         open.remove(codec::open_recovery_key(recovery))?;
     }
+    Ok(())
+}
+
+/// A job's targets, apart from its record (which every change of one of its executions rewrites): written
+/// once, by the change that makes the job visible (the last step of its creation), and never from a
+/// record as read, which has none.
+fn write_targets(
+    job_targets: &Counted<'_>,
+    before: Option<&Job>,
+    after: &Job,
+) -> std::result::Result<(), ConflictableTransactionError<()>> {
+    let creating = |job: &Job| job.status == JobStatus::Creating;
+    if creating(after) || before.is_some_and(|b| !creating(b)) {
+        return Ok(());
+    }
+    job_targets.insert(after.key(), codec::encode(&after.targets))?;
     Ok(())
 }
 

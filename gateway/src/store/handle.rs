@@ -54,8 +54,10 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// for ListJobExecutionsForThing) and counts that tree in its account: opening an older store builds the
 /// index from the executions and carries its account over (`upgrade`); its recoveries may have the
 /// reasons of CancelJobExecution and DeleteJobExecution, which a release reading format 4 could not
-/// decode.
-pub(super) const STORE_FORMAT: u8 = 5;
+/// decode. Format 6 keeps a job's targets apart from its record (`job_targets`), so that the record, which
+/// every execution's change rewrites, stays small: opening an older store moves them out (`upgrade`),
+/// and a release reading format 5 would find jobs without targets, so it refuses format 6.
+pub(super) const STORE_FORMAT: u8 = 6;
 pub(super) const FORMAT_KEY: &[u8] = b"sprig-store-format";
 
 /// Whether the store can serve, as the daemon watches it.
@@ -82,6 +84,7 @@ pub(super) struct Trees {
     pub open_recoveries: Tree,
     pub sessions: Tree,
     pub thing_executions: Tree,
+    pub job_targets: Tree,
 }
 
 impl Trees {
@@ -104,6 +107,7 @@ impl Trees {
             open_recoveries: db.open_tree(TREES[7])?,
             sessions: db.open_tree(TREES[8])?,
             thing_executions: db.open_tree(TREES[9])?,
+            job_targets: db.open_tree(TREES[10])?,
             db,
         };
         trees.bring_up_to_date(dir)?;
@@ -136,6 +140,9 @@ impl Trees {
                         &self.executions,
                         &self.thing_executions,
                     )?;
+                }
+                if older <= 5 {
+                    super::upgrade::move_targets_out(&self.jobs, &self.job_targets)?;
                 }
                 // The upgrade is a change of its own; an account already there keeps its store id.
                 let mut meta = Meta::new(self.walk_counts()?);
@@ -179,6 +186,7 @@ impl Trees {
             &self.open_recoveries,
             &self.sessions,
             &self.thing_executions,
+            &self.job_targets,
         ]
     }
 

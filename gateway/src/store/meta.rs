@@ -19,7 +19,7 @@ use super::codec;
 pub const META_KEY: &[u8] = b"sprig-meta";
 
 /// The trees that hold sprig's data, in the order of [`Counts`].
-pub const TREES: [&str; 10] = [
+pub const TREES: [&str; 11] = [
     "jobs",
     "executions",
     "by_thing",
@@ -30,6 +30,7 @@ pub const TREES: [&str; 10] = [
     "open_recoveries",
     "mqtt_sessions",
     "thing_executions",
+    "job_targets",
 ];
 
 /// A tree, by its place in [`TREES`].
@@ -45,6 +46,7 @@ pub enum TreeIx {
     OpenRecoveries,
     Sessions,
     ThingExecutions,
+    JobTargets,
 }
 
 /// Entries per tree, in the order of [`TREES`].

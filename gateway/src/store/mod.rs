@@ -1,6 +1,8 @@
 //! The jobs store: jobs and their executions in a sled database on disk, with the indexes the engine needs.
 //!
-//! Seven trees: `jobs` (job id → job), `executions` (job id ∖0 thing → execution), and five indexes,
+//! Eight trees: `jobs` (job id → job, without its targets), `job_targets` (job id → its targets, written
+//! once, when its creation ends, so that the record every change of one of its executions rewrites stays
+//! small), `executions` (job id ∖0 thing → execution), and five indexes,
 //! `by_thing` (thing ∖0 job id → execution status, for pending executions only: what devices ask for is
 //! their pending work, and a thing's history of finished executions only grows), `thing_executions`
 //! (thing ∖0 job id, for every execution: an operator's ListJobExecutionsForThing, kept apart so that the
@@ -205,8 +207,15 @@ impl Store {
         self.handle.close()
     }
 
+    /// A job's record, without its targets (`targets` is empty: they are kept apart, as every change of
+    /// one of its executions rewrites the record; [`Store::job_targets`] reads them).
     pub fn job(&self, job_id: &str) -> Result<Option<Job>> {
         self.handle.run(|t| t.job(job_id))
+    }
+
+    /// A job's targets, in the order given (`None`: no such job, or one still being created).
+    pub fn job_targets(&self, job_id: &str) -> Result<Option<Vec<String>>> {
+        self.handle.run(|t| t.job_targets(job_id))
     }
 
     pub fn execution(&self, job_id: &str, thing_name: &str) -> Result<Option<Execution>> {
@@ -235,7 +244,7 @@ impl Store {
         self.handle.run(|t| t.job_ids_with_status(status))
     }
 
-    /// Jobs in id order, starting after `after`. `namespace`: `None` = every job; `Some(None)` = standard
+    /// Jobs in id order, starting after `after`, without their targets. `namespace`: `None` = every job; `Some(None)` = standard
     /// jobs only; `Some(Some(ns))` = jobs of namespace `ns` only.
     pub fn jobs_after<'a>(
         &'a self,

@@ -20,6 +20,14 @@ impl Trees {
             .transpose()
     }
 
+    /// A job's targets, kept apart from its record (`None`: no such job, or one still being created).
+    pub(super) fn job_targets(&self, job_id: &str) -> Result<Option<Vec<String>>> {
+        self.job_targets
+            .get(codec::job_key(job_id))?
+            .map(|v| decode(&v, || format!("the targets of job {job_id}")))
+            .transpose()
+    }
+
     pub(super) fn execution(&self, job_id: &str, thing_name: &str) -> Result<Option<Execution>> {
         let key = codec::execution_key(job_id, thing_name);
         self.executions

@@ -28,6 +28,14 @@ fn job(id: &str, namespace: Option<&str>, things: &[&str]) -> (Job, Vec<Executio
     (job, executions)
 }
 
+/// `job` as the store reads it back: its targets are kept apart.
+fn without_targets(job: &Job) -> Job {
+    Job {
+        targets: Vec::new(),
+        ..job.clone()
+    }
+}
+
 fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 8 << 20).unwrap();
@@ -145,7 +153,8 @@ fn a_committed_job_is_found_by_id_status_namespace_and_thing() {
     let (other, other_execs) = job("j2", None, &["t1"]);
     put_job(&store, &other, &other_execs);
 
-    assert_eq!(store.job("j1").unwrap(), Some(j.clone()));
+    assert_eq!(store.job("j1").unwrap(), Some(without_targets(&j)));
+    assert_eq!(store.job_targets("j1").unwrap(), Some(j.targets.clone()));
     assert_eq!(
         store.job_ids_with_status(JobStatus::InProgress).unwrap(),
         vec!["j1", "j2"]
@@ -275,31 +284,30 @@ fn a_things_executions_are_listed_whatever_their_status_until_removed() {
     );
 }
 
-/// A format 4 store (no `thing_executions`, an account of nine trees) opens as format 5: every
-/// execution indexed by thing, its account carried over, so that its manifest still names it.
-#[test]
-fn a_format_4_store_indexes_every_execution_by_thing_and_keeps_its_account() {
-    let dir = tempfile::tempdir().unwrap();
-    store_with_jobs(dir.path(), 3);
-    let before = {
-        let store = Store::open_for_maintenance(dir.path(), 8 << 20).unwrap();
-        let trees = store.trees();
-        trees.thing_executions.clear().unwrap();
-        let meta = trees.meta().unwrap();
-        let old = upgrade::MetaOfFormat4 {
-            store_id: meta.store_id,
-            generation: meta.generation,
-            counts: meta.counts.0[..9].try_into().unwrap(),
-        };
-        trees
-            .db
-            .insert(meta::META_KEY, codec::encode(&old))
-            .unwrap();
-        trees.db.insert(FORMAT_KEY, &[4]).unwrap();
-        trees.db.flush().unwrap();
-        meta
-    };
-    let store = Store::open(dir.path(), 8 << 20).unwrap();
+/// Makes the store in `dir` (three jobs of one target, written by this release) look as a release of
+/// `format` left it: `undo` takes away what that format did not have, the account is written as
+/// `account` encodes it. Returns the account as it was.
+fn as_format(
+    dir: &Path,
+    format: u8,
+    undo: impl FnOnce(&handle::Trees),
+    account: impl FnOnce(&meta::Meta) -> Vec<u8>,
+) -> meta::Meta {
+    store_with_jobs(dir, 3);
+    let store = Store::open_for_maintenance(dir, 8 << 20).unwrap();
+    let trees = store.trees();
+    undo(&trees);
+    let meta = trees.meta().unwrap();
+    trees.db.insert(meta::META_KEY, account(&meta)).unwrap();
+    trees.db.insert(FORMAT_KEY, &[format]).unwrap();
+    trees.db.flush().unwrap();
+    meta
+}
+
+/// Opens the store in `dir`, which must come up in this release's format with the account it had
+/// (`before`) carried over, one change later, and consistent.
+fn upgraded(dir: &Path, before: &meta::Meta) -> Store {
+    let store = Store::open(dir, 8 << 20).unwrap();
     assert_eq!(
         store.trees().db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
         &[STORE_FORMAT]
@@ -309,10 +317,65 @@ fn a_format_4_store_indexes_every_execution_by_thing_and_keeps_its_account() {
         (after.store_id, after.generation),
         (before.store_id, before.generation + 1)
     );
-    assert_eq!(after.counts.get(meta::TreeIx::ThingExecutions), 3);
-    assert_eq!(job_ids_of_thing(&store, "t1", None), vec!["j0", "j1", "j2"]);
+    assert_eq!(after.counts.get(meta::TreeIx::JobTargets), 3);
     let report = store.check().unwrap();
     assert!(report.is_consistent(), "{report}");
+    store
+}
+
+/// Puts every job's targets back into its record and empties `job_targets`, as formats 5 and before kept
+/// them.
+fn targets_in_records(trees: &handle::Trees) {
+    for entry in trees.job_targets.iter() {
+        let (key, value) = entry.unwrap();
+        let mut job: Job = codec::decode(&trees.jobs.get(&key).unwrap().unwrap()).unwrap();
+        job.targets = codec::decode(&value).unwrap();
+        trees.jobs.insert(&key, codec::encode(&job)).unwrap();
+    }
+    trees.job_targets.clear().unwrap();
+}
+
+/// A format 4 store (no `thing_executions`, targets in the job records, an account of nine trees) opens
+/// as format 6: every execution indexed by thing, the targets moved out, its account carried over, so
+/// that its manifest still names it.
+#[test]
+fn a_format_4_store_indexes_every_execution_by_thing_moves_targets_out_and_keeps_its_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let undo = |trees: &handle::Trees| {
+        trees.thing_executions.clear().unwrap();
+        targets_in_records(trees);
+    };
+    let before = as_format(dir.path(), 4, undo, |meta| {
+        codec::encode(&upgrade::MetaOfFormat4 {
+            store_id: meta.store_id,
+            generation: meta.generation,
+            counts: meta.counts.0[..9].try_into().unwrap(),
+        })
+    });
+    let store = upgraded(dir.path(), &before);
+    let after = store.trees().meta().unwrap();
+    assert_eq!(after.counts.get(meta::TreeIx::ThingExecutions), 3);
+    assert_eq!(job_ids_of_thing(&store, "t1", None), vec!["j0", "j1", "j2"]);
+}
+
+/// A format 5 store (targets in the job records, an account of ten trees) opens as format 6: the targets
+/// moved out of the records, its account carried over, so that its manifest still names it.
+#[test]
+fn a_format_5_store_moves_targets_out_of_the_job_records_and_keeps_its_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = as_format(dir.path(), 5, targets_in_records, |meta| {
+        codec::encode(&upgrade::MetaOfFormat5 {
+            store_id: meta.store_id,
+            generation: meta.generation,
+            counts: meta.counts.0[..10].try_into().unwrap(),
+        })
+    });
+    let store = upgraded(dir.path(), &before);
+    assert!(store.job("j1").unwrap().unwrap().targets.is_empty());
+    assert_eq!(
+        store.job_targets("j1").unwrap(),
+        Some(vec!["t1".to_owned()])
+    );
 }
 
 #[test]
@@ -345,7 +408,8 @@ fn data_survives_reopening() {
         store.flush().unwrap();
     }
     let store = Store::open(dir.path(), 8 << 20).unwrap();
-    assert_eq!(store.job("j1").unwrap(), Some(j));
+    assert_eq!(store.job("j1").unwrap(), Some(without_targets(&j)));
+    assert_eq!(store.job_targets("j1").unwrap(), Some(j.targets));
 }
 
 #[test]

@@ -6,9 +6,10 @@
 //! `len u32 | crc32 u32 | flags u8 | topic_len u16 | topic | payload` (little-endian; `len` and the CRC
 //! cover what follows them), and a `cursor` file holding the first sequence number not yet acknowledged.
 //! A record is written to the file (the kernel's page cache) before its writer is told it was taken, so
-//! a process that dies loses nothing it confirmed; the files are fsync'd every [`SYNC_INTERVAL`] while
-//! records arrive (on a thread of their own, `syncer`), so a power cut loses at most that window. At
-//! start-up a torn last record (a write the crash cut short) is cut off. The bound (`spool_mb`) is kept a segment at a time: when the files
+//! a process that dies loses nothing it confirmed; the segments are fsync'd every [`SYNC_INTERVAL`] while
+//! records arrive (on a thread of their own, `syncer`), so a power cut loses at most that window (the
+//! cursor is written back by the kernel: a power cut may resend, never lose). At start-up a torn last
+//! record (a write the crash cut short) is cut off. The bound (`spool_mb`) is kept a segment at a time: when the files
 //! exceed it the oldest segment goes, its unacknowledged records counted as dropped and logged. Sending
 //! reads from the cursor on; a reconnect or a restart resends from it, so the fleet sees duplicates only
 //! of what was in flight.
@@ -149,7 +150,10 @@ pub struct Spool {
     limit: u64,
     segment_limit: u64,
     dropped: u64,
+    /// Records appended since the last sync.
     unsynced: bool,
+    /// The cursor moved since it was last synced (at the end only: see [`Spool::sync`]).
+    cursor_unsynced: bool,
     reader: Option<Cursor>,
 }
 
@@ -203,6 +207,7 @@ impl Spool {
             segment_limit: (limit / 8).clamp(SEGMENT_MIN, SEGMENT_MAX),
             dropped: 0,
             unsynced: false,
+            cursor_unsynced: false,
             reader: None,
         };
         spool.remove_acknowledged_segments()?;
@@ -240,7 +245,7 @@ impl Spool {
         crate::metrics::get().uplink_sent.inc_by(upto - self.acked);
         self.acked = upto;
         self.cursor_file.write_all_at(&encode_cursor(upto), 0)?;
-        self.unsynced = true;
+        self.cursor_unsynced = true;
         self.remove_acknowledged_segments()
     }
 
@@ -278,17 +283,16 @@ impl Spool {
         Ok(out)
     }
 
-    /// Makes what was appended and acknowledged durable (fsync), if anything changed since the last time.
-    /// Duplicates of the handles of the files to sync, when there were changes since the last sync:
-    /// for a sync on another thread ([`Syncer`]); [`Spool::synced`] once it is taken.
+    /// A duplicate of the head segment's handle when records were appended since the last sync: for a
+    /// sync on another thread ([`Syncer`]); [`Spool::synced`] once it is taken. The cursor is left to the
+    /// kernel's writeback: a power cut before it wrote the cursor resends what the fleet had acknowledged
+    /// (duplicates, never a loss), and an fsync of the cursor at every sync would rewrite its page as often
+    /// as the records' (the SD card's wear: README, Benchmarks).
     fn to_sync(&self) -> io::Result<Option<Vec<File>>> {
         if !self.unsynced {
             return Ok(None);
         }
-        Ok(Some(vec![
-            self.head.try_clone()?,
-            self.cursor_file.try_clone()?,
-        ]))
+        Ok(Some(vec![self.head.try_clone()?]))
     }
 
     /// The files handed out by [`Spool::to_sync`] are being synced.
@@ -296,11 +300,21 @@ impl Spool {
         self.unsynced = false;
     }
 
+    /// Makes what was appended durable (fsync), if anything was since the last time.
     pub fn sync(&mut self) -> io::Result<()> {
         if self.unsynced {
             self.head.sync_data()?;
-            self.cursor_file.sync_data()?;
             self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// [`Spool::sync`], and the cursor too: for the end.
+    pub fn sync_all(&mut self) -> io::Result<()> {
+        self.sync()?;
+        if self.cursor_unsynced {
+            self.cursor_file.sync_data()?;
+            self.cursor_unsynced = false;
         }
         Ok(())
     }
@@ -727,7 +741,7 @@ fn serve(
         });
     }
     drop(syncer);
-    if let Err(e) = spool.sync() {
+    if let Err(e) = spool.sync_all() {
         tracing::error!(error = %e, "uplink: the spool's last sync failed");
     }
 }

@@ -114,17 +114,7 @@ impl Side {
     pub(super) fn start(kind: Kind, bins: &Bins, fleet_port: u16, outage: usize) -> Side {
         match kind {
             Kind::Sprig => Side::Sprig(Gateway::start_bin_with(&bins.sprig, |config| {
-                let config = with_setting(
-                    &config,
-                    "max_publishes_per_second = 100",
-                    "max_publishes_per_second = 0",
-                );
-                let config = with_setting(
-                    &config,
-                    "max_publish_bytes_per_second = 524288",
-                    "max_publish_bytes_per_second = 0",
-                );
-                config + &sprig_uplink(fleet_port, outage)
+                without_publish_quotas(&config) + &sprig_uplink(fleet_port, outage)
             })),
             _ => Side::Mosquitto(
                 kind,

@@ -36,7 +36,22 @@ pub fn connect_keeping_session(client_id: &str) -> Vec<u8> {
     connect_with(client_id, None, false)
 }
 
+/// An anonymous MQTT 3.1.1 CONNECT with a clean session or not, and a keep-alive of `keep_alive_s`
+/// seconds (0: none, the broker never ends the connection for its silence).
+pub fn connect_keeping_alive(client_id: &str, clean: bool, keep_alive_s: u16) -> Vec<u8> {
+    connect_full(client_id, None, clean, keep_alive_s)
+}
+
 fn connect_with(client_id: &str, credentials: Option<(&str, &str)>, clean: bool) -> Vec<u8> {
+    connect_full(client_id, credentials, clean, 30)
+}
+
+fn connect_full(
+    client_id: &str,
+    credentials: Option<(&str, &str)>,
+    clean: bool,
+    keep_alive_s: u16,
+) -> Vec<u8> {
     let mut body = Vec::new();
     put_str(&mut body, b"MQTT");
     body.push(4);
@@ -46,7 +61,7 @@ fn connect_with(client_id: &str, credentials: Option<(&str, &str)>, clean: bool)
     } else {
         clean_flag
     });
-    body.extend_from_slice(&30u16.to_be_bytes());
+    body.extend_from_slice(&keep_alive_s.to_be_bytes());
     put_str(&mut body, client_id.as_bytes());
     if let Some((username, password)) = credentials {
         put_str(&mut body, username.as_bytes());

@@ -7,6 +7,7 @@
 //! only that namespace's jobs; a job being deleted is invisible to devices, as AWS documents. `snapshot`
 //! reads what the notifier tells devices, and `timer` runs the step timeouts.
 
+mod batch;
 mod snapshot;
 mod timer;
 
@@ -17,6 +18,7 @@ use super::clock::now_ms;
 use super::engine::Engine;
 use super::transitions::{self, DeviceUpdate};
 use super::wire::{device_execution, document};
+use batch::Write;
 
 pub use super::error::{DeviceError, DeviceErrorCode};
 pub use super::transitions::MAX_STEP_TIMEOUT_MINUTES;
@@ -24,6 +26,7 @@ pub use super::wire::{
     DeviceExecution, DeviceSummary, ExecutionState, JobDocument, JobTarget, PendingJobs,
     ThingSnapshot, UpdateExecution, UpdateOutcome,
 };
+pub(crate) use batch::DeviceWrites;
 pub use snapshot::JobCache;
 pub use timer::run_step_timeouts;
 
@@ -111,18 +114,14 @@ impl Engine {
         }
         self.device_blocking(move |engine| {
             let now = now_ms();
-            let deadline = transitions::step_deadline(step_timeout_in_minutes, now)?;
-            let _writer = engine.store().lock_writes();
-            let Some((execution, job)) = engine.next_pending(&thing, namespace.as_deref())? else {
-                return Ok(None);
-            };
-            let Some(start) =
-                transitions::start_execution(&job, &execution, status_details, deadline, now)
-            else {
-                return Ok(Some(device_execution(&execution, &job, true, now)));
-            };
-            let (job, execution) = engine.commit_execution(&job, start)?;
-            Ok(Some(device_execution(&execution, &job, true, now)))
+            let step_deadline = transitions::step_deadline(step_timeout_in_minutes, now)?;
+            let written = engine.device_write(Write::StartNext {
+                thing,
+                namespace,
+                status_details,
+                step_deadline,
+            })?;
+            Ok(written.map(|(execution, job)| device_execution(&execution, &job, true, now)))
         })
         .await
     }
@@ -148,11 +147,15 @@ impl Engine {
                 execution_number: request.execution_number,
                 step_deadline: transitions::step_deadline(request.step_timeout_in_minutes, now)?,
             };
-            let _writer = engine.store().lock_writes();
-            let (execution, job) =
-                engine.device_execution_of(&thing, namespace.as_deref(), &job_id)?;
-            let change = transitions::update_execution(&job, &execution, &update, now)?;
-            let (job, execution) = engine.commit_execution(&job, change)?;
+            let written = engine.device_write(Write::Update {
+                thing,
+                namespace,
+                job_id,
+                update,
+            })?;
+            let Some((execution, job)) = written else {
+                unreachable!("an update is answered with its execution or an error")
+            };
             Ok(UpdateOutcome {
                 execution_state: request
                     .include_job_execution_state

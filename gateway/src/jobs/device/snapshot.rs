@@ -14,9 +14,8 @@ use crate::jobs::wire::{
 use crate::model::{Execution, Job, JobStatus};
 use crate::store::{Store, StoreError};
 
-/// Jobs read for a batch of snapshots, each decoded once. A job record carries all its targets, so
-/// decoding it for every one of N things would cost N² (README, "Job notifications and connection churn");
-/// the notifier keeps one cache per batch, so the jobs it reads are as fresh as the batch.
+/// Jobs read for a batch of snapshots, each read and decoded once, not once per thing; the notifier keeps
+/// one cache per batch, so the jobs it reads are as fresh as the batch.
 #[derive(Debug, Default)]
 pub struct JobCache {
     jobs: std::collections::HashMap<String, Option<Arc<Job>>>,

@@ -228,3 +228,176 @@ async fn bad_device_input_is_an_invalid_request() {
         .unwrap_err();
     assert!(err.message.starts_with("stepTimeoutInMinutes:"), "{err}");
 }
+
+/// Holds the store's write lock, on a thread of its own, until the returned sender is dropped.
+fn hold_writes(f: &crate::jobs::test_fixture::Fixture) -> std::sync::mpsc::Sender<()> {
+    let store = f.store.clone();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held, holding) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _writer = store.lock_writes();
+        held.send(()).unwrap();
+        let _ = released.recv();
+    });
+    holding.recv().unwrap();
+    release
+}
+
+/// Waits until `count` device writes are queued behind the store's write lock.
+async fn queued(f: &crate::jobs::test_fixture::Fixture, count: usize) {
+    while f.engine.device_writes.len() < count {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn device_writes_queued_behind_a_write_are_committed_together_each_answered() {
+    let f = fixture(10, &[]);
+    let things: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+    let targets: Vec<&str> = things.iter().map(String::as_str).collect();
+    f.engine
+        .create_job(Grants::all(), create("j1", None, &targets))
+        .await
+        .unwrap();
+    let changes_before = f.store.summary().unwrap().generation;
+
+    let writer = hold_writes(&f);
+    let mut answers = Vec::new();
+    for (i, thing) in things.iter().enumerate() {
+        let engine = f.engine.clone();
+        let thing = thing.clone();
+        answers.push(tokio::spawn(async move {
+            match i % 2 {
+                0 => engine
+                    .device_start_next(thing, None, None, None)
+                    .await
+                    .map(|e| e.unwrap().status),
+                _ => engine
+                    .device_update(thing, None, "j1".into(), update("SUCCEEDED"))
+                    .await
+                    .map(|o| o.execution_state.unwrap().status),
+            }
+        }));
+    }
+    // One more for a job that is not there: refused alone, the others go on.
+    let engine = f.engine.clone();
+    let missing = tokio::spawn(async move {
+        engine
+            .device_update("t0".into(), None, "nope".into(), update("SUCCEEDED"))
+            .await
+    });
+    queued(&f, 41).await;
+    drop(writer);
+
+    for (i, answer) in answers.into_iter().enumerate() {
+        let status = answer.await.unwrap().unwrap();
+        assert_eq!(
+            status,
+            if i % 2 == 0 {
+                "IN_PROGRESS"
+            } else {
+                "SUCCEEDED"
+            }
+        );
+    }
+    let refused = missing.await.unwrap().unwrap_err();
+    assert_eq!(refused.code.as_str(), "ResourceNotFound");
+    // The 40 executions in one transaction (two if t0's second request was queued before its first).
+    assert!(
+        f.store.summary().unwrap().generation - changes_before <= 2,
+        "{} transactions",
+        f.store.summary().unwrap().generation - changes_before
+    );
+    let job = f.store.job("j1").unwrap().unwrap();
+    let counts = (
+        job.counts.get(ExecutionStatus::InProgress),
+        job.counts.get(ExecutionStatus::Succeeded),
+    );
+    assert_eq!((counts, job.status), ((20, 20), JobStatus::InProgress));
+    assert!(f.store.check().unwrap().is_consistent());
+}
+
+#[tokio::test]
+async fn a_things_second_write_waits_for_the_next_group_and_sees_the_first() {
+    let mut f = fixture(10, &[]);
+    f.engine
+        .create_job(Grants::all(), create("j1", None, &["t1", "t2"]))
+        .await
+        .unwrap();
+    let writer = hold_writes(&f);
+    let mut answers = Vec::new();
+    for (thing, status) in [
+        ("t1", "IN_PROGRESS"),
+        ("t1", "SUCCEEDED"),
+        ("t2", "SUCCEEDED"),
+    ] {
+        let engine = f.engine.clone();
+        answers.push(tokio::spawn(async move {
+            engine
+                .device_update(thing.into(), None, "j1".into(), update(status))
+                .await
+        }));
+        queued(&f, answers.len()).await;
+    }
+    drop(writer);
+    let versions: Vec<i64> = futures_versions(answers).await;
+    assert_eq!(versions, [2, 3, 2]);
+    let job = f.store.job("j1").unwrap().unwrap();
+    assert_eq!(
+        (job.counts.get(ExecutionStatus::Succeeded), job.status),
+        (2, JobStatus::Completed)
+    );
+    assert!(f.store.check().unwrap().is_consistent());
+    // Every change announced, in the order of the requests: the job's creation, then the three.
+    let kinds: Vec<_> = std::iter::from_fn(|| f.events.try_recv().ok())
+        .map(|e| (e.kind, e.things))
+        .collect();
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    assert_eq!(kinds[1].1, ["t1"]);
+    assert_eq!(kinds[2].1, ["t2"]);
+    assert_eq!(kinds[3].1, ["t1"]);
+}
+
+/// The execution versions the updates were answered with, in their order.
+async fn futures_versions(
+    answers: Vec<
+        tokio::task::JoinHandle<
+            Result<crate::jobs::device::UpdateOutcome, crate::jobs::device::DeviceError>,
+        >,
+    >,
+) -> Vec<i64> {
+    let mut versions = Vec::new();
+    for answer in answers {
+        let outcome = answer.await.unwrap().unwrap();
+        versions.push(outcome.execution_state.unwrap().version_number);
+    }
+    versions
+}
+
+#[tokio::test]
+async fn step_timeouts_of_one_job_are_written_in_one_transaction() {
+    let f = fixture(10, &[]);
+    for (job, things) in [("j1", &["t1", "t2", "t3"][..]), ("j2", &["t4"][..])] {
+        f.engine
+            .create_job(Grants::all(), create(job, None, things))
+            .await
+            .unwrap();
+    }
+    for thing in ["t1", "t2", "t3", "t4"] {
+        f.engine
+            .device_start_next(thing.into(), None, None, Some(1))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let changes_before = f.store.summary().unwrap().generation;
+    let later = crate::jobs::clock::now_ms() + 61_000;
+    assert_eq!(f.engine.expire_step_timeouts(later).unwrap(), 4);
+    assert_eq!(f.store.summary().unwrap().generation - changes_before, 2);
+    let job = f.store.job("j1").unwrap().unwrap();
+    assert_eq!(
+        (job.counts.get(ExecutionStatus::TimedOut), job.status),
+        (3, JobStatus::Completed)
+    );
+    assert!(f.store.check().unwrap().is_consistent());
+}

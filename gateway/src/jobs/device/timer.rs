@@ -6,28 +6,45 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::jobs::clock::now_ms;
-use crate::jobs::engine::Engine;
+use crate::jobs::engine::{Engine, ExecutionGroup};
 use crate::jobs::transitions;
+use crate::model::Job;
 use crate::store::StoreError;
 
 impl Engine {
-    /// Moves every IN_PROGRESS execution whose step timer ran out by `now` to TIMED_OUT; returns how many.
+    /// Moves every IN_PROGRESS execution whose step timer ran out by `now` to TIMED_OUT, those of one
+    /// job in one transaction (see `batch` for why); returns how many.
     pub fn expire_step_timeouts(&self, now: i64) -> Result<usize, StoreError> {
         let store = self.store();
         let _writer = store.lock_writes();
-        let mut expired = 0;
+        let mut groups: Vec<(Job, ExecutionGroup)> = Vec::new();
         for (job_id, thing) in store.due_deadlines(now, 1000)? {
-            let (Some(job), Some(execution)) =
-                (store.job(&job_id)?, store.execution(&job_id, &thing)?)
-            else {
+            let at = match groups.iter().position(|(job, _)| job.job_id == job_id) {
+                Some(at) => at,
+                None => {
+                    let Some(job) = store.job(&job_id)? else {
+                        continue;
+                    };
+                    let group = ExecutionGroup::new(&job);
+                    groups.push((job, group));
+                    groups.len() - 1
+                }
+            };
+            let Some(execution) = store.execution(&job_id, &thing)? else {
                 continue;
             };
-            let Some(timed_out) = transitions::time_out(&job, &execution, now) else {
-                continue;
-            };
-            self.commit_execution(&job, timed_out)?;
-            tracing::info!(job_id, thing, "step timeout: execution TIMED_OUT");
-            expired += 1;
+            let group = &mut groups[at].1;
+            if let Some(timed_out) = transitions::time_out(&group.job, &execution, now) {
+                group.push(timed_out);
+            }
+        }
+        let mut expired = 0;
+        for (before, group) in groups.into_iter().filter(|(_, g)| !g.is_empty()) {
+            for execution in self.commit_execution_group(&before, group)?.1 {
+                let (job_id, thing) = (&execution.job_id, &execution.thing_name);
+                tracing::info!(job_id, thing, "step timeout: execution TIMED_OUT");
+                expired += 1;
+            }
         }
         Ok(expired)
     }
