@@ -278,10 +278,13 @@ async fn lifecycle(bin: &Path, settings: &Settings) -> Vec<Row> {
     for status in ["IN_PROGRESS", "SUCCEEDED"] {
         let timer = Instant::now();
         let body = json!({ "status": status });
-        devices = every_device(devices, "wear/update", body, settings.rate).await;
+        let latencies;
+        (devices, latencies) = every_device(devices, "wear/update", body, settings.rate).await;
         let answered = format!(
-            "{status}, all answered in {:.1} s",
-            timer.elapsed().as_secs_f64()
+            "{status}, all answered in {:.1} s, each in {:.0} ms (p50) / {:.0} ms (p99)",
+            timer.elapsed().as_secs_f64(),
+            quantile_ms(&latencies, 0.5),
+            quantile_ms(&latencies, 0.99),
         );
         phases.push((answered, meter.phase().await, meter.transactions()));
     }

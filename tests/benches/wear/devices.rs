@@ -200,13 +200,14 @@ pub(super) async fn connect_devices(
 }
 
 /// Every device sends one Jobs request (`suffix`, `body`), all at once or, with `rate` > 0, `rate`
-/// requests a second in all; returns the devices once every reply came.
+/// requests a second in all; returns the devices once every reply came, and each request's time from
+/// its publish to its reply, sorted.
 pub(super) async fn every_device(
     devices: Vec<Client>,
     suffix: &str,
     body: serde_json::Value,
     rate: usize,
-) -> Vec<Client> {
+) -> (Vec<Client>, Vec<Duration>) {
     let started = tokio::time::Instant::now();
     let mut running = JoinSet::new();
     for (i, mut device) in devices.into_iter().enumerate() {
@@ -218,13 +219,23 @@ pub(super) async fn every_device(
         };
         running.spawn(async move {
             tokio::time::sleep_until(at).await;
+            let asked = Instant::now();
             device.jobs_request(&suffix, &body).await;
-            device
+            (device, asked.elapsed())
         });
     }
-    let mut devices = Vec::new();
-    while let Some(device) = running.join_next().await {
-        devices.push(device.unwrap());
+    let (mut devices, mut answered) = (Vec::new(), Vec::new());
+    while let Some(done) = running.join_next().await {
+        let (device, took) = done.unwrap();
+        devices.push(device);
+        answered.push(took);
     }
-    devices
+    answered.sort();
+    (devices, answered)
+}
+
+/// The `q` quantile (0.0–1.0) of `sorted`, in milliseconds.
+pub(super) fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    let at = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(at).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
