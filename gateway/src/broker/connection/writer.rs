@@ -266,58 +266,94 @@ async fn write_until_end(
                 }
             }
             notification = link_rx.next() => {
-                let notification = match notification {
-                    Ok(Some(n)) => n,
-                    Ok(None) => continue,
-                    Err(_) => return WriterEnd::RouterGone,
-                };
-                if let Notification::Unschedule = notification {
-                    // The router paused this link because its buffer filled up: say we are ready again,
-                    // or nothing more is ever delivered.
-                    if link_rx.wake().await.is_err() {
-                        return WriterEnd::RouterGone;
+                // What else the router has for this client goes into the same write: a publisher's
+                // PUBACKs come a batch at a time, and each write is a system call.
+                let mut next = Some(notification);
+                let mut taken = 0;
+                while let Some(notification) = next.take() {
+                    let notification = match notification {
+                        Ok(Some(n)) => n,
+                        Ok(None) => break,
+                        Err(_) => return WriterEnd::RouterGone,
+                    };
+                    if let Some(end) =
+                        on_notification(out, link_rx, notification, pending, subscribed, version).await
+                    {
+                        return end;
                     }
-                    continue;
-                }
-                let packet: Option<Packet> = notification.into();
-                let Some(packet) = packet else { continue };
-                for taken in out.copies_acknowledged_by(&packet) {
-                    // A service that ended dropped its sender: nothing more to wait for.
-                    let _ = taken.await;
-                }
-                match outbound(packet, pending, subscribed, version) {
-                    Outbound::Write(packet) => {
-                        let topic = match &packet {
-                            Packet::Publish(publish, _) => Some(publish.topic.clone()),
-                            _ => None,
-                        };
-                        match out.encode_from_router(packet) {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                let topic = topic.unwrap_or_default();
-                                out.count_drop(subscribed, &String::from_utf8_lossy(&topic));
-                            }
-                            Err(e) => return WriterEnd::Io(e),
-                        }
-                    }
-                    Outbound::SubAck(packet, granted) => {
-                        if let Err(e) = out.writer.send(packet).await {
-                            return WriterEnd::Io(e);
-                        }
-                        subscribed.report(granted);
-                    }
-                    Outbound::Skip => {}
-                    Outbound::Close(last) => {
-                        if let Some(last) = last {
-                            let _ = out.writer.send(last).await;
-                        }
-                        out.writer.shutdown().await;
-                        return WriterEnd::RouterDisconnect;
+                    taken += 1;
+                    if taken < ROUTER_BATCH {
+                        next = ready_now(link_rx.next());
                     }
                 }
             }
         }
     }
+}
+
+/// Router notifications handled before the writer writes, at most.
+const ROUTER_BATCH: usize = 64;
+
+/// `future`'s output if it has one without waiting.
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(future).poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Encodes what one router notification has for the client; `Some` when the writer must end.
+async fn on_notification(
+    out: &mut Outgoing,
+    link_rx: &mut LinkRx,
+    notification: Notification,
+    pending: &PendingSubacks,
+    subscribed: &Subscribed,
+    version: Version,
+) -> Option<WriterEnd> {
+    if let Notification::Unschedule = notification {
+        // The router paused this link because its buffer filled up: say we are ready again, or nothing
+        // more is ever delivered.
+        return link_rx.wake().await.err().map(|_| WriterEnd::RouterGone);
+    }
+    let packet: Option<Packet> = notification.into();
+    let packet = packet?;
+    for taken in out.copies_acknowledged_by(&packet) {
+        // A service that ended dropped its sender: nothing more to wait for.
+        let _ = taken.await;
+    }
+    match outbound(packet, pending, subscribed, version) {
+        Outbound::Write(packet) => {
+            let topic = match &packet {
+                Packet::Publish(publish, _) => Some(publish.topic.clone()),
+                _ => None,
+            };
+            match out.encode_from_router(packet) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let topic = topic.unwrap_or_default();
+                    out.count_drop(subscribed, &String::from_utf8_lossy(&topic));
+                }
+                Err(e) => return Some(WriterEnd::Io(e)),
+            }
+        }
+        Outbound::SubAck(packet, granted) => {
+            if let Err(e) = out.writer.send(packet).await {
+                return Some(WriterEnd::Io(e));
+            }
+            subscribed.report(granted);
+        }
+        Outbound::Skip => {}
+        Outbound::Close(last) => {
+            if let Some(last) = last {
+                let _ = out.writer.send(last).await;
+            }
+            out.writer.shutdown().await;
+            return Some(WriterEnd::RouterDisconnect);
+        }
+    }
+    None
 }
 
 /// A stall limit that never comes (no limit configured): a year, well within tokio's timer range.
