@@ -156,12 +156,15 @@ impl InternalSender {
             self.shared.taps.add(filter, self.tap.clone());
             return Ok(());
         }
+        // Counted before the router has it: from now on publishes that match go to the router.
+        let path = to_internal(filter);
+        self.shared.routed.record([path.as_str()]);
         // QoS 0 inside the process: nothing is lost between the router and this link, and the router
         // would otherwise wait for PUBACKs from us.
         let subscribe = Subscribe {
             pkid: 1,
             filters: vec![Filter {
-                path: to_internal(filter),
+                path,
                 qos: QoS::AtMostOnce,
                 nolocal: false,
                 preserve_retain: false,

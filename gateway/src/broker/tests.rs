@@ -804,3 +804,55 @@ async fn mqtt5_clients_get_direct_deliveries() {
         )
     );
 }
+
+/// A publish no router filter matches is acknowledged by sprig and never reaches the router; once a
+/// filter that matches exists (a client's or a service's), the next one goes through it and is delivered,
+/// and a retained one always does (the router keeps it for later subscribers).
+#[tokio::test]
+async fn publishes_nobody_could_receive_skip_the_router_until_someone_subscribes() {
+    let broker = start().await;
+    let (d1, mut d1_rx) = connect(options(&broker, "d1")).await;
+    let puback = |p: Packet| matches!(p, Packet::PubAck(_)).then_some(());
+
+    d1.publish("state/d1/a", QoS::AtLeastOnce, false, "nobody")
+        .await
+        .unwrap();
+    next_matching(&mut d1_rx, puback).await;
+    d1.publish("state/d1/kept", QoS::AtLeastOnce, true, "retained")
+        .await
+        .unwrap();
+    next_matching(&mut d1_rx, puback).await;
+
+    // A service's subscription: the same topic is routed to it from now on.
+    let mut service = broker.internal_client("watcher").await.unwrap();
+    service.subscribe("state/+/a").await.unwrap();
+    d1.publish("state/d1/a", QoS::AtLeastOnce, false, "watched")
+        .await
+        .unwrap();
+    next_matching(&mut d1_rx, puback).await;
+    assert_eq!(
+        next_internal(&mut service).await,
+        ("state/d1/a".to_owned(), Bytes::from("watched"))
+    );
+
+    // A client's: it gets the retained message kept while nobody subscribed, then what follows.
+    let (d2, mut d2_rx) = connect(options(&broker, "d2")).await;
+    d1.subscribe("state/d1/#", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(suback(&mut d1_rx).await.len(), 1);
+    assert_eq!(
+        publish(&mut d1_rx).await,
+        ("state/d1/kept".to_owned(), Bytes::from("retained"))
+    );
+    d1.publish("state/d1/b", QoS::AtMostOnce, false, "own")
+        .await
+        .unwrap();
+    assert_eq!(
+        publish(&mut d1_rx).await,
+        ("state/d1/b".to_owned(), Bytes::from("own"))
+    );
+    // Another device's topic stays unmatched: acknowledged, delivered to nobody.
+    d2.publish("state/d2/z", QoS::AtLeastOnce, false, "alone")
+        .await
+        .unwrap();
+    next_matching(&mut d2_rx, puback).await;
+}

@@ -25,6 +25,7 @@ use crate::broker::internal::disconnect_now;
 use crate::broker::parking::{restore_filters, Link};
 use crate::broker::presence::PresenceInfo;
 use crate::broker::quota::PublishQuota;
+use crate::broker::routed::Deliverable;
 use crate::broker::topics::is_reserved;
 use crate::broker::{ReadHalf, Shared, WriteHalf};
 use crate::config::BrokerConfig;
@@ -219,6 +220,7 @@ pub(super) async fn accept(
             shared.config.max_payload_size,
         ),
         copies: SharedCopies::default(),
+        deliverable: Deliverable::default(),
         _counted: crate::metrics::get().connection_opened(kind, &request.listener.to_string()),
         presence,
         taken_over: Some(taken_over),

@@ -39,6 +39,7 @@ use super::internal::disconnect_now;
 use super::links::LinkName;
 use super::presence::{DisconnectReason, PresenceInfo};
 use super::quota::PublishQuota;
+use super::routed::Deliverable;
 use super::sessions::TakenOver;
 use super::topics::{is_reserved, served_directly, to_internal};
 use super::{ReadHalf, Shared, WriteHalf};
@@ -135,6 +136,8 @@ struct Client {
     presence: PresenceInfo,
     /// Copies of its publishes whose acknowledgement waits for them (see [`SharedCopies`]).
     copies: SharedCopies,
+    /// Which of the topics it publishes on the router may deliver (see `needs_router`).
+    deliverable: Deliverable,
     /// Counts it in `sprig_connections` while it lives.
     _counted: crate::metrics::OpenConnection,
     /// Fires when a newer connection of the same client id took over, until `run` takes it.
@@ -592,15 +595,6 @@ impl Client {
                 // having been taken.
                 self.shared.taps.dispatch(&topic, payload).await;
             }
-            if let Some(reply) = reply {
-                let reply = match granted {
-                    Some(granted) => ToWriter::SubAck(Box::new(reply), granted),
-                    None => ToWriter::Packet(Box::new(reply)),
-                };
-                if to_writer.send(reply).await.is_err() {
-                    return ReaderEnd::Lost(DisconnectReason::ConnectionLost, "writer gone".into());
-                }
-            }
             if let Some(Copy {
                 topic,
                 payload,
@@ -615,6 +609,16 @@ impl Client {
                 let taken = self.shared.taps.copy(&topic, &payload, qos, retain).await;
                 if qos > 0 && !taken.is_empty() {
                     lock(&self.copies).insert(pkid, taken);
+                }
+            }
+            // After the copy's record: an acknowledgement sprig makes itself waits for it too.
+            if let Some(reply) = reply {
+                let reply = match granted {
+                    Some(granted) => ToWriter::SubAck(Box::new(reply), granted),
+                    None => ToWriter::Packet(Box::new(reply)),
+                };
+                if to_writer.send(reply).await.is_err() {
+                    return ReaderEnd::Lost(DisconnectReason::ConnectionLost, "writer gone".into());
                 }
             }
             if let Some(packet) = to_router {
@@ -663,7 +667,11 @@ impl Client {
                     topic: topic.clone(),
                 }
             });
-            publish.topic = Bytes::from(to_internal(&topic));
+            let internal = to_internal(&topic);
+            if !self.needs_router(&publish, &internal) {
+                return self.publish_past_router(&publish, copy);
+            }
+            publish.topic = Bytes::from(internal);
             // Topic aliases are not offered (CONNACK), so a client-sent alias is ignored, not recorded.
             let props = props.map(|mut p| {
                 p.topic_alias = None;
@@ -685,6 +693,35 @@ impl Client {
             }
             (2, _) => Inbound::deny(topic),
             _ => Inbound::default(),
+        }
+    }
+
+    /// Must the router have this publish on `topic` (internal form)? Not when none of its filters
+    /// matches (see [`RoutedFilters::may_deliver`](super::routed::RoutedFilters::may_deliver)), unless
+    /// it is retained (the router keeps it for later subscribers) or QoS 2 (the router runs its exchange).
+    fn needs_router(&mut self, publish: &Publish, topic: &str) -> bool {
+        publish.retain
+            || qos_and_pkid(publish).0 == 2
+            || self.deliverable.check(&self.shared.routed, topic)
+    }
+
+    /// A publish no router filter matches: only its copy (the uplink's) goes anywhere; sprig acknowledges
+    /// it itself, once the copy is taken (the writer holds the PUBACK as it holds the router's).
+    fn publish_past_router(&self, publish: &Publish, copy: Option<Copy>) -> Inbound {
+        let reply = match qos_and_pkid(publish) {
+            (1, pkid) => Some(Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            )),
+            _ => None,
+        };
+        Inbound {
+            copy,
+            reply,
+            ..Inbound::default()
         }
     }
 

@@ -205,30 +205,24 @@ async fn write_until_end(
         tokio::select! {
             // Replies the reader made are written before later router output.
             biased;
-            command = commands.recv() => match command {
-                Some(ToWriter::Packet(packet)) => {
-                    if let Err(e) = out.writer.encode(*packet) {
-                        return WriterEnd::Io(e);
+            command = commands.recv() => {
+                // The reader's replies queued behind this one go out in the same write.
+                let mut next = command;
+                let mut taken = 0;
+                while let Some(command) = next.take() {
+                    if let Some(end) = on_command(out, command, subscribed).await {
+                        return end;
+                    }
+                    taken += 1;
+                    if taken < ROUTER_BATCH {
+                        next = commands.try_recv().ok();
                     }
                 }
-                Some(ToWriter::SubAck(packet, granted)) => {
-                    if let Err(e) = out.writer.send(*packet).await {
-                        return WriterEnd::Io(e);
-                    }
-                    subscribed.report(granted);
-                }
-                Some(ToWriter::Close(last)) => {
-                    if let Some(last) = last {
-                        let _ = out.writer.send(*last).await;
-                    }
+                if taken == 0 {
                     out.writer.shutdown().await;
                     return WriterEnd::Closed;
                 }
-                None => {
-                    out.writer.shutdown().await;
-                    return WriterEnd::Closed;
-                }
-            },
+            }
             progress = out.writer.write_or_flush(), if waiting => match progress {
                 Ok(Progress::Wrote) => {
                     unflushed = true;
@@ -300,6 +294,37 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
     match std::pin::pin!(future).poll(&mut context) {
         std::task::Poll::Ready(output) => Some(output),
         std::task::Poll::Pending => None,
+    }
+}
+
+/// Encodes one of the reader's replies; `Some` when the writer must end.
+async fn on_command(
+    out: &mut Outgoing,
+    command: ToWriter,
+    subscribed: &Subscribed,
+) -> Option<WriterEnd> {
+    match command {
+        ToWriter::Packet(packet) => {
+            // An acknowledgement sprig made itself waits for its publish's copies, as the router's does.
+            for copied in out.copies_acknowledged_by(&packet) {
+                let _ = copied.await;
+            }
+            out.writer.encode(*packet).err().map(WriterEnd::Io)
+        }
+        ToWriter::SubAck(packet, granted) => {
+            if let Err(e) = out.writer.send(*packet).await {
+                return Some(WriterEnd::Io(e));
+            }
+            subscribed.report(granted);
+            None
+        }
+        ToWriter::Close(last) => {
+            if let Some(last) = last {
+                let _ = out.writer.send(*last).await;
+            }
+            out.writer.shutdown().await;
+            Some(WriterEnd::Closed)
+        }
     }
 }
 
