@@ -78,7 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let uplink = match &config.uplink {
         Some(uplink) => {
             let settings = uplink_settings(&config.gateway.id, &data_dir, uplink)?;
-            let options = uplink::mqtt_options(&settings)?;
+            let options = uplink::link_options(&settings)?;
             Some((settings, options, mpsc::unbounded_channel()))
         }
         None => None,
@@ -448,21 +448,21 @@ pub fn store_restore(
 
 #[cfg(test)]
 mod tests {
-    use rumqttc::{TlsConfiguration, Transport};
+    use tokio_rustls::rustls::pki_types::ServerName;
 
     use super::*;
     use crate::config::DEFAULT_TOML;
     use sprig_test_support::certs;
     use std::path::Path;
 
-    /// The rumqttc options `[uplink]` (written after the defaults) makes, in a directory holding a CA
+    /// The connection options `[uplink]` (written after the defaults) makes, in a directory holding a CA
     /// (`ca.pem`) and a client certificate it signs (`site-7.pem`, `site-7.key`) beside the config,
     /// after `damage` had its way with the directory.
     fn uplink_options(
         uplink: &str,
         damage: impl FnOnce(&Path),
     ) -> (
-        Result<rumqttc::MqttOptions, uplink::UplinkError>,
+        Result<uplink::link::Options, uplink::UplinkError>,
         tempfile::TempDir,
     ) {
         let dir = tempfile::tempdir().unwrap();
@@ -474,17 +474,13 @@ mod tests {
         std::fs::write(&path, format!("{DEFAULT_TOML}\n[uplink]\n{uplink}\n")).unwrap();
         let config = Config::load(&path).unwrap();
         let settings = uplink_settings("gw", dir.path(), config.uplink.as_ref().unwrap()).unwrap();
-        (uplink::mqtt_options(&settings), dir)
+        (uplink::link_options(&settings), dir)
     }
 
     /// The TLS part of [`uplink_options`], undamaged.
-    fn uplink_tls(uplink: &str) -> (Option<TlsConfiguration>, tempfile::TempDir) {
+    fn uplink_tls(uplink: &str) -> (Option<uplink::link::Tls>, tempfile::TempDir) {
         let (options, dir) = uplink_options(uplink, |_| {});
-        let tls = match options.unwrap().transport() {
-            Transport::Tls(tls) => Some(tls),
-            _ => None,
-        };
-        (tls, dir)
+        (options.unwrap().tls, dir)
     }
 
     #[test]
@@ -508,30 +504,21 @@ mod tests {
     }
 
     #[test]
-    fn the_uplinks_alpn_and_client_certificate_reach_rumqttcs_tls_configuration() {
+    fn the_uplinks_alpn_and_client_certificate_reach_the_tls_configuration() {
         let files = "ca_file = \"ca.pem\"\ncert_file = \"site-7.pem\"\nkey_file = \"site-7.key\"";
-        let (tls, dir) = uplink_tls(&format!(
+        let (tls, _dir) = uplink_tls(&format!(
             "url = \"mqtts://fleet:443\"\n{files}\nalpn = [\"x-amzn-mqtt-ca\"]"
         ));
-        let Some(TlsConfiguration::Simple {
-            ca,
-            alpn,
-            client_auth,
-        }) = tls
-        else {
-            panic!("not rustls with the given files: {tls:?}");
-        };
-        let file = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
-        assert_eq!(ca, file("ca.pem"));
-        assert_eq!(alpn, Some(vec![b"x-amzn-mqtt-ca".to_vec()]));
-        assert_eq!(client_auth, Some((file("site-7.pem"), file("site-7.key"))));
+        let tls = tls.expect("mqtts:// makes a TLS configuration");
+        assert_eq!(tls.config.alpn_protocols, vec![b"x-amzn-mqtt-ca".to_vec()]);
+        assert!(tls.config.client_auth_cert_resolver.has_certs());
+        assert_eq!(tls.server_name, ServerName::try_from("fleet").unwrap());
 
-        // No alpn key: no protocol offered; a plain url: no TLS at all.
-        let (tls, _) = uplink_tls(&format!("url = \"mqtts://fleet:8883\"\n{files}"));
-        assert!(
-            matches!(tls, Some(TlsConfiguration::Simple { alpn: None, .. })),
-            "{tls:?}"
-        );
+        // No alpn key: no protocol offered; no client certificate: none sent; a plain url: no TLS.
+        let (tls, _) = uplink_tls("url = \"mqtts://fleet:8883\"\nca_file = \"ca.pem\"");
+        let tls = tls.unwrap();
+        assert!(tls.config.alpn_protocols.is_empty());
+        assert!(!tls.config.client_auth_cert_resolver.has_certs());
         assert!(uplink_tls("url = \"mqtt://fleet\"").0.is_none());
     }
 }

@@ -207,6 +207,12 @@ async fn forward_run(side: &Side, sink: &Sink, (tag, qos): (u8, u8), s: &Setting
         PUBLISH_TIMEOUT,
     );
     let (published, arrived) = tokio::join!(publishing, sink.until(tag, s.messages, s.patience));
+    eprintln!(
+        "uplink:   QoS {qos}: {} taken locally in {:.2?}, arrivals ended after {:.2?}",
+        published.taken,
+        published.elapsed,
+        started.elapsed()
+    );
     Forward {
         published,
         arrived,

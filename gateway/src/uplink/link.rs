@@ -1,24 +1,74 @@
-//! The connection to the fleet broker: one rumqttc client and eventloop per connection, made again after
-//! each loss with exponential backoff and jitter ([`Backoff`]), every failure logged once. A fresh
-//! eventloop per connection means nothing is resent behind the uplink's back (rumqttc would replay what it
-//! had in flight): what was not acknowledged is resent from the spool's cursor, once.
+//! The connection to the fleet broker: an MQTT 3.1.1 client of sprig's own on rumqttc's packet types and
+//! codec (`rumqttc::mqttbytes`), made again after each loss with exponential backoff and jitter
+//! ([`Backoff`]), every failure logged once. What was not acknowledged when a connection ended is resent
+//! from the spool's cursor by the uplink, once: nothing is replayed behind its back.
+//!
+//! Why not rumqttc's own eventloop: it writes and flushes the socket once per publish, with a timer per
+//! request (rumqtt issue 810), and each publish crossed from the uplink's task to the eventloop's and each
+//! event back, one at a time; forwarding QoS 1 to the fleet it was the slowest stage. Here one task owns the
+//! socket: the uplink's requests queued meanwhile are encoded together and written at once, the broker's
+//! packets read at once are handled together, and the keep-alive timer is set once per period.
+
+mod connection;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Outgoing, Packet,
-};
+use rumqttc::{ConnectReturnCode, LastWill, Login};
 use tokio::sync::mpsc;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
 
 use super::backoff::Backoff;
 use crate::config::UplinkUrl;
+use connection::Connection;
 
-/// Requests the rumqttc client queues before the eventloop takes them: the window, replies and status.
+/// Requests the uplink may queue before the connection takes them: the window, replies and status.
 const CLIENT_QUEUE: usize = 1024;
+
+/// How to connect and who to be: built once from `[uplink]` (files read then).
+#[derive(Clone)]
+pub struct Options {
+    pub client_id: String,
+    pub host: String,
+    pub port: u16,
+    pub keep_alive: Duration,
+    pub login: Option<Login>,
+    /// Said by the broker when the connection dies: `{prefix}/status` offline, retained.
+    pub will: LastWill,
+    /// `mqtts://`: the TLS client configuration (CA, client certificate, ALPN) and the name to verify.
+    pub tls: Option<Tls>,
+    /// Publishes sent and not acknowledged, at most (the window; AWS IoT Core allows 100).
+    pub inflight: usize,
+    /// The largest packet taken from the broker.
+    pub max_packet: usize,
+    /// How long the TCP connection, the TLS handshake, the CONNACK and each write may take.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("client_id", &self.client_id)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS to the fleet broker.
+#[derive(Clone)]
+pub struct Tls {
+    pub config: Arc<ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
 
 /// What the connection tells the uplink, in the order it happened.
 pub enum LinkEvent {
     /// Connected; publish through this client until [`LinkEvent::Lost`].
-    Connected(AsyncClient),
+    Connected(Client),
     Lost,
     /// A message from the fleet.
     Message(String, Bytes),
@@ -28,9 +78,84 @@ pub enum LinkEvent {
     Acknowledged(u16),
 }
 
+/// What the uplink asks of the connection.
+#[derive(Debug)]
+enum Request {
+    Publish {
+        topic: String,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+    },
+    /// Filters with their QoS.
+    Subscribe(Vec<(String, u8)>),
+    /// Ends the connection cleanly (the will is not said) after what was asked before.
+    Disconnect,
+}
+
+/// The uplink's handle on one connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    requests: mpsc::Sender<Request>,
+}
+
+/// The connection's queue is full, or the connection is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection to the fleet broker takes no more now")]
+pub struct NotTaken;
+
+impl Client {
+    /// Queues a publish; [`LinkEvent::WentOut`] says when it is written.
+    pub fn try_publish(
+        &self,
+        topic: String,
+        qos: u8,
+        retain: bool,
+        payload: Bytes,
+    ) -> Result<(), NotTaken> {
+        self.try_send(Request::Publish {
+            topic,
+            payload,
+            qos,
+            retain,
+        })
+    }
+
+    /// Subscribes to `filters` (filter, QoS); a refusal is logged.
+    pub fn try_subscribe(&self, filters: Vec<(String, u8)>) -> Result<(), NotTaken> {
+        self.try_send(Request::Subscribe(filters))
+    }
+
+    /// Disconnects cleanly once what was queued before is written.
+    pub fn try_disconnect(&self) -> Result<(), NotTaken> {
+        self.try_send(Request::Disconnect)
+    }
+
+    fn try_send(&self, request: Request) -> Result<(), NotTaken> {
+        self.requests.try_send(request).map_err(|_| NotTaken)
+    }
+}
+
+/// Why a connection failed or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the broker refused the connection: {0:?}")]
+    Refused(ConnectReturnCode),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("no PINGRESP within the keep-alive")]
+    PingTimeout,
+    #[error("the broker broke the protocol: {0}")]
+    Protocol(String),
+    #[error("the broker closed the connection")]
+    Closed,
+}
+
 /// Connects, and connects again, until the uplink is gone or a clean disconnect went out.
 pub async fn drive(
-    options: MqttOptions,
+    options: Options,
     url: UplinkUrl,
     mut backoff: Backoff,
     link: mpsc::Sender<LinkEvent>,
@@ -42,63 +167,54 @@ pub async fn drive(
         url.port
     );
     loop {
-        let (client, mut eventloop) = AsyncClient::new(options.clone(), CLIENT_QUEUE);
-        let mut client = Some(client);
-        let error = loop {
-            let event = match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack)))
-                    if ack.code == ConnectReturnCode::Success =>
+        let (error, was_up) = match Connection::open(&options).await {
+            Ok(connection) => {
+                backoff.reset();
+                tracing::info!(endpoint, "uplink: connected to the fleet broker");
+                let (requests, taken) = mpsc::channel(CLIENT_QUEUE);
+                if link
+                    .send(LinkEvent::Connected(Client { requests }))
+                    .await
+                    .is_err()
                 {
-                    backoff.reset();
-                    tracing::info!(endpoint, "uplink: connected to the fleet broker");
-                    match client.take() {
-                        Some(client) => LinkEvent::Connected(client),
-                        None => continue,
-                    }
+                    return;
                 }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    LinkEvent::Message(publish.topic, publish.payload)
+                match connection.run(taken, &link).await {
+                    // A clean disconnect, or the uplink is gone.
+                    None => return,
+                    Some(error) => (error, true),
                 }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acknowledged(ack.pkid),
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::WentOut(pkid),
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-                Ok(_) => continue,
-                Err(error) => break error,
-            };
-            if link.send(event).await.is_err() {
-                return;
             }
+            Err(error) => (error, false),
         };
-        let was_up = client.is_none();
         let wait = backoff.failed(&mut rand::thread_rng());
         log_failure(&endpoint, url.tls, &error, was_up, wait.as_millis() as u64);
         if was_up && link.send(LinkEvent::Lost).await.is_err() {
             return;
         }
-        drop(eventloop);
         tokio::time::sleep(wait).await;
     }
 }
 
 /// A TLS failure, or a connection the other side reset or closed before answering (what a broker does
 /// with a client certificate it refuses, under TLS 1.3 after the client finished its handshake).
-fn tls_trouble(error: &ConnectionError) -> bool {
+fn tls_trouble(error: &LinkError) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionReset, InvalidData, UnexpectedEof};
     match error {
-        ConnectionError::Tls(_) => true,
         // rustls reports a TLS alert from the broker (UnknownCA, ...) as invalid data.
-        ConnectionError::Io(e) => matches!(
+        LinkError::Io(e) => matches!(
             e.kind(),
             ConnectionReset | UnexpectedEof | BrokenPipe | InvalidData
         ),
+        LinkError::Closed => true,
         _ => false,
     }
 }
 
 /// Logs a failed or lost connection once, with what to check.
-fn log_failure(endpoint: &str, tls: bool, error: &ConnectionError, was_up: bool, retry_in_ms: u64) {
+fn log_failure(endpoint: &str, tls: bool, error: &LinkError, was_up: bool, retry_in_ms: u64) {
     match error {
-        ConnectionError::ConnectionRefused(code) => tracing::warn!(
+        LinkError::Refused(code) => tracing::warn!(
             endpoint,
             refused = ?code,
             retry_in_ms,

@@ -1,4 +1,4 @@
-//! The fleet uplink: one MQTT connection out to the fleet's broker (rumqttc), owned here with what
+//! The fleet uplink: one MQTT connection out to the fleet's broker ([`link`]), owned here with what
 //! travels on it. Down come control requests on `{prefix}/control/{Operation}`, answered through the
 //! same [`control::Requests`] as the local listener's, the uplink acting as an operator with the
 //! configured grants and its own request rate, and the `in` topics of `[[uplink.topics]]`, published on
@@ -13,7 +13,7 @@
 pub mod backoff;
 pub mod bridge;
 pub mod events;
-mod link;
+pub mod link;
 pub mod spool;
 pub mod window;
 
@@ -23,10 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{LastWill, Login, QoS};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::auth::Operator;
 use crate::broker::{Broker, InternalSender};
@@ -36,7 +37,7 @@ use crate::jobs::clock::now_ms;
 use crate::jobs::StatusChange;
 use backoff::Backoff;
 use bridge::Bridge;
-use link::LinkEvent;
+use link::{Client, LinkEvent};
 use spool::{Record, Spool, SpoolHandle};
 use window::Window;
 
@@ -103,70 +104,107 @@ pub enum UplinkError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("uplink: TLS: {0}")]
+    Tls(String),
     #[error("uplink: the local broker refused the uplink's client: {0}")]
     Broker(#[from] crate::broker::BrokerError),
 }
 
-/// The rumqttc options for `settings`: identity, will, TLS (files read now).
-pub fn mqtt_options(settings: &Settings) -> Result<MqttOptions, UplinkError> {
+/// How long the connection to the fleet broker, its TLS handshake, its CONNACK and each write may take.
+const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The connection's options for `settings`: identity, will, TLS (files read now).
+pub fn link_options(settings: &Settings) -> Result<link::Options, UplinkError> {
     let url = &settings.url;
-    let mut options = MqttOptions::new(&settings.client_id, &url.host, url.port);
-    options.set_keep_alive(settings.keep_alive);
-    options.set_clean_session(true);
-    options.set_max_packet_size(1 << 20, 1 << 20);
-    options.set_inflight(window::WINDOW as u16);
-    if let Some(username) = &settings.username {
-        options.set_credentials(username, settings.password.as_deref().unwrap_or(""));
-    }
     let (topic, offline) = events::status(&settings.prefix, &settings.client_id, false, now_ms());
-    options.set_last_will(LastWill::new(topic, offline, QoS::AtLeastOnce, true));
-    if url.tls {
-        let read = |key: &'static str, path: &PathBuf| {
-            std::fs::read(path).map_err(|source| UplinkError::File {
-                key,
-                path: path.clone(),
-                source,
-            })
-        };
-        let ca = match &settings.ca_file {
-            Some(path) => {
-                let ca = read("ca_file", path)?;
-                check_certificates("ca_file", path, &ca)?;
-                ca
-            }
-            None => SYSTEM_CA_BUNDLES
-                .iter()
-                .find_map(|path| std::fs::read(path).ok())
-                .ok_or(UplinkError::NoCa)?,
-        };
-        let client_auth = match (&settings.cert_file, &settings.key_file) {
-            (Some(cert_path), Some(key_path)) => {
-                let (cert, key) = (read("cert_file", cert_path)?, read("key_file", key_path)?);
-                check_certificates("cert_file", cert_path, &cert)?;
-                check_key(key_path, &key)?;
-                Some((cert, key))
-            }
-            _ => None,
-        };
-        let alpn = (!settings.alpn.is_empty()).then(|| {
-            settings
-                .alpn
-                .iter()
-                .map(|p| p.as_bytes().to_vec())
-                .collect()
-        });
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-            ca,
-            alpn,
-            client_auth,
-        }));
-    }
-    Ok(options)
+    let login = settings.username.as_ref().map(|username| {
+        Login::new(
+            username.clone(),
+            settings.password.clone().unwrap_or_default(),
+        )
+    });
+    Ok(link::Options {
+        client_id: settings.client_id.clone(),
+        host: url.host.clone(),
+        port: url.port,
+        keep_alive: settings.keep_alive,
+        login,
+        will: LastWill::new(topic, offline, QoS::AtLeastOnce, true),
+        tls: if url.tls { Some(tls(settings)?) } else { None },
+        inflight: window::WINDOW,
+        max_packet: 1 << 20,
+        timeout: LINK_TIMEOUT,
+    })
 }
 
-/// Refuses a PEM file without certificates or with one that does not parse: rumqttc would skip it and
-/// every connection would fail later, far from the cause.
-fn check_certificates(key: &'static str, path: &Path, pem: &[u8]) -> Result<(), UplinkError> {
+/// The TLS client configuration of `settings`: its CA (or the system's), its client certificate, ALPN.
+fn tls(settings: &Settings) -> Result<link::Tls, UplinkError> {
+    let read = |key: &'static str, path: &PathBuf| {
+        std::fs::read(path).map_err(|source| UplinkError::File {
+            key,
+            path: path.clone(),
+            source,
+        })
+    };
+    let (ca_key, ca_path, ca) = match &settings.ca_file {
+        Some(path) => ("ca_file", path.clone(), read("ca_file", path)?),
+        None => {
+            let path = SYSTEM_CA_BUNDLES
+                .iter()
+                .find(|path| Path::new(path).exists())
+                .ok_or(UplinkError::NoCa)?;
+            let path = PathBuf::from(path);
+            ("ca_file", path.clone(), read("ca_file", &path)?)
+        }
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(ca_key, &ca_path, &ca)? {
+        roots.add(cert).map_err(|e| UplinkError::Pem {
+            key: ca_key,
+            path: ca_path.clone(),
+            reason: format!("a certificate is not a usable CA ({e})"),
+        })?;
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UplinkError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match (&settings.cert_file, &settings.key_file) {
+        (Some(cert_path), Some(key_path)) => {
+            let (cert, key) = (read("cert_file", cert_path)?, read("key_file", key_path)?);
+            let chain = certificates("cert_file", cert_path, &cert)?;
+            let key = private_key(key_path, &key)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| UplinkError::Pem {
+                    key: "key_file",
+                    path: key_path.clone(),
+                    reason: format!("does not go with cert_file ({e})"),
+                })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = settings
+        .alpn
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    let server_name = ServerName::try_from(settings.url.host.clone())
+        .map_err(|e| UplinkError::Tls(format!("{}: {e}", settings.url.host)))?;
+    Ok(link::Tls {
+        config: Arc::new(config),
+        server_name,
+    })
+}
+
+/// The certificates of a PEM file; refuses one without certificates or with one that does not parse, so
+/// that a bad file stops the start, not every connection later, far from the cause.
+fn certificates(
+    key: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, UplinkError> {
     let bad = |reason: String| UplinkError::Pem {
         key,
         path: path.to_owned(),
@@ -178,18 +216,16 @@ fn check_certificates(key: &'static str, path: &Path, pem: &[u8]) -> Result<(), 
     if certs.is_empty() {
         return Err(bad("holds no PEM certificate".into()));
     }
-    Ok(())
+    Ok(certs)
 }
 
-/// Refuses a key file that holds no private key rumqttc can use (PKCS#8, RSA or SEC1 EC, in PEM).
-fn check_key(path: &Path, pem: &[u8]) -> Result<(), UplinkError> {
-    PrivateKeyDer::from_pem_slice(pem)
-        .map(drop)
-        .map_err(|e| UplinkError::Pem {
-            key: "key_file",
-            path: path.to_owned(),
-            reason: format!("holds no PEM private key ({e})"),
-        })
+/// The private key of a key file (PKCS#8, RSA or SEC1 EC, in PEM).
+fn private_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, UplinkError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| UplinkError::Pem {
+        key: "key_file",
+        path: path.to_owned(),
+        reason: format!("holds no PEM private key ({e})"),
+    })
 }
 
 /// Starts the uplink: opens the spool, has the broker copy the `out` topics to it (from the first client
@@ -197,7 +233,7 @@ fn check_key(path: &Path, pem: &[u8]) -> Result<(), UplinkError> {
 /// offline on `{prefix}/status` and disconnects.
 pub async fn start(
     settings: Settings,
-    options: MqttOptions,
+    options: link::Options,
     requests: control::Requests,
     changes: mpsc::UnboundedReceiver<StatusChange>,
     broker: &Broker,
@@ -258,7 +294,7 @@ struct Uplink {
     spool: SpoolHandle,
     window: Window,
     /// The connected client; `None` while the link is down.
-    client: Option<AsyncClient>,
+    client: Option<Client>,
     /// Publishes the `in` topics on the local broker.
     local: InternalSender,
     requests: Arc<control::Requests>,
@@ -270,7 +306,7 @@ struct Uplink {
 impl Uplink {
     async fn run(
         mut self,
-        options: MqttOptions,
+        options: link::Options,
         mut sources: Sources,
         mut replies: mpsc::Receiver<(String, Bytes)>,
         mut shutdown: watch::Receiver<bool>,
@@ -363,10 +399,7 @@ impl Uplink {
         let Some(client) = &self.client else { return };
         let mut filters = vec![(format!("{}/control/+", self.settings.prefix), 1)];
         filters.extend(self.settings.bridge.remote_filters());
-        let filters = filters
-            .into_iter()
-            .map(|(filter, qos)| rumqttc::SubscribeFilter::new(filter, qos_of(qos)));
-        if let Err(e) = client.try_subscribe_many(filters) {
+        if let Err(e) = client.try_subscribe(filters) {
             tracing::warn!(error = %e, "uplink: cannot subscribe to control requests");
         }
         let (topic, online) = events::status(
@@ -439,12 +472,7 @@ impl Uplink {
         let records = self.next_records(room).await;
         let Some(client) = &self.client else { return };
         for (seq, record) in records {
-            let sent = client.try_publish(
-                record.topic,
-                qos_of(record.qos),
-                record.retain,
-                record.payload.to_vec(),
-            );
+            let sent = client.try_publish(record.topic, record.qos, record.retain, record.payload);
             if let Err(e) = sent {
                 tracing::debug!(error = %e, "uplink: the connection takes no more now");
                 break;
@@ -482,7 +510,7 @@ impl Uplink {
             );
             return;
         };
-        match client.try_publish(topic, QoS::AtLeastOnce, retain, body.to_vec()) {
+        match client.try_publish(topic, 1, retain, body) {
             Ok(()) => self.window.handed_own(),
             Err(e) => tracing::warn!(error = %e, "uplink: could not queue a message to the fleet"),
         }
@@ -500,7 +528,7 @@ impl Uplink {
                 false,
                 now_ms(),
             );
-            let _ = client.try_publish(topic, QoS::AtLeastOnce, true, offline.to_vec());
+            let _ = client.try_publish(topic, 1, true, offline);
             let _ = client.try_disconnect();
         }
         drop(self);
@@ -517,13 +545,5 @@ impl Uplink {
             abort.abort();
             tracing::info!("uplink: the fleet broker did not take the offline status within 2 s");
         }
-    }
-}
-
-fn qos_of(qos: u8) -> QoS {
-    match qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
     }
 }
