@@ -72,10 +72,8 @@ pub enum LinkEvent {
     Lost,
     /// A message from the fleet.
     Message(String, Bytes),
-    /// The oldest publish handed to the client went out with this packet id (0 for QoS 0).
-    WentOut(u16),
-    /// The broker acknowledged this packet id.
-    Acknowledged(u16),
+    /// These records are done: written (QoS 0) or acknowledged by the broker (QoS 1), by their tags.
+    Done(Vec<u64>),
 }
 
 /// What the uplink asks of the connection.
@@ -86,6 +84,8 @@ enum Request {
         payload: Bytes,
         qos: u8,
         retain: bool,
+        /// Reported in [`LinkEvent::Done`] once it is; `None`: not reported.
+        tag: Option<u64>,
     },
     /// Filters with their QoS.
     Subscribe(Vec<(String, u8)>),
@@ -105,19 +105,21 @@ pub struct Client {
 pub struct NotTaken;
 
 impl Client {
-    /// Queues a publish; [`LinkEvent::WentOut`] says when it is written.
+    /// Queues a publish; with a `tag`, [`LinkEvent::Done`] says when it is done.
     pub fn try_publish(
         &self,
         topic: String,
         qos: u8,
         retain: bool,
         payload: Bytes,
+        tag: Option<u64>,
     ) -> Result<(), NotTaken> {
         self.try_send(Request::Publish {
             topic,
             payload,
             qos,
             retain,
+            tag,
         })
     }
 

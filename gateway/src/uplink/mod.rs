@@ -388,8 +388,7 @@ impl Uplink {
                 self.client = None;
             }
             LinkEvent::Message(topic, payload) => self.on_message(topic, payload).await,
-            LinkEvent::WentOut(pkid) => return self.window.went_out(pkid),
-            LinkEvent::Acknowledged(pkid) => return self.window.acknowledged(pkid),
+            LinkEvent::Done(records) => return self.window.done(records),
         }
         None
     }
@@ -472,12 +471,13 @@ impl Uplink {
         let records = self.next_records(room).await;
         let Some(client) = &self.client else { return };
         for (seq, record) in records {
-            let sent = client.try_publish(record.topic, record.qos, record.retain, record.payload);
+            let (topic, payload) = (record.topic, record.payload);
+            let sent = client.try_publish(topic, record.qos, record.retain, payload, Some(seq));
             if let Err(e) = sent {
                 tracing::debug!(error = %e, "uplink: the connection takes no more now");
                 break;
             }
-            self.window.handed_record(seq, record.qos);
+            self.window.handed(seq);
         }
     }
 
@@ -510,8 +510,8 @@ impl Uplink {
             );
             return;
         };
-        match client.try_publish(topic, 1, retain, body) {
-            Ok(()) => self.window.handed_own(),
+        match client.try_publish(topic, 1, retain, body, None) {
+            Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "uplink: could not queue a message to the fleet"),
         }
     }
@@ -528,7 +528,7 @@ impl Uplink {
                 false,
                 now_ms(),
             );
-            let _ = client.try_publish(topic, 1, true, offline);
+            let _ = client.try_publish(topic, 1, true, offline, None);
             let _ = client.try_disconnect();
         }
         drop(self);

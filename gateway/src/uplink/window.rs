@@ -1,17 +1,15 @@
 //! What is in flight on one connection to the fleet broker, and how far the spool may be acknowledged:
 //! pure bookkeeping, fed with what the connection reports.
 //!
-//! rumqttc does not say which packet id a publish got when it is handed over; it reports each publish as
-//! it goes out (`Outgoing::Publish(pkid)`), in the order they were handed over. So every publish the
-//! uplink hands over (spooled records and its own replies alike) is remembered in order, and the n-th
-//! "went out" is the n-th handed over. A QoS 1 record is done when its PUBACK comes, a QoS 0 one when it
-//! went out. The spool's cursor moves to the oldest record not done: records are acknowledged in order
-//! even when the broker's PUBACKs are not.
+//! Each spooled record is handed to the connection tagged with its sequence number, and the connection
+//! reports the tags of those done: a QoS 1 record once its PUBACK came, a QoS 0 one once written. The
+//! spool's cursor moves to the oldest record not done: records are acknowledged in order even when the
+//! broker's PUBACKs are not.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::BTreeSet;
 
-/// Records handed to the connection and not yet acknowledged, at most (rumqttc's `inflight` is set to
-/// the same, so none waits inside rumqttc).
+/// Records handed to the connection and not yet done, at most (the connection's own limit of
+/// publishes in flight is the same; AWS IoT Core takes 100).
 pub const WINDOW: usize = 100;
 
 /// Places the window gathers before more records are read from the spool while others are in flight:
@@ -22,11 +20,6 @@ pub const REFILL: usize = WINDOW / 4;
 /// The bookkeeping of one connection. [`Window::reset`] starts the next connection from the cursor.
 #[derive(Debug, Default)]
 pub struct Window {
-    /// Publishes handed over, not yet gone out: the spool's sequence number, or `None` for the uplink's
-    /// own (replies, status), which are not spooled.
-    handed: VecDeque<Option<(u64, u8)>>,
-    /// Packet id -> sequence number of a QoS 1 record gone out, waiting for its PUBACK.
-    awaiting: HashMap<u16, u64>,
     /// Sequence numbers handed over and not done.
     open: BTreeSet<u64>,
     /// The next sequence number to hand over.
@@ -71,38 +64,17 @@ impl Window {
         self.next
     }
 
-    /// The spool's record `seq` was handed over with `qos`.
-    pub fn handed_record(&mut self, seq: u64, qos: u8) {
-        self.handed.push_back(Some((seq, qos)));
+    /// The spool's record `seq` was handed over.
+    pub fn handed(&mut self, seq: u64) {
         self.open.insert(seq);
         self.next = seq + 1;
     }
 
-    /// One of the uplink's own publishes was handed over.
-    pub fn handed_own(&mut self) {
-        self.handed.push_back(None);
-    }
-
-    /// The oldest publish handed over went out with packet id `pkid`. Returns the new cursor if it moved.
-    pub fn went_out(&mut self, pkid: u16) -> Option<u64> {
-        match self.handed.pop_front()? {
-            Some((seq, 0)) => self.finish(seq),
-            Some((seq, _)) => {
-                self.awaiting.insert(pkid, seq);
-                None
-            }
-            None => None,
+    /// The connection reports `records` done. Returns the new cursor if it moved.
+    pub fn done(&mut self, records: Vec<u64>) -> Option<u64> {
+        for seq in records {
+            self.open.remove(&seq);
         }
-    }
-
-    /// The broker acknowledged packet id `pkid`. Returns the new cursor if it moved.
-    pub fn acknowledged(&mut self, pkid: u16) -> Option<u64> {
-        let seq = self.awaiting.remove(&pkid)?;
-        self.finish(seq)
-    }
-
-    fn finish(&mut self, seq: u64) -> Option<u64> {
-        self.open.remove(&seq);
         let done = self.open.first().copied().unwrap_or(self.next);
         (done > self.done).then(|| {
             self.done = done;
@@ -116,30 +88,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cursor_moves_to_the_oldest_record_not_acknowledged() {
+    fn the_cursor_moves_to_the_oldest_record_not_done() {
         let mut window = Window::default();
         window.reset(10);
-        window.handed_record(10, 1);
-        window.handed_own();
-        window.handed_record(11, 1);
-        window.handed_record(12, 0);
+        for seq in 10..13 {
+            window.handed(seq);
+        }
         assert_eq!(window.room(), WINDOW - 3);
-        assert_eq!(window.went_out(1), None);
-        assert_eq!(window.went_out(2), None, "a reply is not a record");
-        assert_eq!(window.went_out(3), None);
-        assert_eq!(
-            window.went_out(0),
-            None,
-            "QoS 0 is done once out, but 10 is not"
-        );
-        assert_eq!(window.acknowledged(3), None, "11 is done, 10 is not");
-        assert_eq!(
-            window.acknowledged(2),
-            None,
-            "the reply's PUBACK is not a record's"
-        );
-        assert_eq!(window.acknowledged(1), Some(13), "10, 11 and 12 are done");
+        assert_eq!(window.done(vec![12]), None, "10 is not done");
+        assert_eq!(window.done(vec![11]), None, "nor now");
+        assert_eq!(window.done(vec![10]), Some(13), "10, 11 and 12 are done");
         assert_eq!((window.room(), window.next()), (WINDOW, 13));
+        assert_eq!(window.done(vec![10]), None, "reported twice");
     }
 
     #[test]
@@ -148,15 +108,12 @@ mod tests {
         window.reset(0);
         assert_eq!(window.refill(), WINDOW, "an empty window is filled");
         for seq in 0..WINDOW as u64 {
-            window.handed_record(seq, 1);
-            window.went_out(seq as u16 + 1);
+            window.handed(seq);
         }
         assert_eq!(window.refill(), 0);
-        for pkid in 1..REFILL as u16 {
-            window.acknowledged(pkid);
-        }
+        window.done((0..REFILL as u64 - 1).collect());
         assert_eq!(window.refill(), 0, "one place short of a batch");
-        window.acknowledged(REFILL as u16);
+        window.done(vec![REFILL as u64 - 1]);
         assert_eq!(window.refill(), REFILL);
     }
 
@@ -164,16 +121,14 @@ mod tests {
     fn a_new_connection_resends_from_the_cursor() {
         let mut window = Window::default();
         window.reset(0);
-        window.handed_record(0, 1);
-        window.handed_record(1, 1);
-        window.went_out(7);
-        assert_eq!(window.acknowledged(7), Some(1));
+        window.handed(0);
+        window.handed(1);
+        assert_eq!(window.done(vec![0]), Some(1));
         window.reset(1);
-        assert_eq!((window.next(), window.room()), (1, WINDOW));
         assert_eq!(
-            window.acknowledged(7),
-            None,
-            "a packet id of the old connection"
+            (window.next(), window.room(), window.cursor()),
+            (1, WINDOW, 1)
         );
+        assert_eq!(window.done(vec![0]), None, "a record of the old connection");
     }
 }

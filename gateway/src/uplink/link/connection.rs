@@ -1,7 +1,7 @@
 //! One connection to the fleet broker, from CONNECT to its end: one task reads the broker's packets,
 //! takes the uplink's requests and writes, a batch of each at a time.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -48,8 +48,10 @@ pub(super) struct Connection {
     max_packet: usize,
     inflight: usize,
     next_pkid: u16,
-    /// Packet ids of publishes and subscriptions sent and not acknowledged.
-    outstanding: HashSet<u16>,
+    /// Packet ids of publishes and subscriptions sent and not acknowledged, with their publishes' tags.
+    outstanding: HashMap<u16, Option<u64>>,
+    /// Tags of QoS 0 publishes encoded and not yet written: done once they are.
+    written_unreported: Vec<u64>,
     /// Packet ids of the broker's QoS 2 publishes taken, until their PUBREL.
     incoming_qos2: HashSet<u16>,
     last_write: Instant,
@@ -81,7 +83,8 @@ impl Connection {
             max_packet: options.max_packet,
             inflight: options.inflight.max(1),
             next_pkid: 0,
-            outstanding: HashSet::new(),
+            outstanding: HashMap::new(),
+            written_unreported: Vec::new(),
             incoming_qos2: HashSet::new(),
             last_write: Instant::now(),
             ping_sent: None,
@@ -127,7 +130,7 @@ impl Connection {
                     Err(e) => Err(e.into()),
                 },
                 request = requests.recv(), if room => match request {
-                    Some(request) => self.take_requests(request, requests, link).await,
+                    Some(request) => self.take_requests(request, requests).await,
                     None => Err(Stop::Done),
                 },
                 () = &mut timer, if pinging => {
@@ -141,23 +144,39 @@ impl Connection {
             if let Err(e) = self.flush().await {
                 return e.into();
             }
+            if !self.written_unreported.is_empty() {
+                let done = std::mem::take(&mut self.written_unreported);
+                if link.send(LinkEvent::Done(done)).await.is_err() {
+                    return Stop::Done;
+                }
+            }
         }
     }
 
-    /// Handles every whole packet read so far.
+    /// Handles every whole packet read so far; the publishes they acknowledge are reported together.
     async fn take_packets(&mut self, link: &mpsc::Sender<LinkEvent>) -> Result<(), Stop> {
-        loop {
+        let mut done = Vec::new();
+        let result = loop {
             match v4::read(&mut self.read, self.max_packet) {
-                Ok(packet) => self.on_packet(packet, link).await?,
-                Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(()),
-                Err(e) => return Err(LinkError::Protocol(e.to_string()).into()),
+                Ok(packet) => {
+                    if let Err(stop) = self.on_packet(packet, &mut done, link).await {
+                        break Err(stop);
+                    }
+                }
+                Err(mqttbytes::Error::InsufficientBytes(_)) => break Ok(()),
+                Err(e) => break Err(LinkError::Protocol(e.to_string()).into()),
             }
+        };
+        if !done.is_empty() && link.send(LinkEvent::Done(done)).await.is_err() {
+            return Err(Stop::Done);
         }
+        result
     }
 
     async fn on_packet(
         &mut self,
         packet: Packet,
+        done: &mut Vec<u64>,
         link: &mpsc::Sender<LinkEvent>,
     ) -> Result<(), Stop> {
         let event = match packet {
@@ -176,8 +195,9 @@ impl Connection {
                 }
                 LinkEvent::Message(publish.topic, publish.payload)
             }
-            Packet::PubAck(ack) if self.outstanding.remove(&ack.pkid) => {
-                LinkEvent::Acknowledged(ack.pkid)
+            Packet::PubAck(ack) => {
+                done.extend(self.outstanding.remove(&ack.pkid).flatten());
+                return Ok(());
             }
             Packet::PubRel(rel) => {
                 self.incoming_qos2.remove(&rel.pkid);
@@ -210,12 +230,12 @@ impl Connection {
         link.send(event).await.map_err(|_| Stop::Done)
     }
 
-    /// Encodes `first` and the requests queued behind it (while the window has room).
+    /// Encodes `first` and the requests queued behind it (while the window has room); the tags of QoS 0
+    /// publishes are reported once written.
     async fn take_requests(
         &mut self,
         first: Request,
         requests: &mut mpsc::Receiver<Request>,
-        link: &mpsc::Sender<LinkEvent>,
     ) -> Result<(), Stop> {
         let mut next = Some(first);
         let mut taken = 0;
@@ -226,8 +246,14 @@ impl Connection {
                     payload,
                     qos,
                     retain,
+                    tag,
                 } => {
-                    let pkid = if qos == 0 { 0 } else { self.allocate_pkid() };
+                    let pkid = if qos == 0 {
+                        self.written_unreported.extend(tag);
+                        0
+                    } else {
+                        self.allocate_pkid(tag)
+                    };
                     let publish = Publish {
                         dup: false,
                         qos: if qos == 0 {
@@ -241,13 +267,9 @@ impl Connection {
                         payload,
                     };
                     self.encode(|buf| publish.write(buf))?;
-                    // Before it is written: its PUBACK cannot overtake this.
-                    link.send(LinkEvent::WentOut(pkid))
-                        .await
-                        .map_err(|_| Stop::Done)?;
                 }
                 Request::Subscribe(filters) => {
-                    let pkid = self.allocate_pkid();
+                    let pkid = self.allocate_pkid(None);
                     let filters = filters.into_iter().map(|(filter, qos)| {
                         let qos = if qos == 0 {
                             QoS::AtMostOnce
@@ -295,11 +317,14 @@ impl Connection {
         })
     }
 
-    /// A packet id not in use (MQTT's run from 1 to 65535).
-    fn allocate_pkid(&mut self) -> u16 {
+    /// A packet id not in use (MQTT's run from 1 to 65535), now outstanding with `tag`.
+    fn allocate_pkid(&mut self, tag: Option<u64>) -> u16 {
         loop {
             self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if self.outstanding.insert(self.next_pkid) {
+            if let std::collections::hash_map::Entry::Vacant(free) =
+                self.outstanding.entry(self.next_pkid)
+            {
+                free.insert(tag);
                 return self.next_pkid;
             }
         }
