@@ -155,9 +155,14 @@ async fn main() {
     print_table(&results, &settings);
 }
 
+/// The fleet broker's settings: it keeps what it queues for the sink across its restart and without
+/// bound, and sends the sink as many at once as it has (mosquitto's default of 20 in flight to one
+/// subscriber made the sink's pace, not the local side's, the forward rate once a side forwarded faster).
+const FLEET_CONFIG: &str = "persistence true\nmax_queued_messages 0\nmax_inflight_messages 0\n";
+
 /// Runs every measure on one local side, with a fresh fleet broker and sink.
 async fn bench_side(kind: Kind, bins: &Bins, settings: &Settings) -> SideResult {
-    let mut fleet = Mosquitto::start_persistent(bins.mosquitto.clone());
+    let mut fleet = Mosquitto::start_with(bins.mosquitto.clone(), FLEET_CONFIG);
     let mut sink = Sink::start(fleet.addr()).await.expect("the sink connects");
     let side = Side::start(kind, bins, fleet.port, settings.outage);
     assert!(
@@ -479,7 +484,10 @@ fn print_table(results: &[SideResult], s: &Settings) {
         })
     });
 
-    println!("\nConfigurations (the fleet broker: port FLEET, `persistence true`, `max_queued_messages 0`):");
+    println!(
+        "\nConfigurations (the fleet broker: port FLEET, `persistence true`, `max_queued_messages 0`, \
+         `max_inflight_messages 0`):"
+    );
     for result in results {
         println!(
             "\n{}:\n{}",
