@@ -471,13 +471,13 @@ impl Uplink {
         let records = self.next_records(room).await;
         let Some(client) = &self.client else { return };
         for (seq, record) in records {
-            let (topic, payload) = (record.topic, record.payload);
-            let sent = client.try_publish(topic, record.qos, record.retain, payload, Some(seq));
+            let (topic, payload, qos) = (record.topic, record.payload, record.qos);
+            let sent = client.try_publish(topic, qos, record.retain, payload, Some(seq));
             if let Err(e) = sent {
                 tracing::debug!(error = %e, "uplink: the connection takes no more now");
                 break;
             }
-            self.window.handed(seq);
+            self.window.handed(seq, qos);
         }
     }
 

@@ -6,11 +6,16 @@
 //! spool's cursor moves to the oldest record not done: records are acknowledged in order even when the
 //! broker's PUBACKs are not.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
-/// Records handed to the connection and not yet done, at most (the connection's own limit of
-/// publishes in flight is the same; AWS IoT Core takes 100).
+/// QoS 1 records handed to the connection and not yet acknowledged, at most (the connection's own limit
+/// of publishes in flight is the same; AWS IoT Core takes 100).
 pub const WINDOW: usize = 100;
+
+/// Records of any QoS handed to the connection and not yet done, at most: QoS 0 ones are done once
+/// written, and a window of 100 of them made the uplink wait for each batch's write before handing the
+/// next (within the connection's queue of requests, 1,024).
+pub const HANDED: usize = 1000;
 
 /// Places the window gathers before more records are handed over while others are in flight: a few, so
 /// that the connection's task wakes for a batch, not for each PUBACK; a quarter of the window (when each
@@ -21,8 +26,10 @@ pub const REFILL: usize = WINDOW / 12;
 /// The bookkeeping of one connection. [`Window::reset`] starts the next connection from the cursor.
 #[derive(Debug, Default)]
 pub struct Window {
-    /// Sequence numbers handed over and not done.
-    open: BTreeSet<u64>,
+    /// Sequence numbers handed over and not done, and whether each is QoS 1.
+    open: BTreeMap<u64, bool>,
+    /// How many of `open` are QoS 1.
+    reliable: usize,
     /// The next sequence number to hand over.
     next: u64,
     /// Every record below is done.
@@ -41,7 +48,8 @@ impl Window {
 
     /// How many more records may be handed over now.
     pub fn room(&self) -> usize {
-        WINDOW.saturating_sub(self.open.len())
+        let reliable = WINDOW.saturating_sub(self.reliable);
+        reliable.min(HANDED.saturating_sub(self.open.len()))
     }
 
     /// How many records to read and hand over now: the room, once it holds [`REFILL`] places (with
@@ -65,18 +73,23 @@ impl Window {
         self.next
     }
 
-    /// The spool's record `seq` was handed over.
-    pub fn handed(&mut self, seq: u64) {
-        self.open.insert(seq);
+    /// The spool's record `seq` was handed over at `qos`.
+    pub fn handed(&mut self, seq: u64, qos: u8) {
+        let reliable = qos > 0;
+        if self.open.insert(seq, reliable).is_none() && reliable {
+            self.reliable += 1;
+        }
         self.next = seq + 1;
     }
 
     /// The connection reports `records` done. Returns the new cursor if it moved.
     pub fn done(&mut self, records: Vec<u64>) -> Option<u64> {
         for seq in records {
-            self.open.remove(&seq);
+            if self.open.remove(&seq) == Some(true) {
+                self.reliable -= 1;
+            }
         }
-        let done = self.open.first().copied().unwrap_or(self.next);
+        let done = self.open.keys().next().copied().unwrap_or(self.next);
         (done > self.done).then(|| {
             self.done = done;
             done
@@ -93,7 +106,7 @@ mod tests {
         let mut window = Window::default();
         window.reset(10);
         for seq in 10..13 {
-            window.handed(seq);
+            window.handed(seq, 1);
         }
         assert_eq!(window.room(), WINDOW - 3);
         assert_eq!(window.done(vec![12]), None, "10 is not done");
@@ -104,12 +117,33 @@ mod tests {
     }
 
     #[test]
+    fn qos0_records_take_no_place_of_the_brokers_in_flight_but_are_bounded() {
+        let mut window = Window::default();
+        window.reset(0);
+        for seq in 0..WINDOW as u64 {
+            window.handed(seq, 1);
+        }
+        assert_eq!(window.room(), 0, "100 QoS 1 in flight");
+        window.done((0..WINDOW as u64).collect());
+        for seq in WINDOW as u64..(WINDOW + HANDED) as u64 - 10 {
+            window.handed(seq, 0);
+        }
+        assert_eq!(
+            window.room(),
+            10,
+            "QoS 0 ones count against the bound of all handed"
+        );
+        assert_eq!(window.done(vec![WINDOW as u64]), Some(WINDOW as u64 + 1));
+        assert_eq!(window.room(), 11);
+    }
+
+    #[test]
     fn the_window_is_refilled_a_batch_at_a_time() {
         let mut window = Window::default();
         window.reset(0);
         assert_eq!(window.refill(), WINDOW, "an empty window is filled");
         for seq in 0..WINDOW as u64 {
-            window.handed(seq);
+            window.handed(seq, 1);
         }
         assert_eq!(window.refill(), 0);
         window.done((0..REFILL as u64 - 1).collect());
@@ -122,8 +156,8 @@ mod tests {
     fn a_new_connection_resends_from_the_cursor() {
         let mut window = Window::default();
         window.reset(0);
-        window.handed(0);
-        window.handed(1);
+        window.handed(0, 1);
+        window.handed(1, 1);
         assert_eq!(window.done(vec![0]), Some(1));
         window.reset(1);
         assert_eq!(
