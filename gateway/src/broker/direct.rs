@@ -639,6 +639,15 @@ impl Outlets {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// How many messages wait in `client_id`'s session for its client to come back.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self, client_id: &str) -> usize {
+        self.lock()
+            .outlets
+            .get(client_id)
+            .map_or(0, |o| o.backlog.iter().count())
+    }
+
     /// The filters `client_id` holds now.
     pub(crate) fn filters(&self, client_id: &str) -> Vec<String> {
         self.lock()

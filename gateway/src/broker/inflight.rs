@@ -5,6 +5,11 @@
 //! 1 to [`ROUTER_PKIDS`] (rumqttd 0.20: `MAX_INFLIGHT`), and wants their PUBACKs in that order; sprig's own
 //! QoS 1 deliveries (what waited for a resumed session) take the ids above, so the two never collide and a
 //! PUBACK is told apart by its id alone.
+//!
+//! The router wants its acknowledgements in the order it numbered its publishes, and sprig writes some of
+//! them at QoS 0 (a QoS 0 message on a QoS 1 subscription, see `origin`) or not at all (see `writer`):
+//! those are *settled* at once, a client's PUBACK marks its publish done, and [`Inflight::release`] gives
+//! the packet ids the router may be told of now: the leading run of done or settled ones, in order.
 
 use std::collections::VecDeque;
 
@@ -31,6 +36,8 @@ pub(crate) enum Acked {
 struct Sent {
     pkid: u16,
     from_router: bool,
+    /// A router publish the client acknowledged, or one it owes nothing for: the router may be told.
+    done: bool,
     message: Waiting,
 }
 
@@ -53,8 +60,35 @@ impl Inflight {
         self.sent.push_back(Sent {
             pkid,
             from_router: true,
+            done: false,
             message,
         });
+    }
+
+    /// A router publish with the router's `pkid` that the client owes no acknowledgement for (written at
+    /// QoS 0, or not written): done at once, released in its turn.
+    pub(crate) fn settled_by_router(&mut self, pkid: u16) {
+        self.sent.push_back(Sent {
+            pkid,
+            from_router: true,
+            done: true,
+            message: Waiting::direct("", Bytes::new()),
+        });
+    }
+
+    /// The router publishes it may be told are acknowledged now, in its order: the leading run of done
+    /// ones (own messages between them do not hold them up).
+    pub(crate) fn release(&mut self) -> Vec<u16> {
+        let mut released = Vec::new();
+        while let Some(i) = self.sent.iter().position(|s| s.from_router) {
+            if !self.sent[i].done {
+                break;
+            }
+            if let Some(sent) = self.sent.remove(i) {
+                released.push(sent.pkid);
+            }
+        }
+        released
     }
 
     /// Gives `message` a packet id of sprig's own and records it as sent; returns the id.
@@ -76,20 +110,23 @@ impl Inflight {
         self.sent.push_back(Sent {
             pkid,
             from_router: false,
+            done: false,
             message,
         });
         pkid
     }
 
-    /// The client acknowledged `pkid`.
+    /// The client acknowledged `pkid`. A router publish is marked done (see [`Inflight::release`]).
     pub(crate) fn acknowledged(&mut self, pkid: u16) -> Acked {
-        let Some(i) = self.sent.iter().position(|s| s.pkid == pkid) else {
+        let Some(i) = self.sent.iter().position(|s| s.pkid == pkid && !s.done) else {
             return Acked::Unknown;
         };
-        match self.sent.remove(i) {
-            Some(sent) if sent.from_router => Acked::Router,
-            _ => Acked::Own,
+        if self.sent[i].from_router {
+            self.sent[i].done = true;
+            return Acked::Router;
         }
+        self.sent.remove(i);
+        Acked::Own
     }
 
     /// Everything still unacknowledged, oldest first: the router's packet ids (to acknowledge to it, in
@@ -99,11 +136,11 @@ impl Inflight {
         let messages = self
             .sent
             .drain(..)
-            .map(|sent| {
+            .filter_map(|sent| {
                 if sent.from_router {
                     router_pkids.push(sent.pkid);
                 }
-                sent.message
+                (!sent.done).then_some(sent.message)
             })
             .collect();
         (router_pkids, messages)
@@ -156,6 +193,8 @@ mod tests {
         // Wraps to the first own id, which is still in flight: the next one.
         assert_eq!(inflight.send_own(message("c")), ROUTER_PKIDS + 2);
         assert_eq!(inflight.acknowledged(1), Acked::Router);
+        assert_eq!(inflight.acknowledged(1), Acked::Unknown);
+        assert_eq!(inflight.release(), [1]);
         assert_eq!(inflight.acknowledged(first), Acked::Own);
         assert_eq!(inflight.acknowledged(first), Acked::Unknown);
     }
@@ -167,11 +206,35 @@ mod tests {
         inflight.send_own(message("own"));
         inflight.sent_by_router(8, "r2", &Bytes::new());
         inflight.acknowledged(7);
+        assert_eq!(inflight.release(), [7]);
         let (router, messages) = inflight.take();
         assert_eq!(router, [8]);
         let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
         assert_eq!(topics, ["own", "r2"]);
         assert!(messages.iter().all(|m| m.dup && m.reliable));
+    }
+
+    #[test]
+    fn the_router_is_told_in_its_order_and_settled_publishes_wait_their_turn() {
+        let mut inflight = Inflight::default();
+        inflight.sent_by_router(1, "a", &Bytes::new());
+        inflight.settled_by_router(2);
+        inflight.send_own(message("own"));
+        inflight.sent_by_router(3, "b", &Bytes::new());
+        assert_eq!(
+            inflight.release(),
+            Vec::<u16>::new(),
+            "1 is not acknowledged"
+        );
+        assert_eq!(inflight.acknowledged(3), Acked::Router);
+        assert_eq!(inflight.release(), Vec::<u16>::new(), "3 waits for 1");
+        inflight.acknowledged(1);
+        assert_eq!(inflight.release(), [1, 2, 3]);
+        inflight.settled_by_router(4);
+        assert_eq!(inflight.release(), [4]);
+        let (router, messages) = inflight.take();
+        assert!(router.is_empty());
+        assert_eq!(messages.len(), 1, "the own message is still owed");
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod direct;
 mod inflight;
 mod internal;
 mod links;
+mod origin;
 mod parking;
 mod presence;
 mod quota;

@@ -209,6 +209,7 @@ pub(super) async fn accept(
         keep_alive: request.connect.keep_alive,
         direct: Some(direct_rx),
         inflight: SharedInflight::default(),
+        settled: Arc::default(),
         resumed: Some(resumed),
         will: request.will,
         link,

@@ -37,6 +37,7 @@ use super::direct::Resumed;
 use super::inflight::{qos_and_pkid, Acked, Inflight};
 use super::internal::disconnect_now;
 use super::links::LinkName;
+use super::origin::Origin;
 use super::presence::{DisconnectReason, PresenceInfo};
 use super::quota::PublishQuota;
 use super::sessions::TakenOver;
@@ -123,6 +124,8 @@ struct Client {
     direct: Option<mpsc::Receiver<Waiting>>,
     /// QoS 1 publishes written to the client and not yet acknowledged (the writer adds, the reader removes).
     inflight: SharedInflight,
+    /// Told by the writer when it settled router publishes the reader should acknowledge to the router.
+    settled: Arc<tokio::sync::Notify>,
     /// The session it resumed (filters and what waited for it), until the writer takes it.
     resumed: Option<Resumed>,
     will: Option<LastWill>,
@@ -292,6 +295,7 @@ impl Client {
         let outgoing = Outgoing {
             writer,
             inflight: self.inflight.clone(),
+            settled: self.settled.clone(),
             copies: self.copies.clone(),
             budget: self.shared.config.max_queued_bytes,
             dropped: 0,
@@ -462,8 +466,12 @@ impl Client {
             return;
         }
         self.shared.taps.copy_now(topic, &will.message, will.retain);
+        let origin = Origin::now(will.qos as u8, will.retain, &self.client_id);
         let publish = Publish::new(Bytes::from(to_internal(topic)), will.message, will.retain);
-        send_now(self.link.tx(), Packet::Publish(publish, None));
+        send_now(
+            self.link.tx(),
+            Packet::Publish(publish, origin.attach(None)),
+        );
     }
 
     async fn finish(mut self, reason: DisconnectReason, link_rx: Option<LinkRx>) {
@@ -522,11 +530,29 @@ impl Client {
         // MQTT: a client silent for 1.5 x keep-alive is gone; keep-alive 0 means no limit.
         let idle =
             (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
+        let settled = self.settled.clone();
+        let mut last_packet = tokio::time::Instant::now();
         loop {
-            let packet = match reader.read(version, idle).await {
+            // Counted from the last packet, not from the last wake-up below.
+            let left = idle.map(|idle| {
+                (last_packet + idle)
+                    .saturating_duration_since(last_packet.max(tokio::time::Instant::now()))
+            });
+            let read = tokio::select! {
+                read = reader.read(version, left) => read,
+                // The writer settled router publishes (see `Inflight::release`): tell the router.
+                () = settled.notified() => {
+                    if self.release_router_acks().await.is_err() {
+                        return ReaderEnd::RouterGone;
+                    }
+                    continue;
+                }
+            };
+            let packet = match read {
                 Ok(packet) => packet,
                 Err(e) => return lost(e),
             };
+            last_packet = tokio::time::Instant::now();
             let forward = match packet {
                 Packet::Publish(publish, props) => {
                     let size = publish.topic.len() + publish.payload.len();
@@ -549,9 +575,15 @@ impl Client {
                     }
                     return ReaderEnd::ClientDisconnect;
                 }
-                Packet::PubAck(ack, props) => match lock(&self.inflight).acknowledged(ack.pkid) {
+                Packet::PubAck(ack, _) => match self.acknowledged(ack.pkid) {
                     Acked::Own => Inbound::default(),
-                    Acked::Router => Inbound::forward(Packet::PubAck(ack, props)),
+                    // The router is told in its own order (see `Inflight::release`).
+                    Acked::Router => {
+                        if self.release_router_acks().await.is_err() {
+                            return ReaderEnd::RouterGone;
+                        }
+                        Inbound::default()
+                    }
                     // Nothing in flight has that id (a duplicate, or made up): not passed on, as the router
                     // would take it for its oldest publish's ack, log an error and drop the connection.
                     Acked::Unknown => {
@@ -625,6 +657,22 @@ impl Client {
         }
     }
 
+    fn acknowledged(&self, pkid: u16) -> Acked {
+        lock(&self.inflight).acknowledged(pkid)
+    }
+
+    /// Acknowledges to the router, in its order, the publishes of its that are done (see
+    /// [`Inflight::release`]).
+    async fn release_router_acks(&mut self) -> Result<(), ()> {
+        let released = lock(&self.inflight).release();
+        for pkid in released {
+            let reason = PubAckReason::Success;
+            let ack = Packet::PubAck(PubAck { pkid, reason }, None);
+            self.link.tx().send(ack).await.map_err(|_| ())?;
+        }
+        Ok(())
+    }
+
     /// The built-in topic rules and the configured ones, for this client (see [`crate::auth::Authenticator`]).
     fn may_publish(&self, topic: &str) -> bool {
         self.shared
@@ -663,9 +711,11 @@ impl Client {
                     topic: topic.clone(),
                 }
             });
+            let (qos, _) = qos_and_pkid(&publish);
+            let origin = Origin::now(qos, publish.retain, &self.client_id);
             publish.topic = Bytes::from(to_internal(&topic));
             // Topic aliases are not offered (CONNACK), so a client-sent alias is ignored, not recorded.
-            let props = props.map(|mut p| {
+            let props = origin.attach(props).map(|mut p| {
                 p.topic_alias = None;
                 p
             });

@@ -12,6 +12,7 @@ use super::super::backlog::Waiting;
 use super::super::codec::{PacketWriter, Progress, Version};
 use super::super::direct::Resumed;
 use super::super::inflight::{qos1_publish, qos_and_pkid};
+use super::super::origin::Origin;
 use super::super::parking::RESTORE_PKID;
 use super::super::topics::to_external;
 use super::super::{Shared, SubscribeEvent, WriteHalf};
@@ -61,6 +62,8 @@ const DIRECT_BATCH: usize = 64;
 pub(super) struct Outgoing {
     pub(super) writer: PacketWriter<WriteHalf>,
     pub(super) inflight: SharedInflight,
+    /// Told when a router publish was settled here (see [`super::super::inflight::Inflight::release`]).
+    pub(super) settled: Arc<tokio::sync::Notify>,
     /// Copies whose publish's acknowledgement must wait for them (see [`SharedCopies`]).
     pub(super) copies: SharedCopies,
     /// Bytes that may wait for the client (`broker.max_queued_bytes`): beyond them QoS 0 messages are
@@ -89,19 +92,34 @@ impl Outgoing {
     }
 
     /// Encodes one packet from the router; a QoS 1 publish is recorded until the client acknowledges it.
-    /// Returns false when it was a QoS 0 publish dropped because the client is too far behind.
+    /// A publish goes out at the lower of its subscription's QoS (the router's) and its publisher's (MQTT
+    /// 3.8.4), which the router forgets (see `origin`): a QoS 0 message on a QoS 1 subscription is written
+    /// at QoS 0, and settled with the router here. Returns false when it was a QoS 0 publish dropped because
+    /// the client is too far behind.
     fn encode_from_router(&mut self, packet: Packet) -> std::io::Result<bool> {
-        if let Packet::Publish(publish, _) = &packet {
-            let (qos, pkid) = qos_and_pkid(publish);
-            if qos == 0 && self.full() {
-                return Ok(false);
-            }
-            if qos > 0 {
-                let topic = String::from_utf8_lossy(&publish.topic);
-                lock(&self.inflight).sent_by_router(pkid, &topic, &publish.payload);
-            }
+        let Packet::Publish(mut publish, mut props) = packet else {
+            return self.writer.encode(packet).map(|()| true);
+        };
+        let (routed_qos, pkid) = qos_and_pkid(&publish);
+        let origin = Origin::take(&mut props);
+        let qos = origin
+            .as_ref()
+            .map_or(routed_qos, |o| o.qos.min(routed_qos));
+        if qos < routed_qos {
+            lock(&self.inflight).settled_by_router(pkid);
+            self.settled.notify_one();
+            publish = Publish::new(publish.topic, publish.payload, publish.retain);
         }
-        self.writer.encode(packet).map(|()| true)
+        if qos == 0 && self.full() {
+            return Ok(false);
+        }
+        if qos > 0 {
+            let topic = String::from_utf8_lossy(&publish.topic);
+            lock(&self.inflight).sent_by_router(pkid, &topic, &publish.payload);
+        }
+        self.writer
+            .encode(Packet::Publish(publish, props))
+            .map(|()| true)
     }
 
     /// The copies that `packet`, the router's acknowledgement of a client's publish, must wait for.
