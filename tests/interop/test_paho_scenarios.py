@@ -7,8 +7,8 @@ well-behaved client sends, a few hand-made packets), and checks the same observa
 
 * MQTT 3.1.1: basic, retained messages, zero-length client id, offline message queueing, overlapping
   subscriptions, keep-alive, redelivery on reconnect, subscribe failure, `$` topics, unsubscribe;
-* MQTT 5 (the session-related ones): offline message queueing, redelivery on reconnect, session expiry,
-  unsubscribe, keep-alive.
+* MQTT 5: offline message queueing, redelivery on reconnect, session expiry, unsubscribe, keep-alive, and
+  those of client_test5.py for what issue 17 fixed: subscribe options.
 
 Both brokers run as children of this script on free loopback ports: sprig (`sprig run`, through
 `sprig_gateway.Gateway`) with a config that adds one topic rule granting devices every topic a rule can
@@ -58,6 +58,7 @@ try:
     from paho.mqtt import __version__ as PAHO_VERSION
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
+    from paho.mqtt.subscribeoptions import SubscribeOptions
 except ImportError:
     sys.exit(f"{Path(__file__).name}: paho-mqtt is not importable; run tests/interop/run.sh, or install the "
              "version of tests/interop/requirements.txt (pip install paho-mqtt==2.2.0)")
@@ -105,7 +106,7 @@ MOSQUITTO_BASELINE: dict[str, set[str]] = {
     V311: {"basic", "retained messages", "zero-length client id", "offline message queueing",
            "keep-alive", "redelivery on reconnect", "$ topics", "unsubscribe"},
     V5: {"offline message queueing", "redelivery on reconnect", "session expiry", "unsubscribe",
-         "keep-alive"},
+         "keep-alive", "subscribe options"},
 }
 
 
@@ -433,6 +434,21 @@ class Probe:
         check(all(code < 0x80 for code in codes),
               f"SUBACK refused {list(filters)} for {self.client_id}: codes {', '.join(f'0x{c:02x}' for c in codes)}")
         return codes
+
+    def subscribe_options(self, topic_filter: str, **options) -> int:
+        """MQTT 5: one SUBSCRIBE of `topic_filter` with these subscription options (paho's SubscribeOptions:
+        qos, noLocal, retainAsPublished, retainHandling); fails the scenario unless granted. Returns the
+        granted QoS."""
+        result, mid = self.client.subscribe([(topic_filter, SubscribeOptions(**options))])
+        check(result == paho.MQTT_ERR_SUCCESS, f"subscribe {topic_filter}: paho could not send it ({result})")
+        codes = self._wait_ack(mid, f"SUBACK for {self.client_id} subscribing to {topic_filter} {options}")
+        check(codes[0] < 0x80, f"SUBACK refused {topic_filter} {options}: 0x{codes[0]:02x}")
+        return codes[0]
+
+    def forget_messages(self) -> None:
+        """Forgets the messages received so far (what arrives next is counted afresh)."""
+        with self._changed:
+            self.messages.clear()
 
     def unsubscribe(self, *filters: str) -> list[int]:
         result, mid = self.client.unsubscribe(list(filters))
@@ -980,6 +996,61 @@ def scenario_session_expiry(s: Scenario) -> None:
     a.disconnect()
 
 
+def scenario_subscribe_options(s: Scenario) -> None:
+    """MQTT 5 subscription options (client_test5's test_subscribe_options): No Local (a publisher does not
+    get its own message back), Retain As Published (a live message keeps its retain flag), Retain Handling
+    0 (retained messages on every SUBSCRIBE), 1 (only on a new subscription) and 2 (never)."""
+    a, _ = s.connect(CLIENT_A)
+    b, _ = s.connect(CLIENT_B)
+    for probe in (a, b):
+        probe.subscribe_options(TOPICS[0], qos=2, noLocal=True)
+    payload = unique("noLocal")
+    a.publish(TOPICS[0], payload, 1)
+    b.wait_payloads(payload, what="the other client's message on a noLocal subscription")
+    own = [m for m in a.settle(publisher=b, topic=TOPICS[0]) if m.payload == payload]
+    check(not own, f"noLocal: the publisher got its own message back: {describe(own)}")
+    a.disconnect()
+    b.disconnect()
+
+    a, _ = s.connect(CLIENT_A)
+    try:
+        a.subscribe_options(TOPICS[0], qos=2, retainAsPublished=True)
+        plain, retained = unique("retain as published false"), unique("retain as published true")
+        a.publish(TOPICS[0], plain, 1, retain=False)
+        a.publish(TOPICS[0], retained, 1, retain=True)
+        got = {m.payload: m.retain for m in a.wait_payloads(plain, retained, what="both messages")}
+        check(got[plain] is False and got[retained] is True,
+              f"retainAsPublished: retain flags {got[plain]} and {got[retained]}, expected False and True")
+        a.disconnect()
+
+        retained_messages = [(TOPICS[1], 0), (TOPICS[2], 1), (TOPICS[3], 2)]
+        a, _ = s.connect(CLIENT_A)
+        payloads = {topic: unique(f"retain handling qos {qos}") for topic, qos in retained_messages}
+        for topic, qos in retained_messages:
+            a.publish(topic, payloads[topic], qos, retain=True)
+
+        def after_subscribing(probe: Probe, handling: int) -> list[Message]:
+            probe.forget_messages()
+            granted = probe.subscribe_options(WILDTOPICS[5], qos=2, retainHandling=handling)
+            got = [m for m in probe.settle() if m.payload in payloads.values()]
+            for m in got:
+                check(m.retain, f"retainHandling {handling}: {m.topic} arrived without the retain flag")
+                note_qos(s, m, dict(retained_messages)[m.topic], granted)
+            return got
+
+        for handling, connection, expected in ((1, a, 3), (1, a, 0), (2, None, 0), (2, "same", 0),
+                                               (0, None, 3), (0, "same", 3)):
+            if connection is None:
+                a.disconnect()
+                a, _ = s.connect(CLIENT_A)
+            got = after_subscribing(a, handling)
+            check(len(got) == expected, f"retainHandling {handling}: {len(got)} retained messages on "
+                                        f"subscribing, expected {expected}: {describe(got)}")
+        a.disconnect()
+    finally:
+        clear_retained(s, [TOPICS[0], TOPICS[1], TOPICS[2], TOPICS[3]])
+
+
 SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
     V311: [
         ("basic", scenario_basic),
@@ -999,6 +1070,7 @@ SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
         ("session expiry", scenario_session_expiry),
         ("unsubscribe", scenario_unsubscribe),
         ("keep-alive", scenario_keepalive),
+        ("subscribe options", scenario_subscribe_options),
     ],
 }
 

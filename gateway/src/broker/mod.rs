@@ -26,10 +26,12 @@ mod direct;
 mod inflight;
 mod internal;
 mod links;
+mod options;
 mod origin;
 mod parking;
 mod presence;
 mod quota;
+mod retained;
 mod routed;
 mod sessions;
 pub mod skips;
@@ -142,6 +144,8 @@ pub(crate) struct Shared {
     taps: taps::Taps,
     /// The filters the router holds, capped (see `routed`).
     routed: routed::RoutedFilters,
+    /// The retained messages of routed topics (see `retained`).
+    retained: retained::Retained,
     /// Granted subscriptions, for [`Broker::subscriptions`]; sending without receivers costs nothing.
     subscriptions: broadcast::Sender<SubscribeEvent>,
     /// Presence events (topic, body), for [`Broker::presence_events`]; sending without receivers costs
@@ -291,6 +295,7 @@ impl Broker {
             trimmer: Arc::default(),
             taps: taps::Taps::default(),
             routed: routed::RoutedFilters::new(config.max_router_filters),
+            retained: retained::Retained::default(),
             subscriptions: broadcast::channel(SUBSCRIPTION_EVENTS).0,
             presence: broadcast::channel(PRESENCE_EVENTS).0,
             password_checks: Arc::new(Semaphore::new(password_check_permits())),

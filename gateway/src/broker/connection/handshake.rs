@@ -210,6 +210,7 @@ pub(super) async fn accept(
         direct: Some(direct_rx),
         inflight: SharedInflight::default(),
         settled: Arc::default(),
+        options: Arc::default(),
         resumed: Some(resumed),
         will: request.will,
         link,

@@ -19,8 +19,9 @@ use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, PubAck, PubAckReason,
-    PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelProperties, Publish, QoS, SubAck,
-    Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelProperties, Publish, QoS,
+    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    Unsubscribe,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,9 +38,11 @@ use super::direct::Resumed;
 use super::inflight::{qos_and_pkid, Acked, Inflight};
 use super::internal::disconnect_now;
 use super::links::LinkName;
+use super::options::{ConnectionOptions, SubOptions};
 use super::origin::Origin;
 use super::presence::{DisconnectReason, PresenceInfo};
 use super::quota::PublishQuota;
+use super::retained::Kept;
 use super::sessions::TakenOver;
 use super::topics::{is_reserved, served_directly, to_internal};
 use super::{ReadHalf, Shared, WriteHalf};
@@ -126,6 +129,8 @@ struct Client {
     inflight: SharedInflight,
     /// Told by the writer when it settled router publishes the reader should acknowledge to the router.
     settled: Arc<tokio::sync::Notify>,
+    /// The options of its routed subscriptions (the reader sets, the writer applies).
+    options: SharedOptions,
     /// The session it resumed (filters and what waited for it), until the writer takes it.
     resumed: Option<Resumed>,
     will: Option<LastWill>,
@@ -219,6 +224,9 @@ impl Drop for LinkGuard {
 /// A connection's [`Inflight`], shared by its reader (acknowledgements) and writer (publishes).
 type SharedInflight = Arc<Mutex<Inflight>>;
 
+/// A connection's subscription options, shared by its reader (SUBSCRIBE, UNSUBSCRIBE) and writer.
+type SharedOptions = Arc<Mutex<ConnectionOptions>>;
+
 /// What the reader asks the writer to do. Packets are boxed: tokio allocates a queue's slots 32 at a time
 /// per connection, and a `Packet` is 392 bytes.
 enum ToWriter {
@@ -274,6 +282,8 @@ struct PendingSuback {
     direct: Vec<String>,
     /// Filters unsubscribed while this SUBACK was pending: not added to the direct outlet when it comes.
     revoked: Vec<String>,
+    /// Retained messages to send after the SUBACK, each with its subscription's QoS (see `retained`).
+    resend: Vec<(Kept, u8)>,
 }
 
 impl Client {
@@ -296,6 +306,8 @@ impl Client {
             writer,
             inflight: self.inflight.clone(),
             settled: self.settled.clone(),
+            options: self.options.clone(),
+            client_id: self.client_id.clone(),
             copies: self.copies.clone(),
             budget: self.shared.config.max_queued_bytes,
             dropped: 0,
@@ -467,11 +479,11 @@ impl Client {
         }
         self.shared.taps.copy_now(topic, &will.message, will.retain);
         let origin = Origin::now(will.qos as u8, will.retain, &self.client_id);
+        let props = origin.attach(None);
+        let retained = &self.shared.retained;
+        retained.published(topic, &will.message, will.retain, &props);
         let publish = Publish::new(Bytes::from(to_internal(topic)), will.message, will.retain);
-        send_now(
-            self.link.tx(),
-            Packet::Publish(publish, origin.attach(None)),
-        );
+        send_now(self.link.tx(), Packet::Publish(publish, props));
     }
 
     async fn finish(mut self, reason: DisconnectReason, link_rx: Option<LinkRx>) {
@@ -719,6 +731,8 @@ impl Client {
                 p.topic_alias = None;
                 p
             });
+            let retained = &self.shared.retained;
+            retained.published(&topic, &publish.payload, publish.retain, &props);
             return Inbound {
                 copy,
                 ..Inbound::forward(Packet::Publish(publish, props))
@@ -792,12 +806,15 @@ impl Client {
                 .flat_map(|p| p.filters.iter().cloned()),
         );
         let most = self.shared.config.max_subscriptions_per_connection;
+        // Retained messages the router will not send again, for filters held already (see `retained`).
+        let mut resend = Vec::new();
         for mut filter in subscribe.filters {
             if !self.may_subscribe_checked(&filter.path) {
                 answers.push(Answer::Denied);
                 continue;
             }
-            if !held.contains(&filter.path) {
+            let held_already = held.contains(&filter.path);
+            if !held_already {
                 if held.len() >= most {
                     tracing::warn!(
                         client_id = self.client_id,
@@ -835,6 +852,12 @@ impl Client {
                 continue;
             }
             answers.push(Answer::Router);
+            lock(&self.options).set(&filter.path, SubOptions::of(&filter));
+            if held_already && filter.retain_forward_rule == RetainForwardRule::OnEverySubscribe {
+                let qos = filter.qos as u8;
+                let kept = self.shared.retained.matching(&filter.path);
+                resend.extend(kept.into_iter().map(|kept| (kept, qos)));
+            }
             external.push(std::mem::replace(&mut filter.path, internal));
             forwarded.push(filter);
         }
@@ -858,6 +881,7 @@ impl Client {
             filters: external,
             direct,
             revoked: Vec::new(),
+            resend,
         };
         lock(pending).insert(pkid, suback);
         Inbound::forward(Packet::Subscribe(
@@ -908,6 +932,11 @@ impl Client {
             let outlets = &self.shared.outlets;
             outlets.unsubscribe(&self.client_id, self.session.number, &external);
         }
+        let mut options = lock(&self.options);
+        for filter in &external {
+            options.remove(filter);
+        }
+        drop(options);
         let filters: Vec<String> = external
             .iter()
             .filter(|f| !served_directly(f))

@@ -14,10 +14,12 @@ use super::super::direct::Resumed;
 use super::super::inflight::{qos1_publish, qos_and_pkid};
 use super::super::origin::Origin;
 use super::super::parking::RESTORE_PKID;
+use super::super::retained::Kept;
 use super::super::topics::to_external;
 use super::super::{Shared, SubscribeEvent, WriteHalf};
 use super::{
-    denied_code, lock, Answer, PendingSubacks, SharedCopies, SharedInflight, ToWriter, WriterEnd,
+    denied_code, lock, Answer, PendingSubacks, SharedCopies, SharedInflight, SharedOptions,
+    ToWriter, WriterEnd,
 };
 use std::sync::Arc;
 
@@ -64,6 +66,9 @@ pub(super) struct Outgoing {
     pub(super) inflight: SharedInflight,
     /// Told when a router publish was settled here (see [`super::super::inflight::Inflight::release`]).
     pub(super) settled: Arc<tokio::sync::Notify>,
+    /// The options of the connection's routed subscriptions (see `options`).
+    pub(super) options: SharedOptions,
+    pub(super) client_id: String,
     /// Copies whose publish's acknowledgement must wait for them (see [`SharedCopies`]).
     pub(super) copies: SharedCopies,
     /// Bytes that may wait for the client (`broker.max_queued_bytes`): beyond them QoS 0 messages are
@@ -102,9 +107,24 @@ impl Outgoing {
         };
         let (routed_qos, pkid) = qos_and_pkid(&publish);
         let origin = Origin::take(&mut props);
-        let qos = origin
+        let qos = (origin.as_ref()).map_or(routed_qos, |o| o.qos.min(routed_qos));
+        // The router clears the retain flag of live messages: set, it is a retained message sent because
+        // the connection subscribed.
+        let on_subscribing = publish.retain;
+        let options = lock(&self.options).for_topic(&String::from_utf8_lossy(&publish.topic));
+        let own = origin
             .as_ref()
-            .map_or(routed_qos, |o| o.qos.min(routed_qos));
+            .is_some_and(|o| o.client_id == self.client_id);
+        if (options.no_local && own) || (options.no_retained && on_subscribing) {
+            if routed_qos > 0 {
+                lock(&self.inflight).settled_by_router(pkid);
+                self.settled.notify_one();
+            }
+            return Ok(true);
+        }
+        if options.retain_as_published && !on_subscribing {
+            publish.retain = origin.as_ref().is_some_and(|o| o.retain);
+        }
         if qos < routed_qos {
             lock(&self.inflight).settled_by_router(pkid);
             self.settled.notify_one();
@@ -120,6 +140,28 @@ impl Outgoing {
         self.writer
             .encode(Packet::Publish(publish, props))
             .map(|()| true)
+    }
+
+    /// Encodes a retained message sent again for a subscription the connection held already (see
+    /// `retained`), at the lower of its QoS and the subscription's `granted` one, retain flag set.
+    fn encode_retained(&mut self, kept: Kept, granted: u8) -> std::io::Result<()> {
+        let mut props = kept.props;
+        let published = Origin::take(&mut props).map_or(0, |o| o.qos);
+        let publish = if published.min(granted) == 0 {
+            Publish::new(Bytes::from(kept.topic), kept.payload, true)
+        } else {
+            let message = Waiting {
+                topic: kept.topic,
+                payload: kept.payload,
+                reliable: true,
+                dup: false,
+            };
+            let pkid = lock(&self.inflight).send_own(message.clone());
+            let mut publish = qos1_publish(&message, pkid);
+            publish.retain = true;
+            publish
+        };
+        self.writer.encode(Packet::Publish(publish, props))
     }
 
     /// The copies that `packet`, the router's acknowledgement of a client's publish, must wait for.
@@ -318,11 +360,16 @@ async fn write_until_end(
                             Err(e) => return WriterEnd::Io(e),
                         }
                     }
-                    Outbound::SubAck(packet, granted) => {
+                    Outbound::SubAck(packet, granted, resend) => {
                         if let Err(e) = out.writer.send(packet).await {
                             return WriterEnd::Io(e);
                         }
                         subscribed.report(granted);
+                        for (kept, qos) in resend {
+                            if let Err(e) = out.encode_retained(kept, qos) {
+                                return WriterEnd::Io(e);
+                            }
+                        }
                     }
                     Outbound::Skip => {}
                     Outbound::Close(last) => {
@@ -344,8 +391,9 @@ const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 /// What the writer does with one packet from the router.
 enum Outbound {
     Write(Packet),
-    /// A SUBACK, with the filters (external form) the router granted.
-    SubAck(Packet, Vec<String>),
+    /// A SUBACK, with the filters (external form) the router granted and the retained messages to send
+    /// after it.
+    SubAck(Packet, Vec<String>, Vec<(Kept, u8)>),
     Skip,
     /// The router ends the connection: write this (MQTT 5 only) and close.
     Close(Option<Packet>),
@@ -381,7 +429,7 @@ fn outbound(
             drop(pending);
             suback.return_codes = splice_codes(&forwarded.answers, suback.return_codes, version);
             granted.extend(forwarded.direct);
-            Outbound::SubAck(Packet::SubAck(suback, props), granted)
+            Outbound::SubAck(Packet::SubAck(suback, props), granted, forwarded.resend)
         }
         // Answered by the reader already (see `inbound_unsubscribe`).
         Packet::UnsubAck(..) | Packet::ConnAck(..) => Outbound::Skip,

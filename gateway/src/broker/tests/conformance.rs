@@ -1,7 +1,7 @@
 //! MQTT 3.1.1 and 5 as the specifications say, for what goes through the router (issue 17): each test
 //! runs a real broker with real clients (rumqttc, v5 where MQTT 5 is the point) and checks what they see.
 
-use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, Publish as Publish5};
+use rumqttc::v5::mqttbytes::v5::{Filter as Filter5, Packet as Packet5, Publish as Publish5};
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
 
@@ -23,6 +23,8 @@ fn options5(broker: &Broker, client_id: &str) -> Options5 {
 struct Client {
     client: Client5,
     rx: mpsc::UnboundedReceiver<Packet5>,
+    /// Publishes received while waiting for another packet (a SUBACK), in order.
+    held: std::collections::VecDeque<Publish5>,
 }
 
 async fn connect5(options: Options5) -> Client {
@@ -42,16 +44,22 @@ async fn connect5(options: Options5) -> Client {
             }
         }
     });
-    Client { client, rx }
+    let held = Default::default();
+    Client { client, rx, held }
 }
 
 impl Client {
-    async fn next<T>(&mut self, mut pick: impl FnMut(Packet5) -> Option<T>) -> T {
+    /// The next packet `wanted` accepts; publishes before it are kept for [`Client::publish`].
+    async fn next(&mut self, wanted: impl Fn(&Packet5) -> bool) -> Packet5 {
+        let Client { rx, held, .. } = self;
         tokio::time::timeout(WAIT, async {
             loop {
-                let packet = self.rx.recv().await.expect("client still connected");
-                if let Some(found) = pick(packet) {
-                    return found;
+                let packet = rx.recv().await.expect("client still connected");
+                if wanted(&packet) {
+                    return packet;
+                }
+                if let Packet5::Publish(p) = packet {
+                    held.push_back(p);
                 }
             }
         })
@@ -60,21 +68,21 @@ impl Client {
     }
 
     async fn subscribed(&mut self) {
-        self.next(|p| matches!(p, Packet5::SubAck(_)).then_some(()))
-            .await;
+        self.next(|p| matches!(p, Packet5::SubAck(_))).await;
     }
 
     async fn publish(&mut self) -> Publish5 {
-        self.next(|p| match p {
-            Packet5::Publish(p) => Some(p),
-            _ => None,
-        })
-        .await
+        if let Some(p) = self.held.pop_front() {
+            return p;
+        }
+        match self.next(|p| matches!(p, Packet5::Publish(_))).await {
+            Packet5::Publish(p) => p,
+            _ => unreachable!(),
+        }
     }
 
     async fn puback(&mut self) {
-        self.next(|p| matches!(p, Packet5::PubAck(_)).then_some(()))
-            .await;
+        self.next(|p| matches!(p, Packet5::PubAck(_))).await;
     }
 }
 
@@ -153,4 +161,127 @@ async fn a_qos0_message_is_not_kept_for_an_absent_session() {
 
     let (_b, mut rx) = connect(persistent).await;
     assert_eq!(publish(&mut rx).await, ("q/1".into(), Bytes::from("one")));
+}
+
+fn filter(path: &str, edit: impl FnOnce(&mut Filter5)) -> Filter5 {
+    let mut filter = Filter5::new(path, QoS5::AtLeastOnce);
+    edit(&mut filter);
+    filter
+}
+
+impl Client {
+    async fn subscribe(&mut self, filter: Filter5) {
+        self.client.subscribe_many([filter]).await.unwrap();
+        self.subscribed().await;
+    }
+
+    async fn send(&mut self, topic: &str, qos: QoS5, retain: bool, payload: &str) {
+        let payload = payload.to_owned();
+        (self.client.publish(topic, qos, retain, payload).await).unwrap();
+        if qos != QoS5::AtMostOnce {
+            self.puback().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_no_local_subscriber_does_not_get_its_own_messages_back() {
+    let broker = start_open().await;
+    let mut a = connect5(options5(&broker, "a")).await;
+    let mut b = connect5(options5(&broker, "b")).await;
+    for client in [&mut a, &mut b] {
+        client.subscribe(filter("n/t", |f| f.nolocal = true)).await;
+    }
+    // More QoS 1 messages than the router has in flight for a link: those not sent are settled.
+    for i in 0..120 {
+        a.send("n/t", QoS5::AtLeastOnce, false, &format!("a{i}"))
+            .await;
+    }
+    for i in 0..120 {
+        assert_eq!(b.publish().await.payload, Bytes::from(format!("a{i}")));
+    }
+    b.send("n/t", QoS5::AtLeastOnce, false, "b").await;
+    // The first message `a` gets is b's: its own 120 came before it on the same filter, and were not sent.
+    assert_eq!(a.publish().await.payload, Bytes::from("b"));
+}
+
+#[tokio::test]
+async fn retain_as_published_keeps_the_retain_flag_of_live_messages() {
+    let broker = start_open().await;
+    let mut a = connect5(options5(&broker, "a")).await;
+    let mut b = connect5(options5(&broker, "b")).await;
+    a.subscribe(filter("p/t", |f| f.preserve_retain = true))
+        .await;
+    b.subscribe(filter("p/t", |_| {})).await;
+    // Once a message went through b's new subscription, a retained one published now is not taken for
+    // one that was there when it subscribed (which rumqttd may send on its first read).
+    b.send("p/t", QoS5::AtLeastOnce, false, "first").await;
+    for client in [&mut a, &mut b] {
+        assert_eq!(client.publish().await.payload, Bytes::from("first"));
+    }
+    a.send("p/t", QoS5::AtLeastOnce, false, "plain").await;
+    a.send("p/t", QoS5::AtLeastOnce, true, "retained").await;
+    let flags = |p: Publish5| (p.payload, p.retain);
+    assert_eq!(flags(a.publish().await), (Bytes::from("plain"), false));
+    assert_eq!(flags(a.publish().await), (Bytes::from("retained"), true));
+    // Without the option, a live message has its retain flag cleared (MQTT 5 §3.3.1.3).
+    assert_eq!(flags(b.publish().await), (Bytes::from("plain"), false));
+    assert_eq!(flags(b.publish().await), (Bytes::from("retained"), false));
+    a.send("p/t", QoS5::AtLeastOnce, true, "").await;
+}
+
+#[tokio::test]
+async fn retain_handling_0_1_and_2_send_retained_messages_on_every_new_or_no_subscribe() {
+    use rumqttc::v5::mqttbytes::v5::RetainForwardRule as Rule;
+
+    let broker = start_open().await;
+    let mut a = connect5(options5(&broker, "a")).await;
+    a.send("r/0", QoS5::AtMostOnce, true, "zero").await;
+    a.send("r/1", QoS5::AtLeastOnce, true, "one").await;
+    let retained = |mut got: Vec<Publish5>| {
+        got.sort_by(|x, y| x.topic.cmp(&y.topic));
+        (got.into_iter())
+            .map(|p| (p.payload, p.qos, p.retain))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![
+        (Bytes::from("zero"), QoS5::AtMostOnce, true),
+        (Bytes::from("one"), QoS5::AtLeastOnce, true),
+    ];
+    // What arrives after a SUBSCRIBE, up to a marker `c` publishes itself on `r/m` (not retained).
+    async fn after(c: &mut Client, rule: Rule) -> Vec<Publish5> {
+        c.subscribe(filter("r/+", |f| f.retain_forward_rule = rule))
+            .await;
+        c.send("r/m", QoS5::AtLeastOnce, false, "marker").await;
+        let mut got = Vec::new();
+        loop {
+            let p = c.publish().await;
+            if p.payload == "marker" {
+                return got;
+            }
+            got.push(p);
+        }
+    }
+    let mut c = connect5(options5(&broker, "c")).await;
+    assert_eq!(
+        retained(after(&mut c, Rule::OnNewSubscribe).await),
+        expected
+    );
+    assert_eq!(retained(after(&mut c, Rule::OnNewSubscribe).await), []);
+    // Retain Handling 0 on a subscription held already: rumqttd does not send them, sprig does.
+    assert_eq!(
+        retained(after(&mut c, Rule::OnEverySubscribe).await),
+        expected
+    );
+    let mut d = connect5(options5(&broker, "d")).await;
+    assert_eq!(retained(after(&mut d, Rule::Never).await), []);
+    assert_eq!(retained(after(&mut d, Rule::Never).await), []);
+
+    // MQTT 3.1.1 says so too: a SUBSCRIBE that replaces one sends the retained messages again.
+    let (e, mut rx) = connect(options(&broker, "e")).await;
+    for _ in 0..2 {
+        e.subscribe("r/1", QoS::AtLeastOnce).await.unwrap();
+        suback(&mut rx).await;
+        assert_eq!(publish(&mut rx).await, ("r/1".into(), Bytes::from("one")));
+    }
 }
