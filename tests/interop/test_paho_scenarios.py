@@ -8,7 +8,8 @@ well-behaved client sends, a few hand-made packets), and checks the same observa
 * MQTT 3.1.1: basic, retained messages, zero-length client id, offline message queueing, overlapping
   subscriptions, keep-alive, redelivery on reconnect, subscribe failure, `$` topics, unsubscribe;
 * MQTT 5: offline message queueing, redelivery on reconnect, session expiry, unsubscribe, keep-alive, and
-  those of client_test5.py for what issue 17 fixed: subscribe options.
+  those of client_test5.py for what issue 17 fixed: subscribe options, maximum packet size, flow control
+  (the server's Receive Maximum), client topic aliases.
 
 Both brokers run as children of this script on free loopback ports: sprig (`sprig run`, through
 `sprig_gateway.Gateway`) with a config that adds one topic rule granting devices every topic a rule can
@@ -106,7 +107,7 @@ MOSQUITTO_BASELINE: dict[str, set[str]] = {
     V311: {"basic", "retained messages", "zero-length client id", "offline message queueing",
            "keep-alive", "redelivery on reconnect", "$ topics", "unsubscribe"},
     V5: {"offline message queueing", "redelivery on reconnect", "session expiry", "unsubscribe",
-         "keep-alive", "subscribe options"},
+         "keep-alive", "subscribe options", "maximum packet size", "client topic aliases"},
 }
 
 
@@ -377,16 +378,21 @@ class Probe:
     # steps
 
     def connect(self, keepalive: int = 60, will: Optional[tuple[str, bytes]] = None,
-                session_expiry: Optional[int] = None) -> ConnAck:
-        """Connects and returns the CONNACK, failing the scenario if the broker refuses or stays silent."""
+                session_expiry: Optional[int] = None, properties: Optional[dict] = None) -> ConnAck:
+        """Connects and returns the CONNACK, failing the scenario if the broker refuses or stays silent.
+        MQTT 5: `properties` are more CONNECT properties by paho's names (e.g. MaximumPacketSize)."""
         if will:
             self.client.will_set(will[0], will[1], qos=0, retain=False)
         extra = {}
         if self.v5:
+            connect_properties = properties or {}
             properties = None
-            if session_expiry is not None:
+            if session_expiry is not None or connect_properties:
                 properties = Properties(PacketTypes.CONNECT)
+            if session_expiry is not None:
                 properties.SessionExpiryInterval = session_expiry
+            for name, value in connect_properties.items():
+                setattr(properties, name, value)
             extra = {"clean_start": self.clean, "properties": properties}
         what = f"{self.client_id!r} (clean {'start' if self.v5 else 'session'} {int(self.clean)})"
         try:
@@ -581,6 +587,16 @@ def connect_packet(version: str, client_id: bytes, clean: bool, protocol_name: b
     return b"\x10" + _remaining_length(len(body)) + body
 
 
+def publish_packet_v5(topic: bytes, payload: bytes, qos: int = 0, pkid: int = 0,
+                      topic_alias: Optional[int] = None) -> bytes:
+    """An MQTT 5 PUBLISH, with a Topic Alias property if given (paho-mqtt will not send alias 0, nor an
+    empty topic)."""
+    properties = b"" if topic_alias is None else b"\x23" + topic_alias.to_bytes(2, "big")
+    body = _string(topic) + (pkid.to_bytes(2, "big") if qos else b"")
+    body += _remaining_length(len(properties)) + properties + payload
+    return bytes([0x30 | (qos << 1)]) + _remaining_length(len(body)) + body
+
+
 class RawConnection:
     """A plain TCP connection for hand-made packets, with bounded reads."""
 
@@ -644,6 +660,21 @@ class RawConnection:
         if first >> 4 != 2 or len(body) < 2:
             return f"packet type {first >> 4}", None
         return "CONNACK", body[1]
+
+    def disconnect_reason(self, timeout: float = STEP_TIMEOUT_S) -> Optional[int]:
+        """Reads until the server's DISCONNECT and returns its reason code; None when the connection closes
+        (or nothing comes in time) without one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                packet = self.read_packet(max(0.01, deadline - time.monotonic()))
+            except socket.timeout:
+                return None
+            if packet is None:
+                return None
+            first, body = packet
+            if first >> 4 == 14:
+                return body[0] if body else 0
 
     def closed_within(self, timeout: float = STEP_TIMEOUT_S) -> tuple[bool, list[int]]:
         """Whether the peer closes the connection within `timeout`; also the packet types it sent first."""
@@ -1051,6 +1082,74 @@ def scenario_subscribe_options(s: Scenario) -> None:
         clear_retained(s, [TOPICS[0], TOPICS[1], TOPICS[2], TOPICS[3]])
 
 
+def scenario_maximum_packet_size(s: Scenario) -> None:
+    """MQTT 5 Maximum Packet Size set by the client (client_test5's test_maximum_packet_size): with 64
+    bytes, a message that fits arrives, a larger one is not sent (nor anything else in its place)."""
+    a, _ = s.connect(CLIENT_A, properties={"MaximumPacketSize": 64})
+    a.subscribe_granted((TOPICS[0], 2))
+    small, large = b"." * 32, b"," * 64
+    a.publish(TOPICS[0], small, 0)
+    a.wait_payloads(small, what="the message that fits in 64 bytes")
+    a.publish(TOPICS[0], large, 1)
+    got = [m for m in a.settle(topic=TOPICS[0]) if m.payload == large]
+    check(not got, f"a PUBLISH larger than the client's Maximum Packet Size was sent: {describe(got)}")
+    a.disconnect()
+
+
+def scenario_flow_control(s: Scenario) -> None:
+    """MQTT 5 Receive Maximum of the server (client_test5's test_flow_control2): a client that sends one QoS 2
+    publish more than the CONNACK's Receive Maximum, none completed, gets DISCONNECT 0x93."""
+    a, ack = s.connect(CLIENT_A)
+    receive_maximum = getattr(ack.properties, "ReceiveMaximum", 65535)
+    a.disconnect()
+    with RawConnection(s.broker.port) as raw:
+        raw.send(connect_packet(s.version, CLIENT_A.encode(), clean=True))
+        outcome, code = raw.outcome_of_connect()
+        check(outcome == "CONNACK" and code == 0, f"raw CONNECT: expected CONNACK 0, got {said(outcome, code)}")
+        raw.send(b"".join(publish_packet_v5(TOPICS[0].encode(), b"flow control", qos=2, pkid=pkid)
+                          for pkid in range(1, receive_maximum + 2)))
+        reason = raw.disconnect_reason(timeout=max(STEP_TIMEOUT_S, receive_maximum / 50))
+        seen = "no DISCONNECT" if reason is None else f"DISCONNECT 0x{reason:02x}"
+        check(reason == 0x93, f"{receive_maximum + 1} QoS 2 publishes with a Receive Maximum of "
+                              f"{receive_maximum}: {seen}, expected DISCONNECT 0x93")
+
+
+def scenario_client_topic_alias(s: Scenario) -> None:
+    """MQTT 5 topic aliases sent by the client (client_test5's test_client_topic_alias): alias 0 ends the
+    connection; within the CONNACK's Topic Alias Maximum a PUBLISH with a topic sets an alias and one
+    with an empty topic uses it; aliases end with the connection."""
+    with RawConnection(s.broker.port) as raw:
+        raw.send(connect_packet(s.version, CLIENT_A.encode(), clean=True))
+        raw.outcome_of_connect()
+        raw.send(publish_packet_v5(TOPICS[0].encode(), b"topic alias 0", qos=1, pkid=1, topic_alias=0))
+        closed, seen = raw.closed_within()
+        check(closed and 4 not in seen, f"topic alias 0 was accepted (packets after it: {seen})")
+    a, ack = s.connect(CLIENT_A)
+    maximum = getattr(ack.properties, "TopicAliasMaximum", 0)
+    a.disconnect()
+    if maximum == 0:
+        s.notes.append("no topic aliases offered")
+        return
+    b, _ = s.connect(CLIENT_B)
+    b.subscribe_granted((TOPICS[0], 2))
+    named, aliased = unique("topic alias 1"), unique("topic alias 2")
+    with RawConnection(s.broker.port) as raw:
+        raw.send(connect_packet(s.version, CLIENT_A.encode(), clean=True))
+        raw.outcome_of_connect()
+        raw.send(publish_packet_v5(TOPICS[0].encode(), named, topic_alias=1))
+        raw.send(publish_packet_v5(b"", aliased, topic_alias=1))
+        got = b.wait_payloads(named, aliased, what="the messages published with a topic alias")
+        check(all(m.topic == TOPICS[0] for m in got if m.payload in (named, aliased)),
+              f"aliased messages on the wrong topic: {describe(got)}")
+    with RawConnection(s.broker.port) as raw:
+        raw.send(connect_packet(s.version, CLIENT_A.encode(), clean=False))
+        raw.outcome_of_connect()
+        raw.send(publish_packet_v5(b"", unique("topic alias 4"), topic_alias=1))
+        closed, seen = raw.closed_within()
+        check(closed, "an alias of an earlier connection was accepted (the connection stayed open)")
+    b.disconnect()
+
+
 SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
     V311: [
         ("basic", scenario_basic),
@@ -1071,6 +1170,9 @@ SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
         ("unsubscribe", scenario_unsubscribe),
         ("keep-alive", scenario_keepalive),
         ("subscribe options", scenario_subscribe_options),
+        ("maximum packet size", scenario_maximum_packet_size),
+        ("flow control (server receive maximum)", scenario_flow_control),
+        ("client topic aliases", scenario_client_topic_alias),
     ],
 }
 

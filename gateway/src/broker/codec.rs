@@ -256,6 +256,8 @@ pub(crate) struct PacketWriter<W> {
     version: Version,
     /// How long one write may wait for a client that does not read; `None`: as long as it takes.
     stall: Option<Duration>,
+    /// The client's Maximum Packet Size (MQTT 5), if it set one.
+    max_packet: Option<usize>,
 }
 
 impl<W: AsyncWrite + Unpin> PacketWriter<W> {
@@ -265,7 +267,29 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
             buf: BytesMut::with_capacity(INITIAL_BUFFER),
             version,
             stall: None,
+            max_packet: None,
         }
+    }
+
+    /// From now on, PUBLISH packets larger than `max` bytes are not written (see
+    /// [`PacketWriter::encode_publish`]).
+    pub(crate) fn set_max_packet_size(&mut self, max: Option<usize>) {
+        self.max_packet = max;
+    }
+
+    /// Encodes a PUBLISH, unless it is larger than the client's Maximum Packet Size: MQTT 5 §3.1.2.11.4
+    /// says the server must not send it, and drops it as if it had been sent. False when dropped.
+    pub(crate) fn encode_publish(&mut self, packet: Packet) -> io::Result<bool> {
+        let before = self.buf.len();
+        self.encode(packet)?;
+        if self
+            .max_packet
+            .is_some_and(|max| self.buf.len() - before > max)
+        {
+            self.buf.truncate(before);
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// The same writer, giving up (an error) on a write that waits longer than `stall` for the client.

@@ -4,7 +4,7 @@
 //! waits on authentication (argon2 on a blocking thread, a few at a time) and the one that decides who the
 //! client is, which everything after only reads.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +33,8 @@ pub(super) struct ConnectRequest {
     pub(super) connect: Connect,
     /// MQTT 5's Session Expiry Interval (absent: 0, the session ends with the connection).
     pub(super) session_expiry_s: Option<u32>,
+    /// MQTT 5: the largest packet the client accepts.
+    pub(super) max_packet_size: Option<u32>,
     pub(super) will: Option<LastWill>,
     pub(super) login: Option<Login>,
     pub(super) peer: SocketAddr,
@@ -172,8 +174,8 @@ pub(super) async fn accept(
             p.session_expiry_interval = Some(granted_s);
         }
         p.assigned_client_identifier = assigned.then(|| client_id.clone());
-        // Clients must not use topic aliases: topics are authorized one by one, by name.
-        p.topic_alias_max = None;
+        // Topics are authorized by name: the reader resolves aliases first.
+        p.topic_alias_max = Some(super::TOPIC_ALIAS_MAX);
         p.max_packet_size = u32::try_from(shared.config.max_payload_size).ok();
         // How many unacknowledged QoS 1/2 publishes the client may send (0 would be a protocol error).
         p.receive_max = u16::try_from(shared.config.max_inflight_count)
@@ -181,6 +183,11 @@ pub(super) async fn accept(
             .filter(|n| *n > 0);
         p
     });
+    // MQTT 5 §3.1.2.11.4: nothing larger is sent to the client.
+    let most = request
+        .max_packet_size
+        .and_then(|n| usize::try_from(n).ok());
+    writer.set_max_packet_size(most);
     if writer.send(Packet::ConnAck(ack, props)).await.is_err() {
         return None;
     }
@@ -211,6 +218,8 @@ pub(super) async fn accept(
         inflight: SharedInflight::default(),
         settled: Arc::default(),
         options: Arc::default(),
+        receiving: Arc::default(),
+        aliases: HashMap::new(),
         resumed: Some(resumed),
         will: request.will,
         link,
@@ -408,6 +417,7 @@ mod tests {
                     clean_session: clean,
                 },
                 session_expiry_s: None,
+                max_packet_size: None,
                 will: None,
                 login: username.map(|u| Login {
                     username: u.into(),

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -102,7 +103,8 @@ pub(crate) async fn serve(
     };
     let request = ConnectRequest {
         connect,
-        session_expiry_s: props.and_then(|p| p.session_expiry_interval),
+        session_expiry_s: props.as_ref().and_then(|p| p.session_expiry_interval),
+        max_packet_size: props.as_ref().and_then(|p| p.max_packet_size),
         will,
         login,
         peer,
@@ -131,6 +133,12 @@ struct Client {
     settled: Arc<tokio::sync::Notify>,
     /// The options of its routed subscriptions (the reader sets, the writer applies).
     options: SharedOptions,
+    /// Its QoS 1 and 2 publishes not yet acknowledged (PUBACK, PUBCOMP written): MQTT 5 clients may have at
+    /// most the Receive Maximum sprig's CONNACK gave (`max_inflight_count`); the reader adds, the writer
+    /// takes off.
+    receiving: Arc<AtomicUsize>,
+    /// MQTT 5 topic aliases the client set, at most [`TOPIC_ALIAS_MAX`].
+    aliases: HashMap<u16, Bytes>,
     /// The session it resumed (filters and what waited for it), until the writer takes it.
     resumed: Option<Resumed>,
     will: Option<LastWill>,
@@ -151,6 +159,10 @@ struct Client {
     session: SessionGuard,
     _slot: Slot,
 }
+
+/// The Topic Alias Maximum sprig gives MQTT 5 clients (as mosquitto's default): a client may name up to this
+/// many topics by a number in its PUBLISHes.
+pub(crate) const TOPIC_ALIAS_MAX: u16 = 10;
 
 /// How long a connection that was taken over goes on reading what its client had sent before: enough for
 /// bytes already in the socket (a client sends DISCONNECT and connects again at once), not a wait for more.
@@ -253,6 +265,8 @@ enum ReaderEnd {
     Lost(DisconnectReason, String),
     /// A QoS 2 publish was denied: there is no way to refuse it politely, so the client is disconnected.
     Denied(String),
+    /// The client broke a rule that MQTT 5 answers with this DISCONNECT reason code.
+    Broke(DisconnectReasonCode, String),
     RouterGone,
 }
 
@@ -308,6 +322,8 @@ impl Client {
             settled: self.settled.clone(),
             options: self.options.clone(),
             client_id: self.client_id.clone(),
+            receiving: self.receiving.clone(),
+            too_large: 0,
             copies: self.copies.clone(),
             budget: self.shared.config.max_queued_bytes,
             dropped: 0,
@@ -401,6 +417,11 @@ impl Client {
                     _ => DisconnectReasonCode::UnspecifiedError,
                 };
                 (reason, v5_disconnect(version, code))
+            }
+            ReaderEnd::Broke(code, detail) => {
+                tracing::info!(client_id = self.client_id, ?code, "disconnecting: {detail}");
+                self.publish_will();
+                (DisconnectReason::ClientError, v5_disconnect(version, code))
             }
             ReaderEnd::Denied(topic) => {
                 tracing::warn!(
@@ -625,8 +646,8 @@ impl Client {
                 denied,
                 violation,
             } = forward;
-            if let Some(detail) = violation {
-                return ReaderEnd::Lost(DisconnectReason::ClientError, detail);
+            if let Some((code, detail)) = violation {
+                return ReaderEnd::Broke(code, detail);
             }
             if let Some(topic) = denied {
                 return ReaderEnd::Denied(topic);
@@ -704,6 +725,20 @@ impl Client {
         props: Option<rumqttd::protocol::PublishProperties>,
         version: Version,
     ) -> Inbound {
+        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
+            if let Err((code, detail)) = self.resolve_alias(alias, &mut publish) {
+                return Inbound::broke(code, detail);
+            }
+        }
+        if qos_and_pkid(&publish).0 > 0 && version == Version::V5 {
+            let most = self.shared.config.max_inflight_count;
+            if self.receiving.fetch_add(1, Ordering::Relaxed) >= most {
+                let detail = format!(
+                    "more than its Receive Maximum ({most}) QoS 1 and 2 publishes unacknowledged"
+                );
+                return Inbound::broke(DisconnectReasonCode::ReceiveMaximumExceeded, detail);
+            }
+        }
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         if !crate::topic_filter::is_topic_name(&topic) {
             // MQTT: a PUBLISH topic has no wildcards (nor NUL); a client that sends one is closed.
@@ -726,7 +761,7 @@ impl Client {
             let (qos, _) = qos_and_pkid(&publish);
             let origin = Origin::now(qos, publish.retain, &self.client_id);
             publish.topic = Bytes::from(to_internal(&topic));
-            // Topic aliases are not offered (CONNACK), so a client-sent alias is ignored, not recorded.
+            // The alias is the client's (resolved above), not passed on.
             let props = origin.attach(props).map(|mut p| {
                 p.topic_alias = None;
                 p
@@ -750,6 +785,29 @@ impl Client {
             (2, _) => Inbound::deny(topic),
             _ => Inbound::default(),
         }
+    }
+
+    /// MQTT 5 topic aliases (§3.3.2.3.4): a PUBLISH with a topic sets `alias` to it, one without uses it.
+    /// An alias of 0 or above [`TOPIC_ALIAS_MAX`] is answered DISCONNECT 0x94, one never set 0x82.
+    fn resolve_alias(
+        &mut self,
+        alias: u16,
+        publish: &mut Publish,
+    ) -> Result<(), (DisconnectReasonCode, String)> {
+        if alias == 0 || alias > TOPIC_ALIAS_MAX {
+            let detail = format!("topic alias {alias}, not within 1 to {TOPIC_ALIAS_MAX}");
+            return Err((DisconnectReasonCode::TopicAliasInvalid, detail));
+        }
+        if !publish.topic.is_empty() {
+            self.aliases.insert(alias, publish.topic.clone());
+            return Ok(());
+        }
+        let topic = self.aliases.get(&alias).ok_or_else(|| {
+            let detail = format!("PUBLISH with topic alias {alias}, which it never set");
+            (DisconnectReasonCode::ProtocolError, detail)
+        })?;
+        publish.topic = topic.clone();
+        Ok(())
     }
 
     /// A publish on a `$` topic, which is for the gateway's services: handed to their taps, never to the
@@ -978,8 +1036,8 @@ struct Inbound {
     granted: Option<Vec<String>>,
     /// A QoS 2 publish to this topic was denied.
     denied: Option<String>,
-    /// The client broke the protocol: it is closed.
-    violation: Option<String>,
+    /// The client broke the protocol: it is closed, with this DISCONNECT reason code (MQTT 5).
+    violation: Option<(DisconnectReasonCode, String)>,
 }
 
 impl Inbound {
@@ -1014,8 +1072,12 @@ impl Inbound {
     }
 
     fn violation(detail: String) -> Inbound {
+        Inbound::broke(DisconnectReasonCode::ProtocolError, detail)
+    }
+
+    fn broke(code: DisconnectReasonCode, detail: String) -> Inbound {
         Inbound {
-            violation: Some(detail),
+            violation: Some((code, detail)),
             ..Inbound::default()
         }
     }

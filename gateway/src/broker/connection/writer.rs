@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use rumqttd::local::LinkRx;
-use rumqttd::protocol::{Packet, Publish, SubscribeReasonCode};
+use rumqttd::protocol::{Packet, Publish, PublishProperties, SubscribeReasonCode};
 use rumqttd::Notification;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use super::{
     denied_code, lock, Answer, PendingSubacks, SharedCopies, SharedInflight, SharedOptions,
     ToWriter, WriterEnd,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Where the writer records granted subscriptions: the connection's direct outlet, and the reports of
@@ -69,6 +70,10 @@ pub(super) struct Outgoing {
     /// The options of the connection's routed subscriptions (see `options`).
     pub(super) options: SharedOptions,
     pub(super) client_id: String,
+    /// The client's QoS 1 and 2 publishes not yet acknowledged (see `Client::receiving`).
+    pub(super) receiving: Arc<AtomicUsize>,
+    /// Messages not sent because they were larger than the client's Maximum Packet Size.
+    pub(super) too_large: u64,
     /// Copies whose publish's acknowledgement must wait for them (see [`SharedCopies`]).
     pub(super) copies: SharedCopies,
     /// Bytes that may wait for the client (`broker.max_queued_bytes`): beyond them QoS 0 messages are
@@ -87,13 +92,59 @@ impl Outgoing {
     /// Encodes one of the session's own messages: at QoS 0, or at QoS 1 under a packet id of sprig's (see
     /// [`Inflight`]), recorded until the client acknowledges it.
     fn encode_message(&mut self, message: Waiting) -> std::io::Result<()> {
-        let publish = if message.reliable {
+        let (publish, pkid) = if message.reliable {
             let pkid = lock(&self.inflight).send_own(message.clone());
-            qos1_publish(&message, pkid)
+            (qos1_publish(&message, pkid), Some(pkid))
         } else {
-            Publish::new(Bytes::from(message.topic), message.payload, false)
+            let publish = Publish::new(Bytes::from(message.topic), message.payload, false);
+            (publish, None)
         };
-        self.writer.encode(Packet::Publish(publish, None))
+        self.encode_own(publish, None, pkid)
+    }
+
+    /// Encodes one of sprig's own publishes (`pkid`: its QoS 1 packet id); one larger than the client's
+    /// Maximum Packet Size is dropped, and no longer owed.
+    fn encode_own(
+        &mut self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        pkid: Option<u16>,
+    ) -> std::io::Result<()> {
+        let topic = publish.topic.clone();
+        if !self
+            .writer
+            .encode_publish(Packet::Publish(publish, props))?
+        {
+            self.count_too_large(&topic);
+            if let Some(pkid) = pkid {
+                lock(&self.inflight).acknowledged(pkid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs (the first, then every power of two) a message not sent because it is larger than the client's
+    /// Maximum Packet Size.
+    fn count_too_large(&mut self, topic: &Bytes) {
+        self.too_large += 1;
+        if self.too_large.is_power_of_two() {
+            tracing::warn!(
+                client_id = self.client_id,
+                topic = %String::from_utf8_lossy(topic),
+                dropped = self.too_large,
+                "message larger than the client's Maximum Packet Size: not sent"
+            );
+        }
+    }
+
+    /// Encodes a packet that is not a PUBLISH; an acknowledgement that ends a client's QoS 1 or 2 publish
+    /// gives back its place in the Receive Maximum (see `Client::receiving`).
+    fn encode_other(&mut self, packet: Packet) -> std::io::Result<()> {
+        if matches!(packet, Packet::PubAck(..) | Packet::PubComp(..)) {
+            let _ = (self.receiving)
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+        self.writer.encode(packet)
     }
 
     /// Encodes one packet from the router; a QoS 1 publish is recorded until the client acknowledges it.
@@ -103,7 +154,7 @@ impl Outgoing {
     /// the client is too far behind.
     fn encode_from_router(&mut self, packet: Packet) -> std::io::Result<bool> {
         let Packet::Publish(mut publish, mut props) = packet else {
-            return self.writer.encode(packet).map(|()| true);
+            return self.encode_other(packet).map(|()| true);
         };
         let (routed_qos, pkid) = qos_and_pkid(&publish);
         let origin = Origin::take(&mut props);
@@ -133,13 +184,23 @@ impl Outgoing {
         if qos == 0 && self.full() {
             return Ok(false);
         }
-        if qos > 0 {
-            let topic = String::from_utf8_lossy(&publish.topic);
-            lock(&self.inflight).sent_by_router(pkid, &topic, &publish.payload);
+        let (topic, payload) = (publish.topic.clone(), publish.payload.clone());
+        if !self
+            .writer
+            .encode_publish(Packet::Publish(publish, props))?
+        {
+            self.count_too_large(&topic);
+            if qos > 0 {
+                lock(&self.inflight).settled_by_router(pkid);
+                self.settled.notify_one();
+            }
+            return Ok(true);
         }
-        self.writer
-            .encode(Packet::Publish(publish, props))
-            .map(|()| true)
+        if qos > 0 {
+            let topic = String::from_utf8_lossy(&topic);
+            lock(&self.inflight).sent_by_router(pkid, &topic, &payload);
+        }
+        Ok(true)
     }
 
     /// Encodes a retained message sent again for a subscription the connection held already (see
@@ -147,8 +208,9 @@ impl Outgoing {
     fn encode_retained(&mut self, kept: Kept, granted: u8) -> std::io::Result<()> {
         let mut props = kept.props;
         let published = Origin::take(&mut props).map_or(0, |o| o.qos);
-        let publish = if published.min(granted) == 0 {
-            Publish::new(Bytes::from(kept.topic), kept.payload, true)
+        let (publish, pkid) = if published.min(granted) == 0 {
+            let publish = Publish::new(Bytes::from(kept.topic), kept.payload, true);
+            (publish, None)
         } else {
             let message = Waiting {
                 topic: kept.topic,
@@ -159,9 +221,9 @@ impl Outgoing {
             let pkid = lock(&self.inflight).send_own(message.clone());
             let mut publish = qos1_publish(&message, pkid);
             publish.retain = true;
-            publish
+            (publish, Some(pkid))
         };
-        self.writer.encode(Packet::Publish(publish, props))
+        self.encode_own(publish, props, pkid)
     }
 
     /// The copies that `packet`, the router's acknowledgement of a client's publish, must wait for.
@@ -267,7 +329,7 @@ async fn write_until_end(
             biased;
             command = commands.recv() => match command {
                 Some(ToWriter::Packet(packet)) => {
-                    if let Err(e) = out.writer.encode(*packet) {
+                    if let Err(e) = out.encode_other(*packet) {
                         return WriterEnd::Io(e);
                     }
                 }

@@ -4,6 +4,7 @@
 use rumqttc::v5::mqttbytes::v5::{Filter as Filter5, Packet as Packet5, Publish as Publish5};
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+use sprig_test_support::raw;
 
 use super::*;
 
@@ -283,5 +284,107 @@ async fn retain_handling_0_1_and_2_send_retained_messages_on_every_new_or_no_sub
         e.subscribe("r/1", QoS::AtLeastOnce).await.unwrap();
         suback(&mut rx).await;
         assert_eq!(publish(&mut rx).await, ("r/1".into(), Bytes::from("one")));
+    }
+}
+
+/// An MQTT 5 client of hand-made packets, connected (its CONNACK read).
+async fn raw5(broker: &Broker, client_id: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(broker.local_addrs()[0])
+        .await
+        .unwrap();
+    socket
+        .write_all(&raw::connect_v5(client_id, &[]))
+        .await
+        .unwrap();
+    let (header, _) = read_raw(&mut socket).await.expect("CONNACK");
+    assert_eq!(header, 0x20, "CONNACK");
+    socket
+}
+
+async fn read_raw(socket: &mut tokio::net::TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    tokio::time::timeout(WAIT, raw::read_packet_async(socket))
+        .await
+        .expect("a packet in time")
+}
+
+/// Reads until the server's DISCONNECT and returns its reason code.
+async fn disconnect_code(socket: &mut tokio::net::TcpStream) -> u8 {
+    loop {
+        let (header, body) = read_raw(socket).await.expect("DISCONNECT before the end");
+        if header == 0xe0 {
+            return body.first().copied().unwrap_or(0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_publish_larger_than_the_clients_maximum_packet_size_is_not_sent() {
+    let broker = start_open().await;
+    let mut options = options5(&broker, "b");
+    options.set_max_packet_size(Some(64));
+    let mut b = connect5(options).await;
+    b.subscribe(filter("m/t", |_| {})).await;
+    let mut a = connect5(options5(&broker, "a")).await;
+    a.send("m/t", QoS5::AtMostOnce, false, &".".repeat(32))
+        .await;
+    assert_eq!(b.publish().await.payload.len(), 32);
+    // More QoS 1 messages than the router has in flight for a link: those not sent are settled.
+    for _ in 0..120 {
+        a.send("m/t", QoS5::AtLeastOnce, false, &".".repeat(64))
+            .await;
+    }
+    a.send("m/t", QoS5::AtLeastOnce, false, "small").await;
+    assert_eq!(b.publish().await.payload, Bytes::from("small"));
+}
+
+#[tokio::test]
+async fn more_unacknowledged_publishes_than_the_receive_maximum_end_with_disconnect_0x93() {
+    use tokio::io::AsyncWriteExt;
+    let broker = start_granting("#", |config| config.max_inflight_count = 2).await;
+    // A client that keeps to it (rumqttc does) may publish as much as it likes.
+    let mut a = connect5(options5(&broker, "a")).await;
+    for i in 0..10 {
+        a.send("m/t", QoS5::AtLeastOnce, false, &format!("{i}"))
+            .await;
+    }
+    // Three QoS 2 publishes with no PUBREL: the third is one too many.
+    let mut c = raw5(&broker, "c").await;
+    for pkid in 1..=3 {
+        let publish = raw::publish_v5("m/t", 2, pkid, &[], b"x");
+        c.write_all(&publish).await.unwrap();
+    }
+    assert_eq!(disconnect_code(&mut c).await, 0x93);
+}
+
+#[tokio::test]
+async fn topic_aliases_name_topics_and_a_bad_one_ends_the_connection() {
+    use tokio::io::AsyncWriteExt;
+    let broker = start_open().await;
+    let mut b = connect5(options5(&broker, "b")).await;
+    b.subscribe(filter("a/t", |_| {})).await;
+    let mut a = raw5(&broker, "a").await;
+    let alias = raw::topic_alias(1);
+    a.write_all(&raw::publish_v5("a/t", 0, 0, &alias, b"named"))
+        .await
+        .unwrap();
+    a.write_all(&raw::publish_v5("", 0, 0, &alias, b"aliased"))
+        .await
+        .unwrap();
+    for payload in ["named", "aliased"] {
+        let p = b.publish().await;
+        assert_eq!((p.topic, p.payload), ("a/t".into(), payload.into()));
+    }
+    // 0 and above the maximum the CONNACK gave: Topic Alias invalid. One never set: a protocol error.
+    let bad = [
+        ("a/t", 0, 0x94),
+        ("a/t", connection::TOPIC_ALIAS_MAX + 1, 0x94),
+        ("", 2, 0x82),
+    ];
+    for (topic, alias, code) in bad {
+        let mut c = raw5(&broker, "c").await;
+        let publish = raw::publish_v5(topic, 0, 0, &raw::topic_alias(alias), b"x");
+        c.write_all(&publish).await.unwrap();
+        assert_eq!(disconnect_code(&mut c).await, code, "alias {alias}");
     }
 }
