@@ -9,7 +9,7 @@ well-behaved client sends, a few hand-made packets), and checks the same observa
   subscriptions, keep-alive, redelivery on reconnect, subscribe failure, `$` topics, unsubscribe;
 * MQTT 5: offline message queueing, redelivery on reconnect, session expiry, unsubscribe, keep-alive, and
   those of client_test5.py for what issue 17 fixed: subscribe options, maximum packet size, flow control
-  (the server's Receive Maximum), client topic aliases.
+  (the server's Receive Maximum), client topic aliases, will delay.
 
 Both brokers run as children of this script on free loopback ports: sprig (`sprig run`, through
 `sprig_gateway.Gateway`) with a config that adds one topic rule granting devices every topic a rule can
@@ -378,11 +378,18 @@ class Probe:
     # steps
 
     def connect(self, keepalive: int = 60, will: Optional[tuple[str, bytes]] = None,
-                session_expiry: Optional[int] = None, properties: Optional[dict] = None) -> ConnAck:
+                session_expiry: Optional[int] = None, properties: Optional[dict] = None,
+                will_properties: Optional[dict] = None) -> ConnAck:
         """Connects and returns the CONNACK, failing the scenario if the broker refuses or stays silent.
-        MQTT 5: `properties` are more CONNECT properties by paho's names (e.g. MaximumPacketSize)."""
+        MQTT 5: `properties` are more CONNECT properties by paho's names (e.g. MaximumPacketSize),
+        `will_properties` the will's (e.g. WillDelayInterval)."""
         if will:
-            self.client.will_set(will[0], will[1], qos=0, retain=False)
+            props = None
+            if will_properties:
+                props = Properties(PacketTypes.WILLMESSAGE)
+                for name, value in will_properties.items():
+                    setattr(props, name, value)
+            self.client.will_set(will[0], will[1], qos=0, retain=False, properties=props)
         extra = {}
         if self.v5:
             connect_properties = properties or {}
@@ -512,6 +519,20 @@ class Probe:
         (no PINGREQ), nothing is read."""
         self.client.loop_stop()
         self._looping = False
+
+    def drop_connection(self) -> None:
+        """Closes the socket without a DISCONNECT, as a client that lost its network (Paho's terminate); the
+        network thread is stopped after (it may take a second to notice)."""
+        sock = self.client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.client.loop_stop()
+        self._looping = False
+        if sock is not None:
+            sock.close()
 
     def disconnect(self, session_expiry: Optional[int] = None) -> None:
         """Sends DISCONNECT (MQTT 5: with this Session Expiry Interval) and waits for the socket to close."""
@@ -1150,6 +1171,31 @@ def scenario_client_topic_alias(s: Scenario) -> None:
     b.disconnect()
 
 
+def scenario_will_delay(s: Scenario) -> None:
+    """MQTT 5 Will Delay Interval (client_test5's test_will_delay): a client whose connection drops gets its
+    will published after the delay or when its session ends, whichever comes first: delay 3 s and session
+    expiry 5 s, after about 3 s (the suite allows 4 +- 1 s); delay 5 s and expiry 0, at once; delay 5 s
+    and expiry 2 s, after about 2 s (the suite: 3 +- 1 s)."""
+    b, _ = s.connect(CLIENT_B)
+    b.subscribe_granted((TOPICS[0], 2))
+    for delay, expiry, expected, margin in ((3, 5, 4, 1), (5, 0, 1, 1), (5, 2, 3, 1)):
+        will = unique(f"will delay {delay} expiry {expiry}")
+        a, ack = s.connect(CLIENT_A, session_expiry=expiry, will=(TOPICS[0], will),
+                           will_properties={"WillDelayInterval": delay})
+        b.forget_messages()
+        lost = time.monotonic()
+        threading.Thread(target=a.drop_connection, daemon=True).start()
+        b.wait_payloads(will, timeout=expected + margin + STEP_TIMEOUT_S,
+                        what=f"the will (delay {delay} s, session expiry {expiry} s)")
+        took = time.monotonic() - lost
+        s.notes.append(f"will after {took:.1f} s (delay {delay}, expiry {expiry})")
+        check(abs(took - expected) <= margin, f"delay {delay} s, session expiry {expiry} s: the will came "
+                                              f"after {took:.1f} s, expected {expected} +- {margin} s")
+        a, _ = s.connect(CLIENT_A, session_expiry=0)
+        a.disconnect()
+    b.disconnect()
+
+
 SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
     V311: [
         ("basic", scenario_basic),
@@ -1173,6 +1219,7 @@ SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
         ("maximum packet size", scenario_maximum_packet_size),
         ("flow control (server receive maximum)", scenario_flow_control),
         ("client topic aliases", scenario_client_topic_alias),
+        ("will delay", scenario_will_delay),
     ],
 }
 

@@ -39,6 +39,7 @@ mod taps;
 pub(crate) mod tls;
 mod topics;
 mod trim;
+mod wills;
 
 #[cfg(test)]
 mod tests;
@@ -146,6 +147,8 @@ pub(crate) struct Shared {
     routed: routed::RoutedFilters,
     /// The retained messages of routed topics (see `retained`).
     retained: retained::Retained,
+    /// Last wills held back by their delay (see `wills`).
+    wills: wills::DelayedWills,
     /// Granted subscriptions, for [`Broker::subscriptions`]; sending without receivers costs nothing.
     subscriptions: broadcast::Sender<SubscribeEvent>,
     /// Presence events (topic, body), for [`Broker::presence_events`]; sending without receivers costs
@@ -296,6 +299,7 @@ impl Broker {
             taps: taps::Taps::default(),
             routed: routed::RoutedFilters::new(config.max_router_filters),
             retained: retained::Retained::default(),
+            wills: wills::DelayedWills::default(),
             subscriptions: broadcast::channel(SUBSCRIPTION_EVENTS).0,
             presence: broadcast::channel(PRESENCE_EVENTS).0,
             password_checks: Arc::new(Semaphore::new(password_check_permits())),

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, Login, Packet,
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login,
+    Packet,
 };
 use rumqttd::Notification;
 use tokio::sync::mpsc;
 
-use super::{Client, LinkGuard, SessionGuard, SharedCopies, SharedInflight};
+use super::{Client, LastWords, LinkGuard, SessionGuard, SharedCopies, SharedInflight};
 use crate::auth::{AuthError, Principal, VerifiedCertificate};
 use crate::broker::admission::Slot;
 use crate::broker::codec::{PacketReader, PacketWriter, Version};
@@ -26,6 +27,7 @@ use crate::broker::parking::{restore_filters, Link};
 use crate::broker::presence::PresenceInfo;
 use crate::broker::quota::PublishQuota;
 use crate::broker::topics::is_reserved;
+use crate::broker::wills::Will;
 use crate::broker::{ReadHalf, Shared, WriteHalf};
 use crate::config::BrokerConfig;
 
@@ -36,6 +38,7 @@ pub(super) struct ConnectRequest {
     /// MQTT 5: the largest packet the client accepts.
     pub(super) max_packet_size: Option<u32>,
     pub(super) will: Option<LastWill>,
+    pub(super) will_props: Option<LastWillProperties>,
     pub(super) login: Option<Login>,
     pub(super) peer: SocketAddr,
     /// The listener's address. Anonymous devices are allowed only on loopback listeners (decided by the
@@ -151,6 +154,8 @@ pub(super) async fn accept(
     let taken_over = shared
         .sessions
         .register(&client_id, number, principal.clone());
+    // MQTT 5: a will held back for the client id is cancelled (or sent, if the session it was for ends).
+    (shared.wills).connected(&client_id, request.connect.clean_session);
     let session = SessionGuard {
         shared: shared.clone(),
         client_id: client_id.clone(),
@@ -204,6 +209,13 @@ pub(super) async fn accept(
     tracing::info!(client_id, %peer, principal = %presence.principal, "client connected");
     let (topic, body) = presence.event(None);
     shared.publish_presence(&topic, body);
+    let will = last_words(
+        shared,
+        &principal,
+        &client_id,
+        request.will,
+        request.will_props,
+    );
     let kind = match principal {
         Principal::Operator(_) => "operator",
         Principal::Device { .. } => "device",
@@ -221,7 +233,8 @@ pub(super) async fn accept(
         receiving: Arc::default(),
         aliases: HashMap::new(),
         resumed: Some(resumed),
-        will: request.will,
+        will,
+        session_expiry: asked.expiry,
         link,
         gateway_qos2: HashSet::new(),
         quota: PublishQuota::new(
@@ -237,6 +250,28 @@ pub(super) async fn accept(
         _slot: slot,
     };
     Some((client, writer, link_rx))
+}
+
+/// The will of a CONNECT, checked against the topic rules now: one the client may not publish is logged
+/// (and again when it would have been sent), not silently dropped.
+fn last_words(
+    shared: &Shared,
+    principal: &Principal,
+    client_id: &str,
+    will: Option<LastWill>,
+    props: Option<LastWillProperties>,
+) -> Option<LastWords> {
+    let will = will?;
+    let topic = String::from_utf8_lossy(&will.topic).into_owned();
+    if is_reserved(&topic) || !shared.auth.may_publish(principal, client_id, &topic) {
+        tracing::warn!(
+            client_id,
+            topic,
+            "last will on a topic the topic rules do not let this client publish to: it will not be sent"
+        );
+        return Some(LastWords::Denied(topic));
+    }
+    Some(LastWords::Will(Will::new(client_id, &topic, will, props)))
 }
 
 /// How long a newcomer waits for the connection it takes over to leave the session (its drain, then its
@@ -419,6 +454,7 @@ mod tests {
                 session_expiry_s: None,
                 max_packet_size: None,
                 will: None,
+                will_props: None,
                 login: username.map(|u| Login {
                     username: u.into(),
                     password: String::new(),

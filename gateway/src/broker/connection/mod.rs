@@ -19,10 +19,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, PubAck, PubAckReason,
-    PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelProperties, Publish, QoS,
-    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
-    Unsubscribe,
+    ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp,
+    PubCompReason, PubRec, PubRecReason, PubRel, PubRelProperties, Publish, QoS, RetainForwardRule,
+    SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,6 +45,7 @@ use super::quota::PublishQuota;
 use super::retained::Kept;
 use super::sessions::TakenOver;
 use super::topics::{is_reserved, served_directly, to_internal};
+use super::wills::{self, DelayedWills, Will};
 use super::{ReadHalf, Shared, WriteHalf};
 use crate::auth::{Principal, VerifiedCertificate};
 
@@ -86,7 +86,7 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let Packet::Connect(connect, props, will, _will_props, login) = packet else {
+    let Packet::Connect(connect, props, will, will_props, login) = packet else {
         tracing::info!(%peer, "first packet is not CONNECT, closing");
         return;
     };
@@ -106,6 +106,7 @@ pub(crate) async fn serve(
         session_expiry_s: props.as_ref().and_then(|p| p.session_expiry_interval),
         max_packet_size: props.as_ref().and_then(|p| p.max_packet_size),
         will,
+        will_props,
         login,
         peer,
         listener,
@@ -141,7 +142,9 @@ struct Client {
     aliases: HashMap<u16, Bytes>,
     /// The session it resumed (filters and what waited for it), until the writer takes it.
     resumed: Option<Resumed>,
-    will: Option<LastWill>,
+    will: Option<LastWords>,
+    /// How long the session outlives the connection (`None`: it ends with it); a delayed will waits no longer.
+    session_expiry: Option<Duration>,
     link: LinkGuard,
     /// Packet ids of the client's QoS 2 publishes on `$` topics awaiting their PUBREL (see
     /// `gateway_publish`); at most the client's receive maximum, as an honest client keeps to it.
@@ -158,6 +161,12 @@ struct Client {
     // Dropped last: they free the client's slot and its `Sessions` entry even if this task panics.
     session: SessionGuard,
     _slot: Slot,
+}
+
+/// A CONNECT's will: to be published, or not allowed by the topic rules (logged when it would have been).
+enum LastWords {
+    Will(Will),
+    Denied(String),
 }
 
 /// The Topic Alias Maximum sprig gives MQTT 5 clients (as mosquitto's default): a client may name up to this
@@ -482,29 +491,28 @@ impl Client {
         }
     }
 
-    /// Publishes the client's last will (QoS 0) if it may publish there; only on an abnormal end.
+    /// Publishes the client's last will, if it may publish there (see `wills`); only on an abnormal end.
+    /// MQTT 5: after its Will Delay Interval, or when the session ends if that comes first.
     fn publish_will(&mut self) {
-        let Some(will) = self.will.take() else {
-            return;
+        let will = match self.will.take() {
+            None => return,
+            Some(LastWords::Denied(topic)) => {
+                tracing::warn!(
+                    client_id = self.client_id,
+                    topic,
+                    "last will not published: the topic rules do not let this client publish there"
+                );
+                return;
+            }
+            Some(LastWords::Will(will)) => will,
         };
-        let Ok(topic) = std::str::from_utf8(&will.topic) else {
-            return;
-        };
-        if is_reserved(topic) || !self.may_publish(topic) {
-            tracing::warn!(client_id = self.client_id, topic, "last will denied");
+        let delay = will.delay.min(self.session_expiry.unwrap_or_default());
+        if delay.is_zero() {
+            wills::publish(&self.shared, will, self.link.tx());
             return;
         }
-        if served_directly(topic) {
-            self.shared.taps.dispatch_now(topic, will.message);
-            return;
-        }
-        self.shared.taps.copy_now(topic, &will.message, will.retain);
-        let origin = Origin::now(will.qos as u8, will.retain, &self.client_id);
-        let props = origin.attach(None);
-        let retained = &self.shared.retained;
-        retained.published(topic, &will.message, will.retain, &props);
-        let publish = Publish::new(Bytes::from(to_internal(topic)), will.message, will.retain);
-        send_now(self.link.tx(), Packet::Publish(publish, props));
+        tracing::debug!(client_id = self.client_id, ?delay, "last will held back");
+        DelayedWills::hold(&self.shared, &self.client_id, will, delay);
     }
 
     async fn finish(mut self, reason: DisconnectReason, link_rx: Option<LinkRx>) {

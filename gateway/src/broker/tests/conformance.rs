@@ -26,6 +26,8 @@ struct Client {
     rx: mpsc::UnboundedReceiver<Packet5>,
     /// Publishes received while waiting for another packet (a SUBACK), in order.
     held: std::collections::VecDeque<Publish5>,
+    /// Runs its event loop: aborted, the connection closes without a DISCONNECT.
+    task: tokio::task::JoinHandle<()>,
 }
 
 async fn connect5(options: Options5) -> Client {
@@ -36,7 +38,7 @@ async fn connect5(options: Options5) -> Client {
         .expect("connected");
     assert!(matches!(connack, Event5::Incoming(Packet5::ConnAck(_))));
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Ok(event) = eventloop.poll().await {
             if let Event5::Incoming(packet) = event {
                 if tx.send(packet).is_err() {
@@ -46,7 +48,12 @@ async fn connect5(options: Options5) -> Client {
         }
     });
     let held = Default::default();
-    Client { client, rx, held }
+    Client {
+        client,
+        rx,
+        held,
+        task,
+    }
 }
 
 impl Client {
@@ -387,4 +394,88 @@ async fn topic_aliases_name_topics_and_a_bad_one_ends_the_connection() {
         c.write_all(&publish).await.unwrap();
         assert_eq!(disconnect_code(&mut c).await, code, "alias {alias}");
     }
+}
+
+/// MQTT 5 options with a will on `topic` held back `delay_s` seconds, and this Session Expiry Interval.
+fn with_will(
+    broker: &Broker,
+    client_id: &str,
+    topic: &str,
+    delay_s: u32,
+    expiry_s: u32,
+) -> Options5 {
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, LastWillProperties};
+    let mut options = options5(broker, client_id);
+    let properties = LastWillProperties {
+        delay_interval: Some(delay_s),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: Some("text/plain".into()),
+        response_topic: None,
+        correlation_data: None,
+        user_properties: vec![("k".into(), "v".into())],
+    };
+    let will = LastWill::new(topic, "gone", QoS5::AtLeastOnce, false, Some(properties));
+    options.set_last_will(will);
+    let mut connect = ConnectProperties::new();
+    connect.session_expiry_interval = Some(expiry_s);
+    options.set_connect_properties(connect);
+    options
+}
+
+impl Client {
+    /// Ends the connection without a DISCONNECT, as a client that lost power.
+    fn vanish(self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_will_waits_for_its_delay_or_its_sessions_end_whichever_is_first() {
+    let broker = start_open().await;
+    let mut b = connect5(options5(&broker, "b")).await;
+    b.subscribe(filter("w/#", |_| {})).await;
+    // (delay, session expiry, when the will should come)
+    for (delay_s, expiry_s, expected_ms) in [(1, 60, 1000), (5, 0, 0), (5, 1, 1000)] {
+        let topic = format!("w/{delay_s}-{expiry_s}");
+        let a = connect5(with_will(&broker, "a", &topic, delay_s, expiry_s)).await;
+        let lost = std::time::Instant::now();
+        a.vanish();
+        let will = b.publish().await;
+        let waited = lost.elapsed().as_millis();
+        assert_eq!((will.topic, will.payload), (topic.into(), "gone".into()));
+        assert!(
+            waited + 100 >= expected_ms && waited < expected_ms + 900,
+            "delay {delay_s} s, session expiry {expiry_s} s: will after {waited} ms"
+        );
+        // The will's properties are the publish's.
+        let props = will.properties.unwrap_or_default();
+        assert_eq!(props.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(props.user_properties, [("k".into(), "v".into())]);
+        gone(&broker, "a").await;
+    }
+}
+
+#[tokio::test]
+async fn a_will_is_cancelled_by_a_connection_to_its_session_within_the_delay() {
+    let broker = start_open().await;
+    let mut b = connect5(options5(&broker, "b")).await;
+    b.subscribe(filter("w/#", |_| {})).await;
+    let a = connect5(with_will(&broker, "a", "w/cancelled", 1, 60)).await;
+    a.vanish();
+    gone(&broker, "a").await;
+    let mut resumed = with_will(&broker, "a", "w/next", 0, 60);
+    resumed.set_clean_start(false);
+    let mut a = connect5(resumed).await;
+    // Time is the subject: past the first will's delay, nothing came; then the marker is the next message.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.send("w/marker", QoS5::AtLeastOnce, false, "marker").await;
+    assert_eq!(b.publish().await.payload, Bytes::from("marker"));
+
+    // A connection that starts a new session ends the old one: its will goes out at once.
+    let a = connect5(with_will(&broker, "a", "w/ended", 30, 60)).await;
+    a.vanish();
+    gone(&broker, "a").await;
+    let _a = connect5(options5(&broker, "a")).await;
+    assert_eq!(b.publish().await.topic, Bytes::from("w/ended"));
 }
