@@ -9,7 +9,8 @@ well-behaved client sends, a few hand-made packets), and checks the same observa
   subscriptions, keep-alive, redelivery on reconnect, subscribe failure, `$` topics, unsubscribe;
 * MQTT 5: offline message queueing, redelivery on reconnect, session expiry, unsubscribe, keep-alive, and
   those of client_test5.py for what issue 17 fixed: subscribe options, maximum packet size, flow control
-  (the server's Receive Maximum), client topic aliases, will delay.
+  (the server's Receive Maximum), client topic aliases, will delay, assigned client id, and the suite's
+  cleanup client ("clean retained", a client id with a space).
 
 Both brokers run as children of this script on free loopback ports: sprig (`sprig run`, through
 `sprig_gateway.Gateway`) with a config that adds one topic rule granting devices every topic a rule can
@@ -107,7 +108,8 @@ MOSQUITTO_BASELINE: dict[str, set[str]] = {
     V311: {"basic", "retained messages", "zero-length client id", "offline message queueing",
            "keep-alive", "redelivery on reconnect", "$ topics", "unsubscribe"},
     V5: {"offline message queueing", "redelivery on reconnect", "session expiry", "unsubscribe",
-         "keep-alive", "subscribe options", "maximum packet size", "client topic aliases"},
+         "keep-alive", "subscribe options", "maximum packet size", "client topic aliases",
+         "assigned client id", "client id with a space (clean retained)"},
 }
 
 
@@ -1196,6 +1198,36 @@ def scenario_will_delay(s: Scenario) -> None:
     b.disconnect()
 
 
+def scenario_assigned_client_id(s: Scenario) -> None:
+    """MQTT 5 (client_test5's test_assigned_clientid): a CONNECT with an empty client id and clean start is
+    accepted, and the CONNACK's Assigned Client Identifier says the id the server gave it."""
+    probe, ack = s.connect("", clean=True)
+    assigned = getattr(ack.properties, "AssignedClientIdentifier", "")
+    check(assigned != "", "CONNACK without an Assigned Client Identifier")
+    s.notes.append(f"assigned {assigned[:5]}...")
+    probe.disconnect()
+
+
+def scenario_clean_retained(s: Scenario) -> None:
+    """client_test5's cleanup (cleanRetained): a client whose id has a space, "clean retained", subscribes
+    to # and clears the retained messages it is sent with empty retained publishes."""
+    setter, _ = s.connect(CLIENT_B)
+    payload = unique("left behind")
+    setter.publish(TOPICS[1], payload, 1, retain=True)
+    setter.disconnect()
+    cleaner, _ = s.connect("clean retained")
+    cleaner.subscribe_granted(("#", 0))
+    got = cleaner.wait_payloads(payload, what="the retained message, on subscribing to #")
+    for message in got:
+        if message.retain:
+            cleaner.publish(message.topic, b"", 0, retain=True)
+    cleaner.forget_messages()
+    cleaner.subscribe_granted((TOPICS[1], 0))
+    left = [m for m in cleaner.settle(topic=MARKER_TOPIC) if m.payload == payload]
+    check(not left, f"the retained message is still there after clearing it: {describe(left)}")
+    cleaner.disconnect()
+
+
 SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
     V311: [
         ("basic", scenario_basic),
@@ -1220,6 +1252,8 @@ SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
         ("flow control (server receive maximum)", scenario_flow_control),
         ("client topic aliases", scenario_client_topic_alias),
         ("will delay", scenario_will_delay),
+        ("assigned client id", scenario_assigned_client_id),
+        ("client id with a space (clean retained)", scenario_clean_retained),
     ],
 }
 

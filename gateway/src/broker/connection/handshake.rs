@@ -127,7 +127,7 @@ pub(super) async fn accept(
             return None;
         }
     };
-    if slot.is_reserved() && matches!(principal, Principal::Device { .. }) {
+    if slot.is_reserved() && !matches!(principal, Principal::Operator(_)) {
         let reason = "the remaining connections are kept for operators".to_owned();
         let _ = writer.send(refuse(Refusal::Unavailable, reason)).await;
         return None;
@@ -219,6 +219,7 @@ pub(super) async fn accept(
     let kind = match principal {
         Principal::Operator(_) => "operator",
         Principal::Device { .. } => "device",
+        Principal::Client { .. } => "client",
     };
     let client = Client {
         shared: shared.clone(),

@@ -479,3 +479,34 @@ async fn a_will_is_cancelled_by_a_connection_to_its_session_within_the_delay() {
     let _a = connect5(options5(&broker, "a")).await;
     assert_eq!(b.publish().await.topic, Bytes::from("w/ended"));
 }
+
+#[tokio::test]
+async fn a_client_id_that_is_no_thing_name_gets_only_what_the_topic_rules_grant() {
+    // Paho's suite cleans retained messages up with a client id holding a space.
+    let open = start_open().await;
+    let (tool, mut rx) = connect(options(&open, "clean retained")).await;
+    tool.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(
+        suback(&mut rx).await,
+        [SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    tool.publish("r/x", QoS::AtLeastOnce, false, "cleaned")
+        .await
+        .unwrap();
+    assert_eq!(
+        publish(&mut rx).await,
+        ("r/x".into(), Bytes::from("cleaned"))
+    );
+
+    // Under `state/${thing}/#` it has no thing: nothing is granted, nor any `$aws/things/...` of its name.
+    let broker = start().await;
+    let (tool, mut rx) = connect(options(&broker, "clean retained")).await;
+    let filters = [
+        "state/clean retained/#",
+        "$aws/things/clean retained/jobs/#",
+    ];
+    for filter in filters {
+        tool.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        assert_eq!(suback(&mut rx).await, [SubscribeReasonCode::Failure]);
+    }
+}
