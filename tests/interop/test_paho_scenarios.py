@@ -10,7 +10,8 @@ well-behaved client sends, a few hand-made packets), and checks the same observa
 * MQTT 5: offline message queueing, redelivery on reconnect, session expiry, unsubscribe, keep-alive, and
   those of client_test5.py for what issue 17 fixed: subscribe options, maximum packet size, flow control
   (the server's Receive Maximum), client topic aliases, will delay, assigned client id, and the suite's
-  cleanup client ("clean retained", a client id with a space).
+  cleanup client ("clean retained", a client id with a space), user properties, payload format,
+  publication expiry, request/response.
 
 Both brokers run as children of this script on free loopback ports: sprig (`sprig run`, through
 `sprig_gateway.Gateway`) with a config that adds one topic rule granting devices every topic a rule can
@@ -109,7 +110,8 @@ MOSQUITTO_BASELINE: dict[str, set[str]] = {
            "keep-alive", "redelivery on reconnect", "$ topics", "unsubscribe"},
     V5: {"offline message queueing", "redelivery on reconnect", "session expiry", "unsubscribe",
          "keep-alive", "subscribe options", "maximum packet size", "client topic aliases",
-         "assigned client id", "client id with a space (clean retained)"},
+         "assigned client id", "client id with a space (clean retained)", "user properties",
+         "payload format", "publication expiry", "request/response"},
 }
 
 
@@ -291,6 +293,7 @@ class Message:
     qos: int
     retain: bool
     dup: bool
+    properties: Optional[Properties] = None  # MQTT 5
 
 
 @dataclasses.dataclass
@@ -359,7 +362,7 @@ class Probe:
     def _on_message(self, client, userdata, message) -> None:
         with self._changed:
             self.messages.append(Message(message.topic, message.payload, message.qos, bool(message.retain),
-                                         bool(message.dup)))
+                                         bool(message.dup), getattr(message, "properties", None)))
             self._changed.notify_all()
 
     def _on_ack(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -471,10 +474,10 @@ class Probe:
         return self._wait_ack(mid, f"UNSUBACK for {self.client_id} unsubscribing from {list(filters)}")
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                must_complete: bool = True) -> bool:
+                must_complete: bool = True, properties: Optional[Properties] = None) -> bool:
         """Publishes; for QoS 1 and 2 waits for the PUBACK/PUBCOMP. Returns whether the exchange completed
         (with `must_complete`, an incomplete one fails the scenario)."""
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         check(info.rc == paho.MQTT_ERR_SUCCESS, f"publish to {topic!r}: paho could not send it ({info.rc})")
         if qos == 0:
             return True
@@ -1228,6 +1231,106 @@ def scenario_clean_retained(s: Scenario) -> None:
     cleaner.disconnect()
 
 
+def publish_properties(**values) -> Properties:
+    """PUBLISH properties by paho's names (UserProperty takes a list of pairs)."""
+    properties = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        if name == "UserProperty":
+            for pair in value:
+                properties.UserProperty = pair
+        else:
+            setattr(properties, name, value)
+    return properties
+
+
+def scenario_properties(s: Scenario, values: dict, check_received: Callable[[Properties], Optional[str]]) -> None:
+    """client_test5's test_user_properties and test_payload_format: a client subscribed to TopicA (QoS 2)
+    publishes to it at QoS 0, 1 and 2 with these properties; each message arrives with them, at the lower
+    of its QoS and the granted one."""
+    a, _ = s.connect(CLIENT_A)
+    granted = a.subscribe_granted((TOPICS[0], 2))[0]
+    payloads = [unique(f"properties qos {qos}") for qos in range(3)]
+    for qos, payload in enumerate(payloads):
+        a.publish(TOPICS[0], payload, qos, properties=publish_properties(**values))
+    got = {m.payload: m for m in a.wait_payloads(*payloads, what="the three messages")}
+    for qos, payload in enumerate(payloads):
+        message = got[payload]
+        check(message.properties is not None, f"QoS {qos}: no properties")
+        problem = check_received(message.properties)
+        check(problem is None, f"QoS {qos}: {problem}")
+        check(message.qos == min(qos, granted), f"QoS {qos} publish to a subscription granted {granted} "
+                                                 f"arrived at QoS {message.qos}")
+    a.disconnect()
+
+
+def scenario_user_properties(s: Scenario) -> None:
+    pairs = [("a", "2"), ("c", "3")]
+
+    def received(properties: Properties) -> Optional[str]:
+        got = getattr(properties, "UserProperty", [])
+        return None if sorted(got) == pairs else f"user properties {got}, expected {pairs}"
+    scenario_properties(s, {"UserProperty": pairs}, received)
+
+
+def scenario_payload_format(s: Scenario) -> None:
+    def received(properties: Properties) -> Optional[str]:
+        got = (getattr(properties, "PayloadFormatIndicator", None), getattr(properties, "ContentType", None))
+        return None if got == (1, "My name") else f"payload format and content type {got}, expected (1, 'My name')"
+    scenario_properties(s, {"PayloadFormatIndicator": 1, "ContentType": "My name"}, received)
+
+
+def scenario_publication_expiry(s: Scenario) -> None:
+    """client_test5's test_publication_expiry: messages published while a persistent session is away, with
+    a Message Expiry Interval of 1 s and of 6 s: after 3 s, the session gets only the 6 s ones, each with
+    less than 6 s left."""
+    b, _ = s.connect(CLIENT_B, session_expiry=99999)
+    b.subscribe_granted((TOPICS[0], 2))
+    b.disconnect(session_expiry=999999999)
+    a, _ = s.connect(CLIENT_A)
+    expire = [unique("qos 1 - expire"), unique("qos 2 - expire")]
+    stay = [unique("qos 1 - don't expire"), unique("qos 2 - don't expire")]
+    for payloads, interval in ((expire, 1), (stay, 6)):
+        for qos, payload in zip((1, 2), payloads):
+            a.publish(TOPICS[0], payload, qos, properties=publish_properties(MessageExpiryInterval=interval))
+    a.disconnect()
+    time.sleep(3)  # the subject of the test: past the first messages' expiry
+    b, _ = s.connect(CLIENT_B, clean=False, session_expiry=99999)
+    b.wait_payloads(*stay, what="the messages that had not expired")
+    a, _ = s.connect(CLIENT_A)
+    got = [m for m in b.settle(publisher=a, topic=TOPICS[0]) if m.payload in expire + stay]
+    check(not [m for m in got if m.payload in expire], f"expired messages were delivered: {describe(got)}")
+    for m in got:
+        left = getattr(m.properties, "MessageExpiryInterval", None)
+        check(left is not None and left < 6, f"{m.payload!r}: Message Expiry Interval {left}, expected < 6")
+    a.disconnect()
+    b.disconnect(session_expiry=0)
+
+
+def scenario_request_response(s: Scenario) -> None:
+    """client_test5's test_request_response: a request with a Response Topic and Correlation Data arrives
+    with both; the responder publishes its response there, with the request's properties, and the
+    requester gets it (both subscribed with noLocal)."""
+    a, _ = s.connect(CLIENT_A)
+    b, _ = s.connect(CLIENT_B)
+    for probe in (a, b):
+        probe.subscribe_options(TOPICS[0], qos=2, noLocal=True)
+    request = unique("request")
+    a.publish(TOPICS[0], request, 1, properties=publish_properties(ResponseTopic=TOPICS[0],
+                                                                   CorrelationData=b"334"))
+    got = [m for m in b.wait_payloads(request, what="the request") if m.payload == request][0]
+    props = got.properties
+    check(getattr(props, "ResponseTopic", None) == TOPICS[0] and getattr(props, "CorrelationData", None) == b"334",
+          f"the request arrived with Response Topic {getattr(props, 'ResponseTopic', None)!r} and Correlation "
+          f"Data {getattr(props, 'CorrelationData', None)!r}")
+    response = unique("response")
+    reply = publish_properties(CorrelationData=props.CorrelationData)
+    b.publish(props.ResponseTopic, response, 1, properties=reply)
+    answer = [m for m in a.wait_payloads(response, what="the response") if m.payload == response][0]
+    check(getattr(answer.properties, "CorrelationData", None) == b"334", "the response lost its Correlation Data")
+    a.disconnect()
+    b.disconnect()
+
+
 SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
     V311: [
         ("basic", scenario_basic),
@@ -1254,6 +1357,10 @@ SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
         ("will delay", scenario_will_delay),
         ("assigned client id", scenario_assigned_client_id),
         ("client id with a space (clean retained)", scenario_clean_retained),
+        ("user properties", scenario_user_properties),
+        ("payload format", scenario_payload_format),
+        ("publication expiry", scenario_publication_expiry),
+        ("request/response", scenario_request_response),
     ],
 }
 

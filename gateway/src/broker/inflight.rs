@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rumqttd::protocol::Publish;
+use rumqttd::protocol::{Publish, PublishProperties};
 
 use super::backlog::Waiting;
 
@@ -49,13 +49,20 @@ pub(crate) struct Inflight {
 }
 
 impl Inflight {
-    /// A router publish written at QoS 1 with the router's `pkid`.
-    pub(crate) fn sent_by_router(&mut self, pkid: u16, topic: &str, payload: &Bytes) {
+    /// A router publish written at QoS 1 with the router's `pkid` (and its properties as routed).
+    pub(crate) fn sent_by_router(
+        &mut self,
+        pkid: u16,
+        topic: &str,
+        payload: &Bytes,
+        props: Option<PublishProperties>,
+    ) {
         let message = Waiting {
             topic: topic.to_owned(),
             payload: payload.clone(),
             reliable: true,
             dup: true,
+            props: props.map(Box::new),
         };
         self.sent.push_back(Sent {
             pkid,
@@ -180,13 +187,14 @@ mod tests {
             payload: Bytes::from_static(b"p"),
             reliable: true,
             dup: false,
+            props: None,
         }
     }
 
     #[test]
     fn own_packet_ids_never_meet_the_routers_and_skip_those_in_use() {
         let mut inflight = Inflight::default();
-        inflight.sent_by_router(1, "a", &Bytes::new());
+        inflight.sent_by_router(1, "a", &Bytes::new(), None);
         let first = inflight.send_own(message("b"));
         assert_eq!(first, ROUTER_PKIDS + 1);
         inflight.last_own = u16::MAX;
@@ -202,9 +210,9 @@ mod tests {
     #[test]
     fn what_was_never_acknowledged_is_taken_in_order_marked_dup() {
         let mut inflight = Inflight::default();
-        inflight.sent_by_router(7, "r1", &Bytes::new());
+        inflight.sent_by_router(7, "r1", &Bytes::new(), None);
         inflight.send_own(message("own"));
-        inflight.sent_by_router(8, "r2", &Bytes::new());
+        inflight.sent_by_router(8, "r2", &Bytes::new(), None);
         inflight.acknowledged(7);
         assert_eq!(inflight.release(), [7]);
         let (router, messages) = inflight.take();
@@ -217,10 +225,10 @@ mod tests {
     #[test]
     fn the_router_is_told_in_its_order_and_settled_publishes_wait_their_turn() {
         let mut inflight = Inflight::default();
-        inflight.sent_by_router(1, "a", &Bytes::new());
+        inflight.sent_by_router(1, "a", &Bytes::new(), None);
         inflight.settled_by_router(2);
         inflight.send_own(message("own"));
-        inflight.sent_by_router(3, "b", &Bytes::new());
+        inflight.sent_by_router(3, "b", &Bytes::new(), None);
         assert_eq!(
             inflight.release(),
             Vec::<u16>::new(),

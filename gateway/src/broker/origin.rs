@@ -67,6 +67,30 @@ impl Origin {
         Origin::parse(&found?)
     }
 
+    /// The origin attached to `props`, left there.
+    pub(crate) fn peek(props: &Option<PublishProperties>) -> Option<Origin> {
+        let p = props.as_ref()?;
+        let (_, value) = p.user_properties.iter().rev().find(|(key, _)| key == KEY)?;
+        Origin::parse(value)
+    }
+
+    /// Applies the message's Message Expiry Interval (MQTT 5 §3.3.2.3.3) at delivery: true when it has
+    /// expired (not to be sent); else the interval in `props` becomes what is left of it.
+    pub(crate) fn expire(&self, props: &mut Option<PublishProperties>, now: SystemTime) -> bool {
+        let Some(interval) = props
+            .as_mut()
+            .and_then(|p| p.message_expiry_interval.as_mut())
+        else {
+            return false;
+        };
+        let age_s = (unix_ms(now).saturating_sub(self.received_ms) / 1000) as u32;
+        if age_s >= *interval {
+            return true;
+        }
+        *interval -= age_s;
+        false
+    }
+
     fn parse(value: &str) -> Option<Origin> {
         let mut parts = value.splitn(3, ' ');
         let flags = parts.next()?.as_bytes();

@@ -212,13 +212,15 @@ async fn keep(
     if qos == 0 {
         return;
     }
-    let published_qos = Origin::take(&mut props).map_or(qos, |o| o.qos);
+    // The origin stays with the properties: the message's expiry is counted from it on delivery.
+    let published_qos = (Origin::peek(&props)).map_or(qos, |o| o.qos);
     if let (Ok(topic), true) = (std::str::from_utf8(&publish.topic), published_qos > 0) {
         let message = Waiting {
             topic: to_external(topic).to_owned(),
             payload: publish.payload,
             reliable: true,
             dup: false,
+            props: props.take().map(Box::new),
         };
         shared.outlets.keep(client_id, vec![message]);
     }

@@ -23,6 +23,7 @@ use super::{
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// Where the writer records granted subscriptions: the connection's direct outlet, and the reports of
 /// [`super::Broker::subscriptions`] (see [`super::SubscribeEvent`]).
@@ -91,15 +92,28 @@ impl Outgoing {
 
     /// Encodes one of the session's own messages: at QoS 0, or at QoS 1 under a packet id of sprig's (see
     /// [`Inflight`]), recorded until the client acknowledges it.
-    fn encode_message(&mut self, message: Waiting) -> std::io::Result<()> {
+    /// A routed message kept for the session carries its properties (and `Origin`): one past its Message
+    /// Expiry Interval is not sent.
+    fn encode_message(&mut self, mut message: Waiting) -> std::io::Result<()> {
+        // Kept as it is (origin attached) for sending it again; a copy is written.
+        let kept = message.props.take();
+        let mut props = kept.as_deref().cloned();
+        let origin = Origin::take(&mut props);
+        if (origin.as_ref()).is_some_and(|o| o.expire(&mut props, SystemTime::now())) {
+            return Ok(());
+        }
         let (publish, pkid) = if message.reliable {
-            let pkid = lock(&self.inflight).send_own(message.clone());
+            let sent = Waiting {
+                props: kept,
+                ..message.clone()
+            };
+            let pkid = lock(&self.inflight).send_own(sent);
             (qos1_publish(&message, pkid), Some(pkid))
         } else {
             let publish = Publish::new(Bytes::from(message.topic), message.payload, false);
             (publish, None)
         };
-        self.encode_own(publish, None, pkid)
+        self.encode_own(publish, props, pkid)
     }
 
     /// Encodes one of sprig's own publishes (`pkid`: its QoS 1 packet id); one larger than the client's
@@ -157,6 +171,8 @@ impl Outgoing {
             return self.encode_other(packet).map(|()| true);
         };
         let (routed_qos, pkid) = qos_and_pkid(&publish);
+        // As routed, origin attached: what is kept for sending it again.
+        let routed_props = props.clone();
         let origin = Origin::take(&mut props);
         let qos = (origin.as_ref()).map_or(routed_qos, |o| o.qos.min(routed_qos));
         // The router clears the retain flag of live messages: set, it is a retained message sent because
@@ -166,7 +182,10 @@ impl Outgoing {
         let own = origin
             .as_ref()
             .is_some_and(|o| o.client_id == self.client_id);
-        if (options.no_local && own) || (options.no_retained && on_subscribing) {
+        // rumqttd counts a retained message's expiry itself when it sends it on subscribing.
+        let expired = !on_subscribing
+            && (origin.as_ref()).is_some_and(|o| o.expire(&mut props, SystemTime::now()));
+        if (options.no_local && own) || (options.no_retained && on_subscribing) || expired {
             if routed_qos > 0 {
                 lock(&self.inflight).settled_by_router(pkid);
                 self.settled.notify_one();
@@ -198,7 +217,7 @@ impl Outgoing {
         }
         if qos > 0 {
             let topic = String::from_utf8_lossy(&topic);
-            lock(&self.inflight).sent_by_router(pkid, &topic, &payload);
+            lock(&self.inflight).sent_by_router(pkid, &topic, &payload, routed_props);
         }
         Ok(true)
     }
@@ -206,8 +225,13 @@ impl Outgoing {
     /// Encodes a retained message sent again for a subscription the connection held already (see
     /// `retained`), at the lower of its QoS and the subscription's `granted` one, retain flag set.
     fn encode_retained(&mut self, kept: Kept, granted: u8) -> std::io::Result<()> {
+        let routed = kept.props.clone();
         let mut props = kept.props;
-        let published = Origin::take(&mut props).map_or(0, |o| o.qos);
+        let origin = Origin::take(&mut props);
+        if (origin.as_ref()).is_some_and(|o| o.expire(&mut props, SystemTime::now())) {
+            return Ok(());
+        }
+        let published = origin.map_or(0, |o| o.qos);
         let (publish, pkid) = if published.min(granted) == 0 {
             let publish = Publish::new(Bytes::from(kept.topic), kept.payload, true);
             (publish, None)
@@ -217,6 +241,7 @@ impl Outgoing {
                 payload: kept.payload,
                 reliable: true,
                 dup: false,
+                props: routed.map(Box::new),
             };
             let pkid = lock(&self.inflight).send_own(message.clone());
             let mut publish = qos1_publish(&message, pkid);

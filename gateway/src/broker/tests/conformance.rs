@@ -510,3 +510,80 @@ async fn a_client_id_that_is_no_thing_name_gets_only_what_the_topic_rules_grant(
         assert_eq!(suback(&mut rx).await, [SubscribeReasonCode::Failure]);
     }
 }
+
+fn request_properties(expiry_s: Option<u32>) -> rumqttc::v5::mqttbytes::v5::PublishProperties {
+    rumqttc::v5::mqttbytes::v5::PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: expiry_s,
+        response_topic: Some("p/reply".into()),
+        correlation_data: Some(Bytes::from("334")),
+        user_properties: vec![("a".into(), "2".into()), ("c".into(), "3".into())],
+        content_type: Some("My name".into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn mqtt5_properties_travel_with_the_message_and_sprigs_own_do_not() {
+    let broker = start_open().await;
+    let mut b = connect5(options5(&broker, "b")).await;
+    b.subscribe(filter("p/#", |_| {})).await;
+    let a = connect5(options5(&broker, "a")).await;
+    for qos in [QoS5::AtMostOnce, QoS5::AtLeastOnce] {
+        let props = request_properties(None);
+        (a.client
+            .publish_with_properties("p/req", qos, false, "q", props)
+            .await)
+            .unwrap();
+        let got = b.publish().await;
+        assert_eq!(got.qos, qos);
+        let mut props = got.properties.expect("properties");
+        props.subscription_identifiers.clear();
+        assert_eq!(props, request_properties(None), "QoS {qos:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_message_past_its_expiry_is_not_delivered_and_the_others_say_what_is_left() {
+    use rumqttc::v5::mqttbytes::v5::ConnectProperties;
+    let broker = start_open().await;
+    let mut persistent = options5(&broker, "b");
+    let mut connect = ConnectProperties::new();
+    connect.session_expiry_interval = Some(60);
+    persistent.set_connect_properties(connect);
+    persistent.set_clean_start(false);
+    let mut b = connect5(persistent.clone()).await;
+    b.subscribe(filter("e/#", |_| {})).await;
+    b.client.disconnect().await.unwrap();
+    gone(&broker, "b").await;
+
+    let mut a = connect5(options5(&broker, "a")).await;
+    for (payload, expiry_s) in [("short", 1), ("long", 60)] {
+        let props = request_properties(Some(expiry_s));
+        let publish =
+            a.client
+                .publish_with_properties("e/t", QoS5::AtLeastOnce, false, payload, props);
+        publish.await.unwrap();
+        a.puback().await;
+    }
+    tokio::time::timeout(WAIT, async {
+        while broker.shared.outlets.waiting("b") < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("both kept for the session in time");
+    // Time is the subject: past the first one's expiry.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut b = connect5(persistent).await;
+    let got = b.publish().await;
+    assert_eq!(
+        got.payload,
+        Bytes::from("long"),
+        "the expired one is not sent"
+    );
+    let props = got.properties.expect("properties kept with the session");
+    let left = props.message_expiry_interval.expect("the interval left");
+    assert!((58..=59).contains(&left), "{left} s left of 60");
+    assert_eq!(props.correlation_data, Some(Bytes::from("334")));
+}
