@@ -11,7 +11,7 @@ well-behaved client sends, a few hand-made packets), and checks the same observa
   those of client_test5.py for what issue 17 fixed: subscribe options, maximum packet size, flow control
   (the server's Receive Maximum), client topic aliases, will delay, assigned client id, and the suite's
   cleanup client ("clean retained", a client id with a space), user properties, payload format,
-  publication expiry, request/response.
+  publication expiry, request/response, shared subscriptions.
 
 Both brokers run as children of this script on free loopback ports: sprig (`sprig run`, through
 `sprig_gateway.Gateway`) with a config that adds one topic rule granting devices every topic a rule can
@@ -111,7 +111,7 @@ MOSQUITTO_BASELINE: dict[str, set[str]] = {
     V5: {"offline message queueing", "redelivery on reconnect", "session expiry", "unsubscribe",
          "keep-alive", "subscribe options", "maximum packet size", "client topic aliases",
          "assigned client id", "client id with a space (clean retained)", "user properties",
-         "payload format", "publication expiry", "request/response"},
+         "payload format", "publication expiry", "request/response", "shared subscriptions"},
 }
 
 
@@ -1331,6 +1331,29 @@ def scenario_request_response(s: Scenario) -> None:
     b.disconnect()
 
 
+def scenario_shared_subscriptions(s: Scenario) -> None:
+    """client_test5's test_shared_subscriptions: two clients subscribed to $share/sharename/x and to TopicA
+    each get a message on TopicA, and only one of them a message on x."""
+    a, _ = s.connect(CLIENT_A)
+    b, _ = s.connect(CLIENT_B)
+    for probe in (a, b):
+        probe.subscribe_granted(("$share/sharename/x", 2), (TOPICS[0], 2))
+    everyone = unique("to both")
+    b.publish(TOPICS[0], everyone, 0)
+    for probe in (a, b):
+        probe.wait_payloads(everyone, what="the message on TopicA")
+    shared = unique("to one")
+    b.publish("x", shared, 1)
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while time.monotonic() < deadline and not any(m.payload == shared for p in (a, b) for m in p.messages):
+        time.sleep(0.05)
+    a.settle(publisher=b, topic=TOPICS[0])
+    copies = [m for p in (a, b) for m in p.messages if m.payload == shared]
+    check(len(copies) == 1, f"the message on the shared subscription arrived {len(copies)} times")
+    a.disconnect()
+    b.disconnect()
+
+
 SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
     V311: [
         ("basic", scenario_basic),
@@ -1361,6 +1384,7 @@ SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
         ("payload format", scenario_payload_format),
         ("publication expiry", scenario_publication_expiry),
         ("request/response", scenario_request_response),
+        ("shared subscriptions", scenario_shared_subscriptions),
     ],
 }
 

@@ -289,7 +289,23 @@ impl Authenticator {
 
     /// May `principal`, connected as `client_id`, subscribe to `filter`? By the built-in rules or because
     /// a single topic rule's subscribe pattern contains the whole filter.
+    ///
+    /// An MQTT 5 shared subscription, `$share/{group}/{filter}`, is granted as its filter is; never for a
+    /// `$` filter (only the gateway sends there, to the one client it is for).
     pub fn may_subscribe(&self, principal: &Principal, client_id: &str, filter: &str) -> bool {
+        if let Some(shared) = filter.strip_prefix("$share/") {
+            return match shared.split_once('/') {
+                Some((group, inner))
+                    if !group.is_empty()
+                        && !group.contains(['+', '#'])
+                        && !inner.is_empty()
+                        && !inner.starts_with('$') =>
+                {
+                    self.may_subscribe(principal, client_id, inner)
+                }
+                _ => false,
+            };
+        }
         principal.may_subscribe(client_id, filter)
             || self
                 .topic_rules

@@ -233,6 +233,7 @@ pub(super) async fn accept(
         options: Arc::default(),
         receiving: Arc::default(),
         aliases: HashMap::new(),
+        shared_filters: Vec::new(),
         resumed: Some(resumed),
         will,
         session_expiry: asked.expiry,

@@ -19,9 +19,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp,
-    PubCompReason, PubRec, PubRecReason, PubRel, PubRelProperties, Publish, QoS, RetainForwardRule,
-    SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, Packet, PubAck, PubAckReason,
+    PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelProperties, Publish, QoS,
+    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    Unsubscribe,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -140,6 +141,8 @@ struct Client {
     receiving: Arc<AtomicUsize>,
     /// MQTT 5 topic aliases the client set, at most [`TOPIC_ALIAS_MAX`].
     aliases: HashMap<u16, Bytes>,
+    /// Its shared subscriptions (`$share/...`), which its session does not keep (see `inbound_unsubscribe`).
+    shared_filters: Vec<String>,
     /// The session it resumed (filters and what waited for it), until the writer takes it.
     resumed: Option<Resumed>,
     will: Option<LastWords>,
@@ -653,6 +656,7 @@ impl Client {
                 granted,
                 denied,
                 violation,
+                then,
             } = forward;
             if let Some((code, detail)) = violation {
                 return ReaderEnd::Broke(code, detail);
@@ -690,7 +694,7 @@ impl Client {
                     lock(&self.copies).insert(pkid, taken);
                 }
             }
-            if let Some(packet) = to_router {
+            for packet in to_router.into_iter().chain(then) {
                 if self.link.tx().send(packet).await.is_err() {
                     return ReaderEnd::RouterGone;
                 }
@@ -855,7 +859,7 @@ impl Client {
     }
 
     fn inbound_subscribe(
-        &self,
+        &mut self,
         subscribe: Subscribe,
         props: Option<rumqttd::protocol::SubscribeProperties>,
         version: Version,
@@ -918,8 +922,20 @@ impl Client {
                 continue;
             }
             answers.push(Answer::Router);
-            lock(&self.options).set(&filter.path, SubOptions::of(&filter));
-            if held_already && filter.retain_forward_rule == RetainForwardRule::OnEverySubscribe {
+            // A shared subscription's options apply to what its filter matches.
+            let shared_filter = (filter.path.strip_prefix("$share/"))
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(_, inner)| inner.to_owned());
+            let matched = shared_filter.as_deref().unwrap_or(&filter.path);
+            if shared_filter.is_some() && !self.shared_filters.contains(&filter.path) {
+                self.shared_filters.push(filter.path.clone());
+            }
+            lock(&self.options).set(matched, SubOptions::of(&filter));
+            // MQTT 5 §3.8.4: no retained messages for a shared subscription.
+            if held_already
+                && shared_filter.is_none()
+                && filter.retain_forward_rule == RetainForwardRule::OnEverySubscribe
+            {
                 let qos = filter.qos as u8;
                 let kept = self.shared.retained.matching(&filter.path);
                 resend.extend(kept.into_iter().map(|kept| (kept, qos)));
@@ -976,7 +992,7 @@ impl Client {
     /// itself and drops the router's UNSUBACKs. Direct delivery on those filters stops right here, before
     /// the UNSUBACK is written, including for a SUBSCRIBE of them still waiting for its SUBACK.
     fn inbound_unsubscribe(
-        &self,
+        &mut self,
         unsubscribe: Unsubscribe,
         props: Option<rumqttd::protocol::UnsubscribeProperties>,
         pending: &PendingSubacks,
@@ -1011,10 +1027,31 @@ impl Client {
         if filters.is_empty() {
             return Inbound::reply(reply);
         }
-        Inbound::both(
-            Packet::Unsubscribe(Unsubscribe { pkid, filters }, props),
-            reply,
-        )
+        // rumqttd 0.20 takes the link out of every shared group when it unsubscribes from one
+        // (`router/routing.rs`): the shared subscriptions it keeps are given again, which puts it back in
+        // their groups and changes nothing else (the router holds them already).
+        let rejoin = external.iter().any(|f| f.starts_with("$share/")).then(|| {
+            let filters: Vec<Filter> = (self.shared_filters.iter())
+                .filter(|f| !external.contains(f))
+                .map(|f| Filter {
+                    path: to_internal(f),
+                    qos: QoS::AtLeastOnce,
+                    nolocal: false,
+                    preserve_retain: false,
+                    retain_forward_rule: RetainForwardRule::Never,
+                })
+                .collect();
+            let pkid = super::parking::RESTORE_PKID;
+            Packet::Subscribe(Subscribe { pkid, filters }, None)
+        });
+        self.shared_filters.retain(|f| !external.contains(f));
+        Inbound {
+            then: rejoin.filter(|p| matches!(p, Packet::Subscribe(s, _) if !s.filters.is_empty())),
+            ..Inbound::both(
+                Packet::Unsubscribe(Unsubscribe { pkid, filters }, props),
+                reply,
+            )
+        }
     }
 }
 
@@ -1044,6 +1081,8 @@ struct Inbound {
     granted: Option<Vec<String>>,
     /// A QoS 2 publish to this topic was denied.
     denied: Option<String>,
+    /// Pushed to the router after `to_router`.
+    then: Option<Packet>,
     /// The client broke the protocol: it is closed, with this DISCONNECT reason code (MQTT 5).
     violation: Option<(DisconnectReasonCode, String)>,
 }

@@ -587,3 +587,75 @@ async fn a_message_past_its_expiry_is_not_delivered_and_the_others_say_what_is_l
     assert!((58..=59).contains(&left), "{left} s left of 60");
     assert_eq!(props.correlation_data, Some(Bytes::from("334")));
 }
+
+#[tokio::test]
+async fn a_shared_subscription_gives_each_message_to_one_member_of_its_group() {
+    let broker = start_open().await;
+    let mut members = Vec::new();
+    for id in ["m1", "m2"] {
+        let mut member = connect5(options5(&broker, id)).await;
+        member.subscribe(filter("$share/g/s/t", |_| {})).await;
+        members.push(member);
+    }
+    // Another group on another filter with the same name is another shared subscription.
+    let mut other = connect5(options5(&broker, "m3")).await;
+    other.subscribe(filter("$share/g/s/#", |_| {})).await;
+    let mut a = connect5(options5(&broker, "a")).await;
+    for i in 0..10 {
+        a.send("s/t", QoS5::AtLeastOnce, false, &i.to_string())
+            .await;
+    }
+    let mut got: Vec<(usize, Bytes)> = Vec::new();
+    while got.len() < 10 {
+        let member = got.len() % 2;
+        got.push((member, members[member].publish().await.payload));
+    }
+    let mut payloads: Vec<Bytes> = got.iter().map(|(_, p)| p.clone()).collect();
+    payloads.sort();
+    payloads.dedup();
+    assert_eq!(payloads.len(), 10, "each message once: {got:?}");
+    for i in 0..10 {
+        assert_eq!(other.publish().await.payload, Bytes::from(i.to_string()));
+    }
+
+    // Under topic rules: granted as the filter inside is, never for a `$` filter.
+    let broker = start().await;
+    let (device, mut rx) = connect(options(&broker, "d1")).await;
+    let cases = [
+        (
+            "$share/g/state/d1/#",
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+        ),
+        ("$share/g/state/d2/#", SubscribeReasonCode::Failure),
+        (
+            "$share/g/$aws/things/d1/jobs/notify",
+            SubscribeReasonCode::Failure,
+        ),
+    ];
+    for (filter, code) in cases {
+        device.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        assert_eq!(suback(&mut rx).await, [code], "{filter}");
+    }
+}
+
+#[tokio::test]
+async fn unsubscribing_one_shared_subscription_leaves_the_others() {
+    let broker = start_open().await;
+    let mut m1 = connect5(options5(&broker, "m1")).await;
+    m1.subscribe(filter("$share/g/s/t", |_| {})).await;
+    m1.subscribe(filter("$share/h/u/t", |_| {})).await;
+    let mut m2 = connect5(options5(&broker, "m2")).await;
+    m2.subscribe(filter("$share/h/u/t", |_| {})).await;
+    // rumqttd 0.20 takes a link out of every group when it unsubscribes from one: sprig puts it back.
+    m1.client.unsubscribe("$share/g/s/t").await.unwrap();
+    m1.next(|p| matches!(p, Packet5::UnsubAck(_))).await;
+    let mut a = connect5(options5(&broker, "a")).await;
+    for i in 0..10 {
+        a.send("u/t", QoS5::AtLeastOnce, false, &i.to_string())
+            .await;
+    }
+    for (i, member) in [&mut m1, &mut m2].into_iter().enumerate() {
+        let p = member.publish().await;
+        assert!(p.topic == "u/t", "member {i}: {p:?}");
+    }
+}
