@@ -11,7 +11,7 @@ well-behaved client sends, a few hand-made packets), and checks the same observa
   those of client_test5.py for what issue 17 fixed: subscribe options, maximum packet size, flow control
   (the server's Receive Maximum), client topic aliases, will delay, assigned client id, and the suite's
   cleanup client ("clean retained", a client id with a space), user properties, payload format,
-  publication expiry, request/response, shared subscriptions.
+  publication expiry, request/response, shared subscriptions, server keep-alive.
 
 Both brokers run as children of this script on free loopback ports: sprig (`sprig run`, through
 `sprig_gateway.Gateway`) with a config that adds one topic rule granting devices every topic a rule can
@@ -1354,6 +1354,17 @@ def scenario_shared_subscriptions(s: Scenario) -> None:
     b.disconnect()
 
 
+def scenario_server_keep_alive(s: Scenario) -> None:
+    """client_test5's test_server_keep_alive, for a keep-alive above what the broker allows: the suite's
+    broker is configured with a most of 60 s and asked for 120; here 3600 s is asked of the broker as it
+    is configured, and the CONNACK must say what it gives instead (Server Keep Alive)."""
+    a, ack = s.connect(CLIENT_A, keepalive=3600)
+    given = getattr(ack.properties, "ServerKeepAlive", None)
+    check(given is not None and given < 3600, f"keep-alive 3600 s asked: Server Keep Alive {given}")
+    s.notes.append(f"server keep-alive {given} s")
+    a.disconnect()
+
+
 SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
     V311: [
         ("basic", scenario_basic),
@@ -1385,6 +1396,7 @@ SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
         ("publication expiry", scenario_publication_expiry),
         ("request/response", scenario_request_response),
         ("shared subscriptions", scenario_shared_subscriptions),
+        ("server keep-alive", scenario_server_keep_alive),
     ],
 }
 

@@ -179,6 +179,10 @@ pub(super) async fn accept(
             p.session_expiry_interval = Some(granted_s);
         }
         p.assigned_client_identifier = assigned.then(|| client_id.clone());
+        // MQTT 5 §3.2.2.3.14: a keep-alive above the most sprig allows is answered with that most.
+        if request.connect.keep_alive > MAX_KEEP_ALIVE_S {
+            p.server_keep_alive = Some(MAX_KEEP_ALIVE_S);
+        }
         // Topics are authorized by name: the reader resolves aliases first.
         p.topic_alias_max = Some(super::TOPIC_ALIAS_MAX);
         p.max_packet_size = u32::try_from(shared.config.max_payload_size).ok();
@@ -226,7 +230,11 @@ pub(super) async fn accept(
         client_id,
         principal,
         version,
-        keep_alive: request.connect.keep_alive,
+        keep_alive: match version {
+            Version::V5 => request.connect.keep_alive.min(MAX_KEEP_ALIVE_S),
+            // A 3.1.1 client cannot be told: its keep-alive stands.
+            Version::V311 => request.connect.keep_alive,
+        },
         direct: Some(direct_rx),
         inflight: SharedInflight::default(),
         settled: Arc::default(),
@@ -275,6 +283,11 @@ fn last_words(
     }
     Some(LastWords::Will(Will::new(client_id, &topic, will, props)))
 }
+
+/// The longest keep-alive an MQTT 5 client gets (AWS IoT Core's most, 1200 s): one that asks for more is
+/// told this in the CONNACK's Server Keep Alive, and held to it. A client silent for one and a half of it
+/// is gone; a longer wait would keep a dead connection's slot, session and will for hours.
+pub(crate) const MAX_KEEP_ALIVE_S: u16 = 1200;
 
 /// How long a newcomer waits for the connection it takes over to leave the session (its drain, then its
 /// writer's last words, at most a second).

@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 mod handshake;
 mod writer;
 
+#[cfg(test)]
+pub(crate) use handshake::MAX_KEEP_ALIVE_S;
 use handshake::{accept, connack, ConnectRequest, Refusal};
 use writer::{splice_codes, write_loop, Outgoing, Subscribed};
 

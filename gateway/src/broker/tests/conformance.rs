@@ -659,3 +659,26 @@ async fn unsubscribing_one_shared_subscription_leaves_the_others() {
         assert!(p.topic == "u/t", "member {i}: {p:?}");
     }
 }
+
+#[tokio::test]
+async fn a_keep_alive_above_the_most_is_capped_and_said_in_the_connack() {
+    use rumqttc::v5::mqttbytes::v5::ConnAck as ConnAck5;
+    let broker = start_open().await;
+    let connack = |keep_alive_s: u64| {
+        let mut options = options5(&broker, "k");
+        options.set_keep_alive(Duration::from_secs(keep_alive_s));
+        async move {
+            let (_client, mut eventloop) = Client5::new(options, 10);
+            let event = tokio::time::timeout(WAIT, eventloop.poll()).await;
+            match event.expect("CONNACK in time").expect("connected") {
+                Event5::Incoming(Packet5::ConnAck(ConnAck5 { properties, .. })) => {
+                    properties.and_then(|p| p.server_keep_alive)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(connack(3600).await, Some(connection::MAX_KEEP_ALIVE_S));
+    gone(&broker, "k").await;
+    assert_eq!(connack(60).await, None);
+}
