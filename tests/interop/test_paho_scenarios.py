@@ -9,7 +9,7 @@ well-behaved client sends, a few hand-made packets), and checks the same observa
   subscriptions, keep-alive, redelivery on reconnect, subscribe failure, `$` topics, unsubscribe;
 * MQTT 5: offline message queueing, redelivery on reconnect, session expiry, unsubscribe, keep-alive, and
   those of client_test5.py for what issue 17 fixed: subscribe options, maximum packet size, flow control
-  (the server's Receive Maximum), client topic aliases, will delay, assigned client id, and the suite's
+  (the server's and the client's Receive Maximum), client topic aliases, will delay, assigned client id, and the suite's
   cleanup client ("clean retained", a client id with a space), user properties, payload format,
   publication expiry, request/response, shared subscriptions, server keep-alive.
 
@@ -110,6 +110,7 @@ MOSQUITTO_BASELINE: dict[str, set[str]] = {
            "keep-alive", "redelivery on reconnect", "$ topics", "unsubscribe"},
     V5: {"offline message queueing", "redelivery on reconnect", "session expiry", "unsubscribe",
          "keep-alive", "subscribe options", "maximum packet size", "client topic aliases",
+         "flow control (client receive maximum)",
          "assigned client id", "client id with a space (clean retained)", "user properties",
          "payload format", "publication expiry", "request/response", "shared subscriptions"},
 }
@@ -1365,6 +1366,47 @@ def scenario_server_keep_alive(s: Scenario) -> None:
     a.disconnect()
 
 
+def scenario_client_receive_maximum(s: Scenario) -> None:
+    """client_test5's test_flow_control1: a client with a Receive Maximum of 2, subscribed to TopicA,
+    publishes three QoS 1 messages there and acknowledges none of what it gets: all three PUBACKs come,
+    and two PUBLISHes, not the third, until it acknowledges the first."""
+    properties = b"\x21" + (2).to_bytes(2, "big")  # Receive Maximum 2
+    body = _string(b"MQTT") + bytes([5, 0x02]) + (60).to_bytes(2, "big")
+    body += _remaining_length(len(properties)) + properties + _string(CLIENT_A.encode())
+    with RawConnection(s.broker.port) as raw:
+        raw.send(b"\x10" + _remaining_length(len(body)) + body)
+        outcome, code = raw.outcome_of_connect()
+        check(outcome == "CONNACK" and code == 0, f"raw CONNECT: expected CONNACK 0, got {said(outcome, code)}")
+        subscribe = (1).to_bytes(2, "big") + b"\x00" + _string(TOPICS[0].encode()) + b"\x02"
+        raw.send(b"\x82" + _remaining_length(len(subscribe)) + subscribe)
+        packet = raw.read_packet()
+        check(packet is not None and packet[0] >> 4 == 9, f"SUBACK expected, got {packet}")
+        raw.send(b"".join(publish_packet_v5(TOPICS[0].encode(), unique(f"flow {i}"), qos=1, pkid=i)
+                          for i in (1, 2, 3)))
+        publishes, acks = [], 0
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while (acks < 3 or len(publishes) < 2) and time.monotonic() < deadline:
+            packet = raw.read_packet(max(0.01, deadline - time.monotonic()))
+            check(packet is not None, "the connection closed")
+            if packet[0] >> 4 == 3:
+                publishes.append(packet)
+            elif packet[0] >> 4 == 4:
+                acks += 1
+        check(acks == 3 and len(publishes) == 2, f"{acks} PUBACKs and {len(publishes)} PUBLISHes, "
+                                                  "expected 3 and 2")
+        try:
+            extra = raw.read_packet(timeout=1.0)  # the subject: nothing more within a second
+        except socket.timeout:
+            extra = None
+        check(extra is None, f"a third PUBLISH beyond the Receive Maximum of 2: {extra}")
+        first = publishes[0][1]
+        topic_length = int.from_bytes(first[:2], "big")
+        pkid = first[2 + topic_length:4 + topic_length]
+        raw.send(b"\x40\x02" + pkid)
+        packet = raw.read_packet()
+        check(packet is not None and packet[0] >> 4 == 3, f"the third PUBLISH after the PUBACK: got {packet}")
+
+
 SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
     V311: [
         ("basic", scenario_basic),
@@ -1387,6 +1429,7 @@ SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
         ("subscribe options", scenario_subscribe_options),
         ("maximum packet size", scenario_maximum_packet_size),
         ("flow control (server receive maximum)", scenario_flow_control),
+        ("flow control (client receive maximum)", scenario_client_receive_maximum),
         ("client topic aliases", scenario_client_topic_alias),
         ("will delay", scenario_will_delay),
         ("assigned client id", scenario_assigned_client_id),

@@ -123,6 +123,11 @@ impl Inflight {
         pkid
     }
 
+    /// QoS 1 publishes written and not acknowledged by the client (settled ones are not owed).
+    pub(crate) fn owed(&self) -> usize {
+        self.sent.iter().filter(|s| !s.done).count()
+    }
+
     /// The client acknowledged `pkid`. A router publish is marked done (see [`Inflight::release`]).
     pub(crate) fn acknowledged(&mut self, pkid: u16) -> Acked {
         let Some(i) = self.sent.iter().position(|s| s.pkid == pkid && !s.done) else {

@@ -37,6 +37,8 @@ pub(super) struct ConnectRequest {
     pub(super) session_expiry_s: Option<u32>,
     /// MQTT 5: the largest packet the client accepts.
     pub(super) max_packet_size: Option<u32>,
+    /// MQTT 5: how many QoS 1 and 2 publishes the client takes unacknowledged (absent: 65535).
+    pub(super) receive_maximum: Option<u16>,
     pub(super) will: Option<LastWill>,
     pub(super) will_props: Option<LastWillProperties>,
     pub(super) login: Option<Login>,
@@ -240,6 +242,11 @@ pub(super) async fn accept(
         settled: Arc::default(),
         options: Arc::default(),
         receiving: Arc::default(),
+        window: Arc::default(),
+        receive_maximum: request
+            .receive_maximum
+            .filter(|n| *n > 0)
+            .unwrap_or(u16::MAX),
         aliases: HashMap::new(),
         shared_filters: Vec::new(),
         resumed: Some(resumed),
@@ -468,6 +475,7 @@ mod tests {
                 },
                 session_expiry_s: None,
                 max_packet_size: None,
+                receive_maximum: None,
                 will: None,
                 will_props: None,
                 login: username.map(|u| Login {

@@ -108,6 +108,7 @@ pub(crate) async fn serve(
         connect,
         session_expiry_s: props.as_ref().and_then(|p| p.session_expiry_interval),
         max_packet_size: props.as_ref().and_then(|p| p.max_packet_size),
+        receive_maximum: props.as_ref().and_then(|p| p.receive_maximum),
         will,
         will_props,
         login,
@@ -141,6 +142,10 @@ struct Client {
     /// most the Receive Maximum sprig's CONNACK gave (`max_inflight_count`); the reader adds, the writer
     /// takes off.
     receiving: Arc<AtomicUsize>,
+    /// Told by the reader when the client acknowledged a publish: the writer may send more.
+    window: Arc<tokio::sync::Notify>,
+    /// The client's Receive Maximum: at most this many QoS 1 publishes are sent to it unacknowledged.
+    receive_maximum: u16,
     /// MQTT 5 topic aliases the client set, at most [`TOPIC_ALIAS_MAX`].
     aliases: HashMap<u16, Bytes>,
     /// Its shared subscriptions (`$share/...`), which its session does not keep (see `inbound_unsubscribe`).
@@ -338,6 +343,9 @@ impl Client {
             client_id: self.client_id.clone(),
             receiving: self.receiving.clone(),
             too_large: 0,
+            window: self.window.clone(),
+            receive_maximum: usize::from(self.receive_maximum),
+            held: std::collections::VecDeque::new(),
             copies: self.copies.clone(),
             budget: self.shared.config.max_queued_bytes,
             dropped: 0,
@@ -705,7 +713,11 @@ impl Client {
     }
 
     fn acknowledged(&self, pkid: u16) -> Acked {
-        lock(&self.inflight).acknowledged(pkid)
+        let acked = lock(&self.inflight).acknowledged(pkid);
+        if acked != Acked::Unknown {
+            self.window.notify_one();
+        }
+        acked
     }
 
     /// Acknowledges to the router, in its order, the publishes of its that are done (see

@@ -75,6 +75,13 @@ pub(super) struct Outgoing {
     pub(super) receiving: Arc<AtomicUsize>,
     /// Messages not sent because they were larger than the client's Maximum Packet Size.
     pub(super) too_large: u64,
+    /// Told when the client acknowledged a publish (see `held`).
+    pub(super) window: Arc<tokio::sync::Notify>,
+    /// The client's Receive Maximum (MQTT 5 §3.3.4: no more QoS 1 publishes unacknowledged than this).
+    pub(super) receive_maximum: usize,
+    /// Router publishes at QoS 1 held back while the client owes its Receive Maximum, in order; the
+    /// router's other packets (acknowledgements of the client's own publishes, SUBACKs) go on meanwhile.
+    pub(super) held: std::collections::VecDeque<Packet>,
     /// Copies whose publish's acknowledgement must wait for them (see [`SharedCopies`]).
     pub(super) copies: SharedCopies,
     /// Bytes that may wait for the client (`broker.max_queued_bytes`): beyond them QoS 0 messages are
@@ -88,6 +95,46 @@ impl Outgoing {
     /// True when as much waits for the client as it may be sent ahead.
     fn full(&self) -> bool {
         self.writer.pending() >= self.budget
+    }
+
+    /// True when a router publish at QoS 1 must wait: the client owes its Receive Maximum already, or
+    /// others wait before it.
+    fn must_hold(&self, packet: &Packet) -> bool {
+        let Packet::Publish(publish, props) = packet else {
+            return false;
+        };
+        if qos_and_pkid(publish).0 == 0 {
+            return false;
+        }
+        // Behind held ones, every publish the router numbered waits (the router is acknowledged in the
+        // order it numbered them), also a QoS 0 message on a QoS 1 subscription, which on its own is not
+        // the window's (it goes out at QoS 0).
+        let published = Origin::peek(props).map_or(2, |o| o.qos);
+        !self.held.is_empty()
+            || (published > 0 && lock(&self.inflight).owed() >= self.receive_maximum)
+    }
+
+    /// The connection ends: the publishes still held are owed to the client like those written, so the
+    /// session keeps them and the router is acknowledged them in its order (see `leave_session`).
+    fn owe_held(&mut self) {
+        let mut inflight = lock(&self.inflight);
+        for packet in self.held.drain(..) {
+            if let Packet::Publish(publish, props) = packet {
+                let (_, pkid) = qos_and_pkid(&publish);
+                let topic = String::from_utf8_lossy(&publish.topic);
+                inflight.sent_by_router(pkid, &topic, &publish.payload, props);
+            }
+        }
+    }
+
+    /// Writes the held publishes the client's Receive Maximum lets through now.
+    fn release_held(&mut self) -> std::io::Result<()> {
+        while !self.held.is_empty() && lock(&self.inflight).owed() < self.receive_maximum {
+            if let Some(packet) = self.held.pop_front() {
+                self.encode_from_router(packet)?;
+            }
+        }
+        Ok(())
     }
 
     /// Encodes one of the session's own messages: at QoS 0, or at QoS 1 under a packet id of sprig's (see
@@ -314,6 +361,7 @@ pub(super) async fn write_loop(
         resumed,
     )
     .await;
+    out.owe_held();
     (end, link_rx)
 }
 
@@ -335,6 +383,7 @@ async fn write_until_end(
     // Packets are encoded into the writer's buffer and written as the socket takes them, so a client that
     // reads slowly never holds up taking what comes next: its QoS 0 messages beyond `out.budget` are
     // dropped right here, instead of waiting (without bound) in the router and the direct queue.
+    let window = out.window.clone();
     let stall = out.writer.stall_limit().unwrap_or(NEVER);
     let stall_timer = tokio::time::sleep(stall);
     tokio::pin!(stall_timer);
@@ -392,6 +441,11 @@ async fn write_until_end(
                 );
                 return WriterEnd::Io(e);
             }
+            () = window.notified(), if !out.held.is_empty() => {
+                if let Err(e) = out.release_held() {
+                    return WriterEnd::Io(e);
+                }
+            }
             message = direct.recv(), if direct_open => {
                 let Some(message) = message else {
                     direct_open = false;
@@ -433,6 +487,7 @@ async fn write_until_end(
                     let _ = taken.await;
                 }
                 match outbound(packet, pending, subscribed, version) {
+                    Outbound::Write(packet) if out.must_hold(&packet) => out.held.push_back(packet),
                     Outbound::Write(packet) => {
                         let topic = match &packet {
                             Packet::Publish(publish, _) => Some(publish.topic.clone()),

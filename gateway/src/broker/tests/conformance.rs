@@ -682,3 +682,28 @@ async fn a_keep_alive_above_the_most_is_capped_and_said_in_the_connack() {
     gone(&broker, "k").await;
     assert_eq!(connack(60).await, None);
 }
+
+#[tokio::test]
+async fn no_more_qos1_messages_are_sent_unacknowledged_than_the_clients_receive_maximum() {
+    let broker = start_open().await;
+    let mut options = options5(&broker, "b");
+    options.set_receive_maximum(Some(2));
+    options.set_manual_acks(true);
+    let mut b = connect5(options).await;
+    b.subscribe(filter("f/t", |_| {})).await;
+    b.subscribe(Filter5::new("g/t", QoS5::AtMostOnce)).await;
+    let mut a = connect5(options5(&broker, "a")).await;
+    for i in 1..=3 {
+        a.send("f/t", QoS5::AtLeastOnce, false, &i.to_string())
+            .await;
+    }
+    // At QoS 0 on a QoS 0 subscription: not held back.
+    a.send("g/t", QoS5::AtMostOnce, false, "qos 0").await;
+    let first = b.publish().await;
+    assert_eq!(first.payload, Bytes::from("1"));
+    assert_eq!(b.publish().await.payload, Bytes::from("2"));
+    // The third waits for an acknowledgement.
+    assert_eq!(b.publish().await.payload, Bytes::from("qos 0"));
+    b.client.ack(&first).await.unwrap();
+    assert_eq!(b.publish().await.payload, Bytes::from("3"));
+}
