@@ -1552,7 +1552,7 @@ def main() -> int:
 
     required_passed = required_failed = 0
     failures: list[str] = []
-    width = 27
+    width = max(27, *(len(name) for scenarios in SCENARIOS.values() for name, _ in scenarios))
     for version, scenarios in SCENARIOS.items():
         names = [name for name, _ in scenarios if selected(name)]
         if not names:
