@@ -11,7 +11,8 @@ well-behaved client sends, a few hand-made packets), and checks the same observa
   those of client_test5.py for what issue 17 fixed: subscribe options, maximum packet size, flow control
   (the server's and the client's Receive Maximum), client topic aliases, will delay, assigned client id, and the suite's
   cleanup client ("clean retained", a client id with a space), user properties, payload format,
-  publication expiry, request/response, shared subscriptions, server keep-alive.
+  publication expiry, request/response, shared subscriptions, subscription identifiers, server keep-alive
+  (all of client_test5.py's but test_server_topic_alias).
 
 Both brokers run as children of this script on free loopback ports: sprig (`sprig run`, through
 `sprig_gateway.Gateway`) with a config that adds one topic rule granting devices every topic a rule can
@@ -112,7 +113,8 @@ MOSQUITTO_BASELINE: dict[str, set[str]] = {
          "keep-alive", "subscribe options", "maximum packet size", "client topic aliases",
          "flow control (client receive maximum)",
          "assigned client id", "client id with a space (clean retained)", "user properties",
-         "payload format", "publication expiry", "request/response", "shared subscriptions"},
+         "payload format", "publication expiry", "request/response", "shared subscriptions",
+         "subscription identifiers"},
 }
 
 
@@ -454,11 +456,16 @@ class Probe:
               f"SUBACK refused {list(filters)} for {self.client_id}: codes {', '.join(f'0x{c:02x}' for c in codes)}")
         return codes
 
-    def subscribe_options(self, topic_filter: str, **options) -> int:
+    def subscribe_options(self, topic_filter: str, identifier: Optional[int] = None, **options) -> int:
         """MQTT 5: one SUBSCRIBE of `topic_filter` with these subscription options (paho's SubscribeOptions:
-        qos, noLocal, retainAsPublished, retainHandling); fails the scenario unless granted. Returns the
-        granted QoS."""
-        result, mid = self.client.subscribe([(topic_filter, SubscribeOptions(**options))])
+        qos, noLocal, retainAsPublished, retainHandling) and Subscription Identifier; fails the scenario
+        unless granted. Returns the granted QoS."""
+        properties = None
+        if identifier is not None:
+            properties = Properties(PacketTypes.SUBSCRIBE)
+            properties.SubscriptionIdentifier = identifier
+        result, mid = self.client.subscribe([(topic_filter, SubscribeOptions(**options))],
+                                            properties=properties)
         check(result == paho.MQTT_ERR_SUCCESS, f"subscribe {topic_filter}: paho could not send it ({result})")
         codes = self._wait_ack(mid, f"SUBACK for {self.client_id} subscribing to {topic_filter} {options}")
         check(codes[0] < 0x80, f"SUBACK refused {topic_filter} {options}: 0x{codes[0]:02x}")
@@ -1407,6 +1414,31 @@ def scenario_client_receive_maximum(s: Scenario) -> None:
         check(packet is not None and packet[0] >> 4 == 3, f"the third PUBLISH after the PUBACK: got {packet}")
 
 
+def scenario_subscription_identifiers(s: Scenario) -> None:
+    """client_test5's test_subscribe_identifiers: a message carries the Subscription Identifier of the
+    subscription it came for. With two of a client's subscriptions matching (ids 2 and 3), the suite
+    expects one copy with both; MQTT 5 §3.3.4 allows one copy per subscription too, each with its own id,
+    which is what rumqttd's router sends: either is a pass."""
+    a, _ = s.connect(CLIENT_A)
+    a.subscribe_options(TOPICS[0], identifier=456789, qos=2)
+    b, _ = s.connect(CLIENT_B)
+    b.subscribe_options(TOPICS[0], identifier=2, qos=2)
+    b.subscribe_options(TOPICS[0] + "/#", identifier=3, qos=2)
+    payload = unique("sub identifier test")
+    b.publish(TOPICS[0], payload, 1)
+    got = [m for m in a.wait_payloads(payload, what="the message") if m.payload == payload]
+    ids = getattr(got[0].properties, "SubscriptionIdentifier", None)
+    check(ids == [456789], f"Subscription Identifier {ids}, expected [456789]")
+    b.wait_payloads(payload, what="the message")
+    copies = [m for m in b.settle(publisher=a, topic=TOPICS[0]) if m.payload == payload]
+    seen = sorted(sorted(getattr(m.properties, "SubscriptionIdentifier", [])) for m in copies)
+    check(seen in ([[2, 3]], [[2], [3]]), f"copies with Subscription Identifiers {seen}: expected one copy "
+                                          "with [2, 3], or one per subscription with [2] and [3]")
+    s.notes.append("one copy per subscription" if len(copies) == 2 else "one copy")
+    a.disconnect()
+    b.disconnect()
+
+
 SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
     V311: [
         ("basic", scenario_basic),
@@ -1439,6 +1471,7 @@ SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
         ("publication expiry", scenario_publication_expiry),
         ("request/response", scenario_request_response),
         ("shared subscriptions", scenario_shared_subscriptions),
+        ("subscription identifiers", scenario_subscription_identifiers),
         ("server keep-alive", scenario_server_keep_alive),
     ],
 }
