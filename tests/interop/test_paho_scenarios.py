@@ -11,8 +11,8 @@ well-behaved client sends, a few hand-made packets), and checks the same observa
   those of client_test5.py for what issue 17 fixed: subscribe options, maximum packet size, flow control
   (the server's and the client's Receive Maximum), client topic aliases, will delay, assigned client id, and the suite's
   cleanup client ("clean retained", a client id with a space), user properties, payload format,
-  publication expiry, request/response, shared subscriptions, subscription identifiers, server keep-alive
-  (all of client_test5.py's but test_server_topic_alias).
+  publication expiry, request/response, shared subscriptions, subscription identifiers, server keep-alive,
+  server topic aliases: all of client_test5.py's.
 
 Both brokers run as children of this script on free loopback ports: sprig (`sprig run`, through
 `sprig_gateway.Gateway`) with a config that adds one topic rule granting devices every topic a rule can
@@ -1439,6 +1439,33 @@ def scenario_subscription_identifiers(s: Scenario) -> None:
     b.disconnect()
 
 
+def scenario_server_topic_alias(s: Scenario) -> None:
+    """client_test5's test_server_topic_alias: a client with a Topic Alias Maximum of 1 gets its messages
+    on TopicA with an alias: the first with the topic too, the next ones with an empty topic; a client with
+    none gets no alias."""
+    a, _ = s.connect(CLIENT_A, properties={"TopicAliasMaximum": 1})
+    a.subscribe_granted((TOPICS[0], 2))
+    payloads = [unique(f"topic alias qos {qos}") for qos in range(3)]
+    for qos, payload in enumerate(payloads):
+        a.publish(TOPICS[0], payload, qos)
+    got = a.wait_messages(lambda ms: len([m for m in ms if m.payload in payloads]) == 3, "the three messages")
+    got = [m for m in got if m.payload in payloads]
+    aliases = [getattr(m.properties, "TopicAlias", None) for m in got]
+    check(aliases[0] is not None and aliases[0] > 0 and got[0].topic == TOPICS[0],
+          f"first message: topic {got[0].topic!r}, alias {aliases[0]}: expected {TOPICS[0]!r} with an alias")
+    check(aliases[1:] == [aliases[0]] * 2 and [m.topic for m in got[1:]] == ["", ""],
+          f"next messages: topics {[m.topic for m in got[1:]]}, aliases {aliases[1:]}: expected empty "
+          f"topics with alias {aliases[0]}")
+    a.disconnect()
+    a, _ = s.connect(CLIENT_A)
+    a.subscribe_granted((TOPICS[0], 2))
+    payload = unique("no topic alias")
+    a.publish(TOPICS[0], payload, 1)
+    got = [m for m in a.wait_payloads(payload, what="the message") if m.payload == payload]
+    check(getattr(got[0].properties, "TopicAlias", None) is None, "a topic alias for a client that takes none")
+    a.disconnect()
+
+
 SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
     V311: [
         ("basic", scenario_basic),
@@ -1473,6 +1500,7 @@ SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
         ("shared subscriptions", scenario_shared_subscriptions),
         ("subscription identifiers", scenario_subscription_identifiers),
         ("server keep-alive", scenario_server_keep_alive),
+        ("server topic aliases", scenario_server_topic_alias),
     ],
 }
 

@@ -39,6 +39,8 @@ pub(super) struct ConnectRequest {
     pub(super) max_packet_size: Option<u32>,
     /// MQTT 5: how many QoS 1 and 2 publishes the client takes unacknowledged (absent: 65535).
     pub(super) receive_maximum: Option<u16>,
+    /// MQTT 5: how many topic aliases the client takes from the server (absent: none).
+    pub(super) topic_alias_max: Option<u16>,
     pub(super) will: Option<LastWill>,
     pub(super) will_props: Option<LastWillProperties>,
     pub(super) login: Option<Login>,
@@ -199,6 +201,7 @@ pub(super) async fn accept(
         .max_packet_size
         .and_then(|n| usize::try_from(n).ok());
     writer.set_max_packet_size(most);
+    writer.set_topic_alias_max(request.topic_alias_max.unwrap_or(0));
     if writer.send(Packet::ConnAck(ack, props)).await.is_err() {
         return None;
     }
@@ -476,6 +479,7 @@ mod tests {
                 session_expiry_s: None,
                 max_packet_size: None,
                 receive_maximum: None,
+                topic_alias_max: None,
                 will: None,
                 will_props: None,
                 login: username.map(|u| Login {

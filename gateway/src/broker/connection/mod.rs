@@ -109,6 +109,7 @@ pub(crate) async fn serve(
         session_expiry_s: props.as_ref().and_then(|p| p.session_expiry_interval),
         max_packet_size: props.as_ref().and_then(|p| p.max_packet_size),
         receive_maximum: props.as_ref().and_then(|p| p.receive_maximum),
+        topic_alias_max: props.as_ref().and_then(|p| p.topic_alias_max),
         will,
         will_props,
         login,

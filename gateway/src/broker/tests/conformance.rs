@@ -707,3 +707,32 @@ async fn no_more_qos1_messages_are_sent_unacknowledged_than_the_clients_receive_
     b.client.ack(&first).await.unwrap();
     assert_eq!(b.publish().await.payload, Bytes::from("3"));
 }
+
+#[tokio::test]
+async fn topics_go_as_aliases_to_a_client_that_takes_them() {
+    let broker = start_open().await;
+    let mut options = options5(&broker, "b");
+    options.set_topic_alias_max(Some(1));
+    let mut b = connect5(options).await;
+    b.subscribe(filter("ta/#", |_| {})).await;
+    let mut a = connect5(options5(&broker, "a")).await;
+    for (topic, payload) in [("ta/1", "1"), ("ta/1", "2"), ("ta/2", "3"), ("ta/1", "4")] {
+        a.send(topic, QoS5::AtLeastOnce, false, payload).await;
+    }
+    // (rumqttc puts the topic of an alias back, and fails the connection on an alias it does not know.)
+    let alias = |p: &Publish5| p.properties.as_ref().and_then(|p| p.topic_alias);
+    for (topic, expected) in [
+        ("ta/1", Some(1)),
+        ("ta/1", Some(1)),
+        ("ta/2", None),
+        ("ta/1", Some(1)),
+    ] {
+        let p = b.publish().await;
+        assert_eq!((p.topic.clone(), alias(&p)), (topic.into(), expected));
+    }
+    // A client that takes none gets topics in full.
+    let mut c = connect5(options5(&broker, "c")).await;
+    c.subscribe(filter("ta/#", |_| {})).await;
+    a.send("ta/1", QoS5::AtLeastOnce, false, "5").await;
+    assert_eq!(alias(&c.publish().await), None);
+}
