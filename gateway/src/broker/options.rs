@@ -32,6 +32,11 @@ pub(crate) struct ConnectionOptions {
 }
 
 impl ConnectionOptions {
+    /// The options of a resumed session's filters.
+    pub(crate) fn resumed(filters: Vec<(String, SubOptions)>) -> ConnectionOptions {
+        ConnectionOptions { filters }
+    }
+
     pub(crate) fn set(&mut self, filter: &str, options: SubOptions) {
         match self.filters.iter_mut().find(|(f, _)| f == filter) {
             Some((_, held)) => *held = options,

@@ -23,6 +23,7 @@ use crate::broker::admission::Slot;
 use crate::broker::codec::{PacketReader, PacketWriter, Version};
 use crate::broker::direct::{self, Resumed, SessionRequest};
 use crate::broker::internal::disconnect_now;
+use crate::broker::options::ConnectionOptions;
 use crate::broker::parking::{restore_filters, Link};
 use crate::broker::presence::PresenceInfo;
 use crate::broker::quota::PublishQuota;
@@ -243,7 +244,9 @@ pub(super) async fn accept(
         direct: Some(direct_rx),
         inflight: SharedInflight::default(),
         settled: Arc::default(),
-        options: Arc::default(),
+        options: Arc::new(std::sync::Mutex::new(ConnectionOptions::resumed(
+            resumed.options.clone(),
+        ))),
         receiving: Arc::default(),
         window: Arc::default(),
         receive_maximum: request

@@ -299,6 +299,8 @@ enum Answer {
     Denied,
     /// Beyond `max_subscriptions_per_connection`.
     OverQuota,
+    /// The filter the connection holds already in another form, shared or not (see `routed_twice`).
+    Clash,
     /// Granted by sprig alone at this QoS: only the gateway sends on it (see [`served_directly`]).
     Direct(u8),
     /// Forwarded: the router's code.
@@ -922,6 +924,17 @@ impl Client {
                 direct.push(filter.path);
                 continue;
             }
+            if let Some(other) = self.routed_twice(&filter.path, &held, &external) {
+                tracing::warn!(
+                    client_id = self.client_id,
+                    filter = filter.path,
+                    other,
+                    "subscribe refused: rumqttd 0.20 cannot hold one filter twice for a connection (shared \
+                     and not, or in two groups)"
+                );
+                answers.push(Answer::Clash);
+                continue;
+            }
             let internal = to_internal(&filter.path);
             if !self.shared.routed.admit(&internal) {
                 let (held, most) = (self.shared.routed.count(), self.shared.routed.most());
@@ -946,6 +959,10 @@ impl Client {
                 self.shared_filters.push(filter.path.clone());
             }
             lock(&self.options).set(matched, SubOptions::of(&filter));
+            if shared_filter.is_none() {
+                let (outlets, number) = (&self.shared.outlets, self.session.number);
+                outlets.set_options(&self.client_id, number, matched, SubOptions::of(&filter));
+            }
             // MQTT 5 §3.8.4: no retained messages for a shared subscription.
             if held_already
                 && shared_filter.is_none()
@@ -988,6 +1005,29 @@ impl Client {
             },
             props,
         ))
+    }
+
+    /// Another of the connection's routed subscriptions (held, or earlier in this SUBSCRIBE) on the same
+    /// filter as `path`, one shared and not, or shared in another group: rumqttd 0.20 keeps one log per
+    /// filter and a link may read it only once (`router/routing.rs` asserts so, and panics in a debug
+    /// build), so such a second subscription is refused.
+    fn routed_twice<'a>(
+        &'a self,
+        path: &str,
+        held: &'a [String],
+        forwarded: &'a [String],
+    ) -> Option<&'a str> {
+        fn filter_of(path: &str) -> &str {
+            (path.strip_prefix("$share/"))
+                .and_then(|rest| rest.split_once('/'))
+                .map_or(path, |(_, inner)| inner)
+        }
+        let wanted = filter_of(path);
+        (held.iter().chain(&self.shared_filters).chain(forwarded))
+            .find(|other| {
+                other.as_str() != path && !served_directly(other) && filter_of(other) == wanted
+            })
+            .map(String::as_str)
     }
 
     /// May the client subscribe to `filter` (well-formed, not internal, allowed by the rules)? Logs why not.

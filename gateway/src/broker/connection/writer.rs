@@ -620,6 +620,10 @@ pub(super) fn splice_codes(
                 Version::V311 => SubscribeReasonCode::Failure,
                 Version::V5 => SubscribeReasonCode::QuotaExceeded,
             },
+            Answer::Clash => match version {
+                Version::V311 => SubscribeReasonCode::Failure,
+                Version::V5 => SubscribeReasonCode::ImplementationSpecific,
+            },
         })
         .collect()
 }

@@ -736,3 +736,56 @@ async fn topics_go_as_aliases_to_a_client_that_takes_them() {
     a.send("ta/1", QoS5::AtLeastOnce, false, "5").await;
     assert_eq!(alias(&c.publish().await), None);
 }
+
+#[tokio::test]
+async fn a_resumed_session_keeps_its_subscription_options() {
+    use rumqttc::v5::mqttbytes::v5::ConnectProperties;
+    let broker = start_open().await;
+    let mut persistent = options5(&broker, "b");
+    let mut connect = ConnectProperties::new();
+    connect.session_expiry_interval = Some(60);
+    persistent.set_connect_properties(connect);
+    persistent.set_clean_start(false);
+    let mut b = connect5(persistent.clone()).await;
+    b.subscribe(filter("n/t", |f| f.nolocal = true)).await;
+    b.client.disconnect().await.unwrap();
+    gone(&broker, "b").await;
+    let mut b = connect5(persistent).await;
+    b.send("n/t", QoS5::AtLeastOnce, false, "own").await;
+    let mut a = connect5(options5(&broker, "a")).await;
+    a.send("n/t", QoS5::AtLeastOnce, false, "other").await;
+    assert_eq!(b.publish().await.payload, Bytes::from("other"));
+}
+
+#[tokio::test]
+async fn one_filter_shared_and_not_on_one_connection_is_refused_not_a_router_panic() {
+    use tokio::io::AsyncWriteExt;
+    let broker = start_open().await;
+    let mut c = raw5(&broker, "c").await;
+    // (rumqttc ends its event loop on a refused filter: hand-made SUBSCRIBEs, MQTT 5, QoS 1.)
+    let cases = [
+        ("c/t", 0x01),
+        ("$share/g/c/t", 0x83),
+        ("$share/g/d/t", 0x01),
+        ("$share/h/d/t", 0x83),
+        ("d/t", 0x83),
+    ];
+    for (pkid, (path, expected)) in (1u16..).zip(cases) {
+        let mut body = pkid.to_be_bytes().to_vec();
+        body.push(0); // no properties
+        raw::put_str(&mut body, path.as_bytes());
+        body.push(0x01);
+        c.write_all(&raw::packet(0x82, &body)).await.unwrap();
+        let (header, body) = read_raw(&mut c).await.expect("SUBACK");
+        assert_eq!(
+            (header, body.last().copied()),
+            (0x90, Some(expected)),
+            "{path}"
+        );
+    }
+    // The router is still there.
+    let mut d = connect5(options5(&broker, "d")).await;
+    d.subscribe(filter("c/t", |_| {})).await;
+    d.send("c/t", QoS5::AtLeastOnce, false, "alive").await;
+    assert_eq!(d.publish().await.payload, Bytes::from("alive"));
+}
