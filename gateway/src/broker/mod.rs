@@ -16,7 +16,8 @@
 //! client id: `direct` keeps each client id's session (owner, filters, expiry, what waits for it, written
 //! to the store), `parking` an absent session's router link, `inflight` what a connection wrote at QoS 1
 //! and is still owed; router links are always clean and named from a pool (`links`), not after client ids,
-//! which the router would remember for good.
+//! which the router would remember for good. What the router forgets of a message travels beside it
+//! (`origin`), and the connections deliver it as MQTT 3.1.1 and 5 say (`options`, `retained`, `wills`).
 
 mod admission;
 mod backlog;

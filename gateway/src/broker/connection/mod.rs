@@ -9,6 +9,12 @@
 //! UNSUBACKs), and the gateway's direct deliveries (see `direct`): the connection registers its queue for
 //! them when it is accepted, adds filters when granted, removes them on UNSUBSCRIBE and hands its session
 //! what it leaves (unacknowledged messages, its router link to park) when it ends.
+//!
+//! Where rumqttd's router falls short of MQTT, the two loops make up for it: the reader resolves topic
+//! aliases, holds the client to the server's Receive Maximum, attaches each routed publish's `Origin` and
+//! records subscription options; the writer delivers at the right QoS, applies the options and the message
+//! expiry, keeps the client's Maximum Packet Size, Receive Maximum and Topic Alias Maximum, and settles
+//! with the router the publishes it does not write at QoS 1 (the reader tells the router, in its order).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -1,5 +1,6 @@
 //! A connection's writer: router output, the gateway's direct deliveries and the reader's replies, to the
-//! socket; and how a SUBSCRIBE's SUBACK is put together from sprig's answers and the router's.
+//! socket; and how a SUBSCRIBE's SUBACK is put together from sprig's answers and the router's. Each
+//! routed publish is delivered as MQTT says, not as the router forwards it (see `origin`, `options`).
 
 use bytes::Bytes;
 use rumqttd::local::LinkRx;
