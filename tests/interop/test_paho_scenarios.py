@@ -7,8 +7,12 @@ well-behaved client sends, a few hand-made packets), and checks the same observa
 
 * MQTT 3.1.1: basic, retained messages, zero-length client id, offline message queueing, overlapping
   subscriptions, keep-alive, redelivery on reconnect, subscribe failure, `$` topics, unsubscribe;
-* MQTT 5 (the session-related ones): offline message queueing, redelivery on reconnect, session expiry,
-  unsubscribe, keep-alive.
+* MQTT 5: offline message queueing, redelivery on reconnect, session expiry, unsubscribe, keep-alive, and
+  those of client_test5.py for what issue 17 fixed: subscribe options, maximum packet size, flow control
+  (the server's and the client's Receive Maximum), client topic aliases, will delay, assigned client id, and the suite's
+  cleanup client ("clean retained", a client id with a space), user properties, payload format,
+  publication expiry, request/response, shared subscriptions, subscription identifiers, server keep-alive,
+  server topic aliases: all of client_test5.py's.
 
 Both brokers run as children of this script on free loopback ports: sprig (`sprig run`, through
 `sprig_gateway.Gateway`) with a config that adds one topic rule granting devices every topic a rule can
@@ -58,6 +62,7 @@ try:
     from paho.mqtt import __version__ as PAHO_VERSION
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
+    from paho.mqtt.subscribeoptions import SubscribeOptions
 except ImportError:
     sys.exit(f"{Path(__file__).name}: paho-mqtt is not importable; run tests/interop/run.sh, or install the "
              "version of tests/interop/requirements.txt (pip install paho-mqtt==2.2.0)")
@@ -105,7 +110,11 @@ MOSQUITTO_BASELINE: dict[str, set[str]] = {
     V311: {"basic", "retained messages", "zero-length client id", "offline message queueing",
            "keep-alive", "redelivery on reconnect", "$ topics", "unsubscribe"},
     V5: {"offline message queueing", "redelivery on reconnect", "session expiry", "unsubscribe",
-         "keep-alive"},
+         "keep-alive", "subscribe options", "maximum packet size", "client topic aliases",
+         "flow control (client receive maximum)",
+         "assigned client id", "client id with a space (clean retained)", "user properties",
+         "payload format", "publication expiry", "request/response", "shared subscriptions",
+         "subscription identifiers"},
 }
 
 
@@ -287,6 +296,7 @@ class Message:
     qos: int
     retain: bool
     dup: bool
+    properties: Optional[Properties] = None  # MQTT 5
 
 
 @dataclasses.dataclass
@@ -355,7 +365,7 @@ class Probe:
     def _on_message(self, client, userdata, message) -> None:
         with self._changed:
             self.messages.append(Message(message.topic, message.payload, message.qos, bool(message.retain),
-                                         bool(message.dup)))
+                                         bool(message.dup), getattr(message, "properties", None)))
             self._changed.notify_all()
 
     def _on_ack(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -376,16 +386,28 @@ class Probe:
     # steps
 
     def connect(self, keepalive: int = 60, will: Optional[tuple[str, bytes]] = None,
-                session_expiry: Optional[int] = None) -> ConnAck:
-        """Connects and returns the CONNACK, failing the scenario if the broker refuses or stays silent."""
+                session_expiry: Optional[int] = None, properties: Optional[dict] = None,
+                will_properties: Optional[dict] = None) -> ConnAck:
+        """Connects and returns the CONNACK, failing the scenario if the broker refuses or stays silent.
+        MQTT 5: `properties` are more CONNECT properties by paho's names (e.g. MaximumPacketSize),
+        `will_properties` the will's (e.g. WillDelayInterval)."""
         if will:
-            self.client.will_set(will[0], will[1], qos=0, retain=False)
+            props = None
+            if will_properties:
+                props = Properties(PacketTypes.WILLMESSAGE)
+                for name, value in will_properties.items():
+                    setattr(props, name, value)
+            self.client.will_set(will[0], will[1], qos=0, retain=False, properties=props)
         extra = {}
         if self.v5:
+            connect_properties = properties or {}
             properties = None
-            if session_expiry is not None:
+            if session_expiry is not None or connect_properties:
                 properties = Properties(PacketTypes.CONNECT)
+            if session_expiry is not None:
                 properties.SessionExpiryInterval = session_expiry
+            for name, value in connect_properties.items():
+                setattr(properties, name, value)
             extra = {"clean_start": self.clean, "properties": properties}
         what = f"{self.client_id!r} (clean {'start' if self.v5 else 'session'} {int(self.clean)})"
         try:
@@ -434,16 +456,36 @@ class Probe:
               f"SUBACK refused {list(filters)} for {self.client_id}: codes {', '.join(f'0x{c:02x}' for c in codes)}")
         return codes
 
+    def subscribe_options(self, topic_filter: str, identifier: Optional[int] = None, **options) -> int:
+        """MQTT 5: one SUBSCRIBE of `topic_filter` with these subscription options (paho's SubscribeOptions:
+        qos, noLocal, retainAsPublished, retainHandling) and Subscription Identifier; fails the scenario
+        unless granted. Returns the granted QoS."""
+        properties = None
+        if identifier is not None:
+            properties = Properties(PacketTypes.SUBSCRIBE)
+            properties.SubscriptionIdentifier = identifier
+        result, mid = self.client.subscribe([(topic_filter, SubscribeOptions(**options))],
+                                            properties=properties)
+        check(result == paho.MQTT_ERR_SUCCESS, f"subscribe {topic_filter}: paho could not send it ({result})")
+        codes = self._wait_ack(mid, f"SUBACK for {self.client_id} subscribing to {topic_filter} {options}")
+        check(codes[0] < 0x80, f"SUBACK refused {topic_filter} {options}: 0x{codes[0]:02x}")
+        return codes[0]
+
+    def forget_messages(self) -> None:
+        """Forgets the messages received so far (what arrives next is counted afresh)."""
+        with self._changed:
+            self.messages.clear()
+
     def unsubscribe(self, *filters: str) -> list[int]:
         result, mid = self.client.unsubscribe(list(filters))
         check(result == paho.MQTT_ERR_SUCCESS, f"unsubscribe {filters}: paho could not send it ({result})")
         return self._wait_ack(mid, f"UNSUBACK for {self.client_id} unsubscribing from {list(filters)}")
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                must_complete: bool = True) -> bool:
+                must_complete: bool = True, properties: Optional[Properties] = None) -> bool:
         """Publishes; for QoS 1 and 2 waits for the PUBACK/PUBCOMP. Returns whether the exchange completed
         (with `must_complete`, an incomplete one fails the scenario)."""
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         check(info.rc == paho.MQTT_ERR_SUCCESS, f"publish to {topic!r}: paho could not send it ({info.rc})")
         if qos == 0:
             return True
@@ -491,6 +533,20 @@ class Probe:
         self.client.loop_stop()
         self._looping = False
 
+    def drop_connection(self) -> None:
+        """Closes the socket without a DISCONNECT, as a client that lost its network (Paho's terminate); the
+        network thread is stopped after (it may take a second to notice)."""
+        sock = self.client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.client.loop_stop()
+        self._looping = False
+        if sock is not None:
+            sock.close()
+
     def disconnect(self, session_expiry: Optional[int] = None) -> None:
         """Sends DISCONNECT (MQTT 5: with this Session Expiry Interval) and waits for the socket to close."""
         properties = None
@@ -521,12 +577,12 @@ class Probe:
                 pass
 
 
-def note_qos(s: "Scenario", message: Message, published: int, subscribed: int) -> None:
-    """Notes a message delivered at another QoS than min(published, subscription) (MQTT 3.1.1 3.8.4,
-    MQTT 5 3.8.4): the Paho scenarios do not check it, but it is worth knowing."""
-    expected = min(published, subscribed)
+def note_qos(s: "Scenario", message: Message, published: int, granted: int) -> None:
+    """Notes a message delivered at another QoS than min(published, the subscription's granted QoS) (MQTT
+    3.1.1 3.8.4, MQTT 5 3.8.4): the Paho scenarios do not check it, but it is worth knowing."""
+    expected = min(published, granted)
     if message.qos != expected:
-        s.notes.append(f"QoS {published} publish to a QoS {subscribed} subscription delivered at QoS "
+        s.notes.append(f"QoS {published} publish to a subscription granted QoS {granted} delivered at QoS "
                        f"{message.qos}, not {expected}")
 
 
@@ -563,6 +619,16 @@ def connect_packet(version: str, client_id: bytes, clean: bool, protocol_name: b
     body = _string(protocol_name) + bytes([5 if version == V5 else 4, 0x02 if clean else 0x00])
     body += keepalive.to_bytes(2, "big") + (b"\x00" if version == V5 else b"") + _string(client_id)
     return b"\x10" + _remaining_length(len(body)) + body
+
+
+def publish_packet_v5(topic: bytes, payload: bytes, qos: int = 0, pkid: int = 0,
+                      topic_alias: Optional[int] = None) -> bytes:
+    """An MQTT 5 PUBLISH, with a Topic Alias property if given (paho-mqtt will not send alias 0, nor an
+    empty topic)."""
+    properties = b"" if topic_alias is None else b"\x23" + topic_alias.to_bytes(2, "big")
+    body = _string(topic) + (pkid.to_bytes(2, "big") if qos else b"")
+    body += _remaining_length(len(properties)) + properties + payload
+    return bytes([0x30 | (qos << 1)]) + _remaining_length(len(body)) + body
 
 
 class RawConnection:
@@ -629,6 +695,21 @@ class RawConnection:
             return f"packet type {first >> 4}", None
         return "CONNACK", body[1]
 
+    def disconnect_reason(self, timeout: float = STEP_TIMEOUT_S) -> Optional[int]:
+        """Reads until the server's DISCONNECT and returns its reason code; None when the connection closes
+        (or nothing comes in time) without one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                packet = self.read_packet(max(0.01, deadline - time.monotonic()))
+            except socket.timeout:
+                return None
+            if packet is None:
+                return None
+            first, body = packet
+            if first >> 4 == 14:
+                return body[0] if body else 0
+
     def closed_within(self, timeout: float = STEP_TIMEOUT_S) -> tuple[bool, list[int]]:
         """Whether the peer closes the connection within `timeout`; also the packet types it sent first."""
         deadline = time.monotonic() + timeout
@@ -692,7 +773,7 @@ def scenario_basic(s: Scenario) -> None:
     a.disconnect()
     a, ack = s.connect(CLIENT_A)
     check(not ack.session_present, "CONNACK of a clean session says session present")
-    a.subscribe_granted((TOPICS[0], 2))
+    granted = a.subscribe_granted((TOPICS[0], 2))[0]
     payloads = [unique(f"qos {qos}") for qos in range(3)]
     for qos, payload in enumerate(payloads):
         a.publish(TOPICS[0], payload, qos)
@@ -701,7 +782,7 @@ def scenario_basic(s: Scenario) -> None:
     for qos, payload in enumerate(payloads):
         copies = [m for m in got if m.payload == payload]
         check(len(copies) == 1, f"the QoS {qos} message arrived {len(copies)} times: {describe(copies)}")
-        note_qos(s, copies[0], qos, 2)
+        note_qos(s, copies[0], qos, granted)
     a.disconnect()
 
     with RawConnection(s.broker.port) as raw:
@@ -730,14 +811,14 @@ def scenario_retained(s: Scenario) -> None:
         for topic, qos in retained:
             payloads[topic] = unique(f"retained qos {qos}")
             a.publish(topic, payloads[topic], qos, retain=True)
-        a.subscribe_granted((WILDTOPICS[5], 2))
+        granted = a.subscribe_granted((WILDTOPICS[5], 2))[0]
         a.wait_payloads(*payloads.values(), what="the three retained messages on subscribing to +/+")
         got = a.settle()
         for topic, qos in retained:
             copies = [m for m in got if m.topic == topic]
             check(len(copies) == 1, f"{topic}: {len(copies)} retained messages: {describe(copies)}")
             check(copies[0].retain, f"{topic}: the retained message arrived without the retain flag")
-            note_qos(s, copies[0], qos, 2)
+            note_qos(s, copies[0], qos, granted)
         a.disconnect()
 
         a, _ = s.connect(CLIENT_A, clean=True)
@@ -788,7 +869,7 @@ def scenario_offline_queueing(s: Scenario) -> None:
     while it was away (QoS 0 ones too, optionally), each once."""
     # 3.1.1: clean session 0. MQTT 5 (as the Paho suite): clean start 1 with a Session Expiry Interval.
     a, _ = s.connect(CLIENT_A, clean=s.v5, session_expiry=99999 if s.v5 else None)
-    a.subscribe_granted((WILDTOPICS[5], 2))
+    granted = a.subscribe_granted((WILDTOPICS[5], 2))[0]
     a.disconnect()
 
     b, ack = s.connect(CLIENT_B, clean=True)
@@ -809,7 +890,7 @@ def scenario_offline_queueing(s: Scenario) -> None:
         copies = [m for m in got if m.payload == payload]
         check(len(copies) <= 1, f"the QoS {qos} message arrived {len(copies)} times: {describe(copies)}")
         if copies:
-            note_qos(s, copies[0], qos, 2)
+            note_qos(s, copies[0], qos, granted)
     s.notes.append("QoS 0 queued" if any(m.payload == payloads[0] for m in got) else "QoS 0 not queued")
     a.disconnect()
 
@@ -838,7 +919,7 @@ def scenario_keepalive(s: Scenario) -> None:
     """A client with a keep-alive of KEEPALIVE_S seconds that goes silent (no PINGREQ) is disconnected by
     the broker within 1.5 times that, and its will is published."""
     b, _ = s.connect(CLIENT_B, keepalive=0)
-    b.subscribe_granted((TOPICS[4], 2))
+    granted = b.subscribe_granted((TOPICS[4], 2))[0]
     will = unique("keepalive expiry")
     a, ack = s.connect(CLIENT_A, keepalive=KEEPALIVE_S, will=(TOPICS[4], will))
     keepalive = KEEPALIVE_S
@@ -854,7 +935,7 @@ def scenario_keepalive(s: Scenario) -> None:
     s.notes.append(f"will after {took:.1f} s" + (f", later than 1.5 x {keepalive} s" if late else ""))
     copies = [m for m in b.settle(topic=TOPICS[4]) if m.payload == will]
     check(len(copies) == 1, f"the will arrived {len(copies)} times")
-    note_qos(s, copies[0], 0, 2)
+    note_qos(s, copies[0], 0, granted)
     b.disconnect()
 
 
@@ -863,7 +944,7 @@ def scenario_redelivery(s: Scenario) -> None:
     a QoS 2 delivery incomplete gets both again when it reconnects, each once."""
     expiry = 99999 if s.v5 else None
     b, _ = s.connect(CLIENT_B, clean=False, session_expiry=expiry)
-    b.subscribe_granted((WILDTOPICS[6], 2))
+    granted = b.subscribe_granted((WILDTOPICS[6], 2))[0]
     b.pause()
     payloads = [unique("redelivery qos 1"), unique("redelivery qos 2")]
     b.publish(TOPICS[1], payloads[0], 1)
@@ -884,7 +965,7 @@ def scenario_redelivery(s: Scenario) -> None:
     for payload, qos in zip(payloads, (1, 2)):
         copies = [m for m in got if m.payload == payload]
         check(len(copies) == 1, f"the QoS {qos} message arrived {len(copies)} times: {describe(copies)}")
-        note_qos(s, copies[0], qos, 2)
+        note_qos(s, copies[0], qos, granted)
     b.disconnect()
 
 
@@ -927,7 +1008,7 @@ def scenario_unsubscribe(s: Scenario) -> None:
     is published to TopicA/B and Topic/C, but not to TopicA."""
     b, _ = s.connect(CLIENT_B)
     for topic in TOPICS[:3]:
-        b.subscribe_granted((topic, 2))
+        granted = b.subscribe_granted((topic, 2))[0]
     b.unsubscribe(TOPICS[0])
     a, _ = s.connect(CLIENT_A)
     payloads = {topic: unique(f"unsubscribe {topic}") for topic in TOPICS[:3]}
@@ -937,7 +1018,7 @@ def scenario_unsubscribe(s: Scenario) -> None:
     got = [m for m in b.settle(publisher=a, topic=TOPICS[2]) if m.payload in payloads.values()]
     check(sorted(m.topic for m in got) == sorted(TOPICS[1:3]),
           f"expected one message each on TopicA/B and Topic/C, got {describe(got)}")
-    note_qos(s, got[0], 1, 2)
+    note_qos(s, got[0], 1, granted)
     a.disconnect()
     b.disconnect()
 
@@ -980,6 +1061,411 @@ def scenario_session_expiry(s: Scenario) -> None:
     a.disconnect()
 
 
+def scenario_subscribe_options(s: Scenario) -> None:
+    """MQTT 5 subscription options (client_test5's test_subscribe_options): No Local (a publisher does not
+    get its own message back), Retain As Published (a live message keeps its retain flag), Retain Handling
+    0 (retained messages on every SUBSCRIBE), 1 (only on a new subscription) and 2 (never)."""
+    a, _ = s.connect(CLIENT_A)
+    b, _ = s.connect(CLIENT_B)
+    for probe in (a, b):
+        probe.subscribe_options(TOPICS[0], qos=2, noLocal=True)
+    payload = unique("noLocal")
+    a.publish(TOPICS[0], payload, 1)
+    b.wait_payloads(payload, what="the other client's message on a noLocal subscription")
+    own = [m for m in a.settle(publisher=b, topic=TOPICS[0]) if m.payload == payload]
+    check(not own, f"noLocal: the publisher got its own message back: {describe(own)}")
+    a.disconnect()
+    b.disconnect()
+
+    a, _ = s.connect(CLIENT_A)
+    try:
+        a.subscribe_options(TOPICS[0], qos=2, retainAsPublished=True)
+        plain, retained = unique("retain as published false"), unique("retain as published true")
+        a.publish(TOPICS[0], plain, 1, retain=False)
+        a.publish(TOPICS[0], retained, 1, retain=True)
+        got = {m.payload: m.retain for m in a.wait_payloads(plain, retained, what="both messages")}
+        check(got[plain] is False and got[retained] is True,
+              f"retainAsPublished: retain flags {got[plain]} and {got[retained]}, expected False and True")
+        a.disconnect()
+
+        retained_messages = [(TOPICS[1], 0), (TOPICS[2], 1), (TOPICS[3], 2)]
+        a, _ = s.connect(CLIENT_A)
+        payloads = {topic: unique(f"retain handling qos {qos}") for topic, qos in retained_messages}
+        for topic, qos in retained_messages:
+            a.publish(topic, payloads[topic], qos, retain=True)
+
+        def after_subscribing(probe: Probe, handling: int) -> list[Message]:
+            probe.forget_messages()
+            granted = probe.subscribe_options(WILDTOPICS[5], qos=2, retainHandling=handling)
+            got = [m for m in probe.settle() if m.payload in payloads.values()]
+            for m in got:
+                check(m.retain, f"retainHandling {handling}: {m.topic} arrived without the retain flag")
+                note_qos(s, m, dict(retained_messages)[m.topic], granted)
+            return got
+
+        for handling, connection, expected in ((1, a, 3), (1, a, 0), (2, None, 0), (2, "same", 0),
+                                               (0, None, 3), (0, "same", 3)):
+            if connection is None:
+                a.disconnect()
+                a, _ = s.connect(CLIENT_A)
+            got = after_subscribing(a, handling)
+            check(len(got) == expected, f"retainHandling {handling}: {len(got)} retained messages on "
+                                        f"subscribing, expected {expected}: {describe(got)}")
+        a.disconnect()
+    finally:
+        clear_retained(s, [TOPICS[0], TOPICS[1], TOPICS[2], TOPICS[3]])
+
+
+def scenario_maximum_packet_size(s: Scenario) -> None:
+    """MQTT 5 Maximum Packet Size set by the client (client_test5's test_maximum_packet_size): with 64
+    bytes, a message that fits arrives, a larger one is not sent (nor anything else in its place)."""
+    a, _ = s.connect(CLIENT_A, properties={"MaximumPacketSize": 64})
+    a.subscribe_granted((TOPICS[0], 2))
+    small, large = b"." * 32, b"," * 64
+    a.publish(TOPICS[0], small, 0)
+    a.wait_payloads(small, what="the message that fits in 64 bytes")
+    a.publish(TOPICS[0], large, 1)
+    got = [m for m in a.settle(topic=TOPICS[0]) if m.payload == large]
+    check(not got, f"a PUBLISH larger than the client's Maximum Packet Size was sent: {describe(got)}")
+    a.disconnect()
+
+
+def scenario_flow_control(s: Scenario) -> None:
+    """MQTT 5 Receive Maximum of the server (client_test5's test_flow_control2): a client that sends one QoS 2
+    publish more than the CONNACK's Receive Maximum, none completed, gets DISCONNECT 0x93."""
+    a, ack = s.connect(CLIENT_A)
+    receive_maximum = getattr(ack.properties, "ReceiveMaximum", 65535)
+    a.disconnect()
+    with RawConnection(s.broker.port) as raw:
+        raw.send(connect_packet(s.version, CLIENT_A.encode(), clean=True))
+        outcome, code = raw.outcome_of_connect()
+        check(outcome == "CONNACK" and code == 0, f"raw CONNECT: expected CONNACK 0, got {said(outcome, code)}")
+        raw.send(b"".join(publish_packet_v5(TOPICS[0].encode(), b"flow control", qos=2, pkid=pkid)
+                          for pkid in range(1, receive_maximum + 2)))
+        reason = raw.disconnect_reason(timeout=max(STEP_TIMEOUT_S, receive_maximum / 50))
+        seen = "no DISCONNECT" if reason is None else f"DISCONNECT 0x{reason:02x}"
+        check(reason == 0x93, f"{receive_maximum + 1} QoS 2 publishes with a Receive Maximum of "
+                              f"{receive_maximum}: {seen}, expected DISCONNECT 0x93")
+
+
+def scenario_client_topic_alias(s: Scenario) -> None:
+    """MQTT 5 topic aliases sent by the client (client_test5's test_client_topic_alias): alias 0 ends the
+    connection; within the CONNACK's Topic Alias Maximum a PUBLISH with a topic sets an alias and one
+    with an empty topic uses it; aliases end with the connection."""
+    with RawConnection(s.broker.port) as raw:
+        raw.send(connect_packet(s.version, CLIENT_A.encode(), clean=True))
+        raw.outcome_of_connect()
+        raw.send(publish_packet_v5(TOPICS[0].encode(), b"topic alias 0", qos=1, pkid=1, topic_alias=0))
+        closed, seen = raw.closed_within()
+        check(closed and 4 not in seen, f"topic alias 0 was accepted (packets after it: {seen})")
+    a, ack = s.connect(CLIENT_A)
+    maximum = getattr(ack.properties, "TopicAliasMaximum", 0)
+    a.disconnect()
+    if maximum == 0:
+        s.notes.append("no topic aliases offered")
+        return
+    b, _ = s.connect(CLIENT_B)
+    b.subscribe_granted((TOPICS[0], 2))
+    named, aliased = unique("topic alias 1"), unique("topic alias 2")
+    with RawConnection(s.broker.port) as raw:
+        raw.send(connect_packet(s.version, CLIENT_A.encode(), clean=True))
+        raw.outcome_of_connect()
+        raw.send(publish_packet_v5(TOPICS[0].encode(), named, topic_alias=1))
+        raw.send(publish_packet_v5(b"", aliased, topic_alias=1))
+        got = b.wait_payloads(named, aliased, what="the messages published with a topic alias")
+        check(all(m.topic == TOPICS[0] for m in got if m.payload in (named, aliased)),
+              f"aliased messages on the wrong topic: {describe(got)}")
+    with RawConnection(s.broker.port) as raw:
+        raw.send(connect_packet(s.version, CLIENT_A.encode(), clean=False))
+        raw.outcome_of_connect()
+        raw.send(publish_packet_v5(b"", unique("topic alias 4"), topic_alias=1))
+        closed, seen = raw.closed_within()
+        check(closed, "an alias of an earlier connection was accepted (the connection stayed open)")
+    b.disconnect()
+
+
+def scenario_will_delay(s: Scenario) -> None:
+    """MQTT 5 Will Delay Interval (client_test5's test_will_delay): a client whose connection drops gets its
+    will published after the delay or when its session ends, whichever comes first: delay 3 s and session
+    expiry 5 s, after about 3 s (the suite allows 4 +- 1 s); delay 5 s and expiry 0, at once; delay 5 s
+    and expiry 2 s, after about 2 s (the suite: 3 +- 1 s)."""
+    b, _ = s.connect(CLIENT_B)
+    b.subscribe_granted((TOPICS[0], 2))
+    for delay, expiry, expected, margin in ((3, 5, 4, 1), (5, 0, 1, 1), (5, 2, 3, 1)):
+        will = unique(f"will delay {delay} expiry {expiry}")
+        a, ack = s.connect(CLIENT_A, session_expiry=expiry, will=(TOPICS[0], will),
+                           will_properties={"WillDelayInterval": delay})
+        b.forget_messages()
+        lost = time.monotonic()
+        threading.Thread(target=a.drop_connection, daemon=True).start()
+        b.wait_payloads(will, timeout=expected + margin + STEP_TIMEOUT_S,
+                        what=f"the will (delay {delay} s, session expiry {expiry} s)")
+        took = time.monotonic() - lost
+        s.notes.append(f"will after {took:.1f} s (delay {delay}, expiry {expiry})")
+        check(abs(took - expected) <= margin, f"delay {delay} s, session expiry {expiry} s: the will came "
+                                              f"after {took:.1f} s, expected {expected} +- {margin} s")
+        a, _ = s.connect(CLIENT_A, session_expiry=0)
+        a.disconnect()
+    b.disconnect()
+
+
+def scenario_assigned_client_id(s: Scenario) -> None:
+    """MQTT 5 (client_test5's test_assigned_clientid): a CONNECT with an empty client id and clean start is
+    accepted, and the CONNACK's Assigned Client Identifier says the id the server gave it."""
+    probe, ack = s.connect("", clean=True)
+    assigned = getattr(ack.properties, "AssignedClientIdentifier", "")
+    check(assigned != "", "CONNACK without an Assigned Client Identifier")
+    s.notes.append(f"assigned {assigned[:5]}...")
+    probe.disconnect()
+
+
+def scenario_clean_retained(s: Scenario) -> None:
+    """client_test5's cleanup (cleanRetained): a client whose id has a space, "clean retained", subscribes
+    to # and clears the retained messages it is sent with empty retained publishes."""
+    setter, _ = s.connect(CLIENT_B)
+    payload = unique("left behind")
+    setter.publish(TOPICS[1], payload, 1, retain=True)
+    setter.disconnect()
+    cleaner, _ = s.connect("clean retained")
+    cleaner.subscribe_granted(("#", 0))
+    got = cleaner.wait_payloads(payload, what="the retained message, on subscribing to #")
+    for message in got:
+        if message.retain:
+            cleaner.publish(message.topic, b"", 0, retain=True)
+    cleaner.forget_messages()
+    cleaner.subscribe_granted((TOPICS[1], 0))
+    left = [m for m in cleaner.settle(topic=MARKER_TOPIC) if m.payload == payload]
+    check(not left, f"the retained message is still there after clearing it: {describe(left)}")
+    cleaner.disconnect()
+
+
+def publish_properties(**values) -> Properties:
+    """PUBLISH properties by paho's names (UserProperty takes a list of pairs)."""
+    properties = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        if name == "UserProperty":
+            for pair in value:
+                properties.UserProperty = pair
+        else:
+            setattr(properties, name, value)
+    return properties
+
+
+def scenario_properties(s: Scenario, values: dict, check_received: Callable[[Properties], Optional[str]]) -> None:
+    """client_test5's test_user_properties and test_payload_format: a client subscribed to TopicA (QoS 2)
+    publishes to it at QoS 0, 1 and 2 with these properties; each message arrives with them, at the lower
+    of its QoS and the granted one."""
+    a, _ = s.connect(CLIENT_A)
+    granted = a.subscribe_granted((TOPICS[0], 2))[0]
+    payloads = [unique(f"properties qos {qos}") for qos in range(3)]
+    for qos, payload in enumerate(payloads):
+        a.publish(TOPICS[0], payload, qos, properties=publish_properties(**values))
+    got = {m.payload: m for m in a.wait_payloads(*payloads, what="the three messages")}
+    for qos, payload in enumerate(payloads):
+        message = got[payload]
+        check(message.properties is not None, f"QoS {qos}: no properties")
+        problem = check_received(message.properties)
+        check(problem is None, f"QoS {qos}: {problem}")
+        check(message.qos == min(qos, granted), f"QoS {qos} publish to a subscription granted {granted} "
+                                                 f"arrived at QoS {message.qos}")
+    a.disconnect()
+
+
+def scenario_user_properties(s: Scenario) -> None:
+    pairs = [("a", "2"), ("c", "3")]
+
+    def received(properties: Properties) -> Optional[str]:
+        got = getattr(properties, "UserProperty", [])
+        return None if sorted(got) == pairs else f"user properties {got}, expected {pairs}"
+    scenario_properties(s, {"UserProperty": pairs}, received)
+
+
+def scenario_payload_format(s: Scenario) -> None:
+    def received(properties: Properties) -> Optional[str]:
+        got = (getattr(properties, "PayloadFormatIndicator", None), getattr(properties, "ContentType", None))
+        return None if got == (1, "My name") else f"payload format and content type {got}, expected (1, 'My name')"
+    scenario_properties(s, {"PayloadFormatIndicator": 1, "ContentType": "My name"}, received)
+
+
+def scenario_publication_expiry(s: Scenario) -> None:
+    """client_test5's test_publication_expiry: messages published while a persistent session is away, with
+    a Message Expiry Interval of 1 s and of 6 s: after 3 s, the session gets only the 6 s ones, each with
+    less than 6 s left."""
+    b, _ = s.connect(CLIENT_B, session_expiry=99999)
+    b.subscribe_granted((TOPICS[0], 2))
+    b.disconnect(session_expiry=999999999)
+    a, _ = s.connect(CLIENT_A)
+    expire = [unique("qos 1 - expire"), unique("qos 2 - expire")]
+    stay = [unique("qos 1 - don't expire"), unique("qos 2 - don't expire")]
+    for payloads, interval in ((expire, 1), (stay, 6)):
+        for qos, payload in zip((1, 2), payloads):
+            a.publish(TOPICS[0], payload, qos, properties=publish_properties(MessageExpiryInterval=interval))
+    a.disconnect()
+    time.sleep(3)  # the subject of the test: past the first messages' expiry
+    b, _ = s.connect(CLIENT_B, clean=False, session_expiry=99999)
+    b.wait_payloads(*stay, what="the messages that had not expired")
+    a, _ = s.connect(CLIENT_A)
+    got = [m for m in b.settle(publisher=a, topic=TOPICS[0]) if m.payload in expire + stay]
+    check(not [m for m in got if m.payload in expire], f"expired messages were delivered: {describe(got)}")
+    for m in got:
+        left = getattr(m.properties, "MessageExpiryInterval", None)
+        check(left is not None and left < 6, f"{m.payload!r}: Message Expiry Interval {left}, expected < 6")
+    a.disconnect()
+    b.disconnect(session_expiry=0)
+
+
+def scenario_request_response(s: Scenario) -> None:
+    """client_test5's test_request_response: a request with a Response Topic and Correlation Data arrives
+    with both; the responder publishes its response there, with the request's properties, and the
+    requester gets it (both subscribed with noLocal)."""
+    a, _ = s.connect(CLIENT_A)
+    b, _ = s.connect(CLIENT_B)
+    for probe in (a, b):
+        probe.subscribe_options(TOPICS[0], qos=2, noLocal=True)
+    request = unique("request")
+    a.publish(TOPICS[0], request, 1, properties=publish_properties(ResponseTopic=TOPICS[0],
+                                                                   CorrelationData=b"334"))
+    got = [m for m in b.wait_payloads(request, what="the request") if m.payload == request][0]
+    props = got.properties
+    check(getattr(props, "ResponseTopic", None) == TOPICS[0] and getattr(props, "CorrelationData", None) == b"334",
+          f"the request arrived with Response Topic {getattr(props, 'ResponseTopic', None)!r} and Correlation "
+          f"Data {getattr(props, 'CorrelationData', None)!r}")
+    response = unique("response")
+    reply = publish_properties(CorrelationData=props.CorrelationData)
+    b.publish(props.ResponseTopic, response, 1, properties=reply)
+    answer = [m for m in a.wait_payloads(response, what="the response") if m.payload == response][0]
+    check(getattr(answer.properties, "CorrelationData", None) == b"334", "the response lost its Correlation Data")
+    a.disconnect()
+    b.disconnect()
+
+
+def scenario_shared_subscriptions(s: Scenario) -> None:
+    """client_test5's test_shared_subscriptions: two clients subscribed to $share/sharename/x and to TopicA
+    each get a message on TopicA, and only one of them a message on x."""
+    a, _ = s.connect(CLIENT_A)
+    b, _ = s.connect(CLIENT_B)
+    for probe in (a, b):
+        probe.subscribe_granted(("$share/sharename/x", 2), (TOPICS[0], 2))
+    everyone = unique("to both")
+    b.publish(TOPICS[0], everyone, 0)
+    for probe in (a, b):
+        probe.wait_payloads(everyone, what="the message on TopicA")
+    shared = unique("to one")
+    b.publish("x", shared, 1)
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while time.monotonic() < deadline and not any(m.payload == shared for p in (a, b) for m in p.messages):
+        time.sleep(0.05)
+    a.settle(publisher=b, topic=TOPICS[0])
+    copies = [m for p in (a, b) for m in p.messages if m.payload == shared]
+    check(len(copies) == 1, f"the message on the shared subscription arrived {len(copies)} times")
+    a.disconnect()
+    b.disconnect()
+
+
+def scenario_server_keep_alive(s: Scenario) -> None:
+    """client_test5's test_server_keep_alive, for a keep-alive above what the broker allows: the suite's
+    broker is configured with a most of 60 s and asked for 120; here 3600 s is asked of the broker as it
+    is configured, and the CONNACK must say what it gives instead (Server Keep Alive)."""
+    a, ack = s.connect(CLIENT_A, keepalive=3600)
+    given = getattr(ack.properties, "ServerKeepAlive", None)
+    check(given is not None and given < 3600, f"keep-alive 3600 s asked: Server Keep Alive {given}")
+    s.notes.append(f"server keep-alive {given} s")
+    a.disconnect()
+
+
+def scenario_client_receive_maximum(s: Scenario) -> None:
+    """client_test5's test_flow_control1: a client with a Receive Maximum of 2, subscribed to TopicA,
+    publishes three QoS 1 messages there and acknowledges none of what it gets: all three PUBACKs come,
+    and two PUBLISHes, not the third, until it acknowledges the first."""
+    properties = b"\x21" + (2).to_bytes(2, "big")  # Receive Maximum 2
+    body = _string(b"MQTT") + bytes([5, 0x02]) + (60).to_bytes(2, "big")
+    body += _remaining_length(len(properties)) + properties + _string(CLIENT_A.encode())
+    with RawConnection(s.broker.port) as raw:
+        raw.send(b"\x10" + _remaining_length(len(body)) + body)
+        outcome, code = raw.outcome_of_connect()
+        check(outcome == "CONNACK" and code == 0, f"raw CONNECT: expected CONNACK 0, got {said(outcome, code)}")
+        subscribe = (1).to_bytes(2, "big") + b"\x00" + _string(TOPICS[0].encode()) + b"\x02"
+        raw.send(b"\x82" + _remaining_length(len(subscribe)) + subscribe)
+        packet = raw.read_packet()
+        check(packet is not None and packet[0] >> 4 == 9, f"SUBACK expected, got {packet}")
+        raw.send(b"".join(publish_packet_v5(TOPICS[0].encode(), unique(f"flow {i}"), qos=1, pkid=i)
+                          for i in (1, 2, 3)))
+        publishes, acks = [], 0
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while (acks < 3 or len(publishes) < 2) and time.monotonic() < deadline:
+            packet = raw.read_packet(max(0.01, deadline - time.monotonic()))
+            check(packet is not None, "the connection closed")
+            if packet[0] >> 4 == 3:
+                publishes.append(packet)
+            elif packet[0] >> 4 == 4:
+                acks += 1
+        check(acks == 3 and len(publishes) == 2, f"{acks} PUBACKs and {len(publishes)} PUBLISHes, "
+                                                  "expected 3 and 2")
+        try:
+            extra = raw.read_packet(timeout=1.0)  # the subject: nothing more within a second
+        except socket.timeout:
+            extra = None
+        check(extra is None, f"a third PUBLISH beyond the Receive Maximum of 2: {extra}")
+        first = publishes[0][1]
+        topic_length = int.from_bytes(first[:2], "big")
+        pkid = first[2 + topic_length:4 + topic_length]
+        raw.send(b"\x40\x02" + pkid)
+        packet = raw.read_packet()
+        check(packet is not None and packet[0] >> 4 == 3, f"the third PUBLISH after the PUBACK: got {packet}")
+
+
+def scenario_subscription_identifiers(s: Scenario) -> None:
+    """client_test5's test_subscribe_identifiers: a message carries the Subscription Identifier of the
+    subscription it came for. With two of a client's subscriptions matching (ids 2 and 3), the suite
+    expects one copy with both; MQTT 5 §3.3.4 allows one copy per subscription too, each with its own id,
+    which is what rumqttd's router sends: either is a pass."""
+    a, _ = s.connect(CLIENT_A)
+    a.subscribe_options(TOPICS[0], identifier=456789, qos=2)
+    b, _ = s.connect(CLIENT_B)
+    b.subscribe_options(TOPICS[0], identifier=2, qos=2)
+    b.subscribe_options(TOPICS[0] + "/#", identifier=3, qos=2)
+    payload = unique("sub identifier test")
+    b.publish(TOPICS[0], payload, 1)
+    got = [m for m in a.wait_payloads(payload, what="the message") if m.payload == payload]
+    ids = getattr(got[0].properties, "SubscriptionIdentifier", None)
+    check(ids == [456789], f"Subscription Identifier {ids}, expected [456789]")
+    b.wait_payloads(payload, what="the message")
+    copies = [m for m in b.settle(publisher=a, topic=TOPICS[0]) if m.payload == payload]
+    seen = sorted(sorted(getattr(m.properties, "SubscriptionIdentifier", [])) for m in copies)
+    check(seen in ([[2, 3]], [[2], [3]]), f"copies with Subscription Identifiers {seen}: expected one copy "
+                                          "with [2, 3], or one per subscription with [2] and [3]")
+    s.notes.append("one copy per subscription" if len(copies) == 2 else "one copy")
+    a.disconnect()
+    b.disconnect()
+
+
+def scenario_server_topic_alias(s: Scenario) -> None:
+    """client_test5's test_server_topic_alias: a client with a Topic Alias Maximum of 1 gets its messages
+    on TopicA with an alias: the first with the topic too, the next ones with an empty topic; a client with
+    none gets no alias."""
+    a, _ = s.connect(CLIENT_A, properties={"TopicAliasMaximum": 1})
+    a.subscribe_granted((TOPICS[0], 2))
+    payloads = [unique(f"topic alias qos {qos}") for qos in range(3)]
+    for qos, payload in enumerate(payloads):
+        a.publish(TOPICS[0], payload, qos)
+    got = a.wait_messages(lambda ms: len([m for m in ms if m.payload in payloads]) == 3, "the three messages")
+    got = [m for m in got if m.payload in payloads]
+    aliases = [getattr(m.properties, "TopicAlias", None) for m in got]
+    check(aliases[0] is not None and aliases[0] > 0 and got[0].topic == TOPICS[0],
+          f"first message: topic {got[0].topic!r}, alias {aliases[0]}: expected {TOPICS[0]!r} with an alias")
+    check(aliases[1:] == [aliases[0]] * 2 and [m.topic for m in got[1:]] == ["", ""],
+          f"next messages: topics {[m.topic for m in got[1:]]}, aliases {aliases[1:]}: expected empty "
+          f"topics with alias {aliases[0]}")
+    a.disconnect()
+    a, _ = s.connect(CLIENT_A)
+    a.subscribe_granted((TOPICS[0], 2))
+    payload = unique("no topic alias")
+    a.publish(TOPICS[0], payload, 1)
+    got = [m for m in a.wait_payloads(payload, what="the message") if m.payload == payload]
+    check(getattr(got[0].properties, "TopicAlias", None) is None, "a topic alias for a client that takes none")
+    a.disconnect()
+
+
 SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
     V311: [
         ("basic", scenario_basic),
@@ -999,6 +1485,22 @@ SCENARIOS: dict[str, list[tuple[str, Callable[[Scenario], None]]]] = {
         ("session expiry", scenario_session_expiry),
         ("unsubscribe", scenario_unsubscribe),
         ("keep-alive", scenario_keepalive),
+        ("subscribe options", scenario_subscribe_options),
+        ("maximum packet size", scenario_maximum_packet_size),
+        ("flow control (server receive maximum)", scenario_flow_control),
+        ("flow control (client receive maximum)", scenario_client_receive_maximum),
+        ("client topic aliases", scenario_client_topic_alias),
+        ("will delay", scenario_will_delay),
+        ("assigned client id", scenario_assigned_client_id),
+        ("client id with a space (clean retained)", scenario_clean_retained),
+        ("user properties", scenario_user_properties),
+        ("payload format", scenario_payload_format),
+        ("publication expiry", scenario_publication_expiry),
+        ("request/response", scenario_request_response),
+        ("shared subscriptions", scenario_shared_subscriptions),
+        ("subscription identifiers", scenario_subscription_identifiers),
+        ("server keep-alive", scenario_server_keep_alive),
+        ("server topic aliases", scenario_server_topic_alias),
     ],
 }
 
@@ -1111,7 +1613,7 @@ def main() -> int:
 
     required_passed = required_failed = 0
     failures: list[str] = []
-    width = 27
+    width = max(27, *(len(name) for scenarios in SCENARIOS.values() for name, _ in scenarios))
     for version, scenarios in SCENARIOS.items():
         names = [name for name, _ in scenarios if selected(name)]
         if not names:

@@ -87,8 +87,16 @@ pub struct Operator {
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    Device { thing_name: String },
+    Device {
+        thing_name: String,
+    },
     Operator(Arc<Operator>),
+    /// An anonymous client on a loopback listener whose client id is not a thing name (a tool, a test
+    /// suite's helper such as Paho's `clean retained`): not a device, so no built-in rights at all; only
+    /// the topic rules whose `things` globs match its client id apply to it.
+    Client {
+        client_id: String,
+    },
 }
 
 /// Prefix of the control API's topics.
@@ -102,6 +110,7 @@ impl Principal {
         match self {
             Principal::Device { thing_name } => Identity::Device(thing_name.clone()),
             Principal::Operator(op) => Identity::Operator(op.username.clone()),
+            Principal::Client { client_id } => Identity::Client(client_id.clone()),
         }
     }
 
@@ -118,6 +127,7 @@ impl Principal {
                 .and_then(|rest| rest.strip_prefix(client_id))
                 .and_then(|rest| rest.strip_prefix('/'))
                 .is_some_and(|op| !op.is_empty() && !op.contains(['/', '+', '#'])),
+            Principal::Client { .. } => false,
         }
     }
 
@@ -138,6 +148,7 @@ impl Principal {
                     || filter.starts_with(PRESENCE_PREFIX)
                     || filter == "$aws/events/presence/#"
             }
+            Principal::Client { .. } => false,
         }
     }
 }
@@ -278,7 +289,23 @@ impl Authenticator {
 
     /// May `principal`, connected as `client_id`, subscribe to `filter`? By the built-in rules or because
     /// a single topic rule's subscribe pattern contains the whole filter.
+    ///
+    /// An MQTT 5 shared subscription, `$share/{group}/{filter}`, is granted as its filter is; never for a
+    /// `$` filter (only the gateway sends there, to the one client it is for).
     pub fn may_subscribe(&self, principal: &Principal, client_id: &str, filter: &str) -> bool {
+        if let Some(shared) = filter.strip_prefix("$share/") {
+            return match shared.split_once('/') {
+                Some((group, inner))
+                    if !group.is_empty()
+                        && !group.contains(['+', '#'])
+                        && !inner.is_empty()
+                        && !inner.starts_with('$') =>
+                {
+                    self.may_subscribe(principal, client_id, inner)
+                }
+                _ => false,
+            };
+        }
         principal.may_subscribe(client_id, filter)
             || self
                 .topic_rules
@@ -306,8 +333,14 @@ impl Authenticator {
             if !(on_loopback_listener && self.anonymous_devices_on_loopback) {
                 return Err(AuthError::PasswordRequired);
             }
-            if !is_thing_name(client_id) {
+            if client_id.is_empty() || client_id.contains(['+', '$', '#', '/', '~', '\0']) {
                 return Err(AuthError::InvalidClientId(client_id.to_owned()));
+            }
+            if !is_thing_name(client_id) {
+                // Not a device: a client with the topic rules' rights only (see `Principal::Client`).
+                return Ok(Principal::Client {
+                    client_id: client_id.to_owned(),
+                });
             }
             // A thing that has a password must use it, on loopback too.
             if self.accounts.contains_key(client_id) {
@@ -647,6 +680,19 @@ mod tests {
             auth.authenticate("a/b", None, None, true),
             Err(AuthError::InvalidClientId(_))
         ));
+        // Not a thing name: a client with no rights but those of the topic rules, on loopback only.
+        let tool = Principal::Client {
+            client_id: "clean retained".into(),
+        };
+        assert_eq!(
+            auth.authenticate("clean retained", None, None, true),
+            Ok(tool.clone())
+        );
+        assert!(!tool.may_publish("clean retained", "$aws/things/clean retained/jobs/get"));
+        assert_eq!(
+            auth.authenticate("clean retained", None, None, false),
+            Err(AuthError::PasswordRequired)
+        );
         assert!(matches!(
             auth.authenticate("cli", Some(LOCAL_OPERATOR_USERNAME), Some(b"pw"), false),
             Ok(Principal::Operator(_))

@@ -124,6 +124,8 @@ struct Subject<'a> {
     thing: Option<&'a str>,
     /// The operator's username; devices have none.
     operator: Option<&'a str>,
+    /// The client id of a client that is neither (`Principal::Client`), matched by the `things` globs.
+    other: Option<&'a str>,
     client_id: &'a str,
 }
 
@@ -133,11 +135,19 @@ impl<'a> Subject<'a> {
             Principal::Device { thing_name } => Subject {
                 thing: Some(thing_name),
                 operator: None,
+                other: None,
                 client_id,
             },
             Principal::Operator(operator) => Subject {
                 thing: None,
                 operator: Some(&operator.username),
+                other: None,
+                client_id,
+            },
+            Principal::Client { client_id: id } => Subject {
+                thing: None,
+                operator: None,
+                other: Some(id),
                 client_id,
             },
         }
@@ -189,9 +199,8 @@ impl TopicRule {
     }
 
     fn applies_to(&self, subject: &Subject) -> bool {
-        let to_thing = subject
-            .thing
-            .is_some_and(|thing| self.things.iter().any(|glob| glob.matches(thing)));
+        let to_thing = (subject.thing.or(subject.other))
+            .is_some_and(|name| self.things.iter().any(|glob| glob.matches(name)));
         let to_operator = subject
             .operator
             .is_some_and(|username| self.operators.contains(username));

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
+use rumqttd::protocol::PublishProperties;
 
 use crate::store::sessions::StoredMessage;
 
@@ -28,6 +29,7 @@ impl From<StoredMessage> for Waiting {
             payload: Bytes::from(stored.payload),
             reliable: stored.reliable,
             dup: stored.dup,
+            props: None,
         }
     }
 }
@@ -69,6 +71,9 @@ pub struct Waiting {
     pub reliable: bool,
     /// Sent before and not acknowledged: delivered again with the DUP flag.
     pub dup: bool,
+    /// A routed message's MQTT 5 properties, its `Origin` attached (for its expiry). Kept in memory only:
+    /// the store keeps topic and payload, so a restart loses them.
+    pub props: Option<Box<PublishProperties>>,
 }
 
 impl Waiting {
@@ -79,6 +84,7 @@ impl Waiting {
             payload,
             reliable: false,
             dup: false,
+            props: None,
         }
     }
 }

@@ -256,6 +256,12 @@ pub(crate) struct PacketWriter<W> {
     version: Version,
     /// How long one write may wait for a client that does not read; `None`: as long as it takes.
     stall: Option<Duration>,
+    /// The client's Maximum Packet Size (MQTT 5), if it set one.
+    max_packet: Option<usize>,
+    /// Server topic aliases (MQTT 5 §3.3.2.3.4): the client's Topic Alias Maximum, and the topics given
+    /// one so far, 1 up. The first topics written get one each and keep it; later ones go in full.
+    alias_max: u16,
+    aliases: std::collections::HashMap<Bytes, u16>,
 }
 
 impl<W: AsyncWrite + Unpin> PacketWriter<W> {
@@ -265,7 +271,71 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
             buf: BytesMut::with_capacity(INITIAL_BUFFER),
             version,
             stall: None,
+            max_packet: None,
+            alias_max: 0,
+            aliases: std::collections::HashMap::new(),
         }
+    }
+
+    /// From now on, PUBLISH topics are sent as aliases, up to `max` of them (the client's Topic Alias
+    /// Maximum; 0: none).
+    pub(crate) fn set_topic_alias_max(&mut self, max: u16) {
+        self.alias_max = if self.version == Version::V5 { max } else { 0 };
+    }
+
+    /// `publish` with its topic replaced by its alias, or given one (then returned, to keep once the
+    /// packet is written).
+    fn alias(
+        &self,
+        publish: &mut rumqttd::protocol::Publish,
+        props: &mut Option<rumqttd::protocol::PublishProperties>,
+    ) -> Option<(Bytes, u16)> {
+        if self.alias_max == 0 || publish.topic.is_empty() {
+            return None;
+        }
+        if let Some(&alias) = self.aliases.get(&publish.topic) {
+            props.get_or_insert_with(Default::default).topic_alias = Some(alias);
+            publish.topic = Bytes::new();
+            return None;
+        }
+        let next = u16::try_from(self.aliases.len() + 1).ok()?;
+        if next > self.alias_max {
+            return None;
+        }
+        props.get_or_insert_with(Default::default).topic_alias = Some(next);
+        Some((publish.topic.clone(), next))
+    }
+
+    /// From now on, PUBLISH packets larger than `max` bytes are not written (see
+    /// [`PacketWriter::encode_publish`]).
+    pub(crate) fn set_max_packet_size(&mut self, max: Option<usize>) {
+        self.max_packet = max;
+    }
+
+    /// Encodes a PUBLISH, unless it is larger than the client's Maximum Packet Size: MQTT 5 §3.1.2.11.4
+    /// says the server must not send it, and drops it as if it had been sent. False when dropped.
+    /// Its topic goes as an alias where the client allows them.
+    pub(crate) fn encode_publish(&mut self, packet: Packet) -> io::Result<bool> {
+        let (packet, new_alias) = match packet {
+            Packet::Publish(mut publish, mut props) => {
+                let new_alias = self.alias(&mut publish, &mut props);
+                (Packet::Publish(publish, props), new_alias)
+            }
+            other => (other, None),
+        };
+        let before = self.buf.len();
+        self.encode(packet)?;
+        if self
+            .max_packet
+            .is_some_and(|max| self.buf.len() - before > max)
+        {
+            self.buf.truncate(before);
+            return Ok(false);
+        }
+        if let Some((topic, alias)) = new_alias {
+            self.aliases.insert(topic, alias);
+        }
+        Ok(true)
     }
 
     /// The same writer, giving up (an error) on a write that waits longer than `stall` for the client.

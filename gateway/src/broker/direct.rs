@@ -29,6 +29,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::backlog::{Backlog, Keep, Limits, Waiting};
+use super::options::SubOptions;
 use super::topics::matches;
 use crate::auth::Identity;
 use crate::store::sessions::{StoredMessage, StoredSession};
@@ -128,6 +129,8 @@ struct Outlet {
     left_at: Option<Instant>,
     backlog: Backlog,
     filters: Vec<String>,
+    /// The MQTT 5 options of its routed filters (in memory: a restart gives them the defaults).
+    options: Vec<(String, SubOptions)>,
     /// [`Waiting`] messages, not `Packet`s: tokio allocates a queue's slots 32 at a time, and a `Packet` is
     /// five times the size (32 x 392 bytes per connection, mostly never written).
     queue: Option<mpsc::Sender<Waiting>>,
@@ -170,6 +173,8 @@ pub(crate) struct Resumed {
     pub filters: Option<Vec<String>>,
     /// What waited for it, oldest first: to be written before anything else.
     pub backlog: Vec<Waiting>,
+    /// The options of its routed filters (see `options`).
+    pub options: Vec<(String, SubOptions)>,
 }
 
 /// Prefix of the gateway's own event topics (presence), which [`Outlets::publish_event`] sends.
@@ -256,6 +261,7 @@ impl Outlets {
             Some(mut old) => Resumed {
                 filters: Some(old.filters.clone()),
                 backlog: old.backlog.take(),
+                options: std::mem::take(&mut old.options),
             },
             _ => Resumed::default(),
         };
@@ -266,6 +272,7 @@ impl Outlets {
             left_at: None,
             backlog: Backlog::default(),
             filters: resumed.filters.clone().unwrap_or_default(),
+            options: resumed.options.clone(),
             queue: Some(queue),
             dropped: 0,
         };
@@ -424,6 +431,7 @@ impl Outlets {
                 left_at: Some(now.checked_sub(away).unwrap_or(now)),
                 backlog: session.backlog.into_iter().map(Waiting::from).collect(),
                 filters: session.filters,
+                options: Vec::new(),
                 queue: None,
                 dropped: 0,
             };
@@ -496,6 +504,24 @@ impl Outlets {
         registry.update_watcher(client_id);
     }
 
+    /// The options connection `number` of `client_id` subscribed to routed `filter` with, kept with its
+    /// session.
+    pub(crate) fn set_options(
+        &self,
+        client_id: &str,
+        number: u64,
+        filter: &str,
+        options: SubOptions,
+    ) {
+        let mut registry = self.lock();
+        if let Some(outlet) = registry.connection(client_id, number) {
+            match outlet.options.iter_mut().find(|(f, _)| f == filter) {
+                Some((_, held)) => *held = options,
+                None => outlet.options.push((filter.to_owned(), options)),
+            }
+        }
+    }
+
     /// Filters connection `number` unsubscribed from.
     pub(crate) fn unsubscribe(&self, client_id: &str, number: u64, filters: &[String]) {
         let mut registry = self.lock();
@@ -505,6 +531,7 @@ impl Outlets {
             .filter(|o| o.number == number)
         {
             outlet.filters.retain(|f| !filters.contains(f));
+            outlet.options.retain(|(f, _)| !filters.contains(f));
             let persistent = outlet.expiry.is_some();
             registry.update_watcher(client_id);
             registry.touch(client_id, persistent);
@@ -637,6 +664,15 @@ impl Outlets {
     /// Messages dropped on full queues since the broker started.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// How many messages wait in `client_id`'s session for its client to come back.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self, client_id: &str) -> usize {
+        self.lock()
+            .outlets
+            .get(client_id)
+            .map_or(0, |o| o.backlog.iter().count())
     }
 
     /// The filters `client_id` holds now.

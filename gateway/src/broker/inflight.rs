@@ -5,11 +5,16 @@
 //! 1 to [`ROUTER_PKIDS`] (rumqttd 0.20: `MAX_INFLIGHT`), and wants their PUBACKs in that order; sprig's own
 //! QoS 1 deliveries (what waited for a resumed session) take the ids above, so the two never collide and a
 //! PUBACK is told apart by its id alone.
+//!
+//! The router wants its acknowledgements in the order it numbered its publishes, and sprig writes some of
+//! them at QoS 0 (a QoS 0 message on a QoS 1 subscription, see `origin`) or not at all (see `writer`):
+//! those are *settled* at once, a client's PUBACK marks its publish done, and [`Inflight::release`] gives
+//! the packet ids the router may be told of now: the leading run of done or settled ones, in order.
 
 use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rumqttd::protocol::Publish;
+use rumqttd::protocol::{Publish, PublishProperties};
 
 use super::backlog::Waiting;
 
@@ -31,6 +36,8 @@ pub(crate) enum Acked {
 struct Sent {
     pkid: u16,
     from_router: bool,
+    /// A router publish the client acknowledged, or one it owes nothing for: the router may be told.
+    done: bool,
     message: Waiting,
 }
 
@@ -42,19 +49,53 @@ pub(crate) struct Inflight {
 }
 
 impl Inflight {
-    /// A router publish written at QoS 1 with the router's `pkid`.
-    pub(crate) fn sent_by_router(&mut self, pkid: u16, topic: &str, payload: &Bytes) {
+    /// A router publish written at QoS 1 with the router's `pkid` (and its properties as routed).
+    pub(crate) fn sent_by_router(
+        &mut self,
+        pkid: u16,
+        topic: &str,
+        payload: &Bytes,
+        props: Option<PublishProperties>,
+    ) {
         let message = Waiting {
             topic: topic.to_owned(),
             payload: payload.clone(),
             reliable: true,
             dup: true,
+            props: props.map(Box::new),
         };
         self.sent.push_back(Sent {
             pkid,
             from_router: true,
+            done: false,
             message,
         });
+    }
+
+    /// A router publish with the router's `pkid` that the client owes no acknowledgement for (written at
+    /// QoS 0, or not written): done at once, released in its turn.
+    pub(crate) fn settled_by_router(&mut self, pkid: u16) {
+        self.sent.push_back(Sent {
+            pkid,
+            from_router: true,
+            done: true,
+            message: Waiting::direct("", Bytes::new()),
+        });
+    }
+
+    /// The router publishes it may be told are acknowledged now, in its order: the leading run of done
+    /// ones (own messages between them do not hold them up).
+    pub(crate) fn release(&mut self) -> Vec<u16> {
+        let mut released = Vec::new();
+        while let Some(i) = self.sent.iter().position(|s| s.from_router) {
+            if !self.sent[i].done {
+                break;
+            }
+            if let Some(sent) = self.sent.remove(i) {
+                released.push(sent.pkid);
+            }
+        }
+        released
     }
 
     /// Gives `message` a packet id of sprig's own and records it as sent; returns the id.
@@ -76,20 +117,28 @@ impl Inflight {
         self.sent.push_back(Sent {
             pkid,
             from_router: false,
+            done: false,
             message,
         });
         pkid
     }
 
-    /// The client acknowledged `pkid`.
+    /// QoS 1 publishes written and not acknowledged by the client (settled ones are not owed).
+    pub(crate) fn owed(&self) -> usize {
+        self.sent.iter().filter(|s| !s.done).count()
+    }
+
+    /// The client acknowledged `pkid`. A router publish is marked done (see [`Inflight::release`]).
     pub(crate) fn acknowledged(&mut self, pkid: u16) -> Acked {
-        let Some(i) = self.sent.iter().position(|s| s.pkid == pkid) else {
+        let Some(i) = self.sent.iter().position(|s| s.pkid == pkid && !s.done) else {
             return Acked::Unknown;
         };
-        match self.sent.remove(i) {
-            Some(sent) if sent.from_router => Acked::Router,
-            _ => Acked::Own,
+        if self.sent[i].from_router {
+            self.sent[i].done = true;
+            return Acked::Router;
         }
+        self.sent.remove(i);
+        Acked::Own
     }
 
     /// Everything still unacknowledged, oldest first: the router's packet ids (to acknowledge to it, in
@@ -99,11 +148,11 @@ impl Inflight {
         let messages = self
             .sent
             .drain(..)
-            .map(|sent| {
+            .filter_map(|sent| {
                 if sent.from_router {
                     router_pkids.push(sent.pkid);
                 }
-                sent.message
+                (!sent.done).then_some(sent.message)
             })
             .collect();
         (router_pkids, messages)
@@ -143,19 +192,22 @@ mod tests {
             payload: Bytes::from_static(b"p"),
             reliable: true,
             dup: false,
+            props: None,
         }
     }
 
     #[test]
     fn own_packet_ids_never_meet_the_routers_and_skip_those_in_use() {
         let mut inflight = Inflight::default();
-        inflight.sent_by_router(1, "a", &Bytes::new());
+        inflight.sent_by_router(1, "a", &Bytes::new(), None);
         let first = inflight.send_own(message("b"));
         assert_eq!(first, ROUTER_PKIDS + 1);
         inflight.last_own = u16::MAX;
         // Wraps to the first own id, which is still in flight: the next one.
         assert_eq!(inflight.send_own(message("c")), ROUTER_PKIDS + 2);
         assert_eq!(inflight.acknowledged(1), Acked::Router);
+        assert_eq!(inflight.acknowledged(1), Acked::Unknown);
+        assert_eq!(inflight.release(), [1]);
         assert_eq!(inflight.acknowledged(first), Acked::Own);
         assert_eq!(inflight.acknowledged(first), Acked::Unknown);
     }
@@ -163,15 +215,39 @@ mod tests {
     #[test]
     fn what_was_never_acknowledged_is_taken_in_order_marked_dup() {
         let mut inflight = Inflight::default();
-        inflight.sent_by_router(7, "r1", &Bytes::new());
+        inflight.sent_by_router(7, "r1", &Bytes::new(), None);
         inflight.send_own(message("own"));
-        inflight.sent_by_router(8, "r2", &Bytes::new());
+        inflight.sent_by_router(8, "r2", &Bytes::new(), None);
         inflight.acknowledged(7);
+        assert_eq!(inflight.release(), [7]);
         let (router, messages) = inflight.take();
         assert_eq!(router, [8]);
         let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
         assert_eq!(topics, ["own", "r2"]);
         assert!(messages.iter().all(|m| m.dup && m.reliable));
+    }
+
+    #[test]
+    fn the_router_is_told_in_its_order_and_settled_publishes_wait_their_turn() {
+        let mut inflight = Inflight::default();
+        inflight.sent_by_router(1, "a", &Bytes::new(), None);
+        inflight.settled_by_router(2);
+        inflight.send_own(message("own"));
+        inflight.sent_by_router(3, "b", &Bytes::new(), None);
+        assert_eq!(
+            inflight.release(),
+            Vec::<u16>::new(),
+            "1 is not acknowledged"
+        );
+        assert_eq!(inflight.acknowledged(3), Acked::Router);
+        assert_eq!(inflight.release(), Vec::<u16>::new(), "3 waits for 1");
+        inflight.acknowledged(1);
+        assert_eq!(inflight.release(), [1, 2, 3]);
+        inflight.settled_by_router(4);
+        assert_eq!(inflight.release(), [4]);
+        let (router, messages) = inflight.take();
+        assert!(router.is_empty());
+        assert_eq!(messages.len(), 1, "the own message is still owed");
     }
 
     #[test]

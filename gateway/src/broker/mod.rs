@@ -16,7 +16,8 @@
 //! client id: `direct` keeps each client id's session (owner, filters, expiry, what waits for it, written
 //! to the store), `parking` an absent session's router link, `inflight` what a connection wrote at QoS 1
 //! and is still owed; router links are always clean and named from a pool (`links`), not after client ids,
-//! which the router would remember for good.
+//! which the router would remember for good. What the router forgets of a message travels beside it
+//! (`origin`), and the connections deliver it as MQTT 3.1.1 and 5 say (`options`, `retained`, `wills`).
 
 mod admission;
 mod backlog;
@@ -26,9 +27,12 @@ mod direct;
 mod inflight;
 mod internal;
 mod links;
+mod options;
+mod origin;
 mod parking;
 mod presence;
 mod quota;
+mod retained;
 mod routed;
 mod sessions;
 pub mod skips;
@@ -36,6 +40,7 @@ mod taps;
 pub(crate) mod tls;
 mod topics;
 mod trim;
+mod wills;
 
 #[cfg(test)]
 mod tests;
@@ -141,6 +146,10 @@ pub(crate) struct Shared {
     taps: taps::Taps,
     /// The filters the router holds, capped (see `routed`).
     routed: routed::RoutedFilters,
+    /// The retained messages of routed topics (see `retained`).
+    retained: retained::Retained,
+    /// Last wills held back by their delay (see `wills`).
+    wills: wills::DelayedWills,
     /// Granted subscriptions, for [`Broker::subscriptions`]; sending without receivers costs nothing.
     subscriptions: broadcast::Sender<SubscribeEvent>,
     /// Presence events (topic, body), for [`Broker::presence_events`]; sending without receivers costs
@@ -290,6 +299,8 @@ impl Broker {
             trimmer: Arc::default(),
             taps: taps::Taps::default(),
             routed: routed::RoutedFilters::new(config.max_router_filters),
+            retained: retained::Retained::default(),
+            wills: wills::DelayedWills::default(),
             subscriptions: broadcast::channel(SUBSCRIPTION_EVENTS).0,
             presence: broadcast::channel(PRESENCE_EVENTS).0,
             password_checks: Arc::new(Semaphore::new(password_check_permits())),

@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::Subscribe;
-use rumqttd::protocol::{Filter, Packet, PubAck, PubAckReason, Publish, QoS, RetainForwardRule};
+use rumqttd::protocol::{
+    Filter, Packet, PubAck, PubAckReason, Publish, PublishProperties, QoS, RetainForwardRule,
+};
 use rumqttd::Notification;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -27,6 +29,7 @@ use super::backlog::Waiting;
 use super::inflight::qos_and_pkid;
 use super::internal::{disconnect_now, push_now};
 use super::links::LinkName;
+use super::origin::Origin;
 use super::routed::RoutedFilters;
 use super::topics::{served_directly, to_external, to_internal};
 use super::{stopped, Shared};
@@ -186,29 +189,41 @@ async fn hold(
             Err(_) => return None,
         };
         match Option::<Packet>::from(notification) {
-            Some(Packet::Publish(publish, _)) => keep(&shared, &client_id, &mut tx, publish).await,
+            Some(Packet::Publish(publish, props)) => {
+                keep(&shared, &client_id, &mut tx, publish, props).await
+            }
             Some(Packet::Disconnect(..)) => return None,
             _ => {}
         }
     }
 }
 
-/// A QoS 1 message for an absent client: into its session's backlog, then acknowledged to the router.
-async fn keep(shared: &Shared, client_id: &str, tx: &mut LinkTx, publish: Publish) {
+/// A QoS 1 message for an absent client: into its session's backlog, then acknowledged to the router. A
+/// QoS 0 one is not kept, also when its subscription is QoS 1 (the router forwards it at QoS 1, see
+/// `origin`), as mosquitto does not.
+async fn keep(
+    shared: &Shared,
+    client_id: &str,
+    tx: &mut LinkTx,
+    publish: Publish,
+    mut props: Option<PublishProperties>,
+) {
     let (qos, pkid) = qos_and_pkid(&publish);
     if qos == 0 {
         return;
     }
-    let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-        return;
-    };
-    let message = Waiting {
-        topic: to_external(topic).to_owned(),
-        payload: publish.payload,
-        reliable: true,
-        dup: false,
-    };
-    shared.outlets.keep(client_id, vec![message]);
+    // The origin stays with the properties: the message's expiry is counted from it on delivery.
+    let published_qos = (Origin::peek(&props)).map_or(qos, |o| o.qos);
+    if let (Ok(topic), true) = (std::str::from_utf8(&publish.topic), published_qos > 0) {
+        let message = Waiting {
+            topic: to_external(topic).to_owned(),
+            payload: publish.payload,
+            reliable: true,
+            dup: false,
+            props: props.take().map(Box::new),
+        };
+        shared.outlets.keep(client_id, vec![message]);
+    }
     let ack = PubAck {
         pkid,
         reason: PubAckReason::Success,

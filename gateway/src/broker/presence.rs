@@ -48,6 +48,7 @@ impl PresenceInfo {
         let principal = match principal {
             Principal::Device { thing_name } => thing_name.clone(),
             Principal::Operator(op) => op.username.clone(),
+            Principal::Client { client_id } => client_id.clone(),
         };
         PresenceInfo {
             client_id: client_id.to_owned(),

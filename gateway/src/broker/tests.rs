@@ -12,20 +12,29 @@ use super::*;
 use crate::auth::{LocalOperator, Principal, LOCAL_OPERATOR_USERNAME};
 use crate::config::Config;
 
+mod conformance;
+
 const WAIT: Duration = Duration::from_secs(2);
 
 async fn start() -> Arc<Broker> {
+    // Devices may use their own `state/{thing}/...` topics, which go through the router.
+    start_granting("state/${thing}/#", |_| {}).await
+}
+
+/// A broker whose one topic rule grants every device `pattern` to publish and subscribe, with the
+/// `[broker]` config as `edit` leaves it.
+async fn start_granting(pattern: &str, edit: impl FnOnce(&mut BrokerConfig)) -> Arc<Broker> {
     let mut config = Config::default();
     config.broker.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    // Devices may use their own `state/{thing}/...` topics, which go through the router.
+    edit(&mut config.broker);
     config
         .auth
         .topic_rules
         .push(crate::config::TopicRuleConfig {
             things: vec!["*".into()],
             operators: Vec::new(),
-            publish: vec!["state/${thing}/#".into()],
-            subscribe: vec!["state/${thing}/#".into()],
+            publish: vec![pattern.into()],
+            subscribe: vec![pattern.into()],
         });
     let local = LocalOperator {
         username: LOCAL_OPERATOR_USERNAME.into(),

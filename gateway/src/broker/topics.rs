@@ -24,10 +24,16 @@ pub(crate) fn is_reserved(external: &str) -> bool {
 }
 
 /// External topic or filter -> the router's form: `$aws/x` -> `~$aws/x`, `a/b` -> `~/a/b`, `#` -> `~/#`;
-/// `$share/g/f` -> `$share/g/` and the form of `f`.
+/// `$share/g/f` -> `$share/g~{hash of f}/` and the form of `f`: rumqttd 0.20 keeps one state (the
+/// cursor, the members) per group name, whatever the filter (`router/routing.rs`, `shared_subscriptions`),
+/// while MQTT 5 makes a shared subscription of the group and the filter together.
 pub(crate) fn to_internal(external: &str) -> String {
     if let Some(rest) = external.strip_prefix(SHARE_PREFIX) {
         if let Some((group, filter)) = rest.split_once('/') {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            filter.hash(&mut hasher);
+            let group = format!("{group}{MARKER}{:016x}", hasher.finish());
             return format!("{SHARE_PREFIX}{group}/{}", to_internal(filter));
         }
         return external.to_owned();
@@ -91,8 +97,14 @@ mod tests {
             assert!(!internal.starts_with('$'), "{internal}");
             assert_eq!(to_external(&internal), topic);
         }
-        assert_eq!(to_internal("$share/g/$aws/x"), "$share/g/~$aws/x");
-        assert_eq!(to_internal("$share/g/a/+"), "$share/g/~/a/+");
+        // One group name per (group, filter) inside the router.
+        let (one, other) = (to_internal("$share/g/a/+"), to_internal("$share/g/b"));
+        assert!(
+            one.starts_with("$share/g~") && one.ends_with("/~/a/+"),
+            "{one}"
+        );
+        assert_ne!(one.split('/').nth(1), other.split('/').nth(1));
+        assert_eq!(to_internal("$share/g/a/+"), one);
         assert!(is_reserved("~$aws/things/d1/jobs/notify"));
         assert!(!is_reserved("$aws/things/d1/jobs/notify"));
     }

@@ -22,6 +22,8 @@ use super::Result;
 pub enum Identity {
     Device(String),
     Operator(String),
+    /// An anonymous client whose client id is not a thing name (see `auth::Principal::Client`).
+    Client(String),
 }
 
 impl std::fmt::Display for Identity {
@@ -29,6 +31,7 @@ impl std::fmt::Display for Identity {
         match self {
             Identity::Device(thing) => write!(f, "device {thing}"),
             Identity::Operator(username) => write!(f, "operator {username}"),
+            Identity::Client(client_id) => write!(f, "client {client_id}"),
         }
     }
 }

@@ -91,6 +91,54 @@ pub fn publish(topic: &str, qos: u8, pkid: u16, payload: &[u8]) -> Vec<u8> {
     packet(0x30 | (qos << 1), &body)
 }
 
+/// Appends an MQTT 5 Variable Byte Integer.
+pub fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        out.push(if n > 0 { byte | 0x80 } else { byte });
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// Appends MQTT 5 properties (already encoded, one after the other) with their length before them.
+fn put_properties(out: &mut Vec<u8>, properties: &[u8]) {
+    put_varint(out, properties.len());
+    out.extend_from_slice(properties);
+}
+
+/// An anonymous MQTT 5 CONNECT: clean start, keep-alive 30 s, with these CONNECT properties (encoded,
+/// e.g. [`receive_maximum`]).
+pub fn connect_v5(client_id: &str, properties: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.extend_from_slice(&[5, 0x02, 0, 30]);
+    put_properties(&mut body, properties);
+    put_str(&mut body, client_id.as_bytes());
+    packet(0x10, &body)
+}
+
+/// An MQTT 5 PUBLISH with these properties (encoded, e.g. [`topic_alias`]); the packet id is written for
+/// QoS 1 and 2 only.
+pub fn publish_v5(topic: &str, qos: u8, pkid: u16, properties: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(topic.len() + payload.len() + 8);
+    put_str(&mut body, topic.as_bytes());
+    if qos > 0 {
+        body.extend_from_slice(&pkid.to_be_bytes());
+    }
+    put_properties(&mut body, properties);
+    body.extend_from_slice(payload);
+    packet(0x30 | (qos << 1), &body)
+}
+
+/// The MQTT 5 Topic Alias property (PUBLISH).
+pub fn topic_alias(alias: u16) -> Vec<u8> {
+    let [hi, lo] = alias.to_be_bytes();
+    vec![0x23, hi, lo]
+}
+
 /// (topic, QoS, packet id, payload) of a PUBLISH's fixed header byte and body; the packet id is 0 for
 /// QoS 0. `None` if the body is too short for what the header says.
 pub fn parse_publish(header: u8, body: &[u8]) -> Option<(&[u8], u8, u16, &[u8])> {

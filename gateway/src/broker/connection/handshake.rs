@@ -4,29 +4,32 @@
 //! waits on authentication (argon2 on a blocking thread, a few at a time) and the one that decides who the
 //! client is, which everything after only reads.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, Login, Packet,
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login,
+    Packet,
 };
 use rumqttd::Notification;
 use tokio::sync::mpsc;
 
-use super::{Client, LinkGuard, SessionGuard, SharedCopies, SharedInflight};
+use super::{Client, LastWords, LinkGuard, SessionGuard, SharedCopies, SharedInflight};
 use crate::auth::{AuthError, Principal, VerifiedCertificate};
 use crate::broker::admission::Slot;
 use crate::broker::codec::{PacketReader, PacketWriter, Version};
 use crate::broker::direct::{self, Resumed, SessionRequest};
 use crate::broker::internal::disconnect_now;
+use crate::broker::options::ConnectionOptions;
 use crate::broker::parking::{restore_filters, Link};
 use crate::broker::presence::PresenceInfo;
 use crate::broker::quota::PublishQuota;
 use crate::broker::routed::Deliverable;
 use crate::broker::topics::is_reserved;
+use crate::broker::wills::Will;
 use crate::broker::{ReadHalf, Shared, WriteHalf};
 use crate::config::BrokerConfig;
 
@@ -34,7 +37,14 @@ pub(super) struct ConnectRequest {
     pub(super) connect: Connect,
     /// MQTT 5's Session Expiry Interval (absent: 0, the session ends with the connection).
     pub(super) session_expiry_s: Option<u32>,
+    /// MQTT 5: the largest packet the client accepts.
+    pub(super) max_packet_size: Option<u32>,
+    /// MQTT 5: how many QoS 1 and 2 publishes the client takes unacknowledged (absent: 65535).
+    pub(super) receive_maximum: Option<u16>,
+    /// MQTT 5: how many topic aliases the client takes from the server (absent: none).
+    pub(super) topic_alias_max: Option<u16>,
     pub(super) will: Option<LastWill>,
+    pub(super) will_props: Option<LastWillProperties>,
     pub(super) login: Option<Login>,
     pub(super) peer: SocketAddr,
     /// The listener's address. Anonymous devices are allowed only on loopback listeners (decided by the
@@ -123,7 +133,7 @@ pub(super) async fn accept(
             return None;
         }
     };
-    if slot.is_reserved() && matches!(principal, Principal::Device { .. }) {
+    if slot.is_reserved() && !matches!(principal, Principal::Operator(_)) {
         let reason = "the remaining connections are kept for operators".to_owned();
         let _ = writer.send(refuse(Refusal::Unavailable, reason)).await;
         return None;
@@ -150,6 +160,8 @@ pub(super) async fn accept(
     let taken_over = shared
         .sessions
         .register(&client_id, number, principal.clone());
+    // MQTT 5: a will held back for the client id is cancelled (or sent, if the session it was for ends).
+    (shared.wills).connected(&client_id, request.connect.clean_session);
     let session = SessionGuard {
         shared: shared.clone(),
         client_id: client_id.clone(),
@@ -173,8 +185,12 @@ pub(super) async fn accept(
             p.session_expiry_interval = Some(granted_s);
         }
         p.assigned_client_identifier = assigned.then(|| client_id.clone());
-        // Clients must not use topic aliases: topics are authorized one by one, by name.
-        p.topic_alias_max = None;
+        // MQTT 5 §3.2.2.3.14: a keep-alive above the most sprig allows is answered with that most.
+        if request.connect.keep_alive > MAX_KEEP_ALIVE_S {
+            p.server_keep_alive = Some(MAX_KEEP_ALIVE_S);
+        }
+        // Topics are authorized by name: the reader resolves aliases first.
+        p.topic_alias_max = Some(super::TOPIC_ALIAS_MAX);
         p.max_packet_size = u32::try_from(shared.config.max_payload_size).ok();
         // How many unacknowledged QoS 1/2 publishes the client may send (0 would be a protocol error).
         p.receive_max = u16::try_from(shared.config.max_inflight_count)
@@ -182,6 +198,12 @@ pub(super) async fn accept(
             .filter(|n| *n > 0);
         p
     });
+    // MQTT 5 §3.1.2.11.4: nothing larger is sent to the client.
+    let most = request
+        .max_packet_size
+        .and_then(|n| usize::try_from(n).ok());
+    writer.set_max_packet_size(most);
+    writer.set_topic_alias_max(request.topic_alias_max.unwrap_or(0));
     if writer.send(Packet::ConnAck(ack, props)).await.is_err() {
         return None;
     }
@@ -198,20 +220,45 @@ pub(super) async fn accept(
     tracing::info!(client_id, %peer, principal = %presence.principal, "client connected");
     let (topic, body) = presence.event(None);
     shared.publish_presence(&topic, body);
+    let will = last_words(
+        shared,
+        &principal,
+        &client_id,
+        request.will,
+        request.will_props,
+    );
     let kind = match principal {
         Principal::Operator(_) => "operator",
         Principal::Device { .. } => "device",
+        Principal::Client { .. } => "client",
     };
     let client = Client {
         shared: shared.clone(),
         client_id,
         principal,
         version,
-        keep_alive: request.connect.keep_alive,
+        keep_alive: match version {
+            Version::V5 => request.connect.keep_alive.min(MAX_KEEP_ALIVE_S),
+            // A 3.1.1 client cannot be told: its keep-alive stands.
+            Version::V311 => request.connect.keep_alive,
+        },
         direct: Some(direct_rx),
         inflight: SharedInflight::default(),
+        settled: Arc::default(),
+        options: Arc::new(std::sync::Mutex::new(ConnectionOptions::resumed(
+            resumed.options.clone(),
+        ))),
+        receiving: Arc::default(),
+        window: Arc::default(),
+        receive_maximum: request
+            .receive_maximum
+            .filter(|n| *n > 0)
+            .unwrap_or(u16::MAX),
+        aliases: HashMap::new(),
+        shared_filters: Vec::new(),
         resumed: Some(resumed),
-        will: request.will,
+        will,
+        session_expiry: asked.expiry,
         link,
         gateway_qos2: HashSet::new(),
         quota: PublishQuota::new(
@@ -229,6 +276,33 @@ pub(super) async fn accept(
     };
     Some((client, writer, link_rx))
 }
+
+/// The will of a CONNECT, checked against the topic rules now: one the client may not publish is logged
+/// (and again when it would have been sent), not silently dropped.
+fn last_words(
+    shared: &Shared,
+    principal: &Principal,
+    client_id: &str,
+    will: Option<LastWill>,
+    props: Option<LastWillProperties>,
+) -> Option<LastWords> {
+    let will = will?;
+    let topic = String::from_utf8_lossy(&will.topic).into_owned();
+    if is_reserved(&topic) || !shared.auth.may_publish(principal, client_id, &topic) {
+        tracing::warn!(
+            client_id,
+            topic,
+            "last will on a topic the topic rules do not let this client publish to: it will not be sent"
+        );
+        return Some(LastWords::Denied(topic));
+    }
+    Some(LastWords::Will(Will::new(client_id, &topic, will, props)))
+}
+
+/// The longest keep-alive an MQTT 5 client gets (AWS IoT Core's most, 1200 s): one that asks for more is
+/// told this in the CONNACK's Server Keep Alive, and held to it. A client silent for one and a half of it
+/// is gone; a longer wait would keep a dead connection's slot, session and will for hours.
+pub(crate) const MAX_KEEP_ALIVE_S: u16 = 1200;
 
 /// How long a newcomer waits for the connection it takes over to leave the session (its drain, then its
 /// writer's last words, at most a second).
@@ -408,7 +482,11 @@ mod tests {
                     clean_session: clean,
                 },
                 session_expiry_s: None,
+                max_packet_size: None,
+                receive_maximum: None,
+                topic_alias_max: None,
                 will: None,
+                will_props: None,
                 login: username.map(|u| Login {
                     username: u.into(),
                     password: String::new(),

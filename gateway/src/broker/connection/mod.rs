@@ -9,24 +9,34 @@
 //! UNSUBACKs), and the gateway's direct deliveries (see `direct`): the connection registers its queue for
 //! them when it is accepted, adds filters when granted, removes them on UNSUBSCRIBE and hands its session
 //! what it leaves (unacknowledged messages, its router link to park) when it ends.
+//!
+//! Where rumqttd's router falls short of MQTT, the two loops make up for it: the reader resolves topic
+//! aliases, holds the client to the server's Receive Maximum, attaches each routed publish's `Origin` and
+//! records subscription options; the writer delivers at the right QoS, applies the options and the message
+//! expiry, keeps the client's Maximum Packet Size, Receive Maximum and Topic Alias Maximum, and settles
+//! with the router the publishes it does not write at QoS 1 (the reader tells the router, in its order).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, PubAck, PubAckReason,
-    PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelProperties, Publish, QoS, SubAck,
-    Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, Packet, PubAck, PubAckReason,
+    PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelProperties, Publish, QoS,
+    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    Unsubscribe,
 };
 use tokio::sync::{mpsc, oneshot};
 
 mod handshake;
 mod writer;
 
+#[cfg(test)]
+pub(crate) use handshake::MAX_KEEP_ALIVE_S;
 use handshake::{accept, connack, ConnectRequest, Refusal};
 use writer::{splice_codes, write_loop, Outgoing, Subscribed};
 
@@ -37,11 +47,15 @@ use super::direct::Resumed;
 use super::inflight::{qos_and_pkid, Acked, Inflight};
 use super::internal::disconnect_now;
 use super::links::LinkName;
+use super::options::{ConnectionOptions, SubOptions};
+use super::origin::Origin;
 use super::presence::{DisconnectReason, PresenceInfo};
 use super::quota::PublishQuota;
+use super::retained::Kept;
 use super::routed::Deliverable;
 use super::sessions::TakenOver;
 use super::topics::{is_reserved, served_directly, to_internal};
+use super::wills::{self, DelayedWills, Will};
 use super::{ReadHalf, Shared, WriteHalf};
 use crate::auth::{Principal, VerifiedCertificate};
 
@@ -82,7 +96,7 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let Packet::Connect(connect, props, will, _will_props, login) = packet else {
+    let Packet::Connect(connect, props, will, will_props, login) = packet else {
         tracing::info!(%peer, "first packet is not CONNECT, closing");
         return;
     };
@@ -99,8 +113,12 @@ pub(crate) async fn serve(
     };
     let request = ConnectRequest {
         connect,
-        session_expiry_s: props.and_then(|p| p.session_expiry_interval),
+        session_expiry_s: props.as_ref().and_then(|p| p.session_expiry_interval),
+        max_packet_size: props.as_ref().and_then(|p| p.max_packet_size),
+        receive_maximum: props.as_ref().and_then(|p| p.receive_maximum),
+        topic_alias_max: props.as_ref().and_then(|p| p.topic_alias_max),
         will,
+        will_props,
         login,
         peer,
         listener,
@@ -124,9 +142,27 @@ struct Client {
     direct: Option<mpsc::Receiver<Waiting>>,
     /// QoS 1 publishes written to the client and not yet acknowledged (the writer adds, the reader removes).
     inflight: SharedInflight,
+    /// Told by the writer when it settled router publishes the reader should acknowledge to the router.
+    settled: Arc<tokio::sync::Notify>,
+    /// The options of its routed subscriptions (the reader sets, the writer applies).
+    options: SharedOptions,
+    /// Its QoS 1 and 2 publishes not yet acknowledged (PUBACK, PUBCOMP written): MQTT 5 clients may have at
+    /// most the Receive Maximum sprig's CONNACK gave (`max_inflight_count`); the reader adds, the writer
+    /// takes off.
+    receiving: Arc<AtomicUsize>,
+    /// Told by the reader when the client acknowledged a publish: the writer may send more.
+    window: Arc<tokio::sync::Notify>,
+    /// The client's Receive Maximum: at most this many QoS 1 publishes are sent to it unacknowledged.
+    receive_maximum: u16,
+    /// MQTT 5 topic aliases the client set, at most [`TOPIC_ALIAS_MAX`].
+    aliases: HashMap<u16, Bytes>,
+    /// Its shared subscriptions (`$share/...`), which its session does not keep (see `inbound_unsubscribe`).
+    shared_filters: Vec<String>,
     /// The session it resumed (filters and what waited for it), until the writer takes it.
     resumed: Option<Resumed>,
-    will: Option<LastWill>,
+    will: Option<LastWords>,
+    /// How long the session outlives the connection (`None`: it ends with it); a delayed will waits no longer.
+    session_expiry: Option<Duration>,
     link: LinkGuard,
     /// Packet ids of the client's QoS 2 publishes on `$` topics awaiting their PUBREL (see
     /// `gateway_publish`); at most the client's receive maximum, as an honest client keeps to it.
@@ -146,6 +182,16 @@ struct Client {
     session: SessionGuard,
     _slot: Slot,
 }
+
+/// A CONNECT's will: to be published, or not allowed by the topic rules (logged when it would have been).
+enum LastWords {
+    Will(Will),
+    Denied(String),
+}
+
+/// The Topic Alias Maximum sprig gives MQTT 5 clients (as mosquitto's default): a client may name up to this
+/// many topics by a number in its PUBLISHes.
+pub(crate) const TOPIC_ALIAS_MAX: u16 = 10;
 
 /// How long a connection that was taken over goes on reading what its client had sent before: enough for
 /// bytes already in the socket (a client sends DISCONNECT and connects again at once), not a wait for more.
@@ -219,6 +265,9 @@ impl Drop for LinkGuard {
 /// A connection's [`Inflight`], shared by its reader (acknowledgements) and writer (publishes).
 type SharedInflight = Arc<Mutex<Inflight>>;
 
+/// A connection's subscription options, shared by its reader (SUBSCRIBE, UNSUBSCRIBE) and writer.
+type SharedOptions = Arc<Mutex<ConnectionOptions>>;
+
 /// What the reader asks the writer to do. Packets are boxed: tokio allocates a queue's slots 32 at a time
 /// per connection, and a `Packet` is 392 bytes.
 enum ToWriter {
@@ -245,6 +294,8 @@ enum ReaderEnd {
     Lost(DisconnectReason, String),
     /// A QoS 2 publish was denied: there is no way to refuse it politely, so the client is disconnected.
     Denied(String),
+    /// The client broke a rule that MQTT 5 answers with this DISCONNECT reason code.
+    Broke(DisconnectReasonCode, String),
     RouterGone,
 }
 
@@ -257,6 +308,8 @@ enum Answer {
     Denied,
     /// Beyond `max_subscriptions_per_connection`.
     OverQuota,
+    /// The filter the connection holds already in another form, shared or not (see `routed_twice`).
+    Clash,
     /// Granted by sprig alone at this QoS: only the gateway sends on it (see [`served_directly`]).
     Direct(u8),
     /// Forwarded: the router's code.
@@ -274,6 +327,8 @@ struct PendingSuback {
     direct: Vec<String>,
     /// Filters unsubscribed while this SUBACK was pending: not added to the direct outlet when it comes.
     revoked: Vec<String>,
+    /// Retained messages to send after the SUBACK, each with its subscription's QoS (see `retained`).
+    resend: Vec<(Kept, u8)>,
 }
 
 impl Client {
@@ -295,6 +350,14 @@ impl Client {
         let outgoing = Outgoing {
             writer,
             inflight: self.inflight.clone(),
+            settled: self.settled.clone(),
+            options: self.options.clone(),
+            client_id: self.client_id.clone(),
+            receiving: self.receiving.clone(),
+            too_large: 0,
+            window: self.window.clone(),
+            receive_maximum: usize::from(self.receive_maximum),
+            held: std::collections::VecDeque::new(),
             copies: self.copies.clone(),
             budget: self.shared.config.max_queued_bytes,
             dropped: 0,
@@ -389,6 +452,11 @@ impl Client {
                 };
                 (reason, v5_disconnect(version, code))
             }
+            ReaderEnd::Broke(code, detail) => {
+                tracing::info!(client_id = self.client_id, ?code, "disconnecting: {detail}");
+                self.publish_will();
+                (DisconnectReason::ClientError, v5_disconnect(version, code))
+            }
             ReaderEnd::Denied(topic) => {
                 tracing::warn!(
                     client_id = self.client_id,
@@ -448,25 +516,28 @@ impl Client {
         }
     }
 
-    /// Publishes the client's last will (QoS 0) if it may publish there; only on an abnormal end.
+    /// Publishes the client's last will, if it may publish there (see `wills`); only on an abnormal end.
+    /// MQTT 5: after its Will Delay Interval, or when the session ends if that comes first.
     fn publish_will(&mut self) {
-        let Some(will) = self.will.take() else {
-            return;
+        let will = match self.will.take() {
+            None => return,
+            Some(LastWords::Denied(topic)) => {
+                tracing::warn!(
+                    client_id = self.client_id,
+                    topic,
+                    "last will not published: the topic rules do not let this client publish there"
+                );
+                return;
+            }
+            Some(LastWords::Will(will)) => will,
         };
-        let Ok(topic) = std::str::from_utf8(&will.topic) else {
-            return;
-        };
-        if is_reserved(topic) || !self.may_publish(topic) {
-            tracing::warn!(client_id = self.client_id, topic, "last will denied");
+        let delay = will.delay.min(self.session_expiry.unwrap_or_default());
+        if delay.is_zero() {
+            wills::publish(&self.shared, will, self.link.tx());
             return;
         }
-        if served_directly(topic) {
-            self.shared.taps.dispatch_now(topic, will.message);
-            return;
-        }
-        self.shared.taps.copy_now(topic, &will.message, will.retain);
-        let publish = Publish::new(Bytes::from(to_internal(topic)), will.message, will.retain);
-        send_now(self.link.tx(), Packet::Publish(publish, None));
+        tracing::debug!(client_id = self.client_id, ?delay, "last will held back");
+        DelayedWills::hold(&self.shared, &self.client_id, will, delay);
     }
 
     async fn finish(mut self, reason: DisconnectReason, link_rx: Option<LinkRx>) {
@@ -525,11 +596,29 @@ impl Client {
         // MQTT: a client silent for 1.5 x keep-alive is gone; keep-alive 0 means no limit.
         let idle =
             (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
+        let settled = self.settled.clone();
+        let mut last_packet = tokio::time::Instant::now();
         loop {
-            let packet = match reader.read(version, idle).await {
+            // Counted from the last packet, not from the last wake-up below.
+            let left = idle.map(|idle| {
+                (last_packet + idle)
+                    .saturating_duration_since(last_packet.max(tokio::time::Instant::now()))
+            });
+            let read = tokio::select! {
+                read = reader.read(version, left) => read,
+                // The writer settled router publishes (see `Inflight::release`): tell the router.
+                () = settled.notified() => {
+                    if self.release_router_acks().await.is_err() {
+                        return ReaderEnd::RouterGone;
+                    }
+                    continue;
+                }
+            };
+            let packet = match read {
                 Ok(packet) => packet,
                 Err(e) => return lost(e),
             };
+            last_packet = tokio::time::Instant::now();
             let forward = match packet {
                 Packet::Publish(publish, props) => {
                     let size = publish.topic.len() + publish.payload.len();
@@ -552,9 +641,15 @@ impl Client {
                     }
                     return ReaderEnd::ClientDisconnect;
                 }
-                Packet::PubAck(ack, props) => match lock(&self.inflight).acknowledged(ack.pkid) {
+                Packet::PubAck(ack, _) => match self.acknowledged(ack.pkid) {
                     Acked::Own => Inbound::default(),
-                    Acked::Router => Inbound::forward(Packet::PubAck(ack, props)),
+                    // The router is told in its own order (see `Inflight::release`).
+                    Acked::Router => {
+                        if self.release_router_acks().await.is_err() {
+                            return ReaderEnd::RouterGone;
+                        }
+                        Inbound::default()
+                    }
                     // Nothing in flight has that id (a duplicate, or made up): not passed on, as the router
                     // would take it for its oldest publish's ack, log an error and drop the connection.
                     Acked::Unknown => {
@@ -583,9 +678,10 @@ impl Client {
                 granted,
                 denied,
                 violation,
+                then,
             } = forward;
-            if let Some(detail) = violation {
-                return ReaderEnd::Lost(DisconnectReason::ClientError, detail);
+            if let Some((code, detail)) = violation {
+                return ReaderEnd::Broke(code, detail);
             }
             if let Some(topic) = denied {
                 return ReaderEnd::Denied(topic);
@@ -621,12 +717,32 @@ impl Client {
                     return ReaderEnd::Lost(DisconnectReason::ConnectionLost, "writer gone".into());
                 }
             }
-            if let Some(packet) = to_router {
+            for packet in to_router.into_iter().chain(then) {
                 if self.link.tx().send(packet).await.is_err() {
                     return ReaderEnd::RouterGone;
                 }
             }
         }
+    }
+
+    fn acknowledged(&self, pkid: u16) -> Acked {
+        let acked = lock(&self.inflight).acknowledged(pkid);
+        if acked != Acked::Unknown {
+            self.window.notify_one();
+        }
+        acked
+    }
+
+    /// Acknowledges to the router, in its order, the publishes of its that are done (see
+    /// [`Inflight::release`]).
+    async fn release_router_acks(&mut self) -> Result<(), ()> {
+        let released = lock(&self.inflight).release();
+        for pkid in released {
+            let reason = PubAckReason::Success;
+            let ack = Packet::PubAck(PubAck { pkid, reason }, None);
+            self.link.tx().send(ack).await.map_err(|_| ())?;
+        }
+        Ok(())
     }
 
     /// The built-in topic rules and the configured ones, for this client (see [`crate::auth::Authenticator`]).
@@ -648,6 +764,20 @@ impl Client {
         props: Option<rumqttd::protocol::PublishProperties>,
         version: Version,
     ) -> Inbound {
+        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
+            if let Err((code, detail)) = self.resolve_alias(alias, &mut publish) {
+                return Inbound::broke(code, detail);
+            }
+        }
+        if qos_and_pkid(&publish).0 > 0 && version == Version::V5 {
+            let most = self.shared.config.max_inflight_count;
+            if self.receiving.fetch_add(1, Ordering::Relaxed) >= most {
+                let detail = format!(
+                    "more than its Receive Maximum ({most}) QoS 1 and 2 publishes unacknowledged"
+                );
+                return Inbound::broke(DisconnectReasonCode::ReceiveMaximumExceeded, detail);
+            }
+        }
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         if !crate::topic_filter::is_topic_name(&topic) {
             // MQTT: a PUBLISH topic has no wildcards (nor NUL); a client that sends one is closed.
@@ -671,12 +801,16 @@ impl Client {
             if !self.needs_router(&publish, &internal) {
                 return self.publish_past_router(&publish, copy);
             }
+            let (qos, _) = qos_and_pkid(&publish);
+            let origin = Origin::now(qos, publish.retain, &self.client_id);
             publish.topic = Bytes::from(internal);
-            // Topic aliases are not offered (CONNACK), so a client-sent alias is ignored, not recorded.
-            let props = props.map(|mut p| {
+            // The alias is the client's (resolved above), not passed on.
+            let props = origin.attach(props).map(|mut p| {
                 p.topic_alias = None;
                 p
             });
+            let retained = &self.shared.retained;
+            retained.published(&topic, &publish.payload, publish.retain, &props);
             return Inbound {
                 copy,
                 ..Inbound::forward(Packet::Publish(publish, props))
@@ -725,6 +859,29 @@ impl Client {
         }
     }
 
+    /// MQTT 5 topic aliases (§3.3.2.3.4): a PUBLISH with a topic sets `alias` to it, one without uses it.
+    /// An alias of 0 or above [`TOPIC_ALIAS_MAX`] is answered DISCONNECT 0x94, one never set 0x82.
+    fn resolve_alias(
+        &mut self,
+        alias: u16,
+        publish: &mut Publish,
+    ) -> Result<(), (DisconnectReasonCode, String)> {
+        if alias == 0 || alias > TOPIC_ALIAS_MAX {
+            let detail = format!("topic alias {alias}, not within 1 to {TOPIC_ALIAS_MAX}");
+            return Err((DisconnectReasonCode::TopicAliasInvalid, detail));
+        }
+        if !publish.topic.is_empty() {
+            self.aliases.insert(alias, publish.topic.clone());
+            return Ok(());
+        }
+        let topic = self.aliases.get(&alias).ok_or_else(|| {
+            let detail = format!("PUBLISH with topic alias {alias}, which it never set");
+            (DisconnectReasonCode::ProtocolError, detail)
+        })?;
+        publish.topic = topic.clone();
+        Ok(())
+    }
+
     /// A publish on a `$` topic, which is for the gateway's services: handed to their taps, never to the
     /// router, nor back to the publisher (the only client that could subscribe there; the README's choice).
     /// sprig acknowledges it itself: PUBACK for QoS 1; PUBREC for QoS 2, PUBCOMP when its PUBREL comes.
@@ -762,7 +919,7 @@ impl Client {
     }
 
     fn inbound_subscribe(
-        &self,
+        &mut self,
         subscribe: Subscribe,
         props: Option<rumqttd::protocol::SubscribeProperties>,
         version: Version,
@@ -779,12 +936,15 @@ impl Client {
                 .flat_map(|p| p.filters.iter().cloned()),
         );
         let most = self.shared.config.max_subscriptions_per_connection;
+        // Retained messages the router will not send again, for filters held already (see `retained`).
+        let mut resend = Vec::new();
         for mut filter in subscribe.filters {
             if !self.may_subscribe_checked(&filter.path) {
                 answers.push(Answer::Denied);
                 continue;
             }
-            if !held.contains(&filter.path) {
+            let held_already = held.contains(&filter.path);
+            if !held_already {
                 if held.len() >= most {
                     tracing::warn!(
                         client_id = self.client_id,
@@ -807,6 +967,17 @@ impl Client {
                 direct.push(filter.path);
                 continue;
             }
+            if let Some(other) = self.routed_twice(&filter.path, &held, &external) {
+                tracing::warn!(
+                    client_id = self.client_id,
+                    filter = filter.path,
+                    other,
+                    "subscribe refused: rumqttd 0.20 cannot hold one filter twice for a connection (shared \
+                     and not, or in two groups)"
+                );
+                answers.push(Answer::Clash);
+                continue;
+            }
             let internal = to_internal(&filter.path);
             if !self.shared.routed.admit(&internal) {
                 let (held, most) = (self.shared.routed.count(), self.shared.routed.most());
@@ -822,6 +993,28 @@ impl Client {
                 continue;
             }
             answers.push(Answer::Router);
+            // A shared subscription's options apply to what its filter matches.
+            let shared_filter = (filter.path.strip_prefix("$share/"))
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(_, inner)| inner.to_owned());
+            let matched = shared_filter.as_deref().unwrap_or(&filter.path);
+            if shared_filter.is_some() && !self.shared_filters.contains(&filter.path) {
+                self.shared_filters.push(filter.path.clone());
+            }
+            lock(&self.options).set(matched, SubOptions::of(&filter));
+            if shared_filter.is_none() {
+                let (outlets, number) = (&self.shared.outlets, self.session.number);
+                outlets.set_options(&self.client_id, number, matched, SubOptions::of(&filter));
+            }
+            // MQTT 5 §3.8.4: no retained messages for a shared subscription.
+            if held_already
+                && shared_filter.is_none()
+                && filter.retain_forward_rule == RetainForwardRule::OnEverySubscribe
+            {
+                let qos = filter.qos as u8;
+                let kept = self.shared.retained.matching(&filter.path);
+                resend.extend(kept.into_iter().map(|kept| (kept, qos)));
+            }
             external.push(std::mem::replace(&mut filter.path, internal));
             forwarded.push(filter);
         }
@@ -845,6 +1038,7 @@ impl Client {
             filters: external,
             direct,
             revoked: Vec::new(),
+            resend,
         };
         lock(pending).insert(pkid, suback);
         Inbound::forward(Packet::Subscribe(
@@ -854,6 +1048,29 @@ impl Client {
             },
             props,
         ))
+    }
+
+    /// Another of the connection's routed subscriptions (held, or earlier in this SUBSCRIBE) on the same
+    /// filter as `path`, one shared and not, or shared in another group: rumqttd 0.20 keeps one log per
+    /// filter and a link may read it only once (`router/routing.rs` asserts so, and panics in a debug
+    /// build), so such a second subscription is refused.
+    fn routed_twice<'a>(
+        &'a self,
+        path: &str,
+        held: &'a [String],
+        forwarded: &'a [String],
+    ) -> Option<&'a str> {
+        fn filter_of(path: &str) -> &str {
+            (path.strip_prefix("$share/"))
+                .and_then(|rest| rest.split_once('/'))
+                .map_or(path, |(_, inner)| inner)
+        }
+        let wanted = filter_of(path);
+        (held.iter().chain(&self.shared_filters).chain(forwarded))
+            .find(|other| {
+                other.as_str() != path && !served_directly(other) && filter_of(other) == wanted
+            })
+            .map(String::as_str)
     }
 
     /// May the client subscribe to `filter` (well-formed, not internal, allowed by the rules)? Logs why not.
@@ -873,7 +1090,7 @@ impl Client {
     /// itself and drops the router's UNSUBACKs. Direct delivery on those filters stops right here, before
     /// the UNSUBACK is written, including for a SUBSCRIBE of them still waiting for its SUBACK.
     fn inbound_unsubscribe(
-        &self,
+        &mut self,
         unsubscribe: Unsubscribe,
         props: Option<rumqttd::protocol::UnsubscribeProperties>,
         pending: &PendingSubacks,
@@ -895,6 +1112,11 @@ impl Client {
             let outlets = &self.shared.outlets;
             outlets.unsubscribe(&self.client_id, self.session.number, &external);
         }
+        let mut options = lock(&self.options);
+        for filter in &external {
+            options.remove(filter);
+        }
+        drop(options);
         let filters: Vec<String> = external
             .iter()
             .filter(|f| !served_directly(f))
@@ -903,10 +1125,31 @@ impl Client {
         if filters.is_empty() {
             return Inbound::reply(reply);
         }
-        Inbound::both(
-            Packet::Unsubscribe(Unsubscribe { pkid, filters }, props),
-            reply,
-        )
+        // rumqttd 0.20 takes the link out of every shared group when it unsubscribes from one
+        // (`router/routing.rs`): the shared subscriptions it keeps are given again, which puts it back in
+        // their groups and changes nothing else (the router holds them already).
+        let rejoin = external.iter().any(|f| f.starts_with("$share/")).then(|| {
+            let filters: Vec<Filter> = (self.shared_filters.iter())
+                .filter(|f| !external.contains(f))
+                .map(|f| Filter {
+                    path: to_internal(f),
+                    qos: QoS::AtLeastOnce,
+                    nolocal: false,
+                    preserve_retain: false,
+                    retain_forward_rule: RetainForwardRule::Never,
+                })
+                .collect();
+            let pkid = super::parking::RESTORE_PKID;
+            Packet::Subscribe(Subscribe { pkid, filters }, None)
+        });
+        self.shared_filters.retain(|f| !external.contains(f));
+        Inbound {
+            then: rejoin.filter(|p| matches!(p, Packet::Subscribe(s, _) if !s.filters.is_empty())),
+            ..Inbound::both(
+                Packet::Unsubscribe(Unsubscribe { pkid, filters }, props),
+                reply,
+            )
+        }
     }
 }
 
@@ -936,8 +1179,10 @@ struct Inbound {
     granted: Option<Vec<String>>,
     /// A QoS 2 publish to this topic was denied.
     denied: Option<String>,
-    /// The client broke the protocol: it is closed.
-    violation: Option<String>,
+    /// Pushed to the router after `to_router`.
+    then: Option<Packet>,
+    /// The client broke the protocol: it is closed, with this DISCONNECT reason code (MQTT 5).
+    violation: Option<(DisconnectReasonCode, String)>,
 }
 
 impl Inbound {
@@ -972,8 +1217,12 @@ impl Inbound {
     }
 
     fn violation(detail: String) -> Inbound {
+        Inbound::broke(DisconnectReasonCode::ProtocolError, detail)
+    }
+
+    fn broke(code: DisconnectReasonCode, detail: String) -> Inbound {
         Inbound {
-            violation: Some(detail),
+            violation: Some((code, detail)),
             ..Inbound::default()
         }
     }

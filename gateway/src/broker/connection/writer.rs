@@ -1,9 +1,10 @@
 //! A connection's writer: router output, the gateway's direct deliveries and the reader's replies, to the
-//! socket; and how a SUBSCRIBE's SUBACK is put together from sprig's answers and the router's.
+//! socket; and how a SUBSCRIBE's SUBACK is put together from sprig's answers and the router's. Each
+//! routed publish is delivered as MQTT says, not as the router forwards it (see `origin`, `options`).
 
 use bytes::Bytes;
 use rumqttd::local::LinkRx;
-use rumqttd::protocol::{Packet, Publish, SubscribeReasonCode};
+use rumqttd::protocol::{Packet, Publish, PublishProperties, SubscribeReasonCode};
 use rumqttd::Notification;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Duration, Instant};
@@ -12,13 +13,18 @@ use super::super::backlog::Waiting;
 use super::super::codec::{PacketWriter, Progress, Version};
 use super::super::direct::Resumed;
 use super::super::inflight::{qos1_publish, qos_and_pkid};
+use super::super::origin::Origin;
 use super::super::parking::RESTORE_PKID;
+use super::super::retained::Kept;
 use super::super::topics::to_external;
 use super::super::{Shared, SubscribeEvent, WriteHalf};
 use super::{
-    denied_code, lock, Answer, PendingSubacks, SharedCopies, SharedInflight, ToWriter, WriterEnd,
+    denied_code, lock, Answer, PendingSubacks, SharedCopies, SharedInflight, SharedOptions,
+    ToWriter, WriterEnd,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// Where the writer records granted subscriptions: the connection's direct outlet, and the reports of
 /// [`super::Broker::subscriptions`] (see [`super::SubscribeEvent`]).
@@ -61,6 +67,22 @@ const DIRECT_BATCH: usize = 64;
 pub(super) struct Outgoing {
     pub(super) writer: PacketWriter<WriteHalf>,
     pub(super) inflight: SharedInflight,
+    /// Told when a router publish was settled here (see [`super::super::inflight::Inflight::release`]).
+    pub(super) settled: Arc<tokio::sync::Notify>,
+    /// The options of the connection's routed subscriptions (see `options`).
+    pub(super) options: SharedOptions,
+    pub(super) client_id: String,
+    /// The client's QoS 1 and 2 publishes not yet acknowledged (see `Client::receiving`).
+    pub(super) receiving: Arc<AtomicUsize>,
+    /// Messages not sent because they were larger than the client's Maximum Packet Size.
+    pub(super) too_large: u64,
+    /// Told when the client acknowledged a publish (see `held`).
+    pub(super) window: Arc<tokio::sync::Notify>,
+    /// The client's Receive Maximum (MQTT 5 §3.3.4: no more QoS 1 publishes unacknowledged than this).
+    pub(super) receive_maximum: usize,
+    /// Router publishes at QoS 1 held back while the client owes its Receive Maximum, in order; the
+    /// router's other packets (acknowledgements of the client's own publishes, SUBACKs) go on meanwhile.
+    pub(super) held: std::collections::VecDeque<Packet>,
     /// Copies whose publish's acknowledgement must wait for them (see [`SharedCopies`]).
     pub(super) copies: SharedCopies,
     /// Bytes that may wait for the client (`broker.max_queued_bytes`): beyond them QoS 0 messages are
@@ -76,32 +98,205 @@ impl Outgoing {
         self.writer.pending() >= self.budget
     }
 
+    /// True when a router publish at QoS 1 must wait: the client owes its Receive Maximum already, or
+    /// others wait before it.
+    fn must_hold(&self, packet: &Packet) -> bool {
+        let Packet::Publish(publish, props) = packet else {
+            return false;
+        };
+        if qos_and_pkid(publish).0 == 0 {
+            return false;
+        }
+        // Behind held ones, every publish the router numbered waits (the router is acknowledged in the
+        // order it numbered them), also a QoS 0 message on a QoS 1 subscription, which on its own is not
+        // the window's (it goes out at QoS 0).
+        let published = Origin::peek(props).map_or(2, |o| o.qos);
+        !self.held.is_empty()
+            || (published > 0 && lock(&self.inflight).owed() >= self.receive_maximum)
+    }
+
+    /// The connection ends: the publishes still held are owed to the client like those written, so the
+    /// session keeps them and the router is acknowledged them in its order (see `leave_session`).
+    fn owe_held(&mut self) {
+        let mut inflight = lock(&self.inflight);
+        for packet in self.held.drain(..) {
+            if let Packet::Publish(publish, props) = packet {
+                let (_, pkid) = qos_and_pkid(&publish);
+                let topic = String::from_utf8_lossy(&publish.topic);
+                inflight.sent_by_router(pkid, &topic, &publish.payload, props);
+            }
+        }
+    }
+
+    /// Writes the held publishes the client's Receive Maximum lets through now.
+    fn release_held(&mut self) -> std::io::Result<()> {
+        while !self.held.is_empty() && lock(&self.inflight).owed() < self.receive_maximum {
+            if let Some(packet) = self.held.pop_front() {
+                self.encode_from_router(packet)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Encodes one of the session's own messages: at QoS 0, or at QoS 1 under a packet id of sprig's (see
     /// [`Inflight`]), recorded until the client acknowledges it.
-    fn encode_message(&mut self, message: Waiting) -> std::io::Result<()> {
-        let publish = if message.reliable {
-            let pkid = lock(&self.inflight).send_own(message.clone());
-            qos1_publish(&message, pkid)
+    /// A routed message kept for the session carries its properties (and `Origin`): one past its Message
+    /// Expiry Interval is not sent.
+    fn encode_message(&mut self, mut message: Waiting) -> std::io::Result<()> {
+        // Kept as it is (origin attached) for sending it again; a copy is written.
+        let kept = message.props.take();
+        let mut props = kept.as_deref().cloned();
+        let origin = Origin::take(&mut props);
+        if (origin.as_ref()).is_some_and(|o| o.expire(&mut props, SystemTime::now())) {
+            return Ok(());
+        }
+        let (publish, pkid) = if message.reliable {
+            let sent = Waiting {
+                props: kept,
+                ..message.clone()
+            };
+            let pkid = lock(&self.inflight).send_own(sent);
+            (qos1_publish(&message, pkid), Some(pkid))
         } else {
-            Publish::new(Bytes::from(message.topic), message.payload, false)
+            let publish = Publish::new(Bytes::from(message.topic), message.payload, false);
+            (publish, None)
         };
-        self.writer.encode(Packet::Publish(publish, None))
+        self.encode_own(publish, props, pkid)
+    }
+
+    /// Encodes one of sprig's own publishes (`pkid`: its QoS 1 packet id); one larger than the client's
+    /// Maximum Packet Size is dropped, and no longer owed.
+    fn encode_own(
+        &mut self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        pkid: Option<u16>,
+    ) -> std::io::Result<()> {
+        let topic = publish.topic.clone();
+        if !self
+            .writer
+            .encode_publish(Packet::Publish(publish, props))?
+        {
+            self.count_too_large(&topic);
+            if let Some(pkid) = pkid {
+                lock(&self.inflight).acknowledged(pkid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs (the first, then every power of two) a message not sent because it is larger than the client's
+    /// Maximum Packet Size.
+    fn count_too_large(&mut self, topic: &Bytes) {
+        self.too_large += 1;
+        if self.too_large.is_power_of_two() {
+            tracing::warn!(
+                client_id = self.client_id,
+                topic = %String::from_utf8_lossy(topic),
+                dropped = self.too_large,
+                "message larger than the client's Maximum Packet Size: not sent"
+            );
+        }
+    }
+
+    /// Encodes a packet that is not a PUBLISH; an acknowledgement that ends a client's QoS 1 or 2 publish
+    /// gives back its place in the Receive Maximum (see `Client::receiving`).
+    fn encode_other(&mut self, packet: Packet) -> std::io::Result<()> {
+        if matches!(packet, Packet::PubAck(..) | Packet::PubComp(..)) {
+            let _ = (self.receiving)
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+        self.writer.encode(packet)
     }
 
     /// Encodes one packet from the router; a QoS 1 publish is recorded until the client acknowledges it.
-    /// Returns false when it was a QoS 0 publish dropped because the client is too far behind.
+    /// A publish goes out at the lower of its subscription's QoS (the router's) and its publisher's (MQTT
+    /// 3.8.4), which the router forgets (see `origin`): a QoS 0 message on a QoS 1 subscription is written
+    /// at QoS 0, and settled with the router here. Returns false when it was a QoS 0 publish dropped because
+    /// the client is too far behind.
     fn encode_from_router(&mut self, packet: Packet) -> std::io::Result<bool> {
-        if let Packet::Publish(publish, _) = &packet {
-            let (qos, pkid) = qos_and_pkid(publish);
-            if qos == 0 && self.full() {
-                return Ok(false);
+        let Packet::Publish(mut publish, mut props) = packet else {
+            return self.encode_other(packet).map(|()| true);
+        };
+        let (routed_qos, pkid) = qos_and_pkid(&publish);
+        // As routed, origin attached: what is kept for sending it again.
+        let routed_props = props.clone();
+        let origin = Origin::take(&mut props);
+        let qos = (origin.as_ref()).map_or(routed_qos, |o| o.qos.min(routed_qos));
+        // The router clears the retain flag of live messages: set, it is a retained message sent because
+        // the connection subscribed.
+        let on_subscribing = publish.retain;
+        let options = lock(&self.options).for_topic(&String::from_utf8_lossy(&publish.topic));
+        let own = origin
+            .as_ref()
+            .is_some_and(|o| o.client_id == self.client_id);
+        // rumqttd counts a retained message's expiry itself when it sends it on subscribing.
+        let expired = !on_subscribing
+            && (origin.as_ref()).is_some_and(|o| o.expire(&mut props, SystemTime::now()));
+        if (options.no_local && own) || (options.no_retained && on_subscribing) || expired {
+            if routed_qos > 0 {
+                lock(&self.inflight).settled_by_router(pkid);
+                self.settled.notify_one();
             }
-            if qos > 0 {
-                let topic = String::from_utf8_lossy(&publish.topic);
-                lock(&self.inflight).sent_by_router(pkid, &topic, &publish.payload);
-            }
+            return Ok(true);
         }
-        self.writer.encode(packet).map(|()| true)
+        if options.retain_as_published && !on_subscribing {
+            publish.retain = origin.as_ref().is_some_and(|o| o.retain);
+        }
+        if qos < routed_qos {
+            lock(&self.inflight).settled_by_router(pkid);
+            self.settled.notify_one();
+            publish = Publish::new(publish.topic, publish.payload, publish.retain);
+        }
+        if qos == 0 && self.full() {
+            return Ok(false);
+        }
+        let (topic, payload) = (publish.topic.clone(), publish.payload.clone());
+        if !self
+            .writer
+            .encode_publish(Packet::Publish(publish, props))?
+        {
+            self.count_too_large(&topic);
+            if qos > 0 {
+                lock(&self.inflight).settled_by_router(pkid);
+                self.settled.notify_one();
+            }
+            return Ok(true);
+        }
+        if qos > 0 {
+            let topic = String::from_utf8_lossy(&topic);
+            lock(&self.inflight).sent_by_router(pkid, &topic, &payload, routed_props);
+        }
+        Ok(true)
+    }
+
+    /// Encodes a retained message sent again for a subscription the connection held already (see
+    /// `retained`), at the lower of its QoS and the subscription's `granted` one, retain flag set.
+    fn encode_retained(&mut self, kept: Kept, granted: u8) -> std::io::Result<()> {
+        let routed = kept.props.clone();
+        let mut props = kept.props;
+        let origin = Origin::take(&mut props);
+        if (origin.as_ref()).is_some_and(|o| o.expire(&mut props, SystemTime::now())) {
+            return Ok(());
+        }
+        let published = origin.map_or(0, |o| o.qos);
+        let (publish, pkid) = if published.min(granted) == 0 {
+            let publish = Publish::new(Bytes::from(kept.topic), kept.payload, true);
+            (publish, None)
+        } else {
+            let message = Waiting {
+                topic: kept.topic,
+                payload: kept.payload,
+                reliable: true,
+                dup: false,
+                props: routed.map(Box::new),
+            };
+            let pkid = lock(&self.inflight).send_own(message.clone());
+            let mut publish = qos1_publish(&message, pkid);
+            publish.retain = true;
+            (publish, Some(pkid))
+        };
+        self.encode_own(publish, props, pkid)
     }
 
     /// The copies that `packet`, the router's acknowledgement of a client's publish, must wait for.
@@ -167,6 +362,7 @@ pub(super) async fn write_loop(
         resumed,
     )
     .await;
+    out.owe_held();
     (end, link_rx)
 }
 
@@ -188,6 +384,7 @@ async fn write_until_end(
     // Packets are encoded into the writer's buffer and written as the socket takes them, so a client that
     // reads slowly never holds up taking what comes next: its QoS 0 messages beyond `out.budget` are
     // dropped right here, instead of waiting (without bound) in the router and the direct queue.
+    let window = out.window.clone();
     let stall = out.writer.stall_limit().unwrap_or(NEVER);
     let stall_timer = tokio::time::sleep(stall);
     tokio::pin!(stall_timer);
@@ -238,6 +435,11 @@ async fn write_until_end(
                     format!("the client read nothing for {ms} ms"),
                 );
                 return WriterEnd::Io(e);
+            }
+            () = window.notified(), if !out.held.is_empty() => {
+                if let Err(e) = out.release_held() {
+                    return WriterEnd::Io(e);
+                }
             }
             message = direct.recv(), if direct_open => {
                 let Some(message) = message else {
@@ -309,7 +511,7 @@ async fn on_command(
             for copied in out.copies_acknowledged_by(&packet) {
                 let _ = copied.await;
             }
-            out.writer.encode(*packet).err().map(WriterEnd::Io)
+            out.encode_other(*packet).err().map(WriterEnd::Io)
         }
         ToWriter::SubAck(packet, granted) => {
             if let Err(e) = out.writer.send(*packet).await {
@@ -349,6 +551,7 @@ async fn on_notification(
         let _ = taken.await;
     }
     match outbound(packet, pending, subscribed, version) {
+        Outbound::Write(packet) if out.must_hold(&packet) => out.held.push_back(packet),
         Outbound::Write(packet) => {
             let topic = match &packet {
                 Packet::Publish(publish, _) => Some(publish.topic.clone()),
@@ -363,11 +566,16 @@ async fn on_notification(
                 Err(e) => return Some(WriterEnd::Io(e)),
             }
         }
-        Outbound::SubAck(packet, granted) => {
+        Outbound::SubAck(packet, granted, resend) => {
             if let Err(e) = out.writer.send(packet).await {
                 return Some(WriterEnd::Io(e));
             }
             subscribed.report(granted);
+            for (kept, qos) in resend {
+                if let Err(e) = out.encode_retained(kept, qos) {
+                    return Some(WriterEnd::Io(e));
+                }
+            }
         }
         Outbound::Skip => {}
         Outbound::Close(last) => {
@@ -387,8 +595,9 @@ const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 /// What the writer does with one packet from the router.
 enum Outbound {
     Write(Packet),
-    /// A SUBACK, with the filters (external form) the router granted.
-    SubAck(Packet, Vec<String>),
+    /// A SUBACK, with the filters (external form) the router granted and the retained messages to send
+    /// after it.
+    SubAck(Packet, Vec<String>, Vec<(Kept, u8)>),
     Skip,
     /// The router ends the connection: write this (MQTT 5 only) and close.
     Close(Option<Packet>),
@@ -424,7 +633,7 @@ fn outbound(
             drop(pending);
             suback.return_codes = splice_codes(&forwarded.answers, suback.return_codes, version);
             granted.extend(forwarded.direct);
-            Outbound::SubAck(Packet::SubAck(suback, props), granted)
+            Outbound::SubAck(Packet::SubAck(suback, props), granted, forwarded.resend)
         }
         // Answered by the reader already (see `inbound_unsubscribe`).
         Packet::UnsubAck(..) | Packet::ConnAck(..) => Outbound::Skip,
@@ -472,6 +681,10 @@ pub(super) fn splice_codes(
             Answer::OverQuota => match version {
                 Version::V311 => SubscribeReasonCode::Failure,
                 Version::V5 => SubscribeReasonCode::QuotaExceeded,
+            },
+            Answer::Clash => match version {
+                Version::V311 => SubscribeReasonCode::Failure,
+                Version::V5 => SubscribeReasonCode::ImplementationSpecific,
             },
         })
         .collect()
