@@ -134,19 +134,24 @@ fn close(parked: ParkedLink) {
     });
 }
 
+/// `filter` (external form) as a session's filters are given back to the router: at QoS 1, no options.
+pub(crate) fn restored(filter: &str) -> Filter {
+    Filter {
+        path: to_internal(filter),
+        qos: QoS::AtLeastOnce,
+        nolocal: false,
+        preserve_retain: false,
+        retain_forward_rule: RetainForwardRule::Never,
+    }
+}
+
 /// Subscribes a fresh router link to those of a resumed session's filters (external form) that the router
 /// serves, at QoS 1; false when there are none.
 pub(crate) fn restore_filters(tx: &mut LinkTx, filters: &[String], routed: &RoutedFilters) -> bool {
     let filters: Vec<Filter> = filters
         .iter()
         .filter(|f| !served_directly(f))
-        .map(|f| Filter {
-            path: to_internal(f),
-            qos: QoS::AtLeastOnce,
-            nolocal: false,
-            preserve_retain: false,
-            retain_forward_rule: RetainForwardRule::Never,
-        })
+        .map(|f| restored(f))
         .collect();
     if filters.is_empty() {
         return false;

@@ -27,15 +27,7 @@ pub const PINGREQ: [u8; 2] = [0xc0, 0x00];
 
 /// Appends a variable byte integer (1 to 4 bytes; larger values are cut to 28 bits).
 pub fn put_varint(out: &mut Vec<u8>, n: u32) {
-    let mut n = n & 0x0fff_ffff;
-    loop {
-        let byte = (n % 128) as u8;
-        n /= 128;
-        out.push(if n > 0 { byte | 0x80 } else { byte });
-        if n == 0 {
-            return;
-        }
-    }
+    crate::raw::put_varint(out, (n & 0x0fff_ffff) as usize);
 }
 
 /// Appends MQTT binary data: two bytes of length, then the bytes (cut to 65,535).

@@ -1131,13 +1131,7 @@ impl Client {
         let rejoin = external.iter().any(|f| f.starts_with("$share/")).then(|| {
             let filters: Vec<Filter> = (self.shared_filters.iter())
                 .filter(|f| !external.contains(f))
-                .map(|f| Filter {
-                    path: to_internal(f),
-                    qos: QoS::AtLeastOnce,
-                    nolocal: false,
-                    preserve_retain: false,
-                    retain_forward_rule: RetainForwardRule::Never,
-                })
+                .map(|f| super::parking::restored(f))
                 .collect();
             let pkid = super::parking::RESTORE_PKID;
             Packet::Subscribe(Subscribe { pkid, filters }, None)

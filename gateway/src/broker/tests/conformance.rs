@@ -30,6 +30,17 @@ struct Client {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// [`options5`] for a session that outlives its connection by a minute, resumed if there is one.
+fn persistent_options5(broker: &Broker, client_id: &str) -> Options5 {
+    use rumqttc::v5::mqttbytes::v5::ConnectProperties;
+    let mut options = options5(broker, client_id);
+    let mut connect = ConnectProperties::new();
+    connect.session_expiry_interval = Some(60);
+    options.set_connect_properties(connect);
+    options.set_clean_start(false);
+    options
+}
+
 async fn connect5(options: Options5) -> Client {
     let (client, mut eventloop) = Client5::new(options, 100);
     let connack = tokio::time::timeout(WAIT, eventloop.poll())
@@ -545,13 +556,8 @@ async fn mqtt5_properties_travel_with_the_message_and_sprigs_own_do_not() {
 
 #[tokio::test]
 async fn a_message_past_its_expiry_is_not_delivered_and_the_others_say_what_is_left() {
-    use rumqttc::v5::mqttbytes::v5::ConnectProperties;
     let broker = start_open().await;
-    let mut persistent = options5(&broker, "b");
-    let mut connect = ConnectProperties::new();
-    connect.session_expiry_interval = Some(60);
-    persistent.set_connect_properties(connect);
-    persistent.set_clean_start(false);
+    let persistent = persistent_options5(&broker, "b");
     let mut b = connect5(persistent.clone()).await;
     b.subscribe(filter("e/#", |_| {})).await;
     b.client.disconnect().await.unwrap();
@@ -739,13 +745,8 @@ async fn topics_go_as_aliases_to_a_client_that_takes_them() {
 
 #[tokio::test]
 async fn a_resumed_session_keeps_its_subscription_options() {
-    use rumqttc::v5::mqttbytes::v5::ConnectProperties;
     let broker = start_open().await;
-    let mut persistent = options5(&broker, "b");
-    let mut connect = ConnectProperties::new();
-    connect.session_expiry_interval = Some(60);
-    persistent.set_connect_properties(connect);
-    persistent.set_clean_start(false);
+    let persistent = persistent_options5(&broker, "b");
     let mut b = connect5(persistent.clone()).await;
     b.subscribe(filter("n/t", |f| f.nolocal = true)).await;
     b.client.disconnect().await.unwrap();
