@@ -50,6 +50,10 @@ impl Broker {
                     "max_connections = 1024",
                     &format!("max_connections = {max_connections}"),
                 );
+                // The routed population's filters (see `Subscription::Routed`).
+                let config = format!(
+                    "{config}\n[[auth.topic_rules]]\nthings = [\"*\"]\nsubscribe = [\"cmd/${{thing}}/#\"]\n"
+                );
                 let config_path = dir.path().join("gateway.toml");
                 std::fs::write(&config_path, config).unwrap();
                 let mut command = Command::new(bin);

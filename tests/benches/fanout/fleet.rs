@@ -4,6 +4,16 @@
 
 use super::*;
 
+/// What each device of a fleet subscribes to.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Subscription {
+    /// Its job notifications (sprig: `$aws/things/{thing}/jobs/+/notify-namespace-bench/`, which sprig
+    /// serves itself: a Jobs-only device); mosquitto and the floor: its own notify topic.
+    Notifications,
+    /// `cmd/{thing}/#`, a topic-rule filter that rumqttd's router carries in sprig (device to device).
+    Routed,
+}
+
 pub(super) fn thing(i: usize) -> String {
     format!("dev{i:05}")
 }
@@ -28,6 +38,17 @@ impl Fleet {
         sprig: bool,
         tally: Arc<Tally>,
     ) -> Fleet {
+        Fleet::connect_subscribed(addr, n, sprig, Subscription::Notifications, tally).await
+    }
+
+    /// Connects `n` devices, `CONNECT_BATCH` at a time, each subscribed as `subscription` says.
+    pub(super) async fn connect_subscribed(
+        addr: SocketAddr,
+        n: usize,
+        sprig: bool,
+        subscription: Subscription,
+        tally: Arc<Tally>,
+    ) -> Fleet {
         let (stop, stop_rx) = watch::channel(false);
         let mut fleet = Fleet {
             stop,
@@ -47,13 +68,13 @@ impl Fleet {
             }
             let mut connecting = JoinSet::new();
             for &i in batch {
-                let filter = if sprig {
-                    format!(
+                let filter = match subscription {
+                    Subscription::Notifications if sprig => format!(
                         "$aws/things/{}/jobs/+/notify-namespace-{NAMESPACE}/",
                         thing(i)
-                    )
-                } else {
-                    notify_topic(i)
+                    ),
+                    Subscription::Notifications => notify_topic(i),
+                    Subscription::Routed => format!("cmd/{}/#", thing(i)),
                 };
                 connecting.spawn(async move {
                     tokio::time::timeout(

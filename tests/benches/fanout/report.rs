@@ -239,11 +239,16 @@ pub(super) fn print_table(results: &[BrokerResult], settings: &Settings) {
         "per idle device (KiB)",
         results
             .iter()
-            .map(|r| {
-                format!(
-                    "{:.1}",
-                    (r.rss_connected_kb as f64 - r.rss_idle_kb as f64) / r.n.max(1) as f64
-                )
+            .map(|r| per_device_kib(r, r.rss_connected_kb))
+            .collect(),
+    );
+    row(
+        "per idle device holding cmd/{thing}/# (KiB; sprig: a router subscription)",
+        results
+            .iter()
+            .map(|r| match r.rss_routed_kb {
+                0 => "—".into(),
+                kb => per_device_kib(r, kb),
             })
             .collect(),
     );
@@ -308,4 +313,12 @@ pub(super) fn print_table(results: &[BrokerResult], settings: &Settings) {
         }
     }
     let _ = std::io::stdout().flush();
+}
+
+/// (`rss_kb` − idle RSS) per device of `r`'s fleet, in KiB.
+fn per_device_kib(r: &BrokerResult, rss_kb: u64) -> String {
+    format!(
+        "{:.1}",
+        (rss_kb as f64 - r.rss_idle_kb as f64) / r.n.max(1) as f64
+    )
 }

@@ -26,6 +26,8 @@ pub(super) struct BrokerResult {
     pub(super) connect_time: Option<Duration>,
     pub(super) rss_idle_kb: u64,
     pub(super) rss_connected_kb: u64,
+    /// With N idle devices each holding a `cmd/{thing}/#` subscription instead (the router's, in sprig).
+    pub(super) rss_routed_kb: u64,
     pub(super) rss_cycles_kb: Vec<u64>,
     pub(super) runs: Vec<RunResult>,
     /// (payload bytes, QoS) of the deliveries; for mosquitto also whether it was copied from sprig's.
@@ -49,6 +51,7 @@ pub(super) async fn bench_broker(
         connect_time: None,
         rss_idle_kb: 0,
         rss_connected_kb: 0,
+        rss_routed_kb: 0,
         rss_cycles_kb: Vec::new(),
         runs: Vec::new(),
         payload: mosquitto_payload.map(|(len, qos, _)| (len, qos)),
@@ -80,6 +83,21 @@ pub(super) async fn bench_broker(
             connected,
             result.rss_cycles_kb.last().unwrap()
         );
+    }
+
+    // Memory: N idle devices holding a subscription the router carries (not the floor's to serve).
+    if !matches!(kind, BrokerKind::Floor(_)) {
+        let routed = Subscription::Routed;
+        let fleet =
+            Fleet::connect_subscribed(broker.addr, n, is_sprig, routed, tally.clone()).await;
+        tokio::time::sleep(SETTLE).await;
+        result.rss_routed_kb = broker.rss_kb();
+        eprintln!(
+            "fanout:   {} of {n} connected holding cmd/{{thing}}/#, RSS {} KiB",
+            fleet.connected, result.rss_routed_kb
+        );
+        fleet.disconnect().await;
+        tokio::time::sleep(SETTLE).await;
     }
 
     // Fan-out.
