@@ -841,21 +841,28 @@ impl Client {
 
     /// A publish no router filter matches: only its copy (the uplink's) goes anywhere; sprig acknowledges
     /// it itself, once the copy is taken (the writer holds the PUBACK as it holds the router's).
-    fn publish_past_router(&self, publish: &Publish, copy: Option<Copy>) -> Inbound {
-        let reply = match qos_and_pkid(publish) {
-            (1, pkid) => Some(Packet::PubAck(
-                PubAck {
-                    pkid,
-                    reason: PubAckReason::Success,
-                },
-                None,
-            )),
-            _ => None,
-        };
+    fn publish_past_router(&mut self, publish: &Publish, copy: Option<Copy>) -> Inbound {
         Inbound {
             copy,
-            reply,
+            reply: self.acknowledge_itself(publish),
             ..Inbound::default()
+        }
+    }
+
+    /// sprig's own acknowledgement of a publish the router does not get: PUBACK for QoS 1; PUBREC for
+    /// QoS 2, and PUBCOMP when its PUBREL comes (`inbound_pubrel`); nothing for QoS 0.
+    fn acknowledge_itself(&mut self, publish: &Publish) -> Option<Packet> {
+        match qos_and_pkid(publish) {
+            (1, pkid) => {
+                let reason = PubAckReason::Success;
+                Some(Packet::PubAck(PubAck { pkid, reason }, None))
+            }
+            (2, pkid) => {
+                self.gateway_qos2.insert(pkid);
+                let reason = PubRecReason::Success;
+                Some(Packet::PubRec(PubRec { pkid, reason }, None))
+            }
+            _ => None,
         }
     }
 
@@ -886,23 +893,8 @@ impl Client {
     /// router, nor back to the publisher (the only client that could subscribe there; the README's choice).
     /// sprig acknowledges it itself: PUBACK for QoS 1; PUBREC for QoS 2, PUBCOMP when its PUBREL comes.
     fn gateway_publish(&mut self, topic: String, publish: Publish) -> Inbound {
-        let reply = match qos_and_pkid(&publish) {
-            (1, pkid) => Some(Packet::PubAck(
-                PubAck {
-                    pkid,
-                    reason: PubAckReason::Success,
-                },
-                None,
-            )),
-            (2, pkid) => {
-                self.gateway_qos2.insert(pkid);
-                let reason = PubRecReason::Success;
-                Some(Packet::PubRec(PubRec { pkid, reason }, None))
-            }
-            _ => None,
-        };
         Inbound {
-            reply,
+            reply: self.acknowledge_itself(&publish),
             to_taps: Some((topic, publish.payload)),
             ..Inbound::default()
         }

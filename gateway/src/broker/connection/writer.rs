@@ -60,8 +60,9 @@ impl Subscribed {
     }
 }
 
-/// Direct deliveries encoded into one write, at most.
-const DIRECT_BATCH: usize = 64;
+/// Packets of one source (the reader's replies, direct deliveries, router notifications) encoded into one
+/// write, at most: what waits behind each other goes out together, and no source holds the others long.
+const WRITE_BATCH: usize = 64;
 
 /// The socket's writing half and the record of what it wrote at QoS 1.
 pub(super) struct Outgoing {
@@ -411,7 +412,7 @@ async fn write_until_end(
                         return end;
                     }
                     taken += 1;
-                    if taken < ROUTER_BATCH {
+                    if taken < WRITE_BATCH {
                         next = commands.try_recv().ok();
                     }
                 }
@@ -456,7 +457,7 @@ async fn write_until_end(
                         return WriterEnd::Io(e);
                     }
                     taken += 1;
-                    if taken < DIRECT_BATCH {
+                    if taken < WRITE_BATCH {
                         next = direct.try_recv().ok();
                     }
                 }
@@ -478,7 +479,7 @@ async fn write_until_end(
                         return end;
                     }
                     taken += 1;
-                    if taken < ROUTER_BATCH {
+                    if taken < WRITE_BATCH {
                         next = ready_now(link_rx.next());
                     }
                 }
@@ -486,9 +487,6 @@ async fn write_until_end(
         }
     }
 }
-
-/// Router notifications handled before the writer writes, at most.
-const ROUTER_BATCH: usize = 64;
 
 /// `future`'s output if it has one without waiting.
 fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {

@@ -256,11 +256,7 @@ impl Connection {
                     };
                     let publish = Publish {
                         dup: false,
-                        qos: if qos == 0 {
-                            QoS::AtMostOnce
-                        } else {
-                            QoS::AtLeastOnce
-                        },
+                        qos: qos_of(qos),
                         retain,
                         topic,
                         pkid,
@@ -270,14 +266,9 @@ impl Connection {
                 }
                 Request::Subscribe(filters) => {
                     let pkid = self.allocate_pkid(None);
-                    let filters = filters.into_iter().map(|(filter, qos)| {
-                        let qos = if qos == 0 {
-                            QoS::AtMostOnce
-                        } else {
-                            QoS::AtLeastOnce
-                        };
-                        SubscribeFilter::new(filter, qos)
-                    });
+                    let filters = filters
+                        .into_iter()
+                        .map(|(filter, qos)| SubscribeFilter::new(filter, qos_of(qos)));
                     let mut subscribe = Subscribe::new_many(filters);
                     subscribe.pkid = pkid;
                     self.encode(|buf| subscribe.write(buf))?;
@@ -368,6 +359,16 @@ impl Connection {
                 Err(e) => return Err(LinkError::Protocol(e.to_string())),
             }
         }
+    }
+}
+
+/// The QoS the uplink asks for: 0, or 1 for anything above (`[[uplink.topics]] qos` is at most 1, and
+/// the connection runs no QoS 2 exchange of its own).
+fn qos_of(qos: u8) -> QoS {
+    if qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
     }
 }
 
