@@ -89,7 +89,7 @@ pub enum UplinkError {
         source: std::io::Error,
     },
     #[error(
-        "uplink: mqtts:// needs CA certificates: set uplink.ca_file (none of {} exists)",
+        "uplink: mqtts:// needs CA certificates: set uplink.ca_file (none of {} exists or holds one)",
         SYSTEM_CA_BUNDLES.join(", ")
     )]
     NoCa,
@@ -146,25 +146,20 @@ fn tls(settings: &Settings) -> Result<link::Tls, UplinkError> {
             source,
         })
     };
-    let (ca_key, ca_path, ca) = match &settings.ca_file {
-        Some(path) => ("ca_file", path.clone(), read("ca_file", path)?),
-        None => {
-            let path = SYSTEM_CA_BUNDLES
-                .iter()
-                .find(|path| Path::new(path).exists())
-                .ok_or(UplinkError::NoCa)?;
-            let path = PathBuf::from(path);
-            ("ca_file", path.clone(), read("ca_file", &path)?)
+    let roots = match &settings.ca_file {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in certificates("ca_file", path, &read("ca_file", path)?)? {
+                roots.add(cert).map_err(|e| UplinkError::Pem {
+                    key: "ca_file",
+                    path: path.clone(),
+                    reason: format!("a certificate is not a usable CA ({e})"),
+                })?;
+            }
+            roots
         }
+        None => system_roots()?,
     };
-    let mut roots = RootCertStore::empty();
-    for cert in certificates(ca_key, &ca_path, &ca)? {
-        roots.add(cert).map_err(|e| UplinkError::Pem {
-            key: ca_key,
-            path: ca_path.clone(),
-            reason: format!("a certificate is not a usable CA ({e})"),
-        })?;
-    }
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -196,6 +191,21 @@ fn tls(settings: &Settings) -> Result<link::Tls, UplinkError> {
         config: Arc::new(config),
         server_name,
     })
+}
+
+/// The system's CA bundle, the first of [`SYSTEM_CA_BUNDLES`] there is. The distribution's bundle is taken
+/// as rustls can use it (as rumqttc took it): a certificate it cannot use is skipped, not fatal.
+fn system_roots() -> Result<RootCertStore, UplinkError> {
+    let pem = SYSTEM_CA_BUNDLES
+        .iter()
+        .find_map(|path| std::fs::read(path).ok())
+        .ok_or(UplinkError::NoCa)?;
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok));
+    if roots.is_empty() {
+        return Err(UplinkError::NoCa);
+    }
+    Ok(roots)
 }
 
 /// The certificates of a PEM file; refuses one without certificates or with one that does not parse, so
@@ -471,8 +481,13 @@ impl Uplink {
         let records = self.next_records(room).await;
         let Some(client) = &self.client else { return };
         for (seq, record) in records {
-            let (topic, payload, qos) = (record.topic, record.payload, record.qos);
-            let sent = client.try_publish(topic, qos, record.retain, payload, Some(seq));
+            let Record {
+                topic,
+                payload,
+                qos,
+                retain,
+            } = record;
+            let sent = client.try_publish(topic, qos, retain, payload, Some(seq));
             if let Err(e) = sent {
                 tracing::debug!(error = %e, "uplink: the connection takes no more now");
                 break;
@@ -544,6 +559,21 @@ impl Uplink {
         {
             abort.abort();
             tracing::info!("uplink: the fleet broker did not take the offline status within 2 s");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_bundle_gives_the_roots_it_can_or_says_to_set_ca_file() {
+        let bundle = SYSTEM_CA_BUNDLES.iter().find(|p| Path::new(p).exists());
+        match (bundle, system_roots()) {
+            (Some(_), Ok(roots)) => assert!(!roots.is_empty()),
+            (None, Err(UplinkError::NoCa)) => {}
+            (bundle, roots) => panic!("bundle {bundle:?}: {:?}", roots.map(|r| r.len())),
         }
     }
 }
