@@ -239,3 +239,66 @@ fn log_failure(endpoint: &str, tls: bool, error: &LinkError, was_up: bool, retry
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::QoS;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A broker that accepts the connection, then goes silent: the link pings when it has written
+    /// nothing for a keep-alive, and reports the link lost when the ping goes unanswered for another.
+    #[tokio::test]
+    async fn a_silent_broker_is_pinged_then_given_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let keep_alive = Duration::from_secs(1);
+        let options = Options {
+            client_id: "site-7".into(),
+            host: "127.0.0.1".into(),
+            port,
+            keep_alive,
+            login: None,
+            will: LastWill::new("s", "offline", QoS::AtLeastOnce, true),
+            tls: None,
+            inflight: 100,
+            max_packet: 1 << 20,
+            timeout: Duration::from_secs(5),
+        };
+        let url = UplinkUrl {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let (link, mut events) = mpsc::channel(16);
+        let driver = tokio::spawn(drive(options, url, Backoff::new(keep_alive), link));
+
+        let (mut broker, _) = listener.accept().await.unwrap();
+        let mut connect = [0u8; 256];
+        let read = broker.read(&mut connect).await.unwrap();
+        assert_eq!(connect[0], 0x10, "CONNECT first: {:?}", &connect[..read]);
+        broker.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+        let connected = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+        assert!(matches!(connected, Ok(Some(LinkEvent::Connected(_)))));
+
+        let asked = tokio::time::Instant::now();
+        let mut ping = [0u8; 2];
+        tokio::time::timeout(keep_alive * 3, broker.read_exact(&mut ping))
+            .await
+            .expect("a PINGREQ within the keep-alive")
+            .unwrap();
+        assert_eq!(ping, [0xC0, 0x00]);
+        let lost = tokio::time::timeout(keep_alive * 3, events.recv()).await;
+        assert!(
+            matches!(lost, Ok(Some(LinkEvent::Lost))),
+            "the link is lost"
+        );
+        assert!(
+            asked.elapsed() >= keep_alive,
+            "not before the ping had its keep-alive"
+        );
+        driver.abort();
+    }
+}
