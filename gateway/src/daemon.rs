@@ -205,8 +205,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     // A service that failed to subscribe drops its sender; its task's error is reported at the end.
     let _ = tokio::join!(devices_ready, recoveries_ready, control_ready);
-    // Clients are let in only now: a request sent earlier would find no service to answer it.
-    broker.accept_clients();
     let plain = broker
         .local_addrs()
         .into_iter()
@@ -225,6 +223,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "sprig {} ready",
         env!("CARGO_PKG_VERSION")
     );
+    // Clients are let in only now (a request sent earlier would find no service to answer it), and after
+    // the line that says so: a client's CONNACK never comes before the log's "ready".
+    broker.accept_clients();
     service_manager::ready();
     tokio::spawn(service_manager::watchdog(store.clone(), shutdown.clone()));
 

@@ -106,6 +106,13 @@ impl LinkNames {
         self.lock().made
     }
 
+    /// How many names are held now: the router links open.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        let pool = self.lock();
+        pool.made as usize - pool.free.len()
+    }
+
     fn release(&self, number: u32) {
         let mut pool = self.lock();
         // Lowest first, so that the router sees few distinct names.

@@ -865,3 +865,63 @@ async fn publishes_nobody_could_receive_skip_the_router_until_someone_subscribes
         .unwrap();
     next_matching(&mut d2_rx, puback).await;
 }
+
+/// A device that only speaks to the gateway (Jobs requests, notifications, pings) never gets a router
+/// link; one gets it when it first subscribes to a filter the router serves or publishes where the
+/// router must carry it (a subscriber, a retained message), and gives it back when it leaves. What goes
+/// through the router is delivered all the same.
+#[tokio::test]
+async fn only_connections_that_need_the_router_get_a_link() {
+    let broker = start_granting("shared/#", |_| {}).await;
+    let links = || broker.shared.link_names.held();
+    let puback = |p: Packet| matches!(p, Packet::PubAck(_)).then_some(());
+
+    let (jobs, mut jobs_rx) = connect(options(&broker, "jobs-only")).await;
+    let notify = "$aws/things/jobs-only/jobs/notify-next";
+    jobs.subscribe(notify, QoS::AtLeastOnce).await.unwrap();
+    suback(&mut jobs_rx).await;
+    jobs.publish("shared/unheard", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    next_matching(&mut jobs_rx, puback).await;
+    let delivery = broker.deliver("jobs-only", notify, Bytes::from_static(b"job"));
+    assert_eq!(delivery, Delivery::Delivered);
+    assert_eq!(publish(&mut jobs_rx).await.1, Bytes::from_static(b"job"));
+    assert_eq!(links(), 0, "a Jobs-only device has no router link");
+
+    let (listener, mut listener_rx) = connect(options(&broker, "listener")).await;
+    listener
+        .subscribe("shared/a", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    suback(&mut listener_rx).await;
+    assert_eq!(links(), 1, "a routed subscription opens one");
+
+    jobs.publish("shared/a", QoS::AtLeastOnce, false, "heard")
+        .await
+        .unwrap();
+    next_matching(&mut jobs_rx, puback).await;
+    assert_eq!(
+        publish(&mut listener_rx).await,
+        ("shared/a".to_owned(), Bytes::from("heard"))
+    );
+    assert_eq!(links(), 2, "a publish someone subscribed to opens one");
+
+    let (keeper, mut keeper_rx) = connect(options(&broker, "keeper")).await;
+    keeper
+        .publish("shared/kept", QoS::AtLeastOnce, true, "kept")
+        .await
+        .unwrap();
+    next_matching(&mut keeper_rx, puback).await;
+    assert_eq!(links(), 3, "a retained publish opens one");
+
+    for (client, id) in [
+        (jobs, "jobs-only"),
+        (listener, "listener"),
+        (keeper, "keeper"),
+    ] {
+        client.disconnect().await.unwrap();
+        gone(&broker, id).await;
+    }
+    assert_eq!(links(), 0, "every link is closed when its connection ends");
+}

@@ -67,6 +67,32 @@ impl Will {
 
 /// Publishes `will` now, through the router link `tx` (a `$` topic goes to the gateway's services).
 pub(crate) fn publish(shared: &Shared, will: Will, tx: &mut LinkTx) {
+    if let Some(routed) = hand_out(shared, will) {
+        push_now(tx, routed);
+    }
+}
+
+/// Publishes `will` of a connection that had no router link: the router gets it on a link of its own
+/// (made in a task of its own) only when it must carry it: retained, or on a topic one of its filters
+/// matches.
+pub(crate) fn publish_without_link(shared: &Arc<Shared>, client_id: &str, will: Will) {
+    let Some(Packet::Publish(publish, props)) = hand_out(shared, will) else {
+        return;
+    };
+    let topic = String::from_utf8_lossy(&publish.topic);
+    if !publish.retain && !shared.routed.may_deliver(&topic) {
+        return;
+    }
+    let shared = shared.clone();
+    let client_id = client_id.to_owned();
+    tokio::spawn(async move {
+        on_own_link(&shared, &client_id, Packet::Publish(publish, props)).await;
+    });
+}
+
+/// Gives `will` to the gateway's services (all of it, on a `$` topic; a copy otherwise) and records it
+/// when retained; returns the publish the router must be given, if any.
+fn hand_out(shared: &Shared, will: Will) -> Option<Packet> {
     let Will {
         topic,
         message,
@@ -76,12 +102,23 @@ pub(crate) fn publish(shared: &Shared, will: Will, tx: &mut LinkTx) {
     } = will;
     if served_directly(&topic) {
         shared.taps.dispatch_now(&topic, message);
-        return;
+        return None;
     }
     shared.taps.copy_now(&topic, &message, retain);
     shared.retained.published(&topic, &message, retain, &props);
     let publish = Publish::new(Bytes::from(to_internal(&topic)), message, retain);
-    push_now(tx, Packet::Publish(publish, props));
+    Some(Packet::Publish(publish, props))
+}
+
+/// Pushes `routed` (a will) into a router link opened for it alone, then closes that link.
+async fn on_own_link(shared: &Shared, client_id: &str, routed: Packet) {
+    match shared.link().await {
+        Ok(((mut tx, _rx, _ack), _name)) => {
+            push_now(&mut tx, routed);
+            disconnect_now(&mut tx);
+        }
+        Err(e) => tracing::warn!(client_id, "cannot publish the last will: {e}"),
+    }
 }
 
 /// The wills held back by their delay, by client id.
@@ -147,13 +184,9 @@ async fn wait_then_publish(
         );
         return;
     }
-    match shared.link().await {
-        Ok(((mut tx, _rx, _ack), _name)) => {
-            tracing::info!(client_id, topic = will.topic, "delayed last will published");
-            publish(&shared, will, &mut tx);
-            disconnect_now(&mut tx);
-        }
-        Err(e) => tracing::warn!(client_id, "cannot publish the delayed last will: {e}"),
+    tracing::info!(client_id, topic = will.topic, "delayed last will published");
+    if let Some(routed) = hand_out(&shared, will) {
+        on_own_link(&shared, &client_id, routed).await;
     }
 }
 

@@ -1,5 +1,6 @@
 //! The handshake: a connection's CONNECT checked (client id, credentials, certificate), its session opened
-//! or resumed with its router link, and the CONNACK written, or a refusal with each version's code. It ends
+//! or resumed (with its router link, when the session has filters the router serves), and the CONNACK
+//! written, or a refusal with each version's code. It ends
 //! where the connection starts carrying packets ([`Client`]): kept apart because it is the one part that
 //! waits on authentication (argon2 on a blocking thread, a few at a time) and the one that decides who the
 //! client is, which everything after only reads.
@@ -14,7 +15,6 @@ use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login,
     Packet,
 };
-use rumqttd::Notification;
 use tokio::sync::mpsc;
 
 use super::{Client, LastWords, LinkGuard, SessionGuard, SharedCopies, SharedInflight};
@@ -28,7 +28,7 @@ use crate::broker::parking::{restore_filters, Link};
 use crate::broker::presence::PresenceInfo;
 use crate::broker::quota::PublishQuota;
 use crate::broker::routed::Deliverable;
-use crate::broker::topics::is_reserved;
+use crate::broker::topics::{is_reserved, served_directly};
 use crate::broker::wills::Will;
 use crate::broker::{ReadHalf, Shared, WriteHalf};
 use crate::config::BrokerConfig;
@@ -101,7 +101,7 @@ pub(super) async fn accept(
     mut writer: PacketWriter<WriteHalf>,
     reader: &mut PacketReader<ReadHalf>,
     slot: Slot,
-) -> Option<(Client, PacketWriter<WriteHalf>, LinkRx)> {
+) -> Option<(Client, PacketWriter<WriteHalf>, Option<LinkRx>)> {
     let version = writer.version();
     let assigned = assign_client_id(&mut request);
     let client_id = request.connect.client_id.clone();
@@ -167,8 +167,9 @@ pub(super) async fn accept(
         client_id: client_id.clone(),
         number,
     };
-    let (link, link_rx, mut ack, ack_props) = match router_session(shared, &resumed, parked).await {
-        Ok(parts) => parts,
+    let (link, link_rx) = match router_session(shared, &resumed, parked).await {
+        Ok(Some((link, link_rx))) => (Some(link), Some(link_rx)),
+        Ok(None) => (None, None),
         Err(e) => {
             let _ = writer
                 .send(refuse(Refusal::Unavailable, e.to_string()))
@@ -176,27 +177,31 @@ pub(super) async fn accept(
             return None;
         }
     };
-    // The session is sprig's to judge (it survives restarts and expires; the router's does neither).
-    ack.session_present = resumed.filters.is_some();
+    // The session is sprig's to judge (it survives restarts and expires; the router's does neither), and
+    // so is the CONNACK: most connections have no router link to answer it.
+    let ack = ConnAck {
+        session_present: resumed.filters.is_some(),
+        code: ConnectReturnCode::Success,
+    };
     let granted_s = asked.expiry.map_or(0, |e| e.as_secs() as u32);
-    let props = ack_props.map(|mut p| {
+    let props = (version == Version::V5).then(|| ConnAckProperties {
         // MQTT 5: the server says so when it keeps a session for less than the client asked.
-        if request.session_expiry_s.is_some_and(|s| s != granted_s) {
-            p.session_expiry_interval = Some(granted_s);
-        }
-        p.assigned_client_identifier = assigned.then(|| client_id.clone());
+        session_expiry_interval: request
+            .session_expiry_s
+            .filter(|s| *s != granted_s)
+            .map(|_| granted_s),
+        assigned_client_identifier: assigned.then(|| client_id.clone()),
         // MQTT 5 §3.2.2.3.14: a keep-alive above the most sprig allows is answered with that most.
-        if request.connect.keep_alive > MAX_KEEP_ALIVE_S {
-            p.server_keep_alive = Some(MAX_KEEP_ALIVE_S);
-        }
+        server_keep_alive: (request.connect.keep_alive > MAX_KEEP_ALIVE_S)
+            .then_some(MAX_KEEP_ALIVE_S),
         // Topics are authorized by name: the reader resolves aliases first.
-        p.topic_alias_max = Some(super::TOPIC_ALIAS_MAX);
-        p.max_packet_size = u32::try_from(shared.config.max_payload_size).ok();
+        topic_alias_max: Some(super::TOPIC_ALIAS_MAX),
+        max_packet_size: u32::try_from(shared.config.max_payload_size).ok(),
         // How many unacknowledged QoS 1/2 publishes the client may send (0 would be a protocol error).
-        p.receive_max = u16::try_from(shared.config.max_inflight_count)
+        receive_max: u16::try_from(shared.config.max_inflight_count)
             .ok()
-            .filter(|n| *n > 0);
-        p
+            .filter(|n| *n > 0),
+        ..ConnAckProperties::default()
     });
     // MQTT 5 §3.1.2.11.4: nothing larger is sent to the client.
     let most = request
@@ -354,41 +359,39 @@ fn session_request(
     }
 }
 
-/// The client's router connection: the link its resumed session left parked, if any (the router has its
-/// filters and kept nothing else), else a fresh, clean one, given the resumed session's filters back. A
-/// parked link of a session that is not resumed (discarded, expired) is closed.
+/// The client's router connection, if its session needs one: the link its resumed session left parked
+/// (the router has its filters and kept nothing else), else a fresh one given back the resumed session's
+/// filters, when some of them are the router's. Any other connection gets its link only when it first
+/// needs one (see `Client::link_tx`). A parked link of a session that is not resumed (discarded, expired)
+/// is closed.
 async fn router_session(
     shared: &Arc<Shared>,
     resumed: &Resumed,
     parked: Option<Link>,
-) -> Result<(LinkGuard, LinkRx, ConnAck, Option<ConnAckProperties>), crate::broker::BrokerError> {
+) -> Result<Option<(LinkGuard, LinkRx)>, crate::broker::BrokerError> {
     match parked {
         Some((tx, rx, name)) if resumed.filters.is_some() => {
-            let ack = ConnAck {
-                session_present: true,
-                code: ConnectReturnCode::Success,
-            };
-            let link = LinkGuard::new(tx, name);
-            return Ok((link, rx, ack, Some(ConnAckProperties::default())));
+            return Ok(Some((LinkGuard::new(tx, name), rx)));
         }
         Some((mut tx, _, _name)) => disconnect_now(&mut tx),
         None => {}
     }
-    let ((tx, rx, ack), name) = shared.link().await?;
-    let (ack, props) = router_connack(ack)?;
-    let mut link = LinkGuard::new(tx, name);
-    if let Some(filters) = &resumed.filters {
-        restore_filters(link.tx(), filters, &shared.routed);
-    }
-    Ok((link, rx, ack, props))
+    let routed = |filters: &Vec<String>| filters.iter().any(|f| !served_directly(f));
+    let Some(filters) = resumed.filters.as_ref().filter(|f| routed(f)) else {
+        return Ok(None);
+    };
+    let (mut link, rx) = open_link(shared).await?;
+    restore_filters(link.tx(), filters, &shared.routed);
+    Ok(Some((link, rx)))
 }
 
-/// The CONNACK the router answered a new link with.
-fn router_connack(
-    ack: Notification,
-) -> Result<(ConnAck, Option<ConnAckProperties>), crate::broker::BrokerError> {
+/// A fresh router link, once the router has answered it.
+pub(super) async fn open_link(
+    shared: &Shared,
+) -> Result<(LinkGuard, LinkRx), crate::broker::BrokerError> {
+    let ((tx, rx, ack), name) = shared.link().await?;
     match Option::<Packet>::from(ack) {
-        Some(Packet::ConnAck(ack, props)) => Ok((ack, props)),
+        Some(Packet::ConnAck(..)) => Ok((LinkGuard::new(tx, name), rx)),
         other => Err(crate::broker::BrokerError::Link(format!(
             "the router answered {other:?}, not a CONNACK"
         ))),

@@ -25,9 +25,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, Packet, PubAck, PubAckReason,
-    PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelProperties, Publish, QoS,
-    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, Packet, PingResp, PubAck,
+    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelProperties, Publish,
+    QoS, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
     Unsubscribe,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -131,7 +131,7 @@ pub(crate) async fn serve(
     }
 }
 
-/// An accepted, authenticated client with its router link.
+/// An accepted, authenticated client, with its router link once it needs one.
 struct Client {
     shared: Arc<Shared>,
     client_id: String,
@@ -163,7 +163,11 @@ struct Client {
     will: Option<LastWords>,
     /// How long the session outlives the connection (`None`: it ends with it); a delayed will waits no longer.
     session_expiry: Option<Duration>,
-    link: LinkGuard,
+    /// Its router link: made when the connection first subscribes to a filter the router serves or
+    /// publishes where the router must carry it (see `link_tx`), or at once for a resumed session that has
+    /// such filters. A device that only speaks to the gateway (the Jobs API, its notifications) never has
+    /// one: the router's buffers are most of what a connection would cost.
+    link: Option<LinkGuard>,
     /// Packet ids of the client's QoS 2 publishes on `$` topics awaiting their PUBREL (see
     /// `gateway_publish`); at most the client's receive maximum, as an honest client keeps to it.
     gateway_qos2: HashSet<u16>,
@@ -200,7 +204,7 @@ const TAKEOVER_DRAIN: Duration = Duration::from_millis(50);
 /// Why a connection's loops stopped.
 enum Ended {
     Reader(ReaderEnd),
-    Writer(Result<(WriterEnd, LinkRx), tokio::task::JoinError>),
+    Writer(Result<(WriterEnd, Option<LinkRx>), tokio::task::JoinError>),
     Shutdown,
     TakenOver,
 }
@@ -276,6 +280,8 @@ enum ToWriter {
     SubAck(Box<Packet>, Vec<String>),
     /// Write this last packet (if any) and close the socket.
     Close(Option<Box<Packet>>),
+    /// The router link the reader made just now: deliver what comes on it from here on.
+    Link(Box<LinkRx>),
 }
 
 /// Why the writer loop ended.
@@ -336,7 +342,7 @@ impl Client {
         mut self,
         mut reader: PacketReader<ReadHalf>,
         writer: PacketWriter<WriteHalf>,
-        link_rx: LinkRx,
+        link_rx: Option<LinkRx>,
     ) {
         let (to_writer, commands) = mpsc::channel(64);
         let pending = PendingSubacks::default();
@@ -400,7 +406,7 @@ impl Client {
                 writer_done = true;
                 let end = match joined {
                     Ok((end, rx)) => {
-                        link_rx = Some(rx);
+                        link_rx = rx;
                         end
                     }
                     Err(e) => {
@@ -427,7 +433,7 @@ impl Client {
         if !writer_done {
             let _ = to_writer.send(ToWriter::Close(last.map(Box::new))).await;
             match tokio::time::timeout(Duration::from_secs(1), &mut writer_task).await {
-                Ok(Ok((_, rx))) => link_rx = Some(rx),
+                Ok(Ok((_, rx))) => link_rx = rx,
                 Ok(Err(_)) => {}
                 Err(_) => writer_task.abort(),
             }
@@ -469,7 +475,7 @@ impl Client {
                 )
             }
             ReaderEnd::RouterGone => {
-                self.link.router_has_it = false;
+                self.router_dropped_link();
                 (self.router_gone_reason(), None)
             }
         }
@@ -479,7 +485,7 @@ impl Client {
         match end {
             WriterEnd::Closed => (DisconnectReason::ServerInitiated, None),
             WriterEnd::RouterGone | WriterEnd::RouterDisconnect => {
-                self.link.router_has_it = false;
+                self.router_dropped_link();
                 (self.router_gone_reason(), None)
             }
             WriterEnd::Io(e) => {
@@ -487,6 +493,13 @@ impl Client {
                 self.publish_will();
                 (DisconnectReason::ConnectionLost, None)
             }
+        }
+    }
+
+    /// The router ended this connection's link itself: its connection id may be someone else's now.
+    fn router_dropped_link(&mut self) {
+        if let Some(link) = &mut self.link {
+            link.router_has_it = false;
         }
     }
 
@@ -533,7 +546,10 @@ impl Client {
         };
         let delay = will.delay.min(self.session_expiry.unwrap_or_default());
         if delay.is_zero() {
-            wills::publish(&self.shared, will, self.link.tx());
+            match &mut self.link {
+                Some(link) => wills::publish(&self.shared, will, link.tx()),
+                None => wills::publish_without_link(&self.shared, &self.client_id, will),
+            }
             return;
         }
         tracing::debug!(client_id = self.client_id, ?delay, "last will held back");
@@ -569,7 +585,7 @@ impl Client {
         let Some(rx) = link_rx else {
             return;
         };
-        let Some((mut tx, name)) = self.link.hand_on() else {
+        let Some((mut tx, name)) = self.link.as_mut().and_then(LinkGuard::hand_on) else {
             return;
         };
         // The session holds those messages now; the router wants its acknowledgements in order.
@@ -662,9 +678,9 @@ impl Client {
                     }
                 },
                 Packet::PubRel(pubrel, props) => self.inbound_pubrel(pubrel, props),
-                p @ (Packet::PingReq(_) | Packet::PubRec(..) | Packet::PubComp(..)) => {
-                    Inbound::forward(p)
-                }
+                // Answered here, link or not (the router would only answer it too).
+                Packet::PingReq(_) => Inbound::reply(Packet::PingResp(PingResp)),
+                p @ (Packet::PubRec(..) | Packet::PubComp(..)) => Inbound::forward(p),
                 other => {
                     let detail = format!("unexpected packet {other:?}");
                     return ReaderEnd::Lost(DisconnectReason::ClientError, detail);
@@ -718,7 +734,13 @@ impl Client {
                 }
             }
             for packet in to_router.into_iter().chain(then) {
-                if self.link.tx().send(packet).await.is_err() {
+                let tx = match self.link_tx(&packet, to_writer).await {
+                    Ok(Some(tx)) => tx,
+                    // Nothing of the router's to answer or undo (see `opens_link`).
+                    Ok(None) => continue,
+                    Err(end) => return end,
+                };
+                if tx.send(packet).await.is_err() {
                     return ReaderEnd::RouterGone;
                 }
             }
@@ -737,12 +759,41 @@ impl Client {
     /// [`Inflight::release`]).
     async fn release_router_acks(&mut self) -> Result<(), ()> {
         let released = lock(&self.inflight).release();
+        let Some(link) = &mut self.link else {
+            return Ok(());
+        };
         for pkid in released {
             let reason = PubAckReason::Success;
             let ack = Packet::PubAck(PubAck { pkid, reason }, None);
-            self.link.tx().send(ack).await.map_err(|_| ())?;
+            link.tx().send(ack).await.map_err(|_| ())?;
         }
         Ok(())
+    }
+
+    /// The router link to push `packet` into: made now if the connection has none and `packet` needs one
+    /// (the writer is handed its receiving half first); `None` when it has none and `packet` does not.
+    async fn link_tx(
+        &mut self,
+        packet: &Packet,
+        to_writer: &mpsc::Sender<ToWriter>,
+    ) -> Result<Option<&mut LinkTx>, ReaderEnd> {
+        if self.link.is_none() && opens_link(packet) {
+            let (link, rx) = Box::pin(handshake::open_link(&self.shared))
+                .await
+                .map_err(|e| {
+                    tracing::warn!(client_id = self.client_id, "no router link: {e}");
+                    ReaderEnd::RouterGone
+                })?;
+            if to_writer.send(ToWriter::Link(Box::new(rx))).await.is_err() {
+                return Err(ReaderEnd::Lost(
+                    DisconnectReason::ConnectionLost,
+                    "writer gone".into(),
+                ));
+            }
+            tracing::debug!(client_id = self.client_id, "router link opened");
+            self.link = Some(link);
+        }
+        Ok(self.link.as_mut().map(LinkGuard::tx))
     }
 
     /// The built-in topic rules and the configured ones, for this client (see [`crate::auth::Authenticator`]).
@@ -905,6 +956,12 @@ impl Client {
         if self.gateway_qos2.remove(&pubrel.pkid) {
             let pkid = pubrel.pkid;
             let reason = PubCompReason::Success;
+            return Inbound::reply(Packet::PubComp(PubComp { pkid, reason }, None));
+        }
+        if self.link.is_none() {
+            // No QoS 2 publish of its went to the router: there is no exchange to complete.
+            let pkid = pubrel.pkid;
+            let reason = PubCompReason::PacketIdentifierNotFound;
             return Inbound::reply(Packet::PubComp(PubComp { pkid, reason }, None));
         }
         Inbound::forward(Packet::PubRel(pubrel, props))
@@ -1245,6 +1302,18 @@ fn v5_disconnect(version: Version, reason_code: DisconnectReasonCode) -> Option<
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Does `packet` warrant a router link of its own when the connection has none? A publish or a SUBSCRIBE
+/// the reader forwards does (the router must carry it); anything else forwarded (an UNSUBSCRIBE, a
+/// shared group rejoined, acknowledgements) is about what only a link could hold, so without one there is
+/// nothing to tell the router.
+fn opens_link(packet: &Packet) -> bool {
+    match packet {
+        Packet::Publish(..) => true,
+        Packet::Subscribe(subscribe, _) => subscribe.pkid != super::parking::RESTORE_PKID,
+        _ => false,
+    }
 }
 
 /// Sends a packet on a link from synchronous code (see [`disconnect_now`]).

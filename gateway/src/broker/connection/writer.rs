@@ -343,16 +343,17 @@ async fn write_backlog(
 
 /// Router -> socket, restoring `$` topics, splicing denied filters into SUBACKs and reporting granted
 /// subscriptions once their SUBACK is written; and direct deliveries -> socket. A resumed session's
-/// backlog goes first. Gives the router link's receiving half back when it ends.
+/// backlog goes first. The connection may have no router link, or get one later (`ToWriter::Link`). Gives
+/// the router link's receiving half back when it ends.
 pub(super) async fn write_loop(
     mut out: Outgoing,
-    mut link_rx: LinkRx,
+    mut link_rx: Option<LinkRx>,
     mut commands: mpsc::Receiver<ToWriter>,
     mut direct: mpsc::Receiver<Waiting>,
     pending: PendingSubacks,
     subscribed: Subscribed,
     resumed: Resumed,
-) -> (WriterEnd, LinkRx) {
+) -> (WriterEnd, Option<LinkRx>) {
     let end = write_until_end(
         &mut out,
         &mut link_rx,
@@ -369,7 +370,7 @@ pub(super) async fn write_loop(
 
 async fn write_until_end(
     out: &mut Outgoing,
-    link_rx: &mut LinkRx,
+    link_rx: &mut Option<LinkRx>,
     commands: &mut mpsc::Receiver<ToWriter>,
     direct: &mut mpsc::Receiver<Waiting>,
     pending: &PendingSubacks,
@@ -408,7 +409,7 @@ async fn write_until_end(
                 let mut next = command;
                 let mut taken = 0;
                 while let Some(command) = next.take() {
-                    if let Some(end) = on_command(out, command, subscribed).await {
+                    if let Some(end) = on_command(out, command, link_rx, subscribed).await {
                         return end;
                     }
                     taken += 1;
@@ -462,7 +463,10 @@ async fn write_until_end(
                     }
                 }
             }
-            notification = link_rx.next() => {
+            notification = next_notification(link_rx) => {
+                let Some(link_rx) = link_rx.as_mut() else {
+                    continue;
+                };
                 // What else the router has for this client goes into the same write: a publisher's
                 // PUBACKs come a batch at a time, and each write is a system call.
                 let mut next = Some(notification);
@@ -488,6 +492,16 @@ async fn write_until_end(
     }
 }
 
+/// The router link's next notification; never, while the connection has no link.
+async fn next_notification(
+    link_rx: &mut Option<LinkRx>,
+) -> Result<Option<Notification>, rumqttd::local::LinkError> {
+    match link_rx {
+        Some(link_rx) => link_rx.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// `future`'s output if it has one without waiting.
 fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
     let mut context = std::task::Context::from_waker(std::task::Waker::noop());
@@ -501,6 +515,7 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
 async fn on_command(
     out: &mut Outgoing,
     command: ToWriter,
+    link_rx: &mut Option<LinkRx>,
     subscribed: &Subscribed,
 ) -> Option<WriterEnd> {
     match command {
@@ -524,6 +539,10 @@ async fn on_command(
             }
             out.writer.shutdown().await;
             Some(WriterEnd::Closed)
+        }
+        ToWriter::Link(rx) => {
+            *link_rx = Some(*rx);
+            None
         }
     }
 }
