@@ -38,6 +38,11 @@ pub(crate) enum ReadError {
 pub(crate) struct PacketReader<R> {
     io: R,
     buf: BytesMut,
+    /// How much room each read asks for: doubled while reads fill it (a busy publisher reads many packets
+    /// per system call), halved back while they do not. An idle device's buffer is this small.
+    chunk: usize,
+    /// The size of the buffer's allocation (its `capacity` shrinks as packets are cut off its front).
+    allocated: usize,
     max_size: usize,
     /// True once the first packet (the CONNECT) was read: no other may follow.
     connected: bool,
@@ -49,7 +54,9 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     pub(crate) fn new(io: R, max_size: usize) -> Self {
         PacketReader {
             io,
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::new(),
+            chunk: SMALLEST_READ,
+            allocated: 0,
             max_size,
             connected: false,
             from_client: true,
@@ -120,6 +127,8 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     }
 
     async fn fill(&mut self, idle: Option<Duration>) -> Result<(), ReadError> {
+        self.make_room();
+        let room = self.buf.capacity() - self.buf.len();
         let read = match idle {
             Some(limit) => tokio::time::timeout(limit, self.io.read_buf(&mut self.buf))
                 .await
@@ -129,7 +138,34 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         if read == 0 {
             return Err(ReadError::Closed);
         }
+        self.chunk = next_chunk(self.chunk, read, room);
         Ok(())
+    }
+
+    /// Room for the next read: a buffer grown for a busy spell or a large packet is given back once empty,
+    /// so that thousands of quiet connections hold a few hundred bytes each, not kilobytes.
+    fn make_room(&mut self) {
+        if self.buf.is_empty() && self.allocated > 2 * self.chunk {
+            self.buf = BytesMut::new();
+            self.allocated = 0;
+        }
+        self.buf.reserve(self.chunk);
+        self.allocated = self.allocated.max(self.buf.capacity());
+    }
+}
+
+/// The smallest and the largest room a read asks for (see `PacketReader::chunk`).
+const SMALLEST_READ: usize = 256;
+const LARGEST_READ: usize = 64 * 1024;
+
+/// The room the next read asks for, after one that took `read` bytes of `room`.
+fn next_chunk(chunk: usize, read: usize, room: usize) -> usize {
+    if read >= room {
+        (chunk * 2).min(LARGEST_READ)
+    } else if read < chunk / 4 {
+        (chunk / 2).max(SMALLEST_READ)
+    } else {
+        chunk
     }
 }
 
@@ -245,10 +281,6 @@ pub(crate) enum Progress {
     Flushed,
 }
 
-/// A writer's buffer to begin with, and the most it keeps once empty.
-const INITIAL_BUFFER: usize = 4096;
-const KEPT_BUFFER: usize = 64 * 1024;
-
 /// Writes packets in the connection's version.
 pub(crate) struct PacketWriter<W> {
     io: W,
@@ -268,7 +300,7 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     pub(crate) fn new(io: W, version: Version) -> Self {
         PacketWriter {
             io,
-            buf: BytesMut::with_capacity(INITIAL_BUFFER),
+            buf: BytesMut::new(),
             version,
             stall: None,
             max_packet: None,
@@ -380,6 +412,7 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
                 None => write.await?,
             }
             self.buf.clear();
+            self.give_back_buffer();
         }
         self.io.flush().await
     }
@@ -403,10 +436,16 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
             return Err(io::ErrorKind::WriteZero.into());
         }
         self.buf.advance(written);
-        if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER {
-            self.buf = BytesMut::with_capacity(INITIAL_BUFFER);
-        }
+        self.give_back_buffer();
         Ok(())
+    }
+
+    /// Frees the buffer once everything in it is written: an idle connection holds none, and one write
+    /// of a burst or a backlog costs an allocation, not a buffer kept for good.
+    fn give_back_buffer(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// Moves bytes on towards the client: some of the buffer ([`PacketWriter::write_some`]) or, once it
