@@ -262,7 +262,7 @@ pub(super) async fn accept(
         aliases: HashMap::new(),
         shared_filters: Vec::new(),
         resumed: Some(resumed),
-        will,
+        will: will.map(Box::new),
         session_expiry: asked.expiry,
         link,
         gateway_qos2: HashSet::new(),

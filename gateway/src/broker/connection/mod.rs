@@ -72,10 +72,12 @@ pub(crate) async fn serve(
 ) {
     let mut reader = PacketReader::new(read_half, shared.config.max_payload_size);
     let limit = Duration::from_millis(shared.config.connection_timeout_ms.into());
-    let first = tokio::time::timeout(limit, async {
+    // Boxed, as every wait of the connection's task but its loops: the task keeps room for the largest
+    // of its waits as long as it lives.
+    let first = Box::pin(tokio::time::timeout(limit, async {
         let version = reader.sniff_version().await?;
         Ok::<_, ReadError>((version, reader.read(version, None).await?))
-    })
+    }))
     .await;
     let (version, packet) = match first {
         Ok(Ok(first)) => first,
@@ -125,7 +127,7 @@ pub(crate) async fn serve(
         certificate,
     };
     if let Some((client, writer, link_rx)) =
-        accept(&shared, request, writer, &mut reader, slot).await
+        Box::pin(accept(&shared, request, writer, &mut reader, slot)).await
     {
         client.run(reader, writer, link_rx).await;
     }
@@ -160,7 +162,7 @@ struct Client {
     shared_filters: Vec<String>,
     /// The session it resumed (filters and what waited for it), until the writer takes it.
     resumed: Option<Resumed>,
-    will: Option<LastWords>,
+    will: Option<Box<LastWords>>,
     /// How long the session outlives the connection (`None`: it ends with it); a delayed will waits no longer.
     session_expiry: Option<Duration>,
     /// Its router link: made when the connection first subscribes to a filter the router serves or
@@ -200,6 +202,24 @@ pub(crate) const TOPIC_ALIAS_MAX: u16 = 10;
 /// How long a connection that was taken over goes on reading what its client had sent before: enough for
 /// bytes already in the socket (a client sends DISCONNECT and connects again at once), not a wait for more.
 const TAKEOVER_DRAIN: Duration = Duration::from_millis(50);
+
+/// Asks the writer to write `last` (if any) and close, and waits a second at most for it to end; returns
+/// the router link's receiving half it gives back, if any.
+async fn close_writer(
+    to_writer: &mpsc::Sender<ToWriter>,
+    last: Option<Packet>,
+    writer_task: &mut tokio::task::JoinHandle<(WriterEnd, Option<LinkRx>)>,
+) -> Option<LinkRx> {
+    let _ = to_writer.send(ToWriter::Close(last.map(Box::new))).await;
+    match tokio::time::timeout(Duration::from_secs(1), &mut *writer_task).await {
+        Ok(Ok((_, rx))) => rx,
+        Ok(Err(_)) => None,
+        Err(_) => {
+            writer_task.abort();
+            None
+        }
+    }
+}
 
 /// Why a connection's loops stopped.
 enum Ended {
@@ -431,14 +451,9 @@ impl Client {
             }
         };
         if !writer_done {
-            let _ = to_writer.send(ToWriter::Close(last.map(Box::new))).await;
-            match tokio::time::timeout(Duration::from_secs(1), &mut writer_task).await {
-                Ok(Ok((_, rx))) => link_rx = rx,
-                Ok(Err(_)) => {}
-                Err(_) => writer_task.abort(),
-            }
+            link_rx = Box::pin(close_writer(&to_writer, last, &mut writer_task)).await;
         }
-        self.finish(reason, link_rx).await;
+        Box::pin(self.finish(reason, link_rx)).await;
     }
 
     fn reader_ended(
@@ -532,7 +547,7 @@ impl Client {
     /// Publishes the client's last will, if it may publish there (see `wills`); only on an abnormal end.
     /// MQTT 5: after its Will Delay Interval, or when the session ends if that comes first.
     fn publish_will(&mut self) {
-        let will = match self.will.take() {
+        let will = match self.will.take().map(|w| *w) {
             None => return,
             Some(LastWords::Denied(topic)) => {
                 tracing::warn!(
@@ -624,7 +639,7 @@ impl Client {
                 read = reader.read(version, left) => read,
                 // The writer settled router publishes (see `Inflight::release`): tell the router.
                 () = settled.notified() => {
-                    if self.release_router_acks().await.is_err() {
+                    if Box::pin(self.release_router_acks()).await.is_err() {
                         return ReaderEnd::RouterGone;
                     }
                     continue;
@@ -635,116 +650,137 @@ impl Client {
                 Err(e) => return lost(e),
             };
             last_packet = tokio::time::Instant::now();
-            let forward = match packet {
-                Packet::Publish(publish, props) => {
-                    let size = publish.topic.len() + publish.payload.len();
-                    let metrics = crate::metrics::get();
-                    metrics.messages_received.inc();
-                    metrics.bytes_received.inc_by(size as u64);
-                    self.quota.admit(&self.client_id, size).await;
-                    self.inbound_publish(publish, props, version)
-                }
-                Packet::Subscribe(subscribe, props) => {
-                    self.inbound_subscribe(subscribe, props, version, pending)
-                }
-                Packet::Unsubscribe(unsubscribe, props) => {
-                    self.inbound_unsubscribe(unsubscribe, props, pending)
-                }
-                Packet::Disconnect(_, props) => {
-                    // MQTT 5: the DISCONNECT may shorten or lengthen the session's expiry (not start one).
-                    if let Some(expiry_s) = props.and_then(|p| p.session_expiry_interval) {
-                        self.change_session_expiry(expiry_s);
-                    }
-                    return ReaderEnd::ClientDisconnect;
-                }
+            // A client's acknowledgement (of a notification at QoS 1, the most frequent) is taken here;
+            // anything else is handled apart, boxed: handling a packet waits on several things, and the
+            // task of an idle connection would otherwise keep room for all of them as long as it lives.
+            let end = match packet {
                 Packet::PubAck(ack, _) => match self.acknowledged(ack.pkid) {
-                    Acked::Own => Inbound::default(),
                     // The router is told in its own order (see `Inflight::release`).
-                    Acked::Router => {
-                        if self.release_router_acks().await.is_err() {
-                            return ReaderEnd::RouterGone;
-                        }
-                        Inbound::default()
-                    }
+                    Acked::Router => (Box::pin(self.release_router_acks()).await)
+                        .err()
+                        .map(|()| ReaderEnd::RouterGone),
+                    Acked::Own => None,
                     // Nothing in flight has that id (a duplicate, or made up): not passed on, as the router
                     // would take it for its oldest publish's ack, log an error and drop the connection.
                     Acked::Unknown => {
+                        let pkid = ack.pkid;
                         tracing::debug!(
                             client_id = self.client_id,
-                            pkid = ack.pkid,
+                            pkid,
                             "PUBACK for nothing in flight: ignored"
                         );
-                        Inbound::default()
+                        None
                     }
                 },
-                Packet::PubRel(pubrel, props) => self.inbound_pubrel(pubrel, props),
-                // Answered here, link or not (the router would only answer it too).
-                Packet::PingReq(_) => Inbound::reply(Packet::PingResp(PingResp)),
-                p @ (Packet::PubRec(..) | Packet::PubComp(..)) => Inbound::forward(p),
-                other => {
-                    let detail = format!("unexpected packet {other:?}");
-                    return ReaderEnd::Lost(DisconnectReason::ClientError, detail);
-                }
+                packet => Box::pin(self.on_packet(packet, to_writer, pending, version)).await,
             };
-            let Inbound {
-                to_router,
-                to_taps,
-                copy,
-                reply,
-                granted,
-                denied,
-                violation,
-                then,
-            } = forward;
-            if let Some((code, detail)) = violation {
-                return ReaderEnd::Broke(code, detail);
-            }
-            if let Some(topic) = denied {
-                return ReaderEnd::Denied(topic);
-            }
-            if let Some((topic, payload)) = to_taps {
-                // Before the acknowledgement: a client that got its PUBACK may count on the request
-                // having been taken.
-                self.shared.taps.dispatch(&topic, payload).await;
-            }
-            if let Some(Copy {
-                topic,
-                payload,
-                qos,
-                pkid,
-                retain,
-            }) = copy
-            {
-                // Handed over before the router has the publish; the router's acknowledgement waits in
-                // the writer until the copy (the uplink's spool) is taken, so a client that got its
-                // PUBACK may count on it. QoS 0 promises nothing to wait for.
-                let taken = self.shared.taps.copy(&topic, &payload, qos, retain).await;
-                if qos > 0 && !taken.is_empty() {
-                    lock(&self.copies).insert(pkid, taken);
-                }
-            }
-            // After the copy's record: an acknowledgement sprig makes itself waits for it too.
-            if let Some(reply) = reply {
-                let reply = match granted {
-                    Some(granted) => ToWriter::SubAck(Box::new(reply), granted),
-                    None => ToWriter::Packet(Box::new(reply)),
-                };
-                if to_writer.send(reply).await.is_err() {
-                    return ReaderEnd::Lost(DisconnectReason::ConnectionLost, "writer gone".into());
-                }
-            }
-            for packet in to_router.into_iter().chain(then) {
-                let tx = match self.link_tx(&packet, to_writer).await {
-                    Ok(Some(tx)) => tx,
-                    // Nothing of the router's to answer or undo (see `opens_link`).
-                    Ok(None) => continue,
-                    Err(end) => return end,
-                };
-                if tx.send(packet).await.is_err() {
-                    return ReaderEnd::RouterGone;
-                }
+            if let Some(end) = end {
+                return end;
             }
         }
+    }
+
+    /// Handles one packet the client sent; `Some` when the connection must end.
+    async fn on_packet(
+        &mut self,
+        packet: Packet,
+        to_writer: &mpsc::Sender<ToWriter>,
+        pending: &PendingSubacks,
+        version: Version,
+    ) -> Option<ReaderEnd> {
+        let forward = match packet {
+            Packet::Publish(publish, props) => {
+                let size = publish.topic.len() + publish.payload.len();
+                let metrics = crate::metrics::get();
+                metrics.messages_received.inc();
+                metrics.bytes_received.inc_by(size as u64);
+                self.quota.admit(&self.client_id, size).await;
+                self.inbound_publish(publish, props, version)
+            }
+            Packet::Subscribe(subscribe, props) => {
+                self.inbound_subscribe(subscribe, props, version, pending)
+            }
+            Packet::Unsubscribe(unsubscribe, props) => {
+                self.inbound_unsubscribe(unsubscribe, props, pending)
+            }
+            Packet::Disconnect(_, props) => {
+                // MQTT 5: the DISCONNECT may shorten or lengthen the session's expiry (not start one).
+                if let Some(expiry_s) = props.and_then(|p| p.session_expiry_interval) {
+                    self.change_session_expiry(expiry_s);
+                }
+                return Some(ReaderEnd::ClientDisconnect);
+            }
+            Packet::PubRel(pubrel, props) => self.inbound_pubrel(pubrel, props),
+            // Answered here, link or not (the router would only answer it too).
+            Packet::PingReq(_) => Inbound::reply(Packet::PingResp(PingResp)),
+            p @ (Packet::PubRec(..) | Packet::PubComp(..)) => Inbound::forward(p),
+            other => {
+                let detail = format!("unexpected packet {other:?}");
+                return Some(ReaderEnd::Lost(DisconnectReason::ClientError, detail));
+            }
+        };
+        let Inbound {
+            to_router,
+            to_taps,
+            copy,
+            reply,
+            granted,
+            denied,
+            violation,
+            then,
+        } = forward;
+        if let Some((code, detail)) = violation {
+            return Some(ReaderEnd::Broke(code, detail));
+        }
+        if let Some(topic) = denied {
+            return Some(ReaderEnd::Denied(topic));
+        }
+        if let Some((topic, payload)) = to_taps {
+            // Before the acknowledgement: a client that got its PUBACK may count on the request
+            // having been taken.
+            self.shared.taps.dispatch(&topic, payload).await;
+        }
+        if let Some(Copy {
+            topic,
+            payload,
+            qos,
+            pkid,
+            retain,
+        }) = copy
+        {
+            // Handed over before the router has the publish; the router's acknowledgement waits in
+            // the writer until the copy (the uplink's spool) is taken, so a client that got its
+            // PUBACK may count on it. QoS 0 promises nothing to wait for.
+            let taken = self.shared.taps.copy(&topic, &payload, qos, retain).await;
+            if qos > 0 && !taken.is_empty() {
+                lock(&self.copies).insert(pkid, taken);
+            }
+        }
+        // After the copy's record: an acknowledgement sprig makes itself waits for it too.
+        if let Some(reply) = reply {
+            let reply = match granted {
+                Some(granted) => ToWriter::SubAck(Box::new(reply), granted),
+                None => ToWriter::Packet(Box::new(reply)),
+            };
+            if to_writer.send(reply).await.is_err() {
+                return Some(ReaderEnd::Lost(
+                    DisconnectReason::ConnectionLost,
+                    "writer gone".into(),
+                ));
+            }
+        }
+        for packet in to_router.into_iter().chain(then) {
+            let tx = match self.link_tx(&packet, to_writer).await {
+                Ok(Some(tx)) => tx,
+                // Nothing of the router's to answer or undo (see `opens_link`).
+                Ok(None) => continue,
+                Err(end) => return Some(end),
+            };
+            if tx.send(packet).await.is_err() {
+                return Some(ReaderEnd::RouterGone);
+            }
+        }
+        None
     }
 
     fn acknowledged(&self, pkid: u16) -> Acked {

@@ -377,7 +377,9 @@ async fn write_until_end(
     subscribed: &Subscribed,
     resumed: Resumed,
 ) -> WriterEnd {
-    if let Err(e) = write_backlog(out, resumed, subscribed).await {
+    // Boxed, as every wait but the loop's own: the connection's task keeps only the largest of its waits
+    // for as long as it lives, and thousands of idle connections add up.
+    if let Err(e) = Box::pin(write_backlog(out, resumed, subscribed)).await {
         return WriterEnd::Io(e);
     }
     let version = out.writer.version();
@@ -405,21 +407,18 @@ async fn write_until_end(
             // Replies the reader made are written before later router output.
             biased;
             command = commands.recv() => {
-                // The reader's replies queued behind this one go out in the same write.
-                let mut next = command;
-                let mut taken = 0;
-                while let Some(command) = next.take() {
-                    if let Some(end) = on_command(out, command, link_rx, subscribed).await {
-                        return end;
-                    }
-                    taken += 1;
-                    if taken < WRITE_BATCH {
-                        next = commands.try_recv().ok();
-                    }
-                }
-                if taken == 0 {
+                let Some(command) = command else {
                     out.writer.shutdown().await;
                     return WriterEnd::Closed;
+                };
+                match take_commands(out, commands, command, link_rx) {
+                    Step::Done => {}
+                    Step::End(end) => return end,
+                    Step::Wait(slow) => {
+                        if let Some(end) = Box::pin(finish_slow(out, link_rx, *slow, subscribed)).await {
+                            return end;
+                        }
+                    }
                 }
             }
             progress = out.writer.write_or_flush(), if waiting => match progress {
@@ -464,27 +463,16 @@ async fn write_until_end(
                 }
             }
             notification = next_notification(link_rx) => {
-                let Some(link_rx) = link_rx.as_mut() else {
+                let Some(rx) = link_rx.as_mut() else {
                     continue;
                 };
-                // What else the router has for this client goes into the same write: a publisher's
-                // PUBACKs come a batch at a time, and each write is a system call.
-                let mut next = Some(notification);
-                let mut taken = 0;
-                while let Some(notification) = next.take() {
-                    let notification = match notification {
-                        Ok(Some(n)) => n,
-                        Ok(None) => break,
-                        Err(_) => return WriterEnd::RouterGone,
-                    };
-                    if let Some(end) =
-                        on_notification(out, link_rx, notification, pending, subscribed, version).await
-                    {
-                        return end;
-                    }
-                    taken += 1;
-                    if taken < WRITE_BATCH {
-                        next = ready_now(link_rx.next());
+                match take_notifications(out, rx, notification, pending, subscribed, version) {
+                    Step::Done => {}
+                    Step::End(end) => return end,
+                    Step::Wait(slow) => {
+                        if let Some(end) = Box::pin(finish_slow(out, link_rx, *slow, subscribed)).await {
+                            return end;
+                        }
                     }
                 }
             }
@@ -511,79 +499,184 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
     }
 }
 
-/// Encodes one of the reader's replies; `Some` when the writer must end.
-async fn on_command(
+/// What one of the reader's commands or one router notification asks of the writer, once encoded.
+enum Step {
+    /// Done (encoded, or nothing to do).
+    Done,
+    /// The writer ends.
+    End(WriterEnd),
+    /// Something to wait for first: rare, and done apart (see [`finish_slow`]) so that the long-lived
+    /// writer loop does not carry its state.
+    Wait(Box<Slow>),
+}
+
+impl Step {
+    fn wait(slow: Slow) -> Step {
+        Step::Wait(Box::new(slow))
+    }
+}
+
+/// What waits (see [`Step::Wait`]).
+enum Slow {
+    /// The copies of a client's publish (see `taps`), then its acknowledgement.
+    Copied(Vec<oneshot::Receiver<()>>, Packet),
+    /// A SUBACK written at once, then its filters reported granted and retained messages sent.
+    SubAck(Packet, Vec<String>, Vec<(Kept, u8)>),
+    /// The last packet (if any) written, the socket closed, and the writer ended for this reason.
+    Close(Option<Packet>, WriterEnd),
+    /// The router paused this link because its buffer filled up: say we are ready again, or nothing
+    /// more is ever delivered.
+    Wake,
+}
+
+/// Encodes `first` of the reader's commands and those queued behind it (they go out in one write), up
+/// to [`WRITE_BATCH`] or one that must wait.
+fn take_commands(
     out: &mut Outgoing,
-    command: ToWriter,
+    commands: &mut mpsc::Receiver<ToWriter>,
+    first: ToWriter,
     link_rx: &mut Option<LinkRx>,
-    subscribed: &Subscribed,
-) -> Option<WriterEnd> {
+) -> Step {
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(command) = next.take() {
+        let step = on_command(out, command, link_rx);
+        if !matches!(step, Step::Done) {
+            return step;
+        }
+        taken += 1;
+        if taken < WRITE_BATCH {
+            next = commands.try_recv().ok();
+        }
+    }
+    Step::Done
+}
+
+/// Encodes one of the reader's replies.
+fn on_command(out: &mut Outgoing, command: ToWriter, link_rx: &mut Option<LinkRx>) -> Step {
     match command {
         ToWriter::Packet(packet) => {
             // An acknowledgement sprig made itself waits for its publish's copies, as the router's does.
-            for copied in out.copies_acknowledged_by(&packet) {
-                let _ = copied.await;
+            let copies = out.copies_acknowledged_by(&packet);
+            if !copies.is_empty() {
+                return Step::wait(Slow::Copied(copies, *packet));
             }
-            out.encode_other(*packet).err().map(WriterEnd::Io)
+            encoded(out.encode_other(*packet))
         }
-        ToWriter::SubAck(packet, granted) => {
-            if let Err(e) = out.writer.send(*packet).await {
-                return Some(WriterEnd::Io(e));
-            }
-            subscribed.report(granted);
-            None
-        }
-        ToWriter::Close(last) => {
-            if let Some(last) = last {
-                let _ = out.writer.send(*last).await;
-            }
-            out.writer.shutdown().await;
-            Some(WriterEnd::Closed)
-        }
+        ToWriter::SubAck(packet, granted) => Step::wait(Slow::SubAck(*packet, granted, Vec::new())),
+        ToWriter::Close(last) => Step::wait(Slow::Close(last.map(|p| *p), WriterEnd::Closed)),
         ToWriter::Link(rx) => {
             *link_rx = Some(*rx);
-            None
+            Step::Done
         }
     }
 }
 
-/// Encodes what one router notification has for the client; `Some` when the writer must end.
-async fn on_notification(
+/// Encodes `first` of the router's notifications and what else it has for this client now, into the
+/// same write (a publisher's PUBACKs come a batch at a time, and each write is a system call), up to
+/// [`WRITE_BATCH`] or one that must wait.
+fn take_notifications(
     out: &mut Outgoing,
     link_rx: &mut LinkRx,
+    first: Result<Option<Notification>, rumqttd::local::LinkError>,
+    pending: &PendingSubacks,
+    subscribed: &Subscribed,
+    version: Version,
+) -> Step {
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(notification) = next.take() {
+        let notification = match notification {
+            Ok(Some(n)) => n,
+            Ok(None) => break,
+            Err(_) => return Step::End(WriterEnd::RouterGone),
+        };
+        let step = on_notification(out, notification, pending, subscribed, version);
+        if !matches!(step, Step::Done) {
+            return step;
+        }
+        taken += 1;
+        if taken < WRITE_BATCH {
+            next = ready_now(link_rx.next());
+        }
+    }
+    Step::Done
+}
+
+/// Encodes what one router notification has for the client.
+fn on_notification(
+    out: &mut Outgoing,
     notification: Notification,
     pending: &PendingSubacks,
     subscribed: &Subscribed,
     version: Version,
-) -> Option<WriterEnd> {
+) -> Step {
     if let Notification::Unschedule = notification {
-        // The router paused this link because its buffer filled up: say we are ready again, or nothing
-        // more is ever delivered.
-        return link_rx.wake().await.err().map(|_| WriterEnd::RouterGone);
+        return Step::wait(Slow::Wake);
     }
-    let packet: Option<Packet> = notification.into();
-    let packet = packet?;
-    for taken in out.copies_acknowledged_by(&packet) {
-        // A service that ended dropped its sender: nothing more to wait for.
-        let _ = taken.await;
+    let Some(packet) = Option::<Packet>::from(notification) else {
+        return Step::Done;
+    };
+    let copies = out.copies_acknowledged_by(&packet);
+    if !copies.is_empty() {
+        return Step::wait(Slow::Copied(copies, packet));
     }
+    from_router(out, packet, pending, subscribed, version)
+}
+
+/// Encodes one packet from the router, as `outbound` says.
+fn from_router(
+    out: &mut Outgoing,
+    packet: Packet,
+    pending: &PendingSubacks,
+    subscribed: &Subscribed,
+    version: Version,
+) -> Step {
     match outbound(packet, pending, subscribed, version) {
-        Outbound::Write(packet) if out.must_hold(&packet) => out.held.push_back(packet),
+        Outbound::Write(packet) if out.must_hold(&packet) => {
+            out.held.push_back(packet);
+            Step::Done
+        }
         Outbound::Write(packet) => {
             let topic = match &packet {
                 Packet::Publish(publish, _) => Some(publish.topic.clone()),
                 _ => None,
             };
             match out.encode_from_router(packet) {
-                Ok(true) => {}
+                Ok(true) => Step::Done,
                 Ok(false) => {
                     let topic = topic.unwrap_or_default();
                     out.count_drop(subscribed, &String::from_utf8_lossy(&topic));
+                    Step::Done
                 }
-                Err(e) => return Some(WriterEnd::Io(e)),
+                Err(e) => Step::End(WriterEnd::Io(e)),
             }
         }
         Outbound::SubAck(packet, granted, resend) => {
+            Step::wait(Slow::SubAck(packet, granted, resend))
+        }
+        Outbound::Skip => Step::Done,
+        Outbound::Close(last) => Step::wait(Slow::Close(last, WriterEnd::RouterDisconnect)),
+    }
+}
+
+/// Does what waits (see [`Slow`]); `Some` when the writer must end.
+async fn finish_slow(
+    out: &mut Outgoing,
+    link_rx: &mut Option<LinkRx>,
+    slow: Slow,
+    subscribed: &Subscribed,
+) -> Option<WriterEnd> {
+    match slow {
+        Slow::Copied(copies, packet) => {
+            for taken in copies {
+                // A service that ended dropped its sender: nothing more to wait for.
+                let _ = taken.await;
+            }
+            // Only acknowledgements wait for copies: encoded as they are.
+            out.encode_other(packet).err().map(WriterEnd::Io)
+        }
+        Slow::SubAck(packet, granted, resend) => {
             if let Err(e) = out.writer.send(packet).await {
                 return Some(WriterEnd::Io(e));
             }
@@ -593,17 +686,27 @@ async fn on_notification(
                     return Some(WriterEnd::Io(e));
                 }
             }
+            None
         }
-        Outbound::Skip => {}
-        Outbound::Close(last) => {
+        Slow::Close(last, end) => {
             if let Some(last) = last {
                 let _ = out.writer.send(last).await;
             }
             out.writer.shutdown().await;
-            return Some(WriterEnd::RouterDisconnect);
+            Some(end)
+        }
+        Slow::Wake => {
+            let link_rx = link_rx.as_mut()?;
+            link_rx.wake().await.err().map(|_| WriterEnd::RouterGone)
         }
     }
-    None
+}
+
+fn encoded(result: std::io::Result<()>) -> Step {
+    match result {
+        Ok(()) => Step::Done,
+        Err(e) => Step::End(WriterEnd::Io(e)),
+    }
 }
 
 /// A stall limit that never comes (no limit configured): a year, well within tokio's timer range.
