@@ -68,6 +68,13 @@ pub(crate) fn disconnect_now(link_tx: &mut LinkTx) {
 
 /// Pushes one packet into a link from synchronous code (see [`disconnect_now`]).
 pub(crate) fn push_now(link_tx: &mut LinkTx, packet: Packet) {
+    if !try_push_now(link_tx, packet) {
+        tracing::debug!("router already gone");
+    }
+}
+
+/// [`push_now`]; false when the router is gone.
+pub(crate) fn try_push_now(link_tx: &mut LinkTx, packet: Packet) -> bool {
     use std::future::Future;
     use std::task::{Context, Poll, Wake, Waker};
 
@@ -78,9 +85,7 @@ pub(crate) fn push_now(link_tx: &mut LinkTx, packet: Packet) {
     let waker = Waker::from(Arc::new(NoopWake));
     let mut cx = Context::from_waker(&waker);
     let mut send = std::pin::pin!(link_tx.send(packet));
-    if let Poll::Ready(Err(e)) = send.as_mut().poll(&mut cx) {
-        tracing::debug!("router already gone: {e}");
-    }
+    !matches!(send.as_mut().poll(&mut cx), Poll::Ready(Err(_)))
 }
 
 impl InternalClient {

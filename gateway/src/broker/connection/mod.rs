@@ -60,24 +60,52 @@ use super::{ReadHalf, Shared, WriteHalf};
 use crate::auth::{Principal, VerifiedCertificate};
 
 /// Serves one connection accepted on `listener` (TCP, or TLS with the client `certificate` it verified, if
-/// any) until it closes. `_alive` is held until the end so shutdown can wait for it.
-pub(crate) async fn serve(
+/// any) until it closes. `alive` is held until the end so shutdown can wait for it.
+///
+/// The task of a connection keeps room for the largest of its waits as long as it lives, and thousands of
+/// idle connections add up: the handshake runs boxed (its memory is freed once the client is in), and
+/// this is a plain function returning an `async move` block, since an `async fn` keeps its arguments
+/// twice (as given, and moved into its body).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub(crate) fn serve(
     shared: Arc<Shared>,
     read_half: ReadHalf,
     write_half: WriteHalf,
     peer: SocketAddr,
     listener: SocketAddr,
     certificate: Option<VerifiedCertificate>,
-    _alive: mpsc::Sender<()>,
-) {
+    alive: mpsc::Sender<()>,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let _alive = alive;
+        let handshake = open(shared, read_half, write_half, peer, listener, certificate);
+        if let Some((client, reader, writer, link_rx)) = Box::pin(handshake).await {
+            client.run(reader, writer, link_rx).await;
+        }
+    }
+}
+
+/// Reads the CONNECT and runs the handshake: the client, its socket's two halves and its router link's
+/// receiving half (if it has a link), once it is in.
+async fn open(
+    shared: Arc<Shared>,
+    read_half: ReadHalf,
+    write_half: WriteHalf,
+    peer: SocketAddr,
+    listener: SocketAddr,
+    certificate: Option<VerifiedCertificate>,
+) -> Option<(
+    Client,
+    PacketReader<ReadHalf>,
+    PacketWriter<WriteHalf>,
+    Option<LinkRx>,
+)> {
     let mut reader = PacketReader::new(read_half, shared.config.max_payload_size);
     let limit = Duration::from_millis(shared.config.connection_timeout_ms.into());
-    // Boxed, as every wait of the connection's task but its loops: the task keeps room for the largest
-    // of its waits as long as it lives.
-    let first = Box::pin(tokio::time::timeout(limit, async {
+    let first = tokio::time::timeout(limit, async {
         let version = reader.sniff_version().await?;
         Ok::<_, ReadError>((version, reader.read(version, None).await?))
-    }))
+    })
     .await;
     let (version, packet) = match first {
         Ok(Ok(first)) => first,
@@ -87,20 +115,20 @@ pub(crate) async fn serve(
             let _ = writer
                 .send(connack(ConnectReturnCode::RefusedProtocolVersion))
                 .await;
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, "connection closed before CONNECT: {e}");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::info!(%peer, "no CONNECT within {} ms, closing", limit.as_millis());
-            return;
+            return None;
         }
     };
     let Packet::Connect(connect, props, will, will_props, login) = packet else {
         tracing::info!(%peer, "first packet is not CONNECT, closing");
-        return;
+        return None;
     };
     let stall = Duration::from_millis(shared.config.write_stall_timeout_ms);
     let mut writer = PacketWriter::new(write_half, version).with_stall_limit(stall);
@@ -111,7 +139,7 @@ pub(crate) async fn serve(
         let _ = writer
             .send(connack(Refusal::Unavailable.code(version)))
             .await;
-        return;
+        return None;
     };
     let request = ConnectRequest {
         connect,
@@ -126,11 +154,8 @@ pub(crate) async fn serve(
         listener,
         certificate,
     };
-    if let Some((client, writer, link_rx)) =
-        Box::pin(accept(&shared, request, writer, &mut reader, slot)).await
-    {
-        client.run(reader, writer, link_rx).await;
-    }
+    let (client, writer, link_rx) = accept(&shared, request, writer, &mut reader, slot).await?;
+    Some((client, reader, writer, link_rx))
 }
 
 /// An accepted, authenticated client, with its router link once it needs one.
@@ -358,102 +383,107 @@ struct PendingSuback {
 }
 
 impl Client {
-    async fn run(
+    /// Runs the connection's two loops until it ends, then leaves its session. (A plain function returning
+    /// an `async move` block, as `serve`.)
+    #[allow(clippy::manual_async_fn)] // on purpose: see `serve`
+    fn run(
         mut self,
         mut reader: PacketReader<ReadHalf>,
         writer: PacketWriter<WriteHalf>,
         link_rx: Option<LinkRx>,
-    ) {
-        let (to_writer, commands) = mpsc::channel(64);
-        let pending = PendingSubacks::default();
-        let subscribed = Subscribed {
-            shared: self.shared.clone(),
-            client_id: self.client_id.clone(),
-            number: self.session.number,
-        };
-        let direct = self.direct.take().unwrap_or_else(|| mpsc::channel(1).1);
-        let resumed = self.resumed.take().unwrap_or_default();
-        let outgoing = Outgoing {
-            writer,
-            inflight: self.inflight.clone(),
-            settled: self.settled.clone(),
-            options: self.options.clone(),
-            client_id: self.client_id.clone(),
-            receiving: self.receiving.clone(),
-            too_large: 0,
-            window: self.window.clone(),
-            receive_maximum: usize::from(self.receive_maximum),
-            held: std::collections::VecDeque::new(),
-            copies: self.copies.clone(),
-            budget: self.shared.config.max_queued_bytes,
-            dropped: 0,
-        };
-        let writer_task = write_loop(
-            outgoing,
-            link_rx,
-            commands,
-            direct,
-            pending.clone(),
-            subscribed,
-            resumed,
-        );
-        let mut writer_task = tokio::spawn(writer_task);
-        let mut shutdown = self.shared.shutdown.clone();
-        let version = self.version;
-        // The router link's receiving half, back from the writer: a persistent session parks it.
-        let mut link_rx = None;
-        let mut writer_done = false;
-        let mut taken_over = self.taken_over.take().expect("run once");
-        let ended = {
-            let read = self.read_loop(&mut reader, &to_writer, &pending, version);
-            tokio::pin!(read);
-            tokio::select! {
-                end = &mut read => Ended::Reader(end),
-                joined = &mut writer_task => Ended::Writer(joined),
-                () = super::stopped(&mut shutdown) => Ended::Shutdown,
-                Ok(()) = &mut taken_over => {
-                    // What the client sent before it connected again is still this connection's to act on.
-                    match tokio::time::timeout(TAKEOVER_DRAIN, &mut read).await {
-                        Ok(end) => Ended::Reader(end),
-                        Err(_) => Ended::TakenOver,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let (to_writer, commands) = mpsc::channel(64);
+            let pending = PendingSubacks::default();
+            let subscribed = Subscribed {
+                shared: self.shared.clone(),
+                client_id: self.client_id.clone(),
+                number: self.session.number,
+            };
+            let direct = self.direct.take().unwrap_or_else(|| mpsc::channel(1).1);
+            let resumed = self.resumed.take().unwrap_or_default();
+            let outgoing = Outgoing {
+                writer,
+                inflight: self.inflight.clone(),
+                settled: self.settled.clone(),
+                options: self.options.clone(),
+                client_id: self.client_id.clone(),
+                receiving: self.receiving.clone(),
+                too_large: 0,
+                window: self.window.clone(),
+                receive_maximum: usize::from(self.receive_maximum),
+                held: std::collections::VecDeque::new(),
+                copies: self.copies.clone(),
+                budget: self.shared.config.max_queued_bytes,
+                dropped: 0,
+            };
+            let writer_task = write_loop(
+                outgoing,
+                link_rx,
+                commands,
+                direct,
+                pending.clone(),
+                subscribed,
+                resumed,
+            );
+            let mut writer_task = tokio::spawn(writer_task);
+            let mut shutdown = self.shared.shutdown.clone();
+            let version = self.version;
+            // The router link's receiving half, back from the writer: a persistent session parks it.
+            let mut link_rx = None;
+            let mut writer_done = false;
+            let mut taken_over = self.taken_over.take().expect("run once");
+            let ended = {
+                let read = self.read_loop(&mut reader, &to_writer, &pending, version);
+                tokio::pin!(read);
+                tokio::select! {
+                    end = &mut read => Ended::Reader(end),
+                    joined = &mut writer_task => Ended::Writer(joined),
+                    () = super::stopped(&mut shutdown) => Ended::Shutdown,
+                    Ok(()) = &mut taken_over => {
+                        // What the client sent before it connected again is still this connection's to act on.
+                        match tokio::time::timeout(TAKEOVER_DRAIN, &mut read).await {
+                            Ok(end) => Ended::Reader(end),
+                            Err(_) => Ended::TakenOver,
+                        }
                     }
                 }
+            };
+            let (reason, last) = match ended {
+                Ended::Reader(end) => self.reader_ended(end, version),
+                Ended::Writer(joined) => {
+                    writer_done = true;
+                    let end = match joined {
+                        Ok((end, rx)) => {
+                            link_rx = rx;
+                            end
+                        }
+                        Err(e) => {
+                            WriterEnd::Io(std::io::Error::other(format!("writer task failed: {e}")))
+                        }
+                    };
+                    self.writer_ended(end)
+                }
+                Ended::Shutdown => (
+                    DisconnectReason::ServerInitiated,
+                    v5_disconnect(version, DisconnectReasonCode::ServerShuttingDown),
+                ),
+                Ended::TakenOver => {
+                    tracing::info!(
+                        client_id = self.client_id,
+                        "session taken over by a newer connection"
+                    );
+                    (
+                        DisconnectReason::DuplicateClientId,
+                        v5_disconnect(version, DisconnectReasonCode::SessionTakenOver),
+                    )
+                }
+            };
+            if !writer_done {
+                link_rx = Box::pin(close_writer(&to_writer, last, &mut writer_task)).await;
             }
-        };
-        let (reason, last) = match ended {
-            Ended::Reader(end) => self.reader_ended(end, version),
-            Ended::Writer(joined) => {
-                writer_done = true;
-                let end = match joined {
-                    Ok((end, rx)) => {
-                        link_rx = rx;
-                        end
-                    }
-                    Err(e) => {
-                        WriterEnd::Io(std::io::Error::other(format!("writer task failed: {e}")))
-                    }
-                };
-                self.writer_ended(end)
-            }
-            Ended::Shutdown => (
-                DisconnectReason::ServerInitiated,
-                v5_disconnect(version, DisconnectReasonCode::ServerShuttingDown),
-            ),
-            Ended::TakenOver => {
-                tracing::info!(
-                    client_id = self.client_id,
-                    "session taken over by a newer connection"
-                );
-                (
-                    DisconnectReason::DuplicateClientId,
-                    v5_disconnect(version, DisconnectReasonCode::SessionTakenOver),
-                )
-            }
-        };
-        if !writer_done {
-            link_rx = Box::pin(close_writer(&to_writer, last, &mut writer_task)).await;
+            Box::pin(self.finish(reason, link_rx)).await;
         }
-        Box::pin(self.finish(reason, link_rx)).await;
     }
 
     fn reader_ended(
@@ -639,7 +669,7 @@ impl Client {
                 read = reader.read(version, left) => read,
                 // The writer settled router publishes (see `Inflight::release`): tell the router.
                 () = settled.notified() => {
-                    if Box::pin(self.release_router_acks()).await.is_err() {
+                    if self.release_router_acks().is_err() {
                         return ReaderEnd::RouterGone;
                     }
                     continue;
@@ -656,7 +686,8 @@ impl Client {
             let end = match packet {
                 Packet::PubAck(ack, _) => match self.acknowledged(ack.pkid) {
                     // The router is told in its own order (see `Inflight::release`).
-                    Acked::Router => (Box::pin(self.release_router_acks()).await)
+                    Acked::Router => self
+                        .release_router_acks()
                         .err()
                         .map(|()| ReaderEnd::RouterGone),
                     Acked::Own => None,
@@ -793,7 +824,7 @@ impl Client {
 
     /// Acknowledges to the router, in its order, the publishes of its that are done (see
     /// [`Inflight::release`]).
-    async fn release_router_acks(&mut self) -> Result<(), ()> {
+    fn release_router_acks(&mut self) -> Result<(), ()> {
         let released = lock(&self.inflight).release();
         let Some(link) = &mut self.link else {
             return Ok(());
@@ -801,7 +832,9 @@ impl Client {
         for pkid in released {
             let reason = PubAckReason::Success;
             let ack = Packet::PubAck(PubAck { pkid, reason }, None);
-            link.tx().send(ack).await.map_err(|_| ())?;
+            if !super::internal::try_push_now(link.tx(), ack) {
+                return Err(());
+            }
         }
         Ok(())
     }

@@ -345,7 +345,11 @@ async fn write_backlog(
 /// subscriptions once their SUBACK is written; and direct deliveries -> socket. A resumed session's
 /// backlog goes first. The connection may have no router link, or get one later (`ToWriter::Link`). Gives
 /// the router link's receiving half back when it ends.
-pub(super) async fn write_loop(
+///
+/// A plain function returning an `async move` block, not an `async fn`: an `async fn` keeps its
+/// arguments twice in its state (as given, and moved into its body), for as long as the task lives.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub(super) fn write_loop(
     mut out: Outgoing,
     mut link_rx: Option<LinkRx>,
     mut commands: mpsc::Receiver<ToWriter>,
@@ -353,38 +357,43 @@ pub(super) async fn write_loop(
     pending: PendingSubacks,
     subscribed: Subscribed,
     resumed: Resumed,
-) -> (WriterEnd, Option<LinkRx>) {
-    let end = write_until_end(
-        &mut out,
-        &mut link_rx,
-        &mut commands,
-        &mut direct,
-        &pending,
-        &subscribed,
-        resumed,
-    )
-    .await;
-    out.owe_held();
-    (end, link_rx)
+) -> impl std::future::Future<Output = (WriterEnd, Option<LinkRx>)> + Send {
+    async move {
+        // Boxed, as every wait but the loop's own: the connection's task keeps room for the largest of
+        // its waits for as long as it lives, and thousands of idle connections add up.
+        let backlog = Box::pin(write_backlog(&mut out, resumed, &subscribed)).await;
+        let end = match backlog {
+            Err(e) => WriterEnd::Io(e),
+            Ok(()) => {
+                let mut sources = Sources {
+                    link_rx: &mut link_rx,
+                    commands: &mut commands,
+                    direct: &mut direct,
+                    direct_open: true,
+                };
+                write_until_end(&mut out, &mut sources, &pending, &subscribed).await
+            }
+        };
+        out.owe_held();
+        (end, link_rx)
+    }
+}
+
+/// What the writer takes packets from.
+struct Sources<'a> {
+    link_rx: &'a mut Option<LinkRx>,
+    commands: &'a mut mpsc::Receiver<ToWriter>,
+    direct: &'a mut mpsc::Receiver<Waiting>,
+    /// False once a newer connection of this client id took the outlet over (the sender is gone).
+    direct_open: bool,
 }
 
 async fn write_until_end(
     out: &mut Outgoing,
-    link_rx: &mut Option<LinkRx>,
-    commands: &mut mpsc::Receiver<ToWriter>,
-    direct: &mut mpsc::Receiver<Waiting>,
+    sources: &mut Sources<'_>,
     pending: &PendingSubacks,
     subscribed: &Subscribed,
-    resumed: Resumed,
 ) -> WriterEnd {
-    // Boxed, as every wait but the loop's own: the connection's task keeps only the largest of its waits
-    // for as long as it lives, and thousands of idle connections add up.
-    if let Err(e) = Box::pin(write_backlog(out, resumed, subscribed)).await {
-        return WriterEnd::Io(e);
-    }
-    let version = out.writer.version();
-    // False once a newer connection of this client id took the outlet over (the sender is gone).
-    let mut direct_open = true;
     // Packets are encoded into the writer's buffer and written as the socket takes them, so a client that
     // reads slowly never holds up taking what comes next: its QoS 0 messages beyond `out.budget` are
     // dropped right here, instead of waiting (without bound) in the router and the direct queue.
@@ -403,31 +412,26 @@ async fn write_until_end(
             stall_timer.as_mut().reset(Instant::now() + stall);
         }
         stall_armed = waiting;
-        tokio::select! {
+        // Each branch encodes what it got and says what remains (`Step`); nothing is awaited inside the
+        // `select!`, whose state holds the largest thing any branch got (a router notification).
+        let step = tokio::select! {
             // Replies the reader made are written before later router output.
             biased;
-            command = commands.recv() => {
-                let Some(command) = command else {
-                    out.writer.shutdown().await;
-                    return WriterEnd::Closed;
-                };
-                match take_commands(out, commands, command, link_rx) {
-                    Step::Done => {}
-                    Step::End(end) => return end,
-                    Step::Wait(slow) => {
-                        if let Some(end) = Box::pin(finish_slow(out, link_rx, *slow, subscribed)).await {
-                            return end;
-                        }
-                    }
-                }
-            }
+            command = sources.commands.recv() => match command {
+                Some(command) => take_commands(out, sources, command),
+                None => Step::wait(Slow::Close(None, WriterEnd::Closed)),
+            },
             progress = out.writer.write_or_flush(), if waiting => match progress {
                 Ok(Progress::Wrote) => {
                     unflushed = true;
                     stall_timer.as_mut().reset(Instant::now() + stall);
+                    Step::Done
                 }
-                Ok(Progress::Flushed) => unflushed = false,
-                Err(e) => return WriterEnd::Io(e),
+                Ok(Progress::Flushed) => {
+                    unflushed = false;
+                    Step::Done
+                }
+                Err(e) => Step::End(WriterEnd::Io(e)),
             },
             () = &mut stall_timer, if waiting => {
                 let ms = stall.as_millis();
@@ -435,49 +439,56 @@ async fn write_until_end(
                     std::io::ErrorKind::TimedOut,
                     format!("the client read nothing for {ms} ms"),
                 );
-                return WriterEnd::Io(e);
+                Step::End(WriterEnd::Io(e))
             }
-            () = window.notified(), if !out.held.is_empty() => {
-                if let Err(e) = out.release_held() {
-                    return WriterEnd::Io(e);
+            () = window.notified(), if !out.held.is_empty() => encoded(out.release_held()),
+            message = sources.direct.recv(), if sources.direct_open => match message {
+                Some(message) => take_messages(out, sources.direct, message, subscribed),
+                None => {
+                    sources.direct_open = false;
+                    Step::Done
                 }
-            }
-            message = direct.recv(), if direct_open => {
-                let Some(message) = message else {
-                    direct_open = false;
-                    continue;
-                };
-                // Whatever else is queued goes out in the same write.
-                let mut next = Some(message);
-                let mut taken = 0;
-                while let Some(message) = next.take() {
-                    if !message.reliable && out.full() {
-                        out.count_drop(subscribed, &message.topic);
-                    } else if let Err(e) = out.encode_message(message) {
-                        return WriterEnd::Io(e);
-                    }
-                    taken += 1;
-                    if taken < WRITE_BATCH {
-                        next = direct.try_recv().ok();
-                    }
-                }
-            }
-            notification = next_notification(link_rx) => {
-                let Some(rx) = link_rx.as_mut() else {
-                    continue;
-                };
-                match take_notifications(out, rx, notification, pending, subscribed, version) {
-                    Step::Done => {}
-                    Step::End(end) => return end,
-                    Step::Wait(slow) => {
-                        if let Some(end) = Box::pin(finish_slow(out, link_rx, *slow, subscribed)).await {
-                            return end;
-                        }
-                    }
+            },
+            notification = next_notification(sources.link_rx) => match sources.link_rx.as_mut() {
+                Some(rx) => take_notifications(out, rx, notification, pending, subscribed),
+                None => Step::Done,
+            },
+        };
+        match step {
+            Step::Done => {}
+            Step::End(end) => return end,
+            Step::Wait(slow) => {
+                let slow = finish_slow(out, sources.link_rx, *slow, subscribed);
+                if let Some(end) = Box::pin(slow).await {
+                    return end;
                 }
             }
         }
     }
+}
+
+/// Encodes `first` of the direct deliveries and whatever else is queued, into the same write, up to
+/// [`WRITE_BATCH`]: a QoS 0 message is dropped instead when the client is too far behind.
+fn take_messages(
+    out: &mut Outgoing,
+    direct: &mut mpsc::Receiver<Waiting>,
+    first: Waiting,
+    subscribed: &Subscribed,
+) -> Step {
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(message) = next.take() {
+        if !message.reliable && out.full() {
+            out.count_drop(subscribed, &message.topic);
+        } else if let Err(e) = out.encode_message(message) {
+            return Step::End(WriterEnd::Io(e));
+        }
+        taken += 1;
+        if taken < WRITE_BATCH {
+            next = direct.try_recv().ok();
+        }
+    }
+    Step::Done
 }
 
 /// The router link's next notification; never, while the connection has no link.
@@ -531,22 +542,17 @@ enum Slow {
 
 /// Encodes `first` of the reader's commands and those queued behind it (they go out in one write), up
 /// to [`WRITE_BATCH`] or one that must wait.
-fn take_commands(
-    out: &mut Outgoing,
-    commands: &mut mpsc::Receiver<ToWriter>,
-    first: ToWriter,
-    link_rx: &mut Option<LinkRx>,
-) -> Step {
+fn take_commands(out: &mut Outgoing, sources: &mut Sources<'_>, first: ToWriter) -> Step {
     let mut next = Some(first);
     let mut taken = 0;
     while let Some(command) = next.take() {
-        let step = on_command(out, command, link_rx);
+        let step = on_command(out, command, sources.link_rx);
         if !matches!(step, Step::Done) {
             return step;
         }
         taken += 1;
         if taken < WRITE_BATCH {
-            next = commands.try_recv().ok();
+            next = sources.commands.try_recv().ok();
         }
     }
     Step::Done
@@ -581,8 +587,8 @@ fn take_notifications(
     first: Result<Option<Notification>, rumqttd::local::LinkError>,
     pending: &PendingSubacks,
     subscribed: &Subscribed,
-    version: Version,
 ) -> Step {
+    let version = out.writer.version();
     let mut next = Some(first);
     let mut taken = 0;
     while let Some(notification) = next.take() {
