@@ -79,9 +79,11 @@ pub(crate) fn serve(
     async move {
         let _alive = alive;
         let handshake = open(shared, read_half, write_half, peer, listener, certificate);
-        if let Some((client, reader, writer, link_rx)) = Box::pin(handshake).await {
-            client.run(reader, writer, link_rx).await;
-        }
+        // Not `if let`: its scrutinee, the client and all, would stay in the state while the client runs.
+        let Some((client, reader, writer, link_rx)) = Box::pin(handshake).await else {
+            return;
+        };
+        client.run(reader, writer, link_rx).await;
     }
 }
 
@@ -166,7 +168,7 @@ struct Client {
     version: Version,
     keep_alive: u16,
     /// The receiving end of this connection's direct-delivery queue, until the writer takes it.
-    direct: Option<mpsc::Receiver<Waiting>>,
+    direct: Option<mpsc::Receiver<Box<Waiting>>>,
     /// QoS 1 publishes written to the client and not yet acknowledged (the writer adds, the reader removes).
     inflight: SharedInflight,
     /// Told by the writer when it settled router publishes the reader should acknowledge to the router.
@@ -317,12 +319,12 @@ type SharedInflight = Arc<Mutex<Inflight>>;
 /// A connection's subscription options, shared by its reader (SUBSCRIBE, UNSUBSCRIBE) and writer.
 type SharedOptions = Arc<Mutex<ConnectionOptions>>;
 
-/// What the reader asks the writer to do. Packets are boxed: tokio allocates a queue's slots 32 at a time
-/// per connection, and a `Packet` is 392 bytes.
+/// What the reader asks the writer to do. Everything is boxed: tokio allocates a queue's first 32 slots
+/// with the queue, for every connection, and a `Packet` is 392 bytes.
 enum ToWriter {
     Packet(Box<Packet>),
     /// A SUBACK sprig answered itself: write it, then report these filters as granted.
-    SubAck(Box<Packet>, Vec<String>),
+    SubAck(Box<(Packet, Vec<String>)>),
     /// Write this last packet (if any) and close the socket.
     Close(Option<Box<Packet>>),
     /// The router link the reader made just now: deliver what comes on it from here on.
@@ -790,7 +792,7 @@ impl Client {
         // After the copy's record: an acknowledgement sprig makes itself waits for it too.
         if let Some(reply) = reply {
             let reply = match granted {
-                Some(granted) => ToWriter::SubAck(Box::new(reply), granted),
+                Some(granted) => ToWriter::SubAck(Box::new((reply, granted))),
                 None => ToWriter::Packet(Box::new(reply)),
             };
             if to_writer.send(reply).await.is_err() {

@@ -353,7 +353,7 @@ pub(super) fn write_loop(
     mut out: Outgoing,
     mut link_rx: Option<LinkRx>,
     mut commands: mpsc::Receiver<ToWriter>,
-    mut direct: mpsc::Receiver<Waiting>,
+    mut direct: mpsc::Receiver<Box<Waiting>>,
     pending: PendingSubacks,
     subscribed: Subscribed,
     resumed: Resumed,
@@ -383,7 +383,7 @@ pub(super) fn write_loop(
 struct Sources<'a> {
     link_rx: &'a mut Option<LinkRx>,
     commands: &'a mut mpsc::Receiver<ToWriter>,
-    direct: &'a mut mpsc::Receiver<Waiting>,
+    direct: &'a mut mpsc::Receiver<Box<Waiting>>,
     /// False once a newer connection of this client id took the outlet over (the sender is gone).
     direct_open: bool,
 }
@@ -471,8 +471,8 @@ async fn write_until_end(
 /// [`WRITE_BATCH`]: a QoS 0 message is dropped instead when the client is too far behind.
 fn take_messages(
     out: &mut Outgoing,
-    direct: &mut mpsc::Receiver<Waiting>,
-    first: Waiting,
+    direct: &mut mpsc::Receiver<Box<Waiting>>,
+    first: Box<Waiting>,
     subscribed: &Subscribed,
 ) -> Step {
     let mut next = Some(first);
@@ -480,7 +480,7 @@ fn take_messages(
     while let Some(message) = next.take() {
         if !message.reliable && out.full() {
             out.count_drop(subscribed, &message.topic);
-        } else if let Err(e) = out.encode_message(message) {
+        } else if let Err(e) = out.encode_message(*message) {
             return Step::End(WriterEnd::Io(e));
         }
         taken += 1;
@@ -569,7 +569,10 @@ fn on_command(out: &mut Outgoing, command: ToWriter, link_rx: &mut Option<LinkRx
             }
             encoded(out.encode_other(*packet))
         }
-        ToWriter::SubAck(packet, granted) => Step::wait(Slow::SubAck(*packet, granted, Vec::new())),
+        ToWriter::SubAck(suback) => {
+            let (packet, granted) = *suback;
+            Step::wait(Slow::SubAck(packet, granted, Vec::new()))
+        }
         ToWriter::Close(last) => Step::wait(Slow::Close(last.map(|p| *p), WriterEnd::Closed)),
         ToWriter::Link(rx) => {
             *link_rx = Some(*rx);
