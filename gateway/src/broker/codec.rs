@@ -94,24 +94,33 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         idle: Option<Duration>,
     ) -> Result<Packet, ReadError> {
         loop {
-            // Checked before rumqttd's codec sees the packet: its MQTT 5 reader panics on some packets
-            // only a server may send (UNSUBACK, CONNACK).
-            let checked = self.connected && self.from_client;
-            if let Some(&first) = self.buf.first().filter(|_| checked) {
-                check_fixed_header(first, version).map_err(ReadError::Violation)?;
+            if let Some(packet) = self.parse(version)? {
+                return Ok(packet);
             }
-            let parsed = match version {
-                Version::V311 => V4.read_mut(&mut self.buf, self.max_size),
-                Version::V5 => V5.read_mut(&mut self.buf, self.max_size),
-            };
-            match parsed {
-                Ok(packet) => {
-                    self.connected = true;
-                    return Ok(detached(packet));
-                }
-                Err(protocol::Error::InsufficientBytes(_)) => self.fill(idle).await?,
-                Err(e) => return Err(ReadError::Protocol(e)),
+            // Not awaited in a `match` on the parse: the pending read would keep room for a packet.
+            self.fill(idle).await?;
+        }
+    }
+
+    /// The next packet in the buffer, if it holds a whole one.
+    fn parse(&mut self, version: Version) -> Result<Option<Packet>, ReadError> {
+        // Checked before rumqttd's codec sees the packet: its MQTT 5 reader panics on some packets only a
+        // server may send (UNSUBACK, CONNACK).
+        let checked = self.connected && self.from_client;
+        if let Some(&first) = self.buf.first().filter(|_| checked) {
+            check_fixed_header(first, version).map_err(ReadError::Violation)?;
+        }
+        let parsed = match version {
+            Version::V311 => V4.read_mut(&mut self.buf, self.max_size),
+            Version::V5 => V5.read_mut(&mut self.buf, self.max_size),
+        };
+        match parsed {
+            Ok(packet) => {
+                self.connected = true;
+                Ok(Some(detached(packet)))
             }
+            Err(protocol::Error::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(ReadError::Protocol(e)),
         }
     }
 

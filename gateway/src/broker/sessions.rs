@@ -30,8 +30,9 @@ struct Entry {
     principal: Principal,
     /// Fired when a newer connection of the same client id takes over (`None` once fired).
     taken_over: Option<oneshot::Sender<()>>,
-    /// Dropped with the entry: its receivers learn that the connection has left.
-    left: watch::Sender<()>,
+    /// Dropped with the entry: its receivers learn that the connection has left. Made only when a
+    /// newcomer waits for that (a watch channel is 340 bytes, and most connections are never taken over).
+    left: Option<watch::Sender<()>>,
 }
 
 /// Resolves with `Ok(())` when a newer connection took the client id over (an `Err` when the entry went
@@ -76,7 +77,7 @@ impl Sessions {
             number,
             principal,
             taken_over: Some(taken_over),
-            left: watch::Sender::new(()),
+            left: None,
         };
         if let Some(mut old) = self.lock().insert(client_id.to_owned(), entry) {
             old.tell_taken_over();
@@ -97,7 +98,10 @@ impl Sessions {
                 return;
             }
             entry.tell_taken_over();
-            entry.left.subscribe()
+            entry
+                .left
+                .get_or_insert_with(|| watch::Sender::new(()))
+                .subscribe()
         };
         // Resolves (with an error) once the entry, and so the sender, is dropped.
         if tokio::time::timeout(wait, left.changed()).await.is_err() {

@@ -168,7 +168,7 @@ pub(super) async fn accept(
         number,
     };
     let (link, link_rx) = match router_session(shared, &resumed, parked).await {
-        Ok(Some((link, link_rx))) => (Some(link), Some(link_rx)),
+        Ok(Some((link, link_rx))) => (Some(Box::new(link)), Some(link_rx)),
         Ok(None) => (None, None),
         Err(e) => {
             let _ = writer
@@ -261,7 +261,7 @@ pub(super) async fn accept(
             .unwrap_or(u16::MAX),
         aliases: HashMap::new(),
         shared_filters: Vec::new(),
-        resumed: Some(resumed),
+        resumed: Some(Box::new(resumed)),
         will: will.map(Box::new),
         session_expiry: asked.expiry,
         link,

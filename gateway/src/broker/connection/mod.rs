@@ -80,15 +80,15 @@ pub(crate) fn serve(
         let _alive = alive;
         let handshake = open(shared, read_half, write_half, peer, listener, certificate);
         // Not `if let`: its scrutinee, the client and all, would stay in the state while the client runs.
-        let Some((client, reader, writer, link_rx)) = Box::pin(handshake).await else {
+        let Some((client, reader, writing)) = Box::pin(handshake).await else {
             return;
         };
-        client.run(reader, writer, link_rx).await;
+        client.run(reader, writing).await;
     }
 }
 
-/// Reads the CONNECT and runs the handshake: the client, its socket's two halves and its router link's
-/// receiving half (if it has a link), once it is in.
+/// Reads the CONNECT and runs the handshake: the client, its socket's reading half and its running writer,
+/// once it is in.
 async fn open(
     shared: Arc<Shared>,
     read_half: ReadHalf,
@@ -96,12 +96,7 @@ async fn open(
     peer: SocketAddr,
     listener: SocketAddr,
     certificate: Option<VerifiedCertificate>,
-) -> Option<(
-    Client,
-    PacketReader<ReadHalf>,
-    PacketWriter<WriteHalf>,
-    Option<LinkRx>,
-)> {
+) -> Option<(Client, PacketReader<ReadHalf>, Writing)> {
     let mut reader = PacketReader::new(read_half, shared.config.max_payload_size);
     let limit = Duration::from_millis(shared.config.connection_timeout_ms.into());
     let first = tokio::time::timeout(limit, async {
@@ -156,8 +151,9 @@ async fn open(
         listener,
         certificate,
     };
-    let (client, writer, link_rx) = accept(&shared, request, writer, &mut reader, slot).await?;
-    Some((client, reader, writer, link_rx))
+    let (mut client, writer, link_rx) = accept(&shared, request, writer, &mut reader, slot).await?;
+    let writing = client.start_writer(writer, link_rx);
+    Some((client, reader, writing))
 }
 
 /// An accepted, authenticated client, with its router link once it needs one.
@@ -188,7 +184,7 @@ struct Client {
     /// Its shared subscriptions (`$share/...`), which its session does not keep (see `inbound_unsubscribe`).
     shared_filters: Vec<String>,
     /// The session it resumed (filters and what waited for it), until the writer takes it.
-    resumed: Option<Resumed>,
+    resumed: Option<Box<Resumed>>,
     will: Option<Box<LastWords>>,
     /// How long the session outlives the connection (`None`: it ends with it); a delayed will waits no longer.
     session_expiry: Option<Duration>,
@@ -196,7 +192,7 @@ struct Client {
     /// publishes where the router must carry it (see `link_tx`), or at once for a resumed session that has
     /// such filters. A device that only speaks to the gateway (the Jobs API, its notifications) never has
     /// one: the router's buffers are most of what a connection would cost.
-    link: Option<LinkGuard>,
+    link: Option<Box<LinkGuard>>,
     /// Packet ids of the client's QoS 2 publishes on `$` topics awaiting their PUBREL (see
     /// `gateway_publish`); at most the client's receive maximum, as an honest client keeps to it.
     gateway_qos2: HashSet<u16>,
@@ -246,6 +242,13 @@ async fn close_writer(
             None
         }
     }
+}
+
+/// The connection's writer, running.
+struct Writing {
+    to_writer: mpsc::Sender<ToWriter>,
+    writer_task: tokio::task::JoinHandle<(WriterEnd, Option<LinkRx>)>,
+    pending: PendingSubacks,
 }
 
 /// Why a connection's loops stopped.
@@ -385,50 +388,67 @@ struct PendingSuback {
 }
 
 impl Client {
+    /// Spawns the connection's writer (see `writer`) on the socket's writing half and the router link's
+    /// receiving half, if any. Done before `run`, whose state then keeps neither for as long as it lives.
+    fn start_writer(
+        &mut self,
+        writer: PacketWriter<WriteHalf>,
+        link_rx: Option<LinkRx>,
+    ) -> Writing {
+        let (to_writer, commands) = mpsc::channel(64);
+        let pending = PendingSubacks::default();
+        let subscribed = Subscribed {
+            shared: self.shared.clone(),
+            client_id: self.client_id.clone(),
+            number: self.session.number,
+        };
+        let direct = self.direct.take().unwrap_or_else(|| mpsc::channel(1).1);
+        let resumed = self.resumed.take().map(|r| *r).unwrap_or_default();
+        let outgoing = Outgoing {
+            writer,
+            inflight: self.inflight.clone(),
+            settled: self.settled.clone(),
+            options: self.options.clone(),
+            client_id: self.client_id.clone(),
+            receiving: self.receiving.clone(),
+            too_large: 0,
+            window: self.window.clone(),
+            receive_maximum: usize::from(self.receive_maximum),
+            held: std::collections::VecDeque::new(),
+            copies: self.copies.clone(),
+            budget: self.shared.config.max_queued_bytes,
+            dropped: 0,
+        };
+        let writer_task = write_loop(
+            outgoing,
+            link_rx,
+            commands,
+            direct,
+            pending.clone(),
+            subscribed,
+            resumed,
+        );
+        Writing {
+            to_writer,
+            writer_task: tokio::spawn(writer_task),
+            pending,
+        }
+    }
+
     /// Runs the connection's two loops until it ends, then leaves its session. (A plain function returning
     /// an `async move` block, as `serve`.)
     #[allow(clippy::manual_async_fn)] // on purpose: see `serve`
     fn run(
         mut self,
         mut reader: PacketReader<ReadHalf>,
-        writer: PacketWriter<WriteHalf>,
-        link_rx: Option<LinkRx>,
+        writing: Writing,
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
-            let (to_writer, commands) = mpsc::channel(64);
-            let pending = PendingSubacks::default();
-            let subscribed = Subscribed {
-                shared: self.shared.clone(),
-                client_id: self.client_id.clone(),
-                number: self.session.number,
-            };
-            let direct = self.direct.take().unwrap_or_else(|| mpsc::channel(1).1);
-            let resumed = self.resumed.take().unwrap_or_default();
-            let outgoing = Outgoing {
-                writer,
-                inflight: self.inflight.clone(),
-                settled: self.settled.clone(),
-                options: self.options.clone(),
-                client_id: self.client_id.clone(),
-                receiving: self.receiving.clone(),
-                too_large: 0,
-                window: self.window.clone(),
-                receive_maximum: usize::from(self.receive_maximum),
-                held: std::collections::VecDeque::new(),
-                copies: self.copies.clone(),
-                budget: self.shared.config.max_queued_bytes,
-                dropped: 0,
-            };
-            let writer_task = write_loop(
-                outgoing,
-                link_rx,
-                commands,
-                direct,
-                pending.clone(),
-                subscribed,
-                resumed,
-            );
-            let mut writer_task = tokio::spawn(writer_task);
+            let Writing {
+                to_writer,
+                mut writer_task,
+                pending,
+            } = writing;
             let mut shutdown = self.shared.shutdown.clone();
             let version = self.version;
             // The router link's receiving half, back from the writer: a persistent session parks it.
@@ -632,7 +652,7 @@ impl Client {
         let Some(rx) = link_rx else {
             return;
         };
-        let Some((mut tx, name)) = self.link.as_mut().and_then(LinkGuard::hand_on) else {
+        let Some((mut tx, name)) = self.link.as_mut().and_then(|l| l.hand_on()) else {
             return;
         };
         // The session holds those messages now; the router wants its acknowledgements in order.
@@ -862,9 +882,9 @@ impl Client {
                 ));
             }
             tracing::debug!(client_id = self.client_id, "router link opened");
-            self.link = Some(link);
+            self.link = Some(Box::new(link));
         }
-        Ok(self.link.as_mut().map(LinkGuard::tx))
+        Ok(self.link.as_mut().map(|l| l.tx()))
     }
 
     /// The built-in topic rules and the configured ones, for this client (see [`crate::auth::Authenticator`]).
