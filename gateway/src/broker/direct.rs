@@ -26,7 +26,6 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::backlog::{Backlog, Keep, Limits, Waiting};
 use super::options::SubOptions;
@@ -131,10 +130,10 @@ struct Outlet {
     filters: Vec<String>,
     /// The MQTT 5 options of its routed filters (in memory: a restart gives them the defaults).
     options: Vec<(String, SubOptions)>,
-    /// Boxed [`Waiting`] messages: tokio allocates a queue's first 32 slots with the queue, for every
-    /// connection (32 x 72 bytes unboxed, 32 x 392 as `Packet`s), and most connections get a few messages
-    /// a day.
-    queue: Option<mpsc::Sender<Box<Waiting>>>,
+    /// Boxed [`Waiting`] messages, on a flume channel: it allocates its buffer as messages come, and most
+    /// connections get a few a day (a tokio channel allocates 32 slots and 512 bytes of state up front, for
+    /// every connection).
+    queue: Option<flume::Sender<Box<Waiting>>>,
     dropped: u64,
 }
 
@@ -242,7 +241,7 @@ impl Outlets {
         number: u64,
         owner: &Identity,
         request: SessionRequest,
-        queue: mpsc::Sender<Box<Waiting>>,
+        queue: flume::Sender<Box<Waiting>>,
     ) -> Result<Resumed, Identity> {
         let now = Instant::now();
         let mut registry = self.lock();
@@ -630,8 +629,8 @@ impl Outlets {
         };
         match queue.try_send(Box::new(message)) {
             Ok(()) => Delivery::Delivered,
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Offline,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(flume::TrySendError::Disconnected(_)) => Delivery::Offline,
+            Err(flume::TrySendError::Full(_)) => {
                 self.count_drop(outlet, client_id, topic, Dropped::QueueFull);
                 Delivery::Dropped
             }
@@ -728,8 +727,8 @@ mod tests {
     #[test]
     fn events_go_to_their_watchers_only() {
         let outlets = Outlets::default();
-        let (op_tx, mut op_rx) = mpsc::channel(QUEUE);
-        let (dev_tx, mut dev_rx) = mpsc::channel(QUEUE);
+        let (op_tx, op_rx) = flume::bounded(QUEUE);
+        let (dev_tx, dev_rx) = flume::bounded(QUEUE);
         outlets.open("op", 1, &owner("op"), CLEAN, op_tx).unwrap();
         outlets.open("d1", 2, &owner("d1"), CLEAN, dev_tx).unwrap();
         outlets.subscribe("op", 1, &filters(&["$aws/events/presence/connected/+"]));
@@ -759,7 +758,7 @@ mod tests {
     #[test]
     fn a_matching_filter_gets_the_message_and_others_do_not() {
         let outlets = Outlets::default();
-        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = flume::bounded(QUEUE);
         outlets.open("d1", 1, &owner("d1"), CLEAN, tx).unwrap();
         let body = Bytes::from_static(b"{}");
         assert_eq!(
@@ -794,7 +793,7 @@ mod tests {
     #[test]
     fn unsubscribe_and_disconnect_stop_delivery() {
         let outlets = Outlets::default();
-        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = flume::bounded(QUEUE);
         outlets.open("d1", 1, &owner("d1"), CLEAN, tx).unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY, "$aws/things/d1/jobs/#"]));
         outlets.unsubscribe("d1", 1, &filters(&["$aws/things/d1/jobs/#"]));
@@ -818,7 +817,7 @@ mod tests {
     #[test]
     fn a_full_queue_drops_and_counts_without_blocking() {
         let outlets = Outlets::default();
-        let (tx, mut rx) = mpsc::channel(2);
+        let (tx, rx) = flume::bounded(2);
         outlets.open("d1", 1, &owner("d1"), CLEAN, tx).unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
         let messages = (0..5).map(|_| ("d1", NOTIFY, Bytes::new()));
@@ -835,8 +834,8 @@ mod tests {
     #[test]
     fn a_newer_connection_is_not_touched_by_the_old_ones_calls() {
         let outlets = Outlets::default();
-        let (old_tx, mut old_rx) = mpsc::channel(QUEUE);
-        let (new_tx, mut new_rx) = mpsc::channel(QUEUE);
+        let (old_tx, old_rx) = flume::bounded(QUEUE);
+        let (new_tx, new_rx) = flume::bounded(QUEUE);
         outlets.open("d1", 1, &owner("d1"), CLEAN, old_tx).unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
         outlets.open("d1", 2, &owner("d1"), CLEAN, new_tx).unwrap();
@@ -856,7 +855,7 @@ mod tests {
     #[test]
     fn a_persistent_session_keeps_its_filters_and_backlog_across_connections() {
         let outlets = Outlets::default();
-        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (tx, _rx) = flume::bounded(QUEUE);
         outlets.open("d1", 1, &owner("d1"), KEPT, tx).unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
         outlets.close("d1", 1);
@@ -871,7 +870,7 @@ mod tests {
             outlets.deliver("d1", "$aws/things/d1/other", Bytes::new()),
             Delivery::NotSubscribed
         );
-        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = flume::bounded(QUEUE);
         let resumed = outlets.open("d1", 2, &owner("d1"), KEPT, tx).unwrap();
         assert_eq!(resumed.filters, Some(vec![NOTIFY.to_owned()]));
         let payloads: Vec<&[u8]> = resumed.backlog.iter().map(|m| m.payload.as_ref()).collect();
@@ -883,7 +882,7 @@ mod tests {
         assert!(rx.try_recv().is_ok());
         outlets.close("d1", 2);
         // Reconnecting clean discards them.
-        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (tx, _rx) = flume::bounded(QUEUE);
         let resumed = outlets.open("d1", 3, &owner("d1"), CLEAN, tx).unwrap();
         assert_eq!(resumed, Resumed::default());
         assert!(outlets.filters("d1").is_empty());
@@ -892,11 +891,11 @@ mod tests {
     #[test]
     fn a_clean_session_ends_with_its_connection_even_when_taken_over() {
         let outlets = Outlets::default();
-        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (tx, _rx) = flume::bounded(QUEUE);
         outlets.open("d1", 1, &owner("d1"), CLEAN, tx).unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
         // Its connection is still open when a persistent one takes the client id over.
-        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (tx, _rx) = flume::bounded(QUEUE);
         let resumed = outlets.open("d1", 2, &owner("d1"), KEPT, tx).unwrap();
         assert_eq!(resumed, Resumed::default());
         assert!(outlets.filters("d1").is_empty());
@@ -906,28 +905,28 @@ mod tests {
     fn a_session_is_taken_over_only_by_its_owner() {
         let outlets = Outlets::default();
         let operator = Identity::Operator("ops".into());
-        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (tx, _rx) = flume::bounded(QUEUE);
         outlets.open("d1", 1, &owner("d1"), KEPT, tx).unwrap();
-        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (tx, _rx) = flume::bounded(QUEUE);
         assert_eq!(
             outlets.open("d1", 2, &operator, CLEAN, tx),
             Err(owner("d1"))
         );
         // Offline and kept: still the device's.
         outlets.close("d1", 1);
-        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (tx, _rx) = flume::bounded(QUEUE);
         assert_eq!(outlets.open("d1", 3, &operator, KEPT, tx), Err(owner("d1")));
         // Once expired, the client id is free.
         let later = Instant::now() + Duration::from_secs(3601);
         assert_eq!(outlets.expire(later), ["d1"]);
-        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (tx, _rx) = flume::bounded(QUEUE);
         assert!(outlets.open("d1", 4, &operator, CLEAN, tx).is_ok());
     }
 
     #[test]
     fn a_disconnect_may_change_a_persistent_sessions_expiry_but_not_start_one() {
         let outlets = Outlets::default();
-        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (tx, _rx) = flume::bounded(QUEUE);
         outlets.open("d1", 1, &owner("d1"), KEPT, tx).unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
         assert!(outlets.change_expiry("d1", 1, Some(Duration::from_secs(4))));
@@ -935,7 +934,7 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(5);
         assert_eq!(outlets.expire(later), ["d1"]);
 
-        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (tx, _rx) = flume::bounded(QUEUE);
         outlets.open("d2", 2, &owner("d2"), CLEAN, tx).unwrap();
         assert!(!outlets.change_expiry("d2", 2, Some(Duration::from_secs(60))));
         outlets.close("d2", 2);
@@ -951,7 +950,7 @@ mod tests {
             messages: 1,
             bytes: 1024,
         });
-        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (tx, _rx) = flume::bounded(QUEUE);
         let request = SessionRequest {
             discard: false,
             expiry: Some(Duration::from_secs(60)),

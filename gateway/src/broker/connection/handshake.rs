@@ -15,7 +15,6 @@ use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login,
     Packet,
 };
-use tokio::sync::mpsc;
 
 use super::{Client, LastWords, LinkGuard, SessionGuard, SharedCopies, SharedInflight};
 use crate::auth::{AuthError, Principal, VerifiedCertificate};
@@ -139,7 +138,7 @@ pub(super) async fn accept(
         return None;
     }
     let number = shared.sessions.next_number();
-    let (direct_tx, direct_rx) = mpsc::channel(direct::QUEUE);
+    let (direct_tx, direct_rx) = flume::bounded(direct::QUEUE);
     let asked = session_request(&request, version, &shared.config);
     let owner = principal.identity();
     // MQTT 3.1.4: a client id in use ends its older connection first. That one reads what its client

@@ -164,7 +164,7 @@ struct Client {
     version: Version,
     keep_alive: u16,
     /// The receiving end of this connection's direct-delivery queue, until the writer takes it.
-    direct: Option<mpsc::Receiver<Box<Waiting>>>,
+    direct: Option<flume::Receiver<Box<Waiting>>>,
     /// QoS 1 publishes written to the client and not yet acknowledged (the writer adds, the reader removes).
     inflight: SharedInflight,
     /// Told by the writer when it settled router publishes the reader should acknowledge to the router.
@@ -229,11 +229,11 @@ const TAKEOVER_DRAIN: Duration = Duration::from_millis(50);
 /// Asks the writer to write `last` (if any) and close, and waits a second at most for it to end; returns
 /// the router link's receiving half it gives back, if any.
 async fn close_writer(
-    to_writer: &mpsc::Sender<ToWriter>,
-    last: Option<Packet>,
+    to_writer: &flume::Sender<ToWriter>,
+    last: Option<Box<Packet>>,
     writer_task: &mut tokio::task::JoinHandle<(WriterEnd, Option<LinkRx>)>,
 ) -> Option<LinkRx> {
-    let _ = to_writer.send(ToWriter::Close(last.map(Box::new))).await;
+    let _ = to_writer.send_async(ToWriter::Close(last)).await;
     match tokio::time::timeout(Duration::from_secs(1), &mut *writer_task).await {
         Ok(Ok((_, rx))) => rx,
         Ok(Err(_)) => None,
@@ -246,7 +246,7 @@ async fn close_writer(
 
 /// The connection's writer, running.
 struct Writing {
-    to_writer: mpsc::Sender<ToWriter>,
+    to_writer: flume::Sender<ToWriter>,
     writer_task: tokio::task::JoinHandle<(WriterEnd, Option<LinkRx>)>,
     pending: PendingSubacks,
 }
@@ -395,14 +395,14 @@ impl Client {
         writer: PacketWriter<WriteHalf>,
         link_rx: Option<LinkRx>,
     ) -> Writing {
-        let (to_writer, commands) = mpsc::channel(64);
+        let (to_writer, commands) = flume::bounded(64);
         let pending = PendingSubacks::default();
         let subscribed = Subscribed {
             shared: self.shared.clone(),
             client_id: self.client_id.clone(),
             number: self.session.number,
         };
-        let direct = self.direct.take().unwrap_or_else(|| mpsc::channel(1).1);
+        let direct = self.direct.take().unwrap_or_else(|| flume::bounded(1).1);
         let resumed = self.resumed.take().map(|r| *r).unwrap_or_default();
         let outgoing = Outgoing {
             writer,
@@ -501,6 +501,8 @@ impl Client {
                     )
                 }
             };
+            // Boxed now: a packet kept in the state until the end would cost every connection its room.
+            let last = last.map(Box::new);
             if !writer_done {
                 link_rx = Box::pin(close_writer(&to_writer, last, &mut writer_task)).await;
             }
@@ -672,7 +674,7 @@ impl Client {
     async fn read_loop(
         &mut self,
         reader: &mut PacketReader<ReadHalf>,
-        to_writer: &mpsc::Sender<ToWriter>,
+        to_writer: &flume::Sender<ToWriter>,
         pending: &PendingSubacks,
         version: Version,
     ) -> ReaderEnd {
@@ -737,7 +739,7 @@ impl Client {
     async fn on_packet(
         &mut self,
         packet: Packet,
-        to_writer: &mpsc::Sender<ToWriter>,
+        to_writer: &flume::Sender<ToWriter>,
         pending: &PendingSubacks,
         version: Version,
     ) -> Option<ReaderEnd> {
@@ -815,7 +817,7 @@ impl Client {
                 Some(granted) => ToWriter::SubAck(Box::new((reply, granted))),
                 None => ToWriter::Packet(Box::new(reply)),
             };
-            if to_writer.send(reply).await.is_err() {
+            if to_writer.send_async(reply).await.is_err() {
                 return Some(ReaderEnd::Lost(
                     DisconnectReason::ConnectionLost,
                     "writer gone".into(),
@@ -866,7 +868,7 @@ impl Client {
     async fn link_tx(
         &mut self,
         packet: &Packet,
-        to_writer: &mpsc::Sender<ToWriter>,
+        to_writer: &flume::Sender<ToWriter>,
     ) -> Result<Option<&mut LinkTx>, ReaderEnd> {
         if self.link.is_none() && opens_link(packet) {
             let (link, rx) = Box::pin(handshake::open_link(&self.shared))
@@ -875,7 +877,11 @@ impl Client {
                     tracing::warn!(client_id = self.client_id, "no router link: {e}");
                     ReaderEnd::RouterGone
                 })?;
-            if to_writer.send(ToWriter::Link(Box::new(rx))).await.is_err() {
+            if to_writer
+                .send_async(ToWriter::Link(Box::new(rx)))
+                .await
+                .is_err()
+            {
                 return Err(ReaderEnd::Lost(
                     DisconnectReason::ConnectionLost,
                     "writer gone".into(),

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::{Packet, Publish, PublishProperties, SubscribeReasonCode};
 use rumqttd::Notification;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant};
 
 use super::super::backlog::Waiting;
@@ -352,8 +352,8 @@ async fn write_backlog(
 pub(super) fn write_loop(
     mut out: Outgoing,
     mut link_rx: Option<LinkRx>,
-    mut commands: mpsc::Receiver<ToWriter>,
-    mut direct: mpsc::Receiver<Box<Waiting>>,
+    commands: flume::Receiver<ToWriter>,
+    direct: flume::Receiver<Box<Waiting>>,
     pending: PendingSubacks,
     subscribed: Subscribed,
     resumed: Resumed,
@@ -367,8 +367,8 @@ pub(super) fn write_loop(
             Ok(()) => {
                 let mut sources = Sources {
                     link_rx: &mut link_rx,
-                    commands: &mut commands,
-                    direct: &mut direct,
+                    commands: &commands,
+                    direct: &direct,
                     direct_open: true,
                 };
                 write_until_end(&mut out, &mut sources, &pending, &subscribed).await
@@ -382,8 +382,8 @@ pub(super) fn write_loop(
 /// What the writer takes packets from.
 struct Sources<'a> {
     link_rx: &'a mut Option<LinkRx>,
-    commands: &'a mut mpsc::Receiver<ToWriter>,
-    direct: &'a mut mpsc::Receiver<Box<Waiting>>,
+    commands: &'a flume::Receiver<ToWriter>,
+    direct: &'a flume::Receiver<Box<Waiting>>,
     /// False once a newer connection of this client id took the outlet over (the sender is gone).
     direct_open: bool,
 }
@@ -417,9 +417,9 @@ async fn write_until_end(
         let step = tokio::select! {
             // Replies the reader made are written before later router output.
             biased;
-            command = sources.commands.recv() => match command {
-                Some(command) => take_commands(out, sources, command),
-                None => Step::wait(Slow::Close(None, WriterEnd::Closed)),
+            command = sources.commands.recv_async() => match command {
+                Ok(command) => take_commands(out, sources, command),
+                Err(_) => Step::wait(Slow::Close(None, WriterEnd::Closed)),
             },
             progress = out.writer.write_or_flush(), if waiting => match progress {
                 Ok(Progress::Wrote) => {
@@ -442,9 +442,9 @@ async fn write_until_end(
                 Step::End(WriterEnd::Io(e))
             }
             () = window.notified(), if !out.held.is_empty() => encoded(out.release_held()),
-            message = sources.direct.recv(), if sources.direct_open => match message {
-                Some(message) => take_messages(out, sources.direct, message, subscribed),
-                None => {
+            message = sources.direct.recv_async(), if sources.direct_open => match message {
+                Ok(message) => take_messages(out, sources.direct, message, subscribed),
+                Err(_) => {
                     sources.direct_open = false;
                     Step::Done
                 }
@@ -471,7 +471,7 @@ async fn write_until_end(
 /// [`WRITE_BATCH`]: a QoS 0 message is dropped instead when the client is too far behind.
 fn take_messages(
     out: &mut Outgoing,
-    direct: &mut mpsc::Receiver<Box<Waiting>>,
+    direct: &flume::Receiver<Box<Waiting>>,
     first: Box<Waiting>,
     subscribed: &Subscribed,
 ) -> Step {
