@@ -510,15 +510,14 @@ async fn accept_loop(
                         continue;
                     }
                     let (read_half, write_half) = stream.into_split();
-                    let connection = connection::serve(
-                        shared.clone(),
-                        Box::new(read_half),
-                        Box::new(write_half),
+                    let accepted = connection::Accepted {
+                        read_half: Box::new(read_half),
+                        write_half: Box::new(write_half),
                         peer,
-                        local,
-                        None,
-                        alive.clone(),
-                    );
+                        listener: local,
+                        certificate: None,
+                    };
+                    let connection = connection::serve(shared.clone(), accepted, alive.clone());
                     tokio::spawn(connection);
                 }
                 Err(e) => {

@@ -208,16 +208,14 @@ pub(crate) async fn serve(
         },
     };
     let (read_half, write_half) = tokio::io::split(stream);
-    connection::serve(
-        shared,
-        Box::new(read_half),
-        Box::new(write_half),
+    let accepted = connection::Accepted {
+        read_half: Box::new(read_half),
+        write_half: Box::new(write_half),
         peer,
         listener,
         certificate,
-        alive,
-    )
-    .await;
+    };
+    connection::serve(shared, accepted, alive).await;
 }
 
 /// The single subject CN of a DER certificate.

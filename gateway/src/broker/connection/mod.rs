@@ -59,8 +59,19 @@ use super::wills::{self, DelayedWills, Will};
 use super::{ReadHalf, Shared, WriteHalf};
 use crate::auth::{Principal, VerifiedCertificate};
 
-/// Serves one connection accepted on `listener` (TCP, or TLS with the client `certificate` it verified, if
-/// any) until it closes. `alive` is held until the end so shutdown can wait for it.
+/// A connection a listener accepted, before its CONNECT.
+pub(crate) struct Accepted {
+    pub(crate) read_half: ReadHalf,
+    pub(crate) write_half: WriteHalf,
+    pub(crate) peer: SocketAddr,
+    /// The listener's address.
+    pub(crate) listener: SocketAddr,
+    /// The client certificate a TLS listener verified, if any.
+    pub(crate) certificate: Option<VerifiedCertificate>,
+}
+
+/// Serves one accepted connection until it closes. `alive` is held until the end so shutdown can wait
+/// for it.
 ///
 /// The task of a connection keeps room for the largest of its waits as long as it lives, and thousands of
 /// idle connections add up: the handshake runs boxed (its memory is freed once the client is in), and
@@ -69,16 +80,12 @@ use crate::auth::{Principal, VerifiedCertificate};
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub(crate) fn serve(
     shared: Arc<Shared>,
-    read_half: ReadHalf,
-    write_half: WriteHalf,
-    peer: SocketAddr,
-    listener: SocketAddr,
-    certificate: Option<VerifiedCertificate>,
+    accepted: Accepted,
     alive: mpsc::Sender<()>,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let _alive = alive;
-        let handshake = open(shared, read_half, write_half, peer, listener, certificate);
+        let handshake = open(shared, accepted);
         // Not `if let`: its scrutinee, the client and all, would stay in the state while the client runs.
         let Some((client, reader, writing)) = Box::pin(handshake).await else {
             return;
@@ -91,12 +98,15 @@ pub(crate) fn serve(
 /// once it is in.
 async fn open(
     shared: Arc<Shared>,
-    read_half: ReadHalf,
-    write_half: WriteHalf,
-    peer: SocketAddr,
-    listener: SocketAddr,
-    certificate: Option<VerifiedCertificate>,
+    accepted: Accepted,
 ) -> Option<(Client, PacketReader<ReadHalf>, Writing)> {
+    let Accepted {
+        read_half,
+        write_half,
+        peer,
+        listener,
+        certificate,
+    } = accepted;
     let mut reader = PacketReader::new(read_half, shared.config.max_payload_size);
     let limit = Duration::from_millis(shared.config.connection_timeout_ms.into());
     let first = tokio::time::timeout(limit, async {
