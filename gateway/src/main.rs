@@ -21,21 +21,24 @@ use tikv_jemalloc_sys as _;
 ///   opened on one worker thread and closed on another leaves memory behind in two. The gateway's
 ///   allocations come from a few threads (two runtime workers, the router, blocking calls): two arenas
 ///   keep lock contention low and fragmentation lower.
-/// - `tcache_max:1024,tcache_nslots_small_max:16`: per-thread caches, small ones. Without a cache every
+/// - `tcache_max:8192,tcache_nslots_small_max:16`: per-thread caches, small ones. Without a cache every
 ///   allocation and free takes its arena's lock: forwarding messages to the uplink, a quarter of the
 ///   gateway's CPU went to those locks (15.5 instead of 22 µs per QoS 1 message, 7.5 instead of 9.5 at
 ///   QoS 0; README, "The uplink"). Caches as jemalloc sizes them by default (up to 200 blocks of each
 ///   size class up to 32 KiB per thread) were what kept memory: the blocking pool's threads (hundreds
 ///   during a connect storm) each held one full of blocks they no longer used, and RSS after the
-///   connect/disconnect cycles of 10,000 devices was 11 MiB higher. Capped at 16 blocks of each class up
-///   to 1 KiB (a thread holds at most a few hundred KiB, given back when the pool ends the thread after
-///   10 s idle), the fan-out benchmark measured the same idle RSS, RSS per device (40.8 KiB) and growth
-///   over the cycles as without caches. `MALLOC_CONF=narenas:2,tcache:false` turns them off.
+///   connect/disconnect cycles of 10,000 devices was 11 MiB higher. So at most 16 blocks of each class
+///   are cached. Classes up to 8 KiB, not 1 KiB: a connection handles each packet in a boxed future of
+///   ~4.3 KB (kept out of the connection's long-lived state, see `broker::connection`), and with only
+///   classes up to 1 KiB cached each of those took the arena's lock: the uplink's local CPU per message
+///   went from 4.5 to 8.0 µs at QoS 0 (one run of its benchmark; 4.5 again with 8 KiB), for no change in
+///   the fan-out benchmark's memory (per idle device, after the cycles). `MALLOC_CONF=narenas:2,tcache:false`
+///   turns them off.
 #[cfg(target_os = "linux")]
 #[no_mangle]
 #[allow(non_upper_case_globals)]
 pub static malloc_conf: MallocConf =
-    MallocConf(c"narenas:2,tcache_max:1024,tcache_nslots_small_max:16".as_ptr());
+    MallocConf(c"narenas:2,tcache_max:8192,tcache_nslots_small_max:16".as_ptr());
 
 /// jemalloc reads `malloc_conf` as a C `const char *`.
 #[repr(transparent)]
@@ -77,7 +80,7 @@ mod tests {
         }
         assert_eq!(option::<u32>(c"opt.narenas"), 2);
         assert!(option::<bool>(c"opt.tcache"));
-        assert_eq!(option::<usize>(c"opt.tcache_max"), 1024);
+        assert_eq!(option::<usize>(c"opt.tcache_max"), 8192);
         assert_eq!(option::<u32>(c"opt.tcache_nslots_small_max"), 16);
         // The C allocator is jemalloc's: a block from libc's `malloc` is one jemalloc knows.
         // SAFETY: malloc/free of a small block; `malloc_usable_size` reads only the allocator's metadata.
