@@ -925,3 +925,35 @@ async fn only_connections_that_need_the_router_get_a_link() {
     }
     assert_eq!(links(), 0, "every link is closed when its connection ends");
 }
+
+/// The will of a connection that never needed the router still reaches the router's subscribers, on a
+/// link made for it.
+#[tokio::test]
+async fn a_will_of_a_connection_without_a_router_link_reaches_routed_subscribers() {
+    let broker = start_granting("shared/#", |_| {}).await;
+    let (listener, mut listener_rx) = connect(options(&broker, "listener")).await;
+    listener
+        .subscribe("shared/will", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    suback(&mut listener_rx).await;
+
+    let mut options = options(&broker, "d1");
+    options.set_last_will(rumqttc::LastWill::new(
+        "shared/will",
+        "gone",
+        QoS::AtMostOnce,
+        false,
+    ));
+    let (_client, mut eventloop) = AsyncClient::new(options, 10);
+    tokio::time::timeout(WAIT, eventloop.poll())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(broker.shared.link_names.held(), 1, "only the listener's");
+    drop(eventloop); // closes the socket without DISCONNECT
+    assert_eq!(
+        publish(&mut listener_rx).await,
+        ("shared/will".to_owned(), Bytes::from("gone"))
+    );
+}
