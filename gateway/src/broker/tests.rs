@@ -507,23 +507,26 @@ async fn a_denied_qos2_publish_disconnects_the_client() {
         .expect("disconnected");
 }
 
-#[tokio::test]
-async fn the_last_will_is_published_when_the_connection_is_lost() {
-    let broker = start().await;
-    let mut service = broker.internal_client("wills").await.unwrap();
-    service.subscribe("$aws/things/+/will").await.unwrap();
-    let mut options = options(&broker, "d1");
-    options.set_last_will(rumqttc::LastWill::new(
-        "$aws/things/d1/will",
-        "gone",
-        QoS::AtMostOnce,
-        false,
-    ));
+/// Connects `client_id` with a QoS 0 will "gone" on `topic`; its socket closes, without DISCONNECT, when
+/// the returned event loop is dropped.
+async fn connect_with_will(broker: &Broker, client_id: &str, topic: &str) -> rumqttc::EventLoop {
+    let mut options = options(broker, client_id);
+    let will = rumqttc::LastWill::new(topic, "gone", QoS::AtMostOnce, false);
+    options.set_last_will(will);
     let (_client, mut eventloop) = AsyncClient::new(options, 10);
     tokio::time::timeout(WAIT, eventloop.poll())
         .await
         .unwrap()
         .unwrap();
+    eventloop
+}
+
+#[tokio::test]
+async fn the_last_will_is_published_when_the_connection_is_lost() {
+    let broker = start().await;
+    let mut service = broker.internal_client("wills").await.unwrap();
+    service.subscribe("$aws/things/+/will").await.unwrap();
+    let eventloop = connect_with_will(&broker, "d1", "$aws/things/d1/will").await;
     drop(eventloop); // closes the socket without DISCONNECT
     assert_eq!(
         next_internal(&mut service).await,
@@ -938,18 +941,7 @@ async fn a_will_of_a_connection_without_a_router_link_reaches_routed_subscribers
         .unwrap();
     suback(&mut listener_rx).await;
 
-    let mut options = options(&broker, "d1");
-    options.set_last_will(rumqttc::LastWill::new(
-        "shared/will",
-        "gone",
-        QoS::AtMostOnce,
-        false,
-    ));
-    let (_client, mut eventloop) = AsyncClient::new(options, 10);
-    tokio::time::timeout(WAIT, eventloop.poll())
-        .await
-        .unwrap()
-        .unwrap();
+    let eventloop = connect_with_will(&broker, "d1", "shared/will").await;
     assert_eq!(broker.shared.link_names.held(), 1, "only the listener's");
     drop(eventloop); // closes the socket without DISCONNECT
     assert_eq!(
