@@ -841,7 +841,8 @@ impl Client {
                 Ok(None) => continue,
                 Err(end) => return Some(end),
             };
-            if tx.send(packet).await.is_err() {
+            // Pushed in place, as the router's acknowledgements are (`LinkTx::send` never waits).
+            if !super::internal::try_push_now(tx, packet) {
                 return Some(ReaderEnd::RouterGone);
             }
         }
@@ -881,12 +882,10 @@ impl Client {
         to_writer: &flume::Sender<ToWriter>,
     ) -> Result<Option<&mut LinkTx>, ReaderEnd> {
         if self.link.is_none() && opens_link(packet) {
-            let (link, rx) = Box::pin(handshake::open_link(&self.shared))
-                .await
-                .map_err(|e| {
-                    tracing::warn!(client_id = self.client_id, "no router link: {e}");
-                    ReaderEnd::RouterGone
-                })?;
+            let (link, rx) = handshake::open_link(&self.shared).await.map_err(|e| {
+                tracing::warn!(client_id = self.client_id, "no router link: {e}");
+                ReaderEnd::RouterGone
+            })?;
             if to_writer
                 .send_async(ToWriter::Link(Box::new(rx)))
                 .await
