@@ -949,3 +949,32 @@ async fn a_will_of_a_connection_without_a_router_link_reaches_routed_subscribers
         ("shared/will".to_owned(), Bytes::from("gone"))
     );
 }
+
+/// A connection without a router link answers what the router would have: a PUBREL for an exchange it
+/// never started gets its PUBCOMP (3.1.1 has no reason code to say so), and a PINGREQ its PINGRESP.
+#[tokio::test]
+async fn a_connection_without_a_router_link_answers_pubrel_and_pingreq_itself() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = start().await;
+    let mut socket = tokio::net::TcpStream::connect(broker.local_addrs()[0])
+        .await
+        .unwrap();
+    socket.write_all(&raw_connect("no-link", 30)).await.unwrap();
+    let mut answer = [0u8; 4];
+    async fn read(socket: &mut tokio::net::TcpStream, answer: &mut [u8]) {
+        tokio::time::timeout(WAIT, socket.read_exact(answer))
+            .await
+            .expect("answered in time")
+            .unwrap();
+    }
+    read(&mut socket, &mut answer).await;
+    assert_eq!(answer, [0x20, 2, 0, 0], "CONNACK accepted");
+
+    socket.write_all(&[0x62, 2, 0, 7]).await.unwrap();
+    read(&mut socket, &mut answer).await;
+    assert_eq!(answer, [0x70, 2, 0, 7], "PUBCOMP of packet 7");
+    socket.write_all(&[0xc0, 0]).await.unwrap();
+    read(&mut socket, &mut answer[..2]).await;
+    assert_eq!(answer[..2], [0xd0, 0], "PINGRESP");
+    assert_eq!(broker.shared.link_names.held(), 0);
+}
