@@ -297,15 +297,20 @@ fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
 /// for every batch of publishes it takes, which passes any filter that shows its errors, and making,
 /// formatting and closing it cost ~7 % of the gateway's CPU while it forwarded messages. Its events are
 /// logged as the filter says, without the span's client id (sprig's own lines name the client).
+///
+/// Crates that log through `log` (sled) are cut at the filter's most verbose level: the combined
+/// filter gives no level hint, so `log` would otherwise hand every one of sled's `trace!` lines (one per
+/// page read) to the subscriber to be refused, ~10 % of the gateway's CPU while it created jobs.
 pub(super) fn init_tracing(default_level: &str) {
     use tracing_subscriber::filter::FilterExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
 
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(default_level))
-        .and(crate::broker::skips::no_router_spans());
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let most_verbose = filter.max_level_hint();
+    let filter = filter.and(crate::broker::skips::no_router_spans());
     // Colours only on a terminal: in a file or the journal they are escape codes.
     let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let log = tracing_subscriber::fmt::layer()
@@ -316,11 +321,38 @@ pub(super) fn init_tracing(default_level: &str) {
         .with(log)
         .with(crate::broker::skips::layer())
         .try_init();
+    log::set_max_level(log_level(most_verbose));
+}
+
+/// `log`'s level for a filter whose most verbose level is `hint` (`None`: no hint, anything may pass).
+fn log_level(hint: Option<tracing::level_filters::LevelFilter>) -> log::LevelFilter {
+    use tracing::level_filters::LevelFilter;
+    match hint {
+        Some(LevelFilter::OFF) => log::LevelFilter::Off,
+        Some(LevelFilter::ERROR) => log::LevelFilter::Error,
+        Some(LevelFilter::WARN) => log::LevelFilter::Warn,
+        Some(LevelFilter::INFO) => log::LevelFilter::Info,
+        Some(LevelFilter::DEBUG) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_records_stop_at_the_filters_most_verbose_level() {
+        let level = |filter: &str| log_level(EnvFilter::new(filter).max_level_hint());
+        assert_eq!(level("info,rumqttd=warn"), log::LevelFilter::Info);
+        assert_eq!(
+            level("warn,sprig_gateway::plugins=info"),
+            log::LevelFilter::Info
+        );
+        assert_eq!(level("warn"), log::LevelFilter::Warn);
+        assert_eq!(level("sled=trace"), log::LevelFilter::Trace);
+        assert_eq!(level("off"), log::LevelFilter::Off);
+    }
 
     #[test]
     fn hash_password_prints_a_hash_the_config_accepts() {
