@@ -460,6 +460,13 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what the gateway was doing: its assertion rarely says.
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!("--- the gateway's last log lines ---");
+            tail.iter().rev().for_each(|line| eprintln!("{line}"));
+        }
     }
 }
 
