@@ -392,19 +392,21 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     /// Encodes one packet into the write buffer (call [`PacketWriter::flush`] to send).
     pub(crate) fn encode(&mut self, packet: Packet) -> io::Result<()> {
         if let Packet::Publish(publish, _) = &packet {
-            let metrics = crate::metrics::get();
-            metrics.messages_sent.inc();
-            metrics
-                .bytes_sent
-                .inc_by((publish.topic.len() + publish.payload.len()) as u64);
+            count_sent(publish.topic.len() + publish.payload.len());
         }
-        let result = match self.version {
-            Version::V311 => V4.write(strip_properties(packet), &mut self.buf),
-            Version::V5 => V5.write(complete_disconnect(packet), &mut self.buf),
-        };
-        result
-            .map(|_| ())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+        encode(self.version, packet, &mut self.buf)
+    }
+
+    /// Puts `bytes`, the end of a packet the socket took only part of outside this writer (see `wire`),
+    /// before anything else this writer writes; called while it holds nothing.
+    pub(crate) fn put_first(&mut self, bytes: &[u8]) {
+        debug_assert!(
+            self.buf.is_empty(),
+            "a packet's end goes before everything else"
+        );
+        let after = self.buf.split();
+        self.buf.extend_from_slice(bytes);
+        self.buf.unsplit(after);
     }
 
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
@@ -476,6 +478,24 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     pub(crate) async fn shutdown(&mut self) {
         let _ = self.io.shutdown().await;
     }
+}
+
+/// Encodes one packet in `version` onto the end of `buf`.
+pub(crate) fn encode(version: Version, packet: Packet, buf: &mut BytesMut) -> io::Result<()> {
+    let result = match version {
+        Version::V311 => V4.write(strip_properties(packet), buf),
+        Version::V5 => V5.write(complete_disconnect(packet), buf),
+    };
+    result
+        .map(|_| ())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Counts a PUBLISH written to a client, of `bytes` of topic and payload, in the metrics.
+pub(crate) fn count_sent(bytes: usize) {
+    let metrics = crate::metrics::get();
+    metrics.messages_sent.inc();
+    metrics.bytes_sent.inc_by(bytes as u64);
 }
 
 /// rumqttd 0.20's MQTT 5 writer gets a DISCONNECT with a reason code wrong unless it carries a

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -30,6 +30,7 @@ use bytes::Bytes;
 use super::backlog::{Backlog, Keep, Limits, Waiting};
 use super::options::SubOptions;
 use super::topics::matches;
+use super::wire::{Refused, Wire};
 use crate::auth::Identity;
 use crate::store::sessions::{StoredMessage, StoredSession};
 
@@ -130,10 +131,10 @@ struct Outlet {
     filters: Vec<String>,
     /// The MQTT 5 options of its routed filters (in memory: a restart gives them the defaults).
     options: Vec<(String, SubOptions)>,
-    /// Boxed [`Waiting`] messages, on a flume channel: it allocates its buffer as messages come, and most
-    /// connections get a few a day (a tokio channel allocates 32 slots and 512 bytes of state up front, for
-    /// every connection).
-    queue: Option<flume::Sender<Box<Waiting>>>,
+    /// The connection's way in (see `wire`): its socket while its writer is idle, else a flume channel of
+    /// boxed messages, which allocates its buffer as messages come (most connections get a few a day; a
+    /// tokio channel allocates 32 slots and 512 bytes of state up front, for every connection).
+    queue: Option<Arc<Wire>>,
     dropped: u64,
 }
 
@@ -232,7 +233,7 @@ impl Outlets {
         }
     }
 
-    /// A connection of `owner` opened: from now on, messages for `client_id` go to `queue`. It takes over
+    /// A connection of `owner` opened: from now on, messages for `client_id` go to `wire`. It takes over
     /// the client id's session (live or kept), resuming it unless `request.discard`, or is refused with the
     /// session's owner when that is someone else.
     pub(crate) fn open(
@@ -241,7 +242,7 @@ impl Outlets {
         number: u64,
         owner: &Identity,
         request: SessionRequest,
-        queue: flume::Sender<Box<Waiting>>,
+        wire: Arc<Wire>,
     ) -> Result<Resumed, Identity> {
         let now = Instant::now();
         let mut registry = self.lock();
@@ -273,7 +274,7 @@ impl Outlets {
             backlog: Backlog::default(),
             filters: resumed.filters.clone().unwrap_or_default(),
             options: resumed.options.clone(),
-            queue: Some(queue),
+            queue: Some(wire),
             dropped: 0,
         };
         registry.outlets.insert(client_id.to_owned(), outlet);
@@ -336,9 +337,9 @@ impl Outlets {
         let mut queued = false;
         for message in messages {
             match &outlet.queue {
-                Some(queue) => {
+                Some(wire) => {
                     let topic = message.topic.clone();
-                    if queue.try_send(Box::new(message)).is_err() {
+                    if wire.queue(message).is_err() {
                         self.count_drop(outlet, client_id, &topic, Dropped::QueueFull);
                     }
                 }
@@ -572,7 +573,9 @@ impl Outlets {
         counts
     }
 
-    /// Delivers each message under one lock, counting the outcomes; returns the last one's.
+    /// Delivers each message, counting the outcomes; returns the last one's. Who gets what is decided
+    /// under one lock; the messages for connected clients are handed to their wires after it is released
+    /// (a wire may write to a socket, and other deliverers need not wait for that).
     fn deliver_all<C, T>(
         &self,
         messages: impl IntoIterator<Item = (C, T, Bytes)>,
@@ -584,23 +587,43 @@ impl Outlets {
         T: AsRef<str>,
     {
         let mut last = None;
+        let mut live = Vec::new();
         let mut registry = self.lock();
         let Registry {
             outlets, changed, ..
         } = &mut *registry;
         for (client_id, topic, payload) in messages {
-            let (client_id, topic) = (client_id.as_ref(), topic.as_ref());
-            let delivery = self.deliver_locked(outlets, changed, client_id, topic, payload, keep);
-            counts.count(delivery);
-            last = Some(delivery);
+            let (id, name) = (client_id.as_ref(), topic.as_ref());
+            match self.deliver_locked(outlets, changed, id, name, payload, keep) {
+                Ok(delivery) => {
+                    counts.count(delivery);
+                    last = Some(delivery);
+                }
+                Err((wire, payload)) => live.push((wire, client_id, topic, payload)),
+            }
         }
         drop(registry);
         if counts.queued > 0 {
             self.changed.notify_one();
         }
+        for (wire, client_id, topic, payload) in live {
+            let (client_id, topic) = (client_id.as_ref(), topic.as_ref());
+            let delivery = match wire.deliver(topic, payload) {
+                Ok(()) => Delivery::Delivered,
+                Err(Refused::Closed) => Delivery::Offline,
+                Err(Refused::Full) => {
+                    self.count_queue_full(client_id, topic);
+                    Delivery::Dropped
+                }
+            };
+            counts.count(delivery);
+            last = Some(delivery);
+        }
         last
     }
 
+    /// What becomes of a message: `Ok` when that is decided here, `Err` with the wire of the connected
+    /// client it goes to.
     fn deliver_locked(
         &self,
         entries: &mut HashMap<String, Outlet>,
@@ -609,30 +632,35 @@ impl Outlets {
         topic: &str,
         payload: Bytes,
         keep: Keep,
-    ) -> Delivery {
+    ) -> Result<Delivery, (Arc<Wire>, Bytes)> {
         if topic.is_empty() || topic.contains(['+', '#']) {
-            return Delivery::InvalidTopic;
+            return Ok(Delivery::InvalidTopic);
         }
         let Some(outlet) = entries.get_mut(client_id) else {
-            return Delivery::Offline;
+            return Ok(Delivery::Offline);
         };
         if !outlet.filters.iter().any(|f| matches(topic, f)) {
-            return Delivery::NotSubscribed;
+            return Ok(Delivery::NotSubscribed);
+        }
+        if let Some(wire) = &outlet.queue {
+            return Err((wire.clone(), payload));
         }
         let message = Waiting::direct(topic, payload);
-        let Some(queue) = &outlet.queue else {
-            if self.backlog_push(outlet, client_id, message, keep) {
-                changed.insert(client_id.to_owned());
-                return Delivery::Queued;
-            }
-            return Delivery::Dropped;
-        };
-        match queue.try_send(Box::new(message)) {
-            Ok(()) => Delivery::Delivered,
-            Err(flume::TrySendError::Disconnected(_)) => Delivery::Offline,
-            Err(flume::TrySendError::Full(_)) => {
-                self.count_drop(outlet, client_id, topic, Dropped::QueueFull);
-                Delivery::Dropped
+        if self.backlog_push(outlet, client_id, message, keep) {
+            changed.insert(client_id.to_owned());
+            return Ok(Delivery::Queued);
+        }
+        Ok(Delivery::Dropped)
+    }
+
+    /// Counts a message dropped because `client_id`'s queue was full.
+    fn count_queue_full(&self, client_id: &str, topic: &str) {
+        let mut registry = self.lock();
+        match registry.outlets.get_mut(client_id) {
+            Some(outlet) => self.count_drop(outlet, client_id, topic, Dropped::QueueFull),
+            None => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::get().dropped(Dropped::QueueFull.label());
             }
         }
     }
@@ -699,9 +727,17 @@ fn epoch_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::wire::Direct;
 
-    fn topic_of(message: Waiting) -> (String, Bytes) {
-        (message.topic, message.payload)
+    fn topic_of(delivered: Direct) -> (String, Bytes) {
+        match delivered {
+            Direct::Message(message) => (message.topic, message.payload),
+            Direct::Rest => panic!("a queue-only wire never writes part of a packet"),
+        }
+    }
+
+    fn wire(queue: flume::Sender<Box<Direct>>) -> Arc<Wire> {
+        Arc::new(Wire::queue_only(queue))
     }
 
     fn filters(list: &[&str]) -> Vec<String> {
@@ -729,8 +765,12 @@ mod tests {
         let outlets = Outlets::default();
         let (op_tx, op_rx) = flume::bounded(QUEUE);
         let (dev_tx, dev_rx) = flume::bounded(QUEUE);
-        outlets.open("op", 1, &owner("op"), CLEAN, op_tx).unwrap();
-        outlets.open("d1", 2, &owner("d1"), CLEAN, dev_tx).unwrap();
+        outlets
+            .open("op", 1, &owner("op"), CLEAN, wire(op_tx))
+            .unwrap();
+        outlets
+            .open("d1", 2, &owner("d1"), CLEAN, wire(dev_tx))
+            .unwrap();
         outlets.subscribe("op", 1, &filters(&["$aws/events/presence/connected/+"]));
         outlets.subscribe("d1", 2, &filters(&["$aws/things/d1/#"]));
         assert_eq!(outlets.lock().watchers.len(), 1);
@@ -759,7 +799,9 @@ mod tests {
     fn a_matching_filter_gets_the_message_and_others_do_not() {
         let outlets = Outlets::default();
         let (tx, rx) = flume::bounded(QUEUE);
-        outlets.open("d1", 1, &owner("d1"), CLEAN, tx).unwrap();
+        outlets
+            .open("d1", 1, &owner("d1"), CLEAN, wire(tx))
+            .unwrap();
         let body = Bytes::from_static(b"{}");
         assert_eq!(
             outlets.deliver("d1", NOTIFY, body.clone()),
@@ -794,7 +836,9 @@ mod tests {
     fn unsubscribe_and_disconnect_stop_delivery() {
         let outlets = Outlets::default();
         let (tx, rx) = flume::bounded(QUEUE);
-        outlets.open("d1", 1, &owner("d1"), CLEAN, tx).unwrap();
+        outlets
+            .open("d1", 1, &owner("d1"), CLEAN, wire(tx))
+            .unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY, "$aws/things/d1/jobs/#"]));
         outlets.unsubscribe("d1", 1, &filters(&["$aws/things/d1/jobs/#"]));
         assert_eq!(outlets.filters("d1"), [NOTIFY]);
@@ -818,7 +862,9 @@ mod tests {
     fn a_full_queue_drops_and_counts_without_blocking() {
         let outlets = Outlets::default();
         let (tx, rx) = flume::bounded(2);
-        outlets.open("d1", 1, &owner("d1"), CLEAN, tx).unwrap();
+        outlets
+            .open("d1", 1, &owner("d1"), CLEAN, wire(tx))
+            .unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
         let messages = (0..5).map(|_| ("d1", NOTIFY, Bytes::new()));
         let counts = outlets.deliver_many(messages);
@@ -836,9 +882,13 @@ mod tests {
         let outlets = Outlets::default();
         let (old_tx, old_rx) = flume::bounded(QUEUE);
         let (new_tx, new_rx) = flume::bounded(QUEUE);
-        outlets.open("d1", 1, &owner("d1"), CLEAN, old_tx).unwrap();
+        outlets
+            .open("d1", 1, &owner("d1"), CLEAN, wire(old_tx))
+            .unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
-        outlets.open("d1", 2, &owner("d1"), CLEAN, new_tx).unwrap();
+        outlets
+            .open("d1", 2, &owner("d1"), CLEAN, wire(new_tx))
+            .unwrap();
         // A clean takeover starts without the old filters; the old connection cannot add or close.
         assert!(outlets.filters("d1").is_empty());
         outlets.subscribe("d1", 1, &filters(&["$aws/things/d1/#"]));
@@ -856,7 +906,7 @@ mod tests {
     fn a_persistent_session_keeps_its_filters_and_backlog_across_connections() {
         let outlets = Outlets::default();
         let (tx, _rx) = flume::bounded(QUEUE);
-        outlets.open("d1", 1, &owner("d1"), KEPT, tx).unwrap();
+        outlets.open("d1", 1, &owner("d1"), KEPT, wire(tx)).unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
         outlets.close("d1", 1);
         // Offline: notifications wait, the latest per topic; replies each.
@@ -871,7 +921,7 @@ mod tests {
             Delivery::NotSubscribed
         );
         let (tx, rx) = flume::bounded(QUEUE);
-        let resumed = outlets.open("d1", 2, &owner("d1"), KEPT, tx).unwrap();
+        let resumed = outlets.open("d1", 2, &owner("d1"), KEPT, wire(tx)).unwrap();
         assert_eq!(resumed.filters, Some(vec![NOTIFY.to_owned()]));
         let payloads: Vec<&[u8]> = resumed.backlog.iter().map(|m| m.payload.as_ref()).collect();
         assert_eq!(payloads, [&[2][..], &[][..]]);
@@ -883,7 +933,9 @@ mod tests {
         outlets.close("d1", 2);
         // Reconnecting clean discards them.
         let (tx, _rx) = flume::bounded(QUEUE);
-        let resumed = outlets.open("d1", 3, &owner("d1"), CLEAN, tx).unwrap();
+        let resumed = outlets
+            .open("d1", 3, &owner("d1"), CLEAN, wire(tx))
+            .unwrap();
         assert_eq!(resumed, Resumed::default());
         assert!(outlets.filters("d1").is_empty());
     }
@@ -892,11 +944,13 @@ mod tests {
     fn a_clean_session_ends_with_its_connection_even_when_taken_over() {
         let outlets = Outlets::default();
         let (tx, _rx) = flume::bounded(QUEUE);
-        outlets.open("d1", 1, &owner("d1"), CLEAN, tx).unwrap();
+        outlets
+            .open("d1", 1, &owner("d1"), CLEAN, wire(tx))
+            .unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
         // Its connection is still open when a persistent one takes the client id over.
         let (tx, _rx) = flume::bounded(QUEUE);
-        let resumed = outlets.open("d1", 2, &owner("d1"), KEPT, tx).unwrap();
+        let resumed = outlets.open("d1", 2, &owner("d1"), KEPT, wire(tx)).unwrap();
         assert_eq!(resumed, Resumed::default());
         assert!(outlets.filters("d1").is_empty());
     }
@@ -906,28 +960,31 @@ mod tests {
         let outlets = Outlets::default();
         let operator = Identity::Operator("ops".into());
         let (tx, _rx) = flume::bounded(QUEUE);
-        outlets.open("d1", 1, &owner("d1"), KEPT, tx).unwrap();
+        outlets.open("d1", 1, &owner("d1"), KEPT, wire(tx)).unwrap();
         let (tx, _rx) = flume::bounded(QUEUE);
         assert_eq!(
-            outlets.open("d1", 2, &operator, CLEAN, tx),
+            outlets.open("d1", 2, &operator, CLEAN, wire(tx)),
             Err(owner("d1"))
         );
         // Offline and kept: still the device's.
         outlets.close("d1", 1);
         let (tx, _rx) = flume::bounded(QUEUE);
-        assert_eq!(outlets.open("d1", 3, &operator, KEPT, tx), Err(owner("d1")));
+        assert_eq!(
+            outlets.open("d1", 3, &operator, KEPT, wire(tx)),
+            Err(owner("d1"))
+        );
         // Once expired, the client id is free.
         let later = Instant::now() + Duration::from_secs(3601);
         assert_eq!(outlets.expire(later), ["d1"]);
         let (tx, _rx) = flume::bounded(QUEUE);
-        assert!(outlets.open("d1", 4, &operator, CLEAN, tx).is_ok());
+        assert!(outlets.open("d1", 4, &operator, CLEAN, wire(tx)).is_ok());
     }
 
     #[test]
     fn a_disconnect_may_change_a_persistent_sessions_expiry_but_not_start_one() {
         let outlets = Outlets::default();
         let (tx, _rx) = flume::bounded(QUEUE);
-        outlets.open("d1", 1, &owner("d1"), KEPT, tx).unwrap();
+        outlets.open("d1", 1, &owner("d1"), KEPT, wire(tx)).unwrap();
         outlets.subscribe("d1", 1, &filters(&[NOTIFY]));
         assert!(outlets.change_expiry("d1", 1, Some(Duration::from_secs(4))));
         outlets.close("d1", 1);
@@ -935,7 +992,9 @@ mod tests {
         assert_eq!(outlets.expire(later), ["d1"]);
 
         let (tx, _rx) = flume::bounded(QUEUE);
-        outlets.open("d2", 2, &owner("d2"), CLEAN, tx).unwrap();
+        outlets
+            .open("d2", 2, &owner("d2"), CLEAN, wire(tx))
+            .unwrap();
         assert!(!outlets.change_expiry("d2", 2, Some(Duration::from_secs(60))));
         outlets.close("d2", 2);
         assert_eq!(
@@ -955,7 +1014,9 @@ mod tests {
             discard: false,
             expiry: Some(Duration::from_secs(60)),
         };
-        outlets.open("d1", 1, &owner("d1"), request, tx).unwrap();
+        outlets
+            .open("d1", 1, &owner("d1"), request, wire(tx))
+            .unwrap();
         outlets.subscribe("d1", 1, &filters(&["$aws/things/d1/#"]));
         outlets.close("d1", 1);
         assert_eq!(

@@ -41,6 +41,7 @@ pub(crate) mod tls;
 mod topics;
 mod trim;
 mod wills;
+mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -510,9 +511,12 @@ async fn accept_loop(
                         continue;
                     }
                     let (read_half, write_half) = stream.into_split();
+                    // Shared with the connection's direct deliveries (see `wire`).
+                    let socket = Arc::new(write_half);
                     let accepted = connection::Accepted {
                         read_half: Box::new(read_half),
-                        write_half: Box::new(write_half),
+                        write_half: Box::new(wire::SharedSocket(socket.clone())),
+                        socket: Some(socket),
                         peer,
                         listener: local,
                         certificate: None,

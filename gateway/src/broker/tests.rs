@@ -978,3 +978,76 @@ async fn a_connection_without_a_router_link_answers_pubrel_and_pingreq_itself() 
     assert_eq!(answer[..2], [0xd0, 0], "PINGRESP");
     assert_eq!(broker.shared.link_names.held(), 0);
 }
+
+/// Deliveries from several threads at once, written to the socket by the deliverers while the writer is
+/// idle (see `wire`) and queued while it writes the client's acknowledgements, arrive whole and, per
+/// thread, in order: exactly those said delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_writes_and_the_writers_own_packets_never_interleave() {
+    let broker = start().await;
+    let (device, mut rx) = connect(options(&broker, "d1")).await;
+    let notify = "$aws/things/d1/jobs/notify";
+    device.subscribe(notify, QoS::AtMostOnce).await.unwrap();
+    suback(&mut rx).await;
+    device
+        .subscribe("state/d1/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    suback(&mut rx).await;
+
+    const PER_THREAD: usize = 400;
+    let deliverers: Vec<_> = (0..3)
+        .map(|thread| {
+            let broker = broker.clone();
+            std::thread::spawn(move || {
+                let mut delivered = 0;
+                for i in 0..PER_THREAD {
+                    let body = Bytes::from(format!("{thread}:{i}:{}", "x".repeat(i % 300)));
+                    if broker.deliver("d1", notify, body) == Delivery::Delivered {
+                        delivered += 1;
+                    }
+                }
+                delivered
+            })
+        })
+        .collect();
+    // Meanwhile the writer writes PUBACKs and the router's copies of the device's own publishes.
+    for i in 0..50 {
+        let topic = format!("state/d1/{i}");
+        device
+            .publish(topic, QoS::AtLeastOnce, false, "own")
+            .await
+            .unwrap();
+    }
+    let delivered: usize = deliverers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(delivered > 0);
+
+    let (mut notifications, mut own, mut acks) = (0, 0, 0);
+    let mut last = [None::<usize>; 3];
+    while notifications < delivered || own < 50 || acks < 50 {
+        let packet = next_matching(&mut rx, Some).await;
+        match packet {
+            Packet::Publish(p) if p.topic == notify => {
+                let text = String::from_utf8(p.payload.to_vec()).unwrap();
+                let mut parts = text.split(':');
+                let thread: usize = parts.next().unwrap().parse().unwrap();
+                let i: usize = parts.next().unwrap().parse().unwrap();
+                assert_eq!(parts.next().unwrap(), "x".repeat(i % 300), "whole");
+                assert!(
+                    last[thread] < Some(i),
+                    "in order: {last:?}, then {thread}:{i}"
+                );
+                last[thread] = Some(i);
+                notifications += 1;
+            }
+            Packet::Publish(p) => {
+                assert_eq!(p.payload, Bytes::from_static(b"own"));
+                own += 1;
+            }
+            Packet::PubAck(_) => acks += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(notifications, delivered);
+    nothing_more(&broker, &mut rx, "d1", notify).await;
+}

@@ -211,6 +211,7 @@ pub(crate) async fn serve(
     let accepted = connection::Accepted {
         read_half: Box::new(read_half),
         write_half: Box::new(write_half),
+        socket: None,
         peer,
         listener,
         certificate,

@@ -29,8 +29,9 @@ use crate::jobs::{Engine, JobEvent};
 use crate::store::StoreError;
 use memory::{Memory, Told};
 
-/// Things (or subscribe events) handled per trip to the blocking pool. Large enough that a batch's
-/// thread hand-offs do not matter, small enough that other events and the runtime never wait long.
+/// Things whose state is read in one pass (two ordered store walks) and whose messages are delivered
+/// together. Large enough that a pass's set-up does not matter, small enough that the lanes of a fan-out
+/// share its work evenly.
 pub const CHUNK: usize = 256;
 
 /// One notification: (the device's client id, i.e. its thing name; topic in external form; body).
@@ -68,6 +69,19 @@ struct Batch {
     delivering: Duration,
 }
 
+impl Batch {
+    fn add(&mut self, other: Batch) {
+        self.deliveries.add(other.deliveries);
+        self.computing += other.computing;
+        self.delivering += other.delivering;
+    }
+}
+
+/// How many lanes a large fan-out runs on: the machine's cores.
+fn lanes() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
@@ -79,29 +93,33 @@ struct Notifier {
 }
 
 impl Notifier {
-    /// Notifies every thing of an event, chunk by chunk.
+    /// Notifies every thing of an event, chunk by chunk, on as many lanes as the machine has cores: each
+    /// lane a thread of the blocking pool that computes and delivers its chunks in turn (a delivery may
+    /// write to the device's socket, see `broker::wire`). A thing is in one chunk, so its messages keep
+    /// their order; the next event waits for all lanes.
     async fn notify_event(self: Arc<Self>, event: JobEvent) -> Result<(), BrokerError> {
         let started = Instant::now();
         let event = Arc::new(event);
+        let chunks: Vec<(usize, usize)> = (0..event.things.len())
+            .step_by(CHUNK)
+            .map(|start| (start, (start + CHUNK).min(event.things.len())))
+            .collect();
+        let lanes = lanes().min(chunks.len()).max(1);
+        let running: Vec<_> = (0..lanes)
+            .map(|lane| {
+                let mine: Vec<(usize, usize)> =
+                    chunks.iter().copied().skip(lane).step_by(lanes).collect();
+                let (me, event) = (self.clone(), event.clone());
+                tokio::task::spawn_blocking(move || me.notify_chunks(&event, &mine))
+            })
+            .collect();
         let mut total = Batch::default();
-        // One cache for the whole event: its job is read and decoded once, not once per chunk.
-        let mut jobs = JobCache::default();
-        for start in (0..event.things.len()).step_by(CHUNK) {
-            let end = (start + CHUNK).min(event.things.len());
-            let event = event.clone();
-            let (messages, computing, cache) = self
-                .clone()
-                .blocking(move |me| {
-                    let begun = Instant::now();
-                    let messages = me.event_messages(&event, &event.things[start..end], &mut jobs);
-                    Ok((messages, begun.elapsed(), jobs))
-                })
-                .await?;
-            jobs = cache;
-            let begun = Instant::now();
-            total.deliveries.add(self.deliver(messages));
-            total.delivering += begun.elapsed();
-            total.computing += computing;
+        for lane in running {
+            // A panic there is logged, not fatal: one lane's things are not told, the others are.
+            match lane.await {
+                Ok(batch) => total.add(batch),
+                Err(e) => tracing::error!(error = %e, "notification batch failed"),
+            }
         }
         let things = event.things.len();
         // Large fan-outs are worth a line at info: how long they took, and where the time went.
@@ -126,19 +144,20 @@ impl Notifier {
         Ok(())
     }
 
-    /// Runs `work` on the blocking pool. A panic there is logged, not fatal: one batch is lost, not all.
-    async fn blocking<T, F>(self: Arc<Self>, work: F) -> Result<T, BrokerError>
-    where
-        T: Default + Send + 'static,
-        F: FnOnce(&Notifier) -> Result<T, BrokerError> + Send + 'static,
-    {
-        match tokio::task::spawn_blocking(move || work(&self)).await {
-            Ok(result) => result,
-            Err(e) => {
-                tracing::error!(error = %e, "notification batch failed");
-                Ok(T::default())
-            }
+    /// Computes and delivers the messages of `chunks` of the event's things, one after the other.
+    fn notify_chunks(&self, event: &JobEvent, chunks: &[(usize, usize)]) -> Batch {
+        // One cache for the lane: the event's job is read and decoded once, not once per chunk.
+        let mut jobs = JobCache::default();
+        let mut batch = Batch::default();
+        for &(start, end) in chunks {
+            let begun = Instant::now();
+            let messages = self.event_messages(event, &event.things[start..end], &mut jobs);
+            let computed = Instant::now();
+            batch.deliveries.add(self.deliver(messages));
+            batch.computing += computed - begun;
+            batch.delivering += computed.elapsed();
         }
+        batch
     }
 
     /// Hands the messages, in order, to their devices' connections. Never blocks (see the module doc).

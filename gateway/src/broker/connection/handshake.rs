@@ -29,8 +29,10 @@ use crate::broker::quota::PublishQuota;
 use crate::broker::routed::Deliverable;
 use crate::broker::topics::{is_reserved, served_directly};
 use crate::broker::wills::Will;
+use crate::broker::wire::Wire;
 use crate::broker::{ReadHalf, Shared, WriteHalf};
 use crate::config::BrokerConfig;
+use tokio::net::tcp::OwnedWriteHalf;
 
 pub(super) struct ConnectRequest {
     pub(super) connect: Connect,
@@ -50,6 +52,8 @@ pub(super) struct ConnectRequest {
     /// listener, not the peer).
     pub(super) listener: SocketAddr,
     pub(super) certificate: Option<VerifiedCertificate>,
+    /// The plain TCP socket's writing half, for direct deliveries (see `wire`).
+    pub(super) socket: Option<Arc<OwnedWriteHalf>>,
 }
 
 /// Why a CONNECT was refused, mapped to each version's CONNACK code.
@@ -139,6 +143,12 @@ pub(super) async fn accept(
     }
     let number = shared.sessions.next_number();
     let (direct_tx, direct_rx) = flume::bounded(direct::QUEUE);
+    // MQTT 5 §3.1.2.11.4: nothing larger is sent to the client.
+    let most = request
+        .max_packet_size
+        .and_then(|n| usize::try_from(n).ok());
+    let wire = Wire::new(direct_tx, request.socket.take(), version, most);
+    let wire = Arc::new(wire);
     let asked = session_request(&request, version, &shared.config);
     let owner = principal.identity();
     // MQTT 3.1.4: a client id in use ends its older connection first. That one reads what its client
@@ -148,7 +158,7 @@ pub(super) async fn accept(
         .await;
     // Before the session is opened, so that nothing the parked link takes in is left behind.
     let parked = shared.parked.unpark(&client_id, &owner).await;
-    let resumed = match (shared.outlets).open(&client_id, number, &owner, asked, direct_tx) {
+    let resumed = match (shared.outlets).open(&client_id, number, &owner, asked, wire.clone()) {
         Ok(resumed) => resumed,
         Err(holder) => {
             let reason = format!("the client id is held by {holder}, not {owner}");
@@ -202,10 +212,6 @@ pub(super) async fn accept(
             .filter(|n| *n > 0),
         ..ConnAckProperties::default()
     });
-    // MQTT 5 §3.1.2.11.4: nothing larger is sent to the client.
-    let most = request
-        .max_packet_size
-        .and_then(|n| usize::try_from(n).ok());
     writer.set_max_packet_size(most);
     writer.set_topic_alias_max(request.topic_alias_max.unwrap_or(0));
     if writer.send(Packet::ConnAck(ack, props)).await.is_err() {
@@ -247,6 +253,7 @@ pub(super) async fn accept(
             Version::V311 => request.connect.keep_alive,
         },
         direct: Some(direct_rx),
+        wire,
         inflight: SharedInflight::default(),
         settled: Arc::default(),
         options: Arc::new(std::sync::Mutex::new(ConnectionOptions::resumed(
@@ -495,6 +502,7 @@ mod tests {
                 }),
                 peer: SocketAddr::from(([127, 0, 0, 1], 1)),
                 listener: SocketAddr::from(([127, 0, 0, 1], 1883)),
+                socket: None,
                 certificate: certificate.map(|cn| VerifiedCertificate {
                     common_name: cn.into(),
                 }),

@@ -41,7 +41,6 @@ use handshake::{accept, connack, ConnectRequest, Refusal};
 use writer::{splice_codes, write_loop, Outgoing, Subscribed};
 
 use super::admission::Slot;
-use super::backlog::Waiting;
 use super::codec::{PacketReader, PacketWriter, ReadError, Version};
 use super::direct::Resumed;
 use super::inflight::{qos_and_pkid, Acked, Inflight};
@@ -56,13 +55,18 @@ use super::routed::Deliverable;
 use super::sessions::TakenOver;
 use super::topics::{is_reserved, served_directly, to_internal};
 use super::wills::{self, DelayedWills, Will};
+use super::wire::{Direct, Wire};
 use super::{ReadHalf, Shared, WriteHalf};
 use crate::auth::{Principal, VerifiedCertificate};
+use tokio::net::tcp::OwnedWriteHalf;
 
 /// A connection a listener accepted, before its CONNECT.
 pub(crate) struct Accepted {
     pub(crate) read_half: ReadHalf,
     pub(crate) write_half: WriteHalf,
+    /// A plain TCP socket's writing half, which direct deliveries may write to (see `wire`); `None` for
+    /// TLS.
+    pub(crate) socket: Option<Arc<OwnedWriteHalf>>,
     pub(crate) peer: SocketAddr,
     /// The listener's address.
     pub(crate) listener: SocketAddr,
@@ -103,6 +107,7 @@ async fn open(
     let Accepted {
         read_half,
         write_half,
+        socket,
         peer,
         listener,
         certificate,
@@ -160,6 +165,7 @@ async fn open(
         peer,
         listener,
         certificate,
+        socket,
     };
     let (mut client, writer, link_rx) = accept(&shared, request, writer, &mut reader, slot).await?;
     let writing = client.start_writer(writer, link_rx);
@@ -174,7 +180,9 @@ struct Client {
     version: Version,
     keep_alive: u16,
     /// The receiving end of this connection's direct-delivery queue, until the writer takes it.
-    direct: Option<flume::Receiver<Box<Waiting>>>,
+    direct: Option<flume::Receiver<Box<Direct>>>,
+    /// Its way in for direct deliveries, which the reader tells of each command it sends the writer.
+    wire: Arc<Wire>,
     /// QoS 1 publishes written to the client and not yet acknowledged (the writer adds, the reader removes).
     inflight: SharedInflight,
     /// Told by the writer when it settled router publishes the reader should acknowledge to the router.
@@ -239,24 +247,43 @@ const TAKEOVER_DRAIN: Duration = Duration::from_millis(50);
 /// Asks the writer to write `last` (if any) and close, and waits a second at most for it to end; returns
 /// the router link's receiving half it gives back, if any.
 async fn close_writer(
-    to_writer: &flume::Sender<ToWriter>,
+    to_writer: &ToWriterTx,
     last: Option<Box<Packet>>,
     writer_task: &mut tokio::task::JoinHandle<(WriterEnd, Option<LinkRx>)>,
 ) -> Option<LinkRx> {
-    let _ = to_writer.send_async(ToWriter::Close(last)).await;
+    let _ = to_writer.send(ToWriter::Close(last), false).await;
     match tokio::time::timeout(Duration::from_secs(1), &mut *writer_task).await {
         Ok(Ok((_, rx))) => rx,
         Ok(Err(_)) => None,
         Err(_) => {
             writer_task.abort();
+            // Aborted, it cannot say it is no longer idle.
+            to_writer.wire.close();
             None
         }
     }
 }
 
+/// The reader's way to the writer: each command is announced to the connection's wire before it is sent,
+/// so that no direct delivery is written ahead of it (see `wire`).
+struct ToWriterTx {
+    tx: flume::Sender<ToWriter>,
+    wire: Arc<Wire>,
+}
+
+impl ToWriterTx {
+    /// Sends `command`, announced first unless it was already (`announced`); `Err` when the writer is gone.
+    async fn send(&self, command: ToWriter, announced: bool) -> Result<(), ()> {
+        if !announced {
+            self.wire.announce();
+        }
+        self.tx.send_async(command).await.map_err(|_| ())
+    }
+}
+
 /// The connection's writer, running.
 struct Writing {
-    to_writer: flume::Sender<ToWriter>,
+    to_writer: ToWriterTx,
     writer_task: tokio::task::JoinHandle<(WriterEnd, Option<LinkRx>)>,
     pending: PendingSubacks,
 }
@@ -405,7 +432,11 @@ impl Client {
         writer: PacketWriter<WriteHalf>,
         link_rx: Option<LinkRx>,
     ) -> Writing {
-        let (to_writer, commands) = flume::bounded(64);
+        let (tx, commands) = flume::bounded(64);
+        let to_writer = ToWriterTx {
+            tx,
+            wire: self.wire.clone(),
+        };
         let pending = PendingSubacks::default();
         let subscribed = Subscribed {
             shared: self.shared.clone(),
@@ -428,6 +459,8 @@ impl Client {
             copies: self.copies.clone(),
             budget: self.shared.config.max_queued_bytes,
             dropped: 0,
+            wire: self.wire.clone(),
+            commands_taken: 0,
         };
         let writer_task = write_loop(
             outgoing,
@@ -684,7 +717,7 @@ impl Client {
     async fn read_loop(
         &mut self,
         reader: &mut PacketReader<ReadHalf>,
-        to_writer: &flume::Sender<ToWriter>,
+        to_writer: &ToWriterTx,
         pending: &PendingSubacks,
         version: Version,
     ) -> ReaderEnd {
@@ -749,10 +782,11 @@ impl Client {
     async fn on_packet(
         &mut self,
         packet: Packet,
-        to_writer: &flume::Sender<ToWriter>,
+        to_writer: &ToWriterTx,
         pending: &PendingSubacks,
         version: Version,
     ) -> Option<ReaderEnd> {
+        let announced = matches!(packet, Packet::Subscribe(..));
         let forward = match packet {
             Packet::Publish(publish, props) => {
                 let size = publish.topic.len() + publish.payload.len();
@@ -763,6 +797,8 @@ impl Client {
                 self.inbound_publish(publish, props, version)
             }
             Packet::Subscribe(subscribe, props) => {
+                // Before its filters are granted: nothing for them is written ahead of the SUBACK.
+                self.wire.announce();
                 self.inbound_subscribe(subscribe, props, version, pending)
             }
             Packet::Unsubscribe(unsubscribe, props) => {
@@ -821,13 +857,16 @@ impl Client {
                 lock(&self.copies).insert(pkid, taken);
             }
         }
+        if announced && reply.is_none() {
+            self.wire.withdraw();
+        }
         // After the copy's record: an acknowledgement sprig makes itself waits for it too.
         if let Some(reply) = reply {
             let reply = match granted {
                 Some(granted) => ToWriter::SubAck(Box::new((reply, granted))),
                 None => ToWriter::Packet(Box::new(reply)),
             };
-            if to_writer.send_async(reply).await.is_err() {
+            if to_writer.send(reply, announced).await.is_err() {
                 return Some(ReaderEnd::Lost(
                     DisconnectReason::ConnectionLost,
                     "writer gone".into(),
@@ -879,7 +918,7 @@ impl Client {
     async fn link_tx(
         &mut self,
         packet: &Packet,
-        to_writer: &flume::Sender<ToWriter>,
+        to_writer: &ToWriterTx,
     ) -> Result<Option<&mut LinkTx>, ReaderEnd> {
         if self.link.is_none() && opens_link(packet) {
             let (link, rx) = handshake::open_link(&self.shared).await.map_err(|e| {
@@ -887,7 +926,7 @@ impl Client {
                 ReaderEnd::RouterGone
             })?;
             if to_writer
-                .send_async(ToWriter::Link(Box::new(rx)))
+                .send(ToWriter::Link(Box::new(rx)), false)
                 .await
                 .is_err()
             {

@@ -17,6 +17,7 @@ use super::super::origin::Origin;
 use super::super::parking::RESTORE_PKID;
 use super::super::retained::Kept;
 use super::super::topics::to_external;
+use super::super::wire::{Direct, Wire};
 use super::super::{Shared, SubscribeEvent, WriteHalf};
 use super::{
     denied_code, lock, Answer, PendingSubacks, SharedCopies, SharedInflight, SharedOptions,
@@ -91,9 +92,21 @@ pub(super) struct Outgoing {
     pub(super) budget: usize,
     /// QoS 0 messages dropped for this connection because it read too slowly.
     pub(super) dropped: u64,
+    /// The connection's way in for direct deliveries, written to by deliverers while this writer is idle.
+    pub(super) wire: Arc<Wire>,
+    /// The reader's commands taken since the writer last said it was idle (see [`Wire::park`]).
+    pub(super) commands_taken: usize,
 }
 
 impl Outgoing {
+    /// The writer has something to write: deliverers no longer write to the socket, and the end of a
+    /// packet one of them left goes first.
+    fn take_wire(&mut self) {
+        if let Some(rest) = self.wire.take_over() {
+            self.writer.put_first(&rest);
+        }
+    }
+
     /// True when as much waits for the client as it may be sent ahead.
     fn full(&self) -> bool {
         self.writer.pending() >= self.budget
@@ -353,7 +366,7 @@ pub(super) fn write_loop(
     mut out: Outgoing,
     mut link_rx: Option<LinkRx>,
     commands: flume::Receiver<ToWriter>,
-    direct: flume::Receiver<Box<Waiting>>,
+    direct: flume::Receiver<Box<Direct>>,
     pending: PendingSubacks,
     subscribed: Subscribed,
     resumed: Resumed,
@@ -374,6 +387,7 @@ pub(super) fn write_loop(
                 write_until_end(&mut out, &mut sources, &pending, &subscribed).await
             }
         };
+        out.wire.close();
         out.owe_held();
         (end, link_rx)
     }
@@ -383,7 +397,7 @@ pub(super) fn write_loop(
 struct Sources<'a> {
     link_rx: &'a mut Option<LinkRx>,
     commands: &'a flume::Receiver<ToWriter>,
-    direct: &'a flume::Receiver<Box<Waiting>>,
+    direct: &'a flume::Receiver<Box<Direct>>,
     /// False once a newer connection of this client id took the outlet over (the sender is gone).
     direct_open: bool,
 }
@@ -412,6 +426,11 @@ async fn write_until_end(
             stall_timer.as_mut().reset(Instant::now() + stall);
         }
         stall_armed = waiting;
+        // Nothing of its own to write: deliverers may write to the socket until it has again.
+        if !waiting && out.held.is_empty() {
+            let taken = std::mem::take(&mut out.commands_taken);
+            out.wire.park(taken, || sources.direct.is_empty());
+        }
         // Each branch encodes what it got and says what remains (`Step`); nothing is awaited inside the
         // `select!`, whose state holds the largest thing any branch got (a router notification).
         let step = tokio::select! {
@@ -419,7 +438,10 @@ async fn write_until_end(
             biased;
             command = sources.commands.recv_async() => match command {
                 Ok(command) => take_commands(out, sources, command),
-                Err(_) => Step::wait(Slow::Close(None, WriterEnd::Closed)),
+                Err(_) => {
+                    out.take_wire();
+                    Step::wait(Slow::Close(None, WriterEnd::Closed))
+                }
             },
             progress = out.writer.write_or_flush(), if waiting => match progress {
                 Ok(Progress::Wrote) => {
@@ -441,7 +463,10 @@ async fn write_until_end(
                 );
                 Step::End(WriterEnd::Io(e))
             }
-            () = window.notified(), if !out.held.is_empty() => encoded(out.release_held()),
+            () = window.notified(), if !out.held.is_empty() => {
+                out.take_wire();
+                encoded(out.release_held())
+            }
             message = sources.direct.recv_async(), if sources.direct_open => match message {
                 Ok(message) => take_messages(out, sources.direct, message, subscribed),
                 Err(_) => {
@@ -471,16 +496,25 @@ async fn write_until_end(
 /// [`WRITE_BATCH`]: a QoS 0 message is dropped instead when the client is too far behind.
 fn take_messages(
     out: &mut Outgoing,
-    direct: &flume::Receiver<Box<Waiting>>,
-    first: Box<Waiting>,
+    direct: &flume::Receiver<Box<Direct>>,
+    first: Box<Direct>,
     subscribed: &Subscribed,
 ) -> Step {
+    out.take_wire();
     let mut next = Some(first);
     let mut taken = 0;
-    while let Some(message) = next.take() {
+    while let Some(delivered) = next.take() {
+        let Direct::Message(message) = *delivered else {
+            // The end of a packet a deliverer wrote in part, which `take_wire` put first.
+            taken += 1;
+            if taken < WRITE_BATCH {
+                next = direct.try_recv().ok();
+            }
+            continue;
+        };
         if !message.reliable && out.full() {
             out.count_drop(subscribed, &message.topic);
-        } else if let Err(e) = out.encode_message(*message) {
+        } else if let Err(e) = out.encode_message(message) {
             return Step::End(WriterEnd::Io(e));
         }
         taken += 1;
@@ -543,9 +577,11 @@ enum Slow {
 /// Encodes `first` of the reader's commands and those queued behind it (they go out in one write), up
 /// to [`WRITE_BATCH`] or one that must wait.
 fn take_commands(out: &mut Outgoing, sources: &mut Sources<'_>, first: ToWriter) -> Step {
+    out.take_wire();
     let mut next = Some(first);
     let mut taken = 0;
     while let Some(command) = next.take() {
+        out.commands_taken += 1;
         let step = on_command(out, command, sources.link_rx);
         if !matches!(step, Step::Done) {
             return step;
@@ -591,6 +627,7 @@ fn take_notifications(
     pending: &PendingSubacks,
     subscribed: &Subscribed,
 ) -> Step {
+    out.take_wire();
     let version = out.writer.version();
     let mut next = Some(first);
     let mut taken = 0;
