@@ -123,6 +123,11 @@ impl Inflight {
         pkid
     }
 
+    /// True while a router publish is recorded: unacknowledged, or not yet released to the router.
+    pub(crate) fn holds_router(&self) -> bool {
+        self.sent.iter().any(|s| s.from_router)
+    }
+
     /// QoS 1 publishes written and not acknowledged by the client (settled ones are not owed).
     pub(crate) fn owed(&self) -> usize {
         self.sent.iter().filter(|s| !s.done).count()

@@ -1051,3 +1051,78 @@ async fn direct_writes_and_the_writers_own_packets_never_interleave() {
     assert_eq!(notifications, delivered);
     nothing_more(&broker, &mut rx, "d1", notify).await;
 }
+
+/// A connection gives its router link back once its last routed subscription is gone and the router owes
+/// it nothing (here: a QoS 1 message the client has not acknowledged yet keeps it); its direct deliveries
+/// go on, and a new routed subscription opens a new link. A publisher keeps its link.
+#[tokio::test]
+async fn the_last_routed_subscription_gone_the_router_link_is_given_back() {
+    let broker = start_granting("shared/#", |_| {}).await;
+    let links = || broker.shared.link_names.held();
+    let mut manual = options(&broker, "d1");
+    manual.set_manual_acks(true);
+    let (device, mut rx) = connect(manual).await;
+    let notify = "$aws/things/d1/jobs/notify";
+    device.subscribe(notify, QoS::AtMostOnce).await.unwrap();
+    suback(&mut rx).await;
+    device
+        .subscribe("shared/a", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    suback(&mut rx).await;
+    assert_eq!(links(), 1);
+
+    let (publisher, mut publisher_rx) = connect(options(&broker, "p")).await;
+    let puback = |p: Packet| matches!(p, Packet::PubAck(_)).then_some(());
+    publisher
+        .publish("shared/a", QoS::AtLeastOnce, false, "one")
+        .await
+        .unwrap();
+    next_matching(&mut publisher_rx, puback).await;
+    let one = next_matching(&mut rx, |p| match p {
+        Packet::Publish(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (one.topic.as_str(), one.qos),
+        ("shared/a", QoS::AtLeastOnce)
+    );
+    assert_eq!(links(), 2, "the publisher's and the device's");
+
+    device.unsubscribe("shared/a").await.unwrap();
+    next_matching(&mut rx, |p| matches!(p, Packet::UnsubAck(_)).then_some(())).await;
+    assert_eq!(
+        links(),
+        2,
+        "kept while the router's message is unacknowledged"
+    );
+    device.ack(&one).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while links() != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the device's link given back in time");
+
+    // Still served directly, and still a client the router can reach again.
+    let body = Bytes::from_static(b"job");
+    assert_eq!(
+        broker.deliver("d1", notify, body.clone()),
+        Delivery::Delivered
+    );
+    assert_eq!(publish(&mut rx).await, (notify.to_owned(), body));
+    device.subscribe("shared/a", QoS::AtMostOnce).await.unwrap();
+    suback(&mut rx).await;
+    assert_eq!(links(), 2, "a new routed subscription opens a new link");
+    publisher
+        .publish("shared/a", QoS::AtLeastOnce, false, "two")
+        .await
+        .unwrap();
+    next_matching(&mut publisher_rx, puback).await;
+    assert_eq!(
+        publish(&mut rx).await,
+        ("shared/a".to_owned(), Bytes::from_static(b"two"))
+    );
+}

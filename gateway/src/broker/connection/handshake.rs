@@ -271,6 +271,8 @@ pub(super) async fn accept(
         will: will.map(Box::new),
         session_expiry: asked.expiry,
         link,
+        router_owed: Arc::default(),
+        unlink_wanted: false,
         gateway_qos2: HashSet::new(),
         quota: PublishQuota::new(
             shared.config.max_publishes_per_second,

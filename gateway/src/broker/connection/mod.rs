@@ -211,6 +211,11 @@ struct Client {
     /// such filters. A device that only speaks to the gateway (the Jobs API, its notifications) never has
     /// one: the router's buffers are most of what a connection would cost.
     link: Option<Box<LinkGuard>>,
+    /// What the router still owes the connection (see [`RouterOwed`]): it keeps its link until nothing.
+    router_owed: Arc<RouterOwed>,
+    /// Its last routed subscription went (an UNSUBSCRIBE): the link is given back once the router owes
+    /// nothing (see `give_back_link`). A publish the router carries keeps it.
+    unlink_wanted: bool,
     /// Packet ids of the client's QoS 2 publishes on `$` topics awaiting their PUBREL (see
     /// `gateway_publish`); at most the client's receive maximum, as an honest client keeps to it.
     gateway_qos2: HashSet<u16>,
@@ -369,6 +374,43 @@ enum ToWriter {
     Close(Option<Box<Packet>>),
     /// The router link the reader made just now: deliver what comes on it from here on.
     Link(Box<LinkRx>),
+    /// The connection no longer needs its router link: stop reading it, then close it.
+    Unlink(Box<LinkGuard>),
+}
+
+/// What the router owes a connection, counted by its reader and writer: whether its link may be given
+/// back without anything the client waits for being lost.
+#[derive(Debug, Default)]
+pub(super) struct RouterOwed {
+    /// Answers the router owes for what the reader forwarded (PUBACK, PUBREC and PUBCOMP, SUBACK,
+    /// UNSUBACK), added by the reader before it forwards, taken off by the writer as they come.
+    pub(super) answers: AtomicUsize,
+    /// Router publishes the writer holds back for the client's Receive Maximum.
+    pub(super) held: AtomicUsize,
+}
+
+impl RouterOwed {
+    /// The writer got one of the answers; true when it was the last one owed.
+    pub(super) fn answered(&self) -> bool {
+        let before = self
+            .answers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        before == Ok(1)
+    }
+
+    fn nothing(&self) -> bool {
+        self.answers.load(Ordering::Acquire) == 0 && self.held.load(Ordering::Acquire) == 0
+    }
+}
+
+/// How many answers the router owes for `packet`, forwarded to it by the reader.
+fn answers_owed(packet: &Packet) -> usize {
+    match packet {
+        Packet::Publish(publish, _) => qos_and_pkid(publish).0.into(),
+        Packet::Subscribe(subscribe, _) if subscribe.pkid != super::parking::RESTORE_PKID => 1,
+        Packet::Unsubscribe(..) => 1,
+        _ => 0,
+    }
 }
 
 /// Why the writer loop ended.
@@ -452,6 +494,7 @@ impl Client {
             options: self.options.clone(),
             client_id: self.client_id.clone(),
             receiving: self.receiving.clone(),
+            router_owed: self.router_owed.clone(),
             too_large: 0,
             window: self.window.clone(),
             receive_maximum: usize::from(self.receive_maximum),
@@ -739,6 +782,7 @@ impl Client {
                     if self.release_router_acks().is_err() {
                         return ReaderEnd::RouterGone;
                     }
+                    self.give_back_link(to_writer);
                     continue;
                 }
             };
@@ -775,6 +819,7 @@ impl Client {
             if let Some(end) = end {
                 return end;
             }
+            self.give_back_link(to_writer);
         }
     }
 
@@ -874,18 +919,65 @@ impl Client {
             }
         }
         for packet in to_router.into_iter().chain(then) {
-            let tx = match self.link_tx(&packet, to_writer).await {
-                Ok(Some(tx)) => tx,
+            match self.link_tx(&packet, to_writer).await {
+                Ok(Some(_)) => {}
                 // Nothing of the router's to answer or undo (see `opens_link`).
                 Ok(None) => continue,
                 Err(end) => return Some(end),
+            }
+            // Counted first: the writer takes each answer off as it comes.
+            let owed = answers_owed(&packet);
+            self.router_owed.answers.fetch_add(owed, Ordering::AcqRel);
+            // A publish the router carries: the link is in use.
+            self.unlink_wanted &= !matches!(packet, Packet::Publish(..));
+            let Some(link) = self.link.as_mut() else {
+                continue;
             };
             // Pushed in place, as the router's acknowledgements are (`LinkTx::send` never waits).
-            if !super::internal::try_push_now(tx, packet) {
+            if !super::internal::try_push_now(link.tx(), packet) {
                 return Some(ReaderEnd::RouterGone);
             }
         }
         None
+    }
+
+    /// Does the session hold a filter the router serves (its own record: a resumed session's routed
+    /// filters have no options until subscribed again)?
+    fn holds_routed_filters(&self) -> bool {
+        let filters = self.shared.outlets.filters(&self.client_id);
+        !self.shared_filters.is_empty() || filters.iter().any(|f| !served_directly(f))
+    }
+
+    /// Gives the router link back if the connection no longer needs it: its last routed subscription went
+    /// and the router owes it nothing (no answer, no publish held or unacknowledged). The writer stops
+    /// reading the link, then closes it (see [`ToWriter::Unlink`]); a later SUBSCRIBE or publish the
+    /// router must carry opens a new one. Never waits: with the writer's queue full, it is tried again at
+    /// the next chance.
+    fn give_back_link(&mut self, to_writer: &ToWriterTx) {
+        if !self.unlink_wanted
+            || self.link.is_none()
+            || !self.router_owed.nothing()
+            || self.holds_routed_filters()
+            || lock(&self.inflight).holds_router()
+        {
+            return;
+        }
+        let Some(link) = self.link.take() else {
+            return;
+        };
+        to_writer.wire.announce();
+        match to_writer.tx.try_send(ToWriter::Unlink(link)) {
+            Ok(()) => {
+                self.unlink_wanted = false;
+                tracing::debug!(client_id = self.client_id, "router link given back");
+            }
+            Err(e) => {
+                to_writer.wire.withdraw();
+                if let ToWriter::Unlink(link) = e.into_inner() {
+                    self.link = Some(link);
+                }
+            }
+        }
     }
 
     fn acknowledged(&self, pkid: u16) -> Acked {
@@ -1331,6 +1423,8 @@ impl Client {
             Packet::Subscribe(Subscribe { pkid, filters }, None)
         });
         self.shared_filters.retain(|f| !external.contains(f));
+        // Its last routed subscription: the link goes once the router owes nothing.
+        self.unlink_wanted = !self.holds_routed_filters();
         Inbound {
             then: rejoin.filter(|p| matches!(p, Packet::Subscribe(s, _) if !s.filters.is_empty())),
             ..Inbound::both(

@@ -20,8 +20,8 @@ use super::super::topics::to_external;
 use super::super::wire::{Direct, Wire};
 use super::super::{Shared, SubscribeEvent, WriteHalf};
 use super::{
-    denied_code, lock, Answer, PendingSubacks, SharedCopies, SharedInflight, SharedOptions,
-    ToWriter, WriterEnd,
+    denied_code, lock, Answer, PendingSubacks, RouterOwed, SharedCopies, SharedInflight,
+    SharedOptions, ToWriter, WriterEnd,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -92,6 +92,9 @@ pub(super) struct Outgoing {
     pub(super) budget: usize,
     /// QoS 0 messages dropped for this connection because it read too slowly.
     pub(super) dropped: u64,
+    /// What the router owes the connection (see [`RouterOwed`]): the writer takes answers off as they come
+    /// and counts the publishes it holds.
+    pub(super) router_owed: Arc<RouterOwed>,
     /// The connection's way in for direct deliveries, written to by deliverers while this writer is idle.
     pub(super) wire: Arc<Wire>,
     /// The reader's commands taken since the writer last said it was idle (see [`Wire::park`]).
@@ -146,6 +149,7 @@ impl Outgoing {
     fn release_held(&mut self) -> std::io::Result<()> {
         while !self.held.is_empty() && lock(&self.inflight).owed() < self.receive_maximum {
             if let Some(packet) = self.held.pop_front() {
+                self.router_owed.held.fetch_sub(1, Ordering::AcqRel);
                 self.encode_from_router(packet)?;
             }
         }
@@ -614,6 +618,12 @@ fn on_command(out: &mut Outgoing, command: ToWriter, link_rx: &mut Option<LinkRx
             *link_rx = Some(*rx);
             Step::Done
         }
+        ToWriter::Unlink(link) => {
+            // Not read any more before it is closed: its end is not the router gone.
+            *link_rx = None;
+            drop(link);
+            Step::Done
+        }
     }
 }
 
@@ -663,6 +673,10 @@ fn on_notification(
     let Some(packet) = Option::<Packet>::from(notification) else {
         return Step::Done;
     };
+    // The last answer the router owed: the reader may give the link back (see `give_back_link`).
+    if answers_the_reader(&packet) && out.router_owed.answered() {
+        out.settled.notify_one();
+    }
     let copies = out.copies_acknowledged_by(&packet);
     if !copies.is_empty() {
         return Step::wait(Slow::Copied(copies, packet));
@@ -680,6 +694,7 @@ fn from_router(
 ) -> Step {
     match outbound(packet, pending, subscribed, version) {
         Outbound::Write(packet) if out.must_hold(&packet) => {
+            out.router_owed.held.fetch_add(1, Ordering::AcqRel);
             out.held.push_back(packet);
             Step::Done
         }
@@ -745,6 +760,17 @@ async fn finish_slow(
             let link_rx = link_rx.as_mut()?;
             link_rx.wake().await.err().map(|_| WriterEnd::RouterGone)
         }
+    }
+}
+
+/// Is `packet` the router's answer to something the reader forwarded (see `answers_owed`)?
+fn answers_the_reader(packet: &Packet) -> bool {
+    match packet {
+        Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) | Packet::UnsubAck(..) => {
+            true
+        }
+        Packet::SubAck(suback, _) => suback.pkid != RESTORE_PKID,
+        _ => false,
     }
 }
 
