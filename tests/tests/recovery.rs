@@ -135,6 +135,11 @@ async fn a_negative_acknowledgement_fails_the_recovery_with_the_devices_reason_e
 
     // Back, but not listening (no subscription since it connected): the acknowledgement is recorded
     // and the handler is not called yet.
+    let flushes = |gateway: &Gateway| {
+        let scrape = gateway.scrape();
+        metric(&scrape, "sprig_store_flush_duration_seconds_count", &[])
+    };
+    let flushed_before = flushes(&gateway);
     let device = Device::connect(gateway.addr, "roll-3", Protocol::V311).await;
     device
         .publish(
@@ -146,6 +151,16 @@ async fn a_negative_acknowledgement_fails_the_recovery_with_the_devices_reason_e
         r["lastUpdatedAt"] != asked["lastUpdatedAt"]
     })
     .await;
+    // Readable as soon as it is written, durable once the flush that follows is done: the SIGKILL below
+    // comes after that.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while flushes(&gateway) <= flushed_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the acknowledgement was not flushed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         (
             acknowledged["status"].as_str(),

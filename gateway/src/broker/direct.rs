@@ -633,7 +633,8 @@ impl Outlets {
         payload: Bytes,
         keep: Keep,
     ) -> Result<Delivery, (Arc<Wire>, Bytes)> {
-        if topic.is_empty() || topic.contains(['+', '#']) {
+        // Bytes, not chars: this runs for every message of a fan-out.
+        if topic.is_empty() || topic.bytes().any(|b| b == b'+' || b == b'#') {
             return Ok(Delivery::InvalidTopic);
         }
         let Some(outlet) = entries.get_mut(client_id) else {

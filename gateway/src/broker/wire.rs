@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use rumqttd::protocol::{Packet, Publish};
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -139,11 +138,9 @@ impl Wire {
         topic: &str,
         payload: &Bytes,
     ) -> bool {
-        let topic_bytes = Bytes::copy_from_slice(topic.as_bytes());
-        let publish = Publish::new(topic_bytes, payload.clone(), false);
         SCRATCH.with_borrow_mut(|buf| {
             buf.clear();
-            if codec::encode(self.version, Packet::Publish(publish, None), buf).is_err()
+            if !encode_qos0(self.version, topic, payload, buf)
                 || self.max_packet.is_some_and(|max| buf.len() > max)
             {
                 return false;
@@ -212,6 +209,39 @@ impl Wire {
     }
 }
 
+/// Encodes a QoS 0 PUBLISH without properties onto `buf`, as [`codec::encode`] would, without making
+/// the packet first (this is the fan-out's hot path); false when MQTT cannot carry it.
+fn encode_qos0(version: Version, topic: &str, payload: &[u8], buf: &mut BytesMut) -> bool {
+    use bytes::BufMut as _;
+    let Ok(topic_len) = u16::try_from(topic.len()) else {
+        return false;
+    };
+    let properties = usize::from(version == Version::V5);
+    let mut remaining = 2 + topic.len() + properties + payload.len();
+    // MQTT's Remaining Length: at most four bytes of seven bits.
+    if remaining > 268_435_455 {
+        return false;
+    }
+    buf.reserve(5 + remaining);
+    buf.put_u8(0x30);
+    loop {
+        let byte = (remaining % 128) as u8;
+        remaining /= 128;
+        if remaining == 0 {
+            buf.put_u8(byte);
+            break;
+        }
+        buf.put_u8(byte | 0x80);
+    }
+    buf.put_u16(topic_len);
+    buf.put_slice(topic.as_bytes());
+    if properties == 1 {
+        buf.put_u8(0);
+    }
+    buf.put_slice(payload);
+    true
+}
+
 /// The writing half of a plain TCP socket, shared by its writer (through this) and its [`Wire`].
 pub(crate) struct SharedSocket(pub(crate) Arc<OwnedWriteHalf>);
 
@@ -251,6 +281,7 @@ impl AsyncWrite for SharedSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rumqttd::protocol::{Packet, Publish};
     use tokio::io::AsyncReadExt as _;
     use tokio::net::{TcpListener, TcpSocket};
 
@@ -287,6 +318,29 @@ mod tests {
         let mut got = vec![0; len];
         client.read_exact(&mut got).await.unwrap();
         got
+    }
+
+    #[test]
+    fn the_hot_path_encodes_a_publish_as_the_codec_does() {
+        for version in [Version::V311, Version::V5] {
+            for len in [0, 1, 100, 127, 128, 16_383, 16_384, 2_097_152] {
+                let payload = Bytes::from(vec![b'p'; len]);
+                let topic = "$aws/things/pump-1/jobs/notify-next";
+                let publish = Publish::new(Bytes::from(topic), payload.clone(), false);
+                let mut expected = BytesMut::new();
+                codec::encode(version, Packet::Publish(publish, None), &mut expected).unwrap();
+                let mut got = BytesMut::new();
+                assert!(encode_qos0(version, topic, &payload, &mut got));
+                assert_eq!(got, expected, "{version:?}, {len} bytes");
+            }
+        }
+        let long = "t".repeat(65_536);
+        assert!(!encode_qos0(
+            Version::V311,
+            &long,
+            b"",
+            &mut BytesMut::new()
+        ));
     }
 
     #[tokio::test]

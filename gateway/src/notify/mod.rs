@@ -34,8 +34,9 @@ use memory::{Memory, Told};
 /// share its work evenly.
 pub const CHUNK: usize = 256;
 
-/// One notification: (the device's client id, i.e. its thing name; topic in external form; body).
-type Message = (String, String, Bytes);
+/// One notification: (the device's client id, i.e. its thing name, borrowed from the event; topic in
+/// external form; body).
+type Message<'a> = (&'a str, String, Bytes);
 
 /// Turns job events into MQTT notifications until `shutdown` turns true.
 pub async fn run(
@@ -161,7 +162,7 @@ impl Notifier {
     }
 
     /// Hands the messages, in order, to their devices' connections. Never blocks (see the module doc).
-    fn deliver(&self, messages: Vec<Message>) -> Deliveries {
+    fn deliver(&self, messages: Vec<Message<'_>>) -> Deliveries {
         let counts = self.broker.deliver_many(messages);
         let sent = counts.delivered + counts.queued;
         crate::metrics::get().notifications_sent.inc_by(sent as u64);
@@ -171,12 +172,12 @@ impl Notifier {
         counts
     }
 
-    fn event_messages(
+    fn event_messages<'a>(
         &self,
         event: &JobEvent,
-        things: &[String],
+        things: &'a [String],
         jobs: &mut JobCache,
-    ) -> Vec<Message> {
+    ) -> Vec<Message<'a>> {
         let timestamp = now_ms() / 1000;
         let mut messages = Vec::with_capacity(things.len() * 2);
         let scope = event.namespace_id.as_deref();
@@ -198,21 +199,21 @@ impl Notifier {
     }
 
     /// The messages one event makes for one thing, given its state in the event's scope.
-    fn thing_event(
+    fn thing_event<'a>(
         &self,
         event: &JobEvent,
-        thing: &str,
+        thing: &'a str,
         snapshot: ThingSnapshot,
         timestamp: i64,
         jobs: &mut JobCache,
-        out: &mut Vec<Message>,
+        out: &mut Vec<Message<'a>>,
     ) -> Result<(), StoreError> {
         let scope = event.namespace_id.as_deref();
         let changes = self.remember(thing, scope, &snapshot);
         let Some(ns) = scope else {
             if changes.pending {
                 let body = payload::jobs_changed(timestamp, &snapshot.pending);
-                out.push((thing.to_owned(), topics::notify(thing), body));
+                out.push((thing, topics::notify(thing), body));
             }
             if changes.next {
                 out.push(next_message(thing, None, timestamp, &snapshot));
@@ -232,7 +233,7 @@ impl Notifier {
         let body =
             payload::job_changed(timestamp, job_id, event.kind, execution, &snapshot.pending);
         let topic = topics::job_in_namespace(thing, job_id, ns);
-        out.push((thing.to_owned(), topic, body));
+        out.push((thing, topic, body));
         if changes.next {
             out.push(next_message(thing, scope, timestamp, &snapshot));
         }
@@ -250,15 +251,15 @@ impl Notifier {
     }
 }
 
-fn next_message(
-    thing: &str,
+fn next_message<'a>(
+    thing: &'a str,
     scope: Option<&str>,
     timestamp: i64,
     snapshot: &ThingSnapshot,
-) -> Message {
+) -> Message<'a> {
     let next: Option<&DeviceExecution> = snapshot.next.as_ref();
     (
-        thing.to_owned(),
+        thing,
         topics::notify_next(thing, scope),
         payload::next_changed(timestamp, next),
     )
