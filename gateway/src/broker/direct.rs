@@ -6,8 +6,9 @@
 //! forever: per-(job, thing) notification topics fanned out to N devices, and each client id's presence
 //! topics when a fleet (re)connects, cost it N² matches and memory that only grows (README, "Notification
 //! fan-out and memory", for the figures). Here, per live client id, the registry keeps the filters it was
-//! granted (external `$` form, added when the SUBACK is written, removed on UNSUBSCRIBE) and the sending end
-//! of a bounded queue its connection's writer drains beside the router's output;
+//! granted (external `$` form, added when the SUBACK is written, removed on UNSUBSCRIBE) and its connection's
+//! `wire`: the socket while the connection's writer is idle, else a bounded queue the writer drains beside
+//! the router's output;
 //! [`Broker::deliver`](super::Broker::deliver) looks the client up, checks its filters and queues a QoS 0
 //! PUBLISH, one lookup per message and nothing kept. That loses no one: only the device `{thing}` may
 //! subscribe under `$aws/things/{thing}/` and its client id is its thing name, an operator's

@@ -11,7 +11,8 @@
 //! router, which never forgets a topic or a filter and matches each new topic against every filter (N² for
 //! per-device topics, see `direct`): what clients publish on `$` topics goes to the gateway's services
 //! ([`InternalClient`]s, through `taps`), and the gateway's own messages go to the one connection they are
-//! for ([`Broker::deliver`], `direct`); only topic-rule traffic, device to device, is routed. Sessions are
+//! for ([`Broker::deliver`], `direct`, written to an idle connection's socket by the deliverer: `wire`);
+//! only topic-rule traffic, device to device, is routed. Sessions are
 //! sprig's too, since the router's neither expire nor survive a restart and go to whoever presents the
 //! client id: `direct` keeps each client id's session (owner, filters, expiry, what waits for it, written
 //! to the store), `parking` an absent session's router link, `inflight` what a connection wrote at QoS 1

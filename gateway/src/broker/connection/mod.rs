@@ -6,9 +6,12 @@
 //! client's [`Principal`], rewrites `$` topics to the router's form and pushes the packet into the link. The
 //! writer loop (its own task, `writer`) writes what the router hands back, restoring `$` topics, and writes
 //! replies the reader produces itself (SUBACKs sprig answers alone, PUBACKs of denied publishes,
-//! UNSUBACKs), and the gateway's direct deliveries (see `direct`): the connection registers its queue for
-//! them when it is accepted, adds filters when granted, removes them on UNSUBSCRIBE and hands its session
-//! what it leaves (unacknowledged messages, its router link to park) when it ends.
+//! UNSUBACKs), and the gateway's direct deliveries (see `direct`): the connection registers its `wire` for
+//! them when it is accepted (deliverers write to the socket themselves while the writer is idle), adds
+//! filters when granted, removes them on UNSUBSCRIBE and hands its session what it leaves (unacknowledged
+//! messages, its router link to park) when it ends. The link is opened when the connection first needs the
+//! router and given back when an UNSUBSCRIBE leaves it no routed filter and the router owes it nothing
+//! ([`RouterOwed`]).
 //!
 //! Where rumqttd's router falls short of MQTT, the two loops make up for it: the reader resolves topic
 //! aliases, holds the client to the server's Receive Maximum, attaches each routed publish's `Origin` and
