@@ -53,13 +53,14 @@ pub fn matches(topic: &str, filter: &str) -> bool {
     if topic.starts_with('$') && filter.starts_with(['+', '#']) {
         return false;
     }
-    let mut topic_levels = topic.split('/');
-    for f in filter.split('/') {
-        if f == "#" {
+    // Bytes, not chars ('/' is one byte in UTF-8): the fan-out matches every notification this way.
+    let mut topic_levels = topic.as_bytes().split(|&b| b == b'/');
+    for f in filter.as_bytes().split(|&b| b == b'/') {
+        if f == b"#" {
             return true;
         }
         match topic_levels.next() {
-            Some(t) if f == "+" || f == t => {}
+            Some(t) if f == b"+" || f == t => {}
             _ => return false,
         }
     }

@@ -38,31 +38,67 @@ pub(super) struct Changes {
     pub next: bool,
 }
 
-/// (thing, scope) -> what it was last told. A thing with nothing pending has no entry, so the memory is
-/// as large as the set of things with pending executions (an entry is a few job ids).
+/// thing -> scope -> what it was last told. A thing with nothing pending in a scope has no entry there, so
+/// the memory is as large as the set of things with pending executions (an entry is a few job ids). Looked
+/// up by the thing's name as it is, with no key made per call: this runs for every thing of a fan-out.
 #[derive(Debug, Default)]
 pub(super) struct Memory {
-    told: HashMap<(String, Option<String>), Told>,
+    told: HashMap<String, Vec<(Option<String>, Told)>>,
+    entries: usize,
 }
 
 impl Memory {
     /// Records `now` as what `thing` knows in `scope` and says what differs from what it knew before.
     pub(super) fn tell(&mut self, thing: &str, scope: Option<&str>, now: Told) -> Changes {
-        let key = (thing.to_owned(), scope.map(str::to_owned));
-        let before = if now.is_empty() {
-            self.told.remove(&key)
+        let scopes = self.told.get_mut(thing);
+        let at = scopes
+            .as_ref()
+            .and_then(|scopes| scopes.iter().position(|(s, _)| s.as_deref() == scope));
+        let before = match (scopes, at) {
+            (Some(scopes), Some(i)) => &mut scopes[i].1,
+            _ => {
+                let changes = Changes::between(&Told::default(), &now);
+                if !now.is_empty() {
+                    let scopes = self.told.entry(thing.to_owned()).or_default();
+                    scopes.push((scope.map(str::to_owned), now));
+                    self.entries += 1;
+                }
+                return changes;
+            }
+        };
+        let changes = Changes::between(before, &now);
+        if now.is_empty() {
+            self.forget(thing, scope);
         } else {
-            self.told.insert(key, now.clone())
+            *before = now;
         }
-        .unwrap_or_default();
+        changes
+    }
+
+    fn forget(&mut self, thing: &str, scope: Option<&str>) {
+        let Some(scopes) = self.told.get_mut(thing) else {
+            return;
+        };
+        let before = scopes.len();
+        scopes.retain(|(s, _)| s.as_deref() != scope);
+        self.entries -= before - scopes.len();
+        if scopes.is_empty() {
+            self.told.remove(thing);
+        }
+    }
+
+    /// (thing, scope) entries held.
+    pub(super) fn len(&self) -> usize {
+        self.entries
+    }
+}
+
+impl Changes {
+    fn between(before: &Told, now: &Told) -> Changes {
         Changes {
             pending: before.pending != now.pending,
             next: before.next != now.next,
         }
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.told.len()
     }
 }
 
