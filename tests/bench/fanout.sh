@@ -2,7 +2,7 @@
 # Fan-out benchmark, sprig vs mosquitto (tests/benches/fanout.rs): installs Debian's mosquitto if it is
 # missing, raises the open-files limit (10,000 devices are 10,000 sockets on each side), builds sprig's
 # release binary and runs the benchmark. Environment: SPRIG_FANOUT_SIZES (1000,10000), SPRIG_FANOUT_RUNS (5),
-# SPRIG_FANOUT_CYCLES (10), SPRIG_FANOUT_RUN_TIMEOUT_S (60), SPRIG_FANOUT_DEADLINE_S (1800).
+# SPRIG_FANOUT_CYCLES (10), SPRIG_FANOUT_ROUNDS (1), SPRIG_FANOUT_RUN_TIMEOUT_S (60), SPRIG_FANOUT_DEADLINE_S (1800).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -19,7 +19,10 @@
 //! Run it with `bash tests/bench/fanout.sh` (installs mosquitto if needed, raises `ulimit -n`, builds the
 //! release binary of sprig and runs `cargo bench -p sprig-tests --bench fanout`). Environment:
 //! `SPRIG_FANOUT_SIZES=1000,10000`, `SPRIG_FANOUT_RUNS=5`, `SPRIG_FANOUT_CYCLES=10`,
-//! `SPRIG_FANOUT_RUN_TIMEOUT_S=60`, `SPRIG_FANOUT_DEADLINE_S=1800`, `SPRIG_FANOUT_LOGS=DIR` (keep the
+//! `SPRIG_FANOUT_ROUNDS=1` (sprig, mosquitto and the floor again, in turn, that many times per size: the
+//! table's percentiles span every round's runs, and sprig's rate over the floor's is printed per round
+//! with its median, since this machine's speed drifts over minutes), `SPRIG_FANOUT_RUN_TIMEOUT_S=60`,
+//! `SPRIG_FANOUT_DEADLINE_S=1800`, `SPRIG_FANOUT_LOGS=DIR` (keep the
 //! brokers' logs there), `SPRIG_FANOUT_QOS` (mosquitto's publish QoS when sprig delivered nothing to copy
 //! it from; default 0, sprig's notifier QoS), `SPRIG_BIN` (a prebuilt sprig instead of
 //! `cargo build --release`), `MOSQUITTO` (path of the mosquitto binary).
@@ -123,37 +126,66 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let rounds: usize = env_or("SPRIG_FANOUT_ROUNDS", "1".into()).parse().unwrap();
+    assert!(rounds >= 1, "SPRIG_FANOUT_ROUNDS: at least 1");
     let mut results = Vec::new();
+    let mut ratios: Vec<(usize, Vec<f64>)> = Vec::new();
     runtime.block_on(async {
         for &n in &sizes {
-            eprintln!("fanout: N = {n}, sprig");
-            let sprig_result =
-                bench_broker(BrokerKind::Sprig(sprig.clone()), n, &settings, None).await;
-            let copied = sprig_result.payload;
-            results.push(sprig_result);
-            if let Some(path) = &mosquitto {
-                eprintln!("fanout: N = {n}, mosquitto");
-                let payload =
-                    copied.unwrap_or((estimated_notification_len(n), settings.default_qos));
-                let mosquitto_result = bench_broker(
-                    BrokerKind::Mosquitto(path.clone()),
-                    n,
-                    &settings,
-                    Some((payload.0, payload.1, copied.is_some())),
-                )
-                .await;
-                results.push(mosquitto_result);
+            let mut of_size = Vec::new();
+            let mut round_ratios = Vec::new();
+            for round in 1..=rounds {
+                let made = bench_round(n, round, &sprig, mosquitto.as_ref(), &settings).await;
+                if let Some(ratio) = floor_ratio(&made, &settings) {
+                    eprintln!(
+                        "fanout: N = {n}, round {round}: sprig at {:.0} % of the floor",
+                        ratio * 100.0
+                    );
+                    round_ratios.push(ratio);
+                }
+                of_size.push(made);
             }
-            eprintln!("fanout: N = {n}, floor");
-            let payload = copied.unwrap_or((estimated_notification_len(n), 0));
-            let floor = BrokerKind::Floor(std::env::current_exe().unwrap());
-            let floor_result =
-                bench_broker(floor, n, &settings, Some((payload.0, 0, copied.is_some()))).await;
-            results.push(floor_result);
+            results.extend(merge_rounds(of_size));
+            ratios.push((n, round_ratios));
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
     print_table(&results, &settings);
+    if rounds > 1 {
+        print_round_ratios(&ratios, rounds);
+    }
+}
+
+/// One round at one size: sprig, mosquitto (if installed), then the floor, one after the other.
+async fn bench_round(
+    n: usize,
+    round: usize,
+    sprig: &std::path::Path,
+    mosquitto: Option<&PathBuf>,
+    settings: &Settings,
+) -> Vec<BrokerResult> {
+    let mut made = Vec::new();
+    eprintln!("fanout: N = {n}, sprig (round {round})");
+    let sprig_result = bench_broker(BrokerKind::Sprig(sprig.to_owned()), n, settings, None).await;
+    let copied = sprig_result.payload;
+    made.push(sprig_result);
+    if let Some(path) = mosquitto {
+        eprintln!("fanout: N = {n}, mosquitto (round {round})");
+        let payload = copied.unwrap_or((estimated_notification_len(n), settings.default_qos));
+        let mosquitto_result = bench_broker(
+            BrokerKind::Mosquitto(path.clone()),
+            n,
+            settings,
+            Some((payload.0, payload.1, copied.is_some())),
+        )
+        .await;
+        made.push(mosquitto_result);
+    }
+    eprintln!("fanout: N = {n}, floor (round {round})");
+    let payload = copied.unwrap_or((estimated_notification_len(n), 0));
+    let floor = BrokerKind::Floor(std::env::current_exe().unwrap());
+    made.push(bench_broker(floor, n, settings, Some((payload.0, 0, copied.is_some()))).await);
+    made
 }
 
 struct Settings {

@@ -322,3 +322,51 @@ fn per_device_kib(r: &BrokerResult, rss_kb: u64) -> String {
         (rss_kb as f64 - r.rss_idle_kb as f64) / r.n.max(1) as f64
     )
 }
+
+/// sprig's rate over the floor's in one round (p50 over p50), when both delivered.
+pub(super) fn floor_ratio(round: &[BrokerResult], settings: &Settings) -> Option<f64> {
+    let p50 = |name: &str| {
+        let result = round.iter().find(|r| r.broker == name)?;
+        summarize(result, settings.run_timeout)
+            .p50
+            .filter(|t| t.is_finite())
+    };
+    Some(p50("floor")? / p50("sprig")?)
+}
+
+/// The rounds of one size as one result per broker: the runs of every round together (their
+/// percentiles span the rounds), the memory and connection figures of the first round.
+pub(super) fn merge_rounds(rounds: Vec<Vec<BrokerResult>>) -> Vec<BrokerResult> {
+    let mut rounds = rounds.into_iter();
+    let Some(mut merged) = rounds.next() else {
+        return Vec::new();
+    };
+    for round in rounds {
+        for result in round {
+            if let Some(first) = merged.iter_mut().find(|m| m.broker == result.broker) {
+                first.runs.extend(result.runs);
+            }
+        }
+    }
+    merged
+}
+
+/// The per-round ratios and their median: the host's speed drifts over minutes (the same binary measured
+/// 58 % and 91 % of the floor five minutes apart), so a ratio is only as good as the rounds behind it.
+pub(super) fn print_round_ratios(ratios: &[(usize, Vec<f64>)], rounds: usize) {
+    println!();
+    for (n, of_size) in ratios {
+        let mut sorted = of_size.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let listed: Vec<String> = of_size
+            .iter()
+            .map(|r| format!("{:.0} %", r * 100.0))
+            .collect();
+        let median =
+            percentile(&sorted, 0.5).map_or("—".into(), |m| format!("{:.0} %", m * 100.0));
+        println!(
+            "sprig's rate / the floor's, N = {n}, each of {rounds} rounds: {}; median {median}",
+            listed.join(", ")
+        );
+    }
+}
