@@ -1126,3 +1126,62 @@ async fn the_last_routed_subscription_gone_the_router_link_is_given_back() {
         ("shared/a".to_owned(), Bytes::from_static(b"two"))
     );
 }
+
+/// A persistent session that gave its router link back (its last routed filter unsubscribed) parks no
+/// link when its connection ends; what is delivered to its direct filters meanwhile waits for it, and a
+/// routed subscription made after it comes back works.
+#[tokio::test]
+async fn a_persistent_session_without_routed_filters_parks_no_link_and_keeps_its_queue() {
+    let broker = start_granting("shared/#", |_| {}).await;
+    let links = || broker.shared.link_names.held();
+    let mut persistent = options(&broker, "d1");
+    persistent.set_clean_session(false);
+    let (device, mut rx) = connect(persistent.clone()).await;
+    let notify = "$aws/things/d1/jobs/notify";
+    device.subscribe(notify, QoS::AtMostOnce).await.unwrap();
+    suback(&mut rx).await;
+    device
+        .subscribe("shared/a", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    suback(&mut rx).await;
+    assert_eq!(links(), 1);
+    device.unsubscribe("shared/a").await.unwrap();
+    next_matching(&mut rx, |p| matches!(p, Packet::UnsubAck(_)).then_some(())).await;
+    tokio::time::timeout(WAIT, async {
+        while links() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the link given back in time");
+
+    device.disconnect().await.unwrap();
+    gone(&broker, "d1").await;
+    assert_eq!(links(), 0, "nothing parked");
+    let body = Bytes::from_static(b"while away");
+    assert_eq!(broker.deliver("d1", notify, body.clone()), Delivery::Queued);
+
+    let (device, mut rx) = connect(persistent).await;
+    assert_eq!(publish(&mut rx).await, (notify.to_owned(), body));
+    assert_eq!(links(), 0);
+    device
+        .subscribe("shared/a", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    suback(&mut rx).await;
+    let (publisher, mut publisher_rx) = connect(options(&broker, "p")).await;
+    publisher
+        .publish("shared/a", QoS::AtLeastOnce, false, "routed")
+        .await
+        .unwrap();
+    next_matching(&mut publisher_rx, |p| {
+        matches!(p, Packet::PubAck(_)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        publish(&mut rx).await,
+        ("shared/a".to_owned(), Bytes::from_static(b"routed"))
+    );
+    assert_eq!(links(), 2);
+}
