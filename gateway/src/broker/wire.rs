@@ -68,6 +68,9 @@ struct State {
     closed: bool,
 }
 
+/// The most a thread's encoding buffer keeps between messages.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
 thread_local! {
     /// Where a deliverer encodes the packet it writes: one buffer per thread, not one per message.
     static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::with_capacity(1024));
@@ -140,26 +143,42 @@ impl Wire {
     ) -> bool {
         SCRATCH.with_borrow_mut(|buf| {
             buf.clear();
-            if !encode_qos0(self.version, topic, payload, buf)
-                || self.max_packet.is_some_and(|max| buf.len() > max)
-            {
-                return false;
+            let written = self.encode_and_write(socket, state, topic, payload, buf);
+            // Kept for the next message, unless an unusually large one grew it.
+            if buf.capacity() > SCRATCH_KEPT {
+                *buf = BytesMut::with_capacity(1024);
             }
-            match socket.try_write(buf) {
-                Ok(n) if n == buf.len() => {}
-                Ok(n) => {
-                    // The writer writes the rest before anything else; until then it is not idle.
-                    state.idle = false;
-                    state.rest = Some(Bytes::copy_from_slice(&buf[n..]));
-                    // The queue is empty while the writer is idle: this only fails if it is gone.
-                    let _ = self.queue.try_send(Box::new(Direct::Rest));
-                }
-                // Would block, or failed: the writer finds out for itself.
-                Err(_) => return false,
-            }
-            codec::count_sent(topic.len() + payload.len());
-            true
+            written
         })
+    }
+
+    fn encode_and_write(
+        &self,
+        socket: &TcpStream,
+        state: &mut State,
+        topic: &str,
+        payload: &Bytes,
+        buf: &mut BytesMut,
+    ) -> bool {
+        if !encode_qos0(self.version, topic, payload, buf)
+            || self.max_packet.is_some_and(|max| buf.len() > max)
+        {
+            return false;
+        }
+        match socket.try_write(buf) {
+            Ok(n) if n == buf.len() => {}
+            Ok(n) => {
+                // The writer writes the rest before anything else; until then it is not idle.
+                state.idle = false;
+                state.rest = Some(Bytes::copy_from_slice(&buf[n..]));
+                // The queue is empty while the writer is idle: this only fails if it is gone.
+                let _ = self.queue.try_send(Box::new(Direct::Rest));
+            }
+            // Would block, or failed: the writer finds out for itself.
+            Err(_) => return false,
+        }
+        codec::count_sent(topic.len() + payload.len());
+        true
     }
 
     /// The reader is about to send the writer a command: until the writer took it, nothing is written
