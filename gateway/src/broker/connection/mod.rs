@@ -287,6 +287,15 @@ impl ToWriterTx {
         }
         self.tx.send_async(command).await.map_err(|_| ())
     }
+
+    /// Sends `command`, announced, if the writer's queue has room now; else gives it back, unannounced.
+    fn try_send(&self, command: ToWriter) -> Result<(), ToWriter> {
+        self.wire.announce();
+        self.tx.try_send(command).map_err(|e| {
+            self.wire.withdraw();
+            e.into_inner()
+        })
+    }
 }
 
 /// The connection's writer, running.
@@ -922,20 +931,18 @@ impl Client {
             }
         }
         for packet in to_router.into_iter().chain(then) {
-            match self.link_tx(&packet, to_writer).await {
-                Ok(Some(_)) => {}
-                // Nothing of the router's to answer or undo (see `opens_link`).
-                Ok(None) => continue,
-                Err(end) => return Some(end),
+            if let Err(end) = self.open_link_for(&packet, to_writer).await {
+                return Some(end);
             }
+            // Without a link, nothing of the router's to answer or undo (see `opens_link`).
+            let Some(link) = self.link.as_mut() else {
+                continue;
+            };
             // Counted first: the writer takes each answer off as it comes.
             let owed = answers_owed(&packet);
             self.router_owed.answers.fetch_add(owed, Ordering::AcqRel);
             // A publish the router carries: the link is in use.
             self.unlink_wanted &= !matches!(packet, Packet::Publish(..));
-            let Some(link) = self.link.as_mut() else {
-                continue;
-            };
             // Pushed in place, as the router's acknowledgements are (`LinkTx::send` never waits).
             if !super::internal::try_push_now(link.tx(), packet) {
                 return Some(ReaderEnd::RouterGone);
@@ -968,15 +975,14 @@ impl Client {
         let Some(link) = self.link.take() else {
             return;
         };
-        to_writer.wire.announce();
-        match to_writer.tx.try_send(ToWriter::Unlink(link)) {
+        match to_writer.try_send(ToWriter::Unlink(link)) {
             Ok(()) => {
                 self.unlink_wanted = false;
                 tracing::debug!(client_id = self.client_id, "router link given back");
             }
-            Err(e) => {
-                to_writer.wire.withdraw();
-                if let ToWriter::Unlink(link) = e.into_inner() {
+            // The writer's queue is full: kept, and tried again at the next chance.
+            Err(command) => {
+                if let ToWriter::Unlink(link) = command {
                     self.link = Some(link);
                 }
             }
@@ -1008,13 +1014,13 @@ impl Client {
         Ok(())
     }
 
-    /// The router link to push `packet` into: made now if the connection has none and `packet` needs one
-    /// (the writer is handed its receiving half first); `None` when it has none and `packet` does not.
-    async fn link_tx(
+    /// Opens the router link if the connection has none and `packet` needs one (the writer is handed its
+    /// receiving half first).
+    async fn open_link_for(
         &mut self,
         packet: &Packet,
         to_writer: &ToWriterTx,
-    ) -> Result<Option<&mut LinkTx>, ReaderEnd> {
+    ) -> Result<(), ReaderEnd> {
         if self.link.is_none() && opens_link(packet) {
             let (link, rx) = handshake::open_link(&self.shared).await.map_err(|e| {
                 tracing::warn!(client_id = self.client_id, "no router link: {e}");
@@ -1033,7 +1039,7 @@ impl Client {
             tracing::debug!(client_id = self.client_id, "router link opened");
             self.link = Some(Box::new(link));
         }
-        Ok(self.link.as_mut().map(|l| l.tx()))
+        Ok(())
     }
 
     /// The built-in topic rules and the configured ones, for this client (see [`crate::auth::Authenticator`]).
