@@ -85,6 +85,13 @@ pub enum Delivery {
     InvalidTopic,
 }
 
+/// What [`Outlets::deliver_all`] decided for one message under the registry's lock.
+enum Decided {
+    Done(Delivery),
+    /// For a connected client: handed to its wire once the lock is released.
+    ToWire(Arc<Wire>, Bytes),
+}
+
 /// How many messages of a [`Broker::deliver_many`](super::Broker::deliver_many) call ended each way.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Deliveries {
@@ -596,11 +603,11 @@ impl Outlets {
         for (client_id, topic, payload) in messages {
             let (id, name) = (client_id.as_ref(), topic.as_ref());
             match self.deliver_locked(outlets, changed, id, name, payload, keep) {
-                Ok(delivery) => {
+                Decided::Done(delivery) => {
                     counts.count(delivery);
                     last = Some(delivery);
                 }
-                Err((wire, payload)) => live.push((wire, client_id, topic, payload)),
+                Decided::ToWire(wire, payload) => live.push((wire, client_id, topic, payload)),
             }
         }
         drop(registry);
@@ -623,8 +630,7 @@ impl Outlets {
         last
     }
 
-    /// What becomes of a message: `Ok` when that is decided here, `Err` with the wire of the connected
-    /// client it goes to.
+    /// What becomes of a message: decided here, or handed to the wire of the connected client it goes to.
     fn deliver_locked(
         &self,
         entries: &mut HashMap<String, Outlet>,
@@ -633,26 +639,26 @@ impl Outlets {
         topic: &str,
         payload: Bytes,
         keep: Keep,
-    ) -> Result<Delivery, (Arc<Wire>, Bytes)> {
+    ) -> Decided {
         // Bytes, not chars: this runs for every message of a fan-out.
         if topic.is_empty() || topic.bytes().any(|b| b == b'+' || b == b'#') {
-            return Ok(Delivery::InvalidTopic);
+            return Decided::Done(Delivery::InvalidTopic);
         }
         let Some(outlet) = entries.get_mut(client_id) else {
-            return Ok(Delivery::Offline);
+            return Decided::Done(Delivery::Offline);
         };
         if !outlet.filters.iter().any(|f| matches(topic, f)) {
-            return Ok(Delivery::NotSubscribed);
+            return Decided::Done(Delivery::NotSubscribed);
         }
         if let Some(wire) = &outlet.queue {
-            return Err((wire.clone(), payload));
+            return Decided::ToWire(wire.clone(), payload);
         }
         let message = Waiting::direct(topic, payload);
         if self.backlog_push(outlet, client_id, message, keep) {
             changed.insert(client_id.to_owned());
-            return Ok(Delivery::Queued);
+            return Decided::Done(Delivery::Queued);
         }
-        Ok(Delivery::Dropped)
+        Decided::Done(Delivery::Dropped)
     }
 
     /// Counts a message dropped because `client_id`'s queue was full.
@@ -660,17 +666,14 @@ impl Outlets {
         let mut registry = self.lock();
         match registry.outlets.get_mut(client_id) {
             Some(outlet) => self.count_drop(outlet, client_id, topic, Dropped::QueueFull),
-            None => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::get().dropped(Dropped::QueueFull.label());
-            }
+            // Its session ended meanwhile: counted all the same.
+            None => _ = self.count(Dropped::QueueFull),
         }
     }
 
     fn count_drop(&self, outlet: &mut Outlet, client_id: &str, topic: &str, why: Dropped) {
         outlet.dropped += 1;
-        let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::metrics::get().dropped(why.label());
+        let total = self.count(why);
         // The first drop of a connection, then every power of two: visible, never a flood.
         if outlet.dropped.is_power_of_two() {
             tracing::warn!(
@@ -687,7 +690,12 @@ impl Outlets {
     /// Counts a message a connection's writer dropped for a client that reads too slowly; the total of
     /// all drops since the broker started.
     pub(crate) fn count_dropped(&self) -> u64 {
-        crate::metrics::get().dropped(Dropped::SlowReader.label());
+        self.count(Dropped::SlowReader)
+    }
+
+    /// Counts one dropped message in the metrics and the total; returns the total.
+    fn count(&self, why: Dropped) -> u64 {
+        crate::metrics::get().dropped(why.label());
         self.dropped.fetch_add(1, Ordering::Relaxed) + 1
     }
 
