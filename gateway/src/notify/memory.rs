@@ -44,52 +44,41 @@ pub(super) struct Changes {
 #[derive(Debug, Default)]
 pub(super) struct Memory {
     told: HashMap<String, Vec<(Option<String>, Told)>>,
-    entries: usize,
 }
 
 impl Memory {
     /// Records `now` as what `thing` knows in `scope` and says what differs from what it knew before.
     pub(super) fn tell(&mut self, thing: &str, scope: Option<&str>, now: Told) -> Changes {
-        let scopes = self.told.get_mut(thing);
-        let at = scopes
-            .as_ref()
-            .and_then(|scopes| scopes.iter().position(|(s, _)| s.as_deref() == scope));
-        let before = match (scopes, at) {
-            (Some(scopes), Some(i)) => &mut scopes[i].1,
-            _ => {
-                let changes = Changes::between(&Told::default(), &now);
-                if !now.is_empty() {
-                    let scopes = self.told.entry(thing.to_owned()).or_default();
-                    scopes.push((scope.map(str::to_owned), now));
-                    self.entries += 1;
-                }
-                return changes;
-            }
+        let Some(scopes) = self.told.get_mut(thing) else {
+            return self.first(thing, scope, now);
         };
-        let changes = Changes::between(before, &now);
-        if now.is_empty() {
-            self.forget(thing, scope);
+        let Some(i) = scopes.iter().position(|(s, _)| s.as_deref() == scope) else {
+            return self.first(thing, scope, now);
+        };
+        let changes = Changes::between(&scopes[i].1, &now);
+        if !now.is_empty() {
+            scopes[i].1 = now;
+        } else if scopes.len() > 1 {
+            scopes.swap_remove(i);
         } else {
-            *before = now;
+            self.told.remove(thing);
         }
         changes
     }
 
-    fn forget(&mut self, thing: &str, scope: Option<&str>) {
-        let Some(scopes) = self.told.get_mut(thing) else {
-            return;
-        };
-        let before = scopes.len();
-        scopes.retain(|(s, _)| s.as_deref() != scope);
-        self.entries -= before - scopes.len();
-        if scopes.is_empty() {
-            self.told.remove(thing);
+    /// `thing` is told something in `scope` for the first time.
+    fn first(&mut self, thing: &str, scope: Option<&str>, now: Told) -> Changes {
+        let changes = Changes::between(&Told::default(), &now);
+        if !now.is_empty() {
+            let scopes = self.told.entry(thing.to_owned()).or_default();
+            scopes.push((scope.map(str::to_owned), now));
         }
+        changes
     }
 
     /// (thing, scope) entries held.
     pub(super) fn len(&self) -> usize {
-        self.entries
+        self.told.values().map(Vec::len).sum()
     }
 }
 

@@ -58,7 +58,7 @@ pub async fn run(
                 None => return Ok(()),
             },
         };
-        notifier.clone().notify_event(event).await?;
+        notifier.clone().notify_event(event).await;
     }
 }
 
@@ -98,7 +98,7 @@ impl Notifier {
     /// lane a thread of the blocking pool that computes and delivers its chunks in turn (a delivery may
     /// write to the device's socket, see `broker::wire`). A thing is in one chunk, so its messages keep
     /// their order; the next event waits for all lanes.
-    async fn notify_event(self: Arc<Self>, event: JobEvent) -> Result<(), BrokerError> {
+    async fn notify_event(self: Arc<Self>, event: JobEvent) {
         let started = Instant::now();
         let event = Arc::new(event);
         let chunks: Vec<(usize, usize)> = (0..event.things.len())
@@ -142,7 +142,6 @@ impl Notifier {
                 "devices notified"
             );
         }
-        Ok(())
     }
 
     /// Computes and delivers the messages of `chunks` of the event's things, one after the other.
