@@ -1052,6 +1052,42 @@ async fn direct_writes_and_the_writers_own_packets_never_interleave() {
     nothing_more(&broker, &mut rx, "d1", notify).await;
 }
 
+/// Subscribes `client` to `filter` and waits for its SUBACK.
+async fn subscribed(
+    client: &AsyncClient,
+    rx: &mut mpsc::UnboundedReceiver<Packet>,
+    filter: &str,
+    qos: QoS,
+) {
+    client.subscribe(filter, qos).await.unwrap();
+    suback(rx).await;
+}
+
+/// Publishes at QoS 1 and waits for the PUBACK.
+async fn published(
+    client: &AsyncClient,
+    rx: &mut mpsc::UnboundedReceiver<Packet>,
+    topic: &str,
+    payload: &'static str,
+) {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    next_matching(rx, |p| matches!(p, Packet::PubAck(_)).then_some(())).await;
+}
+
+/// Waits until the broker holds `n` router links.
+async fn router_links_become(broker: &Broker, n: usize) {
+    tokio::time::timeout(WAIT, async {
+        while broker.shared.link_names.held() != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} router links in time"));
+}
+
 /// A connection gives its router link back once its last routed subscription is gone and the router owes
 /// it nothing (here: a QoS 1 message the client has not acknowledged yet keeps it); its direct deliveries
 /// go on, and a new routed subscription opens a new link. A publisher keeps its link.
@@ -1063,22 +1099,12 @@ async fn the_last_routed_subscription_gone_the_router_link_is_given_back() {
     manual.set_manual_acks(true);
     let (device, mut rx) = connect(manual).await;
     let notify = "$aws/things/d1/jobs/notify";
-    device.subscribe(notify, QoS::AtMostOnce).await.unwrap();
-    suback(&mut rx).await;
-    device
-        .subscribe("shared/a", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    suback(&mut rx).await;
+    subscribed(&device, &mut rx, notify, QoS::AtMostOnce).await;
+    subscribed(&device, &mut rx, "shared/a", QoS::AtLeastOnce).await;
     assert_eq!(links(), 1);
 
     let (publisher, mut publisher_rx) = connect(options(&broker, "p")).await;
-    let puback = |p: Packet| matches!(p, Packet::PubAck(_)).then_some(());
-    publisher
-        .publish("shared/a", QoS::AtLeastOnce, false, "one")
-        .await
-        .unwrap();
-    next_matching(&mut publisher_rx, puback).await;
+    published(&publisher, &mut publisher_rx, "shared/a", "one").await;
     let one = next_matching(&mut rx, |p| match p {
         Packet::Publish(p) => Some(p),
         _ => None,
@@ -1098,13 +1124,7 @@ async fn the_last_routed_subscription_gone_the_router_link_is_given_back() {
         "kept while the router's message is unacknowledged"
     );
     device.ack(&one).await.unwrap();
-    tokio::time::timeout(WAIT, async {
-        while links() != 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the device's link given back in time");
+    router_links_become(&broker, 1).await;
 
     // Still served directly, and still a client the router can reach again.
     let body = Bytes::from_static(b"job");
@@ -1113,14 +1133,9 @@ async fn the_last_routed_subscription_gone_the_router_link_is_given_back() {
         Delivery::Delivered
     );
     assert_eq!(publish(&mut rx).await, (notify.to_owned(), body));
-    device.subscribe("shared/a", QoS::AtMostOnce).await.unwrap();
-    suback(&mut rx).await;
+    subscribed(&device, &mut rx, "shared/a", QoS::AtMostOnce).await;
     assert_eq!(links(), 2, "a new routed subscription opens a new link");
-    publisher
-        .publish("shared/a", QoS::AtLeastOnce, false, "two")
-        .await
-        .unwrap();
-    next_matching(&mut publisher_rx, puback).await;
+    published(&publisher, &mut publisher_rx, "shared/a", "two").await;
     assert_eq!(
         publish(&mut rx).await,
         ("shared/a".to_owned(), Bytes::from_static(b"two"))
@@ -1138,23 +1153,12 @@ async fn a_persistent_session_without_routed_filters_parks_no_link_and_keeps_its
     persistent.set_clean_session(false);
     let (device, mut rx) = connect(persistent.clone()).await;
     let notify = "$aws/things/d1/jobs/notify";
-    device.subscribe(notify, QoS::AtMostOnce).await.unwrap();
-    suback(&mut rx).await;
-    device
-        .subscribe("shared/a", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    suback(&mut rx).await;
+    subscribed(&device, &mut rx, notify, QoS::AtMostOnce).await;
+    subscribed(&device, &mut rx, "shared/a", QoS::AtLeastOnce).await;
     assert_eq!(links(), 1);
     device.unsubscribe("shared/a").await.unwrap();
     next_matching(&mut rx, |p| matches!(p, Packet::UnsubAck(_)).then_some(())).await;
-    tokio::time::timeout(WAIT, async {
-        while links() != 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the link given back in time");
+    router_links_become(&broker, 0).await;
 
     device.disconnect().await.unwrap();
     gone(&broker, "d1").await;
@@ -1165,20 +1169,9 @@ async fn a_persistent_session_without_routed_filters_parks_no_link_and_keeps_its
     let (device, mut rx) = connect(persistent).await;
     assert_eq!(publish(&mut rx).await, (notify.to_owned(), body));
     assert_eq!(links(), 0);
-    device
-        .subscribe("shared/a", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    suback(&mut rx).await;
+    subscribed(&device, &mut rx, "shared/a", QoS::AtLeastOnce).await;
     let (publisher, mut publisher_rx) = connect(options(&broker, "p")).await;
-    publisher
-        .publish("shared/a", QoS::AtLeastOnce, false, "routed")
-        .await
-        .unwrap();
-    next_matching(&mut publisher_rx, |p| {
-        matches!(p, Packet::PubAck(_)).then_some(())
-    })
-    .await;
+    published(&publisher, &mut publisher_rx, "shared/a", "routed").await;
     assert_eq!(
         publish(&mut rx).await,
         ("shared/a".to_owned(), Bytes::from_static(b"routed"))
