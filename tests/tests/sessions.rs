@@ -54,12 +54,20 @@ async fn sdk_metrics_in_the_username_are_ignored_as_aws_iot_does() {
 async fn subscribing_sends_no_notification() {
     let gateway = Gateway::start();
     let mut op = gateway.operator().await;
+    // The creations' own notifications are sent after CreateJob answers: a device subscribed beforehand
+    // sees the last one arrive, so none of them can reach the devices below.
+    let mut watcher = Device::connect(gateway.addr, "d4", Protocol::V311).await;
+    let watched = watcher.jobs_topic("notify");
+    watcher.subscribe(&[&watched]).await;
     op.request("CreateJob", create_job("j1", Some("acme"), &["d4"]))
         .await
         .unwrap();
     op.request("CreateJob", create_job("s1", None, &["d4"]))
         .await
         .unwrap();
+    let told = watcher.expect_message(&watched, WAIT).await;
+    assert_eq!(told["jobs"]["QUEUED"][0]["jobId"], "s1");
+    watcher.disconnect().await;
     for protocol in both_protocols() {
         let mut device = Device::connect(gateway.addr, "d4", protocol).await;
         let notify = device.jobs_topic("notify");
