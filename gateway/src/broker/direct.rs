@@ -583,7 +583,8 @@ impl Outlets {
 
     /// Delivers each message, counting the outcomes; returns the last one's. Who gets what is decided
     /// under one lock; the messages for connected clients are handed to their wires after it is released
-    /// (a wire may write to a socket, and other deliverers need not wait for that).
+    /// (a wire may write to a socket, and other deliverers need not wait for that). A client's outlet is
+    /// looked up once for consecutive messages to it (a notification and its notify-next).
     fn deliver_all<C, T>(
         &self,
         messages: impl IntoIterator<Item = (C, T, Bytes)>,
@@ -600,9 +601,17 @@ impl Outlets {
         let Registry {
             outlets, changed, ..
         } = &mut *registry;
+        // The client whose outlet `outlet` is, once one was looked up.
+        let (mut looked_up, mut outlet) = (None::<String>, None);
         for (client_id, topic, payload) in messages {
             let (id, name) = (client_id.as_ref(), topic.as_ref());
-            match self.deliver_locked(outlets, changed, id, name, payload, keep) {
+            if looked_up.as_deref() != Some(id) {
+                outlet = outlets.get_mut(id);
+                let buffer = looked_up.get_or_insert_with(String::new);
+                buffer.clear();
+                buffer.push_str(id);
+            }
+            match self.deliver_locked(outlet.as_deref_mut(), changed, id, name, payload, keep) {
                 Decided::Done(delivery) => {
                     counts.count(delivery);
                     last = Some(delivery);
@@ -630,10 +639,11 @@ impl Outlets {
         last
     }
 
-    /// What becomes of a message: decided here, or handed to the wire of the connected client it goes to.
+    /// What becomes of a message to `client_id` (whose outlet, if it has one, is `outlet`): decided here,
+    /// or handed to the wire of the connected client it goes to.
     fn deliver_locked(
         &self,
-        entries: &mut HashMap<String, Outlet>,
+        outlet: Option<&mut Outlet>,
         changed: &mut HashSet<String>,
         client_id: &str,
         topic: &str,
@@ -644,7 +654,7 @@ impl Outlets {
         if topic.is_empty() || topic.bytes().any(|b| b == b'+' || b == b'#') {
             return Decided::Done(Delivery::InvalidTopic);
         }
-        let Some(outlet) = entries.get_mut(client_id) else {
+        let Some(outlet) = outlet else {
             return Decided::Done(Delivery::Offline);
         };
         if !outlet.filters.iter().any(|f| matches(topic, f)) {

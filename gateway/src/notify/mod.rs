@@ -16,6 +16,7 @@ mod memory;
 mod payload;
 mod topics;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,23 +96,19 @@ struct Notifier {
 
 impl Notifier {
     /// Notifies every thing of an event, chunk by chunk, on as many lanes as the machine has cores: each
-    /// lane a thread of the blocking pool that computes and delivers its chunks in turn (a delivery may
-    /// write to the device's socket, see `broker::wire`). A thing is in one chunk, so its messages keep
-    /// their order; the next event waits for all lanes.
+    /// lane a thread of the blocking pool that takes the next chunk not yet taken, computes and delivers
+    /// it, and so on (a delivery may write to the device's socket, see `broker::wire`), so a lane that the
+    /// scheduler sets aside does not leave the others idle at the end. A thing is in one chunk, so its
+    /// messages keep their order; the next event waits for all lanes.
     async fn notify_event(self: Arc<Self>, event: JobEvent) {
         let started = Instant::now();
+        let chunks = Arc::new(Chunks::of(event.things.len()));
         let event = Arc::new(event);
-        let chunks: Vec<(usize, usize)> = (0..event.things.len())
-            .step_by(CHUNK)
-            .map(|start| (start, (start + CHUNK).min(event.things.len())))
-            .collect();
-        let lanes = lanes().min(chunks.len()).max(1);
+        let lanes = lanes().min(chunks.count).max(1);
         let running: Vec<_> = (0..lanes)
-            .map(|lane| {
-                let mine: Vec<(usize, usize)> =
-                    chunks.iter().copied().skip(lane).step_by(lanes).collect();
-                let (me, event) = (self.clone(), event.clone());
-                tokio::task::spawn_blocking(move || me.notify_chunks(&event, &mine))
+            .map(|_| {
+                let (me, event, chunks) = (self.clone(), event.clone(), chunks.clone());
+                tokio::task::spawn_blocking(move || me.notify_chunks(&event, &chunks))
             })
             .collect();
         let mut total = Batch::default();
@@ -144,12 +141,13 @@ impl Notifier {
         }
     }
 
-    /// Computes and delivers the messages of `chunks` of the event's things, one after the other.
-    fn notify_chunks(&self, event: &JobEvent, chunks: &[(usize, usize)]) -> Batch {
+    /// Computes and delivers the messages of the event's chunks of things, one chunk after the other, as
+    /// long as one is left.
+    fn notify_chunks(&self, event: &JobEvent, chunks: &Chunks) -> Batch {
         // One cache for the lane: the event's job is read and decoded once, not once per chunk.
         let mut jobs = JobCache::default();
         let mut batch = Batch::default();
-        for &(start, end) in chunks {
+        while let Some((start, end)) = chunks.take() {
             let begun = Instant::now();
             let messages = self.event_messages(event, &event.things[start..end], &mut jobs);
             let computed = Instant::now();
@@ -188,27 +186,28 @@ impl Notifier {
                 return messages;
             }
         };
-        for (thing, snapshot) in things.iter().zip(snapshots) {
-            if let Err(e) = self.thing_event(event, thing, snapshot, timestamp, jobs, &mut messages)
-            {
+        let changes = self.remember(things, scope, &snapshots);
+        for ((thing, snapshot), changes) in things.iter().zip(snapshots).zip(changes) {
+            let told = (snapshot, changes);
+            if let Err(e) = self.thing_event(event, thing, told, timestamp, jobs, &mut messages) {
                 tracing::error!(thing, job_id = event.job_id, error = %e, "cannot notify the device");
             }
         }
         messages
     }
 
-    /// The messages one event makes for one thing, given its state in the event's scope.
+    /// The messages one event makes for one thing, given its state in the event's scope and what changed
+    /// since it was last told.
     fn thing_event<'a>(
         &self,
         event: &JobEvent,
         thing: &'a str,
-        snapshot: ThingSnapshot,
+        (snapshot, changes): (ThingSnapshot, memory::Changes),
         timestamp: i64,
         jobs: &mut JobCache,
         out: &mut Vec<Message<'a>>,
     ) -> Result<(), StoreError> {
         let scope = event.namespace_id.as_deref();
-        let changes = self.remember(thing, scope, &snapshot);
         let Some(ns) = scope else {
             if changes.pending {
                 let body = payload::jobs_changed(timestamp, &snapshot.pending);
@@ -239,14 +238,42 @@ impl Notifier {
         Ok(())
     }
 
+    /// Records what a chunk's things are told now; what changed for each. One lock for the chunk: the
+    /// lanes of a fan-out share the memory.
     fn remember(
         &self,
-        thing: &str,
+        things: &[String],
         scope: Option<&str>,
-        snapshot: &ThingSnapshot,
-    ) -> memory::Changes {
+        snapshots: &[ThingSnapshot],
+    ) -> Vec<memory::Changes> {
+        let told: Vec<Told> = snapshots.iter().map(Told::of).collect();
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        memory.tell(thing, scope, Told::of(snapshot))
+        let told = things.iter().zip(told);
+        told.map(|(thing, now)| memory.tell(thing, scope, now))
+            .collect()
+    }
+}
+
+/// An event's things cut into chunks of [`CHUNK`], taken one at a time by the lanes.
+struct Chunks {
+    things: usize,
+    count: usize,
+    next: AtomicUsize,
+}
+
+impl Chunks {
+    fn of(things: usize) -> Chunks {
+        Chunks {
+            things,
+            count: things.div_ceil(CHUNK),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next chunk no lane has taken yet, as a range of the event's things.
+    fn take(&self) -> Option<(usize, usize)> {
+        let chunk = self.next.fetch_add(1, Ordering::Relaxed);
+        (chunk < self.count).then(|| (chunk * CHUNK, ((chunk + 1) * CHUNK).min(self.things)))
     }
 }
 
@@ -271,4 +298,26 @@ fn is_pending(snapshot: &ThingSnapshot, job_id: &str) -> bool {
         .iter()
         .chain(&pending.queued_jobs)
         .any(|s| s.job_id == job_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lanes_take_every_thing_once_in_chunks_of_at_most_chunk() {
+        for things in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 10 * CHUNK + 7] {
+            let chunks = Chunks::of(things);
+            let taken: Vec<(usize, usize)> = std::iter::from_fn(|| chunks.take()).collect();
+            assert_eq!(taken.len(), chunks.count, "{things} things");
+            let mut next = 0;
+            for (start, end) in taken {
+                assert_eq!(start, next, "{things} things: chunks follow each other");
+                assert!(end > start && end - start <= CHUNK, "{things} things");
+                next = end;
+            }
+            assert_eq!(next, things, "{things} things: all taken");
+            assert_eq!(chunks.take(), None, "nothing is taken twice");
+        }
+    }
 }

@@ -106,7 +106,7 @@ pub(super) fn print_table(results: &[BrokerResult], settings: &Settings) {
             .iter()
             .map(|r| {
                 let done = r.runs.iter().filter(|x| x.elapsed.is_some()).count();
-                let skipped = settings.runs - r.runs.len();
+                let skipped = r.planned_runs.saturating_sub(r.runs.len());
                 if skipped > 0 {
                     format!("{done} of {} ({skipped} skipped)", r.runs.len())
                 } else {
@@ -345,6 +345,7 @@ pub(super) fn merge_rounds(rounds: Vec<Vec<BrokerResult>>) -> Vec<BrokerResult> 
         for result in round {
             if let Some(first) = merged.iter_mut().find(|m| m.broker == result.broker) {
                 first.runs.extend(result.runs);
+                first.planned_runs += result.planned_runs;
             }
         }
     }

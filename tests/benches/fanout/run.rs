@@ -30,6 +30,8 @@ pub(super) struct BrokerResult {
     pub(super) rss_routed_kb: u64,
     pub(super) rss_cycles_kb: Vec<u64>,
     pub(super) runs: Vec<RunResult>,
+    /// The timed runs asked for (after a run that delivers nothing, the rest are skipped).
+    pub(super) planned_runs: usize,
     /// (payload bytes, QoS) of the deliveries; for mosquitto also whether it was copied from sprig's.
     pub(super) payload: Option<(usize, u8)>,
     pub(super) payload_measured: bool,
@@ -54,6 +56,7 @@ pub(super) async fn bench_broker(
         rss_routed_kb: 0,
         rss_cycles_kb: Vec::new(),
         runs: Vec::new(),
+        planned_runs: settings.runs,
         payload: mosquitto_payload.map(|(len, qos, _)| (len, qos)),
         payload_measured: mosquitto_payload.is_some_and(|p| p.2),
         note: None,
