@@ -15,7 +15,15 @@ use super::{Change, Result};
 use crate::model::{Execution, Job, JobStatus, RecoveryRecord, RecoveryState};
 
 impl Trees {
+    /// Commits `change`, and then applies it to the pending index, which is held meanwhile.
     pub(super) fn commit(&self, change: &Change<'_>) -> Result<()> {
+        let pending = self.pending.updating();
+        self.commit_trees(change)?;
+        pending.apply(change);
+        Ok(())
+    }
+
+    fn commit_trees(&self, change: &Change<'_>) -> Result<()> {
         let account: &Tree = &self.db;
         let trees = (
             &self.jobs,

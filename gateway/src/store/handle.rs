@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use super::damage::{self, Verified};
 use super::manifest::{self, Manifest, Standing};
 use super::meta::{Counts, Meta, META_KEY, TREES};
+use super::pending::PendingIndex;
 use super::{Result, StoreError};
 
 /// How often the background thread flushes, and checks whether a failed store can be reopened.
@@ -85,6 +86,8 @@ pub(super) struct Trees {
     pub sessions: Tree,
     pub thing_executions: Tree,
     pub job_targets: Tree,
+    /// Each thing's pending executions, as these trees hold them.
+    pub pending: PendingIndex,
 }
 
 impl Trees {
@@ -108,6 +111,7 @@ impl Trees {
             sessions: db.open_tree(TREES[8])?,
             thing_executions: db.open_tree(TREES[9])?,
             job_targets: db.open_tree(TREES[10])?,
+            pending: PendingIndex::default(),
             db,
         };
         trees.bring_up_to_date(dir)?;

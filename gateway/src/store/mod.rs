@@ -31,6 +31,7 @@ mod damage;
 mod handle;
 mod manifest;
 mod meta;
+mod pending;
 mod reads;
 pub mod sessions;
 #[cfg(test)]
@@ -223,7 +224,8 @@ impl Store {
     }
 
     /// The executions at many (job id, thing name) pairs, in their order: one ordered walk of the
-    /// executions tree (see [`pending_job_ids_of_things`](Self::pending_job_ids_of_things) for why).
+    /// executions tree, not a scan per pair (sled starts every scan by copying the whole leaf it lands
+    /// on, so N scans that land on the same few leaves cost N copies; see `walk`).
     pub fn executions(&self, pairs: &[(&str, &str)]) -> Result<Vec<Option<Execution>>> {
         self.handle.run(|t| t.executions(pairs))
     }
@@ -270,23 +272,18 @@ impl Store {
         self.handle.run(|t| t.due_deadlines(now, limit))
     }
 
-    /// The job ids of `thing_name`'s pending executions (QUEUED or IN_PROGRESS), from the thing index alone.
+    /// The job ids of `thing_name`'s pending executions (QUEUED or IN_PROGRESS), in no particular order.
     pub fn pending_job_ids_of_thing(&self, thing_name: &str) -> Result<Vec<String>> {
-        Ok(self
-            .pending_job_ids_of_things(&[thing_name])?
-            .pop()
-            .unwrap_or_default())
+        let pending = self.pending_executions_of_things(&[thing_name])?;
+        let executions = pending.into_iter().flatten();
+        Ok(executions.map(|e| e.job_id).collect())
     }
 
-    /// [`pending_job_ids_of_thing`](Self::pending_job_ids_of_thing) for many things at once, in their order.
-    ///
-    /// One ordered walk of the `by_thing` index instead of a prefix scan per thing: sled starts every scan
-    /// by copying the whole leaf it lands on, so N scans that land on the same few leaves cost N copies
-    /// (a notification for 10,000 things spent most of its time there). The walk visits the things in key
-    /// order and seeks again, as a fresh scan would, when more than `SEEK_AFTER` entries of things not asked
-    /// for lie between two asked ones: never much worse than one scan per thing.
-    pub fn pending_job_ids_of_things(&self, things: &[&str]) -> Result<Vec<Vec<String>>> {
-        self.handle.run(|t| t.pending_job_ids_of_things(things))
+    /// Each thing's pending executions (QUEUED or IN_PROGRESS), in the things' order, each thing's in no
+    /// particular order. Read from memory ([`pending`]: built on first use, kept up to date by every
+    /// commit), not from the trees: a notification to 10,000 things asks this for every one of them.
+    pub fn pending_executions_of_things(&self, things: &[&str]) -> Result<Vec<Vec<Execution>>> {
+        self.handle.run(|t| t.pending.of_things(t, things))
     }
 
     /// The job ids of every execution of `thing_name`, pending or finished, in job id order, starting

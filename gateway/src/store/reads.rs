@@ -157,19 +157,22 @@ impl Trees {
         Ok(due)
     }
 
-    pub(super) fn pending_job_ids_of_things(&self, things: &[&str]) -> Result<Vec<Vec<String>>> {
-        let prefixes: Vec<Vec<u8>> = things.iter().map(|t| codec::thing_key(t, "")).collect();
-        let mut walk = IndexWalk::new(&self.by_thing);
-        in_key_order(&prefixes, |prefix| {
-            walk.seek_within(prefix, SEEK_AFTER)?;
-            let mut ids = Vec::new();
-            while let Some((key, status)) = walk.take_if(|key| key.starts_with(prefix))? {
-                if is_pending_status(&status) {
-                    ids.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
-                }
+    /// (thing name, job id) of every pending execution, from the thing index alone, in key order: what
+    /// the [`PendingIndex`](super::pending::PendingIndex) is built from.
+    pub(super) fn pending_pairs(&self) -> Result<Vec<(String, String)>> {
+        let mut pairs = Vec::new();
+        for entry in self.by_thing.iter() {
+            let (key, status) = entry?;
+            let Some(at) = key.iter().position(|&b| b == 0) else {
+                continue;
+            };
+            if is_pending_status(&status) {
+                let (thing, job_id) = (&key[..at], &key[at + 1..]);
+                let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+                pairs.push((text(thing), text(job_id)));
             }
-            Ok(ids)
-        })
+        }
+        Ok(pairs)
     }
 
     /// The job ids of every execution of `thing_name` (pending or not), in job id order, after `after`.

@@ -82,6 +82,68 @@ fn a_format_1_store_drops_finished_executions_from_the_thing_index() {
     assert_eq!(store.pending_job_ids_of_thing("t2").unwrap(), vec!["j1"]);
 }
 
+/// Each asked thing's pending job ids, sorted.
+fn pending_ids(store: &Store, things: &[&str]) -> Vec<Vec<String>> {
+    let pending = store.pending_executions_of_things(things).unwrap();
+    let ids = |executions: Vec<Execution>| {
+        let mut ids: Vec<String> = executions.into_iter().map(|e| e.job_id).collect();
+        ids.sort();
+        ids
+    };
+    pending.into_iter().map(ids).collect()
+}
+
+/// The pending index, once built, follows every commit (a new pending execution, one that starts, one
+/// that finishes, one deleted, a thing's last one gone) and answers what an index built afresh from the
+/// trees after a reopen answers.
+#[test]
+fn the_pending_index_follows_commits_as_the_trees_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let things = ["t1", "t2", "t3"];
+    let store = Store::open(dir.path(), 8 << 20).unwrap();
+    let (j1, execs) = job("j1", None, &things);
+    put_job(&store, &j1, &execs);
+    // Built now, before the changes below.
+    assert_eq!(pending_ids(&store, &things), [["j1"], ["j1"], ["j1"]]);
+
+    let (j2, execs) = job("j2", Some("acme"), &things[..2]);
+    put_job(&store, &j2, &execs);
+    let mut started = store.execution("j1", "t1").unwrap().unwrap();
+    started.status = ExecutionStatus::InProgress;
+    let mut done = store.execution("j1", "t2").unwrap().unwrap();
+    done.status = ExecutionStatus::Succeeded;
+    let mut j1 = j1.clone();
+    j1.counts
+        .shift(ExecutionStatus::Queued, ExecutionStatus::InProgress);
+    j1.counts
+        .shift(ExecutionStatus::Queued, ExecutionStatus::Succeeded);
+    put_job(&store, &j1, &[started.clone(), done]);
+    let gone = store.execution("j1", "t3").unwrap().unwrap();
+    let before = j1.clone();
+    j1.counts.remove(ExecutionStatus::Queued);
+    store
+        .commit(&Change {
+            job_before: Some(&before),
+            job_after: Some(&j1),
+            delete_executions: std::slice::from_ref(&gone),
+            ..Default::default()
+        })
+        .unwrap();
+
+    let expected = [vec!["j1", "j2"], vec!["j2"], vec![]];
+    assert_eq!(pending_ids(&store, &things), expected);
+    let t1 = store
+        .pending_executions_of_things(&["t1"])
+        .unwrap()
+        .remove(0);
+    let j1_on_t1 = t1.iter().find(|e| e.job_id == "j1");
+    assert_eq!(j1_on_t1, Some(&started), "the execution as last committed");
+    store.close().unwrap();
+
+    let reopened = Store::open(dir.path(), 8 << 20).unwrap();
+    assert_eq!(pending_ids(&reopened, &things), expected);
+}
+
 /// The batched reads answer what one read per thing answers: in the callers' order, for things that
 /// share a prefix (`t1`, `t10`), that are asked twice, that have nothing, and across gaps long enough
 /// that the walk seeks instead of stepping.
@@ -112,10 +174,10 @@ fn batched_reads_answer_like_one_read_per_thing() {
     let asked = [
         "t199", "t1", "t10", "nobody", "t1", "t0", "t2", "t151", "t100",
     ];
-    let batched = store.pending_job_ids_of_things(&asked).unwrap();
+    let batched = pending_ids(&store, &asked);
     let one_by_one: Vec<Vec<String>> = asked
         .iter()
-        .map(|t| store.pending_job_ids_of_thing(t).unwrap())
+        .map(|t| pending_ids(&store, &[t]).remove(0))
         .collect();
     assert_eq!(batched, one_by_one);
     assert_eq!(batched[0], vec!["j1", "j3"]);

@@ -1,6 +1,6 @@
 //! What a device's jobs look like now, read for the device API and the notifier: its pending executions
-//! in a scope, oldest first, and the next one. Reads only; a batch of things is read in one ordered walk
-//! of the store, with each job decoded once ([`JobCache`]).
+//! in a scope, oldest first, and the next one. Reads only; a thing's pending executions come from the
+//! store's in-memory index, and a batch of things decodes each job once ([`JobCache`]).
 
 use std::sync::Arc;
 
@@ -48,9 +48,8 @@ impl Engine {
         Ok(snapshot_of(&pending, now_ms()))
     }
 
-    /// [`snapshot`](Self::snapshot) of many things in one scope, in their order. The thing index and the
-    /// executions are each read in one ordered walk for all of them
-    /// ([`Store::pending_job_ids_of_things`](crate::store::Store::pending_job_ids_of_things)).
+    /// [`snapshot`](Self::snapshot) of many things in one scope, in their order, from the store's index of
+    /// pending executions ([`Store::pending_executions_of_things`](crate::store::Store::pending_executions_of_things)).
     pub fn snapshots(
         &self,
         things: &[String],
@@ -130,39 +129,29 @@ impl Engine {
             .unwrap_or_default())
     }
 
-    /// Each thing's pending executions in the scope, oldest first, in the things' order. The thing index
-    /// and the executions are each read in one ordered walk for all of them.
+    /// Each thing's pending executions in the scope, oldest first, in the things' order (from the store's
+    /// pending index: no walk of the trees).
     fn pending_of(
         &self,
         things: &[&str],
         namespace: Option<&str>,
         jobs: &mut JobCache,
     ) -> std::result::Result<Vec<Vec<Pending>>, StoreError> {
-        let pending_ids = self.store().pending_job_ids_of_things(things)?;
-        // The (job, thing) pairs whose executions to read: pending per the index, the job in the scope.
-        let mut wanted: Vec<(usize, Arc<Job>)> = Vec::with_capacity(things.len());
-        for (index, ids) in pending_ids.iter().enumerate() {
-            for job_id in ids {
+        let executions = self.store().pending_executions_of_things(things)?;
+        let mut pending: Vec<Vec<Pending>> = Vec::with_capacity(things.len());
+        for executions in executions {
+            let mut mine = Vec::with_capacity(executions.len());
+            for execution in executions {
                 if let Some(job) = jobs
-                    .get(self.store(), job_id)?
+                    .get(self.store(), &execution.job_id)?
                     .filter(|j| in_scope(j, namespace))
                 {
-                    wanted.push((index, job));
+                    mine.push((execution, job));
                 }
             }
+            sort_oldest_first(&mut mine);
+            pending.push(mine);
         }
-        let pairs: Vec<(&str, &str)> = wanted
-            .iter()
-            .map(|(index, job)| (job.job_id.as_str(), things[*index]))
-            .collect();
-        let executions = self.store().executions(&pairs)?;
-        let mut pending: Vec<Vec<Pending>> = vec![Vec::new(); things.len()];
-        for ((index, job), execution) in wanted.into_iter().zip(executions) {
-            if let Some(execution) = execution.filter(|e| !e.status.is_terminal()) {
-                pending[index].push((execution, job));
-            }
-        }
-        pending.iter_mut().for_each(|p| sort_oldest_first(p));
         Ok(pending)
     }
 }
