@@ -1,8 +1,9 @@
 //! Job notifications to devices: turns the engine's [`JobEvent`]s into AWS IoT's reserved notify topics.
 //!
 //! For each thing an event names, the notifier reads the thing's state in the event's scope
-//! ([`Engine::snapshots`]: chunks of [`CHUNK`] things on the blocking pool, two ordered store walks per
-//! chunk, each job decoded once per event, so an event for N things costs O(N) reads) and sends what
+//! ([`Engine::snapshots`]: chunks of [`CHUNK`] things on the blocking pool, each thing's pending
+//! executions from the store's in-memory index, each job decoded once per event, so an event for N
+//! things costs O(N)) and sends what
 //! changed since it last told that (thing, scope) (`memory`) on AWS's topics (`topics`) with AWS's bodies
 //! (`payload`). It owns "what a device is told, and when": identical state is never sent twice, and, as in
 //! AWS IoT, a SUBSCRIBE sends nothing (it changes no job; a device that was away learns what it missed from
@@ -30,8 +31,7 @@ use crate::jobs::{Engine, JobEvent};
 use crate::store::StoreError;
 use memory::{Memory, Told};
 
-/// Things whose state is read in one pass (two ordered store walks) and whose messages are delivered
-/// together. Large enough that a pass's set-up does not matter, small enough that the lanes of a fan-out
+/// Things whose state is read in one pass and whose messages are delivered together. Large enough that a pass's set-up does not matter, small enough that the lanes of a fan-out
 /// share its work evenly.
 pub const CHUNK: usize = 256;
 

@@ -7,21 +7,38 @@ const NEXT_IN_NAMESPACE: &str = "notify-next-namespace-";
 
 /// `$aws/things/{thing}/jobs/notify`.
 pub(super) fn notify(thing: &str) -> String {
-    format!("$aws/things/{thing}/jobs/notify")
+    joined(&["$aws/things/", thing, "/jobs/notify"])
 }
 
 /// `$aws/things/{thing}/jobs/notify-next`, or `.../notify-next-namespace-{ns}` in a namespace.
 pub(super) fn notify_next(thing: &str, scope: Option<&str>) -> String {
     match scope {
-        None => format!("$aws/things/{thing}/jobs/notify-next"),
-        Some(ns) => format!("$aws/things/{thing}/jobs/{NEXT_IN_NAMESPACE}{ns}"),
+        None => joined(&["$aws/things/", thing, "/jobs/notify-next"]),
+        Some(ns) => joined(&["$aws/things/", thing, "/jobs/", NEXT_IN_NAMESPACE, ns]),
     }
 }
 
 /// `$aws/things/{thing}/jobs/{jobId}/notify-namespace-{ns}/`: trailing slash included, as AWS's DeleteJob
 /// documentation writes it.
 pub(super) fn job_in_namespace(thing: &str, job_id: &str, ns: &str) -> String {
-    format!("$aws/things/{thing}/jobs/{job_id}/notify-namespace-{ns}/")
+    let parts = [
+        "$aws/things/",
+        thing,
+        "/jobs/",
+        job_id,
+        "/notify-namespace-",
+        ns,
+        "/",
+    ];
+    joined(&parts)
+}
+
+/// The parts one after the other, in a string allocated once at its size (a fan-out makes a topic per
+/// message; `format!` grows its string as it goes).
+fn joined(parts: &[&str]) -> String {
+    let mut topic = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|part| topic.push_str(part));
+    topic
 }
 
 #[cfg(test)]
