@@ -132,13 +132,23 @@ pub fn run_to_exit(args: &[&str], config: &Path, within: Duration) -> Output {
     }
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and one this process has not handed out before: the port is free
+/// again once this returns, and a test running in parallel could otherwise be given it too before the
+/// gateway it was meant for binds it (that gateway then fails to start, resetting its early clients).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// An argon2 hash of `password`, made by `sprig hash-password`.
