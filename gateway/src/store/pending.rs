@@ -72,13 +72,21 @@ fn pending_of(index: &HashMap<String, Vec<Execution>>, things: &[&str]) -> Vec<V
 }
 
 fn remember(index: &mut HashMap<String, Vec<Execution>>, execution: &Execution) {
-    let Some(pending) = index.get_mut(&execution.thing_name) else {
-        index.insert(execution.thing_name.clone(), vec![execution.clone()]);
-        return;
-    };
-    match pending.iter_mut().find(|e| e.job_id == execution.job_id) {
+    let known = index
+        .get_mut(&execution.thing_name)
+        .and_then(|pending| pending.iter_mut().find(|e| e.job_id == execution.job_id));
+    match known {
         Some(known) => *known = execution.clone(),
-        None => pending.push(execution.clone()),
+        None => add(index, execution.clone()),
+    }
+}
+
+/// Adds an execution the thing's list does not hold. Most things have one pending execution: a new list
+/// is allocated for exactly one (a vector's first push would make room for four).
+fn add(index: &mut HashMap<String, Vec<Execution>>, execution: Execution) {
+    match index.get_mut(&execution.thing_name) {
+        Some(pending) => pending.push(execution),
+        None => _ = index.insert(execution.thing_name.clone(), vec![execution]),
     }
 }
 
@@ -93,18 +101,20 @@ fn forget(index: &mut HashMap<String, Vec<Execution>>, execution: &Execution) {
 }
 
 /// The index of what `trees` hold: the thing index (`by_thing`, pending executions only), then those
-/// executions, read in one ordered walk.
+/// executions, read a chunk of the thing index at a time.
 fn build(trees: &Trees) -> Result<HashMap<String, Vec<Execution>>> {
-    let pairs = trees.pending_pairs()?;
-    let wanted: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(thing, job_id)| (job_id.as_str(), thing.as_str()))
-        .collect();
     let mut index = HashMap::new();
-    for execution in trees.executions(&wanted)?.into_iter().flatten() {
-        if !execution.status.is_terminal() {
-            remember(&mut index, &execution);
+    trees.pending_pairs(|pairs| {
+        let wanted: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(thing, job_id)| (job_id.as_str(), thing.as_str()))
+            .collect();
+        for execution in trees.executions(&wanted)?.into_iter().flatten() {
+            if !execution.status.is_terminal() {
+                add(&mut index, execution);
+            }
         }
-    }
+        Ok(())
+    })?;
     Ok(index)
 }

@@ -157,10 +157,15 @@ impl Trees {
         Ok(due)
     }
 
-    /// (thing name, job id) of every pending execution, from the thing index alone, in key order: what
-    /// the [`PendingIndex`](super::pending::PendingIndex) is built from.
-    pub(super) fn pending_pairs(&self) -> Result<Vec<(String, String)>> {
-        let mut pairs = Vec::new();
+    /// Calls `each` with the (thing name, job id) of every pending execution, from the thing index alone,
+    /// in key order, `CHUNK` at a time: what the [`PendingIndex`](super::pending::PendingIndex) is built
+    /// from, without holding every pair at once.
+    pub(super) fn pending_pairs(
+        &self,
+        mut each: impl FnMut(&[(String, String)]) -> Result<()>,
+    ) -> Result<()> {
+        const CHUNK: usize = 1024;
+        let mut pairs = Vec::with_capacity(CHUNK);
         for entry in self.by_thing.iter() {
             let (key, status) = entry?;
             let Some(at) = key.iter().position(|&b| b == 0) else {
@@ -171,8 +176,12 @@ impl Trees {
                 let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
                 pairs.push((text(thing), text(job_id)));
             }
+            if pairs.len() == CHUNK {
+                each(&pairs)?;
+                pairs.clear();
+            }
         }
-        Ok(pairs)
+        each(&pairs)
     }
 
     /// The job ids of every execution of `thing_name` (pending or not), in job id order, after `after`.
