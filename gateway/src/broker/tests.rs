@@ -104,12 +104,17 @@ async fn suback(rx: &mut mpsc::UnboundedReceiver<Packet>) -> Vec<SubscribeReason
     .await
 }
 
-async fn publish(rx: &mut mpsc::UnboundedReceiver<Packet>) -> (String, Bytes) {
+async fn next_publish(rx: &mut mpsc::UnboundedReceiver<Packet>) -> rumqttc::Publish {
     next_matching(rx, |p| match p {
-        Packet::Publish(p) => Some((p.topic, p.payload)),
+        Packet::Publish(p) => Some(p),
         _ => None,
     })
     .await
+}
+
+async fn publish(rx: &mut mpsc::UnboundedReceiver<Packet>) -> (String, Bytes) {
+    let publish = next_publish(rx).await;
+    (publish.topic, publish.payload)
 }
 
 async fn next_internal(client: &mut InternalClient) -> (String, Bytes) {
@@ -685,11 +690,7 @@ async fn deliver_reaches_a_connection_only_on_a_matching_filter() {
     assert_eq!(broker.deliver("d2", job, body.clone()), Delivery::Offline);
     suback(&mut rx).await;
     // QoS 0, whatever the subscription asked.
-    let received = next_matching(&mut rx, |p| match p {
-        Packet::Publish(p) => Some(p),
-        _ => None,
-    })
-    .await;
+    let received = next_publish(&mut rx).await;
     assert_eq!(
         (received.topic.as_str(), received.qos),
         (job, QoS::AtMostOnce)
@@ -1105,11 +1106,7 @@ async fn the_last_routed_subscription_gone_the_router_link_is_given_back() {
 
     let (publisher, mut publisher_rx) = connect(options(&broker, "p")).await;
     published(&publisher, &mut publisher_rx, "shared/a", "one").await;
-    let one = next_matching(&mut rx, |p| match p {
-        Packet::Publish(p) => Some(p),
-        _ => None,
-    })
-    .await;
+    let one = next_publish(&mut rx).await;
     assert_eq!(
         (one.topic.as_str(), one.qos),
         ("shared/a", QoS::AtLeastOnce)

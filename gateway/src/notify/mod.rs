@@ -3,11 +3,10 @@
 //! For each thing an event names, the notifier reads the thing's state in the event's scope
 //! ([`Engine::snapshots`]: chunks of [`CHUNK`] things on the blocking pool, each thing's pending
 //! executions from the store's in-memory index, each job decoded once per event, so an event for N
-//! things costs O(N)) and sends what
-//! changed since it last told that (thing, scope) (`memory`) on AWS's topics (`topics`) with AWS's bodies
-//! (`payload`). It owns "what a device is told, and when": identical state is never sent twice, and, as in
-//! AWS IoT, a SUBSCRIBE sends nothing (it changes no job; a device that was away learns what it missed from
-//! its persistent session or by asking, `jobs/get`). Notifications go straight to the device's connection
+//! things costs O(N)) and sends what changed since it last told that (thing, scope) (`memory`) on AWS's
+//! topics (`topics`) with AWS's bodies (`payload`). It owns "what a device is told, and when": identical
+//! state is never sent twice, and, as in AWS IoT, a SUBSCRIBE sends nothing (it changes no job; a device
+//! that was away learns what it missed from its persistent session or by asking, `jobs/get`). Notifications go straight to the device's connection
 //! at QoS 0 ([`Broker::deliver_many`]), not through rumqttd's router, whose per-topic matching made a
 //! fleet's fan-out cost N² (see `broker::direct`); only the device `{thing}` may subscribe under
 //! `$aws/things/{thing}/`, so no one else could receive them. Figures: README, "Notification fan-out and
@@ -31,8 +30,8 @@ use crate::jobs::{Engine, JobEvent};
 use crate::store::StoreError;
 use memory::{Memory, Told};
 
-/// Things whose state is read in one pass and whose messages are delivered together. Large enough that a pass's set-up does not matter, small enough that the lanes of a fan-out
-/// share its work evenly.
+/// Things whose state is read in one pass and whose messages are delivered together. Large enough that
+/// a pass's set-up does not matter, small enough that the lanes of a fan-out share its work evenly.
 pub const CHUNK: usize = 256;
 
 /// One notification: (the device's client id, i.e. its thing name, borrowed from the event; topic in

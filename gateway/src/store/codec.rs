@@ -196,6 +196,14 @@ pub fn recovery_id_of_open_key(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(tail.try_into().ok()?))
 }
 
+/// The two ids of a key that joins two (an execution's, a thing index entry's), as text; `None` if it
+/// has no NUL (ids never hold one: the first ends the first id).
+pub fn split_pair(key: &[u8]) -> Option<(String, String)> {
+    let at = key.iter().position(|&b| b == 0)?;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    Some((text(&key[..at]), text(&key[at + 1..])))
+}
+
 /// The last part of a NUL-joined key.
 pub fn last_part(key: &[u8]) -> &[u8] {
     key.rsplit(|b| *b == 0).next().unwrap_or(key)

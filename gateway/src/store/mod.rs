@@ -223,13 +223,6 @@ impl Store {
         self.handle.run(|t| t.execution(job_id, thing_name))
     }
 
-    /// The executions at many (job id, thing name) pairs, in their order: one ordered walk of the
-    /// executions tree, not a scan per pair (sled starts every scan by copying the whole leaf it lands
-    /// on, so N scans that land on the same few leaves cost N copies; see `walk`).
-    pub fn executions(&self, pairs: &[(&str, &str)]) -> Result<Vec<Option<Execution>>> {
-        self.handle.run(|t| t.executions(pairs))
-    }
-
     /// Up to `limit` executions of `job_id`, in thing-name order, starting after `after_thing`.
     pub fn executions_of_job(
         &self,

@@ -57,7 +57,7 @@ impl Updating<'_> {
             if execution.status.is_terminal() {
                 forget(index, execution);
             } else {
-                remember(index, execution);
+                remember(index, execution.clone());
             }
         }
         for execution in change.delete_executions {
@@ -71,22 +71,17 @@ fn pending_of(index: &HashMap<String, Vec<Execution>>, things: &[&str]) -> Vec<V
     things.iter().map(of).collect()
 }
 
-fn remember(index: &mut HashMap<String, Vec<Execution>>, execution: &Execution) {
-    let known = index
-        .get_mut(&execution.thing_name)
-        .and_then(|pending| pending.iter_mut().find(|e| e.job_id == execution.job_id));
-    match known {
-        Some(known) => *known = execution.clone(),
-        None => add(index, execution.clone()),
-    }
-}
-
-/// Adds an execution the thing's list does not hold. Most things have one pending execution: a new list
-/// is allocated for exactly one (a vector's first push would make room for four).
-fn add(index: &mut HashMap<String, Vec<Execution>>, execution: Execution) {
-    match index.get_mut(&execution.thing_name) {
-        Some(pending) => pending.push(execution),
-        None => _ = index.insert(execution.thing_name.clone(), vec![execution]),
+/// Records a pending execution: the thing's list gets it, or its older state is replaced. Most things
+/// have one pending execution: a new list is allocated for exactly one (a vector's first push would
+/// make room for four).
+fn remember(index: &mut HashMap<String, Vec<Execution>>, execution: Execution) {
+    let Some(pending) = index.get_mut(&execution.thing_name) else {
+        index.insert(execution.thing_name.clone(), vec![execution]);
+        return;
+    };
+    match pending.iter_mut().find(|e| e.job_id == execution.job_id) {
+        Some(known) => *known = execution,
+        None => pending.push(execution),
     }
 }
 
@@ -111,7 +106,7 @@ fn build(trees: &Trees) -> Result<HashMap<String, Vec<Execution>>> {
             .collect();
         for execution in trees.executions(&wanted)?.into_iter().flatten() {
             if !execution.status.is_terminal() {
-                add(&mut index, execution);
+                remember(&mut index, execution);
             }
         }
         Ok(())

@@ -36,8 +36,11 @@ impl Trees {
             .transpose()
     }
 
+    /// The executions at many (job id, thing name) pairs, in their order: one ordered walk of the
+    /// executions tree, not a scan per pair (sled starts every scan by copying the whole leaf it lands
+    /// on, so N scans that land on the same few leaves cost N copies; see `walk`).
     pub(super) fn executions(&self, pairs: &[(&str, &str)]) -> Result<Vec<Option<Execution>>> {
-        // A walk starts by copying a leaf; one record is cheaper to get (the device API asks for one).
+        // A walk starts by copying a leaf; one record is cheaper to get.
         if let [(job_id, thing)] = pairs {
             return Ok(vec![self.execution(job_id, thing)?]);
         }
@@ -168,13 +171,8 @@ impl Trees {
         let mut pairs = Vec::with_capacity(CHUNK);
         for entry in self.by_thing.iter() {
             let (key, status) = entry?;
-            let Some(at) = key.iter().position(|&b| b == 0) else {
-                continue;
-            };
             if is_pending_status(&status) {
-                let (thing, job_id) = (&key[..at], &key[at + 1..]);
-                let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-                pairs.push((text(thing), text(job_id)));
+                pairs.extend(codec::split_pair(&key));
             }
             if pairs.len() == CHUNK {
                 each(&pairs)?;

@@ -193,7 +193,7 @@ fn batched_reads_answer_like_one_read_per_thing() {
         ("j1", "t1"),
         ("j9", "t1"),
     ];
-    let batched = store.executions(&pairs).unwrap();
+    let batched = store.handle.run(|t| t.executions(&pairs)).unwrap();
     let one_by_one: Vec<Option<Execution>> = pairs
         .iter()
         .map(|(j, t)| store.execution(j, t).unwrap())

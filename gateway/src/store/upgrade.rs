@@ -28,16 +28,10 @@ pub(super) fn drop_finished_from_thing_index(by_thing: &Tree) -> Result<()> {
 pub(super) fn index_executions_by_thing(executions: &Tree, thing_executions: &Tree) -> Result<()> {
     for entry in executions.iter() {
         let (key, _) = entry?;
-        // Ids never hold a NUL: the first one ends the job id.
-        let Some(at) = key.iter().position(|b| *b == 0) else {
+        let Some((job_id, thing)) = codec::split_pair(&key) else {
             continue; // not an execution's key: the walk at open names it
         };
-        let (job_id, thing) = (&key[..at], &key[at + 1..]);
-        let indexed = codec::thing_key(
-            &String::from_utf8_lossy(thing),
-            &String::from_utf8_lossy(job_id),
-        );
-        thing_executions.insert(indexed, &[])?;
+        thing_executions.insert(codec::thing_key(&thing, &job_id), &[])?;
     }
     Ok(())
 }

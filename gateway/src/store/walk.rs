@@ -1,7 +1,7 @@
 //! Batched reads of a sled tree: [`in_key_order`] answers many keys in one forward pass, and [`IndexWalk`]
 //! moves forward to each next key by stepping or, when that is far, by seeking. sled starts every scan by
 //! copying the whole leaf it lands on, so N scans that land on the same few leaves cost N copies; one walk
-//! costs about one (see `Store::executions`).
+//! costs about one (the pending index is built with one: see `Trees::executions`).
 
 use sled::Tree;
 
